@@ -1,0 +1,15 @@
+// Device memory and copies. Built from cuda/memory.cpp when CUDA is compiled in, else from cuda/memory_stub.cpp,
+// whose device_count() is 0 and whose other functions throw a clear error.
+#pragma once
+#include <cstddef>
+
+namespace nt::cuda {
+bool compiled_in();
+int device_count();  // 0 without CUDA or without a GPU
+inline bool available() { return device_count() > 0; }
+void* device_malloc(size_t bytes, int device);
+void device_free(void* ptr, int device);
+void copy_h2d(void* dst, const void* src, size_t bytes, int device);
+void copy_d2h(void* dst, const void* src, size_t bytes, int device);
+void copy_d2d(void* dst, const void* src, size_t bytes, int device);
+}  // namespace nt::cuda

@@ -1,0 +1,16 @@
+// CUDA not compiled in: no devices, and a clear error for anything that needs one.
+#include "cuda/memory.h"
+#include "tensor/error.h"
+
+namespace nt::cuda {
+namespace {
+[[noreturn]] void no_cuda() { throw Error("CUDA: this build has no CUDA support (configure with -Dcuda=enabled)"); }
+}  // namespace
+bool compiled_in() { return false; }
+int device_count() { return 0; }
+void* device_malloc(size_t, int) { no_cuda(); }
+void device_free(void*, int) {}
+void copy_h2d(void*, const void*, size_t, int) { no_cuda(); }
+void copy_d2h(void*, const void*, size_t, int) { no_cuda(); }
+void copy_d2d(void*, const void*, size_t, int) { no_cuda(); }
+}  // namespace nt::cuda

@@ -1,0 +1,62 @@
+// rms_norm and layer_norm: forward, backward right below (dedicated kernels; both share one pair of loops).
+#include "ops/norm.h"
+
+#include "autograd/graph.h"
+#include "ops/dispatch.h"
+
+namespace nt {
+namespace cpu {
+void norm_forward(bool rms, const Tensor& x, const Tensor& w, const Tensor& b, double eps, const Tensor& y,
+                  const Tensor& stats);
+void norm_backward(bool rms, const Tensor& x, const Tensor& w, const Tensor& stats, const Tensor& dy, const Tensor& dx,
+                   const Tensor& dw, const Tensor& db);
+}  // namespace cpu
+
+NT_REGISTER_OP(kRmsNorm, "rms_norm", true);
+NT_REGISTER_OP(kLayerNorm, "layer_norm", true);
+
+using autograd::Saved;
+
+static Tensor norm(const OpKind& kind, bool rms, const Tensor& x, const Tensor& w, const Tensor& b, double eps) {
+  const char* op = kind.name;
+  check_floating(op, x, "x");
+  NT_CHECK(x.dim() >= 1, "{}: x needs at least 1 dim", op);
+  NT_CHECK(eps >= 0, "{}: eps must be >= 0, got {}", op, eps);
+  const int64_t C = x.size(-1), R = x.numel() / std::max<int64_t>(C, 1);
+  for (auto [t, name] : {std::pair{&w, "weight"}, std::pair{&b, "bias"}}) {
+    if (!t->defined()) continue;
+    NT_CHECK(t->shape() == Shape{C}, "{}: {} must have shape [{}] (x's last dim), got {}", op, name, C,
+             shape_str(t->shape()));
+    check_same_dtype(op, x, "x", *t, name);
+    check_same_device(op, x, *t);
+  }
+  const Tensor x2 = x.detach().contiguous().reshape({R, C});
+  const Tensor w1 = w.defined() ? w.detach().contiguous() : Tensor(), b1 = b.defined() ? b.detach().contiguous() : Tensor();
+  Tensor y = empty(x.shape(), x.dtype(), x.device());
+  Tensor stats = empty({R, 2}, DType::f64, x.device());
+  if (x.device().is_cpu())
+    cpu::norm_forward(rms, x2, w1, b1, eps, y.reshape({R, C}), stats);
+  else
+    no_cuda_kernel(op);
+  if (autograd::needs_grad({&x, &w, &b}))
+    autograd::record(kind, y, {x, w, b},
+                     [rms, R, C, sx = Saved(x2), sw = Saved(w1), ss = Saved(stats), xs = x.shape()](
+                         const Tensor& g, const std::vector<bool>& n) {
+                       const Tensor& x2 = sx.get();
+                       Tensor dx = empty({R, C}, x2.dtype(), x2.device());
+                       Tensor dw = n[1] ? zeros({C}, DType::f64) : Tensor(), db = n[2] ? zeros({C}, DType::f64) : Tensor();
+                       cpu::norm_backward(rms, x2, sw.defined() ? sw.get() : Tensor(), ss.get(),
+                                          g.contiguous().reshape({R, C}), dx, dw, db);
+                       return std::vector<Tensor>{n[0] ? dx.reshape(xs) : Tensor(),
+                                                  n[1] ? dw.to(x2.dtype()) : Tensor(),
+                                                  n[2] ? db.to(x2.dtype()) : Tensor()};
+                     });
+  return y;
+}
+
+Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) { return norm(kRmsNorm, true, x, weight, Tensor(), eps); }
+Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps) {
+  return norm(kLayerNorm, false, x, weight, bias, eps);
+}
+
+}  // namespace nt

@@ -1,0 +1,169 @@
+// Reductions: forward, backward right below. Backward formulas broadcast the gradient back over the reduced dims.
+#include "ops/reduce.h"
+
+#include <algorithm>
+
+#include "autograd/graph.h"
+#include "ops/dispatch.h"
+#include "ops/elementwise.h"
+#include "ops/index.h"
+
+namespace nt {
+namespace cpu {
+void reduce_forward(int op, const Tensor& x, const std::vector<int64_t>& dims, const Tensor& out, int64_t correction);
+void max_dim_forward(const Tensor& x, int64_t dim, const Tensor& values, const Tensor& indices);
+}  // namespace cpu
+
+NT_REGISTER_OP(kSum, "sum", true);
+NT_REGISTER_OP(kMean, "mean", true);
+NT_REGISTER_OP(kAmax, "amax", true);
+NT_REGISTER_OP(kLogsumexp, "logsumexp", true);
+NT_REGISTER_OP(kVar, "var", true);
+NT_REGISTER_OP(kMax, "max", true);
+NT_REGISTER_OP(kArgmax, "argmax", false);
+
+using autograd::Saved;
+enum class ReduceOp { sum, mean, amax, logsumexp, var };  // same order as ops/cpu/reduce.cpp
+
+namespace {
+struct Plan {
+  std::vector<int64_t> dims;  // sorted, unique
+  Shape kept;                 // shape with reduced dims set to 1
+  Shape out;                  // result shape (kept, or kept without the reduced dims)
+  int64_t count = 1;          // elements reduced into each output
+};
+Plan plan_reduce(const char* op, const Tensor& x, std::vector<int64_t> dims, bool keepdim) {
+  Plan p;
+  if (dims.empty())
+    for (int64_t d = 0; d < x.dim(); ++d) dims.push_back(d);
+  for (int64_t& d : dims) d = wrap_dim(d, x.dim(), op);
+  std::sort(dims.begin(), dims.end());
+  NT_CHECK(std::adjacent_find(dims.begin(), dims.end()) == dims.end(), "{}: a dim is repeated in the dims list", op);
+  if (x.dim() == 0) dims.clear();
+  p.dims = dims;
+  p.kept = x.shape();
+  for (int64_t d : dims) p.count *= x.size(d), p.kept[d] = 1;
+  for (int64_t d = 0; d < x.dim(); ++d)
+    if (keepdim || !std::binary_search(dims.begin(), dims.end(), d)) p.out.push_back(p.kept[d]);
+  return p;
+}
+
+Tensor reduce_raw(const char* name, ReduceOp op, const Tensor& x, const Plan& p, int64_t correction = 0) {
+  check_floating(name, x, "x");
+  Tensor out = empty(p.out, x.dtype(), x.device());
+  if (p.dims.empty()) {  // 0-dim input: nothing to reduce
+    out.copy_(x);
+    if (op == ReduceOp::var) out.fill_(correction >= 1 ? NAN : 0.0);
+    return out;
+  }
+  if (x.device().is_cpu())
+    cpu::reduce_forward((int)op, x, p.dims, out, correction);
+  else
+    no_cuda_kernel(name);
+  return out;
+}
+// g (of the result's shape) viewed with the reduced dims as size 1, broadcastable against x.
+Tensor keep(const Tensor& g, const Plan& p) { return g.reshape(p.kept); }
+}  // namespace
+
+Tensor sum(const Tensor& x, std::vector<int64_t> dims, bool keepdim) {
+  const Plan p = plan_reduce("sum", x, std::move(dims), keepdim);
+  Tensor out = reduce_raw("sum", ReduceOp::sum, x, p);
+  if (autograd::needs_grad({&x}))
+    autograd::record(kSum, out, {x}, [p, xs = x.shape()](const Tensor& g, auto&) {
+      return std::vector<Tensor>{keep(g, p).expand(xs)};
+    });
+  return out;
+}
+
+Tensor mean(const Tensor& x, std::vector<int64_t> dims, bool keepdim) {
+  const Plan p = plan_reduce("mean", x, std::move(dims), keepdim);
+  Tensor out = reduce_raw("mean", ReduceOp::mean, x, p);
+  if (autograd::needs_grad({&x}))
+    autograd::record(kMean, out, {x}, [p, xs = x.shape()](const Tensor& g, auto&) {
+      return std::vector<Tensor>{(keep(g, p) / (double)p.count).expand(xs)};
+    });
+  return out;
+}
+
+Tensor amax(const Tensor& x, std::vector<int64_t> dims, bool keepdim) {
+  const Plan p = plan_reduce("amax", x, std::move(dims), keepdim);
+  Tensor out = reduce_raw("amax", ReduceOp::amax, x, p);
+  if (autograd::needs_grad({&x}))
+    autograd::record(kAmax, out, {x}, [p, sx = Saved(x), so = Saved(out)](const Tensor& g, auto&) {
+      const Tensor mask = eq(sx.get(), keep(so.get(), p)).to(g.dtype());
+      const Tensor count = sum(mask, p.dims, true);
+      return std::vector<Tensor>{mask * (keep(g, p) / count)};
+    });
+  return out;
+}
+
+Tensor logsumexp(const Tensor& x, std::vector<int64_t> dims, bool keepdim) {
+  const Plan p = plan_reduce("logsumexp", x, std::move(dims), keepdim);
+  Tensor out = reduce_raw("logsumexp", ReduceOp::logsumexp, x, p);
+  if (autograd::needs_grad({&x}))
+    autograd::record(kLogsumexp, out, {x}, [p, sx = Saved(x), so = Saved(out)](const Tensor& g, auto&) {
+      return std::vector<Tensor>{keep(g, p) * exp(sx.get() - keep(so.get(), p))};
+    });
+  return out;
+}
+
+Tensor var(const Tensor& x, std::vector<int64_t> dims, int64_t correction, bool keepdim) {
+  NT_CHECK(correction >= 0, "var: correction must be >= 0, got {}", correction);
+  const Plan p = plan_reduce("var", x, std::move(dims), keepdim);
+  Tensor out = reduce_raw("var", ReduceOp::var, x, p, correction);
+  if (autograd::needs_grad({&x}))
+    autograd::record(kVar, out, {x}, [p, correction, sx = Saved(x)](const Tensor& g, auto&) {
+      const Tensor& x = sx.get();
+      const Tensor centered = x - mean(x, p.dims, true);
+      const double scale = 2.0 / (double)std::max<int64_t>(p.count - correction, 0);
+      return std::vector<Tensor>{centered * (keep(g, p) * scale)};
+    });
+  return out;
+}
+
+static ValuesIndices max_raw(const char* name, const Tensor& x, int64_t dim, bool keepdim) {
+  check_floating(name, x, "x");
+  dim = wrap_dim(dim, x.dim(), name);
+  NT_CHECK(x.dim() == 0 || x.size(dim) > 0, "{}: dim {} of shape {} is empty", name, dim, shape_str(x.shape()));
+  const Plan p = plan_reduce(name, x, {dim}, keepdim);
+  ValuesIndices r{empty(p.out, x.dtype(), x.device()), empty(p.out, DType::i64, x.device())};
+  if (x.dim() == 0) {
+    r.values.copy_(x);
+    r.indices.fill_(0);
+  } else if (x.device().is_cpu()) {
+    cpu::max_dim_forward(x, dim, r.values, r.indices);
+  } else {
+    no_cuda_kernel(name);
+  }
+  return r;
+}
+
+ValuesIndices max(const Tensor& x, int64_t dim, bool keepdim) {
+  ValuesIndices r = max_raw("max", x, dim, keepdim);
+  if (autograd::needs_grad({&x})) {
+    const int64_t d = x.dim() == 0 ? 0 : wrap_dim(dim, x.dim(), "max");
+    const Plan p = plan_reduce("max", x, {d}, keepdim);
+    autograd::record(kMax, r.values, {x}, [p, d, xs = x.shape(), xd = x.dtype(), idx = Saved(r.indices)](const Tensor& g, auto&) {
+      if (xs.empty()) return std::vector<Tensor>{g.clone()};
+      return std::vector<Tensor>{scatter_add(zeros(xs, xd, g.device()), d, keep(idx.get(), p), keep(g, p))};
+    });
+  }
+  return r;
+}
+
+Tensor argmax(const Tensor& x, int64_t dim, bool keepdim) { return max_raw("argmax", x, dim, keepdim).indices; }
+
+Tensor sum_to(const Tensor& g, const Shape& shape) {
+  if (g.shape() == shape) return g;
+  const int64_t lead = g.dim() - (int64_t)shape.size();
+  NT_CHECK(lead >= 0, "sum_to: gradient of shape {} has fewer dims than {}", shape_str(g.shape()), shape_str(shape));
+  std::vector<int64_t> dims;
+  for (int64_t d = 0; d < lead; ++d) dims.push_back(d);
+  for (int64_t i = 0; i < (int64_t)shape.size(); ++i)
+    if (shape[i] == 1 && g.size(lead + i) != 1) dims.push_back(lead + i);
+  if (dims.empty()) return g.reshape(shape);
+  return sum(g, dims, true).reshape(shape);
+}
+
+}  // namespace nt

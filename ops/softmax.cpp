@@ -1,0 +1,96 @@
+// Softmax family: forward, backward right below.
+#include "ops/softmax.h"
+
+#include "autograd/graph.h"
+#include "ops/dispatch.h"
+#include "ops/elementwise.h"
+#include "ops/reduce.h"
+
+namespace nt {
+namespace cpu {
+void softmax_forward(const Tensor& x, int64_t dim, bool log, const Tensor& out);
+void cross_entropy_forward(const Tensor& logits, const Tensor& target, int64_t ignore_index, const Tensor& loss,
+                           const Tensor& lse);
+void cross_entropy_backward(const Tensor& logits, const Tensor& target, int64_t ignore_index, const Tensor& lse,
+                            const Tensor& grow, const Tensor& dlogits);
+}  // namespace cpu
+
+NT_REGISTER_OP(kSoftmax, "softmax", true);
+NT_REGISTER_OP(kLogSoftmax, "log_softmax", true);
+NT_REGISTER_OP(kCrossEntropy, "cross_entropy", true);
+
+using autograd::Saved;
+
+static Tensor softmax_raw(const char* name, const Tensor& x, int64_t dim, bool log) {
+  check_floating(name, x, "x");
+  Tensor out = empty(x.shape(), x.dtype(), x.device());
+  if (x.device().is_cpu())
+    cpu::softmax_forward(x.dim() == 0 ? x.reshape({1}) : x, dim, log, out);
+  else
+    no_cuda_kernel(name);
+  return out;
+}
+
+Tensor softmax(const Tensor& x, int64_t dim) {
+  dim = wrap_dim(dim, x.dim(), "softmax");
+  Tensor y = softmax_raw("softmax", x, dim, false);
+  if (autograd::needs_grad({&x}))
+    autograd::record(kSoftmax, y, {x}, [dim, sy = Saved(y)](const Tensor& g, auto&) {
+      const Tensor& y = sy.get();
+      return std::vector<Tensor>{y * (g - sum(g * y, {dim}, true))};
+    });
+  return y;
+}
+
+Tensor log_softmax(const Tensor& x, int64_t dim) {
+  dim = wrap_dim(dim, x.dim(), "log_softmax");
+  Tensor y = softmax_raw("log_softmax", x, dim, true);
+  if (autograd::needs_grad({&x}))
+    autograd::record(kLogSoftmax, y, {x}, [dim, sy = Saved(y)](const Tensor& g, auto&) {
+      return std::vector<Tensor>{g - exp(sy.get()) * sum(g, {dim}, true)};
+    });
+  return y;
+}
+
+Tensor cross_entropy(const Tensor& logits, const Tensor& target, int64_t ignore_index, Reduction reduction) {
+  check_floating("cross_entropy", logits, "logits");
+  check_index("cross_entropy", target, "target");
+  check_same_device("cross_entropy", logits, target);
+  NT_CHECK(logits.dim() >= 1, "cross_entropy: logits need a class dim, got shape {}", shape_str(logits.shape()));
+  const Shape rows(logits.shape().begin(), logits.shape().end() - 1);
+  NT_CHECK(target.shape() == rows, "cross_entropy: logits of shape {} need target of shape {}, got {}",
+           shape_str(logits.shape()), shape_str(rows), shape_str(target.shape()));
+  const int64_t C = logits.size(-1), N = shape_numel(rows);
+  const Tensor x2 = logits.detach().contiguous().reshape({N, C});
+  const Tensor t1 = target.reshape({N});
+  Tensor loss = empty({N}, DType::f64), lse = empty({N}, DType::f64);
+  if (logits.device().is_cpu())
+    cpu::cross_entropy_forward(x2, t1, ignore_index, loss, lse);
+  else
+    no_cuda_kernel("cross_entropy");
+  const Tensor valid = ne(t1, scalar_tensor((double)ignore_index, t1.dtype())).to(DType::f64);
+  const double count = sum(valid).item();
+  Tensor out;
+  {
+    autograd::NoGradGuard no_grad;
+    if (reduction == Reduction::none)
+      out = loss.reshape(rows).to(logits.dtype());
+    else if (reduction == Reduction::sum)
+      out = sum(loss).to(logits.dtype());
+    else
+      out = (sum(loss) / count).to(logits.dtype());
+  }
+  if (autograd::needs_grad({&logits}))
+    autograd::record(kCrossEntropy, out, {logits},
+                     [=, sx = Saved(x2), st = Saved(t1), sl = Saved(lse), shape = logits.shape()](const Tensor& g, auto&) {
+                       Tensor grow;
+                       if (reduction == Reduction::none) grow = g.reshape({N}).to(DType::f64).contiguous();
+                       else grow = full({N}, g.item() / (reduction == Reduction::mean ? count : 1.0), DType::f64);
+                       Tensor dx = empty({N, C}, sx.get().dtype(), sx.get().device());
+                       cpu::cross_entropy_backward(sx.get(), st.get(), ignore_index, sl.get(), grow.to(kCPU), dx);
+                       return std::vector<Tensor>{dx.reshape(shape)};
+                     });
+  return out;
+}
+
+}  // namespace nt

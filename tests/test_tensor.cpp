@@ -1,0 +1,103 @@
+// Tensor geometry, views sharing storage, copies, factories, element access, printing and bad-input errors.
+#include "test_util.h"
+#include "cuda/memory.h"
+
+using namespace nt;
+using namespace nt::test;
+
+TEST_CASE("factories and geometry") {
+  Tensor z = zeros({2, 3, 4});
+  CHECK(z.shape() == Shape{2, 3, 4});
+  CHECK(z.strides() == Shape{12, 4, 1});
+  CHECK(z.numel() == 24);
+  CHECK(z.is_contiguous());
+  CHECK(sum(z).item() == 0);
+  CHECK(sum(ones({3, 5}, DType::bf16).to(DType::f32)).item() == 15);
+  expect_values(full({2}, 2.5, DType::f64), {2.5, 2.5});
+  expect_values(arange(5), {0, 1, 2, 3, 4});
+  expect_values(arange(1.0, 2.0, 0.25, DType::f32), {1, 1.25, 1.5, 1.75});
+  CHECK(arange(5).dtype() == DType::i64);
+  CHECK(scalar_tensor(3.5).dim() == 0);
+  CHECK(scalar_tensor(3.5).item() == 3.5);
+  Tensor e = empty({0, 3});
+  CHECK(e.numel() == 0);
+  CHECK(sum(e).item() == 0);
+}
+
+TEST_CASE("views share storage; copies do not") {
+  Tensor x = arange(12, DType::f32).reshape({3, 4});
+  Tensor v = x.narrow(1, 1, 2);
+  CHECK(v.shape() == Shape{3, 2});
+  CHECK(!v.is_contiguous());
+  expect_values(v, {1, 2, 5, 6, 9, 10});
+  v.fill_(-1);
+  expect_values(x.select(0, 0), {0, -1, -1, 3});
+  Tensor c = x.clone();
+  c.fill_(7);
+  CHECK(x.select(0, 0).to_vector()[0] == 0);
+  Tensor t = x.transpose(0, 1);
+  CHECK(t.shape() == Shape{4, 3});
+  CHECK(t.strides() == Shape{1, 4});
+  expect_values(t.select(0, 0), {0, 4, 8});
+  expect_values(t.contiguous().reshape({12}).slice(0, 0, 4), {0, 4, 8, -1});
+  CHECK(x.reshape({2, 6}).impl()->storage == x.impl()->storage);          // a view
+  CHECK(t.reshape({12}).impl()->storage != x.impl()->storage);            // needs a copy
+  expect_error([&] { t.view({12}); }, {"view", "without a copy", "[4, 3]"});
+}
+
+TEST_CASE("expand, squeeze, unsqueeze, permute, flatten, slice with negatives") {
+  Tensor x = arange(3, DType::f64).reshape({3, 1});
+  Tensor e = x.expand({2, 3, 4});
+  CHECK(e.shape() == Shape{2, 3, 4});
+  CHECK(e.strides() == Shape{0, 1, 0});
+  expect_values(e.select(0, 1).select(1, 3), {0, 1, 2});
+  expect_error([&] { x.expand({2, 2}); }, {"expand", "[3, 1]", "[2, 2]"});
+  CHECK(x.squeeze(1).shape() == Shape{3});
+  CHECK(x.squeeze(0).shape() == Shape{3, 1});
+  CHECK(x.unsqueeze(0).shape() == Shape{1, 3, 1});
+  CHECK(x.unsqueeze(-1).shape() == Shape{3, 1, 1});
+  Tensor p = arange(24, DType::f32).reshape({2, 3, 4}).permute({2, 0, 1});
+  CHECK(p.shape() == Shape{4, 2, 3});
+  CHECK(p.contiguous().to_vector()[1] == 4);
+  CHECK(p.flatten(1).shape() == Shape{4, 6});
+  expect_values(arange(10, DType::f64).slice(0, -3, 100), {7, 8, 9});
+  expect_error([&] { p.permute({0, 0, 1}); }, {"permute", "twice"});
+  expect_error([&] { x.narrow(0, 2, 2); }, {"narrow", "out of range", "size 3"});
+  expect_error([&] { x.reshape({4, -1}); }, {"reshape", "[4, -1]", "3 elements"});
+  expect_error([&] { x.size(2); }, {"dim 2", "out of range"});
+}
+
+TEST_CASE("copy_ broadcasts and converts; fill_ on strided views") {
+  Tensor dst = zeros({2, 3}, DType::f64);
+  dst.copy_(from_vector({1, 2, 3}, {3}, DType::f32));
+  expect_values(dst, {1, 2, 3, 1, 2, 3});
+  expect_error([&] { dst.copy_(ones({2})); }, {"copy_", "[2]", "[2, 3]"});
+  dst.transpose(0, 1).narrow(0, 1, 1).fill_(9);
+  expect_values(dst, {1, 9, 3, 1, 9, 3});
+  const uint64_t v0 = dst.impl()->storage->version;
+  dst.zero_();
+  CHECK(dst.impl()->storage->version > v0);
+}
+
+TEST_CASE("item, to_vector and bad factories") {
+  CHECK(from_vector({4}, {1, 1}).item() == 4);
+  expect_error([] { zeros({2}).item(); }, {"item", "2 elements"});
+  expect_error([] { from_vector({1, 2, 3}, {2, 2}); }, {"from_vector", "3 values", "[2, 2]"});
+  expect_error([] { empty({2, -1}); }, {"negative"});
+  CHECK(from_vector({1, 2}, {2}, DType::i32).to_vector_as<int32_t>() == std::vector<int32_t>{1, 2});
+}
+
+TEST_CASE("printing") {
+  const std::string s = fmt::format("{}", from_vector({1, 2.5, -3, 4}, {2, 2}));
+  CHECK(s.find("[[1, 2.5],") != std::string::npos);
+  CHECK(s.find("dtype=f32") != std::string::npos);
+  const std::string big = to_string(zeros({3000}));
+  CHECK(big.find("...") != std::string::npos);
+  CHECK(big.size() < 200);
+  CHECK(to_string(arange(3)).find("[0, 1, 2]") != std::string::npos);
+}
+
+TEST_CASE("CUDA tensors are refused clearly when no GPU is present") {
+  if (cuda::available()) return;
+  expect_error([] { zeros({2}, DType::f32, cuda_device(0)); }, {"CUDA"});
+}
