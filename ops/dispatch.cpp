@@ -36,3 +36,42 @@ void no_cuda_kernel(const char* op) {
   throw Error(fmt::format("{}: no CUDA kernel yet for this op (move the tensors to the CPU)", op));
 }
 }  // namespace nt
+
+#if NT_CUDA
+#include <cuda_runtime.h>
+
+#include "cuda/allocator.h"
+#include "cuda/check.h"
+
+namespace nt {
+cuda::Strided layout_of(const Tensor& t, const char* op) { return broadcast_layout(t, t.shape(), op); }
+cuda::Strided broadcast_layout(const Tensor& t, const Shape& shape, const char* op) {
+  NT_CHECK((int)shape.size() <= cuda::kMaxDims, "{}: CUDA kernels take at most {} dims, got shape {}", op,
+           cuda::kMaxDims, shape_str(shape));
+  cuda::Strided l;
+  l.nd = (int)shape.size();
+  const int64_t lead = (int64_t)shape.size() - t.dim();
+  for (int64_t d = 0; d < (int64_t)shape.size(); ++d) {
+    l.size[d] = shape[d];
+    l.stride[d] = d < lead || t.size(d - lead) == 1 ? 0 : t.stride(d - lead);
+  }
+  return l;
+}
+cudaStream_t stream_of(const Tensor& t) {
+  NT_CUDA_CHECK(cudaSetDevice(t.device().index));
+  return cuda::current_stream(t.device().index);
+}
+DeviceFlag::DeviceFlag(const Tensor& like) : device_(like.device().index) {
+  ptr_ = static_cast<int*>(cuda::cached_malloc(sizeof(int), device_));
+  NT_CUDA_CHECK(cudaMemsetAsync(ptr_, 0, sizeof(int), stream_of(like)));
+}
+DeviceFlag::~DeviceFlag() { cuda::cached_free(ptr_, device_); }
+bool DeviceFlag::raised() const {
+  int v = 0;
+  cudaStream_t s = cuda::current_stream(device_);
+  NT_CUDA_CHECK(cudaMemcpyAsync(&v, ptr_, sizeof(int), cudaMemcpyDeviceToHost, s));
+  NT_CUDA_CHECK(cudaStreamSynchronize(s));
+  return v != 0;
+}
+}  // namespace nt
+#endif

@@ -15,3 +15,33 @@ void check_dim(const char* op, const Tensor& t, const char* name, int64_t expect
 Shape broadcast_shapes(const char* op, const Shape& a, const Shape& b);
 [[noreturn]] void no_cuda_kernel(const char* op);
 }  // namespace nt
+
+// ---- CUDA glue (only when CUDA is compiled in) ----
+// NT_ON_CUDA("op", call): the call when CUDA is compiled in, else the no-kernel error naming the op.
+#if NT_CUDA
+#include "cuda/kernels.h"
+#include "cuda/runtime.h"
+#define NT_ON_CUDA(opname, ...) __VA_ARGS__
+namespace nt {
+// t's geometry (at most cuda::kMaxDims dims; more is an error naming the op).
+cuda::Strided layout_of(const Tensor& t, const char* op);
+// t broadcast to `shape` (stride 0 on broadcast dims).
+cuda::Strided broadcast_layout(const Tensor& t, const Shape& shape, const char* op);
+// The current stream of t's device (and that device made current).
+cudaStream_t stream_of(const Tensor& t);
+// A device int set to 0; kernels set it to 1 on a bad index, raised() reads it back (synchronizing).
+class DeviceFlag {
+ public:
+  explicit DeviceFlag(const Tensor& like);
+  ~DeviceFlag();
+  int* get() const { return ptr_; }
+  bool raised() const;
+
+ private:
+  int* ptr_ = nullptr;
+  int device_ = 0;
+};
+}  // namespace nt
+#else
+#define NT_ON_CUDA(opname, ...) ::nt::no_cuda_kernel(opname)
+#endif

@@ -14,10 +14,12 @@ NT_REGISTER_OP(kDropout, "dropout", true);
 
 static Tensor dropout_raw(const Tensor& x, double p, uint64_t seed, uint64_t offset) {
   Tensor out = empty(x.shape(), x.dtype(), x.device());
+  const Tensor xc = x.detach().contiguous();
   if (x.device().is_cpu())
-    cpu::dropout_forward(x.detach().contiguous(), p, seed, offset, out);
+    cpu::dropout_forward(xc, p, seed, offset, out);
   else
-    no_cuda_kernel("dropout");
+    NT_ON_CUDA("dropout", cuda::dropout_forward(x.dtype(), xc.data_ptr(), out.data_ptr(), out.numel(), p, seed, offset,
+                                                stream_of(out)));
   return out;
 }
 

@@ -42,20 +42,25 @@ NT_REGISTER_OP(kMaskedFill, "masked_fill", true);
 
 Tensor unary_grad(UnaryOp op, const Tensor& x, const Tensor& y, const Tensor& dy, double p0, double p1) {
   Tensor dx = empty(x.shape(), x.dtype(), x.device());
-  if (x.device().is_cpu())
+  if (x.device().is_cpu()) {
     cpu::unary_backward(op, x, y, dy.to(x.dtype()), dx, p0, p1);
-  else
-    no_cuda_kernel("unary_grad");
+  } else {
+    const Tensor xc = x.contiguous(), yc = y.contiguous(), gc = dy.to(x.dtype()).expand(x.shape()).contiguous();
+    NT_ON_CUDA("unary_grad", cuda::unary_backward(op, x.dtype(), xc.data_ptr(), yc.data_ptr(), gc.data_ptr(),
+                                                  dx.data_ptr(), dx.numel(), p0, p1, stream_of(dx)));
+  }
   return dx;
 }
 
 static Tensor unary(const OpKind& kind, UnaryOp op, const Tensor& x, double p0 = 0, double p1 = 0) {
   check_floating(kind.name, x, "x");
   Tensor y = empty(x.shape(), x.dtype(), x.device());
-  if (x.device().is_cpu())
+  if (x.device().is_cpu()) {
     cpu::unary_forward(op, x, y, p0, p1);
-  else
-    no_cuda_kernel(kind.name);
+  } else {
+    const Tensor xc = x.detach().contiguous();
+    NT_ON_CUDA(kind.name, cuda::unary_forward(op, x.dtype(), xc.data_ptr(), y.data_ptr(), y.numel(), p0, p1, stream_of(y)));
+  }
   if (autograd::needs_grad({&x})) {
     autograd::record(kind, y, {x}, [op, p0, p1, sx = autograd::Saved(x), sy = autograd::Saved(y)](const Tensor& g, auto&) {
       return std::vector<Tensor>{unary_grad(op, sx.get(), sy.get(), g, p0, p1)};
@@ -94,7 +99,9 @@ static Tensor binary_raw(const OpKind& kind, BinaryOp op, const Tensor& a, const
   if (a.device().is_cpu())
     cpu::binary_forward(op, a, b, out);
   else
-    no_cuda_kernel(kind.name);
+    NT_ON_CUDA(kind.name, cuda::binary_forward(op, a.dtype(), a.data_ptr(), broadcast_layout(a, shape, kind.name),
+                                               b.data_ptr(), broadcast_layout(b, shape, kind.name), out.data_ptr(),
+                                               out.numel(), stream_of(out)));
   return out;
 }
 
@@ -170,7 +177,10 @@ static Tensor where_raw(const Tensor& cond, const Tensor& a, const Tensor& b, co
   if (a.device().is_cpu())
     cpu::where_forward(cond, a, b, out);
   else
-    no_cuda_kernel(op);
+    NT_ON_CUDA(op, cuda::where_forward(a.dtype(), static_cast<const bool*>(cond.data_ptr()),
+                                       broadcast_layout(cond, shape, op), a.data_ptr(), broadcast_layout(a, shape, op),
+                                       b.data_ptr(), broadcast_layout(b, shape, op), out.data_ptr(), out.numel(),
+                                       stream_of(out)));
   return out;
 }
 

@@ -22,14 +22,28 @@ Tensor embedding(const Tensor& weight, const Tensor& idx) {
   shape.push_back(C);
   Tensor out = empty(shape, weight.dtype(), weight.device());
   const Tensor w = weight.detach().contiguous(), i1 = idx.contiguous().reshape({N});
-  if (weight.device().is_cpu())
+  if (weight.device().is_cpu()) {
     cpu::embedding_forward(w, i1, out.reshape({N, C}));
-  else
-    no_cuda_kernel("embedding");
+  } else {
+    NT_ON_CUDA("embedding", {
+      DeviceFlag bad(w);
+      cuda::embedding_forward(w.dtype(), w.data_ptr(), i1.dtype(), i1.data_ptr(), out.data_ptr(), N, V, C, bad.get(),
+                              stream_of(out));
+      NT_CHECK(!bad.raised(), "embedding: an index is out of range for {} rows (expected 0 to {})", V, V - 1);
+    });
+  }
   if (autograd::needs_grad({&weight}))
     autograd::record(kEmbedding, out, {weight}, [V, C, N, si = autograd::Saved(i1)](const Tensor& g, auto&) {
-      Tensor dw = zeros({V, C}, DType::f64);
-      cpu::embedding_backward(g.contiguous().reshape({N, C}), si.get(), dw);
+      const Tensor gc = g.contiguous().reshape({N, C}),& idx = si.get();
+      Tensor dw;
+      if (g.device().is_cpu()) {
+        dw = zeros({V, C}, DType::f64);
+        cpu::embedding_backward(gc, idx, dw);
+      } else {
+        dw = empty({V, C}, DType::f32, g.device());
+        NT_ON_CUDA("embedding", cuda::embedding_backward(gc.dtype(), gc.data_ptr(), idx.dtype(), idx.data_ptr(),
+                                                         dw.data<float>(), N, V, C, stream_of(dw)));
+      }
       return std::vector<Tensor>{dw.to(g.dtype())};
     });
   return out;

@@ -32,12 +32,23 @@ static void check_indexed_shapes(const char* op, const Tensor& target, int64_t d
 
 // out = self + scatter(src) without autograd.
 static Tensor scatter_add_raw(const Tensor& self, int64_t dim, const Tensor& idx, const Tensor& src) {
-  Tensor out = self.contiguous().clone();
-  if (out.device().is_cpu())
+  Tensor out = self.detach().contiguous().clone();
+  if (out.device().is_cpu()) {
     cpu::scatter_add_forward(out, dim, idx, src.to(self.dtype()));
-  else
-    no_cuda_kernel("scatter_add");
-  return out;
+    return out;
+  }
+  // CUDA adds atomically in f32 or f64; a bf16 target accumulates in an f32 copy.
+  Tensor acc = self.dtype() == DType::bf16 ? out.to(DType::f32) : out;
+  const Tensor s = src.detach().to(acc.dtype()).contiguous(), ic = idx.contiguous();
+  NT_ON_CUDA("scatter_add", {
+    DeviceFlag bad(acc);
+    cuda::Strided xl = layout_of(acc, "scatter_add");
+    for (int64_t d = 0; d < ic.dim(); ++d) xl.size[d] = ic.size(d);
+    cuda::scatter_add(acc.dtype(), acc.data_ptr(), xl, (int)dim, acc.size(dim), ic.dtype(), ic.data_ptr(),
+                      layout_of(ic, "scatter_add"), s.data_ptr(), ic.numel(), bad.get(), stream_of(acc));
+    NT_CHECK(!bad.raised(), "scatter_add: an index is out of range for dim {} of size {}", dim, acc.size(dim));
+  });
+  return acc.to(self.dtype());
 }
 
 Tensor index_select(const Tensor& x, int64_t dim, const Tensor& idx) {
@@ -48,10 +59,19 @@ Tensor index_select(const Tensor& x, int64_t dim, const Tensor& idx) {
   Shape shape = x.shape();
   shape[dim] = idx.numel();
   Tensor out = empty(shape, x.dtype(), x.device());
-  if (x.device().is_cpu())
+  if (x.device().is_cpu()) {
     cpu::index_select_forward(x, dim, idx, out);
-  else
-    no_cuda_kernel("index_select");
+  } else {
+    const Tensor xc = x.detach().contiguous(), ic = idx.contiguous();
+    int64_t outer = 1, inner = 1;
+    for (int64_t d = 0; d < x.dim(); ++d) (d < dim ? outer : inner) *= d == dim ? 1 : x.size(d);
+    NT_ON_CUDA("index_select", {
+      DeviceFlag bad(x);
+      cuda::index_select(x.dtype(), xc.data_ptr(), ic.dtype(), ic.data_ptr(), out.data_ptr(), outer, x.size(dim),
+                         ic.numel(), inner, bad.get(), stream_of(out));
+      NT_CHECK(!bad.raised(), "index_select: an index is out of range for dim {} of size {}", dim, x.size(dim));
+    });
+  }
   if (autograd::needs_grad({&x}))
     autograd::record(kIndexSelect, out, {x}, [dim, xs = x.shape(), si = Saved(idx)](const Tensor& g, auto&) {
       Shape ishape(g.dim(), 1);
@@ -68,10 +88,19 @@ Tensor gather(const Tensor& x, int64_t dim, const Tensor& idx) {
   dim = wrap_dim(dim, x.dim(), "gather");
   check_indexed_shapes("gather", x, dim, idx);
   Tensor out = empty(idx.shape(), x.dtype(), x.device());
-  if (x.device().is_cpu())
+  if (x.device().is_cpu()) {
     cpu::gather_forward(x, dim, idx, out);
-  else
-    no_cuda_kernel("gather");
+  } else {
+    const Tensor ic = idx.contiguous();
+    NT_ON_CUDA("gather", {
+      DeviceFlag bad(x);
+      cuda::Strided xl = layout_of(x, "gather");
+      for (int64_t d = 0; d < ic.dim(); ++d) xl.size[d] = ic.size(d);
+      cuda::gather(x.dtype(), x.data_ptr(), xl, (int)dim, x.size(dim), ic.dtype(), ic.data_ptr(), layout_of(ic, "gather"),
+                   out.data_ptr(), ic.numel(), bad.get(), stream_of(out));
+      NT_CHECK(!bad.raised(), "gather: an index is out of range for dim {} of size {}", dim, x.size(dim));
+    });
+  }
   if (autograd::needs_grad({&x}))
     autograd::record(kGather, out, {x}, [dim, xs = x.shape(), si = Saved(idx)](const Tensor& g, auto&) {
       return std::vector<Tensor>{scatter_add_raw(zeros(xs, g.dtype(), g.device()), dim, si.get(), g)};
@@ -105,10 +134,15 @@ ValuesIndices topk(const Tensor& x, int64_t k, int64_t dim, bool largest) {
   Shape shape = xv.shape();
   shape[dim] = k;
   ValuesIndices r{empty(shape, x.dtype(), x.device()), empty(shape, DType::i64, x.device())};
-  if (x.device().is_cpu())
+  if (x.device().is_cpu()) {
     cpu::topk_forward(xv, k, dim, largest, r.values, r.indices);
-  else
-    no_cuda_kernel("topk");
+  } else {
+    const Tensor xc = xv.detach().contiguous();
+    int64_t outer = 1, inner = 1;
+    for (int64_t d = 0; d < xv.dim(); ++d) (d < dim ? outer : inner) *= d == dim ? 1 : xv.size(d);
+    NT_ON_CUDA("topk", cuda::topk(x.dtype(), xc.data_ptr(), r.values.data_ptr(), r.indices.data<int64_t>(), outer,
+                                  xv.size(dim), inner, k, largest, stream_of(xc)));
+  }
   if (autograd::needs_grad({&x}))
     autograd::record(kTopk, r.values, {x}, [dim, xs = x.shape(), si = Saved(r.indices)](const Tensor& g, auto&) {
       Shape s = xs.empty() ? Shape{1} : xs;
@@ -119,10 +153,15 @@ ValuesIndices topk(const Tensor& x, int64_t k, int64_t dim, bool largest) {
 
 static Tensor cumsum_raw(const Tensor& x, int64_t dim, bool reverse) {
   Tensor out = empty(x.shape(), x.dtype(), x.device());
-  if (x.device().is_cpu())
+  if (x.device().is_cpu()) {
     cpu::cumsum_forward(x, dim, reverse, out);
-  else
-    no_cuda_kernel("cumsum");
+  } else {
+    const Tensor xc = x.detach().contiguous();
+    int64_t outer = 1, inner = 1;
+    for (int64_t d = 0; d < x.dim(); ++d) (d < dim ? outer : inner) *= d == dim ? 1 : x.size(d);
+    NT_ON_CUDA("cumsum", cuda::cumsum(x.dtype(), xc.data_ptr(), out.data_ptr(), outer, x.size(dim), inner, reverse,
+                                      stream_of(out)));
+  }
   return out;
 }
 

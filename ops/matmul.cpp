@@ -4,6 +4,9 @@
 #include "autograd/graph.h"
 #include "ops/dispatch.h"
 #include "ops/reduce.h"
+#if NT_CUDA
+#include "cuda/blas.h"
+#endif
 
 namespace nt {
 namespace cpu {
@@ -11,6 +14,42 @@ void matmul_forward(const Tensor& a, const Tensor& b, const Tensor& out);
 }  // namespace cpu
 
 NT_REGISTER_OP(kMatmul, "matmul", true);
+
+#if NT_CUDA
+namespace {
+// How cuBLASLt can read the last two dims of t: row-major (trans = false) or column-major (trans = true) with a
+// leading dimension, and the batch dims as one uniform stride. false when it cannot (then t is made contiguous).
+struct GemmView {
+  bool ok = false, trans = false;
+  int64_t ld = 0, batch_stride = 0;
+};
+GemmView gemm_view(const Tensor& t) {
+  GemmView v;
+  const int64_t R = t.size(-2), C = t.size(-1), sr = t.stride(-2), sc = t.stride(-1);
+  if ((sc == 1 || C == 1) && (sr >= std::max<int64_t>(C, 1) || R == 1)) v.ok = true, v.trans = false, v.ld = R == 1 ? std::max<int64_t>(C, 1) : sr;
+  else if ((sr == 1 || R == 1) && (sc >= std::max<int64_t>(R, 1) || C == 1)) v.ok = true, v.trans = true, v.ld = C == 1 ? std::max<int64_t>(R, 1) : sc;
+  if (!v.ok) return v;
+  // Batch dims (all but the last two) must collapse into one stride: uniform, or all zero (broadcast).
+  const int64_t nb = t.dim() - 2;
+  int64_t expect = -1;
+  for (int64_t d = nb - 1; d >= 0; --d) {
+    if (t.size(d) == 1) continue;
+    if (expect < 0) v.batch_stride = t.stride(d), expect = t.stride(d) * t.size(d);
+    else if (t.stride(d) != expect && !(t.stride(d) == 0 && v.batch_stride == 0)) v.ok = false;
+    else expect = t.stride(d) * t.size(d);
+  }
+  return v;
+}
+void cuda_matmul(Tensor a, Tensor b, const Tensor& out) {
+  const int64_t M = out.size(-2), N = out.size(-1), K = a.size(-1), batch = out.numel() / std::max<int64_t>(M * N, 1);
+  GemmView va = gemm_view(a), vb = gemm_view(b);
+  if (!va.ok) a = a.contiguous(), va = gemm_view(a);
+  if (!vb.ok) b = b.contiguous(), vb = gemm_view(b);
+  cuda::gemm(a.dtype(), batch, M, N, K, a.data_ptr(), va.trans, va.ld, va.batch_stride, b.data_ptr(), vb.trans, vb.ld,
+             vb.batch_stride, out.data_ptr(), N, M * N, out.device().index, stream_of(out));
+}
+}  // namespace
+#endif
 
 // a [..., M, K], b [..., K, N], both with at least 2 dims.
 static Tensor matmul_nd(const Tensor& a, const Tensor& b) {
@@ -28,7 +67,7 @@ static Tensor matmul_nd(const Tensor& a, const Tensor& b) {
     if (a.device().is_cpu())
       cpu::matmul_forward(ae, be, out);
     else
-      no_cuda_kernel("matmul");
+      NT_ON_CUDA("matmul", cuda_matmul(ae.detach(), be.detach(), out));
   }
   if (autograd::needs_grad({&a, &b}))
     autograd::record(kMatmul, out, {a, b},

@@ -56,10 +56,18 @@ Tensor reduce_raw(const char* name, ReduceOp op, const Tensor& x, const Plan& p,
     if (op == ReduceOp::var) out.fill_(correction >= 1 ? NAN : 0.0);
     return out;
   }
-  if (x.device().is_cpu())
+  if (x.device().is_cpu()) {
     cpu::reduce_forward((int)op, x, p.dims, out, correction);
-  else
-    no_cuda_kernel(name);
+  } else {
+    // Reduced dims last and contiguous: each output is one row.
+    std::vector<int64_t> order;
+    for (int64_t d = 0; d < x.dim(); ++d)
+      if (!std::binary_search(p.dims.begin(), p.dims.end(), d)) order.push_back(d);
+    order.insert(order.end(), p.dims.begin(), p.dims.end());
+    const Tensor xc = x.detach().permute(order).contiguous();
+    NT_ON_CUDA(name, cuda::reduce_rows((int)op, x.dtype(), xc.data_ptr(), out.data_ptr(), out.numel(), p.count,
+                                       correction, stream_of(out)));
+  }
   return out;
 }
 // g (of the result's shape) viewed with the reduced dims as size 1, broadcastable against x.
@@ -134,7 +142,11 @@ static ValuesIndices max_raw(const char* name, const Tensor& x, int64_t dim, boo
   } else if (x.device().is_cpu()) {
     cpu::max_dim_forward(x, dim, r.values, r.indices);
   } else {
-    no_cuda_kernel(name);
+    const Tensor xc = x.detach().contiguous();
+    int64_t outer = 1, inner = 1;
+    for (int64_t d = 0; d < x.dim(); ++d) (d < dim ? outer : inner) *= d == dim ? 1 : x.size(d);
+    NT_ON_CUDA(name, cuda::max_dim(x.dtype(), xc.data_ptr(), r.values.data_ptr(), r.indices.data<int64_t>(), outer,
+                                   x.size(dim), inner, stream_of(xc)));
   }
   return r;
 }

@@ -16,11 +16,15 @@ NT_REGISTER_OP(kRope, "rope", true);
 static Tensor rope_raw(const Tensor& x, const Tensor& cos, const Tensor& sin, bool interleaved, double sign) {
   const int64_t T = x.size(-3), H = x.size(-2), D = x.size(-1), N = x.numel() / std::max<int64_t>(T * H * D, 1);
   Tensor out = empty(x.shape(), x.dtype(), x.device());
-  if (x.device().is_cpu())
+  if (x.device().is_cpu()) {
     cpu::rope_forward(x.detach().contiguous().reshape({N, T, H, D}), cos.to(DType::f64).contiguous(),
                       sin.to(DType::f64).contiguous(), interleaved, sign, out.reshape({N, T, H, D}));
-  else
-    no_cuda_kernel("rope");
+  } else {
+    const Tensor xc = x.detach().contiguous(), c = cos.detach().to(DType::f32).contiguous(),
+                 s = sin.detach().to(DType::f32).contiguous();
+    NT_ON_CUDA("rope", cuda::rope_forward(x.dtype(), xc.data_ptr(), c.data<float>(), s.data<float>(), out.data_ptr(), N,
+                                          T, H, D, interleaved, (float)sign, stream_of(out)));
+  }
   return out;
 }
 

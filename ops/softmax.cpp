@@ -24,10 +24,15 @@ using autograd::Saved;
 static Tensor softmax_raw(const char* name, const Tensor& x, int64_t dim, bool log) {
   check_floating(name, x, "x");
   Tensor out = empty(x.shape(), x.dtype(), x.device());
-  if (x.device().is_cpu())
+  if (x.device().is_cpu()) {
     cpu::softmax_forward(x.dim() == 0 ? x.reshape({1}) : x, dim, log, out);
-  else
-    no_cuda_kernel(name);
+  } else {
+    const Tensor xc = x.detach().contiguous();
+    int64_t outer = 1, inner = 1;
+    for (int64_t d = 0; d < x.dim(); ++d) (d < dim ? outer : inner) *= d == dim ? 1 : x.size(d);
+    NT_ON_CUDA(name, cuda::softmax_forward(x.dtype(), xc.data_ptr(), out.data_ptr(), outer, x.dim() ? x.size(dim) : 1,
+                                           inner, log, stream_of(out)));
+  }
   return out;
 }
 
@@ -62,13 +67,23 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& target, int64_t ignore_
            shape_str(logits.shape()), shape_str(rows), shape_str(target.shape()));
   const int64_t C = logits.size(-1), N = shape_numel(rows);
   const Tensor x2 = logits.detach().contiguous().reshape({N, C});
-  const Tensor t1 = target.reshape({N});
-  Tensor loss = empty({N}, DType::f64), lse = empty({N}, DType::f64);
-  if (logits.device().is_cpu())
+  const Tensor t1 = target.contiguous().reshape({N});
+  const bool on_cpu = logits.device().is_cpu();
+  // Per-row loss and log-sum-exp: f64 on the CPU (the reference), f32 on the GPU.
+  const DType stat_t = on_cpu ? DType::f64 : DType::f32;
+  Tensor loss = empty({N}, stat_t, logits.device()), lse = empty({N}, stat_t, logits.device());
+  if (on_cpu) {
     cpu::cross_entropy_forward(x2, t1, ignore_index, loss, lse);
-  else
-    no_cuda_kernel("cross_entropy");
-  const Tensor valid = ne(t1, scalar_tensor((double)ignore_index, t1.dtype())).to(DType::f64);
+  } else {
+    NT_ON_CUDA("cross_entropy", {
+      DeviceFlag bad(x2);
+      cuda::cross_entropy_forward(x2.dtype(), x2.data_ptr(), t1.dtype(), t1.data_ptr(), ignore_index, loss.data<float>(),
+                                  lse.data<float>(), N, C, bad.get(), stream_of(x2));
+      NT_CHECK(!bad.raised(), "cross_entropy: a target is out of range for {} classes (expected 0 to {} or ignore_index {})",
+               C, C - 1, ignore_index);
+    });
+  }
+  const Tensor valid = ne(t1, scalar_tensor((double)ignore_index, t1.dtype(), t1.device())).to(DType::f64);
   const double count = sum(valid).item();
   Tensor out;
   {
@@ -83,11 +98,18 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& target, int64_t ignore_
   if (autograd::needs_grad({&logits}))
     autograd::record(kCrossEntropy, out, {logits},
                      [=, sx = Saved(x2), st = Saved(t1), sl = Saved(lse), shape = logits.shape()](const Tensor& g, auto&) {
+                       const Tensor& x2 = sx.get();
+                       const DType gt = x2.device().is_cpu() ? DType::f64 : DType::f32;
                        Tensor grow;
-                       if (reduction == Reduction::none) grow = g.reshape({N}).to(DType::f64).contiguous();
-                       else grow = full({N}, g.item() / (reduction == Reduction::mean ? count : 1.0), DType::f64);
-                       Tensor dx = empty({N, C}, sx.get().dtype(), sx.get().device());
-                       cpu::cross_entropy_backward(sx.get(), st.get(), ignore_index, sl.get(), grow.to(kCPU), dx);
+                       if (reduction == Reduction::none) grow = g.reshape({N}).to(gt).contiguous();
+                       else grow = (g.reshape({1}).to(gt) / (reduction == Reduction::mean ? count : 1.0)).expand({N}).contiguous();
+                       Tensor dx = empty({N, C}, x2.dtype(), x2.device());
+                       if (x2.device().is_cpu())
+                         cpu::cross_entropy_backward(x2, st.get(), ignore_index, sl.get(), grow, dx);
+                       else
+                         NT_ON_CUDA("cross_entropy", cuda::cross_entropy_backward(
+                             x2.dtype(), x2.data_ptr(), st.get().dtype(), st.get().data_ptr(), ignore_index,
+                             sl.get().data<float>(), grow.data<float>(), dx.data_ptr(), N, C, stream_of(dx)));
                        return std::vector<Tensor>{dx.reshape(shape)};
                      });
   return out;

@@ -1,6 +1,7 @@
 // Random tensors from the Philox stream (tensor/philox.h). CPU loops here; a CUDA draw uses the same element ->
 // counter mapping, so a seed gives the same values on either device.
 #include "autograd/graph.h"
+#include "ops/dispatch.h"
 #include "tensor/convert.h"
 #include "tensor/philox.h"
 #include "tensor/tensor.h"
@@ -26,10 +27,19 @@ template <class F> Tensor draw(const Shape& shape, DType dtype, Device device, F
 }
 }  // namespace
 
+// On a GPU the draw runs in a kernel with the same element -> counter mapping (cuda/random.cu).
+static Tensor device_draw(const Shape& shape, DType dtype, Device device, uint64_t seed, uint64_t off, bool normal) {
+  Tensor t = empty(shape, dtype, device);
+  NT_ON_CUDA(normal ? "randn" : "rand", cuda::philox_fill(dtype, t.data_ptr(), t.numel(), seed, off, normal, stream_of(t)));
+  return t;
+}
+
 Tensor rand(const Shape& shape, DType dtype, Device device, Generator* gen) {
   NT_CHECK(is_floating(dtype), "rand: dtype must be floating, got {}", dtype_name(dtype));
   Generator& g = gen ? *gen : default_generator();
   const uint64_t seed = g.seed, off = g.advance(philox::uniform_blocks(shape_numel(shape)));
+  if (device.is_cuda() && dtype != DType::f8e4m3 && dtype != DType::f8e5m2)
+    return device_draw(shape, dtype, device, seed, off, false);
   return draw(shape, dtype, device, [&](uint64_t i) { return (double)philox::uniform_at(seed, off, i); });
 }
 
@@ -37,6 +47,8 @@ Tensor randn(const Shape& shape, DType dtype, Device device, Generator* gen) {
   NT_CHECK(is_floating(dtype), "randn: dtype must be floating, got {}", dtype_name(dtype));
   Generator& g = gen ? *gen : default_generator();
   const uint64_t seed = g.seed, off = g.advance(philox::normal_blocks(shape_numel(shape)));
+  if (device.is_cuda() && dtype != DType::f8e4m3 && dtype != DType::f8e5m2)
+    return device_draw(shape, dtype, device, seed, off, true);
   return draw(shape, dtype, device, [&](uint64_t i) { return (double)philox::normal_at(seed, off, i); });
 }
 

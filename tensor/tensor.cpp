@@ -7,6 +7,7 @@
 #include "autograd/graph.h"
 #include "cuda/memory.h"
 #include "ops/cpu/copy.h"
+#include "ops/dispatch.h"
 #include "tensor/convert.h"
 
 namespace nt {
@@ -161,21 +162,22 @@ Tensor& Tensor::copy_(const Tensor& src) {
     Tensor h = empty({span}, src.dtype());
     if (span) cuda::copy_d2h(h.data_ptr(), src.data_ptr(), span * src.element_size(), src.device().index);
     cpu::copy(*this, make_view(h, src.shape(), src.strides(), 0));
+  } else if (src.device() == device()) {
+    NT_ON_CUDA("copy_", cuda::copy(dtype(), data_ptr(), layout_of(*this, "copy_"), src.dtype(), src.data_ptr(),
+                                   broadcast_layout(src, shape(), "copy_"), numel(), stream_of(*this)));
   } else {
-    Tensor s = src;
-    if (src.device().is_cuda()) {
-      if (src.device() == device() && src.dtype() == dtype() && src.shape() == shape() && src.is_contiguous() &&
-          is_contiguous()) {
-        cuda::copy_d2d(data_ptr(), src.data_ptr(), numel() * element_size(), device().index);
-        impl_->storage->version++;
-        return *this;
-      }
-      s = src.to(kCPU);
+    // From the host (or another GPU, through the host): upload contiguously in the source dtype, then let the
+    // device copy convert and scatter into this view.
+    const Tensor h = src.device().is_cpu() ? src : src.to(kCPU);
+    Tensor hc = empty(h.shape(), h.dtype());
+    cpu::copy(hc, h);
+    if (hc.dtype() == dtype() && hc.shape() == shape() && is_contiguous()) {
+      cuda::copy_h2d(data_ptr(), hc.data_ptr(), numel() * element_size(), device().index);
+    } else {
+      Tensor staged = empty(hc.shape(), hc.dtype(), device());
+      cuda::copy_h2d(staged.data_ptr(), hc.data_ptr(), hc.numel() * hc.element_size(), device().index);
+      copy_(staged);
     }
-    NT_CHECK(is_contiguous(), "copy_: writing into a non-contiguous CUDA tensor needs the CUDA copy kernel");
-    Tensor h = empty(shape(), dtype());
-    cpu::copy(h, s);
-    cuda::copy_h2d(data_ptr(), h.data_ptr(), numel() * element_size(), device().index);
   }
   impl_->storage->version++;
   return *this;
@@ -184,12 +186,10 @@ Tensor& Tensor::copy_(const Tensor& src) {
 Tensor& Tensor::fill_(double value) {
   NT_CHECK(!(autograd::grad_enabled() && requires_grad()), "fill_: in-place write to a tensor that requires grad; "
            "do it under a no-grad scope");
-  if (device().is_cpu()) {
+  if (device().is_cpu())
     cpu::fill(*this, value);
-  } else {
-    Tensor h = full(shape(), value, dtype());
-    copy_(h);
-  }
+  else
+    NT_ON_CUDA("fill_", cuda::fill(dtype(), data_ptr(), layout_of(*this, "fill_"), numel(), value, stream_of(*this)));
   impl_->storage->version++;
   return *this;
 }

@@ -1,0 +1,145 @@
+// cuBLASLt GEMMs. cuBLAS is column-major: the row-major product C = op(A) op(B) is computed as the column-major
+// C^T = op(B)^T op(A)^T, so B is passed first and no data is copied or transposed. Algorithms from the heuristic
+// are cached per problem shape; one 32 MiB workspace per device comes from the caching allocator.
+#include "cuda/blas.h"
+
+#include <cublasLt.h>
+
+#include <map>
+#include <mutex>
+#include <tuple>
+
+#include "cuda/allocator.h"
+#include "cuda/check.h"
+#include "tensor/error.h"
+
+namespace nt::cuda {
+namespace {
+bool g_tf32 = false;
+constexpr size_t kWorkspace = 32u << 20;
+
+const char* status_name(cublasStatus_t s) {
+  switch (s) {
+    case CUBLAS_STATUS_NOT_INITIALIZED: return "CUBLAS_STATUS_NOT_INITIALIZED";
+    case CUBLAS_STATUS_ALLOC_FAILED: return "CUBLAS_STATUS_ALLOC_FAILED";
+    case CUBLAS_STATUS_INVALID_VALUE: return "CUBLAS_STATUS_INVALID_VALUE";
+    case CUBLAS_STATUS_ARCH_MISMATCH: return "CUBLAS_STATUS_ARCH_MISMATCH";
+    case CUBLAS_STATUS_EXECUTION_FAILED: return "CUBLAS_STATUS_EXECUTION_FAILED";
+    case CUBLAS_STATUS_INTERNAL_ERROR: return "CUBLAS_STATUS_INTERNAL_ERROR";
+    case CUBLAS_STATUS_NOT_SUPPORTED: return "CUBLAS_STATUS_NOT_SUPPORTED";
+    default: return "cuBLAS status";
+  }
+}
+void check_lt(cublasStatus_t s, const char* expr, const char* file, int line) {
+  if (s != CUBLAS_STATUS_SUCCESS)
+    throw Error(fmt::format("cuBLASLt error at {}:{}: {} failed: {} ({})", file, line, expr, status_name(s), (int)s));
+}
+#define NT_LT_CHECK(expr) check_lt((expr), #expr, __FILE__, __LINE__)
+
+struct DeviceState {
+  cublasLtHandle_t handle = nullptr;
+  void* workspace = nullptr;
+};
+DeviceState& state(int device) {
+  static DeviceState states[64];
+  static std::mutex m;
+  std::lock_guard<std::mutex> lock(m);
+  DeviceState& s = states[device];
+  if (!s.handle) {
+    NT_CUDA_CHECK(cudaSetDevice(device));
+    NT_LT_CHECK(cublasLtCreate(&s.handle));
+    s.workspace = cached_malloc(kWorkspace, device);
+  }
+  return s;
+}
+
+using Key = std::tuple<int, int64_t, int64_t, int64_t, int64_t, bool, bool, int64_t, int64_t, int64_t, int64_t,
+                       int64_t, int64_t, bool, int>;
+std::map<Key, cublasLtMatmulAlgo_t>& algo_cache() {
+  static std::map<Key, cublasLtMatmulAlgo_t> c;
+  return c;
+}
+std::mutex g_algo_mutex;
+
+struct Layout {
+  cublasLtMatrixLayout_t l = nullptr;
+  Layout(cudaDataType_t t, int64_t rows, int64_t cols, int64_t ld, int64_t batch, int64_t stride) {
+    NT_LT_CHECK(cublasLtMatrixLayoutCreate(&l, t, rows, cols, ld));
+    if (batch > 1) {
+      const int32_t b = (int32_t)batch;
+      NT_LT_CHECK(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &b, sizeof(b)));
+      NT_LT_CHECK(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride, sizeof(stride)));
+    }
+  }
+  ~Layout() { cublasLtMatrixLayoutDestroy(l); }
+};
+}  // namespace
+
+void set_allow_tf32(bool on) { g_tf32 = on; }
+bool allow_tf32() { return g_tf32; }
+
+void gemm(DType t, int64_t batch, int64_t M, int64_t N, int64_t K, const void* A, bool ta, int64_t lda, int64_t stride_a,
+          const void* B, bool tb, int64_t ldb, int64_t stride_b, void* C, int64_t ldc, int64_t stride_c, int device,
+          cudaStream_t stream) {
+  if (M == 0 || N == 0 || batch == 0) return;
+  cudaDataType_t dt;
+  cublasComputeType_t ct;
+  cudaDataType_t scale_t = CUDA_R_32F;
+  switch (t) {
+    case DType::bf16: dt = CUDA_R_16BF, ct = CUBLAS_COMPUTE_32F; break;
+    case DType::f32: dt = CUDA_R_32F, ct = g_tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F; break;
+    case DType::f64: dt = CUDA_R_64F, ct = CUBLAS_COMPUTE_64F, scale_t = CUDA_R_64F; break;
+    default: throw Error(fmt::format("matmul: CUDA matmul does not support dtype {}", dtype_name(t)));
+  }
+  if (K == 0) {  // C = 0: cuBLASLt does not accept k = 0
+    for (int64_t b = 0; b < batch; ++b)
+      NT_CUDA_CHECK(cudaMemset2DAsync(static_cast<char*>(C) + b * stride_c * dtype_size(t), ldc * dtype_size(t), 0,
+                                      N * dtype_size(t), M, stream));
+    return;
+  }
+  DeviceState& st = state(device);
+  cublasLtMatmulDesc_t desc;
+  NT_LT_CHECK(cublasLtMatmulDescCreate(&desc, ct, scale_t));
+  // Column-major view: first operand = B^T (N x K), second = A^T (K x M), result C^T (N x M).
+  const cublasOperation_t op_first = tb ? CUBLAS_OP_T : CUBLAS_OP_N, op_second = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+  NT_LT_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_first, sizeof(op_first)));
+  NT_LT_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_second, sizeof(op_second)));
+  Layout lb(dt, tb ? K : N, tb ? N : K, ldb, batch, stride_b);
+  Layout la(dt, ta ? M : K, ta ? K : M, lda, batch, stride_a);
+  Layout lc(dt, N, M, ldc, batch, stride_c);
+
+  const Key key{(int)t, batch, M, N, K, ta, tb, lda, ldb, ldc, stride_a, stride_b, stride_c, g_tf32, device};
+  cublasLtMatmulAlgo_t algo;
+  {
+    std::lock_guard<std::mutex> lock(g_algo_mutex);
+    auto it = algo_cache().find(key);
+    if (it != algo_cache().end()) {
+      algo = it->second;
+    } else {
+      cublasLtMatmulPreference_t pref;
+      NT_LT_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+      NT_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &kWorkspace,
+                                                       sizeof(kWorkspace)));
+      cublasLtMatmulHeuristicResult_t res;
+      int found = 0;
+      NT_LT_CHECK(cublasLtMatmulAlgoGetHeuristic(st.handle, desc, lb.l, la.l, lc.l, lc.l, pref, 1, &res, &found));
+      cublasLtMatmulPreferenceDestroy(pref);
+      if (found == 0) {
+        cublasLtMatmulDescDestroy(desc);
+        throw Error(fmt::format("matmul: cuBLASLt found no algorithm for M={} N={} K={} batch={} dtype {}", M, N, K,
+                                batch, dtype_name(t)));
+      }
+      algo = res.algo;
+      algo_cache()[key] = algo;
+    }
+  }
+  const float one_f = 1.f, zero_f = 0.f;
+  const double one_d = 1.0, zero_d = 0.0;
+  const void* alpha = t == DType::f64 ? (const void*)&one_d : (const void*)&one_f;
+  const void* beta = t == DType::f64 ? (const void*)&zero_d : (const void*)&zero_f;
+  const cublasStatus_t s = cublasLtMatmul(st.handle, desc, alpha, B, lb.l, A, la.l, beta, C, lc.l, C, lc.l, &algo,
+                                          st.workspace, kWorkspace, stream);
+  cublasLtMatmulDescDestroy(desc);
+  NT_LT_CHECK(s);
+}
+}  // namespace nt::cuda

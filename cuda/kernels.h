@@ -1,0 +1,94 @@
+// Launchers of every CUDA kernel, with raw pointers and plain sizes: this header (and the .cu files) stay free
+// of fmt and of Tensor, so nvcc compiles only kernels. The op files (ops/*.cpp) turn tensors into these arguments.
+// Every launcher takes the stream to run on and checks its launch.
+#pragma once
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "ops/elementwise_math.h"
+#include "tensor/dtype.h"
+
+namespace nt::cuda {
+
+constexpr int kMaxDims = 8;
+// A view's geometry in elements (sizes and strides of up to kMaxDims dims); stride 0 broadcasts.
+struct Strided {
+  int nd = 0;
+  int64_t size[kMaxDims] = {};
+  int64_t stride[kMaxDims] = {};
+};
+
+// copy.cu: dst[i] = convert(src[i]) over n elements of dst's shape (src broadcast to it); fill with a value.
+void copy(DType dst_t, void* dst, const Strided& dst_l, DType src_t, const void* src, const Strided& src_l, int64_t n,
+          cudaStream_t stream);
+void fill(DType t, void* dst, const Strided& l, int64_t n, double value, cudaStream_t stream);
+
+// elementwise.cu: contiguous unary forward/backward; binary and where over broadcast strided inputs into a
+// contiguous output of n elements (the output's shape is the layouts' shape).
+void unary_forward(UnaryOp op, DType t, const void* x, void* y, int64_t n, double p0, double p1, cudaStream_t stream);
+void unary_backward(UnaryOp op, DType t, const void* x, const void* y, const void* dy, void* dx, int64_t n, double p0,
+                    double p1, cudaStream_t stream);
+void binary_forward(BinaryOp op, DType t, const void* a, const Strided& al, const void* b, const Strided& bl, void* out,
+                    int64_t n, cudaStream_t stream);
+void where_forward(DType t, const bool* cond, const Strided& cl, const void* a, const Strided& al, const void* b,
+                   const Strided& bl, void* out, int64_t n, cudaStream_t stream);
+
+// random.cu: the Philox streams of tensor/philox.h.
+void philox_fill(DType t, void* out, int64_t n, uint64_t seed, uint64_t offset, bool normal, cudaStream_t stream);
+void dropout_forward(DType t, const void* x, void* out, int64_t n, double p, uint64_t seed, uint64_t offset,
+                     cudaStream_t stream);
+
+// reduce.cu: x [rows, R] contiguous -> out [rows]; op as ReduceOp (sum, mean, amax, logsumexp, var).
+void reduce_rows(int op, DType t, const void* x, void* out, int64_t rows, int64_t R, int64_t correction,
+                 cudaStream_t stream);
+// x [outer, n, inner] contiguous -> values, indices [outer, inner] (first maximum; NaN wins).
+void max_dim(DType t, const void* x, void* values, int64_t* indices, int64_t outer, int64_t n, int64_t inner,
+             cudaStream_t stream);
+
+// softmax.cu: along the middle dim of x [outer, n, inner] contiguous.
+void softmax_forward(DType t, const void* x, void* y, int64_t outer, int64_t n, int64_t inner, bool log,
+                     cudaStream_t stream);
+// logits [N, C] contiguous, target [N] (i32 or i64): loss[N] and lse[N] in f32.
+void cross_entropy_forward(DType t, const void* logits, DType target_t, const void* target, int64_t ignore_index,
+                           float* loss, float* lse, int64_t N, int64_t C, int* bad_target, cudaStream_t stream);
+// dlogits[r, c] = grow[r] * (softmax - onehot), 0 for ignored rows; grow[N] f32.
+void cross_entropy_backward(DType t, const void* logits, DType target_t, const void* target, int64_t ignore_index,
+                            const float* lse, const float* grow, void* dlogits, int64_t N, int64_t C, cudaStream_t stream);
+
+// norm.cu: x [R, C] contiguous; w, b [C] or null; stats [R, 2] f32 (mean, rstd).
+void norm_forward(bool rms, DType t, const void* x, const void* w, const void* b, double eps, void* y, float* stats,
+                  int64_t R, int64_t C, cudaStream_t stream);
+// dx [R, C]; dw, db [C] f32 (or null), reduced deterministically across rows.
+void norm_backward(bool rms, DType t, const void* x, const void* w, const float* stats, const void* dy, void* dx,
+                   float* dw, float* db, int64_t R, int64_t C, cudaStream_t stream);
+
+// embedding.cu: weight [V, C], idx [N] -> out [N, C]; backward sums dout rows into dweight [V, C] (f32) in index
+// order per row (deterministic: no atomics). bad_index gets 1 if an index is out of range.
+void embedding_forward(DType t, const void* weight, DType idx_t, const void* idx, void* out, int64_t N, int64_t V,
+                       int64_t C, int* bad_index, cudaStream_t stream);
+void embedding_backward(DType t, const void* dout, DType idx_t, const void* idx, float* dweight, int64_t N, int64_t V,
+                        int64_t C, cudaStream_t stream);
+
+// rope.cu: x, out [N, T, H, D] contiguous; cos, sin [T, D/2] f32; sign -1 rotates backwards.
+void rope_forward(DType t, const void* x, const float* cos, const float* sin, void* out, int64_t N, int64_t T, int64_t H,
+                  int64_t D, bool interleaved, float sign, cudaStream_t stream);
+
+// index.cu
+// x [outer, n, inner] -> out [outer, m, inner] picking idx[m] along the middle dim.
+void index_select(DType t, const void* x, DType idx_t, const void* idx, void* out, int64_t outer, int64_t n, int64_t m,
+                  int64_t inner, int* bad_index, cudaStream_t stream);
+// For every element i of idx (layout il, contiguous iteration over its shape): the element of x (layout xl with the
+// indexed dim's stride moved to dim_stride) at idx[i] along `dim`. gather: out[i] = x[...]; scatter_add:
+// x[...] += src[i] (atomic adds in f32/f64; bf16 via f32 accumulation buffer by the caller).
+void gather(DType t, const void* x, const Strided& xl, int dim, int64_t dim_size, DType idx_t, const void* idx,
+            const Strided& il, void* out, int64_t n, int* bad_index, cudaStream_t stream);
+void scatter_add(DType t, void* x, const Strided& xl, int dim, int64_t dim_size, DType idx_t, const void* idx,
+                 const Strided& il, const void* src, int64_t n, int* bad_index, cudaStream_t stream);
+// x [outer, n, inner] -> top k along the middle dim, sorted, ties to the lower index.
+void topk(DType t, const void* x, void* values, int64_t* indices, int64_t outer, int64_t n, int64_t inner, int64_t k,
+          bool largest, cudaStream_t stream);
+void cumsum(DType t, const void* x, void* out, int64_t outer, int64_t n, int64_t inner, bool reverse,
+            cudaStream_t stream);
+
+}  // namespace nt::cuda

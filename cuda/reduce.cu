@@ -1,0 +1,96 @@
+// Row reductions: x [rows, R] contiguous -> out [rows]. One block per row, threads stride over the row
+// (coalesced), accumulation in float (double for f64), block_reduce at the end. Traffic: one read of x (two for
+// logsumexp and var, which need the max or mean first; the second pass hits L2 for rows that fit).
+// max_dim: x [outer, n, inner], one thread per (outer, inner) pair walking n (coalesced across inner).
+#include <cfloat>
+
+#include "cuda/common.cuh"
+
+namespace nt::cuda {
+namespace {
+enum class ReduceOp { sum, mean, amax, logsumexp, var };  // same order as ops/reduce.cpp
+
+template <class T>
+__global__ void reduce_rows_kernel(int op_, const T* __restrict__ x, T* __restrict__ out, int64_t R, int64_t correction) {
+  using A = acc_t<T>;
+  const ReduceOp op = (ReduceOp)op_;
+  const T* row = x + blockIdx.x * R;
+  A acc;
+  if (op == ReduceOp::amax || op == ReduceOp::logsumexp) {
+    A m = -INFINITY;
+    bool nan = false;
+    for (int64_t i = threadIdx.x; i < R; i += blockDim.x) {
+      const A v = (A)row[i];
+      nan |= v != v;
+      m = v > m ? v : m;
+    }
+    m = block_reduce(m, MaxOp{}, (A)-INFINITY);
+    nan = block_reduce((int)nan, SumOp{}, 0) > 0;
+    if (op == ReduceOp::amax || nan || isinf(m)) {
+      acc = nan ? (A)NAN : m;
+    } else {
+      A s = 0;
+      for (int64_t i = threadIdx.x; i < R; i += blockDim.x) s += exp((A)row[i] - m);
+      s = block_reduce(s, SumOp{}, (A)0);
+      acc = m + log(s);
+    }
+  } else {
+    A s = 0;
+    for (int64_t i = threadIdx.x; i < R; i += blockDim.x) s += (A)row[i];
+    s = block_reduce(s, SumOp{}, (A)0);
+    if (op == ReduceOp::sum) acc = s;
+    else if (op == ReduceOp::mean) acc = s / (A)R;
+    else {
+      const A mean = s / (A)R;
+      A q = 0;
+      for (int64_t i = threadIdx.x; i < R; i += blockDim.x) {
+        const A d = (A)row[i] - mean;
+        q += d * d;
+      }
+      q = block_reduce(q, SumOp{}, (A)0);
+      acc = q / (A)(R - correction > 0 ? R - correction : 0);
+    }
+  }
+  if (threadIdx.x == 0) out[blockIdx.x] = T(acc);
+}
+
+template <class T>
+__global__ void max_dim_kernel(const T* __restrict__ x, T* __restrict__ values, int64_t* __restrict__ indices,
+                               int64_t outer, int64_t n, int64_t inner) {
+  using A = acc_t<T>;
+  for (int64_t p = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; p < outer * inner; p += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t o = p / inner, i = p % inner;
+    const T* base = x + o * n * inner + i;
+    A best = (A)base[0];
+    int64_t bi = 0;
+    for (int64_t j = 1; j < n && best == best; ++j) {
+      const A v = (A)base[j * inner];
+      if (v > best || v != v) best = v, bi = j;
+    }
+    values[p] = T(best);
+    indices[p] = bi;
+  }
+}
+}  // namespace
+
+void reduce_rows(int op, DType t, const void* x, void* out, int64_t rows, int64_t R, int64_t correction,
+                 cudaStream_t stream) {
+  if (rows == 0) return;
+  NT_CU_DISPATCH_FLOAT(t, "reduce", [&] {
+    const int threads = R >= 2048 ? 1024 : (R >= 256 ? 256 : 64);
+    reduce_rows_kernel<scalar_t><<<(unsigned)rows, threads, 0, stream>>>(op, static_cast<const scalar_t*>(x),
+                                                                        static_cast<scalar_t*>(out), R, correction);
+  });
+  NT_CUDA_CHECK_LAUNCH();
+}
+
+void max_dim(DType t, const void* x, void* values, int64_t* indices, int64_t outer, int64_t n, int64_t inner,
+             cudaStream_t stream) {
+  if (outer * inner == 0) return;
+  NT_CU_DISPATCH_FLOAT(t, "max", [&] {
+    max_dim_kernel<scalar_t><<<grid_for(outer * inner, 256), 256, 0, stream>>>(
+        static_cast<const scalar_t*>(x), static_cast<scalar_t*>(values), indices, outer, n, inner);
+  });
+  NT_CUDA_CHECK_LAUNCH();
+}
+}  // namespace nt::cuda

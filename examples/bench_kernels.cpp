@@ -1,0 +1,145 @@
+// Kernel benchmark: achieved bandwidth of the memory-bound kernels and TFLOP/s of matmul, each next to the
+// ceiling measured in the same run (device-to-device copy; cuBLAS through torch.matmul when python3 with torch is
+// present, which scripts/bench_torch.py times on the same shapes).
+//
+//   build/examples/bench_kernels [--no-torch]
+// Bytes counted: each input read once and each output written once (the minimum any implementation must move).
+#include <cuda_runtime.h>
+
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <string>
+
+#include "cuda/check.h"
+#include "cuda/memory.h"
+#include "cuda/runtime.h"
+#include "cuda/allocator.h"
+#include "ops/ops.h"
+
+using namespace nt;
+
+namespace {
+const Device kGpu = cuda_device(0);
+
+// Median time in ms of fn over `iters` runs after warm-up, timed with events on the library's stream.
+template <class F> double time_ms(F fn, int iters = 20) {
+  cudaStream_t s = cuda::current_stream(0);
+  for (int i = 0; i < 3; ++i) fn();
+  std::vector<float> t(iters);
+  cudaEvent_t a, b;
+  NT_CUDA_CHECK(cudaEventCreate(&a));
+  NT_CUDA_CHECK(cudaEventCreate(&b));
+  for (int i = 0; i < iters; ++i) {
+    NT_CUDA_CHECK(cudaEventRecord(a, s));
+    fn();
+    NT_CUDA_CHECK(cudaEventRecord(b, s));
+    NT_CUDA_CHECK(cudaEventSynchronize(b));
+    NT_CUDA_CHECK(cudaEventElapsedTime(&t[i], a, b));
+  }
+  cudaEventDestroy(a), cudaEventDestroy(b);
+  std::sort(t.begin(), t.end());
+  return t[iters / 2];
+}
+
+std::map<std::string, double> torch_results(bool enabled) {
+  std::map<std::string, double> r;
+  if (!enabled) return r;
+  FILE* p = popen("python3 scripts/bench_torch.py 2>/dev/null", "r");
+  if (!p) return r;
+  char name[128];
+  double v;
+  while (fscanf(p, "%127s %lf", name, &v) == 2) r[name] = v;
+  pclose(p);
+  return r;
+}
+
+struct Row {
+  std::string name, torch_key;
+  double ms, value;  // GB/s or TFLOP/s
+};
+}  // namespace
+
+int main(int argc, char** argv) {
+  const bool use_torch = !(argc > 1 && std::strcmp(argv[1], "--no-torch") == 0);
+  NT_CHECK(cuda::available(), "bench_kernels needs a GPU");
+  cudaDeviceProp prop;
+  NT_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  std::printf("GPU: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
+  const auto torch = torch_results(use_torch);
+  if (use_torch) std::printf("torch reference: %s\n", torch.empty() ? "not available" : "python3 scripts/bench_torch.py");
+  autograd::NoGradGuard no_grad;
+  Generator gen(1);
+  std::vector<Row> rows;
+  auto gbps = [](double bytes, double ms) { return bytes / ms / 1e6; };
+
+  // Ceiling: device-to-device copy of 1 GiB.
+  {
+    Tensor a = rand({1 << 28}, DType::f32, kGpu, &gen), b = empty({1 << 28}, DType::f32, kGpu);
+    const double ms = time_ms([&] { b.copy_(a); });
+    rows.push_back({"copy 1 GiB (ceiling)", "copy_gbps", ms, gbps(2.0 * a.numel() * 4, ms)});
+  }
+  const double copy_bw = rows[0].value;
+  {
+    const int64_t R = 16384, C = 4096;
+    Tensor x = randn({R, C}, DType::bf16, kGpu, &gen), y = randn({R, C}, DType::bf16, kGpu, &gen);
+    Tensor w = randn({C}, DType::bf16, kGpu, &gen);
+    const double n = (double)R * C;
+    double ms = time_ms([&] { add(x, y); });
+    rows.push_back({"add bf16 16384x4096", "add_gbps", ms, gbps(3 * n * 2, ms)});
+    ms = time_ms([&] { gelu(x, GeluApprox::tanh); });
+    rows.push_back({"gelu_tanh bf16 16384x4096", "gelu_tanh_gbps", ms, gbps(2 * n * 2, ms)});
+    ms = time_ms([&] { rms_norm(x, w); });
+    rows.push_back({"rms_norm fwd bf16 16384x4096", "rms_norm_gbps", ms, gbps(2 * n * 2, ms)});
+    {
+      autograd::EnableGradGuard grad;
+      Tensor xg = x.detach().requires_grad_(), wg = w.detach().requires_grad_();
+      Tensor out = rms_norm(xg, wg);
+      ms = time_ms([&] { out.backward(y, true); });
+      rows.push_back({"rms_norm bwd bf16 16384x4096", "rms_norm_bwd_gbps", ms, gbps(3 * n * 2, ms)});
+    }
+  }
+  {
+    const int64_t R = 16384, V = 50304;
+    Tensor logits = randn({R, V}, DType::bf16, kGpu, &gen);
+    Tensor target = randint(0, V, {R}, DType::i64, kGpu, &gen);
+    const double n = (double)R * V;
+    double ms = time_ms([&] { softmax(logits, -1); }, 10);
+    rows.push_back({"softmax bf16 16384x50304", "softmax_gbps", ms, gbps(2 * n * 2, ms)});
+    autograd::EnableGradGuard grad;
+    Tensor lg = logits.detach().requires_grad_();
+    ms = time_ms([&] {
+      lg.set_grad(Tensor());
+      cross_entropy(lg, target).backward();
+    }, 10);
+    rows.push_back({"cross_entropy fwd+bwd bf16 16384x50304", "cross_entropy_gbps", ms, gbps(2 * n * 2, ms)});
+  }
+  std::printf("\n%-42s %10s %10s %8s %12s %8s\n", "memory-bound kernel", "ms", "GB/s", "of copy", "torch GB/s", "vs torch");
+  for (const Row& r : rows) {
+    const auto it = torch.find(r.torch_key);
+    const double t = it == torch.end() ? 0 : it->second;
+    std::printf("%-42s %10.3f %10.0f %7.0f%% %12s %8s\n", r.name.c_str(), r.ms, r.value, 100 * r.value / copy_bw,
+                t > 0 ? std::to_string((int)t).c_str() : "-", t > 0 ? fmt::format("{:.2f}x", r.value / t).c_str() : "-");
+  }
+
+  struct Mm {
+    int64_t M, N, K;
+  };
+  std::printf("\n%-42s %10s %10s %14s %8s\n", "matmul bf16 (f32 accumulate)", "ms", "TFLOP/s", "torch TFLOP/s", "ratio");
+  for (const Mm& m : {Mm{8192, 8192, 8192}, Mm{16384, 2304, 768}, Mm{16384, 768, 2048}, Mm{16384, 50304, 768}}) {
+    Tensor a = randn({m.M, m.K}, DType::bf16, kGpu, &gen), b = randn({m.K, m.N}, DType::bf16, kGpu, &gen);
+    const double ms = time_ms([&] { matmul(a, b); });
+    const double tf = 2.0 * m.M * m.N * m.K / ms / 1e9;
+    const std::string key = fmt::format("matmul_{}x{}x{}_tflops", m.M, m.N, m.K);
+    const auto it = torch.find(key);
+    const std::string name = fmt::format("{} x {} x {}", m.M, m.N, m.K);
+    std::printf("%-42s %10.3f %10.1f %14s %8s\n", name.c_str(), ms, tf,
+                it == torch.end() ? "-" : fmt::format("{:.1f}", it->second).c_str(),
+                it == torch.end() ? "-" : fmt::format("{:.3f}", tf / it->second).c_str());
+  }
+  const auto st = cuda::allocator_stats(0);
+  std::printf("\nallocator: peak %.2f GiB, reserved %.2f GiB, %llu allocations, %llu cache hits\n",
+              st.peak_allocated / 1073741824.0, st.reserved / 1073741824.0, (unsigned long long)st.allocations,
+              (unsigned long long)st.cache_hits);
+  return 0;
+}

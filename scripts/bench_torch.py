@@ -1,0 +1,69 @@
+"""PyTorch timings of the shapes examples/bench_kernels.cpp measures, printed as 'name value' lines.
+
+Bytes are counted as in the C++ benchmark (each input read once, each output written once)."""
+import torch
+import torch.nn.functional as F
+
+dev = "cuda"
+torch.manual_seed(0)
+
+
+def ms(fn, iters=20):
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(iters):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    times.sort()
+    return times[len(times) // 2]
+
+
+def out(name, v):
+    print(f"{name} {v:.4f}", flush=True)
+
+
+with torch.no_grad():
+    a = torch.rand(1 << 28, device=dev)
+    b = torch.empty_like(a)
+    t = ms(lambda: b.copy_(a))
+    out("copy_gbps", 2 * a.numel() * 4 / t / 1e6)
+    del a, b
+    R, C = 16384, 4096
+    x = torch.randn(R, C, device=dev, dtype=torch.bfloat16)
+    y = torch.randn_like(x)
+    w = torch.randn(C, device=dev, dtype=torch.bfloat16)
+    n = R * C
+    out("add_gbps", 3 * n * 2 / ms(lambda: x + y) / 1e6)
+    out("gelu_tanh_gbps", 2 * n * 2 / ms(lambda: F.gelu(x, approximate="tanh")) / 1e6)
+    out("rms_norm_gbps", 2 * n * 2 / ms(lambda: F.rms_norm(x, (C,), w, 1e-6)) / 1e6)
+xg = x.detach().requires_grad_()
+wg = w.detach().requires_grad_()
+o = F.rms_norm(xg, (C,), wg, 1e-6)
+out("rms_norm_bwd_gbps", 3 * n * 2 / ms(lambda: o.backward(y, retain_graph=True)) / 1e6)
+del x, y, xg, o
+R, V = 16384, 50304
+logits = torch.randn(R, V, device=dev, dtype=torch.bfloat16)
+target = torch.randint(0, V, (R,), device=dev)
+n = R * V
+with torch.no_grad():
+    out("softmax_gbps", 2 * n * 2 / ms(lambda: torch.softmax(logits, -1), 10) / 1e6)
+lg = logits.detach().requires_grad_()
+
+
+def ce():
+    lg.grad = None
+    F.cross_entropy(lg, target).backward()
+
+
+out("cross_entropy_gbps", 2 * n * 2 / ms(ce, 10) / 1e6)
+del logits, lg
+with torch.no_grad():
+    for M, N, K in [(8192, 8192, 8192), (16384, 2304, 768), (16384, 768, 2048), (16384, 50304, 768)]:
+        a = torch.randn(M, K, device=dev, dtype=torch.bfloat16)
+        b = torch.randn(K, N, device=dev, dtype=torch.bfloat16)
+        out(f"matmul_{M}x{N}x{K}_tflops", 2 * M * N * K / ms(lambda: a @ b) / 1e9)

@@ -1,0 +1,226 @@
+// Every op on the GPU against the CPU reference, forward and gradient, f32 / bf16 / f64, at sizes that are not
+// multiples of any block or vector width.
+#include "cuda_util.h"
+#if NT_CUDA
+#include "cuda/allocator.h"
+#include "cuda/blas.h"
+#endif
+
+using namespace nt;
+using namespace nt::test;
+using Fn = std::function<Tensor(const std::vector<Tensor>&)>;
+
+CUDA_TEST("tensors move between devices; copies convert, broadcast and follow strides") {
+  const Tensor x = rnd({37, 13}, 1);
+  const Tensor d = x.to(cuda_device(0));
+  CHECK(d.device().is_cuda());
+  expect_close(d.to(kCPU), x, 0);
+  const DType all[] = {DType::f64, DType::f32, DType::bf16, DType::f8e4m3, DType::f8e5m2, DType::i32, DType::i64, DType::boolean};
+  for (DType a : all)
+    for (DType b : all) {
+      INFO(dtype_name(a) << " -> " << dtype_name(b));
+      const Tensor ref = x.to(a).to(b).to(DType::f64);
+      expect_close(x.to(a).to(cuda_device(0)).to(b).to(kCPU).to(DType::f64), ref, 0);
+    }
+  expect_close(d.mT().contiguous().to(kCPU), x.mT().contiguous(), 0);
+  expect_close(d.narrow(1, 3, 5).to(kCPU), x.narrow(1, 3, 5), 0);
+  Tensor z = zeros({5, 37, 13}, DType::f32, cuda_device(0));
+  z.copy_(d.narrow(0, 0, 1).to(DType::f32));  // broadcast over rows and the new leading dim
+  expect_close(z.to(kCPU).to(DType::f64).select(0, 4).select(0, 36), x.select(0, 0).to(DType::f32).to(DType::f64), 0);
+  Tensor f = empty({7, 9}, DType::bf16, cuda_device(0));
+  f.mT().fill_(2.5);
+  expect_values(f.to(kCPU), std::vector<double>(63, 2.5));
+  z.narrow(2, 2, 3).copy_(x.narrow(1, 0, 3));  // host -> strided device view
+  expect_close(z.to(kCPU).to(DType::f64).select(0, 2).narrow(1, 2, 3), x.narrow(1, 0, 3).to(DType::f32).to(DType::f64), 0);
+}
+
+CUDA_TEST("random draws are the CPU's numbers") {
+  for (DType dt : {DType::f32, DType::f64, DType::bf16}) {
+    Generator a(77), b(77);
+    const Tensor cu = rand({1001}, dt, kCPU, &a), gu = rand({1001}, dt, cuda_device(0), &b);
+    expect_close(gu.to(kCPU), cu, 0);
+    const Tensor cn = randn({999}, dt, kCPU, &a), gn = randn({999}, dt, cuda_device(0), &b);
+    expect_close(gn.to(kCPU), cn, dt == DType::f64 ? 1e-6 : 0, dt == DType::f64 ? 1e-6 : 1e-6);
+    CHECK(a.offset == b.offset);
+  }
+  Generator g1(5), g2(5);
+  const Tensor x = rnd({3001}, 3);
+  expect_close(dropout(x.to(cuda_device(0)), 0.3, true, &g2).to(kCPU), dropout(x, 0.3, true, &g1), 1e-12, 1e-12);
+}
+
+CUDA_TEST("unary ops and their gradients") {
+  struct U {
+    const char* name;
+    std::function<Tensor(const Tensor&)> f;
+    bool positive;
+  };
+  const std::vector<U> ops = {
+      {"neg", [](const Tensor& x) { return neg(x); }, false},
+      {"exp", [](const Tensor& x) { return exp(x); }, false},
+      {"log", [](const Tensor& x) { return log(x); }, true},
+      {"sqrt", [](const Tensor& x) { return sqrt(x); }, true},
+      {"rsqrt", [](const Tensor& x) { return rsqrt(x); }, true},
+      {"tanh", [](const Tensor& x) { return tanh(x); }, false},
+      {"sigmoid", [](const Tensor& x) { return sigmoid(x); }, false},
+      {"relu", [](const Tensor& x) { return relu(x); }, false},
+      {"gelu_tanh", [](const Tensor& x) { return gelu(x, GeluApprox::tanh); }, false},
+      {"gelu_erf", [](const Tensor& x) { return gelu(x); }, false},
+      {"silu", [](const Tensor& x) { return silu(x); }, false},
+      {"pow_scalar", [](const Tensor& x) { return pow(x, 1.5); }, true},
+      {"clamp", [](const Tensor& x) { return clamp(x, -0.3, 0.8); }, false},
+  };
+  for (const U& u : ops)
+    for (DType dt : kFloatTypes) {
+      Tensor x = u.positive ? uniform({1003}, 4, 0.2, 3.0) : rnd({1003}, 4);
+      check_cuda(u.name, [&](const std::vector<Tensor>& in) { return u.f(in[0]); }, {x.requires_grad_()}, dt);
+      // A non-contiguous input.
+      check_cuda(u.name, [&](const std::vector<Tensor>& in) { return u.f(in[0].mT()); },
+                 {(u.positive ? uniform({7, 33}, 5, 0.2, 3.0) : rnd({7, 33}, 5)).requires_grad_()}, dt);
+    }
+}
+
+CUDA_TEST("binary ops broadcast; comparisons, where and masked_fill") {
+  const std::vector<std::pair<const char*, Fn>> ops = {
+      {"add", [](const std::vector<Tensor>& v) { return v[0] + v[1]; }},
+      {"sub", [](const std::vector<Tensor>& v) { return v[0] - v[1]; }},
+      {"mul", [](const std::vector<Tensor>& v) { return v[0] * v[1]; }},
+      {"div", [](const std::vector<Tensor>& v) { return v[0] / (exp(v[1]) + 0.5); }},
+      {"pow", [](const std::vector<Tensor>& v) { return pow(exp(v[0] * 0.3), v[1]); }},
+  };
+  for (auto& [name, f] : ops)
+    for (DType dt : kFloatTypes) {
+      check_cuda(name, f, {rnd_grad({5, 1, 33}, 6), rnd_grad({7, 33}, 7)}, dt);
+      check_cuda(name, f, {rnd_grad({1001}, 8), rnd_grad({1001}, 9)}, dt);  // contiguous fast path
+    }
+  for (DType dt : kFloatTypes) {
+    check_cuda("lt", [](const std::vector<Tensor>& v) { return lt(v[0], v[1]); }, {rnd({3, 17}, 10), rnd({17}, 11)}, dt);
+    check_cuda("where", [](const std::vector<Tensor>& v) { return where(gt(v[0], v[1]), v[0], v[1] * 2.0); },
+               {rnd_grad({3, 17}, 12), rnd_grad({17}, 13)}, dt);
+    check_cuda("masked_fill", [](const std::vector<Tensor>& v) { return masked_fill(v[0], gt(v[1], v[2]), -4.0); },
+               {rnd_grad({4, 17}, 14), rnd({17}, 15), rnd({1}, 16)}, dt);
+  }
+  check_cuda("int add", [](const std::vector<Tensor>& v) { return v[0] * v[1] + v[1]; },
+             {arange(35).reshape({5, 7}), arange(7)}, DType::f32);
+}
+
+CUDA_TEST("reductions over any dims") {
+  for (DType dt : kFloatTypes) {
+    Tensor x = rnd({6, 37, 11}, 20);
+    x.requires_grad_();
+    check_cuda("sum", [](const std::vector<Tensor>& v) { return sum(v[0], {0, 2}); }, {x}, dt);
+    check_cuda("sum all", [](const std::vector<Tensor>& v) { return sum(v[0]); }, {x}, dt, {dt == DType::bf16 ? 0.5 : 1e-3, 3e-2});
+    check_cuda("mean", [](const std::vector<Tensor>& v) { return mean(v[0], {1}, true); }, {x}, dt);
+    check_cuda("amax", [](const std::vector<Tensor>& v) { return amax(v[0], {-1}); }, {x}, dt);
+    check_cuda("logsumexp", [](const std::vector<Tensor>& v) { return logsumexp(v[0], {0, 1}); }, {x}, dt);
+    check_cuda("var", [](const std::vector<Tensor>& v) { return var(v[0], {1}); }, {x}, dt);
+    check_cuda("max", [](const std::vector<Tensor>& v) { return max(v[0], 1).values; }, {x}, dt);
+    check_cuda("argmax", [](const std::vector<Tensor>& v) { return argmax(v[0], 2); }, {x.detach()}, dt);
+    check_cuda("big row", [](const std::vector<Tensor>& v) { return sum(v[0], {1}); }, {rnd({3, 50001}, 21)}, dt,
+               {dt == DType::bf16 ? 1.0 : 1e-2, 3e-2});
+  }
+}
+
+CUDA_TEST("matmul: shapes, transposed views, batch broadcast, vectors") {
+  for (DType dt : kFloatTypes) {
+    const Tol t = dt == DType::bf16 ? Tol{0.15, 3e-2} : (dt == DType::f32 ? Tol{1e-3, 1e-3} : Tol{1e-9, 1e-9});
+    auto mm = [](const std::vector<Tensor>& v) { return matmul(v[0], v[1]); };
+    check_cuda("matmul", mm, {rnd_grad({37, 129}, 30), rnd_grad({129, 65}, 31)}, dt, t);
+    check_cuda("matmul batch", mm, {rnd_grad({2, 1, 17, 33}, 32), rnd_grad({3, 33, 9}, 33)}, dt, t);
+    check_cuda("matmul vec", mm, {rnd_grad({33}, 34), rnd_grad({4, 33, 9}, 35)}, dt, t);
+    check_cuda("matmul mat-vec", mm, {rnd_grad({17, 33}, 36), rnd_grad({33}, 37)}, dt, t);
+    check_cuda("matmul transposed", [](const std::vector<Tensor>& v) { return matmul(v[0].mT(), v[1].mT()); },
+               {rnd_grad({129, 37}, 38), rnd_grad({65, 129}, 39)}, dt, t);
+    check_cuda("matmul strided", [](const std::vector<Tensor>& v) { return matmul(v[0].narrow(1, 3, 40), v[1]); },
+               {rnd_grad({21, 50}, 40), rnd_grad({40, 19}, 41)}, dt, t);
+    check_cuda("matmul k=0", mm, {rnd({3, 0}, 42), rnd({0, 5}, 43)}, dt, t);
+  }
+}
+
+CUDA_TEST("softmax, log_softmax, cross_entropy") {
+  for (DType dt : kFloatTypes) {
+    check_cuda("softmax", [](const std::vector<Tensor>& v) { return softmax(v[0] * 3.0, -1); }, {rnd_grad({7, 1037}, 50)}, dt);
+    check_cuda("softmax mid", [](const std::vector<Tensor>& v) { return softmax(v[0], 1); }, {rnd_grad({3, 17, 5}, 51)}, dt);
+    check_cuda("log_softmax", [](const std::vector<Tensor>& v) { return log_softmax(v[0], -1); }, {rnd_grad({5, 5003}, 52)}, dt);
+    const Tensor target = randint(0, 5003, {2, 9}, DType::i64);
+    Tensor tgt = target.clone();
+    tgt.narrow(1, 2, 2).fill_(-100);
+    check_cuda("cross_entropy", [&](const std::vector<Tensor>& v) { return cross_entropy(v[0], v[1]); },
+               {rnd_grad({2, 9, 5003}, 53), tgt}, dt);
+    check_cuda("cross_entropy none", [&](const std::vector<Tensor>& v) {
+      return cross_entropy(v[0], v[1], -100, Reduction::none); }, {rnd_grad({2, 9, 5003}, 54), tgt.to(DType::i32)}, dt);
+  }
+  const Tensor bad = from_vector({7}, {1}, DType::i64, cuda_device(0));
+  expect_error([&] { cross_entropy(zeros({1, 7}, DType::f32, cuda_device(0)), bad); }, {"cross_entropy", "out of range"});
+}
+
+CUDA_TEST("rms_norm, layer_norm") {
+  for (DType dt : kFloatTypes) {
+    check_cuda("rms_norm", [](const std::vector<Tensor>& v) { return rms_norm(v[0], v[1]); },
+               {rnd_grad({3, 11, 333}, 60), rnd_grad({333}, 61)}, dt);
+    check_cuda("rms_norm no weight", [](const std::vector<Tensor>& v) { return rms_norm(v[0], Tensor()); },
+               {rnd_grad({19, 2049}, 62)}, dt);
+    check_cuda("layer_norm", [](const std::vector<Tensor>& v) { return layer_norm(v[0], v[1], v[2]); },
+               {rnd_grad({35, 333}, 63), rnd_grad({333}, 64), rnd_grad({333}, 65)}, dt);
+  }
+}
+
+CUDA_TEST("embedding (repeated indices), rope, dropout gradients") {
+  for (DType dt : kFloatTypes) {
+    const Tensor idx = randint(0, 53, {7, 19}, DType::i64);
+    check_cuda("embedding", [](const std::vector<Tensor>& v) { return embedding(v[0], v[1]); }, {rnd_grad({53, 35}, 70), idx}, dt);
+    check_cuda("embedding i32", [](const std::vector<Tensor>& v) { return embedding(v[0], v[1]); },
+               {rnd_grad({53, 35}, 71), idx.to(DType::i32)}, dt);
+    auto [c, s] = rope_tables(13, 10, 10000.0, 3);
+    for (bool inter : {false, true})
+      check_cuda("rope", [&](const std::vector<Tensor>& v) { return rope(v[0], c.to(cuda_device(0)).to(v[0].device()), s.to(v[0].device()), inter); },
+                 {rnd_grad({2, 13, 3, 10}, 72)}, dt, dt == DType::f64 ? Tol{1e-6, 1e-6} : tol_for(dt));
+    check_cuda("dropout", [](const std::vector<Tensor>& v) { Generator g(8); return dropout(v[0], 0.25, true, &g); },
+               {rnd_grad({1037}, 73)}, dt);
+  }
+  expect_error([] { embedding(zeros({5, 3}, DType::f32, cuda_device(0)), from_vector({5}, {1}, DType::i64, cuda_device(0))); },
+               {"embedding", "out of range"});
+}
+
+CUDA_TEST("cat, split, index_select, gather, scatter_add, topk, cumsum") {
+  for (DType dt : kFloatTypes) {
+    check_cuda("cat", [](const std::vector<Tensor>& v) { return cat({v[0], v[1]}, 1); }, {rnd_grad({3, 5, 7}, 80), rnd_grad({3, 2, 7}, 81)}, dt);
+    check_cuda("stack", [](const std::vector<Tensor>& v) { return stack({v[0], v[1] * 2.0}, 2); }, {rnd_grad({3, 5}, 82), rnd_grad({3, 5}, 83)}, dt);
+    check_cuda("split", [](const std::vector<Tensor>& v) { return split(v[0], {2, 5}, 1)[1] * 3.0; }, {rnd_grad({3, 7}, 84)}, dt);
+    const Tensor sel = from_vector({4, 0, 4, 2, 1}, {5}, DType::i64);
+    check_cuda("index_select", [&](const std::vector<Tensor>& v) { return index_select(v[0], 1, v[1]); }, {rnd_grad({3, 5, 7}, 85), sel}, dt);
+    const Tensor gi = randint(0, 9, {4, 6}, DType::i64);
+    check_cuda("gather", [&](const std::vector<Tensor>& v) { return gather(v[0], 1, v[1]); }, {rnd_grad({5, 9}, 86), gi}, dt);
+    check_cuda("scatter_add", [&](const std::vector<Tensor>& v) { return scatter_add(v[0], 1, v[1], v[2]); },
+               {rnd_grad({5, 9}, 87), gi, rnd_grad({4, 6}, 88)}, dt);
+    check_cuda("topk", [](const std::vector<Tensor>& v) { return topk(v[0], 7, 1).values; }, {rnd_grad({4, 301}, 89)}, dt);
+    check_cuda("topk indices", [](const std::vector<Tensor>& v) { return topk(v[0], 5, 0, false).indices; }, {rnd({37, 3}, 90)}, dt);
+    check_cuda("cumsum", [](const std::vector<Tensor>& v) { return cumsum(v[0], 1); }, {rnd_grad({3, 101, 2}, 91)}, dt);
+  }
+  // Ties go to the lower index, as on the CPU.
+  const Tensor tied = from_vector({1, 3, 3, 2, 3}, {5}, DType::f32, cuda_device(0));
+  expect_values(topk(tied, 3).indices.to(kCPU), {1, 2, 4});
+}
+
+#if NT_CUDA
+CUDA_TEST("caching allocator: reuse, stats, empty_cache, out-of-memory message") {
+  cuda::empty_cache();
+  const auto before = cuda::allocator_stats(0);
+  {
+    Tensor a = empty({1 << 20}, DType::f32, cuda_device(0));
+    CHECK(cuda::allocator_stats(0).allocated >= before.allocated + (4u << 20));
+  }
+  const auto mid = cuda::allocator_stats(0);
+  { Tensor b = empty({1 << 20}, DType::f32, cuda_device(0)); }
+  const auto after = cuda::allocator_stats(0);
+  CHECK(after.cache_hits == mid.cache_hits + 1);
+  CHECK(after.device_mallocs == mid.device_mallocs);
+  CHECK(after.peak_allocated >= (4u << 20));
+  cuda::empty_cache();
+  CHECK(cuda::allocator_stats(0).reserved <= after.reserved - (4u << 20));
+  expect_error([] { empty({int64_t(1) << 45}, DType::f32, cuda_device(0)); }, {"out of memory", "cuda:0", "tried to allocate"});
+}
+
+CUDA_TEST("every CUDA failure names the call") {
+  expect_error([] { zeros({2}, DType::f32, cuda_device(63)); }, {"cuda:63"});
+}
+#endif
