@@ -25,15 +25,15 @@ template <class I> __global__ void iota_keys_kernel(const I* __restrict__ idx, i
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < N; i += (int64_t)gridDim.x * blockDim.x)
     keys[i] = (int64_t)idx[i], pos[i] = i;
 }
-template <class T>
+template <class T, class A = acc_t<T>>
 __global__ void embedding_bwd_kernel(const T* __restrict__ dout, const int64_t* __restrict__ keys,
-                                     const int64_t* __restrict__ pos, float* __restrict__ dw, int64_t N, int64_t C) {
+                                     const int64_t* __restrict__ pos, A* __restrict__ dw, int64_t N, int64_t C) {
   const int64_t i = blockIdx.x;
   if (i > 0 && keys[i] == keys[i - 1]) return;  // not the start of a run
   const int64_t v = keys[i];
   for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
-    float acc = 0.f;
-    for (int64_t j = i; j < N && keys[j] == v; ++j) acc += (float)dout[pos[j] * C + c];
+    A acc = 0;
+    for (int64_t j = i; j < N && keys[j] == v; ++j) acc += (A)dout[pos[j] * C + c];
     dw[v * C + c] = acc;
   }
 }
@@ -61,9 +61,9 @@ void embedding_forward(DType t, const void* weight, DType idx_t, const void* idx
   NT_CUDA_CHECK_LAUNCH();
 }
 
-void embedding_backward(DType t, const void* dout, DType idx_t, const void* idx, float* dweight, int64_t N, int64_t V,
+void embedding_backward(DType t, const void* dout, DType idx_t, const void* idx, void* dweight, int64_t N, int64_t V,
                         int64_t C, cudaStream_t stream) {
-  NT_CUDA_CHECK(cudaMemsetAsync(dweight, 0, V * C * sizeof(float), stream));
+  NT_CUDA_CHECK(cudaMemsetAsync(dweight, 0, V * C * (t == DType::f64 ? 8 : 4), stream));
   if (N == 0) return;
   DeviceBuffer keys(N * 8), pos(N * 8), skeys(N * 8), spos(N * 8);
   NT_CU_DISPATCH_INDEX(idx_t, "embedding_backward", [&] {
@@ -81,7 +81,8 @@ void embedding_backward(DType t, const void* dout, DType idx_t, const void* idx,
                                                 (int64_t*)pos.p, (int64_t*)spos.p, (int)N, 0, end_bit, stream));
   NT_CU_DISPATCH_FLOAT(t, "embedding_backward", [&] {
     embedding_bwd_kernel<scalar_t><<<(unsigned)N, C >= 256 ? 256 : 64, 0, stream>>>(
-        static_cast<const scalar_t*>(dout), (const int64_t*)skeys.p, (const int64_t*)spos.p, dweight, N, C);
+        static_cast<const scalar_t*>(dout), (const int64_t*)skeys.p, (const int64_t*)spos.p,
+        static_cast<acc_t<scalar_t>*>(dweight), N, C);
   });
   NT_CUDA_CHECK_LAUNCH();
 }

@@ -49,25 +49,26 @@ void max_dim(DType t, const void* x, void* values, int64_t* indices, int64_t out
 // softmax.cu: along the middle dim of x [outer, n, inner] contiguous.
 void softmax_forward(DType t, const void* x, void* y, int64_t outer, int64_t n, int64_t inner, bool log,
                      cudaStream_t stream);
-// logits [N, C] contiguous, target [N] (i32 or i64): loss[N] and lse[N] in f32.
+// logits [N, C] contiguous, target [N] (i32 or i64): loss[N] and lse[N].
 void cross_entropy_forward(DType t, const void* logits, DType target_t, const void* target, int64_t ignore_index,
-                           float* loss, float* lse, int64_t N, int64_t C, int* bad_target, cudaStream_t stream);
-// dlogits[r, c] = grow[r] * (softmax - onehot), 0 for ignored rows; grow[N] f32.
+                           void* loss, void* lse, int64_t N, int64_t C, int* bad_target, cudaStream_t stream);
+// dlogits[r, c] = grow[r] * (softmax - onehot), 0 for ignored rows; grow[N].
 void cross_entropy_backward(DType t, const void* logits, DType target_t, const void* target, int64_t ignore_index,
-                            const float* lse, const float* grow, void* dlogits, int64_t N, int64_t C, cudaStream_t stream);
+                            const void* lse, const void* grow, void* dlogits, int64_t N, int64_t C, cudaStream_t stream);
 
-// norm.cu: x [R, C] contiguous; w, b [C] or null; stats [R, 2] f32 (mean, rstd).
-void norm_forward(bool rms, DType t, const void* x, const void* w, const void* b, double eps, void* y, float* stats,
+// Statistics, loss and gradient accumulators below are in the accumulation type: f64 for f64 data, else f32.
+// norm.cu: x [R, C] contiguous; w, b [C] or null; stats [R, 2] (mean, rstd).
+void norm_forward(bool rms, DType t, const void* x, const void* w, const void* b, double eps, void* y, void* stats,
                   int64_t R, int64_t C, cudaStream_t stream);
-// dx [R, C]; dw, db [C] f32 (or null), reduced deterministically across rows.
-void norm_backward(bool rms, DType t, const void* x, const void* w, const float* stats, const void* dy, void* dx,
-                   float* dw, float* db, int64_t R, int64_t C, cudaStream_t stream);
+// dx [R, C]; dw, db [C] (or null), reduced deterministically across rows.
+void norm_backward(bool rms, DType t, const void* x, const void* w, const void* stats, const void* dy, void* dx,
+                   void* dw, void* db, int64_t R, int64_t C, cudaStream_t stream);
 
-// embedding.cu: weight [V, C], idx [N] -> out [N, C]; backward sums dout rows into dweight [V, C] (f32) in index
+// embedding.cu: weight [V, C], idx [N] -> out [N, C]; backward sums dout rows into dweight [V, C] in index
 // order per row (deterministic: no atomics). bad_index gets 1 if an index is out of range.
 void embedding_forward(DType t, const void* weight, DType idx_t, const void* idx, void* out, int64_t N, int64_t V,
                        int64_t C, int* bad_index, cudaStream_t stream);
-void embedding_backward(DType t, const void* dout, DType idx_t, const void* idx, float* dweight, int64_t N, int64_t V,
+void embedding_backward(DType t, const void* dout, DType idx_t, const void* idx, void* dweight, int64_t N, int64_t V,
                         int64_t C, cudaStream_t stream);
 
 // rope.cu: x, out [N, T, H, D] contiguous; cos, sin [T, D/2] f32; sign -1 rotates backwards.

@@ -57,33 +57,33 @@ __global__ void softmax_cols_kernel(const T* __restrict__ x, T* __restrict__ y, 
   }
 }
 
-template <class T, class I>
+template <class T, class I, class A = acc_t<T>>
 __global__ void ce_forward_kernel(const T* __restrict__ logits, const I* __restrict__ target, int64_t ignore,
-                                  float* __restrict__ loss, float* __restrict__ lse_out, int64_t C, int* bad) {
+                                  A* __restrict__ loss, A* __restrict__ lse_out, int64_t C, int* bad) {
   const T* row = logits + blockIdx.x * C;
-  MaxSum<float> ms{-INFINITY, 0.f};
-  for (int64_t j = threadIdx.x; j < C; j += blockDim.x) online(ms, (float)row[j]);
-  const float lse = block_lse(ms);
+  MaxSum<A> ms{(A)-INFINITY, A(0)};
+  for (int64_t j = threadIdx.x; j < C; j += blockDim.x) online(ms, (A)row[j]);
+  const A lse = block_lse(ms);
   if (threadIdx.x == 0) {
     const int64_t t = (int64_t)target[blockIdx.x];
     lse_out[blockIdx.x] = lse;
-    if (t == ignore) loss[blockIdx.x] = 0.f;
-    else if (t < 0 || t >= C) { loss[blockIdx.x] = NAN; atomicExch(bad, 1); }
-    else loss[blockIdx.x] = lse - (float)row[t];
+    if (t == ignore) loss[blockIdx.x] = A(0);
+    else if (t < 0 || t >= C) { loss[blockIdx.x] = (A)NAN; atomicExch(bad, 1); }
+    else loss[blockIdx.x] = lse - (A)row[t];
   }
 }
 
-template <class T, class I>
+template <class T, class I, class A = acc_t<T>>
 __global__ void ce_backward_kernel(const T* __restrict__ logits, const I* __restrict__ target, int64_t ignore,
-                                   const float* __restrict__ lse, const float* __restrict__ grow, T* __restrict__ dlogits,
+                                   const A* __restrict__ lse, const A* __restrict__ grow, T* __restrict__ dlogits,
                                    int64_t C) {
   const int64_t r = blockIdx.x;
   const T* row = logits + r * C;
   T* drow = dlogits + r * C;
   const int64_t t = (int64_t)target[r];
-  const float g = t == ignore ? 0.f : grow[r], l = lse[r];
+  const A g = t == ignore ? A(0) : grow[r], l = lse[r];
   for (int64_t j = threadIdx.x; j < C; j += blockDim.x)
-    drow[j] = T(g * (__expf((float)row[j] - l) - (j == t ? 1.f : 0.f)));
+    drow[j] = T(g * (exp((A)row[j] - l) - (j == t ? A(1) : A(0))));
 }
 }  // namespace
 
@@ -103,27 +103,30 @@ void softmax_forward(DType t, const void* x, void* y, int64_t outer, int64_t n, 
 }
 
 void cross_entropy_forward(DType t, const void* logits, DType target_t, const void* target, int64_t ignore_index,
-                           float* loss, float* lse, int64_t N, int64_t C, int* bad_target, cudaStream_t stream) {
+                           void* loss, void* lse, int64_t N, int64_t C, int* bad_target, cudaStream_t stream) {
   if (N == 0) return;
   NT_CU_DISPATCH_FLOAT(t, "cross_entropy", [&] {
     using T = scalar_t;
+    using A = acc_t<T>;
     NT_CU_DISPATCH_INDEX(target_t, "cross_entropy", [&] {
       ce_forward_kernel<T, scalar_t><<<(unsigned)N, C >= 4096 ? 1024 : 128, 0, stream>>>(
-          static_cast<const T*>(logits), static_cast<const scalar_t*>(target), ignore_index, loss, lse, C, bad_target);
+          static_cast<const T*>(logits), static_cast<const scalar_t*>(target), ignore_index, static_cast<A*>(loss),
+          static_cast<A*>(lse), C, bad_target);
     });
   });
   NT_CUDA_CHECK_LAUNCH();
 }
 
 void cross_entropy_backward(DType t, const void* logits, DType target_t, const void* target, int64_t ignore_index,
-                            const float* lse, const float* grow, void* dlogits, int64_t N, int64_t C, cudaStream_t stream) {
+                            const void* lse, const void* grow, void* dlogits, int64_t N, int64_t C, cudaStream_t stream) {
   if (N == 0) return;
   NT_CU_DISPATCH_FLOAT(t, "cross_entropy_backward", [&] {
     using T = scalar_t;
+    using A = acc_t<T>;
     NT_CU_DISPATCH_INDEX(target_t, "cross_entropy_backward", [&] {
       ce_backward_kernel<T, scalar_t><<<(unsigned)N, C >= 4096 ? 1024 : 128, 0, stream>>>(
-          static_cast<const T*>(logits), static_cast<const scalar_t*>(target), ignore_index, lse, grow,
-          static_cast<T*>(dlogits), C);
+          static_cast<const T*>(logits), static_cast<const scalar_t*>(target), ignore_index, static_cast<const A*>(lse),
+          static_cast<const A*>(grow), static_cast<T*>(dlogits), C);
     });
   });
   NT_CUDA_CHECK_LAUNCH();

@@ -40,9 +40,9 @@ Tensor embedding(const Tensor& weight, const Tensor& idx) {
         dw = zeros({V, C}, DType::f64);
         cpu::embedding_backward(gc, idx, dw);
       } else {
-        dw = empty({V, C}, DType::f32, g.device());
+        dw = empty({V, C}, g.dtype() == DType::f64 ? DType::f64 : DType::f32, g.device());
         NT_ON_CUDA("embedding", cuda::embedding_backward(gc.dtype(), gc.data_ptr(), idx.dtype(), idx.data_ptr(),
-                                                         dw.data<float>(), N, V, C, stream_of(dw)));
+                                                         dw.data_ptr(), N, V, C, stream_of(dw)));
       }
       return std::vector<Tensor>{dw.to(g.dtype())};
     });

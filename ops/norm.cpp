@@ -34,13 +34,13 @@ static Tensor norm(const OpKind& kind, bool rms, const Tensor& x, const Tensor& 
   const Tensor w1 = w.defined() ? w.detach().contiguous() : Tensor(), b1 = b.defined() ? b.detach().contiguous() : Tensor();
   Tensor y = empty(x.shape(), x.dtype(), x.device());
   const bool on_cpu = x.device().is_cpu();
-  // Per-row (mean, rstd): f64 on the CPU (the reference), f32 on the GPU.
-  Tensor stats = empty({R, 2}, on_cpu ? DType::f64 : DType::f32, x.device());
+  // Per-row (mean, rstd): f64 on the CPU (the reference); on the GPU the accumulation type (f32, f64 for f64).
+  Tensor stats = empty({R, 2}, on_cpu || x.dtype() == DType::f64 ? DType::f64 : DType::f32, x.device());
   if (on_cpu)
     cpu::norm_forward(rms, x2, w1, b1, eps, y.reshape({R, C}), stats);
   else
     NT_ON_CUDA(op, cuda::norm_forward(rms, x.dtype(), x2.data_ptr(), w1.defined() ? w1.data_ptr() : nullptr,
-                                      b1.defined() ? b1.data_ptr() : nullptr, eps, y.data_ptr(), stats.data<float>(), R,
+                                      b1.defined() ? b1.data_ptr() : nullptr, eps, y.data_ptr(), stats.data_ptr(), R,
                                       C, stream_of(y)));
   if (autograd::needs_grad({&x, &w, &b}))
     autograd::record(kind, y, {x, w, b},
@@ -48,7 +48,7 @@ static Tensor norm(const OpKind& kind, bool rms, const Tensor& x, const Tensor& 
                          const Tensor& g, const std::vector<bool>& n) {
                        const Tensor& x2 = sx.get();
                        const bool on_cpu = x2.device().is_cpu();
-                       const DType acc = on_cpu ? DType::f64 : DType::f32;
+                       const DType acc = ss.get().dtype();
                        Tensor dx = empty({R, C}, x2.dtype(), x2.device());
                        Tensor dw = n[1] ? zeros({C}, acc, x2.device()) : Tensor(),
                               db = n[2] ? zeros({C}, acc, x2.device()) : Tensor();
@@ -57,9 +57,9 @@ static Tensor norm(const OpKind& kind, bool rms, const Tensor& x, const Tensor& 
                          cpu::norm_backward(rms, x2, w, ss.get(), gc, dx, dw, db);
                        else
                          NT_ON_CUDA("norm_backward", cuda::norm_backward(
-                             rms, x2.dtype(), x2.data_ptr(), w.defined() ? w.data_ptr() : nullptr, ss.get().data<float>(),
-                             gc.data_ptr(), dx.data_ptr(), dw.defined() ? dw.data<float>() : nullptr,
-                             db.defined() ? db.data<float>() : nullptr, R, C, stream_of(dx)));
+                             rms, x2.dtype(), x2.data_ptr(), w.defined() ? w.data_ptr() : nullptr, ss.get().data_ptr(),
+                             gc.data_ptr(), dx.data_ptr(), dw.defined() ? dw.data_ptr() : nullptr,
+                             db.defined() ? db.data_ptr() : nullptr, R, C, stream_of(dx)));
                        return std::vector<Tensor>{n[0] ? dx.reshape(xs) : Tensor(),
                                                   n[1] ? dw.to(x2.dtype()) : Tensor(),
                                                   n[2] ? db.to(x2.dtype()) : Tensor()};

@@ -69,16 +69,16 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& target, int64_t ignore_
   const Tensor x2 = logits.detach().contiguous().reshape({N, C});
   const Tensor t1 = target.contiguous().reshape({N});
   const bool on_cpu = logits.device().is_cpu();
-  // Per-row loss and log-sum-exp: f64 on the CPU (the reference), f32 on the GPU.
-  const DType stat_t = on_cpu ? DType::f64 : DType::f32;
+  // Per-row loss and log-sum-exp: f64 on the CPU (the reference); on the GPU the accumulation type.
+  const DType stat_t = on_cpu || logits.dtype() == DType::f64 ? DType::f64 : DType::f32;
   Tensor loss = empty({N}, stat_t, logits.device()), lse = empty({N}, stat_t, logits.device());
   if (on_cpu) {
     cpu::cross_entropy_forward(x2, t1, ignore_index, loss, lse);
   } else {
     NT_ON_CUDA("cross_entropy", {
       DeviceFlag bad(x2);
-      cuda::cross_entropy_forward(x2.dtype(), x2.data_ptr(), t1.dtype(), t1.data_ptr(), ignore_index, loss.data<float>(),
-                                  lse.data<float>(), N, C, bad.get(), stream_of(x2));
+      cuda::cross_entropy_forward(x2.dtype(), x2.data_ptr(), t1.dtype(), t1.data_ptr(), ignore_index, loss.data_ptr(),
+                                  lse.data_ptr(), N, C, bad.get(), stream_of(x2));
       NT_CHECK(!bad.raised(), "cross_entropy: a target is out of range for {} classes (expected 0 to {} or ignore_index {})",
                C, C - 1, ignore_index);
     });
@@ -99,7 +99,7 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& target, int64_t ignore_
     autograd::record(kCrossEntropy, out, {logits},
                      [=, sx = Saved(x2), st = Saved(t1), sl = Saved(lse), shape = logits.shape()](const Tensor& g, auto&) {
                        const Tensor& x2 = sx.get();
-                       const DType gt = x2.device().is_cpu() ? DType::f64 : DType::f32;
+                       const DType gt = sl.get().dtype();
                        Tensor grow;
                        if (reduction == Reduction::none) grow = g.reshape({N}).to(gt).contiguous();
                        else grow = (g.reshape({1}).to(gt) / (reduction == Reduction::mean ? count : 1.0)).expand({N}).contiguous();
@@ -109,7 +109,7 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& target, int64_t ignore_
                        else
                          NT_ON_CUDA("cross_entropy", cuda::cross_entropy_backward(
                              x2.dtype(), x2.data_ptr(), st.get().dtype(), st.get().data_ptr(), ignore_index,
-                             sl.get().data<float>(), grow.data<float>(), dx.data_ptr(), N, C, stream_of(dx)));
+                             sl.get().data_ptr(), grow.data_ptr(), dx.data_ptr(), N, C, stream_of(dx)));
                        return std::vector<Tensor>{dx.reshape(shape)};
                      });
   return out;

@@ -24,7 +24,7 @@ inline Tol tol_for(DType t) {
 inline void check_cuda(const char* what, const std::function<Tensor(const std::vector<Tensor>&)>& f,
                        const std::vector<Tensor>& inputs, DType dt, Tol tol = {-1, -1}, uint64_t seed = 99) {
   if (tol.atol < 0) tol = tol_for(dt);
-  INFO(what << " dtype " << dtype_name(dt));
+  INFO(std::string(what) << " dtype " << dtype_name(dt));
   std::vector<Tensor> ref_in, dev_in;
   for (const Tensor& t : inputs) {
     const bool rg = t.requires_grad();
