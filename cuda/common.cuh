@@ -88,3 +88,19 @@ struct MaxOp {
     NT_CU_CASE(nt::DType::boolean, __VA_ARGS__)       \
     default: ::nt::cuda::bad_dtype(opname, dtype);    \
   }
+
+namespace nt::cuda {
+// 16 bytes of T, for vectorized loads and stores.
+template <class T> struct alignas(16) Vec16 {
+  static constexpr int N = 16 / sizeof(T);
+  T v[N];
+};
+__host__ __device__ inline bool aligned16(const void* p) { return ((uintptr_t)p & 15) == 0; }
+
+// Row kernels keep their row in dynamic shared memory when it fits, so global memory is read once; above that
+// they read it from global memory again (served mostly by L2).
+constexpr size_t kMaxRowSmem = 200 * 1024;
+template <class K> void allow_smem(K kernel, size_t bytes) {
+  if (bytes > 48 * 1024) NT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+}
+}  // namespace nt::cuda

@@ -49,9 +49,12 @@ void max_dim(DType t, const void* x, void* values, int64_t* indices, int64_t out
 // softmax.cu: along the middle dim of x [outer, n, inner] contiguous.
 void softmax_forward(DType t, const void* x, void* y, int64_t outer, int64_t n, int64_t inner, bool log,
                      cudaStream_t stream);
-// logits [N, C] contiguous, target [N] (i32 or i64): loss[N] and lse[N].
+// logits [N, C] contiguous, target [N] (i32 or i64): loss[N] and lse[N]. With dlogits non-null it also writes
+// dlogits = (softmax - onehot) / *count (count null: 1), 0 for ignored rows, in the same pass.
 void cross_entropy_forward(DType t, const void* logits, DType target_t, const void* target, int64_t ignore_index,
-                           void* loss, void* lse, int64_t N, int64_t C, int* bad_target, cudaStream_t stream);
+                           void* loss, void* lse, void* dlogits, const void* count, int64_t N, int64_t C,
+                           int* bad_target, cudaStream_t stream);
+
 // dlogits[r, c] = grow[r] * (softmax - onehot), 0 for ignored rows; grow[N].
 void cross_entropy_backward(DType t, const void* logits, DType target_t, const void* target, int64_t ignore_index,
                             const void* lse, const void* grow, void* dlogits, int64_t N, int64_t C, cudaStream_t stream);

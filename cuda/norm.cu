@@ -1,15 +1,36 @@
-// rms_norm / layer_norm over rows of x [R, C], accumulating in float (double for f64). Forward: one block per row, mean (layer_norm) then centered sum of
-// squares then the write: 3 reads of the row (the 2nd and 3rd from L1/L2) + 1 write; stats (mean, rstd) saved.
-// Backward dx: one block per row, 2 reads of x and dy + 1 write. dw/db: a separate column kernel that walks the
-// rows in a fixed order (deterministic, no atomics): 32 columns x 8 row lanes per block, combined in shared memory.
+// rms_norm / layer_norm over rows of x [R, C], accumulating in float (double for f64).
+// Forward: one block per row; the row is read once (16-byte loads) into shared memory, the statistics come from
+// there, and the output is written with 16-byte stores: 1 read + 1 write; stats (mean, rstd) are saved.
+// Backward: a grid of about two blocks per SM walks the rows. Each block caches its row of x and dy in shared
+// memory, writes dx, and adds the row's contribution to dw/db into per-block partial sums (each column owned by
+// one thread, so no atomics). A second kernel adds the partials over blocks in a fixed order: deterministic.
+// Traffic: x and dy read once, dx written once, plus the partials (blocks x C, small next to R x C).
+#include "cuda/allocator.h"
 #include "cuda/common.cuh"
+#include "cuda/runtime.h"
 
 namespace nt::cuda {
 namespace {
+// Loads row[0, C) into smem (vectorized when allowed).
+template <class T> __device__ void load_row(const T* __restrict__ row, T* smem, int64_t C, bool vec) {
+  if (vec) {
+    using V = Vec16<T>;
+    for (int64_t i = threadIdx.x; i < C / V::N; i += blockDim.x) reinterpret_cast<V*>(smem)[i] = reinterpret_cast<const V*>(row)[i];
+  } else {
+    for (int64_t i = threadIdx.x; i < C; i += blockDim.x) smem[i] = row[i];
+  }
+  __syncthreads();
+}
+
 template <class T, class A = acc_t<T>>
 __global__ void norm_fwd_kernel(bool rms, const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ b,
-                                A eps, T* __restrict__ y, A* __restrict__ stats, int64_t C) {
+                                A eps, T* __restrict__ y, A* __restrict__ stats, int64_t C, bool use_smem, bool vec) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
   const T* row = x + blockIdx.x * C;
+  if (use_smem) {
+    load_row(row, reinterpret_cast<T*>(smem_raw), C, vec);
+    row = reinterpret_cast<const T*>(smem_raw);
+  }
   A mu = 0;
   if (!rms) {
     A s = 0;
@@ -24,55 +45,97 @@ __global__ void norm_fwd_kernel(bool rms, const T* __restrict__ x, const T* __re
   const A rstd = A(1) / sqrt(block_reduce(q, SumOp{}, A(0)) / (A)C + eps);
   if (threadIdx.x == 0) stats[2 * blockIdx.x] = mu, stats[2 * blockIdx.x + 1] = rstd;
   T* out = y + blockIdx.x * C;
-  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+  auto value = [&](int64_t c) {
     A v = ((A)row[c] - mu) * rstd;
     if (w) v *= (A)w[c];
     if (b) v += (A)b[c];
-    out[c] = T(v);
-  }
-}
-
-template <class T, class A = acc_t<T>>
-__global__ void norm_bwd_dx_kernel(bool rms, const T* __restrict__ x, const T* __restrict__ w,
-                                   const A* __restrict__ stats, const T* __restrict__ dy, T* __restrict__ dx, int64_t C) {
-  const int64_t r = blockIdx.x;
-  const T *xr = x + r * C, *gr = dy + r * C;
-  const A mu = stats[2 * r], rstd = stats[2 * r + 1];
-  A s_gw = 0, s_gwx = 0;
-  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
-    const A gw = (A)gr[c] * (w ? (A)w[c] : A(1));
-    s_gw += gw, s_gwx += gw * ((A)xr[c] - mu) * rstd;
-  }
-  const A mean_gw = rms ? A(0) : block_reduce(s_gw, SumOp{}, A(0)) / (A)C;
-  const A mean_gwx = block_reduce(s_gwx, SumOp{}, A(0)) / (A)C;
-  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
-    const A gw = (A)gr[c] * (w ? (A)w[c] : A(1));
-    const A xhat = ((A)xr[c] - mu) * rstd;
-    dx[r * C + c] = T(rstd * (gw - mean_gw - xhat * mean_gwx));
-  }
-}
-
-template <class T, class A = acc_t<T>>
-__global__ void norm_bwd_dw_kernel(const T* __restrict__ x, const A* __restrict__ stats, const T* __restrict__ dy,
-                                   A* __restrict__ dw, A* __restrict__ db, int64_t R, int64_t C) {
-  __shared__ A sw[8][33], sb[8][33];
-  const int64_t c = blockIdx.x * 32 + threadIdx.x;
-  A aw = 0, ab = 0;
-  if (c < C)
-    for (int64_t r = threadIdx.y; r < R; r += 8) {
-      const A g = (A)dy[r * C + c];
-      aw += g * ((A)x[r * C + c] - stats[2 * r]) * stats[2 * r + 1];
-      ab += g;
+    return T(v);
+  };
+  if (vec) {
+    using V = Vec16<T>;
+    for (int64_t i = threadIdx.x; i < C / V::N; i += blockDim.x) {
+      V r;
+#pragma unroll
+      for (int k = 0; k < V::N; ++k) r.v[k] = value(i * V::N + k);
+      reinterpret_cast<V*>(out)[i] = r;
     }
-  sw[threadIdx.y][threadIdx.x] = aw, sb[threadIdx.y][threadIdx.x] = ab;
-  __syncthreads();
-  if (threadIdx.y == 0 && c < C) {
-    for (int k = 1; k < 8; ++k) aw += sw[k][threadIdx.x], ab += sb[k][threadIdx.x];
-    if (dw) dw[c] = aw;
-    if (db) db[c] = ab;
+  } else {
+    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) out[c] = value(c);
+  }
+}
+
+// Shared memory: [x row | dy row] in T when use_smem; the dw/db partials live in global memory (this block's row
+// of `partial`), touched by one thread per column.
+template <class T, class A = acc_t<T>>
+__global__ void norm_bwd_kernel(bool rms, const T* __restrict__ x, const T* __restrict__ w, const A* __restrict__ stats,
+                                const T* __restrict__ dy, T* __restrict__ dx, A* __restrict__ partial_w,
+                                A* __restrict__ partial_b, int64_t R, int64_t C, bool use_smem, bool vec) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* sx = reinterpret_cast<T*>(smem_raw);
+  T* sg = sx + C;
+  A* pw = partial_w ? partial_w + blockIdx.x * C : nullptr;
+  A* pb = partial_b ? partial_b + blockIdx.x * C : nullptr;
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+    if (pw) pw[c] = A(0);
+    if (pb) pb[c] = A(0);
+  }
+  for (int64_t r = blockIdx.x; r < R; r += gridDim.x) {
+    const T *xr = x + r * C, *gr = dy + r * C;
+    if (use_smem) {
+      __syncthreads();  // the previous row's readers are done
+      load_row(xr, sx, C, vec);
+      load_row(gr, sg, C, vec);
+      xr = sx, gr = sg;
+    }
+    const A mu = stats[2 * r], rstd = stats[2 * r + 1];
+    A s_gw = 0, s_gwx = 0;
+    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+      const A g = (A)gr[c], xhat = ((A)xr[c] - mu) * rstd, gw = g * (w ? (A)w[c] : A(1));
+      s_gw += gw, s_gwx += gw * xhat;
+      if (pw) pw[c] += g * xhat;
+      if (pb) pb[c] += g;
+    }
+    const A mean_gw = rms ? A(0) : block_reduce(s_gw, SumOp{}, A(0)) / (A)C;
+    const A mean_gwx = block_reduce(s_gwx, SumOp{}, A(0)) / (A)C;
+    T* out = dx + r * C;
+    auto value = [&](int64_t c) {
+      const A gw = (A)gr[c] * (w ? (A)w[c] : A(1)), xhat = ((A)xr[c] - mu) * rstd;
+      return T(rstd * (gw - mean_gw - xhat * mean_gwx));
+    };
+    if (vec) {
+      using V = Vec16<T>;
+      for (int64_t i = threadIdx.x; i < C / V::N; i += blockDim.x) {
+        V o;
+#pragma unroll
+        for (int k = 0; k < V::N; ++k) o.v[k] = value(i * V::N + k);
+        reinterpret_cast<V*>(out)[i] = o;
+      }
+    } else {
+      for (int64_t c = threadIdx.x; c < C; c += blockDim.x) out[c] = value(c);
+    }
+  }
+}
+
+// out[c] = sum over blocks b of partial[b, c], in block order.
+template <class A> __global__ void sum_partials_kernel(const A* __restrict__ partial, A* __restrict__ out, int nb, int64_t C) {
+  for (int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; c < C; c += (int64_t)gridDim.x * blockDim.x) {
+    A acc = 0;
+    for (int b = 0; b < nb; ++b) acc += partial[b * C + c];
+    out[c] = acc;
   }
 }
 inline int threads_for(int64_t C) { return C >= 2048 ? 512 : (C >= 256 ? 256 : 64); }
+struct Scratch {
+  void* p = nullptr;
+  int dev = 0;
+  explicit Scratch(size_t bytes) {
+    cudaGetDevice(&dev);
+    if (bytes) p = cached_malloc(bytes, dev);
+  }
+  ~Scratch() {
+    if (p) cached_free(p, dev);
+  }
+};
 }  // namespace
 
 void norm_forward(bool rms, DType t, const void* x, const void* w, const void* b, double eps, void* y, void* stats,
@@ -81,9 +144,12 @@ void norm_forward(bool rms, DType t, const void* x, const void* w, const void* b
   NT_CU_DISPATCH_FLOAT(t, "norm", [&] {
     using T = scalar_t;
     using A = acc_t<T>;
-    norm_fwd_kernel<T><<<(unsigned)R, threads_for(C), 0, stream>>>(rms, static_cast<const T*>(x), static_cast<const T*>(w),
-                                                                  static_cast<const T*>(b), (A)eps, static_cast<T*>(y),
-                                                                  static_cast<A*>(stats), C);
+    const size_t bytes = C * sizeof(T);
+    const bool use_smem = bytes <= kMaxRowSmem, vec = aligned16(x) && aligned16(y) && bytes % 16 == 0;
+    allow_smem(norm_fwd_kernel<T>, use_smem ? bytes : 0);
+    norm_fwd_kernel<T><<<(unsigned)R, threads_for(C), use_smem ? bytes : 0, stream>>>(
+        rms, static_cast<const T*>(x), static_cast<const T*>(w), static_cast<const T*>(b), (A)eps, static_cast<T*>(y),
+        static_cast<A*>(stats), C, use_smem, vec);
   });
   NT_CUDA_CHECK_LAUNCH();
 }
@@ -91,17 +157,23 @@ void norm_forward(bool rms, DType t, const void* x, const void* w, const void* b
 void norm_backward(bool rms, DType t, const void* x, const void* w, const void* stats, const void* dy, void* dx,
                    void* dw, void* db, int64_t R, int64_t C, cudaStream_t stream) {
   if (R == 0) return;
+  int dev = 0;
+  NT_CUDA_CHECK(cudaGetDevice(&dev));
+  const int nb = (int)std::min<int64_t>(R, 2 * multiprocessor_count(dev));
   NT_CU_DISPATCH_FLOAT(t, "norm_backward", [&] {
     using T = scalar_t;
     using A = acc_t<T>;
-    norm_bwd_dx_kernel<T><<<(unsigned)R, threads_for(C), 0, stream>>>(rms, static_cast<const T*>(x), static_cast<const T*>(w),
-                                                                     static_cast<const A*>(stats), static_cast<const T*>(dy),
-                                                                     static_cast<T*>(dx), C);
+    const size_t bytes = 2 * C * sizeof(T);
+    const bool use_smem = bytes <= kMaxRowSmem,
+               vec = aligned16(x) && aligned16(dy) && aligned16(dx) && (C * sizeof(T)) % 16 == 0;
+    Scratch pw(dw ? nb * C * sizeof(A) : 0), pb(db ? nb * C * sizeof(A) : 0);
+    allow_smem(norm_bwd_kernel<T>, use_smem ? bytes : 0);
+    norm_bwd_kernel<T><<<nb, threads_for(C), use_smem ? bytes : 0, stream>>>(
+        rms, static_cast<const T*>(x), static_cast<const T*>(w), static_cast<const A*>(stats), static_cast<const T*>(dy),
+        static_cast<T*>(dx), static_cast<A*>(pw.p), static_cast<A*>(pb.p), R, C, use_smem, vec);
     NT_CUDA_CHECK_LAUNCH();
-    if (dw || db)
-      norm_bwd_dw_kernel<T><<<(unsigned)((C + 31) / 32), dim3(32, 8), 0, stream>>>(
-          static_cast<const T*>(x), static_cast<const A*>(stats), static_cast<const T*>(dy), static_cast<A*>(dw),
-          static_cast<A*>(db), R, C);
+    if (dw) sum_partials_kernel<A><<<grid_for(C, 256), 256, 0, stream>>>(static_cast<const A*>(pw.p), static_cast<A*>(dw), nb, C);
+    if (db) sum_partials_kernel<A><<<grid_for(C, 256), 256, 0, stream>>>(static_cast<const A*>(pb.p), static_cast<A*>(db), nb, C);
   });
   NT_CUDA_CHECK_LAUNCH();
 }

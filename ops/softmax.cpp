@@ -69,49 +69,69 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& target, int64_t ignore_
   const Tensor x2 = logits.detach().contiguous().reshape({N, C});
   const Tensor t1 = target.contiguous().reshape({N});
   const bool on_cpu = logits.device().is_cpu();
+  const bool wants_grad = autograd::needs_grad({&logits});
   // Per-row loss and log-sum-exp: f64 on the CPU (the reference); on the GPU the accumulation type.
   const DType stat_t = on_cpu || logits.dtype() == DType::f64 ? DType::f64 : DType::f32;
   Tensor loss = empty({N}, stat_t, logits.device()), lse = empty({N}, stat_t, logits.device());
+  Tensor out;
   if (on_cpu) {
     cpu::cross_entropy_forward(x2, t1, ignore_index, loss, lse);
-  } else {
-    NT_ON_CUDA("cross_entropy", {
-      DeviceFlag bad(x2);
-      cuda::cross_entropy_forward(x2.dtype(), x2.data_ptr(), t1.dtype(), t1.data_ptr(), ignore_index, loss.data_ptr(),
-                                  lse.data_ptr(), N, C, bad.get(), stream_of(x2));
-      NT_CHECK(!bad.raised(), "cross_entropy: a target is out of range for {} classes (expected 0 to {} or ignore_index {})",
-               C, C - 1, ignore_index);
-    });
+    const double count = sum(ne(t1, scalar_tensor((double)ignore_index, t1.dtype())).to(DType::f64)).item();
+    {
+      autograd::NoGradGuard no_grad;
+      if (reduction == Reduction::none) out = loss.reshape(rows).to(logits.dtype());
+      else if (reduction == Reduction::sum) out = sum(loss).to(logits.dtype());
+      else out = (sum(loss) / count).to(logits.dtype());
+    }
+    if (wants_grad)
+      autograd::record(kCrossEntropy, out, {logits},
+                       [=, sx = Saved(x2), st = Saved(t1), sl = Saved(lse), shape = logits.shape()](const Tensor& g, auto&) {
+                         Tensor grow;
+                         if (reduction == Reduction::none) grow = g.reshape({N}).to(DType::f64).contiguous();
+                         else grow = full({N}, g.item() / (reduction == Reduction::mean ? count : 1.0), DType::f64);
+                         Tensor dx = empty({N, C}, sx.get().dtype());
+                         cpu::cross_entropy_backward(sx.get(), st.get(), ignore_index, sl.get(), grow, dx);
+                         return std::vector<Tensor>{dx.reshape(shape)};
+                       });
+    return out;
   }
-  const Tensor valid = ne(t1, scalar_tensor((double)ignore_index, t1.dtype(), t1.device())).to(DType::f64);
-  const double count = sum(valid).item();
-  Tensor out;
+#if NT_CUDA
+  // GPU: the valid-row count stays on the device; with mean/sum the gradient is written by the forward pass.
+  autograd::NoGradGuard no_grad;
+  const Tensor count = sum(ne(t1, scalar_tensor((double)ignore_index, t1.dtype(), t1.device())).to(stat_t));
+  const bool fused = wants_grad && reduction != Reduction::none;
+  Tensor dlogits = fused ? empty({N, C}, logits.dtype(), logits.device()) : Tensor();
   {
-    autograd::NoGradGuard no_grad;
-    if (reduction == Reduction::none)
-      out = loss.reshape(rows).to(logits.dtype());
-    else if (reduction == Reduction::sum)
-      out = sum(loss).to(logits.dtype());
-    else
-      out = (sum(loss) / count).to(logits.dtype());
+    DeviceFlag bad(x2);
+    cuda::cross_entropy_forward(x2.dtype(), x2.data_ptr(), t1.dtype(), t1.data_ptr(), ignore_index, loss.data_ptr(),
+                                lse.data_ptr(), fused ? dlogits.data_ptr() : nullptr,
+                                reduction == Reduction::mean ? count.data_ptr() : nullptr, N, C, bad.get(), stream_of(x2));
+    NT_CHECK(!bad.raised(), "cross_entropy: a target is out of range for {} classes (expected 0 to {} or ignore_index {})",
+             C, C - 1, ignore_index);
   }
-  if (autograd::needs_grad({&logits}))
+  if (reduction == Reduction::none) out = loss.reshape(rows).to(logits.dtype());
+  else if (reduction == Reduction::sum) out = sum(loss).to(logits.dtype());
+  else out = (sum(loss) / count).to(logits.dtype());
+  if (fused) {
+    autograd::record(kCrossEntropy, out, {logits}, [d = Saved(dlogits), shape = logits.shape()](const Tensor& g, auto&) {
+      const Tensor& dx = d.get();
+      return std::vector<Tensor>{(g.item() == 1.0 ? dx : dx * g.to(dx.dtype())).reshape(shape)};
+    });
+  } else if (wants_grad) {
     autograd::record(kCrossEntropy, out, {logits},
                      [=, sx = Saved(x2), st = Saved(t1), sl = Saved(lse), shape = logits.shape()](const Tensor& g, auto&) {
                        const Tensor& x2 = sx.get();
-                       const DType gt = sl.get().dtype();
-                       Tensor grow;
-                       if (reduction == Reduction::none) grow = g.reshape({N}).to(gt).contiguous();
-                       else grow = (g.reshape({1}).to(gt) / (reduction == Reduction::mean ? count : 1.0)).expand({N}).contiguous();
+                       const Tensor grow = g.reshape({N}).to(sl.get().dtype()).contiguous();
                        Tensor dx = empty({N, C}, x2.dtype(), x2.device());
-                       if (x2.device().is_cpu())
-                         cpu::cross_entropy_backward(x2, st.get(), ignore_index, sl.get(), grow, dx);
-                       else
-                         NT_ON_CUDA("cross_entropy", cuda::cross_entropy_backward(
-                             x2.dtype(), x2.data_ptr(), st.get().dtype(), st.get().data_ptr(), ignore_index,
-                             sl.get().data_ptr(), grow.data_ptr(), dx.data_ptr(), N, C, stream_of(dx)));
+                       cuda::cross_entropy_backward(x2.dtype(), x2.data_ptr(), st.get().dtype(), st.get().data_ptr(),
+                                                    ignore_index, sl.get().data_ptr(), grow.data_ptr(), dx.data_ptr(),
+                                                    N, C, stream_of(dx));
                        return std::vector<Tensor>{dx.reshape(shape)};
                      });
+  }
+#else
+  no_cuda_kernel("cross_entropy");
+#endif
   return out;
 }
 

@@ -149,6 +149,15 @@ CUDA_TEST("softmax, log_softmax, cross_entropy") {
     check_cuda("cross_entropy none", [&](const std::vector<Tensor>& v) {
       return cross_entropy(v[0], v[1], -100, Reduction::none); }, {rnd_grad({2, 9, 5003}, 54), tgt.to(DType::i32)}, dt);
   }
+  for (DType dt : kFloatTypes)
+    check_cuda("cross_entropy sum", [](const std::vector<Tensor>& v) { return cross_entropy(v[0], v[1], 3, Reduction::sum); },
+               {rnd_grad({33, 1001}, 55), randint(0, 1001, {33}, DType::i64)}, dt);
+  // loss.backward() with its implicit gradient of 1 returns the gradient the forward pass wrote.
+  Tensor lc = rnd({9, 515}, 56).requires_grad_(), lg = lc.detach().to(cuda_device(0)).requires_grad_();
+  const Tensor tg = randint(0, 515, {9}, DType::i64);
+  cross_entropy(lc, tg).backward();
+  cross_entropy(lg, tg.to(cuda_device(0))).backward();
+  expect_close(lg.grad().to(kCPU), lc.grad(), 1e-9, 1e-9);
   const Tensor bad = from_vector({7}, {1}, DType::i64, cuda_device(0));
   expect_error([&] { cross_entropy(zeros({1, 7}, DType::f32, cuda_device(0)), bad); }, {"cross_entropy", "out of range"});
 }
