@@ -96,9 +96,14 @@ void record(const OpKind& op, Tensor& out, const std::vector<Tensor>& inputs, Ba
 }
 
 namespace {
-void accumulate(std::shared_ptr<TensorImpl>& slot, const Tensor& g) {
+// True when nothing but `g` refers to its memory, and g covers all of it: then it can become a .grad as it is.
+bool sole_owner(const Tensor& g) {
+  return g.impl_ptr().use_count() == 1 && g.impl()->storage.use_count() == 1 && g.is_contiguous() && g.offset() == 0 &&
+         (size_t)g.numel() * g.element_size() == g.impl()->storage->nbytes && !g.grad_fn();
+}
+void accumulate(std::shared_ptr<TensorImpl>& slot, Tensor g) {
   if (!slot)
-    slot = g.clone().impl_ptr();  // own the memory: g may alias a tensor the caller still uses
+    slot = sole_owner(g) ? g.impl_ptr() : g.clone().impl_ptr();  // else own a copy: g may alias a live tensor
   else
     slot = add(Tensor(slot), g).impl_ptr();
 }
@@ -108,9 +113,9 @@ void check_grad_shape(const Tensor& g, const Shape& shape, DType dtype, const ch
   NT_CHECK(g.dtype() == dtype, "backward: gradient for {} of op '{}' has dtype {}, expected {}", what, op,
            dtype_name(g.dtype()), dtype_name(dtype));
 }
-void accumulate_leaf(TensorImpl* leaf, const Tensor& g) {
+void accumulate_leaf(TensorImpl* leaf, Tensor g) {
   check_grad_shape(g, leaf->shape, leaf->dtype, "a leaf", "accumulate");
-  accumulate(leaf->grad, g);
+  accumulate(leaf->grad, std::move(g));
 }
 void collect(const std::shared_ptr<Node>& root, std::vector<Node*>& order) {
   std::unordered_set<Node*> seen;
@@ -160,6 +165,12 @@ void run_backward(const Tensor& root, const Tensor& grad_in, bool retain_graph) 
              "pass retain_graph=true to the first backward to run backward twice",
              node->op->name);
     std::vector<Tensor> grads = node->backward(g, node->needs);
+    g = Tensor();
+    // Free the saved tensors before accumulating, so a gradient no one else holds can be adopted without a copy.
+    if (!retain_graph) {
+      node->backward = nullptr;
+      node->released = true;
+    }
     NT_CHECK(grads.size() == node->needs.size(), "backward: op '{}' returned {} gradients for {} inputs",
              node->op->name, grads.size(), node->needs.size());
     for (size_t i = 0; i < grads.size(); ++i) {
@@ -168,14 +179,10 @@ void run_backward(const Tensor& root, const Tensor& grad_in, bool retain_graph) 
       if (node->input_fns[i]) {
         Node* in = node->input_fns[i].get();
         check_grad_shape(grads[i], in->out_shape, in->out_dtype, "an input", node->op->name);
-        accumulate(pending[in], grads[i]);
+        accumulate(pending[in], std::move(grads[i]));
       } else if (node->input_leaves[i]) {
-        accumulate_leaf(node->input_leaves[i].get(), grads[i]);
+        accumulate_leaf(node->input_leaves[i].get(), std::move(grads[i]));
       }
-    }
-    if (!retain_graph) {
-      node->backward = nullptr;
-      node->released = true;
     }
   }
 }

@@ -64,8 +64,10 @@ __global__ void norm_fwd_kernel(bool rms, const T* __restrict__ x, const T* __re
   }
 }
 
-// Shared memory: [x row | dy row] in T when use_smem; the dw/db partials live in global memory (this block's row
-// of `partial`), touched by one thread per column.
+// Shared memory: [x row | dy row] in T when use_smem. Each thread owns columns c = tid + k * blockDim and keeps
+// their dw/db partial sums in registers (up to kRegCols columns; wider rows keep them in this block's row of the
+// global partial buffer instead); they are stored to that row once at the end.
+constexpr int kRegCols = 16;
 template <class T, class A = acc_t<T>>
 __global__ void norm_bwd_kernel(bool rms, const T* __restrict__ x, const T* __restrict__ w, const A* __restrict__ stats,
                                 const T* __restrict__ dy, T* __restrict__ dx, A* __restrict__ partial_w,
@@ -75,10 +77,16 @@ __global__ void norm_bwd_kernel(bool rms, const T* __restrict__ x, const T* __re
   T* sg = sx + C;
   A* pw = partial_w ? partial_w + blockIdx.x * C : nullptr;
   A* pb = partial_b ? partial_b + blockIdx.x * C : nullptr;
-  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
-    if (pw) pw[c] = A(0);
-    if (pb) pb[c] = A(0);
-  }
+  const int64_t kc = (C + blockDim.x - 1) / blockDim.x;
+  const bool in_regs = kc <= kRegCols;
+  A rw[kRegCols], rb[kRegCols];
+#pragma unroll
+  for (int k = 0; k < kRegCols; ++k) rw[k] = A(0), rb[k] = A(0);
+  if (!in_regs)
+    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+      if (pw) pw[c] = A(0);
+      if (pb) pb[c] = A(0);
+    }
   for (int64_t r = blockIdx.x; r < R; r += gridDim.x) {
     const T *xr = x + r * C, *gr = dy + r * C;
     if (use_smem) {
@@ -89,11 +97,23 @@ __global__ void norm_bwd_kernel(bool rms, const T* __restrict__ x, const T* __re
     }
     const A mu = stats[2 * r], rstd = stats[2 * r + 1];
     A s_gw = 0, s_gwx = 0;
-    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
-      const A g = (A)gr[c], xhat = ((A)xr[c] - mu) * rstd, gw = g * (w ? (A)w[c] : A(1));
-      s_gw += gw, s_gwx += gw * xhat;
-      if (pw) pw[c] += g * xhat;
-      if (pb) pb[c] += g;
+    if (in_regs) {
+#pragma unroll
+      for (int k = 0; k < kRegCols; ++k) {
+        const int64_t c = threadIdx.x + (int64_t)k * blockDim.x;
+        if (k < kc && c < C) {
+          const A g = (A)gr[c], xhat = ((A)xr[c] - mu) * rstd, gw = g * (w ? (A)w[c] : A(1));
+          s_gw += gw, s_gwx += gw * xhat;
+          rw[k] += g * xhat, rb[k] += g;
+        }
+      }
+    } else {
+      for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+        const A g = (A)gr[c], xhat = ((A)xr[c] - mu) * rstd, gw = g * (w ? (A)w[c] : A(1));
+        s_gw += gw, s_gwx += gw * xhat;
+        if (pw) pw[c] += g * xhat;
+        if (pb) pb[c] += g;
+      }
     }
     const A mean_gw = rms ? A(0) : block_reduce(s_gw, SumOp{}, A(0)) / (A)C;
     const A mean_gwx = block_reduce(s_gwx, SumOp{}, A(0)) / (A)C;
@@ -114,6 +134,16 @@ __global__ void norm_bwd_kernel(bool rms, const T* __restrict__ x, const T* __re
       for (int64_t c = threadIdx.x; c < C; c += blockDim.x) out[c] = value(c);
     }
   }
+  if (in_regs) {
+#pragma unroll
+    for (int k = 0; k < kRegCols; ++k) {
+      const int64_t c = threadIdx.x + (int64_t)k * blockDim.x;
+      if (k < kc && c < C) {
+        if (pw) pw[c] = rw[k];
+        if (pb) pb[c] = rb[k];
+      }
+    }
+  }
 }
 
 // out[c] = sum over blocks b of partial[b, c], in block order.
@@ -124,7 +154,13 @@ template <class A> __global__ void sum_partials_kernel(const A* __restrict__ par
     out[c] = acc;
   }
 }
-inline int threads_for(int64_t C) { return C >= 2048 ? 512 : (C >= 256 ? 256 : 64); }
+// Forward: about 4 vectors of 8 per thread, so many rows are in flight per SM. Backward: enough threads that each
+// owns at most kRegCols columns.
+inline int fwd_threads(int64_t C) { return (int)std::min<int64_t>(1024, std::max<int64_t>(32, (C / 32 + 31) / 32 * 32)); }
+inline int bwd_threads(int64_t C) {
+  const int64_t need = (C + kRegCols - 1) / kRegCols;
+  return (int)std::min<int64_t>(1024, std::max<int64_t>(C >= 2048 ? 256 : 64, (need + 31) / 32 * 32));
+}
 struct Scratch {
   void* p = nullptr;
   int dev = 0;
@@ -147,7 +183,7 @@ void norm_forward(bool rms, DType t, const void* x, const void* w, const void* b
     const size_t bytes = C * sizeof(T);
     const bool use_smem = bytes <= kMaxRowSmem, vec = aligned16(x) && aligned16(y) && bytes % 16 == 0;
     allow_smem(norm_fwd_kernel<T>, use_smem ? bytes : 0);
-    norm_fwd_kernel<T><<<(unsigned)R, threads_for(C), use_smem ? bytes : 0, stream>>>(
+    norm_fwd_kernel<T><<<(unsigned)R, fwd_threads(C), use_smem ? bytes : 0, stream>>>(
         rms, static_cast<const T*>(x), static_cast<const T*>(w), static_cast<const T*>(b), (A)eps, static_cast<T*>(y),
         static_cast<A*>(stats), C, use_smem, vec);
   });
@@ -168,7 +204,7 @@ void norm_backward(bool rms, DType t, const void* x, const void* w, const void* 
                vec = aligned16(x) && aligned16(dy) && aligned16(dx) && (C * sizeof(T)) % 16 == 0;
     Scratch pw(dw ? nb * C * sizeof(A) : 0), pb(db ? nb * C * sizeof(A) : 0);
     allow_smem(norm_bwd_kernel<T>, use_smem ? bytes : 0);
-    norm_bwd_kernel<T><<<nb, threads_for(C), use_smem ? bytes : 0, stream>>>(
+    norm_bwd_kernel<T><<<nb, bwd_threads(C), use_smem ? bytes : 0, stream>>>(
         rms, static_cast<const T*>(x), static_cast<const T*>(w), static_cast<const A*>(stats), static_cast<const T*>(dy),
         static_cast<T*>(dx), static_cast<A*>(pw.p), static_cast<A*>(pb.p), R, C, use_smem, vec);
     NT_CUDA_CHECK_LAUNCH();

@@ -29,7 +29,7 @@ build-gpu/tests/nt_tests --no-colors >"$OUT/cpu_tests.log" 2>&1 || rc=1
 grep -E "test cases" "$OUT/cpu_tests.log"
 if [ $sanitizer = 1 ]; then
   echo "== CUDA suite under compute-sanitizer memcheck"
-  compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 build-gpu/tests/nt_cuda_tests --no-colors \
+  compute-sanitizer --tool memcheck --leak-check no --report-api-errors no --error-exitcode 9 build-gpu/tests/nt_cuda_tests --no-colors \
     >"$OUT/sanitizer.log" 2>&1 || rc=1
   grep -E "ERROR SUMMARY|test cases|Invalid|THREW" "$OUT/sanitizer.log" | head -20
 fi
