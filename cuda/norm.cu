@@ -157,9 +157,10 @@ template <class A> __global__ void sum_partials_kernel(const A* __restrict__ par
 // Forward: about 4 vectors of 8 per thread, so many rows are in flight per SM. Backward: enough threads that each
 // owns at most kRegCols columns.
 inline int fwd_threads(int64_t C) { return (int)std::min<int64_t>(1024, std::max<int64_t>(32, (C / 32 + 31) / 32 * 32)); }
+// (512 at most: 1024 threads with 2 x kRegCols accumulators exceed the register file.)
 inline int bwd_threads(int64_t C) {
   const int64_t need = (C + kRegCols - 1) / kRegCols;
-  return (int)std::min<int64_t>(1024, std::max<int64_t>(C >= 2048 ? 256 : 64, (need + 31) / 32 * 32));
+  return (int)std::min<int64_t>(512, std::max<int64_t>(C >= 2048 ? 512 : 64, (need + 31) / 32 * 32));
 }
 struct Scratch {
   void* p = nullptr;
