@@ -65,11 +65,11 @@ __global__ void norm_fwd_kernel(bool rms, const T* __restrict__ x, const T* __re
 }
 
 // Shared memory: [x row | dy row] in T when use_smem. Each thread owns columns c = tid + k * blockDim and keeps
-// their dw/db partial sums in registers (up to kRegCols columns; wider rows keep them in this block's row of the
+// their dw/db partial sums in registers (up to kRegCols = 8 columns; wider rows keep them in this block's row of the
 // global partial buffer instead); they are stored to that row once at the end.
-constexpr int kRegCols = 16;
+constexpr int kRegCols = 8;
 template <class T, class A = acc_t<T>>
-__global__ void norm_bwd_kernel(bool rms, const T* __restrict__ x, const T* __restrict__ w, const A* __restrict__ stats,
+__global__ void __launch_bounds__(512) norm_bwd_kernel(bool rms, const T* __restrict__ x, const T* __restrict__ w, const A* __restrict__ stats,
                                 const T* __restrict__ dy, T* __restrict__ dx, A* __restrict__ partial_w,
                                 A* __restrict__ partial_b, int64_t R, int64_t C, bool use_smem, bool vec) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
