@@ -34,6 +34,11 @@ void binary_forward(BinaryOp op, DType t, const void* a, const Strided& al, cons
 void where_forward(DType t, const bool* cond, const Strided& cl, const void* a, const Strided& al, const void* b,
                    const Strided& bl, void* out, int64_t n, cudaStream_t stream);
 
+// swiglu.cu: y = silu(gate) * up over n contiguous elements, and both gradients in one pass.
+void swiglu_forward(DType t, const void* gate, const void* up, void* out, int64_t n, cudaStream_t stream);
+void swiglu_backward(DType t, const void* gate, const void* up, const void* dy, void* dgate, void* dup, int64_t n,
+                     cudaStream_t stream);
+
 // random.cu: the Philox streams of tensor/philox.h.
 void philox_fill(DType t, void* out, int64_t n, uint64_t seed, uint64_t offset, bool normal, cudaStream_t stream);
 void dropout_forward(DType t, const void* x, void* out, int64_t n, double p, uint64_t seed, uint64_t offset,

@@ -11,13 +11,40 @@
 
 namespace nt::cuda {
 namespace {
-// Loads row[0, C) into smem (vectorized when allowed).
-template <class T> __device__ void load_row(const T* __restrict__ row, T* smem, int64_t C, bool vec) {
+// Loads rows a and b (b may be null) of C elements into smem, then syncs. Up to four 16-byte loads per thread
+// and row are issued before the stores, to keep enough bytes in flight.
+template <class T>
+__device__ void load_rows(const T* __restrict__ a, T* sa, const T* __restrict__ b, T* sb, int64_t C, bool vec) {
   if (vec) {
     using V = Vec16<T>;
-    for (int64_t i = threadIdx.x; i < C / V::N; i += blockDim.x) reinterpret_cast<V*>(smem)[i] = reinterpret_cast<const V*>(row)[i];
+    constexpr int U = 4;
+    const int64_t nv = C / V::N;
+    int64_t i = threadIdx.x;
+    for (; i + (U - 1) * (int64_t)blockDim.x < nv; i += U * (int64_t)blockDim.x) {
+      V va[U], vb[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        va[u] = reinterpret_cast<const V*>(a)[i + u * blockDim.x];
+        if (b) vb[u] = reinterpret_cast<const V*>(b)[i + u * blockDim.x];
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        reinterpret_cast<V*>(sa)[i + u * blockDim.x] = va[u];
+        if (b) reinterpret_cast<V*>(sb)[i + u * blockDim.x] = vb[u];
+      }
+    }
+    for (; i < nv; i += blockDim.x) {
+      const V va = reinterpret_cast<const V*>(a)[i];
+      V vb;
+      if (b) vb = reinterpret_cast<const V*>(b)[i];
+      reinterpret_cast<V*>(sa)[i] = va;
+      if (b) reinterpret_cast<V*>(sb)[i] = vb;
+    }
   } else {
-    for (int64_t i = threadIdx.x; i < C; i += blockDim.x) smem[i] = row[i];
+    for (int64_t i = threadIdx.x; i < C; i += blockDim.x) {
+      sa[i] = a[i];
+      if (b) sb[i] = b[i];
+    }
   }
   __syncthreads();
 }
@@ -28,7 +55,7 @@ __global__ void norm_fwd_kernel(bool rms, const T* __restrict__ x, const T* __re
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const T* row = x + blockIdx.x * C;
   if (use_smem) {
-    load_row(row, reinterpret_cast<T*>(smem_raw), C, vec);
+    load_rows<T>(row, reinterpret_cast<T*>(smem_raw), nullptr, nullptr, C, vec);
     row = reinterpret_cast<const T*>(smem_raw);
   }
   A mu = 0;
@@ -91,8 +118,7 @@ __global__ void __launch_bounds__(512) norm_bwd_kernel(bool rms, const T* __rest
     const T *xr = x + r * C, *gr = dy + r * C;
     if (use_smem) {
       __syncthreads();  // the previous row's readers are done
-      load_row(xr, sx, C, vec);
-      load_row(gr, sg, C, vec);
+      load_rows(xr, sx, gr, sg, C, vec);
       xr = sx, gr = sg;
     }
     const A mu = stats[2 * r], rstd = stats[2 * r + 1];

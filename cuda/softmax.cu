@@ -29,14 +29,30 @@ template <class A> __device__ A block_lse(MaxSum<A> ms) {
   return m + log(s);
 }
 
-// Reads row[0, n) (into smem when given), feeding every element to the online (max, sum).
+// Reads row[0, n) (into smem when given), feeding every element to the online (max, sum). Four 16-byte loads per
+// thread are issued before any is used, so enough bytes are in flight to cover memory latency.
 template <class T, class A>
 __device__ MaxSum<A> scan_row(const T* __restrict__ row, T* smem, int64_t n, bool vec) {
   MaxSum<A> ms{(A)-INFINITY, A(0)};
   if (vec) {
     using V = Vec16<T>;
-    for (int64_t i = threadIdx.x; i < n / V::N; i += blockDim.x) {
-      const V v = reinterpret_cast<const V*>(row)[i];
+    constexpr int U = 4;
+    const int64_t nv = n / V::N;
+    const V* src = reinterpret_cast<const V*>(row);
+    int64_t i = threadIdx.x;
+    for (; i + (U - 1) * (int64_t)blockDim.x < nv; i += U * (int64_t)blockDim.x) {
+      V v[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) v[u] = src[i + u * blockDim.x];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (smem) reinterpret_cast<V*>(smem)[i + u * blockDim.x] = v[u];
+#pragma unroll
+        for (int k = 0; k < V::N; ++k) online(ms, (A)v[u].v[k]);
+      }
+    }
+    for (; i < nv; i += blockDim.x) {
+      const V v = src[i];
       if (smem) reinterpret_cast<V*>(smem)[i] = v;
 #pragma unroll
       for (int k = 0; k < V::N; ++k) online(ms, (A)v.v[k]);

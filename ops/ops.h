@@ -11,4 +11,5 @@
 #include "ops/rope.h"
 #include "ops/shape.h"
 #include "ops/softmax.h"
+#include "ops/swiglu.h"
 #include "tensor/tensor.h"

@@ -177,7 +177,7 @@ CUDA_TEST("rms_norm, layer_norm") {
   }
 }
 
-CUDA_TEST("embedding (repeated indices), rope, dropout gradients") {
+CUDA_TEST("embedding (repeated indices), rope, dropout, swiglu") {
   for (DType dt : kFloatTypes) {
     const Tensor idx = randint(0, 53, {7, 19}, DType::i64);
     check_cuda("embedding", [](const std::vector<Tensor>& v) { return embedding(v[0], v[1]); }, {rnd_grad({53, 35}, 70), idx}, dt);
@@ -189,6 +189,9 @@ CUDA_TEST("embedding (repeated indices), rope, dropout gradients") {
                  {rnd_grad({2, 13, 3, 10}, 72)}, dt, dt == DType::f64 ? Tol{1e-6, 1e-6} : tol_for(dt));
     check_cuda("dropout", [](const std::vector<Tensor>& v) { Generator g(8); return dropout(v[0], 0.25, true, &g); },
                {rnd_grad({1037}, 73)}, dt);
+    check_cuda("swiglu", [](const std::vector<Tensor>& v) { return swiglu(v[0], v[1]); }, {rnd_grad({7, 1033}, 74), rnd_grad({7, 1033}, 75)}, dt);
+    check_cuda("swiglu halves", [](const std::vector<Tensor>& v) { return swiglu(v[0].narrow(-1, 0, 37), v[0].narrow(-1, 37, 37)); },
+               {rnd_grad({5, 74}, 76)}, dt);
   }
   expect_error([] { embedding(zeros({5, 3}, DType::f32, cuda_device(0)), from_vector({5}, {1}, DType::i64, cuda_device(0))); },
                {"embedding", "out of range"});
