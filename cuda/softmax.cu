@@ -14,18 +14,24 @@ namespace {
 template <class A> struct MaxSum {
   A m, s;
 };
+// exp on the special-function unit for float (about 2 ulp, far below bf16/f32 softmax tolerance); f64 keeps exp.
+// With the precise expf, two exponentials per element made these kernels compute-bound.
+template <class A> __device__ __forceinline__ A fexp(A x) {
+  if constexpr (std::is_same_v<A, float>) return __expf(x);
+  else return exp(x);
+}
 template <class A> __device__ __forceinline__ void online(MaxSum<A>& ms, A v) {
   if (v > ms.m) {
-    ms.s = ms.s * exp(ms.m - v) + A(1);
+    ms.s = ms.s * fexp(ms.m - v) + A(1);
     ms.m = v;
   } else {
-    ms.s += exp(v - ms.m);
+    ms.s += fexp(v - ms.m);
   }
 }
 // Merges per-thread (max, sum) into the block's; returns log(sum exp) of the row.
 template <class A> __device__ A block_lse(MaxSum<A> ms) {
   const A m = block_reduce(ms.m, MaxOp{}, (A)-INFINITY);
-  const A s = block_reduce(ms.m == -INFINITY ? A(0) : ms.s * exp(ms.m - m), SumOp{}, A(0));
+  const A s = block_reduce(ms.m == -INFINITY ? A(0) : ms.s * fexp(ms.m - m), SumOp{}, A(0));
   return m + log(s);
 }
 
@@ -91,7 +97,7 @@ __global__ void softmax_rows_kernel(const T* __restrict__ x, T* __restrict__ y, 
   const A lse = block_lse(scan_row<T, A>(row, smem, n, vec));  // block_lse syncs: smem is complete after it
   write_row(smem ? smem : row, y + blockIdx.x * n, n, vec, [&](int64_t, T v) {
     const A d = (A)v - lse;
-    return T(lg ? d : exp(d));
+    return T(lg ? d : fexp(d));
   });
 }
 
@@ -132,7 +138,7 @@ __global__ void ce_forward_kernel(const T* __restrict__ logits, const I* __restr
   if (!dlogits) return;
   const A scale = ignored || invalid ? A(0) : (count ? A(1) / *count : A(1));
   write_row(smem ? smem : row, dlogits + blockIdx.x * C, C, vec,
-            [&](int64_t j, T v) { return T(scale * (exp((A)v - lse) - (j == t ? A(1) : A(0)))); });
+            [&](int64_t j, T v) { return T(scale * (fexp((A)v - lse) - (j == t ? A(1) : A(0)))); });
 }
 
 template <class T, class I, class A = acc_t<T>>
@@ -145,7 +151,7 @@ __global__ void ce_backward_kernel(const T* __restrict__ logits, const I* __rest
   const int64_t t = (int64_t)target[r];
   const A g = t == ignore ? A(0) : grow[r], l = lse[r];
   for (int64_t j = threadIdx.x; j < C; j += blockDim.x)
-    drow[j] = T(g * (exp((A)row[j] - l) - (j == t ? A(1) : A(0))));
+    drow[j] = T(g * (fexp((A)row[j] - l) - (j == t ? A(1) : A(0))));
 }
 
 int row_threads(int64_t n) { return n >= 8192 ? 1024 : (n >= 1024 ? 256 : 128); }
