@@ -1,7 +1,7 @@
 // rms_norm / layer_norm over rows of x [R, C], accumulating in float (double for f64).
 // Forward: one block per row; the row is read once (16-byte loads) into shared memory, the statistics come from
 // there, and the output is written with 16-byte stores: 1 read + 1 write; stats (mean, rstd) are saved.
-// Backward: a grid of about two blocks per SM walks the rows. Each block caches its row of x and dy in shared
+// Backward: a grid of as many blocks as fit at once walks the rows. Each block caches its row of x and dy in shared
 // memory, writes dx, and adds the row's contribution to dw/db into per-block partial sums (each column owned by
 // one thread, so no atomics). A second kernel adds the partials over blocks in a fixed order: deterministic.
 // Traffic: x and dy read once, dx written once, plus the partials (blocks x C, small next to R x C).
@@ -92,11 +92,11 @@ __global__ void norm_fwd_kernel(bool rms, const T* __restrict__ x, const T* __re
 }
 
 // Shared memory: [x row | dy row] in T when use_smem. Each thread owns columns c = tid + k * blockDim and keeps
-// their dw/db partial sums in registers (up to kRegCols = 8 columns; wider rows keep them in this block's row of the
+// their dw/db partial sums in registers (up to kRegCols = 32 columns; wider rows keep them in this block's row of the
 // global partial buffer instead); they are stored to that row once at the end.
-constexpr int kRegCols = 8;
+constexpr int kRegCols = 32;
 template <class T, class A = acc_t<T>>
-__global__ void __launch_bounds__(512) norm_bwd_kernel(bool rms, const T* __restrict__ x, const T* __restrict__ w, const A* __restrict__ stats,
+__global__ void __launch_bounds__(256) norm_bwd_kernel(bool rms, const T* __restrict__ x, const T* __restrict__ w, const A* __restrict__ stats,
                                 const T* __restrict__ dy, T* __restrict__ dx, A* __restrict__ partial_w,
                                 A* __restrict__ partial_b, int64_t R, int64_t C, bool use_smem, bool vec) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -183,10 +183,11 @@ template <class A> __global__ void sum_partials_kernel(const A* __restrict__ par
 // Forward: about 4 vectors of 8 per thread, so many rows are in flight per SM. Backward: enough threads that each
 // owns at most kRegCols columns.
 inline int fwd_threads(int64_t C) { return (int)std::min<int64_t>(1024, std::max<int64_t>(32, (C / 32 + 31) / 32 * 32)); }
-// (512 at most: 1024 threads with 2 x kRegCols accumulators exceed the register file.)
+// Backward: small blocks (C / 32 threads, so each owns up to 32 columns in registers; 256 at most, the launch
+// bound), and as many blocks as fit on the GPU at once, so many rows are in flight per SM.
 inline int bwd_threads(int64_t C) {
   const int64_t need = (C + kRegCols - 1) / kRegCols;
-  return (int)std::min<int64_t>(512, std::max<int64_t>(C >= 2048 ? 512 : 64, (need + 31) / 32 * 32));
+  return (int)std::min<int64_t>(256, std::max<int64_t>(64, (need + 31) / 32 * 32));
 }
 struct Scratch {
   void* p = nullptr;
@@ -222,16 +223,19 @@ void norm_backward(bool rms, DType t, const void* x, const void* w, const void* 
   if (R == 0) return;
   int dev = 0;
   NT_CUDA_CHECK(cudaGetDevice(&dev));
-  const int nb = (int)std::min<int64_t>(R, 2 * multiprocessor_count(dev));
   NT_CU_DISPATCH_FLOAT(t, "norm_backward", [&] {
     using T = scalar_t;
     using A = acc_t<T>;
     const size_t bytes = 2 * C * sizeof(T);
     const bool use_smem = bytes <= kMaxRowSmem,
                vec = aligned16(x) && aligned16(dy) && aligned16(dx) && (C * sizeof(T)) % 16 == 0;
-    Scratch pw(dw ? nb * C * sizeof(A) : 0), pb(db ? nb * C * sizeof(A) : 0);
+    const int threads = bwd_threads(C);
     allow_smem(norm_bwd_kernel<T>, use_smem ? bytes : 0);
-    norm_bwd_kernel<T><<<nb, bwd_threads(C), use_smem ? bytes : 0, stream>>>(
+    int per_sm = 0;
+    NT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, norm_bwd_kernel<T>, threads, use_smem ? bytes : 0));
+    const int nb = (int)std::min<int64_t>(R, std::max(1, per_sm) * multiprocessor_count(dev));
+    Scratch pw(dw ? nb * C * sizeof(A) : 0), pb(db ? nb * C * sizeof(A) : 0);
+    norm_bwd_kernel<T><<<nb, threads, use_smem ? bytes : 0, stream>>>(
         rms, static_cast<const T*>(x), static_cast<const T*>(w), static_cast<const A*>(stats), static_cast<const T*>(dy),
         static_cast<T*>(dx), static_cast<A*>(pw.p), static_cast<A*>(pb.p), R, C, use_smem, vec);
     NT_CUDA_CHECK_LAUNCH();
