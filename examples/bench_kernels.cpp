@@ -12,6 +12,7 @@
 #include <string>
 
 #include "cuda/check.h"
+#include "cuda/kernels.h"
 #include "cuda/memory.h"
 #include "cuda/runtime.h"
 #include "cuda/allocator.h"
@@ -102,6 +103,15 @@ int main(int argc, char** argv) {
         out.backward(y, true);
       });
       rows.push_back({"rms_norm bwd bf16 16384x4096", "rms_norm_bwd_gbps", ms, gbps(3 * n * 2, ms)});
+      // The kernels alone (dx and dw), without the op's allocations and the autograd engine.
+      Tensor stats = empty({R, 2}, DType::f32, kGpu), dx = empty({R, C}, DType::bf16, kGpu), dw = empty({C}, DType::f32, kGpu);
+      cuda::norm_forward(true, DType::bf16, x.data_ptr(), w.data_ptr(), nullptr, 1e-6, dx.data_ptr(), stats.data_ptr(), R, C,
+                         cuda::current_stream(0));
+      ms = time_ms([&] {
+        cuda::norm_backward(true, DType::bf16, x.data_ptr(), w.data_ptr(), stats.data_ptr(), y.data_ptr(), dx.data_ptr(),
+                            dw.data_ptr(), nullptr, R, C, cuda::current_stream(0));
+      });
+      rows.push_back({"  rms_norm bwd kernels only", "", ms, gbps(3 * n * 2, ms)});
     }
   }
   {
@@ -118,6 +128,14 @@ int main(int argc, char** argv) {
       cross_entropy(lg, target).backward();
     }, 10);
     rows.push_back({"cross_entropy fwd+bwd bf16 16384x50304", "cross_entropy_gbps", ms, gbps(2 * n * 2, ms)});
+    Tensor loss = empty({R}, DType::f32, kGpu), lse = empty({R}, DType::f32, kGpu), dl = empty({R, V}, DType::bf16, kGpu);
+    Tensor count = full({}, (double)R, DType::f32, kGpu), flag = zeros({1}, DType::i32, kGpu);
+    ms = time_ms([&] {
+      cuda::cross_entropy_forward(DType::bf16, logits.data_ptr(), DType::i64, target.data_ptr(), -100, loss.data_ptr(),
+                                  lse.data_ptr(), dl.data_ptr(), count.data_ptr(), R, V, flag.data<int32_t>(),
+                                  cuda::current_stream(0));
+    }, 10);
+    rows.push_back({"  cross_entropy fused kernel only", "", ms, gbps(2 * n * 2, ms)});
   }
   std::printf("\n%-42s %10s %10s %8s %12s %8s\n", "memory-bound kernel", "ms", "GB/s", "of copy", "torch GB/s", "vs torch");
   for (const Row& r : rows) {
