@@ -95,7 +95,8 @@ __global__ void norm_fwd_kernel(bool rms, const T* __restrict__ x, const T* __re
 // their dw/db partial sums in registers (up to kRegCols = 32 columns; wider rows keep them in this block's row of the
 // global partial buffer instead); they are stored to that row once at the end.
 constexpr int kRegCols = 32;
-template <class T, class A = acc_t<T>>
+// kBias: db is wanted (layer_norm with a bias); rms_norm compiles its accumulators out, halving the registers.
+template <class T, bool kBias, class A = acc_t<T>>
 __global__ void __launch_bounds__(256) norm_bwd_kernel(bool rms, const T* __restrict__ x, const T* __restrict__ w, const A* __restrict__ stats,
                                 const T* __restrict__ dy, T* __restrict__ dx, A* __restrict__ partial_w,
                                 A* __restrict__ partial_b, int64_t R, int64_t C, bool use_smem, bool vec) {
@@ -103,7 +104,7 @@ __global__ void __launch_bounds__(256) norm_bwd_kernel(bool rms, const T* __rest
   T* sx = reinterpret_cast<T*>(smem_raw);
   T* sg = sx + C;
   A* pw = partial_w ? partial_w + blockIdx.x * C : nullptr;
-  A* pb = partial_b ? partial_b + blockIdx.x * C : nullptr;
+  A* pb = kBias && partial_b ? partial_b + blockIdx.x * C : nullptr;
   const int64_t kc = (C + blockDim.x - 1) / blockDim.x;
   const bool in_regs = kc <= kRegCols;
   A rw[kRegCols], rb[kRegCols];
@@ -130,7 +131,8 @@ __global__ void __launch_bounds__(256) norm_bwd_kernel(bool rms, const T* __rest
         if (k < kc && c < C) {
           const A g = (A)gr[c], xhat = ((A)xr[c] - mu) * rstd, gw = g * (w ? (A)w[c] : A(1));
           s_gw += gw, s_gwx += gw * xhat;
-          rw[k] += g * xhat, rb[k] += g;
+          rw[k] += g * xhat;
+          if constexpr (kBias) rb[k] += g;
         }
       }
     } else {
@@ -166,7 +168,7 @@ __global__ void __launch_bounds__(256) norm_bwd_kernel(bool rms, const T* __rest
       const int64_t c = threadIdx.x + (int64_t)k * blockDim.x;
       if (k < kc && c < C) {
         if (pw) pw[c] = rw[k];
-        if (pb) pb[c] = rb[k];
+        if constexpr (kBias) pb[c] = rb[k];
       }
     }
   }
@@ -230,12 +232,13 @@ void norm_backward(bool rms, DType t, const void* x, const void* w, const void* 
     const bool use_smem = bytes <= kMaxRowSmem,
                vec = aligned16(x) && aligned16(dy) && aligned16(dx) && (C * sizeof(T)) % 16 == 0;
     const int threads = bwd_threads(C);
-    allow_smem(norm_bwd_kernel<T>, use_smem ? bytes : 0);
+    auto kernel = db ? norm_bwd_kernel<T, true> : norm_bwd_kernel<T, false>;
+    allow_smem(kernel, use_smem ? bytes : 0);
     int per_sm = 0;
-    NT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, norm_bwd_kernel<T>, threads, use_smem ? bytes : 0));
+    NT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, use_smem ? bytes : 0));
     const int nb = (int)std::min<int64_t>(R, std::max(1, per_sm) * multiprocessor_count(dev));
     Scratch pw(dw ? nb * C * sizeof(A) : 0), pb(db ? nb * C * sizeof(A) : 0);
-    norm_bwd_kernel<T><<<nb, threads, use_smem ? bytes : 0, stream>>>(
+    kernel<<<nb, threads, use_smem ? bytes : 0, stream>>>(
         rms, static_cast<const T*>(x), static_cast<const T*>(w), static_cast<const A*>(stats), static_cast<const T*>(dy),
         static_cast<T*>(dx), static_cast<A*>(pw.p), static_cast<A*>(pb.p), R, C, use_smem, vec);
     NT_CUDA_CHECK_LAUNCH();
