@@ -28,19 +28,6 @@ template <class A> __device__ __forceinline__ void online(MaxSum<A>& ms, A v) {
     ms.s += fexp(v - ms.m);
   }
 }
-// Branch-free update with N values at once: one rescale of the running sum per vector instead of a data-dependent
-// branch per element (which left a fifth of each warp idle and made these kernels instruction-bound).
-template <class A, int N> __device__ __forceinline__ void online_vec(MaxSum<A>& ms, const A (&v)[N]) {
-  A vm = v[0];
-#pragma unroll
-  for (int k = 1; k < N; ++k) vm = fmax(vm, v[k]);
-  const A nm = fmax(ms.m, vm);
-  if (nm == -INFINITY) return;  // everything so far is -inf (masked): nothing to add yet
-  A s = ms.s * fexp(ms.m - nm);
-#pragma unroll
-  for (int k = 0; k < N; ++k) s += fexp(v[k] - nm);
-  ms.m = nm, ms.s = s;
-}
 // Merges per-thread (max, sum) into the block's; returns log(sum exp) of the row.
 template <class A> __device__ A block_lse(MaxSum<A> ms) {
   const A m = block_reduce(ms.m, MaxOp{}, (A)-INFINITY);
@@ -66,19 +53,15 @@ __device__ MaxSum<A> scan_row(const T* __restrict__ row, T* smem, int64_t n, boo
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         if (smem) reinterpret_cast<V*>(smem)[i + u * blockDim.x] = v[u];
-        A a[V::N];
 #pragma unroll
-        for (int k = 0; k < V::N; ++k) a[k] = (A)v[u].v[k];
-        online_vec(ms, a);
+        for (int k = 0; k < V::N; ++k) online(ms, (A)v[u].v[k]);
       }
     }
     for (; i < nv; i += blockDim.x) {
       const V v = src[i];
       if (smem) reinterpret_cast<V*>(smem)[i] = v;
-      A a[V::N];
 #pragma unroll
-      for (int k = 0; k < V::N; ++k) a[k] = (A)v.v[k];
-      online_vec(ms, a);
+      for (int k = 0; k < V::N; ++k) online(ms, (A)v.v[k]);
     }
   } else {
     for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
