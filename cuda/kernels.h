@@ -100,4 +100,9 @@ void topk(DType t, const void* x, void* values, int64_t* indices, int64_t outer,
 void cumsum(DType t, const void* x, void* out, int64_t outer, int64_t n, int64_t inner, bool reverse,
             cudaStream_t stream);
 
+// adamw.cu: one fused AdamW step over n contiguous elements; m, v in the accumulation type; bc1 = 1 - beta1^t,
+// bc2 = 1 - beta2^t.
+void adamw(DType t, void* param, const void* grad, void* m, void* v, int64_t n, double lr, double beta1, double beta2,
+           double eps, double weight_decay, double bc1, double bc2, cudaStream_t stream);
+
 }  // namespace nt::cuda

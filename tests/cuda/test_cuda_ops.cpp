@@ -1,6 +1,8 @@
 // Every op on the GPU against the CPU reference, forward and gradient, f32 / bf16 / f64, at sizes that are not
 // multiples of any block or vector width.
 #include "cuda_util.h"
+#include "nn/transformer.h"
+#include "train/adamw.h"
 #if NT_CUDA
 #include "cuda/allocator.h"
 #include "cuda/blas.h"
@@ -240,3 +242,37 @@ CUDA_TEST("every CUDA failure names the call") {
   expect_error([] { zeros({2}, DType::f32, cuda_device(63)); }, {"cuda:63"});
 }
 #endif
+
+CUDA_TEST("AdamW's fused kernel matches the CPU update") {
+  for (DType dt : {DType::f32, DType::bf16, DType::f64}) {
+    INFO(dtype_name(dt));
+    const DType acc = dt == DType::f64 ? DType::f64 : DType::f32;
+    Tensor p = rnd({1037}, 1).to(dt), g = rnd({1037}, 2).to(dt);
+    Tensor m = (rnd({1037}, 3) * 0.1).to(acc), v = (rnd({1037}, 4) * rnd({1037}, 4) * 0.01).to(acc);
+    Tensor pd = p.to(cuda_device(0)), md = m.to(cuda_device(0)), vd = v.to(cuda_device(0));
+    train::adamw_update(p, g, m, v, 1e-3, 0.9, 0.95, 1e-8, 0.1, 7);
+    train::adamw_update(pd, g.to(cuda_device(0)), md, vd, 1e-3, 0.9, 0.95, 1e-8, 0.1, 7);
+    const Tol t = dt == DType::bf16 ? Tol{1e-2, 1e-2} : Tol{1e-6, 1e-5};
+    expect_close(pd.to(kCPU).to(DType::f64), p.to(DType::f64), t.atol, t.rtol);
+    expect_close(md.to(kCPU).to(DType::f64), m.to(DType::f64), 1e-6, 1e-5);
+    expect_close(vd.to(kCPU).to(DType::f64), v.to(DType::f64), 1e-6, 1e-5);
+  }
+}
+
+CUDA_TEST("a transformer LM's loss and gradients on the GPU match the CPU") {
+  nn::LMConfig c;
+  c.vocab = 101, c.dim = 64, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.max_seq = 33, c.mlp_hidden = 96;
+  Generator g1(3), g2(3);
+  nn::TransformerLM cpu_lm(c, {DType::f32, kCPU, &g1}), gpu_lm(c, {DType::f32, kCPU, &g2});
+  gpu_lm.to(cuda_device(0));
+  const Tensor tok = randint(0, 101, {3, 34}, DType::i64);
+  const Tensor x = tok.narrow(1, 0, 33).contiguous(), y = tok.narrow(1, 1, 33).contiguous();
+  Tensor lc = cpu_lm.loss(x, y), lg = gpu_lm.loss(x.to(cuda_device(0)), y.to(cuda_device(0)));
+  CHECK(lg.item() == doctest::Approx(lc.item()).epsilon(1e-4));
+  lc.backward(), lg.backward();
+  const auto pc = cpu_lm.named_parameters(), pg = gpu_lm.named_parameters();
+  for (size_t i = 0; i < pc.size(); ++i) {
+    INFO(pc[i].first);
+    expect_close(pg[i].second.grad().to(kCPU), pc[i].second.grad(), 2e-4, 2e-3);
+  }
+}

@@ -1,0 +1,53 @@
+// Module: a tree of named parameters and submodules, as torch.nn.Module. Parameters are leaf tensors that require
+// grad, registered by the address of the member that holds them, so to(device) can replace them in place.
+// Names are dotted paths ("layers.0.attn.wq.weight"), the names checkpoints use.
+#pragma once
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "ops/ops.h"
+
+namespace nt::nn {
+
+class Module {
+ public:
+  virtual ~Module() = default;
+  Module() = default;
+  Module(const Module&) = delete;
+  Module& operator=(const Module&) = delete;
+
+  // Every parameter with its dotted name, in registration order (depth first).
+  std::vector<std::pair<std::string, Tensor>> named_parameters() const;
+  std::vector<Tensor> parameters() const;
+  int64_t num_parameters() const;
+  void zero_grad();
+  void train(bool on = true);
+  bool is_training() const { return training_; }
+  // Moves (or casts) every parameter; gradients are dropped.
+  void to(Device device);
+  void to(DType dtype);
+
+ protected:
+  // `slot` must outlive the module (a member of the derived class); t becomes a leaf requiring grad.
+  void register_parameter(const std::string& name, Tensor* slot, Tensor t);
+  template <class M> std::shared_ptr<M> register_module(const std::string& name, std::shared_ptr<M> m) {
+    children_.emplace_back(name, m);
+    return m;
+  }
+
+ private:
+  void visit(const std::string& prefix, const std::function<void(const std::string&, Tensor*)>& f) const;
+  std::vector<std::pair<std::string, Tensor*>> params_;
+  std::vector<std::pair<std::string, std::shared_ptr<Module>>> children_;
+  bool training_ = true;
+};
+
+// A module that maps one tensor to one tensor (blocks, attention, MLPs): what a transformer block plugs in.
+class Layer : public Module {
+ public:
+  virtual Tensor forward(const Tensor& x) = 0;
+};
+
+}  // namespace nt::nn

@@ -1,0 +1,46 @@
+#include "nn/rotary.h"
+
+#include <cmath>
+
+namespace nt::nn {
+
+std::vector<double> rope_frequencies(int64_t D, const RopeConfig& cfg) {
+  NT_CHECK(D > 0 && D % 2 == 0, "rope: head dim must be positive and even, got {}", D);
+  NT_CHECK(cfg.yarn_scale >= 1.0, "rope: yarn_scale must be >= 1, got {}", cfg.yarn_scale);
+  std::vector<double> f(D / 2);
+  for (int64_t i = 0; i < D / 2; ++i) {
+    const double base = std::pow(cfg.theta, -2.0 * (double)i / (double)D);
+    if (cfg.yarn_scale == 1.0) {
+      f[i] = base;
+      continue;
+    }
+    const double wavelength = 2 * M_PI / base, r = (double)cfg.yarn_original_context / wavelength;
+    const double gamma = std::clamp((r - cfg.yarn_alpha) / (cfg.yarn_beta - cfg.yarn_alpha), 0.0, 1.0);
+    f[i] = (1 - gamma) * base / cfg.yarn_scale + gamma * base;
+  }
+  return f;
+}
+
+Rotary::Rotary(int64_t D, int64_t max_seq, const RopeConfig& c, Device device) : cfg(c) {
+  NT_CHECK(max_seq > 0, "Rotary: max_seq must be positive, got {}", max_seq);
+  const std::vector<double> f = rope_frequencies(D, cfg);
+  const double mscale = cfg.yarn_scale > 1.0 ? 0.1 * std::log(cfg.yarn_scale) + 1.0 : 1.0;
+  std::vector<double> cv(max_seq * (D / 2)), sv(max_seq * (D / 2));
+  for (int64_t t = 0; t < max_seq; ++t)
+    for (int64_t i = 0; i < D / 2; ++i) {
+      cv[t * (D / 2) + i] = std::cos((double)t * f[i]) * mscale;
+      sv[t * (D / 2) + i] = std::sin((double)t * f[i]) * mscale;
+    }
+  cos = from_vector(cv, {max_seq, D / 2}, DType::f32, device);
+  sin = from_vector(sv, {max_seq, D / 2}, DType::f32, device);
+}
+
+Tensor Rotary::apply(const Tensor& x, int64_t start) const {
+  const int64_t T = x.size(-3);
+  NT_CHECK(start >= 0 && start + T <= cos.size(0), "Rotary: positions {}..{} exceed the table of {} positions", start,
+           start + T - 1, cos.size(0));
+  const Tensor c = cos.narrow(0, start, T).to(x.device()), s = sin.narrow(0, start, T).to(x.device());
+  return rope(x, c, s, cfg.interleaved);
+}
+
+}  // namespace nt::nn

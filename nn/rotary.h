@@ -1,0 +1,33 @@
+// Rotary position tables with optional YaRN context extension (Peng et al., "YaRN: Efficient Context Window
+// Extension of Large Language Models", 2023).
+//
+// Plain RoPE: frequency i of D/2 is theta^(-2i/D). With YaRN (scale s > 1, original context L): each frequency's
+// wavelength 2*pi/f is compared with L; r = L / wavelength; frequencies with r < alpha are interpolated (f / s),
+// those with r > beta kept, and those between blended linearly; cos and sin are multiplied by
+// mscale = 0.1 ln(s) + 1, which scales attention logits by mscale^2 (the paper's temperature).
+#pragma once
+#include "nn/module.h"
+
+namespace nt::nn {
+
+struct RopeConfig {
+  double theta = 10000.0;
+  bool interleaved = false;  // pair layout, see ops/rope.h
+  double yarn_scale = 1.0;   // s; 1 disables YaRN
+  int64_t yarn_original_context = 4096;
+  double yarn_alpha = 1.0, yarn_beta = 32.0;
+};
+
+// The per-frequency values (D/2 of them) the tables are built from.
+std::vector<double> rope_frequencies(int64_t head_dim, const RopeConfig& cfg);
+
+class Rotary {
+ public:
+  Rotary(int64_t head_dim, int64_t max_seq, const RopeConfig& cfg = {}, Device device = kCPU);
+  // x [..., T, H, D] for positions start .. start+T-1.
+  Tensor apply(const Tensor& x, int64_t start = 0) const;
+  Tensor cos, sin;  // [max_seq, D/2] f32
+  RopeConfig cfg;
+};
+
+}  // namespace nt::nn

@@ -1,0 +1,55 @@
+#include "nn/transformer.h"
+
+#include <cmath>
+
+namespace nt::nn {
+
+Block::Block(std::shared_ptr<Layer> a, std::shared_ptr<Layer> m, int64_t dim, double eps, const Init& init) {
+  attn_norm = register_module("attn_norm", std::make_shared<RMSNorm>(dim, eps, init));
+  attn = register_module("attn", std::move(a));
+  mlp_norm = register_module("mlp_norm", std::make_shared<RMSNorm>(dim, eps, init));
+  mlp = register_module("mlp", std::move(m));
+}
+Tensor Block::forward(const Tensor& x) {
+  const Tensor h = x + attn->forward(attn_norm->forward(x));
+  return h + mlp->forward(mlp_norm->forward(h));
+}
+
+TransformerLM::TransformerLM(const LMConfig& c, const Init& init) : cfg(c) {
+  NT_CHECK(cfg.dim % cfg.n_heads == 0, "model: dim ({}) must be a multiple of n_heads ({})", cfg.dim, cfg.n_heads);
+  const int64_t head_dim = cfg.dim / cfg.n_heads;
+  rotary = std::make_shared<Rotary>(head_dim, cfg.max_seq, cfg.rope, init.device);
+  tok_emb = register_module("tok_emb", std::make_shared<Embedding>(cfg.vocab, cfg.dim, init));
+  for (int64_t i = 0; i < cfg.n_layers; ++i) {
+    auto attn = std::make_shared<CausalSelfAttention>(
+        AttentionConfig{cfg.dim, cfg.n_heads, cfg.n_kv_heads, head_dim, cfg.window}, rotary, init);
+    auto mlp = std::make_shared<SwiGLUMLP>(cfg.dim, cfg.hidden(), init);
+    layers.push_back(register_module("layers." + std::to_string(i), std::make_shared<Block>(attn, mlp, cfg.dim, cfg.norm_eps, init)));
+  }
+  norm = register_module("norm", std::make_shared<RMSNorm>(cfg.dim, cfg.norm_eps, init));
+  if (!cfg.tie_embeddings) lm_head = register_module("lm_head", std::make_shared<Linear>(cfg.dim, cfg.vocab, false, init));
+  // GPT-2 initialization: every matrix N(0, std); the projections into the residual stream (attn.wo, mlp.w2) by
+  // another 1/sqrt(2 n_layers), so the residual's variance does not grow with depth.
+  autograd::NoGradGuard no_grad;
+  for (auto& [name, p] : named_parameters()) {
+    if (p.dim() != 2) continue;
+    const bool residual = name.ends_with("attn.wo.weight") || name.ends_with("mlp.w2.weight");
+    const double std = cfg.init_std / (residual ? std::sqrt(2.0 * (double)cfg.n_layers) : 1.0);
+    p.copy_(randn(p.shape(), DType::f64, kCPU, init.gen) * std);
+  }
+}
+
+Tensor TransformerLM::forward(const Tensor& idx) {
+  NT_CHECK(idx.dim() == 2, "TransformerLM: tokens must be [B, T], got {}", shape_str(idx.shape()));
+  NT_CHECK(idx.size(1) <= cfg.max_seq, "TransformerLM: sequence length {} exceeds max_seq {}", idx.size(1), cfg.max_seq);
+  Tensor x = tok_emb->forward(idx);
+  for (auto& layer : layers) x = layer->forward(x);
+  x = norm->forward(x);
+  return lm_head ? lm_head->forward(x) : matmul(x, tok_emb->weight.mT());
+}
+
+Tensor TransformerLM::loss(const Tensor& idx, const Tensor& targets, int64_t ignore_index) {
+  return cross_entropy(forward(idx), targets, ignore_index);
+}
+
+}  // namespace nt::nn

@@ -1,0 +1,44 @@
+// Pre-norm transformer block with pluggable attention and feed-forward layers, and a decoder-only LM.
+#pragma once
+#include "nn/attention.h"
+
+namespace nt::nn {
+
+class Block : public Layer {
+ public:
+  Block(std::shared_ptr<Layer> attn, std::shared_ptr<Layer> mlp, int64_t dim, double eps = 1e-6, const Init& init = {});
+  Tensor forward(const Tensor& x) override;  // x + attn(norm(x)), then + mlp(norm(.))
+  std::shared_ptr<RMSNorm> attn_norm, mlp_norm;
+  std::shared_ptr<Layer> attn, mlp;
+};
+
+struct LMConfig {
+  int64_t vocab = 256;
+  int64_t dim = 128;
+  int64_t n_layers = 2;
+  int64_t n_heads = 4;
+  int64_t n_kv_heads = 4;
+  int64_t mlp_hidden = 0;  // 0: 8/3 * dim rounded up to a multiple of 64
+  int64_t max_seq = 256;
+  int64_t window = 0;      // sliding-window attention when > 0
+  RopeConfig rope;
+  bool tie_embeddings = true;
+  double norm_eps = 1e-6;
+  double init_std = 0.02;  // GPT-2 init: N(0, std), residual projections scaled by 1/sqrt(2 n_layers)
+  int64_t hidden() const { return mlp_hidden > 0 ? mlp_hidden : (dim * 8 / 3 + 63) / 64 * 64; }
+};
+
+class TransformerLM : public Module {
+ public:
+  explicit TransformerLM(const LMConfig& cfg, const Init& init = {});
+  Tensor forward(const Tensor& idx);                               // [B, T] -> logits [B, T, vocab]
+  Tensor loss(const Tensor& idx, const Tensor& targets, int64_t ignore_index = -100);  // mean cross-entropy
+  LMConfig cfg;
+  std::shared_ptr<Embedding> tok_emb;
+  std::vector<std::shared_ptr<Block>> layers;
+  std::shared_ptr<RMSNorm> norm;
+  std::shared_ptr<Linear> lm_head;  // null when tied to tok_emb
+  std::shared_ptr<Rotary> rotary;
+};
+
+}  // namespace nt::nn

@@ -1,0 +1,124 @@
+// nn: parameter naming, layers against their formulas, attention against a direct loop (GQA, window), causality,
+// rotary/YaRN frequencies, and a tiny LM that must overfit a batch.
+#include "nn/transformer.h"
+#include "test_util.h"
+#include "train/adamw.h"
+
+using namespace nt;
+using namespace nt::test;
+
+namespace {
+// Direct loops: o[b, t, h] = sum_s softmax_s(q.k / sqrt(D)) v over allowed s.
+Tensor naive_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t window) {
+  const int64_t B = q.size(0), T = q.size(1), H = q.size(2), D = q.size(3), Hkv = k.size(2), G = H / Hkv;
+  const auto qv = q.to_vector(), kv = k.to_vector(), vv = v.to_vector();
+  std::vector<double> o(B * T * H * D, 0);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t t = 0; t < T; ++t) {
+        std::vector<double> s(T, -INFINITY);
+        double m = -INFINITY;
+        for (int64_t j = 0; j <= t; ++j) {
+          if (window > 0 && j <= t - window) continue;
+          double d = 0;
+          for (int64_t e = 0; e < D; ++e) d += qv[((b * T + t) * H + h) * D + e] * kv[((b * T + j) * Hkv + h / G) * D + e];
+          s[j] = d / std::sqrt((double)D), m = std::max(m, s[j]);
+        }
+        double z = 0;
+        for (int64_t j = 0; j < T; ++j) z += s[j] == -INFINITY ? 0 : std::exp(s[j] - m);
+        for (int64_t j = 0; j < T; ++j) {
+          if (s[j] == -INFINITY) continue;
+          const double p = std::exp(s[j] - m) / z;
+          for (int64_t e = 0; e < D; ++e) o[((b * T + t) * H + h) * D + e] += p * vv[((b * T + j) * Hkv + h / G) * D + e];
+        }
+      }
+  return from_vector(o, {B, T, H, D}, DType::f64);
+}
+nn::LMConfig tiny() {
+  nn::LMConfig c;
+  c.vocab = 37, c.dim = 32, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.max_seq = 16, c.mlp_hidden = 48;
+  return c;
+}
+}  // namespace
+
+TEST_CASE("parameters are named as checkpoints expect") {
+  nn::TransformerLM lm(tiny());
+  std::vector<std::string> names;
+  for (auto& [n, p] : lm.named_parameters()) names.push_back(n);
+  const std::vector<std::string> expect_some = {"tok_emb.weight", "layers.0.attn_norm.weight", "layers.0.attn.wq.weight",
+                                                "layers.0.attn.wk.weight", "layers.1.mlp.w2.weight", "norm.weight"};
+  for (auto& e : expect_some) CHECK_MESSAGE(std::find(names.begin(), names.end(), e) != names.end(), e);
+  // tok_emb + 2 x (2 norms + wq + wk + wv + wo + w1 + w2 + w3) + final norm, lm_head tied
+  CHECK(names.size() == 1 + 2 * 9 + 1);
+  const int64_t d = 32, kv = 2 * 8, hid = 48;
+  CHECK(lm.num_parameters() == 37 * d + 2 * (2 * d + d * d + 2 * d * kv + d * d + 3 * d * hid) + d);
+  nn::LMConfig untied = tiny();
+  untied.tie_embeddings = false;
+  CHECK(nn::TransformerLM(untied).named_parameters().back().first == "lm_head.weight");
+  for (auto& [n, p] : lm.named_parameters()) CHECK(p.requires_grad());
+}
+
+TEST_CASE("Linear, RMSNorm and the SwiGLU MLP compute their formulas") {
+  Generator g(1);
+  nn::Linear lin(5, 3, true, {DType::f64, kCPU, &g});
+  const Tensor x = rnd({2, 4, 5}, 2);
+  expect_close(lin.forward(x), matmul(x, lin.weight.detach().mT()) + lin.bias.detach(), 1e-14);
+  CHECK(lin.weight.shape() == Shape{3, 5});
+  nn::SwiGLUMLP mlp(5, 7, {DType::f64, kCPU, &g});
+  const Tensor w1 = mlp.w1->weight.detach(), w2 = mlp.w2->weight.detach(), w3 = mlp.w3->weight.detach();
+  expect_close(mlp.forward(x), matmul(silu(matmul(x, w1.mT())) * matmul(x, w3.mT()), w2.mT()), 1e-12);
+  expect_error([&] { lin.forward(rnd({2, 4}, 3)); }, {"Linear", "[2, 4]", "5 features"});
+}
+
+TEST_CASE("causal attention matches direct loops, with GQA and a sliding window") {
+  const Tensor q = rnd({2, 7, 4, 6}, 3), k = rnd({2, 7, 2, 6}, 4), v = rnd({2, 7, 2, 6}, 5);
+  expect_close(nn::causal_attention(q, k, v), naive_attention(q, k, v, 0), 1e-12);
+  expect_close(nn::causal_attention(q, k, v, 3), naive_attention(q, k, v, 3), 1e-12);
+  expect_error([&] { nn::causal_attention(q, rnd({2, 7, 3, 6}, 6), rnd({2, 7, 3, 6}, 7)); }, {"4 query heads", "3 key/value heads"});
+}
+
+TEST_CASE("the LM is causal: later tokens do not change earlier logits") {
+  nn::TransformerLM lm(tiny());
+  autograd::NoGradGuard ng;
+  Tensor a = randint(0, 37, {1, 12}, DType::i64), b = a.clone();
+  b.narrow(1, 8, 4).fill_(3);
+  const Tensor la = lm.forward(a), lb = lm.forward(b);
+  expect_close(la.narrow(1, 0, 8), lb.narrow(1, 0, 8), 1e-5, 1e-5);
+  CHECK(sum(pow(la.narrow(1, 8, 4) - lb.narrow(1, 8, 4), 2.0)).item() > 1e-6);
+  expect_error([&] { lm.forward(zeros({1, 17}, DType::i64)); }, {"sequence length 17", "max_seq 16"});
+}
+
+TEST_CASE("rotary frequencies and YaRN") {
+  nn::RopeConfig c;
+  c.theta = 1e6;
+  const auto f = nn::rope_frequencies(8, c);
+  CHECK(f[1] == doctest::Approx(std::pow(1e6, -2.0 / 8)));
+  nn::RopeConfig y = c;
+  y.yarn_scale = 4, y.yarn_original_context = 1024;
+  const auto fy = nn::rope_frequencies(8, y);
+  CHECK(fy[0] == doctest::Approx(f[0]));      // 1024 / wavelength 6.3 > beta: kept
+  CHECK(fy[3] == doctest::Approx(f[3] / 4));  // wavelength 2e5 >> 1024: interpolated
+  nn::Rotary r(8, 10, y);
+  CHECK(r.cos.to_vector()[0] == doctest::Approx(0.1 * std::log(4.0) + 1.0));  // mscale at position 0
+  expect_error([&] { r.apply(zeros({11, 2, 8})); }, {"Rotary", "10 positions"});
+}
+
+TEST_CASE("a tiny LM overfits one batch with AdamW") {
+  Generator g(5);
+  nn::TransformerLM lm(tiny(), {DType::f32, kCPU, &g});
+  train::AdamW opt(lm.named_parameters(), {0.9, 0.95, 1e-8, 0.0});
+  const Tensor tokens = randint(0, 37, {4, 13}, DType::i64, kCPU, &g);
+  const Tensor x = tokens.narrow(1, 0, 12).contiguous(), y = tokens.narrow(1, 1, 12).contiguous();
+  double first = 0, last = 0;
+  for (int step = 0; step < 80; ++step) {
+    Tensor loss = lm.loss(x, y);
+    if (step == 0) first = loss.item();
+    last = loss.item();
+    loss.backward();
+    train::clip_grad_norm(lm.parameters(), 1.0);
+    opt.step(3e-3);
+    opt.zero_grad();
+  }
+  CHECK(first == doctest::Approx(std::log(37.0)).epsilon(0.05));  // near-uniform at init
+  CHECK(last < 0.5);
+}

@@ -1,0 +1,136 @@
+// AdamW against hand-computed updates, the LR schedule, gradient clipping, safetensors round trips, corrupt and
+// truncated files, atomic writes and parameter loading with every mismatch reported.
+#include <filesystem>
+#include <fstream>
+
+#include "nn/safetensors.h"
+#include "nn/transformer.h"
+#include "test_util.h"
+#include "train/adamw.h"
+
+using namespace nt;
+using namespace nt::test;
+namespace fs = std::filesystem;
+
+TEST_CASE("AdamW: two steps match the formula; decay only on matrices") {
+  Tensor w = from_vector({1.0, -2.0, 0.5, 3.0}, {2, 2}, DType::f64).requires_grad_();
+  Tensor b = from_vector({0.5}, {1}, DType::f64).requires_grad_();
+  train::AdamW opt({{"w", w}, {"b", b}}, {0.9, 0.99, 1e-8, 0.1});
+  const double lr = 0.01;
+  double pw = 1.0, pb = 0.5, m = 0, v = 0, mb = 0, vb = 0;
+  for (int t = 1; t <= 2; ++t) {
+    sum(w * w * 0.5 + b * 2.0).backward();  // grad w = w; grad b = 2 x 4 (b is broadcast over 4 elements)
+    opt.step(lr);
+    const double g = pw, gb = 8.0;
+    pw -= lr * 0.1 * pw;
+    m = 0.9 * m + 0.1 * g, v = 0.99 * v + 0.01 * g * g;
+    pw -= lr * (m / (1 - std::pow(0.9, t))) / (std::sqrt(v / (1 - std::pow(0.99, t))) + 1e-8);
+    mb = 0.9 * mb + 0.1 * gb, vb = 0.99 * vb + 0.01 * gb * gb;
+    pb -= lr * (mb / (1 - std::pow(0.9, t))) / (std::sqrt(vb / (1 - std::pow(0.99, t))) + 1e-8);
+    opt.zero_grad();
+  }
+  CHECK(w.to_vector()[0] == doctest::Approx(pw).epsilon(1e-12));
+  CHECK(b.to_vector()[0] == doctest::Approx(pb).epsilon(1e-12));
+  CHECK(opt.steps() == 2);
+  CHECK(opt.state().size() == 4);
+  expect_error([] { train::AdamW({}, {1.0, 0.9, 1e-8, 0}); }, {"AdamW", "betas"});
+}
+
+TEST_CASE("learning-rate schedule: linear warmup, cosine to the floor") {
+  CHECK(train::lr_at(0, 10, 100, 1.0, 0.1) == doctest::Approx(0.1));
+  CHECK(train::lr_at(9, 10, 100, 1.0, 0.1) == doctest::Approx(1.0));
+  CHECK(train::lr_at(10, 10, 100, 1.0, 0.1) == doctest::Approx(1.0));
+  CHECK(train::lr_at(55, 10, 100, 1.0, 0.1) == doctest::Approx(0.55));
+  CHECK(train::lr_at(100, 10, 100, 1.0, 0.1) == doctest::Approx(0.1));
+  CHECK(train::lr_at(500, 10, 100, 1.0, 0.1) == doctest::Approx(0.1));
+  CHECK(train::lr_at(5, 0, 10) < train::lr_at(0, 0, 10));
+}
+
+TEST_CASE("clip_grad_norm scales gradients to the global norm") {
+  Tensor a = zeros({2}, DType::f64).requires_grad_(), b = zeros({1}, DType::f64).requires_grad_();
+  a.set_grad(from_vector({3, 0}, {2}, DType::f64));
+  b.set_grad(from_vector({4}, {1}, DType::f64));
+  CHECK(train::clip_grad_norm({a, b}, 1.0) == doctest::Approx(5.0));
+  CHECK(a.grad().to_vector()[0] == doctest::Approx(0.6).epsilon(1e-5));
+  CHECK(b.grad().to_vector()[0] == doctest::Approx(0.8).epsilon(1e-5));
+  CHECK(train::clip_grad_norm({a, b}, 10.0) == doctest::Approx(1.0).epsilon(1e-5));  // under the limit: unchanged
+  CHECK(a.grad().to_vector()[0] == doctest::Approx(0.6).epsilon(1e-5));
+}
+
+TEST_CASE("safetensors: every dtype round-trips, with metadata") {
+  const fs::path dir = fs::temp_directory_path() / "nt_st_test";
+  fs::create_directories(dir);
+  const std::string path = (dir / "a.safetensors").string();
+  nn::NamedTensors ts;
+  for (DType t : {DType::f64, DType::f32, DType::bf16, DType::f8e4m3, DType::f8e5m2, DType::i32, DType::i64, DType::boolean})
+    ts.emplace_back(fmt::format("t.{}", dtype_name(t)), from_vector({1, 0, 2, 3, 4, 1}, {2, 3}, t));
+  ts.emplace_back("scalar", scalar_tensor(2.5, DType::f32));
+  ts.emplace_back("empty", zeros({0, 4}));
+  nn::save_safetensors(path, ts, {{"step", "7"}, {"note", "quote \" and \\"}});
+  const nn::SafetensorsFile f = nn::load_safetensors(path);
+  REQUIRE(f.tensors.size() == ts.size());
+  for (size_t i = 0; i < ts.size(); ++i) {
+    CHECK(f.tensors[i].first == ts[i].first);
+    CHECK(f.tensors[i].second.dtype() == ts[i].second.dtype());
+    CHECK(f.tensors[i].second.shape() == ts[i].second.shape());
+    expect_close(f.tensors[i].second.to(DType::f64), ts[i].second.to(DType::f64), 0);
+  }
+  CHECK(f.metadata.at("step") == "7");
+  CHECK(f.metadata.at("note") == "quote \" and \\");
+  // The header length is a multiple of 8 and the layout is the reference one: u64 length, JSON, data.
+  std::ifstream in(path, std::ios::binary);
+  uint64_t n = 0;
+  in.read(reinterpret_cast<char*>(&n), 8);
+  CHECK(n % 8 == 0);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("safetensors: truncated and corrupt files are clear errors; writes are atomic") {
+  const fs::path dir = fs::temp_directory_path() / "nt_st_bad";
+  fs::create_directories(dir);
+  const std::string path = (dir / "m.safetensors").string();
+  nn::save_safetensors(path, {{"w", rnd({64, 64}, 1).to(DType::f32)}});
+  const auto full = fs::file_size(path);
+  fs::copy_file(path, dir / "t.safetensors");
+  fs::resize_file(dir / "t.safetensors", full - 100);
+  expect_error([&] { nn::load_safetensors((dir / "t.safetensors").string()); }, {"truncated", "'w'"});
+  fs::resize_file(dir / "t.safetensors", 5);
+  expect_error([&] { nn::load_safetensors((dir / "t.safetensors").string()); }, {"truncated", "8-byte"});
+  {
+    std::fstream f(dir / "c.safetensors", std::ios::out | std::ios::binary);
+    const uint64_t n = 16;
+    f.write(reinterpret_cast<const char*>(&n), 8);
+    f.write("{\"w\": {\"dtype\":[", 16);
+  }
+  expect_error([&] { nn::load_safetensors((dir / "c.safetensors").string()); }, {"corrupt header"});
+  expect_error([&] { nn::load_safetensors((dir / "missing.safetensors").string()); }, {"cannot open"});
+  // A failed save (the target is a directory: the final rename fails) leaves the target and no temp file behind.
+  fs::create_directories(dir / "target");
+  expect_error([&] { nn::save_safetensors((dir / "target").string(), {{"w", zeros({2})}}); }, {"renaming"});
+  CHECK(fs::is_directory(dir / "target"));
+  int leftovers = 0;
+  for (auto& e : fs::directory_iterator(dir)) leftovers += e.path().string().find(".tmp.") != std::string::npos;
+  CHECK(leftovers == 0);
+  // The earlier file is intact.
+  CHECK(nn::load_safetensors(path).tensors.size() == 1);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("load_parameters reports every mismatch, then loads when names, shapes and dtypes agree") {
+  nn::LMConfig c;
+  c.vocab = 11, c.dim = 16, c.n_layers = 1, c.n_heads = 2, c.n_kv_heads = 1, c.max_seq = 8, c.mlp_hidden = 32;
+  nn::TransformerLM a(c), b(c);
+  const fs::path p = fs::temp_directory_path() / "nt_lm.safetensors";
+  nn::save_safetensors(p.string(), a.named_parameters());
+  nn::load_parameters(b, nn::load_safetensors(p.string()));
+  for (size_t i = 0; i < a.parameters().size(); ++i) expect_close(b.parameters()[i], a.parameters()[i], 0);
+  auto ps = a.named_parameters();
+  ps.erase(ps.begin());                                   // missing tok_emb.weight
+  ps[0].second = zeros({3});                              // wrong shape
+  ps[1].second = ps[1].second.detach().to(DType::f64);    // wrong dtype
+  ps.emplace_back("extra.weight", zeros({1}));            // unexpected
+  nn::save_safetensors(p.string(), ps);
+  expect_error([&] { nn::load_parameters(b, nn::load_safetensors(p.string())); },
+               {"4 mismatch", "missing 'tok_emb.weight'", "shape [3] in the file", "dtype f64 in the file", "unexpected 'extra.weight'"});
+  fs::remove(p);
+}

@@ -1,0 +1,103 @@
+#include "train/adamw.h"
+
+#include <cmath>
+
+#include "ops/dispatch.h"
+#include "tensor/convert.h"
+
+namespace nt::train {
+namespace cpu {
+template <class T, class A>
+void adamw(T* p, const T* g, A* m, A* v, int64_t n, A lr, A b1, A b2, A eps, A wd, A bc1, A bc2) {
+  for (int64_t i = 0; i < n; ++i) {
+    A x = (A)p[i];
+    const A gi = (A)g[i];
+    x -= lr * wd * x;
+    m[i] = b1 * m[i] + (A(1) - b1) * gi;
+    v[i] = b2 * v[i] + (A(1) - b2) * gi * gi;
+    x -= lr * (m[i] / bc1) / (std::sqrt(v[i] / bc2) + eps);
+    p[i] = T(x);
+  }
+}
+}  // namespace cpu
+
+void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, double lr, double beta1, double beta2,
+                  double eps, double weight_decay, int64_t step) {
+  NT_CHECK(grad.shape() == param.shape(), "adamw: gradient of shape {} for a parameter of shape {}",
+           shape_str(grad.shape()), shape_str(param.shape()));
+  NT_CHECK(param.is_contiguous() && m.is_contiguous() && v.is_contiguous(), "adamw: parameter and moments must be contiguous");
+  NT_CHECK(step >= 1, "adamw: step must be >= 1, got {}", step);
+  const Tensor g = grad.to(param.dtype()).contiguous();
+  const double bc1 = 1 - std::pow(beta1, (double)step), bc2 = 1 - std::pow(beta2, (double)step);
+  if (param.device().is_cpu()) {
+    NT_DISPATCH_FLOAT(param.dtype(), "adamw", [&] {
+      using T = scalar_t;
+      using A = acc_t<T>;
+      cpu::adamw<T, A>(param.data<T>(), g.data<T>(), static_cast<A*>(m.data_ptr()), static_cast<A*>(v.data_ptr()),
+                       param.numel(), (A)lr, (A)beta1, (A)beta2, (A)eps, (A)weight_decay, (A)bc1, (A)bc2);
+    });
+  } else {
+    NT_ON_CUDA("adamw", cuda::adamw(param.dtype(), param.data_ptr(), g.data_ptr(), m.data_ptr(), v.data_ptr(),
+                                    param.numel(), lr, beta1, beta2, eps, weight_decay, bc1, bc2, stream_of(param)));
+  }
+  param.impl()->storage->version++;
+}
+
+AdamW::AdamW(std::vector<std::pair<std::string, Tensor>> params, const AdamWConfig& c) : cfg(c) {
+  NT_CHECK(c.beta1 >= 0 && c.beta1 < 1 && c.beta2 >= 0 && c.beta2 < 1, "AdamW: betas must be in [0, 1), got {} and {}",
+           c.beta1, c.beta2);
+  NT_CHECK(c.eps > 0 && c.weight_decay >= 0, "AdamW: eps must be > 0 and weight_decay >= 0");
+  for (auto& [name, p] : params) {
+    NT_CHECK(p.is_contiguous(), "AdamW: parameter '{}' must be contiguous", name);
+    const DType acc = p.dtype() == DType::f64 ? DType::f64 : DType::f32;
+    slots_.push_back({name, p, zeros(p.shape(), acc, p.device()), zeros(p.shape(), acc, p.device()), p.dim() >= 2});
+  }
+}
+
+void AdamW::step(double lr) {
+  ++t_;
+  autograd::NoGradGuard no_grad;
+  for (Slot& s : slots_) {
+    const Tensor g = s.param.grad();
+    if (!g.defined()) continue;
+    adamw_update(s.param, g, s.m, s.v, lr, cfg.beta1, cfg.beta2, cfg.eps, s.decay ? cfg.weight_decay : 0.0, t_);
+  }
+}
+
+void AdamW::zero_grad() {
+  for (Slot& s : slots_) s.param.set_grad(Tensor());
+}
+
+std::vector<std::pair<std::string, Tensor>> AdamW::state() const {
+  std::vector<std::pair<std::string, Tensor>> out;
+  for (const Slot& s : slots_) out.emplace_back(s.name + ".exp_avg", s.m), out.emplace_back(s.name + ".exp_avg_sq", s.v);
+  return out;
+}
+
+double clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
+  autograd::NoGradGuard no_grad;
+  Tensor total;
+  for (const Tensor& p : params) {
+    const Tensor g = p.grad();
+    if (!g.defined()) continue;
+    const Tensor sq = sum(pow(g.to(DType::f32), 2.0)).to(kCPU).to(DType::f64);
+    total = total.defined() ? total + sq : sq;
+  }
+  if (!total.defined()) return 0.0;
+  const double norm = std::sqrt(total.item());
+  if (norm > max_norm && norm > 0) {
+    const double scale = max_norm / (norm + 1e-6);
+    for (const Tensor& p : params)
+      if (p.grad().defined()) p.set_grad(p.grad() * scale);
+  }
+  return norm;
+}
+
+double lr_at(int64_t step, int64_t warmup, int64_t total, double peak, double floor) {
+  if (warmup > 0 && step < warmup) return peak * (double)(step + 1) / (double)warmup;
+  if (step >= total) return floor;
+  const double progress = (double)(step - warmup) / (double)std::max<int64_t>(1, total - warmup);
+  return floor + 0.5 * (peak - floor) * (1 + std::cos(M_PI * progress));
+}
+
+}  // namespace nt::train

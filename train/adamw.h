@@ -1,0 +1,50 @@
+// AdamW (Loshchilov & Hutter, decoupled weight decay) with one fused update per parameter tensor:
+//   p -= lr * wd * p;  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
+//   p -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+// Moments are f32 (f64 for f64 parameters). Weight decay applies to matrices and embeddings (dim >= 2), not to
+// norms and biases, as in GPT-2/Llama training.
+#pragma once
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "ops/ops.h"
+
+namespace nt::train {
+
+struct AdamWConfig {
+  double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1;
+};
+
+class AdamW {
+ public:
+  AdamW(std::vector<std::pair<std::string, Tensor>> params, const AdamWConfig& cfg = {});
+  // One update with learning rate lr; parameters without a gradient are skipped (their step count still advances).
+  void step(double lr);
+  void zero_grad();
+  int64_t steps() const { return t_; }
+  // Moments by parameter name ("<name>.exp_avg", "<name>.exp_avg_sq") for checkpoints.
+  std::vector<std::pair<std::string, Tensor>> state() const;
+  AdamWConfig cfg;
+
+ private:
+  struct Slot {
+    std::string name;
+    Tensor param, m, v;
+    bool decay;
+  };
+  std::vector<Slot> slots_;
+  int64_t t_ = 0;
+};
+
+// The fused update on one tensor (used by AdamW::step; exposed for tests).
+void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, double lr, double beta1, double beta2,
+                  double eps, double weight_decay, int64_t step);
+
+// Scales every gradient so that their global L2 norm is at most max_norm; returns the norm before clipping.
+double clip_grad_norm(const std::vector<Tensor>& params, double max_norm);
+
+// Linear warmup from 0 to peak over `warmup` steps, then cosine decay to `floor` at `total` steps (and floor after).
+double lr_at(int64_t step, int64_t warmup, int64_t total, double peak = 2e-4, double floor = 2e-5);
+
+}  // namespace nt::train
