@@ -7,6 +7,7 @@
 #include "nn/transformer.h"
 #include "test_util.h"
 #include "train/adamw.h"
+#include "train/data.h"
 
 using namespace nt;
 using namespace nt::test;
@@ -133,4 +134,39 @@ TEST_CASE("load_parameters reports every mismatch, then loads when names, shapes
   expect_error([&] { nn::load_parameters(b, nn::load_safetensors(p.string())); },
                {"4 mismatch", "missing 'tok_emb.weight'", "shape [3] in the file", "dtype f64 in the file", "unexpected 'extra.weight'"});
   fs::remove(p);
+}
+
+TEST_CASE("token shards: batches, and missing, truncated or corrupt files") {
+  const fs::path dir = fs::temp_directory_path() / "nt_shards";
+  fs::create_directories(dir);
+  auto write_shard = [&](const fs::path& p, const std::vector<uint16_t>& toks, uint32_t vocab, uint64_t claimed) {
+    std::ofstream f(p, std::ios::binary);
+    const uint32_t width = 2;
+    f.write("NTTOKENS", 8);
+    f.write(reinterpret_cast<const char*>(&vocab), 4);
+    f.write(reinterpret_cast<const char*>(&width), 4);
+    f.write(reinterpret_cast<const char*>(&claimed), 8);
+    f.write(reinterpret_cast<const char*>(toks.data()), (std::streamsize)(toks.size() * 2));
+  };
+  std::vector<uint16_t> toks(100);
+  for (int i = 0; i < 100; ++i) toks[i] = (uint16_t)(i % 50);
+  write_shard(dir / "ok.bin", toks, 50, 100);
+  const train::TokenShard s = train::load_shard((dir / "ok.bin").string());
+  CHECK(s.vocab == 50);
+  Generator g(1);
+  const train::Batch b = train::sample_batch(s, 3, 10, g);
+  CHECK(b.x.shape() == Shape{3, 10});
+  const auto xv = b.x.to_vector(), yv = b.y.to_vector();
+  for (int i = 0; i < 3; ++i)
+    for (int t = 0; t < 10; ++t) CHECK(yv[i * 10 + t] == std::fmod(xv[i * 10 + t] + 1, 50));  // y is x shifted by one
+  const train::Batch e = train::sequential_batch(s, 1, 2, 10);
+  expect_values(e.x.select(0, 0).narrow(0, 0, 3), {10, 11, 12});
+  expect_error([&] { train::load_shard((dir / "nope.bin").string()); }, {"cannot open", "prepare_data"});
+  write_shard(dir / "short.bin", toks, 50, 200);
+  expect_error([&] { train::load_shard((dir / "short.bin").string()); }, {"truncated or corrupt", "200 tokens"});
+  write_shard(dir / "vocab.bin", toks, 40, 100);
+  expect_error([&] { train::load_shard((dir / "vocab.bin").string()); }, {"outside the vocabulary of 40"});
+  { std::ofstream f(dir / "junk.bin"); f << "this is not a token shard at all"; }
+  expect_error([&] { train::load_shard((dir / "junk.bin").string()); }, {"bad magic"});
+  fs::remove_all(dir);
 }
