@@ -67,7 +67,7 @@ Options parse(int argc, char** argv, bool gpu) {
     }
     o.v[k] = arg.substr(eq + 1);
   }
-  if (o.v["lr_floor"].empty()) o.v["lr_floor"] = fmt::format("{}", o.d("lr") / 10);
+  if (o.v["lr_floor"].empty()) o.v["lr_floor"] = fmt::format("{:g}", o.d("lr") / 10);
   return o;
 }
 
