@@ -22,7 +22,7 @@ __global__ void adamw_kernel(T* __restrict__ p, const T* __restrict__ g, A* __re
 void adamw(DType t, void* param, const void* grad, void* m, void* v, int64_t n, double lr, double beta1, double beta2,
            double eps, double weight_decay, double bc1, double bc2, cudaStream_t stream) {
   if (n == 0) return;
-  NT_CU_DISPATCH_FLOAT(t, "adamw", [&] {
+  NT_DISPATCH_FLOAT(t, "adamw", [&] {
     using T = scalar_t;
     using A = acc_t<T>;
     adamw_kernel<T><<<grid_for(n, 256, 132 * 16), 256, 0, stream>>>(

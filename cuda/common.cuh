@@ -1,9 +1,7 @@
-// Shared device helpers for the kernel files: strided offsets, dtype dispatch, block reductions, launch sizes.
+// Shared device helpers for the kernel files: strided offsets, block reductions, vectors, launch sizes. (Dtype
+// dispatch is tensor/dtype.h's NT_DISPATCH_* macros, as in the CPU code.)
 #pragma once
 #include <cuda_runtime.h>
-
-#include <stdexcept>
-#include <string>
 
 #include "cuda/check.h"
 #include "cuda/kernels.h"
@@ -29,10 +27,6 @@ inline int grid_for(int64_t n, int threads, int max_blocks = 65535 * 8) {
   return (int)(b < 1 ? 1 : (b > max_blocks ? max_blocks : b));
 }
 
-[[noreturn]] inline void bad_dtype(const char* op, DType t) {
-  throw std::runtime_error(std::string(op) + ": CUDA kernel does not support this dtype (" + std::to_string((int)t) + ")");
-}
-
 // Block-wide reduction of one value per thread (blockDim.x a multiple of 32, at most 1024).
 template <class T, class Op> __device__ T block_reduce(T v, Op op, T identity) {
   __shared__ T shared[32];
@@ -56,38 +50,6 @@ struct MaxOp {
 };
 
 }  // namespace nt::cuda
-
-#define NT_CU_CASE(D, ...)                     \
-  case D: {                                    \
-    using scalar_t = nt::dtype_traits<D>::type; \
-    __VA_ARGS__();                             \
-    break;                                     \
-  }
-#define NT_CU_DISPATCH_FLOAT(dtype, opname, ...)      \
-  switch (dtype) {                                    \
-    NT_CU_CASE(nt::DType::f64, __VA_ARGS__)           \
-    NT_CU_CASE(nt::DType::f32, __VA_ARGS__)           \
-    NT_CU_CASE(nt::DType::bf16, __VA_ARGS__)          \
-    default: ::nt::cuda::bad_dtype(opname, dtype);    \
-  }
-#define NT_CU_DISPATCH_INDEX(dtype, opname, ...)      \
-  switch (dtype) {                                    \
-    NT_CU_CASE(nt::DType::i32, __VA_ARGS__)           \
-    NT_CU_CASE(nt::DType::i64, __VA_ARGS__)           \
-    default: ::nt::cuda::bad_dtype(opname, dtype);    \
-  }
-#define NT_CU_DISPATCH_ALL(dtype, opname, ...)        \
-  switch (dtype) {                                    \
-    NT_CU_CASE(nt::DType::f64, __VA_ARGS__)           \
-    NT_CU_CASE(nt::DType::f32, __VA_ARGS__)           \
-    NT_CU_CASE(nt::DType::bf16, __VA_ARGS__)          \
-    NT_CU_CASE(nt::DType::f8e4m3, __VA_ARGS__)        \
-    NT_CU_CASE(nt::DType::f8e5m2, __VA_ARGS__)        \
-    NT_CU_CASE(nt::DType::i32, __VA_ARGS__)           \
-    NT_CU_CASE(nt::DType::i64, __VA_ARGS__)           \
-    NT_CU_CASE(nt::DType::boolean, __VA_ARGS__)       \
-    default: ::nt::cuda::bad_dtype(opname, dtype);    \
-  }
 
 namespace nt::cuda {
 // 16 bytes of T, for vectorized loads and stores.

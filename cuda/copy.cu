@@ -48,9 +48,9 @@ void copy(DType dst_t, void* dst, const Strided& dl, DType src_t, const void* sr
     NT_CUDA_CHECK(cudaMemcpyAsync(dst, src, n * dtype_size(dst_t), cudaMemcpyDeviceToDevice, stream));
     return;
   }
-  NT_CU_DISPATCH_ALL(dst_t, "copy", [&] {
+  NT_DISPATCH_ALL(dst_t, "copy", [&] {
     using D = scalar_t;
-    NT_CU_DISPATCH_ALL(src_t, "copy", [&] {
+    NT_DISPATCH_ALL(src_t, "copy", [&] {
       copy_kernel<D, scalar_t><<<grid_for(n, 256), 256, 0, stream>>>(static_cast<D*>(dst), dl,
                                                                      static_cast<const scalar_t*>(src), sl, n, dc);
     });
@@ -60,7 +60,7 @@ void copy(DType dst_t, void* dst, const Strided& dl, DType src_t, const void* sr
 
 void fill(DType t, void* dst, const Strided& l, int64_t n, double value, cudaStream_t stream) {
   if (n == 0) return;
-  NT_CU_DISPATCH_ALL(t, "fill", [&] {
+  NT_DISPATCH_ALL(t, "fill", [&] {
     fill_kernel<scalar_t><<<grid_for(n, 256), 256, 0, stream>>>(static_cast<scalar_t*>(dst), l, n,
                                                                 from_double<scalar_t>(value), is_contiguous(l));
   });

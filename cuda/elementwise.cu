@@ -99,20 +99,10 @@ bool contiguous_full(const Strided& l) {
 }
 }  // namespace
 
-#define NT_CU_DISPATCH_ARITH(dtype, opname, ...)  \
-  switch (dtype) {                                \
-    NT_CU_CASE(nt::DType::f64, __VA_ARGS__)       \
-    NT_CU_CASE(nt::DType::f32, __VA_ARGS__)       \
-    NT_CU_CASE(nt::DType::bf16, __VA_ARGS__)      \
-    NT_CU_CASE(nt::DType::i32, __VA_ARGS__)       \
-    NT_CU_CASE(nt::DType::i64, __VA_ARGS__)       \
-    NT_CU_CASE(nt::DType::boolean, __VA_ARGS__)   \
-    default: bad_dtype(opname, dtype);            \
-  }
 
 void unary_forward(UnaryOp op, DType t, const void* x, void* y, int64_t n, double p0, double p1, cudaStream_t stream) {
   if (n == 0) return;
-  NT_CU_DISPATCH_FLOAT(t, "unary", [&] {
+  NT_DISPATCH_FLOAT(t, "unary", [&] {
     using T = scalar_t;
     const bool vec = aligned16(x) && aligned16(y);
     dispatch_unary(op, [&](auto kind) {
@@ -126,7 +116,7 @@ void unary_forward(UnaryOp op, DType t, const void* x, void* y, int64_t n, doubl
 void unary_backward(UnaryOp op, DType t, const void* x, const void* y, const void* dy, void* dx, int64_t n, double p0,
                     double p1, cudaStream_t stream) {
   if (n == 0) return;
-  NT_CU_DISPATCH_FLOAT(t, "unary_backward", [&] {
+  NT_DISPATCH_FLOAT(t, "unary_backward", [&] {
     using T = scalar_t;
     const bool vec = aligned16(x) && aligned16(y) && aligned16(dy) && aligned16(dx);
     dispatch_unary(op, [&](auto kind) {
@@ -142,7 +132,7 @@ void binary_forward(BinaryOp op, DType t, const void* a, const Strided& al, cons
                     int64_t n, cudaStream_t stream) {
   if (n == 0) return;
   const bool contig = contiguous_full(al) && contiguous_full(bl);
-  NT_CU_DISPATCH_ARITH(t, "binary", [&] {
+  NT_DISPATCH_ARITH(t, "binary", [&] {
     using T = scalar_t;
     dispatch_binary(op, [&](auto kind) {
       if (!is_comparison(op) && contig && aligned16(a) && aligned16(b) && aligned16(out))
@@ -162,7 +152,7 @@ void binary_forward(BinaryOp op, DType t, const void* a, const Strided& al, cons
 void where_forward(DType t, const bool* cond, const Strided& cl, const void* a, const Strided& al, const void* b,
                    const Strided& bl, void* out, int64_t n, cudaStream_t stream) {
   if (n == 0) return;
-  NT_CU_DISPATCH_ARITH(t, "where", [&] {
+  NT_DISPATCH_ARITH(t, "where", [&] {
     using T = scalar_t;
     where_kernel<T><<<grid_for(n, 256), 256, 0, stream>>>(cond, cl, static_cast<const T*>(a), al,
                                                           static_cast<const T*>(b), bl, static_cast<T*>(out), n);

@@ -51,9 +51,9 @@ struct DeviceBuffer {
 void embedding_forward(DType t, const void* weight, DType idx_t, const void* idx, void* out, int64_t N, int64_t V,
                        int64_t C, int* bad_index, cudaStream_t stream) {
   if (N * C == 0) return;
-  NT_CU_DISPATCH_ALL(t, "embedding", [&] {
+  NT_DISPATCH_ALL(t, "embedding", [&] {
     using T = scalar_t;
-    NT_CU_DISPATCH_INDEX(idx_t, "embedding", [&] {
+    NT_DISPATCH_INDEX(idx_t, "embedding", [&] {
       embedding_fwd_kernel<T, scalar_t><<<grid_for(N * C, 256), 256, 0, stream>>>(
           static_cast<const T*>(weight), static_cast<const scalar_t*>(idx), static_cast<T*>(out), N, V, C, bad_index);
     });
@@ -66,7 +66,7 @@ void embedding_backward(DType t, const void* dout, DType idx_t, const void* idx,
   NT_CUDA_CHECK(cudaMemsetAsync(dweight, 0, V * C * (t == DType::f64 ? 8 : 4), stream));
   if (N == 0) return;
   DeviceBuffer keys(N * 8), pos(N * 8), skeys(N * 8), spos(N * 8);
-  NT_CU_DISPATCH_INDEX(idx_t, "embedding_backward", [&] {
+  NT_DISPATCH_INDEX(idx_t, "embedding_backward", [&] {
     iota_keys_kernel<scalar_t><<<grid_for(N, 256), 256, 0, stream>>>(static_cast<const scalar_t*>(idx),
                                                                     (int64_t*)keys.p, (int64_t*)pos.p, N);
   });
@@ -79,7 +79,7 @@ void embedding_backward(DType t, const void* dout, DType idx_t, const void* idx,
   DeviceBuffer temp(temp_bytes + 1);
   NT_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp.p, temp_bytes, (int64_t*)keys.p, (int64_t*)skeys.p,
                                                 (int64_t*)pos.p, (int64_t*)spos.p, (int)N, 0, end_bit, stream));
-  NT_CU_DISPATCH_FLOAT(t, "embedding_backward", [&] {
+  NT_DISPATCH_FLOAT(t, "embedding_backward", [&] {
     embedding_bwd_kernel<scalar_t><<<(unsigned)N, C >= 256 ? 256 : 64, 0, stream>>>(
         static_cast<const scalar_t*>(dout), (const int64_t*)skeys.p, (const int64_t*)spos.p,
         static_cast<acc_t<scalar_t>*>(dweight), N, C);

@@ -101,9 +101,9 @@ void index_select(DType t, const void* x, DType idx_t, const void* idx, void* ou
                   int64_t inner, int* bad_index, cudaStream_t stream) {
   const int64_t total = outer * m * inner;
   if (total == 0) return;
-  NT_CU_DISPATCH_ALL(t, "index_select", [&] {
+  NT_DISPATCH_ALL(t, "index_select", [&] {
     using T = scalar_t;
-    NT_CU_DISPATCH_INDEX(idx_t, "index_select", [&] {
+    NT_DISPATCH_INDEX(idx_t, "index_select", [&] {
       index_select_kernel<T, scalar_t><<<grid_for(total, 256), 256, 0, stream>>>(
           static_cast<const T*>(x), static_cast<const scalar_t*>(idx), static_cast<T*>(out), outer, n, m, inner, bad_index);
     });
@@ -114,9 +114,9 @@ void index_select(DType t, const void* x, DType idx_t, const void* idx, void* ou
 void gather(DType t, const void* x, const Strided& xl, int dim, int64_t dim_size, DType idx_t, const void* idx,
             const Strided& il, void* out, int64_t n, int* bad_index, cudaStream_t stream) {
   if (n == 0) return;
-  NT_CU_DISPATCH_ALL(t, "gather", [&] {
+  NT_DISPATCH_ALL(t, "gather", [&] {
     using T = scalar_t;
-    NT_CU_DISPATCH_INDEX(idx_t, "gather", [&] {
+    NT_DISPATCH_INDEX(idx_t, "gather", [&] {
       gather_kernel<T, scalar_t><<<grid_for(n, 256), 256, 0, stream>>>(static_cast<const T*>(x), xl, dim, dim_size,
                                                                         static_cast<const scalar_t*>(idx), il,
                                                                         static_cast<T*>(out), n, bad_index);
@@ -130,7 +130,7 @@ void scatter_add(DType t, void* x, const Strided& xl, int dim, int64_t dim_size,
   if (n == 0) return;
   auto launch = [&](auto* typed) {
     using T = std::remove_pointer_t<decltype(typed)>;
-    NT_CU_DISPATCH_INDEX(idx_t, "scatter_add", [&] {
+    NT_DISPATCH_INDEX(idx_t, "scatter_add", [&] {
       scatter_add_kernel<T, scalar_t><<<grid_for(n, 256), 256, 0, stream>>>(
           static_cast<T*>(x), xl, dim, dim_size, static_cast<const scalar_t*>(idx), il, static_cast<const T*>(src), n,
           bad_index);
@@ -138,14 +138,14 @@ void scatter_add(DType t, void* x, const Strided& xl, int dim, int64_t dim_size,
   };
   if (t == DType::f32) launch((float*)nullptr);
   else if (t == DType::f64) launch((double*)nullptr);
-  else bad_dtype("scatter_add (f32/f64 targets)", t);
+  else throw_bad_dtype("scatter_add", t, "f32 or f64 (bf16 targets accumulate in f32)");
   NT_CUDA_CHECK_LAUNCH();
 }
 
 void topk(DType t, const void* x, void* values, int64_t* indices, int64_t outer, int64_t n, int64_t inner, int64_t k,
           bool largest, cudaStream_t stream) {
   if (outer * inner == 0 || k == 0) return;
-  NT_CU_DISPATCH_FLOAT(t, "topk", [&] {
+  NT_DISPATCH_FLOAT(t, "topk", [&] {
     topk_kernel<scalar_t><<<(unsigned)(outer * inner), 128, 0, stream>>>(
         static_cast<const scalar_t*>(x), static_cast<scalar_t*>(values), indices, n, inner, k, largest);
   });
@@ -154,7 +154,7 @@ void topk(DType t, const void* x, void* values, int64_t* indices, int64_t outer,
 
 void cumsum(DType t, const void* x, void* out, int64_t outer, int64_t n, int64_t inner, bool reverse, cudaStream_t stream) {
   if (outer * n * inner == 0) return;
-  NT_CU_DISPATCH_FLOAT(t, "cumsum", [&] {
+  NT_DISPATCH_FLOAT(t, "cumsum", [&] {
     cumsum_kernel<scalar_t><<<grid_for(outer * inner, 256), 256, 0, stream>>>(
         static_cast<const scalar_t*>(x), static_cast<scalar_t*>(out), outer, n, inner, reverse);
   });

@@ -207,7 +207,7 @@ struct Scratch {
 void norm_forward(bool rms, DType t, const void* x, const void* w, const void* b, double eps, void* y, void* stats,
                   int64_t R, int64_t C, cudaStream_t stream) {
   if (R == 0) return;
-  NT_CU_DISPATCH_FLOAT(t, "norm", [&] {
+  NT_DISPATCH_FLOAT(t, "norm", [&] {
     using T = scalar_t;
     using A = acc_t<T>;
     const size_t bytes = C * sizeof(T);
@@ -225,7 +225,7 @@ void norm_backward(bool rms, DType t, const void* x, const void* w, const void* 
   if (R == 0) return;
   int dev = 0;
   NT_CUDA_CHECK(cudaGetDevice(&dev));
-  NT_CU_DISPATCH_FLOAT(t, "norm_backward", [&] {
+  NT_DISPATCH_FLOAT(t, "norm_backward", [&] {
     using T = scalar_t;
     using A = acc_t<T>;
     const size_t bytes = 2 * C * sizeof(T);

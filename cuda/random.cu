@@ -30,7 +30,7 @@ __global__ void dropout_kernel(const T* __restrict__ x, T* __restrict__ out, int
 
 void philox_fill(DType t, void* out, int64_t n, uint64_t seed, uint64_t offset, bool normal, cudaStream_t stream) {
   if (n == 0) return;
-  NT_CU_DISPATCH_FLOAT(t, "rand", [&] {
+  NT_DISPATCH_FLOAT(t, "rand", [&] {
     philox_fill_kernel<scalar_t><<<grid_for(n, 256), 256, 0, stream>>>(static_cast<scalar_t*>(out), n, seed, offset, normal);
   });
   NT_CUDA_CHECK_LAUNCH();
@@ -39,7 +39,7 @@ void philox_fill(DType t, void* out, int64_t n, uint64_t seed, uint64_t offset, 
 void dropout_forward(DType t, const void* x, void* out, int64_t n, double p, uint64_t seed, uint64_t offset,
                      cudaStream_t stream) {
   if (n == 0) return;
-  NT_CU_DISPATCH_FLOAT(t, "dropout", [&] {
+  NT_DISPATCH_FLOAT(t, "dropout", [&] {
     using T = scalar_t;
     dropout_kernel<T><<<grid_for((n + 3) / 4, 256), 256, 0, stream>>>(static_cast<const T*>(x), static_cast<T*>(out), n,
                                                                       (float)p, (acc_t<T>)(1.0 / (1.0 - p)), seed, offset);

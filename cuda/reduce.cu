@@ -76,7 +76,7 @@ __global__ void max_dim_kernel(const T* __restrict__ x, T* __restrict__ values, 
 void reduce_rows(int op, DType t, const void* x, void* out, int64_t rows, int64_t R, int64_t correction,
                  cudaStream_t stream) {
   if (rows == 0) return;
-  NT_CU_DISPATCH_FLOAT(t, "reduce", [&] {
+  NT_DISPATCH_FLOAT(t, "reduce", [&] {
     const int threads = R >= 2048 ? 1024 : (R >= 256 ? 256 : 64);
     reduce_rows_kernel<scalar_t><<<(unsigned)rows, threads, 0, stream>>>(op, static_cast<const scalar_t*>(x),
                                                                         static_cast<scalar_t*>(out), R, correction);
@@ -87,7 +87,7 @@ void reduce_rows(int op, DType t, const void* x, void* out, int64_t rows, int64_
 void max_dim(DType t, const void* x, void* values, int64_t* indices, int64_t outer, int64_t n, int64_t inner,
              cudaStream_t stream) {
   if (outer * inner == 0) return;
-  NT_CU_DISPATCH_FLOAT(t, "max", [&] {
+  NT_DISPATCH_FLOAT(t, "max", [&] {
     max_dim_kernel<scalar_t><<<grid_for(outer * inner, 256), 256, 0, stream>>>(
         static_cast<const scalar_t*>(x), static_cast<scalar_t*>(values), indices, outer, n, inner);
   });

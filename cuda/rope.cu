@@ -23,7 +23,7 @@ void rope_forward(DType t, const void* x, const float* cos, const float* sin, vo
                   int64_t D, bool interleaved, float sign, cudaStream_t stream) {
   const int64_t total = N * T * H * (D / 2);
   if (total == 0) return;
-  NT_CU_DISPATCH_FLOAT(t, "rope", [&] {
+  NT_DISPATCH_FLOAT(t, "rope", [&] {
     rope_kernel<scalar_t><<<grid_for(total, 256), 256, 0, stream>>>(static_cast<const scalar_t*>(x), cos, sin,
                                                                     static_cast<scalar_t*>(out), N, T, H, D, interleaved, sign);
   });

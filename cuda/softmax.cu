@@ -160,7 +160,7 @@ int row_threads(int64_t n) { return n >= 8192 ? 1024 : (n >= 1024 ? 256 : 128); 
 void softmax_forward(DType t, const void* x, void* y, int64_t outer, int64_t n, int64_t inner, bool log,
                      cudaStream_t stream) {
   if (outer * n * inner == 0) return;
-  NT_CU_DISPATCH_FLOAT(t, "softmax", [&] {
+  NT_DISPATCH_FLOAT(t, "softmax", [&] {
     using T = scalar_t;
     if (inner == 1) {
       const size_t bytes = n * sizeof(T);
@@ -180,13 +180,13 @@ void cross_entropy_forward(DType t, const void* logits, DType target_t, const vo
                            void* loss, void* lse, void* dlogits, const void* count, int64_t N, int64_t C,
                            int* bad_target, cudaStream_t stream) {
   if (N == 0) return;
-  NT_CU_DISPATCH_FLOAT(t, "cross_entropy", [&] {
+  NT_DISPATCH_FLOAT(t, "cross_entropy", [&] {
     using T = scalar_t;
     using A = acc_t<T>;
     const size_t bytes = C * sizeof(T);
     const bool use_smem = bytes <= kMaxRowSmem && dlogits,
                vec = aligned16(logits) && (!dlogits || aligned16(dlogits)) && bytes % 16 == 0;
-    NT_CU_DISPATCH_INDEX(target_t, "cross_entropy", [&] {
+    NT_DISPATCH_INDEX(target_t, "cross_entropy", [&] {
       auto kernel = ce_forward_kernel<T, scalar_t>;
       allow_smem(kernel, use_smem ? bytes : 0);
       kernel<<<(unsigned)N, row_threads(C), use_smem ? bytes : 0, stream>>>(
@@ -200,10 +200,10 @@ void cross_entropy_forward(DType t, const void* logits, DType target_t, const vo
 void cross_entropy_backward(DType t, const void* logits, DType target_t, const void* target, int64_t ignore_index,
                             const void* lse, const void* grow, void* dlogits, int64_t N, int64_t C, cudaStream_t stream) {
   if (N == 0) return;
-  NT_CU_DISPATCH_FLOAT(t, "cross_entropy_backward", [&] {
+  NT_DISPATCH_FLOAT(t, "cross_entropy_backward", [&] {
     using T = scalar_t;
     using A = acc_t<T>;
-    NT_CU_DISPATCH_INDEX(target_t, "cross_entropy_backward", [&] {
+    NT_DISPATCH_INDEX(target_t, "cross_entropy_backward", [&] {
       ce_backward_kernel<T, scalar_t><<<(unsigned)N, row_threads(C), 0, stream>>>(
           static_cast<const T*>(logits), static_cast<const scalar_t*>(target), ignore_index, static_cast<const A*>(lse),
           static_cast<const A*>(grow), static_cast<T*>(dlogits), C);

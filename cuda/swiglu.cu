@@ -55,7 +55,7 @@ __global__ void swiglu_bwd_kernel(const T* __restrict__ g, const T* __restrict__
 
 void swiglu_forward(DType t, const void* gate, const void* up, void* out, int64_t n, cudaStream_t stream) {
   if (n == 0) return;
-  NT_CU_DISPATCH_FLOAT(t, "swiglu", [&] {
+  NT_DISPATCH_FLOAT(t, "swiglu", [&] {
     using T = scalar_t;
     const bool vec = aligned16(gate) && aligned16(up) && aligned16(out);
     swiglu_fwd_kernel<T><<<grid_for(n / Vec16<T>::N + 1, 256, 132 * 16), 256, 0, stream>>>(
@@ -67,7 +67,7 @@ void swiglu_forward(DType t, const void* gate, const void* up, void* out, int64_
 void swiglu_backward(DType t, const void* gate, const void* up, const void* dy, void* dgate, void* dup, int64_t n,
                      cudaStream_t stream) {
   if (n == 0) return;
-  NT_CU_DISPATCH_FLOAT(t, "swiglu_backward", [&] {
+  NT_DISPATCH_FLOAT(t, "swiglu_backward", [&] {
     using T = scalar_t;
     const bool vec = aligned16(gate) && aligned16(up) && aligned16(dy) && aligned16(dgate) && aligned16(dup);
     swiglu_bwd_kernel<T><<<grid_for(n / Vec16<T>::N + 1, 256, 132 * 16), 256, 0, stream>>>(

@@ -23,6 +23,9 @@ enum class DType : uint8_t { f64, f32, bf16, f8e4m3, f8e5m2, i32, i64, boolean }
 inline constexpr int kNumDTypes = 8;
 
 std::string_view dtype_name(DType t);
+// Throws nt::Error "<op>: dtype <t> is not supported (expected <expected>)". Declared here, free of fmt, so the
+// dispatch macros below serve .cpp and .cu files alike.
+[[noreturn]] void throw_bad_dtype(const char* op, DType t, const char* expected);
 size_t dtype_size(DType t);
 inline bool is_floating(DType t) { return t <= DType::f8e5m2; }
 inline bool is_integral(DType t) { return t == DType::i32 || t == DType::i64; }
@@ -156,32 +159,39 @@ template <> constexpr DType dtype_of<bool>() { return DType::boolean; }
     break;                                     \
   }
 // f32, f64 and bf16: the types ops compute in.
-#define NT_DISPATCH_FLOAT(dtype, opname, ...)                                                      \
-  switch (dtype) {                                                                                 \
-    NT_DTYPE_CASE(nt::DType::f64, __VA_ARGS__)                                                     \
-    NT_DTYPE_CASE(nt::DType::f32, __VA_ARGS__)                                                     \
-    NT_DTYPE_CASE(nt::DType::bf16, __VA_ARGS__)                                                    \
-    default:                                                                                       \
-      throw nt::Error(std::string(opname) + ": dtype " + std::string(nt::dtype_name(dtype)) +      \
-                      " is not supported (expected f64, f32 or bf16)");                            \
+#define NT_DISPATCH_FLOAT(dtype, opname, ...)                            \
+  switch (dtype) {                                                       \
+    NT_DTYPE_CASE(nt::DType::f64, __VA_ARGS__)                           \
+    NT_DTYPE_CASE(nt::DType::f32, __VA_ARGS__)                           \
+    NT_DTYPE_CASE(nt::DType::bf16, __VA_ARGS__)                          \
+    default: ::nt::throw_bad_dtype(opname, dtype, "f64, f32 or bf16");   \
   }
-#define NT_DISPATCH_INDEX(dtype, opname, ...)                                                        \
-  switch (dtype) {                                                                                   \
-    NT_DTYPE_CASE(nt::DType::i32, __VA_ARGS__)                                                       \
-    NT_DTYPE_CASE(nt::DType::i64, __VA_ARGS__)                                                       \
-    default:                                                                                         \
-      throw nt::Error(std::string(opname) + ": index dtype " + std::string(nt::dtype_name(dtype)) + \
-                      " is not supported (expected i32 or i64)");                                    \
+#define NT_DISPATCH_INDEX(dtype, opname, ...)                      \
+  switch (dtype) {                                                 \
+    NT_DTYPE_CASE(nt::DType::i32, __VA_ARGS__)                     \
+    NT_DTYPE_CASE(nt::DType::i64, __VA_ARGS__)                     \
+    default: ::nt::throw_bad_dtype(opname, dtype, "i32 or i64");   \
   }
-#define NT_DISPATCH_ALL(dtype, opname, ...)                   \
-  switch (dtype) {                                            \
-    NT_DTYPE_CASE(nt::DType::f64, __VA_ARGS__)                \
-    NT_DTYPE_CASE(nt::DType::f32, __VA_ARGS__)                \
-    NT_DTYPE_CASE(nt::DType::bf16, __VA_ARGS__)               \
-    NT_DTYPE_CASE(nt::DType::f8e4m3, __VA_ARGS__)             \
-    NT_DTYPE_CASE(nt::DType::f8e5m2, __VA_ARGS__)             \
-    NT_DTYPE_CASE(nt::DType::i32, __VA_ARGS__)                \
-    NT_DTYPE_CASE(nt::DType::i64, __VA_ARGS__)                \
-    NT_DTYPE_CASE(nt::DType::boolean, __VA_ARGS__)            \
-    default: throw nt::Error(std::string(opname) + ": bad dtype"); \
+// The types arithmetic and comparisons take: floats, integers and bool.
+#define NT_DISPATCH_ARITH(dtype, opname, ...)                                          \
+  switch (dtype) {                                                                     \
+    NT_DTYPE_CASE(nt::DType::f64, __VA_ARGS__)                                         \
+    NT_DTYPE_CASE(nt::DType::f32, __VA_ARGS__)                                         \
+    NT_DTYPE_CASE(nt::DType::bf16, __VA_ARGS__)                                        \
+    NT_DTYPE_CASE(nt::DType::i32, __VA_ARGS__)                                         \
+    NT_DTYPE_CASE(nt::DType::i64, __VA_ARGS__)                                         \
+    NT_DTYPE_CASE(nt::DType::boolean, __VA_ARGS__)                                     \
+    default: ::nt::throw_bad_dtype(opname, dtype, "f64, f32, bf16, i32, i64 or bool"); \
+  }
+#define NT_DISPATCH_ALL(dtype, opname, ...)                         \
+  switch (dtype) {                                                  \
+    NT_DTYPE_CASE(nt::DType::f64, __VA_ARGS__)                      \
+    NT_DTYPE_CASE(nt::DType::f32, __VA_ARGS__)                      \
+    NT_DTYPE_CASE(nt::DType::bf16, __VA_ARGS__)                     \
+    NT_DTYPE_CASE(nt::DType::f8e4m3, __VA_ARGS__)                   \
+    NT_DTYPE_CASE(nt::DType::f8e5m2, __VA_ARGS__)                   \
+    NT_DTYPE_CASE(nt::DType::i32, __VA_ARGS__)                      \
+    NT_DTYPE_CASE(nt::DType::i64, __VA_ARGS__)                      \
+    NT_DTYPE_CASE(nt::DType::boolean, __VA_ARGS__)                  \
+    default: ::nt::throw_bad_dtype(opname, dtype, "a known dtype"); \
   }

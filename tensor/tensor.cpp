@@ -25,6 +25,9 @@ std::string_view dtype_name(DType t) {
   }
   return "?";
 }
+void throw_bad_dtype(const char* op, DType t, const char* expected) {
+  throw Error(fmt::format("{}: dtype {} is not supported (expected {})", op, dtype_name(t), expected));
+}
 size_t dtype_size(DType t) {
   switch (t) {
     case DType::f64: case DType::i64: return 8;

@@ -36,17 +36,6 @@ void unary_backward(UnaryOp op, const Tensor& x, const Tensor& y, const Tensor& 
   });
 }
 
-#define NT_DISPATCH_ARITH(dtype, opname, ...)       \
-  switch (dtype) {                                  \
-    NT_DTYPE_CASE(nt::DType::f64, __VA_ARGS__)      \
-    NT_DTYPE_CASE(nt::DType::f32, __VA_ARGS__)      \
-    NT_DTYPE_CASE(nt::DType::bf16, __VA_ARGS__)     \
-    NT_DTYPE_CASE(nt::DType::i32, __VA_ARGS__)      \
-    NT_DTYPE_CASE(nt::DType::i64, __VA_ARGS__)      \
-    NT_DTYPE_CASE(nt::DType::boolean, __VA_ARGS__)  \
-    default:                                        \
-      throw Error(fmt::format("{}: dtype {} is not supported", opname, dtype_name(dtype))); \
-  }
 
 void binary_forward(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) {
   const Shape as = broadcast_strides(a, out.shape()), bs = broadcast_strides(b, out.shape());
