@@ -4,7 +4,8 @@
 //   build/examples/train_lm [key=value ...]      e.g. steps=2000 dim=256 device=cpu
 // Prints a progress line per log interval, the validation loss and perplexity at each evaluation (next to the
 // corpus's unigram entropy, the loss of a model that ignores context), appends metrics to <out>/metrics.jsonl,
-// and writes <out>/model.safetensors (atomically) at the end.
+// and writes <out>/model.safetensors (atomically) at the end, with a resumable checkpoint in <out>/ckpt
+// (also every save_every steps). resume=<dir> continues a run exactly: same batches, same updates.
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -16,6 +17,7 @@
 #include "nn/safetensors.h"
 #include "nn/transformer.h"
 #include "train/adamw.h"
+#include "train/checkpoint.h"
 #include "train/data.h"
 
 using namespace nt;
@@ -54,7 +56,7 @@ Options parse(int argc, char** argv, bool gpu) {
          {"dim", gpu ? "384" : "128"}, {"layers", gpu ? "6" : "4"}, {"heads", gpu ? "6" : "4"},
          {"kv_heads", gpu ? "2" : "2"}, {"lr", gpu ? "6e-4" : "2e-3"}, {"lr_floor", ""}, {"warmup", gpu ? "200" : "40"},
          {"weight_decay", "0.1"}, {"clip", "1.0"}, {"eval_every", gpu ? "250" : "100"}, {"eval_batches", "8"},
-         {"log_every", gpu ? "50" : "20"}, {"rope_theta", "10000"}};
+         {"log_every", gpu ? "50" : "20"}, {"rope_theta", "10000"}, {"resume", ""}, {"save_every", "0"}};
   for (int a = 1; a < argc; ++a) {
     const std::string arg = argv[a];
     const auto eq = arg.find('=');
@@ -120,6 +122,13 @@ int main(int argc, char** argv) {
     const std::string out = o.get("out");
     std::filesystem::create_directories(out);
     std::ofstream metrics(out + "/metrics.jsonl", std::ios::app);
+    int64_t first_step = 0;
+    if (!o.get("resume").empty()) {
+      const train::TrainState st = train::load_checkpoint(o.get("resume"), lm, opt);
+      first_step = st.step, gen = st.data_gen;  // same batches and updates as an uninterrupted run
+      fmt::print("resumed from {} at step {}\n", o.get("resume"), first_step);
+    }
+    const int64_t save_every = o.i("save_every");
 
     fmt::print("train_lm: {} | {} params | dim {} layers {} heads {}/{} | batch {} x seq {} | {} steps | lr {} -> {}\n",
                dev.str(), lm.num_parameters(), cfg.dim, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, B, T, steps, peak, floor);
@@ -128,7 +137,11 @@ int main(int argc, char** argv) {
     const auto start = Clock::now();
     auto last = start;
     int64_t tokens_since = 0;
-    for (int64_t step = 0; step <= steps; ++step) {
+    for (int64_t step = first_step; step <= steps; ++step) {
+      if (save_every > 0 && step > first_step && step % save_every == 0 && step < steps) {
+        train::save_checkpoint(out + "/ckpt", lm, opt, {step, gen});
+        fmt::print("step {:5d} | checkpoint {}/ckpt\n", step, out);
+      }
       if (step % o.i("eval_every") == 0 || step == steps) {
         const double vl = evaluate(lm, va, o.i("eval_batches"), B, T, dev);
         fmt::print("step {:5d} | val loss {:.4f} | val ppl {:.2f}{}\n", step, vl, std::exp(vl),
@@ -148,7 +161,7 @@ int main(int argc, char** argv) {
         const double l = loss.item();
         const auto now = Clock::now();
         const double dt = std::chrono::duration<double>(now - last).count(), elapsed = std::chrono::duration<double>(now - start).count();
-        const double tps = tokens_since / dt, eta = elapsed / (double)(step + 1) * (double)(steps - step - 1);
+        const double tps = tokens_since / dt, eta = elapsed / (double)(step + 1 - first_step) * (double)(steps - step - 1);
         fmt::print("step {:5d} | loss {:.4f} | lr {:.2e} | grad norm {:.3f} | {:.0f} tok/s | elapsed {:.0f}s | ETA {:.0f}s\n",
                    step + 1, l, lr, gnorm, tps, elapsed, eta);
         metrics << fmt::format("{{\"step\":{},\"loss\":{:.6f},\"lr\":{:.3e},\"grad_norm\":{:.4f},\"tokens_per_s\":{:.1f}}}\n",
@@ -158,7 +171,8 @@ int main(int argc, char** argv) {
     }
     nn::save_safetensors(out + "/model.safetensors", lm.named_parameters(),
                          {{"steps", std::to_string(steps)}, {"dim", std::to_string(cfg.dim)}, {"layers", std::to_string(cfg.n_layers)}});
-    fmt::print("saved {}/model.safetensors\n", out);
+    train::save_checkpoint(out + "/ckpt", lm, opt, {steps, gen});
+    fmt::print("saved {}/model.safetensors and the checkpoint {}/ckpt (resume={}/ckpt steps=N continues it)\n", out, out, out);
   } catch (const Error& e) {
     fmt::print(stderr, "{}\n", e.what());
     return 1;

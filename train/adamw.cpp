@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "nn/safetensors.h"
 #include "ops/dispatch.h"
 #include "tensor/convert.h"
 
@@ -72,6 +73,29 @@ std::vector<std::pair<std::string, Tensor>> AdamW::state() const {
   std::vector<std::pair<std::string, Tensor>> out;
   for (const Slot& s : slots_) out.emplace_back(s.name + ".exp_avg", s.m), out.emplace_back(s.name + ".exp_avg_sq", s.v);
   return out;
+}
+
+void AdamW::load_state(const nn::SafetensorsFile& file, int64_t steps) {
+  std::vector<std::string> problems;
+  for (const Slot& s : slots_)
+    for (const auto& [suffix, t] : {std::pair{".exp_avg", &s.m}, std::pair{".exp_avg_sq", &s.v}}) {
+      const Tensor* f = file.find(s.name + suffix);
+      if (!f) problems.push_back(fmt::format("missing '{}{}'", s.name, suffix));
+      else if (f->shape() != t->shape() || f->dtype() != t->dtype())
+        problems.push_back(fmt::format("'{}{}': {} {} in the file, {} {} expected", s.name, suffix, shape_str(f->shape()),
+                                       dtype_name(f->dtype()), shape_str(t->shape()), dtype_name(t->dtype())));
+    }
+  if (!problems.empty()) {
+    std::string msg = fmt::format("AdamW::load_state: {} problem(s):", problems.size());
+    for (auto& p : problems) msg += "\n  " + p;
+    throw Error(msg);
+  }
+  autograd::NoGradGuard no_grad;
+  for (Slot& s : slots_) {
+    Tensor(s.m).copy_(*file.find(s.name + ".exp_avg"));
+    Tensor(s.v).copy_(*file.find(s.name + ".exp_avg_sq"));
+  }
+  t_ = steps;
 }
 
 double clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {

@@ -10,6 +10,10 @@
 
 #include "ops/ops.h"
 
+namespace nt::nn {
+struct SafetensorsFile;
+}
+
 namespace nt::train {
 
 struct AdamWConfig {
@@ -25,6 +29,8 @@ class AdamW {
   int64_t steps() const { return t_; }
   // Moments by parameter name ("<name>.exp_avg", "<name>.exp_avg_sq") for checkpoints.
   std::vector<std::pair<std::string, Tensor>> state() const;
+  // Restores the moments (by the names state() gives; every missing or mis-shaped one is an error) and the step count.
+  void load_state(const nn::SafetensorsFile& file, int64_t steps);
   AdamWConfig cfg;
 
  private:

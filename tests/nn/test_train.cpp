@@ -7,6 +7,7 @@
 #include "nn/transformer.h"
 #include "test_util.h"
 #include "train/adamw.h"
+#include "train/checkpoint.h"
 #include "train/data.h"
 
 using namespace nt;
@@ -168,5 +169,57 @@ TEST_CASE("token shards: batches, and missing, truncated or corrupt files") {
   expect_error([&] { train::load_shard((dir / "vocab.bin").string()); }, {"outside the vocabulary of 40"});
   { std::ofstream f(dir / "junk.bin"); f << "this is not a token shard at all"; }
   expect_error([&] { train::load_shard((dir / "junk.bin").string()); }, {"bad magic"});
+  fs::remove_all(dir);
+}
+
+TEST_CASE("resume: 3 steps + checkpoint + 3 steps equals 6 uninterrupted steps, exactly") {
+  nn::LMConfig c;
+  c.vocab = 23, c.dim = 16, c.n_layers = 2, c.n_heads = 2, c.n_kv_heads = 1, c.max_seq = 8, c.mlp_hidden = 32;
+  train::TokenShard shard;
+  shard.vocab = 23;
+  Generator tg(9);
+  for (double v : randint(0, 23, {500}, DType::i64, kCPU, &tg).to_vector()) shard.tokens.push_back((uint16_t)v);
+  auto run = [&](nn::TransformerLM& lm, train::AdamW& opt, Generator& data, int64_t from, int64_t to, std::vector<double>& losses) {
+    for (int64_t step = from; step < to; ++step) {
+      const train::Batch b = train::sample_batch(shard, 4, 8, data);
+      Tensor loss = lm.loss(b.x, b.y);
+      losses.push_back(loss.item());
+      loss.backward();
+      train::clip_grad_norm(lm.parameters(), 1.0);
+      opt.step(train::lr_at(step, 2, 6, 1e-2, 1e-3));
+      opt.zero_grad();
+    }
+  };
+  Generator init(1);
+  nn::TransformerLM a(c, {DType::f32, kCPU, &init});
+  train::AdamW oa(a.named_parameters());
+  Generator da(5);
+  std::vector<double> straight;
+  run(a, oa, da, 0, 6, straight);
+
+  Generator init2(1);
+  nn::TransformerLM b(c, {DType::f32, kCPU, &init2});
+  train::AdamW ob(b.named_parameters());
+  Generator db(5);
+  std::vector<double> resumed;
+  run(b, ob, db, 0, 3, resumed);
+  const fs::path dir = fs::temp_directory_path() / "nt_resume";
+  train::save_checkpoint(dir.string(), b, ob, {3, db});
+
+  Generator other(77);  // a differently initialized model: everything must come from the checkpoint
+  nn::TransformerLM r(c, {DType::f32, kCPU, &other});
+  train::AdamW orr(r.named_parameters());
+  train::TrainState st = train::load_checkpoint(dir.string(), r, orr);
+  CHECK(st.step == 3);
+  CHECK(orr.steps() == 3);
+  run(r, orr, st.data_gen, 3, 6, resumed);
+  REQUIRE(resumed.size() == straight.size());
+  for (size_t i = 0; i < straight.size(); ++i) CHECK_MESSAGE(resumed[i] == straight[i], "step " << i);
+  for (size_t i = 0; i < a.parameters().size(); ++i) expect_close(r.parameters()[i], a.parameters()[i], 0, 0);
+
+  // An interrupted save (files from different steps) and a model that does not fit are refused.
+  train::save_checkpoint(dir.string(), b, ob, {4, db});
+  nn::save_safetensors((dir / "optim.safetensors").string(), ob.state(), {{"step", "3"}, {"optimizer_steps", "3"}});
+  expect_error([&] { train::load_checkpoint(dir.string(), r, orr); }, {"interrupted"});
   fs::remove_all(dir);
 }

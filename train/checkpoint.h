@@ -1,0 +1,23 @@
+// Training checkpoints: <dir>/model.safetensors (parameters, by name) and <dir>/optim.safetensors (AdamW moments,
+// "<param>.exp_avg" / "<param>.exp_avg_sq"), each written atomically, both carrying the step, the optimizer's
+// step count and the data generator's (seed, offset) in their metadata. Resuming restores all of it, so the run
+// continues with the same batches and the same updates as one that was never interrupted.
+#pragma once
+#include <string>
+
+#include "nn/module.h"
+#include "train/adamw.h"
+
+namespace nt::train {
+
+struct TrainState {
+  int64_t step = 0;  // the next step to run
+  Generator data_gen;
+};
+
+void save_checkpoint(const std::string& dir, const nn::Module& model, const AdamW& opt, const TrainState& state);
+// Loads into an already-built model and optimizer. A missing file, a mismatch with the model (every one is
+// listed), or model and optimizer files from different steps (an interrupted save) are errors.
+TrainState load_checkpoint(const std::string& dir, nn::Module& model, AdamW& opt);
+
+}  // namespace nt::train
