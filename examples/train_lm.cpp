@@ -169,8 +169,12 @@ int main(int argc, char** argv) {
         last = now, tokens_since = 0;
       }
     }
+    // The model's shape goes into the metadata, so examples/generate can rebuild it from the file alone.
     nn::save_safetensors(out + "/model.safetensors", lm.named_parameters(),
-                         {{"steps", std::to_string(steps)}, {"dim", std::to_string(cfg.dim)}, {"layers", std::to_string(cfg.n_layers)}});
+                         {{"steps", std::to_string(steps)}, {"vocab", std::to_string(cfg.vocab)}, {"dim", std::to_string(cfg.dim)},
+                          {"layers", std::to_string(cfg.n_layers)}, {"heads", std::to_string(cfg.n_heads)},
+                          {"kv_heads", std::to_string(cfg.n_kv_heads)}, {"max_seq", std::to_string(cfg.max_seq)},
+                          {"mlp_hidden", std::to_string(cfg.hidden())}, {"rope_theta", fmt::format("{}", cfg.rope.theta)}});
     train::save_checkpoint(out + "/ckpt", lm, opt, {steps, gen});
     fmt::print("saved {}/model.safetensors and the checkpoint {}/ckpt (resume={}/ckpt steps=N continues it)\n", out, out, out);
   } catch (const Error& e) {

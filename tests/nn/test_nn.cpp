@@ -1,5 +1,6 @@
 // nn: parameter naming, layers against their formulas, attention against a direct loop (GQA, window), causality,
 // rotary/YaRN frequencies, and a tiny LM that must overfit a batch.
+#include "nn/sampling.h"
 #include "nn/transformer.h"
 #include "test_util.h"
 #include "train/adamw.h"
@@ -121,4 +122,31 @@ TEST_CASE("a tiny LM overfits one batch with AdamW") {
   }
   CHECK(first == doctest::Approx(std::log(37.0)).epsilon(0.05));  // near-uniform at init
   CHECK(last < 0.5);
+}
+
+TEST_CASE("sampling: greedy, temperature, top-k and top-p, reproducible by seed") {
+  const Tensor logits = from_vector({1.0, 3.0, 2.0, 0.0}, {4}, DType::f32);
+  auto p = nn::sampling_distribution(logits, {0.0, 0, 1.0});
+  CHECK(p == std::vector<double>{0, 1, 0, 0});
+  p = nn::sampling_distribution(logits, {1.0, 0, 1.0});
+  const double z = std::exp(1.0) + std::exp(3.0) + std::exp(2.0) + 1.0;
+  CHECK(p[1] == doctest::Approx(std::exp(3.0) / z));
+  p = nn::sampling_distribution(logits, {1.0, 2, 1.0});  // top-2: tokens 1 and 2
+  CHECK(p[0] == 0);
+  CHECK(p[3] == 0);
+  CHECK(p[1] == doctest::Approx(std::exp(3.0) / (std::exp(3.0) + std::exp(2.0))));
+  // top-p 0.7: token 1 alone has 0.64 of the mass, so token 2 (0.24) joins; 0 and 3 are dropped.
+  p = nn::sampling_distribution(logits, {1.0, 0, 0.7});
+  CHECK(p[0] == 0);
+  CHECK(p[2] > 0);
+  CHECK(p[1] + p[2] == doctest::Approx(1.0));
+  p = nn::sampling_distribution(logits, {100.0, 0, 1.0});  // high temperature: nearly uniform
+  CHECK(p[3] > 0.24);
+  Generator a(3), b(3);
+  std::vector<int64_t> sa, sb;
+  for (int i = 0; i < 50; ++i) sa.push_back(nn::sample_token(logits, {1.0, 0, 1.0}, a)), sb.push_back(nn::sample_token(logits, {1.0, 0, 1.0}, b));
+  CHECK(sa == sb);
+  CHECK(std::count(sa.begin(), sa.end(), 1) > 20);  // the most likely token dominates
+  expect_error([&] { nn::sampling_distribution(logits, {1.0, 0, 0.0}); }, {"top_p", "(0, 1]"});
+  expect_error([&] { nn::sampling_distribution(zeros({2, 4}), {}); }, {"sampling", "[2, 4]"});
 }
