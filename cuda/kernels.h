@@ -34,6 +34,20 @@ void binary_forward(BinaryOp op, DType t, const void* a, const Strided& al, cons
 void where_forward(DType t, const bool* cond, const Strided& cl, const void* a, const Strided& al, const void* b,
                    const Strided& bl, void* out, int64_t n, cudaStream_t stream);
 
+// attention.cu: fused causal attention (ops/attention.h). q, out, dout, dq [N, H, D]; k, v, dk, dv [N, Hkv, D];
+// lse, delta [H, N] f32; dq_acc [N, H, D] f32 scratch. Sequence b is rows [cu_seqlens[b], cu_seqlens[b+1]).
+struct AttentionDims {
+  int64_t N = 0;
+  int H = 0, Hkv = 0, D = 0, nseq = 0, max_len = 0, window = 0;  // window 0: full causal
+  float scale = 0;
+  const int32_t* cu_seqlens = nullptr;  // device memory, nseq + 1 entries
+};
+void attention_forward(DType t, const void* q, const void* k, const void* v, void* out, float* lse,
+                       const AttentionDims& d, cudaStream_t stream);
+void attention_backward(DType t, const void* q, const void* k, const void* v, const void* out, const void* dout,
+                        const float* lse, float* delta, float* dq_acc, void* dq, void* dk, void* dv,
+                        const AttentionDims& d, cudaStream_t stream);
+
 // swiglu.cu: y = silu(gate) * up over n contiguous elements, and both gradients in one pass.
 void swiglu_forward(DType t, const void* gate, const void* up, void* out, int64_t n, cudaStream_t stream);
 void swiglu_backward(DType t, const void* gate, const void* up, const void* dy, void* dgate, void* dup, int64_t n,

@@ -6,6 +6,7 @@
 // Bytes counted: each input read once and each output written once (the minimum any implementation must move).
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <map>
@@ -159,6 +160,41 @@ int main(int argc, char** argv) {
     std::printf("%-42s %10.3f %10.1f %14s %8s\n", name.c_str(), ms, tf,
                 it == torch.end() ? "-" : fmt::format("{:.1f}", it->second).c_str(),
                 it == torch.end() ? "-" : fmt::format("{:.3f}", tf / it->second).c_str());
+  }
+  // Fused attention (bf16, causal): FLOPs are those of the visible (query, key) pairs, 4 D per pair forward
+  // (q.k and p.v) and 10 D forward + backward (the backward recomputes q.k: 2.5x the forward).
+  struct At {
+    int64_t B, T, H, Hkv, D, window;
+  };
+  std::printf("\n%-42s %10s %10s %14s %8s\n", "flash_attention bf16 causal", "ms", "TFLOP/s", "torch TFLOP/s", "ratio");
+  for (const At& c : {At{4, 2048, 12, 12, 64, 0}, At{2, 4096, 16, 16, 128, 0}, At{1, 8192, 32, 8, 128, 0},
+                      At{1, 16384, 16, 4, 128, 512}}) {
+    Tensor q = randn({c.B, c.T, c.H, c.D}, DType::bf16, kGpu, &gen), k = randn({c.B, c.T, c.Hkv, c.D}, DType::bf16, kGpu, &gen),
+           v = randn({c.B, c.T, c.Hkv, c.D}, DType::bf16, kGpu, &gen), dout = randn({c.B, c.T, c.H, c.D}, DType::bf16, kGpu, &gen);
+    double pairs = 0;
+    for (int64_t t = 0; t < c.T; ++t) pairs += (double)(c.window > 0 ? std::min(t + 1, c.window) : t + 1);
+    const double fwd_flop = 4.0 * c.B * c.H * c.D * pairs;
+    const AttentionOptions opt{c.window};
+    const double fwd = time_ms([&] { flash_attention(q, k, v, opt); });
+    double fb = 0;
+    {
+      autograd::EnableGradGuard grad;
+      Tensor qg = q.detach().requires_grad_(), kg = k.detach().requires_grad_(), vg = v.detach().requires_grad_();
+      fb = time_ms([&] {
+        qg.set_grad(Tensor()), kg.set_grad(Tensor()), vg.set_grad(Tensor());
+        flash_attention(qg, kg, vg, opt).backward(dout);
+      });
+    }
+    const std::string shape = fmt::format("{}x{}x{}x{}x{}x{}", c.B, c.T, c.H, c.Hkv, c.D, c.window);
+    for (int pass = 0; pass < 2; ++pass) {
+      const double ms = pass ? fb : fwd, tf = (pass ? 3.5 : 1.0) * fwd_flop / ms / 1e9;
+      const auto it = torch.find(fmt::format("attn_{}_{}_tflops", shape, pass ? "fwdbwd" : "fwd"));
+      const std::string name = fmt::format("{} B{} T{} H{}/{} D{}{}", pass ? "fwd+bwd" : "fwd", c.B, c.T, c.H, c.Hkv, c.D,
+                                           c.window ? fmt::format(" w{}", c.window) : "");
+      std::printf("%-42s %10.3f %10.1f %14s %8s\n", name.c_str(), ms, tf,
+                  it == torch.end() ? "-" : fmt::format("{:.1f}", it->second).c_str(),
+                  it == torch.end() ? "-" : fmt::format("{:.3f}", tf / it->second).c_str());
+    }
   }
   const auto st = cuda::allocator_stats(0);
   std::printf("\nallocator: peak %.2f GiB, reserved %.2f GiB, %llu allocations, %llu cache hits\n",

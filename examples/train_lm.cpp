@@ -1,23 +1,30 @@
 // The main job: train a decoder-only transformer LM on a prepared token corpus (default: the Brown corpus as
 // bytes, prepared by scripts/prepare_data.sh), on the GPU when there is one, else a small CPU configuration.
 //
-//   build/examples/train_lm [key=value ...]      e.g. steps=2000 dim=256 device=cpu
+//   build/examples/train_lm [override ...] [--config-dir=DIR] [--print-config]
+//     e.g. model=tiny training.steps=2000 model.dim=256 training.device=cpu
+// Settings are the YAML configs under configs/ (train.yaml and its groups model/, training/, data/; see
+// docs/training.md), with Hydra-style overrides; without a GPU, model=tiny training=cpu come before the user's.
 // Prints a progress line per log interval, the validation loss and perplexity at each evaluation (next to the
-// corpus's unigram entropy, the loss of a model that ignores context), appends metrics to <out>/metrics.jsonl,
-// and writes <out>/model.safetensors (atomically) at the end, with a resumable checkpoint in <out>/ckpt
-// (also every save_every steps). resume=<dir> continues a run exactly: same batches, same updates.
+// corpus's unigram entropy, the loss of a model that ignores context), writes the resolved config to
+// <out>/config.yaml, appends metrics to <out>/metrics.jsonl, and writes <out>/model.safetensors (atomically) at the
+// end, with a resumable checkpoint in <out>/ckpt (also every training.save_every steps).
+// training.resume=<dir> continues a run exactly: same batches, same updates.
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <map>
+#include <string>
+#include <vector>
 
 #include "cuda/memory.h"
 #include "nn/safetensors.h"
 #include "nn/transformer.h"
 #include "train/adamw.h"
 #include "train/checkpoint.h"
+#include "train/config.h"
 #include "train/data.h"
 
 using namespace nt;
@@ -25,52 +32,41 @@ using namespace nt;
 namespace {
 using Clock = std::chrono::steady_clock;
 
-struct Options {
-  std::map<std::string, std::string> v;
-  std::string get(const std::string& k) const { return v.at(k); }
-  int64_t i(const std::string& k) const {
-    try {
-      size_t used = 0;
-      const int64_t r = std::stoll(v.at(k), &used);
-      if (used == v.at(k).size()) return r;
-    } catch (...) {
-    }
-    throw Error(fmt::format("train_lm: option '{}' needs an integer, got '{}'", k, v.at(k)));
-  }
-  double d(const std::string& k) const {
-    try {
-      size_t used = 0;
-      const double r = std::stod(v.at(k), &used);
-      if (used == v.at(k).size()) return r;
-    } catch (...) {
-    }
-    throw Error(fmt::format("train_lm: option '{}' needs a number, got '{}'", k, v.at(k)));
-  }
+// Where the configs are: --config-dir=DIR, else $NT_CONFIG_DIR, else ./configs, else the source tree's (so a
+// build runs from any directory).
+std::string config_dir(const std::string& flag) {
+  if (!flag.empty()) return flag;
+  if (const char* env = std::getenv("NT_CONFIG_DIR"); env && *env) return env;
+#ifdef NT_SOURCE_DIR
+  if (!std::filesystem::is_directory("configs")) return NT_SOURCE_DIR "/configs";
+#endif
+  return "configs";
+}
+
+struct Settings {
+  nn::LMConfig model;  // vocab comes from the data
+  int64_t steps, batch, warmup, eval_every, eval_batches, log_every, save_every, seed;
+  double lr, lr_floor, weight_decay, clip;
+  std::string data, out, resume, device;
 };
 
-Options parse(int argc, char** argv, bool gpu) {
-  Options o;
-  // Defaults: a small model on the GPU; a tiny one on the CPU that learns visibly within minutes.
-  o.v = {{"data", "data/brown"}, {"device", "auto"}, {"out", "runs/lm"}, {"seed", "1337"},
-         {"steps", gpu ? "3000" : "400"}, {"batch", gpu ? "32" : "16"}, {"seq", gpu ? "256" : "128"},
-         {"dim", gpu ? "384" : "128"}, {"layers", gpu ? "6" : "4"}, {"heads", gpu ? "6" : "4"},
-         {"kv_heads", gpu ? "2" : "2"}, {"lr", gpu ? "6e-4" : "2e-3"}, {"lr_floor", ""}, {"warmup", gpu ? "200" : "40"},
-         {"weight_decay", "0.1"}, {"clip", "1.0"}, {"eval_every", gpu ? "250" : "100"}, {"eval_batches", "8"},
-         {"log_every", gpu ? "50" : "20"}, {"rope_theta", "10000"}, {"resume", ""}, {"save_every", "0"}};
-  for (int a = 1; a < argc; ++a) {
-    const std::string arg = argv[a];
-    const auto eq = arg.find('=');
-    NT_CHECK(eq != std::string::npos, "train_lm: arguments are key=value, got '{}'", arg);
-    const std::string k = arg.substr(0, eq);
-    if (!o.v.count(k)) {
-      std::string keys;
-      for (auto& [name, val] : o.v) keys += (keys.empty() ? "" : ", ") + name;
-      throw Error(fmt::format("train_lm: unknown option '{}'; valid options: {}", k, keys));
-    }
-    o.v[k] = arg.substr(eq + 1);
-  }
-  if (o.v["lr_floor"].empty()) o.v["lr_floor"] = fmt::format("{:g}", o.d("lr") / 10);
-  return o;
+// Reads every value up front, so check_all_read() reports unknown keys before any work starts.
+Settings read(const train::Config& c) {
+  Settings s;
+  s.model.dim = c.get_int("model.dim"), s.model.n_layers = c.get_int("model.layers"), s.model.n_heads = c.get_int("model.heads");
+  s.model.n_kv_heads = c.get_int("model.kv_heads"), s.model.max_seq = c.get_int("model.seq");
+  s.model.rope.theta = c.get_double("model.rope_theta");
+  s.steps = c.get_int("training.steps"), s.batch = c.get_int("training.batch"), s.warmup = c.get_int("training.warmup");
+  s.eval_every = c.get_int("training.eval_every"), s.eval_batches = c.get_int("training.eval_batches");
+  s.log_every = c.get_int("training.log_every"), s.save_every = c.get_int("training.save_every"), s.seed = c.get_int("training.seed");
+  s.lr = c.get_double("training.lr"), s.weight_decay = c.get_double("training.weight_decay"), s.clip = c.get_double("training.clip");
+  // null: lr / 10, rounded to 6 digits as the key=value options did, so runs match (and resume) earlier ones bit for bit.
+  s.lr_floor = c.is_null("training.lr_floor") ? std::stod(fmt::format("{:g}", s.lr / 10)) : c.get_double("training.lr_floor");
+  s.resume = c.is_null("training.resume") ? "" : c.get_string("training.resume");
+  s.out = c.get_string("training.out"), s.device = c.get_string("training.device", {"auto", "cpu", "cuda"});
+  s.data = c.get_string("data.path");
+  c.check_all_read();
+  return s;
 }
 
 double evaluate(nn::TransformerLM& lm, const train::TokenShard& val, int64_t batches, int64_t B, int64_t T, Device dev) {
@@ -92,14 +88,36 @@ double evaluate(nn::TransformerLM& lm, const train::TokenShard& val, int64_t bat
 int main(int argc, char** argv) {
   try {
     const bool has_gpu = cuda::available();
-    Options o = parse(argc, argv, has_gpu);
-    const std::string dev_opt = o.get("device");
-    NT_CHECK(dev_opt == "auto" || dev_opt == "cpu" || dev_opt == "cuda", "train_lm: device must be auto, cpu or cuda, got '{}'", dev_opt);
-    NT_CHECK(dev_opt != "cuda" || has_gpu, "train_lm: device=cuda but no GPU is available");
-    if (dev_opt == "cpu" && has_gpu && argc == 1) o = parse(argc, argv, false);
-    const Device dev = (dev_opt == "cuda" || (dev_opt == "auto" && has_gpu)) ? cuda_device(0) : kCPU;
+    std::string dir_flag;
+    bool print_only = false;
+    std::vector<std::string> overrides;
+    // The defaults list holds the GPU's choices; on a CPU they would take hours, so the CPU's go first (the user's
+    // own group choices come later and win).
+    if (!has_gpu) overrides = {"model=tiny", "training=cpu"};
+    for (int a = 1; a < argc; ++a) {
+      const std::string arg = argv[a];
+      if (arg.starts_with("--config-dir=")) {
+        dir_flag = arg.substr(13);
+      } else if (arg == "--print-config") {
+        print_only = true;
+      } else {
+        NT_CHECK(!arg.starts_with("--"), "train_lm: unknown flag '{}'; flags: --config-dir=DIR, --print-config", arg);
+        overrides.push_back(arg);
+      }
+    }
+    const std::string dir = config_dir(dir_flag);
+    NT_CHECK(std::filesystem::is_directory(dir),
+             "train_lm: no config directory '{}' (run from the repository root, pass --config-dir=DIR or set NT_CONFIG_DIR)", dir);
+    const train::Config config = train::Config::compose(dir, "train", overrides);
+    const Settings s = read(config);
+    if (print_only) {
+      fmt::print("{}", config.dump());
+      return 0;
+    }
+    NT_CHECK(s.device != "cuda" || has_gpu, "train_lm: training.device=cuda but no GPU is available");
+    const Device dev = (s.device == "cuda" || (s.device == "auto" && has_gpu)) ? cuda_device(0) : kCPU;
 
-    const std::string data = o.get("data");
+    const std::string& data = s.data;
     const train::TokenShard tr = train::load_shard(data + "/train.bin"), va = train::load_shard(data + "/val.bin");
     double unigram = NAN;
     {
@@ -109,26 +127,27 @@ int main(int argc, char** argv) {
         if (line.find("unigram_entropy_nats") != std::string::npos) unigram = std::stod(line.substr(line.find(':') + 1));
     }
 
-    nn::LMConfig cfg;
-    cfg.vocab = tr.vocab, cfg.dim = o.i("dim"), cfg.n_layers = o.i("layers"), cfg.n_heads = o.i("heads");
-    cfg.n_kv_heads = o.i("kv_heads"), cfg.max_seq = o.i("seq"), cfg.rope.theta = o.d("rope_theta");
-    const int64_t B = o.i("batch"), T = o.i("seq"), steps = o.i("steps"), warmup = o.i("warmup");
-    NT_CHECK(B > 0 && T > 0 && steps > 0, "train_lm: batch, seq and steps must be positive");
-    Generator gen((uint64_t)o.i("seed"));
+    nn::LMConfig cfg = s.model;
+    cfg.vocab = tr.vocab;
+    const int64_t B = s.batch, T = cfg.max_seq, steps = s.steps, warmup = s.warmup, save_every = s.save_every;
+    NT_CHECK(B > 0 && T > 0 && steps > 0 && s.eval_every > 0 && s.log_every > 0,
+             "train_lm: training.batch, model.seq, training.steps, training.eval_every and training.log_every must be "
+             "positive, got {}, {}, {}, {} and {}", B, T, steps, s.eval_every, s.log_every);
+    Generator gen((uint64_t)s.seed);
     nn::TransformerLM lm(cfg, {DType::f32, kCPU, &gen});
     lm.to(dev);
-    train::AdamW opt(lm.named_parameters(), {0.9, 0.95, 1e-8, o.d("weight_decay")});
-    const double peak = o.d("lr"), floor = o.d("lr_floor"), clip = o.d("clip");
-    const std::string out = o.get("out");
+    train::AdamW opt(lm.named_parameters(), {0.9, 0.95, 1e-8, s.weight_decay});
+    const double peak = s.lr, floor = s.lr_floor, clip = s.clip;
+    const std::string& out = s.out;
     std::filesystem::create_directories(out);
+    std::ofstream(out + "/config.yaml") << config.dump();  // what this run used, to rerun or compare it
     std::ofstream metrics(out + "/metrics.jsonl", std::ios::app);
     int64_t first_step = 0;
-    if (!o.get("resume").empty()) {
-      const train::TrainState st = train::load_checkpoint(o.get("resume"), lm, opt);
+    if (!s.resume.empty()) {
+      const train::TrainState st = train::load_checkpoint(s.resume, lm, opt);
       first_step = st.step, gen = st.data_gen;  // same batches and updates as an uninterrupted run
-      fmt::print("resumed from {} at step {}\n", o.get("resume"), first_step);
+      fmt::print("resumed from {} at step {}\n", s.resume, first_step);
     }
-    const int64_t save_every = o.i("save_every");
 
     fmt::print("train_lm: {} | {} params | dim {} layers {} heads {}/{} | batch {} x seq {} | {} steps | lr {} -> {}\n",
                dev.str(), lm.num_parameters(), cfg.dim, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, B, T, steps, peak, floor);
@@ -142,8 +161,8 @@ int main(int argc, char** argv) {
         train::save_checkpoint(out + "/ckpt", lm, opt, {step, gen});
         fmt::print("step {:5d} | checkpoint {}/ckpt\n", step, out);
       }
-      if (step % o.i("eval_every") == 0 || step == steps) {
-        const double vl = evaluate(lm, va, o.i("eval_batches"), B, T, dev);
+      if (step % s.eval_every == 0 || step == steps) {
+        const double vl = evaluate(lm, va, s.eval_batches, B, T, dev);
         fmt::print("step {:5d} | val loss {:.4f} | val ppl {:.2f}{}\n", step, vl, std::exp(vl),
                    std::isnan(unigram) ? "" : fmt::format(" | unigram entropy {:.3f}", unigram));
         metrics << fmt::format("{{\"step\":{},\"val_loss\":{:.6f},\"val_ppl\":{:.4f}}}\n", step, vl, std::exp(vl)) << std::flush;
@@ -157,7 +176,7 @@ int main(int argc, char** argv) {
       opt.step(lr);
       opt.zero_grad();
       tokens_since += B * T;
-      if ((step + 1) % o.i("log_every") == 0) {
+      if ((step + 1) % s.log_every == 0) {
         const double l = loss.item();
         const auto now = Clock::now();
         const double dt = std::chrono::duration<double>(now - last).count(), elapsed = std::chrono::duration<double>(now - start).count();
@@ -176,7 +195,7 @@ int main(int argc, char** argv) {
                           {"kv_heads", std::to_string(cfg.n_kv_heads)}, {"max_seq", std::to_string(cfg.max_seq)},
                           {"mlp_hidden", std::to_string(cfg.hidden())}, {"rope_theta", fmt::format("{}", cfg.rope.theta)}});
     train::save_checkpoint(out + "/ckpt", lm, opt, {steps, gen});
-    fmt::print("saved {}/model.safetensors and the checkpoint {}/ckpt (resume={}/ckpt steps=N continues it)\n", out, out, out);
+    fmt::print("saved {}/model.safetensors and the checkpoint {}/ckpt (training.resume={}/ckpt training.steps=N continues it)\n", out, out, out);
   } catch (const Error& e) {
     fmt::print(stderr, "{}\n", e.what());
     return 1;

@@ -12,4 +12,5 @@
 #include "ops/shape.h"
 #include "ops/softmax.h"
 #include "ops/swiglu.h"
+#include "ops/attention.h"
 #include "tensor/tensor.h"

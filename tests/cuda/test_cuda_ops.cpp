@@ -276,3 +276,27 @@ CUDA_TEST("a transformer LM's loss and gradients on the GPU match the CPU") {
     expect_close(pg[i].second.grad().to(kCPU), pc[i].second.grad(), 2e-4, 2e-3);
   }
 }
+
+CUDA_TEST("flash_attention: tensor-core (bf16) and CUDA-core kernels against the CPU reference") {
+  struct C {
+    int64_t B, T, H, Hkv, D, window;
+    std::vector<int32_t> cu;  // packed: B = 0 and T = N
+  };
+  // Lengths that are not multiples of the 64-row tiles, group sizes 1, 4 and 16, head dims that are padded
+  // (40, 72, 200), the two-pass 256-wide backward, a dim that is not a multiple of 8 (CUDA-core path in bf16).
+  const std::vector<C> cases = {{2, 77, 4, 4, 64, 0, {}},         {1, 130, 8, 2, 72, 33, {}},
+                                {0, 200, 16, 1, 40, 0, {0, 70, 71, 71, 200}}, {1, 65, 2, 1, 256, 0, {}},
+                                {1, 50, 2, 2, 200, 7, {}},        {2, 19, 4, 2, 12, 0, {}},
+                                {1, 300, 4, 4, 128, 100, {}}};
+  for (const C& c : cases)
+    for (DType dt : kFloatTypes) {
+      INFO("B " << c.B << " T " << c.T << " H " << c.H << "/" << c.Hkv << " D " << c.D << " window " << c.window
+                << " packed " << !c.cu.empty());
+      const Shape qs = c.B ? Shape{c.B, c.T, c.H, c.D} : Shape{c.T, c.H, c.D}, ks = c.B ? Shape{c.B, c.T, c.Hkv, c.D} : Shape{c.T, c.Hkv, c.D};
+      const AttentionOptions opt{c.window, 0, c.cu};
+      // bf16: probabilities and dS are rounded to bf16 before their products, as in FlashAttention.
+      const Tol tol = dt == DType::bf16 ? Tol{2e-2, 5e-2} : (dt == DType::f32 ? Tol{2e-5, 2e-4} : Tol{1e-6, 1e-6});
+      check_cuda("flash_attention", [&](const std::vector<Tensor>& v) { return flash_attention(v[0], v[1], v[2], opt); },
+                 {rnd_grad(qs, 90), rnd_grad(ks, 91), rnd_grad(ks, 92)}, dt, tol);
+    }
+}

@@ -1,0 +1,516 @@
+// Fused causal attention, forward and backward (FlashAttention-2 scheme: tiles of queries and keys, online
+// softmax, the backward recomputes probabilities from the forward's log-sum-exp).
+//
+// Layout: q, out [N, H, D] and k, v [N, Hkv, D] row-major (packed sequences, cu_seqlens on the device); lse and
+// delta [H, N] f32. Query head h reads kv head h / (H / Hkv).
+//
+// Two paths:
+//  - Tensor cores (bf16, D % 8 == 0, D <= 256, 16-byte aligned): mma.sync m16n8k16 with f32 accumulation. A block
+//    of 4 warps owns 64 queries (forward) or 64 keys (backward); each warp 16 rows. Head dims are zero-padded in
+//    shared memory to DP in {64, 128, 256}. Shared-memory rows are padded by 8 elements so the fragment loads of
+//    8 consecutive rows hit distinct banks.
+//    Forward traffic: q and out once, k and v once per 64-query tile that sees them. Backward: k, v once per block,
+//    q and dout once per (64-key tile, query tile, head of the group); dq accumulated in f32 with atomics.
+//  - CUDA cores (f32, f64, and bf16 that does not fit the above): one warp per query row (forward, dq) or key row
+//    (dk, dv), D spread over the lanes. Simple and exact in the accumulation type; for tests and small runs.
+#include <cuda_bf16.h>
+
+#include "cuda/common.cuh"
+
+namespace nt::cuda {
+namespace {
+constexpr float kLog2e = 1.4426950408889634f;
+
+__device__ __forceinline__ int first_key(int t, int window) { return window > 0 ? max(0, t - window + 1) : 0; }
+
+// Sequence holding packed row n (cu_seqlens sorted; binary search).
+__device__ __forceinline__ int seq_of(const int32_t* cu, int nseq, int64_t n) {
+  int lo = 0, hi = nseq - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (cu[mid] <= n) lo = mid; else hi = mid - 1;
+  }
+  return lo;
+}
+
+// ---------------------------------------------------------------- tensor-core path (bf16)
+__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+// Four 8x8 b16 matrices, transposed: lanes 8i..8i+7 give the row addresses of matrix i; register i of lane t
+// holds elements (2 (t % 4), t / 4) and (2 (t % 4) + 1, t / 4) of matrix i.
+__device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], const uint16_t* p) {
+  const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+__device__ __forceinline__ uint32_t lds32(const uint16_t* p) { return *reinterpret_cast<const uint32_t*>(p); }
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// Rows [0, R) of a tile into shared memory [R][DP + 8]; rows >= rows_valid and columns >= D are zeros.
+template <int R, int DP>
+__device__ __forceinline__ void load_tile(uint16_t* s, const uint16_t* g, int64_t row_stride, int rows_valid, int D) {
+  constexpr int LD = DP + 8, CH = DP / 8;
+  for (int i = threadIdx.x; i < R * CH; i += blockDim.x) {
+    const int r = i / CH, c = (i % CH) * 8;
+    uint4 val = make_uint4(0, 0, 0, 0);
+    if (r < rows_valid && c < D) val = *reinterpret_cast<const uint4*>(g + r * row_stride + c);
+    *reinterpret_cast<uint4*>(s + r * LD + c) = val;
+  }
+}
+
+// A fragment (16 x 16, row-major) of rows r0.. and columns c0.. of a shared tile with leading dimension ld.
+__device__ __forceinline__ void load_a(uint32_t (&a)[4], const uint16_t* s, int ld, int r0, int c0, int lane) {
+  const uint16_t* p = s + (r0 + lane / 4) * ld + c0 + (lane % 4) * 2;
+  a[0] = lds32(p), a[1] = lds32(p + 8 * ld), a[2] = lds32(p + 8), a[3] = lds32(p + 8 * ld + 8);
+}
+// The A fragment of a 16 x 16 product block from accumulators of two adjacent n-tiles (FlashAttention's
+// register reuse: the C layout of S is the A layout of P).
+__device__ __forceinline__ void acc_to_a(uint32_t (&a)[4], const float (&c0)[4], const float (&c1)[4]) {
+  a[0] = pack_bf16(c0[0], c0[1]), a[1] = pack_bf16(c0[2], c0[3]), a[2] = pack_bf16(c1[0], c1[1]), a[3] = pack_bf16(c1[2], c1[3]);
+}
+
+constexpr int kBM = 64, kBN = 64, kThreads = 128;
+
+template <int DP> constexpr size_t fwd_smem() { return (size_t)(kBM + 2 * kBN) * (DP + 8) * 2; }
+
+template <int DP>
+__global__ void __launch_bounds__(kThreads) attn_fwd_tc(const uint16_t* __restrict__ q, const uint16_t* __restrict__ k,
+                                                       const uint16_t* __restrict__ v, uint16_t* __restrict__ o,
+                                                       float* __restrict__ lse, AttentionDims a) {
+  constexpr int LD = DP + 8, NT = DP / 8;
+  extern __shared__ __align__(16) uint16_t smem[];
+  uint16_t *Qs = smem, *Ks = Qs + kBM * LD, *Vs = Ks + kBN * LD;
+  const int seq = blockIdx.y, h = blockIdx.z, m0 = (gridDim.x - 1 - blockIdx.x) * kBM;  // longest tiles first
+  const int start = a.cu_seqlens[seq], len = a.cu_seqlens[seq + 1] - start;
+  if (m0 >= len) return;
+  const int hk = h / (a.H / a.Hkv), warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t qs = (int64_t)a.H * a.D, ks = (int64_t)a.Hkv * a.D;
+  load_tile<kBM, DP>(Qs, q + (start + m0) * qs + h * a.D, qs, len - m0, a.D);
+  const float sl2 = a.scale * kLog2e;
+  const int row0 = m0 + warp * 16 + lane / 4;  // this thread's rows: row0 and row0 + 8
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
+  float acc[NT][4];
+#pragma unroll
+  for (int i = 0; i < NT; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+  const int kv_lo = first_key(m0, a.window), kv_hi = min(len, m0 + kBM);
+  for (int n0 = kv_lo / kBN * kBN; n0 < kv_hi; n0 += kBN) {
+    __syncthreads();
+    load_tile<kBN, DP>(Ks, k + (start + n0) * ks + hk * a.D, ks, len - n0, a.D);
+    load_tile<kBN, DP>(Vs, v + (start + n0) * ks + hk * a.D, ks, len - n0, a.D);
+    __syncthreads();
+    float s[8][4];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < DP / 16; ++kk) {
+      uint32_t af[4];
+      load_a(af, Qs, LD, warp * 16, kk * 16, lane);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const uint16_t* kb = Ks + (j * 8 + lane / 4) * LD + kk * 16 + (lane % 4) * 2;
+        mma16816(s[j], af, lds32(kb), lds32(kb + 8));
+      }
+    }
+    const bool need_mask = n0 + kBN > m0 || n0 + kBN > len || (a.window > 0 && n0 <= m0 + kBM - 1 - a.window);
+    float mx[2] = {m_run[0], m_run[1]};
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        float x = s[j][e] * sl2;
+        if (need_mask) {
+          const int kp = n0 + j * 8 + (lane % 4) * 2 + (e & 1), qp = row0 + (e >> 1) * 8;
+          if (kp > qp || kp >= len || (a.window > 0 && kp <= qp - a.window)) x = -INFINITY;
+        }
+        s[j][e] = x;
+        mx[e >> 1] = fmaxf(mx[e >> 1], x);
+      }
+    float alpha[2], ref[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+      mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+      ref[i] = mx[i] == -INFINITY ? 0.f : mx[i];  // a row with nothing visible yet: keep everything 0, not NaN
+      alpha[i] = exp2f(m_run[i] - ref[i]);
+      m_run[i] = mx[i];
+      l_run[i] *= alpha[i];
+    }
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        s[j][e] = exp2f(s[j][e] - ref[e >> 1]);
+        l_run[e >> 1] += s[j][e];
+      }
+#pragma unroll
+    for (int i = 0; i < NT; ++i) acc[i][0] *= alpha[0], acc[i][1] *= alpha[0], acc[i][2] *= alpha[1], acc[i][3] *= alpha[1];
+#pragma unroll
+    for (int kk = 0; kk < kBN / 16; ++kk) {
+      uint32_t af[4];
+      acc_to_a(af, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+      for (int dt = 0; dt < NT / 2; ++dt) {
+        uint32_t bf[4];
+        ldsm_x4_t(bf, Vs + (kk * 16 + (lane & 15)) * LD + dt * 16 + (lane >> 4) * 8);
+        mma16816(acc[2 * dt], af, bf[0], bf[1]);
+        mma16816(acc[2 * dt + 1], af, bf[2], bf[3]);
+      }
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 1);
+    l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 2);
+    const int r = row0 + i * 8;
+    if (r >= len) continue;
+    const float inv = 1.f / l_run[i];
+    uint16_t* orow = o + (start + r) * qs + h * a.D;
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      const int c = nt * 8 + (lane % 4) * 2;
+      if (c < a.D) *reinterpret_cast<uint32_t*>(orow + c) = pack_bf16(acc[nt][2 * i] * inv, acc[nt][2 * i + 1] * inv);
+    }
+    if (lane % 4 == 0) lse[(int64_t)h * a.N + start + r] = (m_run[i] + log2f(l_run[i])) / kLog2e;
+  }
+}
+
+// Backward: a block owns 64 keys of one kv head and walks the query tiles (and heads of the group) that see
+// them. dk and dv accumulate in registers over DC columns at a time (DC = DP up to 128; 256-wide heads take two
+// passes that recompute the probabilities), dq goes to an f32 buffer with atomics.
+template <int DP> constexpr size_t bwd_smem() { return (size_t)(2 * kBN + 2 * kBM) * (DP + 8) * 2 + kBN * (kBM + 8) * 2 + 2 * kBM * 4; }
+
+template <int DP, int DC>
+__global__ void __launch_bounds__(kThreads) attn_bwd_tc(const uint16_t* __restrict__ q, const uint16_t* __restrict__ k,
+                                                       const uint16_t* __restrict__ v, const uint16_t* __restrict__ dout,
+                                                       const float* __restrict__ lse, const float* __restrict__ delta,
+                                                       float* __restrict__ dq_acc, uint16_t* __restrict__ dk,
+                                                       uint16_t* __restrict__ dv, AttentionDims a) {
+  constexpr int LD = DP + 8, LDS = kBM + 8, NC = DC / 8;
+  extern __shared__ __align__(16) uint16_t smem[];
+  uint16_t *Ks = smem, *Vs = Ks + kBN * LD, *Qs = Vs + kBN * LD, *dOs = Qs + kBM * LD, *dSs = dOs + kBM * LD;
+  float* lse_s = reinterpret_cast<float*>(dSs + kBN * LDS);
+  float* dlt_s = lse_s + kBM;
+  const int seq = blockIdx.y, hk = blockIdx.z, n0 = (gridDim.x - 1 - blockIdx.x) * kBN;
+  const int start = a.cu_seqlens[seq], len = a.cu_seqlens[seq + 1] - start;
+  if (n0 >= len) return;
+  const int G = a.H / a.Hkv, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t qs = (int64_t)a.H * a.D, ks = (int64_t)a.Hkv * a.D;
+  load_tile<kBN, DP>(Ks, k + (start + n0) * ks + hk * a.D, ks, len - n0, a.D);
+  load_tile<kBN, DP>(Vs, v + (start + n0) * ks + hk * a.D, ks, len - n0, a.D);
+  const float sl2 = a.scale * kLog2e;
+  const int key0 = n0 + warp * 16 + lane / 4;  // this thread's keys: key0 and key0 + 8
+  const int q_hi = a.window > 0 ? min(len, n0 + kBN - 1 + a.window) : len;
+  for (int c0 = 0; c0 < DP; c0 += DC) {
+    float dka[NC][4], dva[NC][4];
+#pragma unroll
+    for (int i = 0; i < NC; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) dka[i][e] = dva[i][e] = 0.f;
+    for (int h = hk * G; h < hk * G + G; ++h)
+      for (int m0 = n0 / kBM * kBM; m0 < q_hi; m0 += kBM) {
+        __syncthreads();
+        load_tile<kBM, DP>(Qs, q + (start + m0) * qs + h * a.D, qs, len - m0, a.D);
+        load_tile<kBM, DP>(dOs, dout + (start + m0) * qs + h * a.D, qs, len - m0, a.D);
+        if (threadIdx.x < kBM) {
+          const bool ok = m0 + (int)threadIdx.x < len;
+          const int64_t idx = (int64_t)h * a.N + start + m0 + threadIdx.x;
+          lse_s[threadIdx.x] = ok ? lse[idx] * kLog2e : 0.f;
+          dlt_s[threadIdx.x] = ok ? delta[idx] : 0.f;
+        }
+        __syncthreads();
+        // S^T = K Q^T for this warp's 16 keys x 64 queries, then P^T.
+        float p[8][4], ds[8][4];
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) p[j][e] = ds[j][e] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < DP / 16; ++kk) {
+          uint32_t af[4], vf[4];
+          load_a(af, Ks, LD, warp * 16, kk * 16, lane);
+          load_a(vf, Vs, LD, warp * 16, kk * 16, lane);
+#pragma unroll
+          for (int j = 0; j < 8; ++j) {
+            const uint16_t* qb = Qs + (j * 8 + lane / 4) * LD + kk * 16 + (lane % 4) * 2;
+            const uint16_t* ob = dOs + (j * 8 + lane / 4) * LD + kk * 16 + (lane % 4) * 2;
+            mma16816(p[j], af, lds32(qb), lds32(qb + 8));   // S^T
+            mma16816(ds[j], vf, lds32(ob), lds32(ob + 8));  // dP^T = V dO^T
+          }
+        }
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int qr = j * 8 + (lane % 4) * 2 + (e & 1), qp = m0 + qr, kp = key0 + (e >> 1) * 8;
+            const bool vis = kp <= qp && qp < len && kp < len && !(a.window > 0 && kp <= qp - a.window);
+            p[j][e] = vis ? exp2f(p[j][e] * sl2 - lse_s[qr]) : 0.f;
+            ds[j][e] = p[j][e] * (ds[j][e] - dlt_s[qr]);
+          }
+        // dV += P^T dO and dK += dS^T Q over this pass's columns.
+#pragma unroll
+        for (int kk = 0; kk < kBM / 16; ++kk) {
+          uint32_t pa[4], sa[4];
+          acc_to_a(pa, p[2 * kk], p[2 * kk + 1]);
+          acc_to_a(sa, ds[2 * kk], ds[2 * kk + 1]);
+#pragma unroll
+          for (int dt = 0; dt < NC / 2; ++dt) {
+            uint32_t bf[4];
+            ldsm_x4_t(bf, dOs + (kk * 16 + (lane & 15)) * LD + c0 + dt * 16 + (lane >> 4) * 8);
+            mma16816(dva[2 * dt], pa, bf[0], bf[1]);
+            mma16816(dva[2 * dt + 1], pa, bf[2], bf[3]);
+            ldsm_x4_t(bf, Qs + (kk * 16 + (lane & 15)) * LD + c0 + dt * 16 + (lane >> 4) * 8);
+            mma16816(dka[2 * dt], sa, bf[0], bf[1]);
+            mma16816(dka[2 * dt + 1], sa, bf[2], bf[3]);
+          }
+        }
+        // dQ (64 queries) += dS K: dS^T goes through shared memory to be re-read with queries as rows.
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          uint16_t* d = dSs + (warp * 16 + lane / 4) * LDS + j * 8 + (lane % 4) * 2;
+          *reinterpret_cast<uint32_t*>(d) = pack_bf16(ds[j][0], ds[j][1]);
+          *reinterpret_cast<uint32_t*>(d + 8 * LDS) = pack_bf16(ds[j][2], ds[j][3]);
+        }
+        __syncthreads();
+        uint32_t sf[kBN / 16][4];
+#pragma unroll
+        for (int kk = 0; kk < kBN / 16; ++kk)
+          ldsm_x4_t(sf[kk], dSs + (kk * 16 + (lane & 7) + ((lane >> 4) & 1) * 8) * LDS + warp * 16 + ((lane >> 3) & 1) * 8);
+        const int qa = m0 + warp * 16 + lane / 4;
+#pragma unroll
+        for (int dt = 0; dt < NC / 2; ++dt) {
+          float c[2][4] = {};
+#pragma unroll
+          for (int kk = 0; kk < kBN / 16; ++kk) {
+            uint32_t bf[4];
+            ldsm_x4_t(bf, Ks + (kk * 16 + (lane & 15)) * LD + c0 + dt * 16 + (lane >> 4) * 8);
+            mma16816(c[0], sf[kk], bf[0], bf[1]);
+            mma16816(c[1], sf[kk], bf[2], bf[3]);
+          }
+#pragma unroll
+          for (int half = 0; half < 2; ++half)
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {
+              const int r = qa + i * 8, col = c0 + dt * 16 + half * 8 + (lane % 4) * 2;
+              if (r < len && col < a.D) {
+                float* d = dq_acc + (start + r) * qs + h * a.D + col;
+                atomicAdd(d, c[half][2 * i] * a.scale);
+                atomicAdd(d + 1, c[half][2 * i + 1] * a.scale);
+              }
+            }
+        }
+      }
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int r = key0 + i * 8;
+      if (r >= len) continue;
+      uint16_t *krow = dk + (start + r) * ks + hk * a.D, *vrow = dv + (start + r) * ks + hk * a.D;
+#pragma unroll
+      for (int nt = 0; nt < NC; ++nt) {
+        const int col = c0 + nt * 8 + (lane % 4) * 2;
+        if (col < a.D) {
+          *reinterpret_cast<uint32_t*>(krow + col) = pack_bf16(dka[nt][2 * i] * a.scale, dka[nt][2 * i + 1] * a.scale);
+          *reinterpret_cast<uint32_t*>(vrow + col) = pack_bf16(dva[nt][2 * i], dva[nt][2 * i + 1]);
+        }
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------- CUDA-core path (any float dtype)
+constexpr int kMaxPerLane = 8;  // D <= 256
+
+template <class T, class A>
+__device__ __forceinline__ A warp_dot(const T* x, const T* y, int D, int lane) {
+  A s = 0;
+  for (int d = lane; d < D; d += 32) s += (A)x[d] * (A)y[d];
+  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+  return s;
+}
+
+template <class T>
+__global__ void attn_fwd_simt(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ o,
+                              float* __restrict__ lse, AttentionDims a) {
+  using A = acc_t<T>;
+  const int64_t w = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  if (w >= a.N * a.H) return;
+  const int64_t n = w / a.H;
+  const int h = (int)(w % a.H), hk = h / (a.H / a.Hkv), b = seq_of(a.cu_seqlens, a.nseq, n);
+  const int start = a.cu_seqlens[b], t = (int)(n - start);
+  const T* qr = q + w * a.D;
+  A acc[kMaxPerLane] = {}, m = -INFINITY, l = 0;
+  for (int j = first_key(t, a.window); j <= t; ++j) {
+    const int64_t kr = ((int64_t)(start + j) * a.Hkv + hk) * a.D;
+    const A s = warp_dot<T, A>(qr, k + kr, a.D, lane) * (A)a.scale;
+    const A mn = s > m ? s : m, corr = exp(m - mn), p = exp(s - mn);
+    l = l * corr + p;
+#pragma unroll
+    for (int i = 0; i < kMaxPerLane; ++i)
+      if (lane + 32 * i < a.D) acc[i] = acc[i] * corr + p * (A)v[kr + lane + 32 * i];
+    m = mn;
+  }
+#pragma unroll
+  for (int i = 0; i < kMaxPerLane; ++i)
+    if (lane + 32 * i < a.D) o[w * a.D + lane + 32 * i] = T(acc[i] / l);
+  if (lane == 0) lse[(int64_t)h * a.N + n] = (float)(m + log(l));
+}
+
+// delta[h, n] = dout[n, h] . out[n, h]
+template <class T>
+__global__ void attn_delta(const T* __restrict__ o, const T* __restrict__ dout, float* __restrict__ delta, AttentionDims a) {
+  using A = acc_t<T>;
+  const int64_t w = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) / 32;
+  if (w >= a.N * a.H) return;
+  const A s = warp_dot<T, A>(o + w * a.D, dout + w * a.D, a.D, threadIdx.x % 32);
+  if (threadIdx.x % 32 == 0) delta[(int64_t)(w % a.H) * a.N + w / a.H] = (float)s;
+}
+
+// dq for one query row: scale * sum_j p_j (dout . v_j - delta) k_j.
+template <class T>
+__global__ void attn_bwd_dq_simt(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                                 const T* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ delta,
+                                 T* __restrict__ dq, AttentionDims a) {
+  using A = acc_t<T>;
+  const int64_t w = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  if (w >= a.N * a.H) return;
+  const int64_t n = w / a.H;
+  const int h = (int)(w % a.H), hk = h / (a.H / a.Hkv), b = seq_of(a.cu_seqlens, a.nseq, n);
+  const int start = a.cu_seqlens[b], t = (int)(n - start);
+  const A L = lse[(int64_t)h * a.N + n], dl = delta[(int64_t)h * a.N + n];
+  A acc[kMaxPerLane] = {};
+  for (int j = first_key(t, a.window); j <= t; ++j) {
+    const int64_t kr = ((int64_t)(start + j) * a.Hkv + hk) * a.D;
+    const A p = exp(warp_dot<T, A>(q + w * a.D, k + kr, a.D, lane) * (A)a.scale - L);
+    const A ds = p * (warp_dot<T, A>(dout + w * a.D, v + kr, a.D, lane) - dl) * (A)a.scale;
+#pragma unroll
+    for (int i = 0; i < kMaxPerLane; ++i)
+      if (lane + 32 * i < a.D) acc[i] += ds * (A)k[kr + lane + 32 * i];
+  }
+#pragma unroll
+  for (int i = 0; i < kMaxPerLane; ++i)
+    if (lane + 32 * i < a.D) dq[w * a.D + lane + 32 * i] = T(acc[i]);
+}
+
+// dk, dv for one key row of kv head hk: sums over the queries (of every head of the group) that see it.
+template <class T>
+__global__ void attn_bwd_dkv_simt(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                                  const T* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ delta,
+                                  T* __restrict__ dk, T* __restrict__ dv, AttentionDims a) {
+  using A = acc_t<T>;
+  const int64_t w = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  if (w >= a.N * a.Hkv) return;
+  const int64_t n = w / a.Hkv;
+  const int hk = (int)(w % a.Hkv), G = a.H / a.Hkv, b = seq_of(a.cu_seqlens, a.nseq, n);
+  const int start = a.cu_seqlens[b], len = a.cu_seqlens[b + 1] - start, j = (int)(n - start);
+  const int t_hi = a.window > 0 ? min(len, j + a.window) : len;
+  A gk[kMaxPerLane] = {}, gv[kMaxPerLane] = {};
+  for (int h = hk * G; h < hk * G + G; ++h)
+    for (int t = j; t < t_hi; ++t) {
+      const int64_t qr = ((int64_t)(start + t) * a.H + h) * a.D, li = (int64_t)h * a.N + start + t;
+      const A p = exp(warp_dot<T, A>(q + qr, k + w * a.D, a.D, lane) * (A)a.scale - (A)lse[li]);
+      const A ds = p * (warp_dot<T, A>(dout + qr, v + w * a.D, a.D, lane) - (A)delta[li]) * (A)a.scale;
+#pragma unroll
+      for (int i = 0; i < kMaxPerLane; ++i)
+        if (lane + 32 * i < a.D) gk[i] += ds * (A)q[qr + lane + 32 * i], gv[i] += p * (A)dout[qr + lane + 32 * i];
+    }
+#pragma unroll
+  for (int i = 0; i < kMaxPerLane; ++i)
+    if (lane + 32 * i < a.D) dk[w * a.D + lane + 32 * i] = T(gk[i]), dv[w * a.D + lane + 32 * i] = T(gv[i]);
+}
+
+__global__ void f32_to_bf16(const float* __restrict__ x, uint16_t* __restrict__ y, int64_t n) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+    y[i] = (uint16_t)(pack_bf16(x[i], 0.f) & 0xffffu);
+}
+
+unsigned warp_blocks(int64_t rows) { return (unsigned)((rows * 32 + 255) / 256); }
+
+bool use_tensor_cores(DType t, const AttentionDims& d, std::initializer_list<const void*> ptrs) {
+  if (t != DType::bf16 || d.D % 8 != 0 || d.D > 256) return false;
+  for (const void* p : ptrs)
+    if (!aligned16(p)) return false;
+  return true;
+}
+
+template <int DP> void launch_fwd_tc(const void* q, const void* k, const void* v, void* out, float* lse, const AttentionDims& d,
+                                     cudaStream_t stream) {
+  const size_t smem = fwd_smem<DP>();
+  allow_smem(attn_fwd_tc<DP>, smem);
+  const dim3 grid((unsigned)((d.max_len + kBM - 1) / kBM), (unsigned)d.nseq, (unsigned)d.H);
+  attn_fwd_tc<DP><<<grid, kThreads, smem, stream>>>(static_cast<const uint16_t*>(q), static_cast<const uint16_t*>(k),
+                                                    static_cast<const uint16_t*>(v), static_cast<uint16_t*>(out), lse, d);
+  NT_CUDA_CHECK(cudaGetLastError());
+}
+
+template <int DP, int DC>
+void launch_bwd_tc(const void* q, const void* k, const void* v, const void* dout, const float* lse, const float* delta,
+                   float* dq_acc, void* dk, void* dv, const AttentionDims& d, cudaStream_t stream) {
+  const size_t smem = bwd_smem<DP>();
+  allow_smem(attn_bwd_tc<DP, DC>, smem);
+  const dim3 grid((unsigned)((d.max_len + kBN - 1) / kBN), (unsigned)d.nseq, (unsigned)d.Hkv);
+  attn_bwd_tc<DP, DC><<<grid, kThreads, smem, stream>>>(
+      static_cast<const uint16_t*>(q), static_cast<const uint16_t*>(k), static_cast<const uint16_t*>(v),
+      static_cast<const uint16_t*>(dout), lse, delta, dq_acc, static_cast<uint16_t*>(dk), static_cast<uint16_t*>(dv), d);
+  NT_CUDA_CHECK(cudaGetLastError());
+}
+}  // namespace
+
+void attention_forward(DType t, const void* q, const void* k, const void* v, void* out, float* lse, const AttentionDims& d,
+                       cudaStream_t stream) {
+  if (d.N == 0 || d.max_len == 0) return;
+  if (use_tensor_cores(t, d, {q, k, v, out})) {
+    if (d.D <= 64) launch_fwd_tc<64>(q, k, v, out, lse, d, stream);
+    else if (d.D <= 128) launch_fwd_tc<128>(q, k, v, out, lse, d, stream);
+    else launch_fwd_tc<256>(q, k, v, out, lse, d, stream);
+    return;
+  }
+  NT_DISPATCH_FLOAT(t, "flash_attention", [&] {
+    using T = scalar_t;
+    attn_fwd_simt<T><<<warp_blocks(d.N * d.H), 256, 0, stream>>>(
+        static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), static_cast<T*>(out), lse, d);
+    NT_CUDA_CHECK(cudaGetLastError());
+  });
+}
+
+void attention_backward(DType t, const void* q, const void* k, const void* v, const void* out, const void* dout,
+                        const float* lse, float* delta, float* dq_acc, void* dq, void* dk, void* dv,
+                        const AttentionDims& d, cudaStream_t stream) {
+  if (d.N == 0) return;
+  const unsigned rows_blocks = warp_blocks(d.N * d.H);
+  NT_DISPATCH_FLOAT(t, "flash_attention_backward", [&] {
+    using T = scalar_t;
+    attn_delta<T><<<rows_blocks, 256, 0, stream>>>(static_cast<const T*>(out), static_cast<const T*>(dout), delta, d);
+    NT_CUDA_CHECK(cudaGetLastError());
+  });
+  if (use_tensor_cores(t, d, {q, k, v, dout, dk, dv})) {
+    NT_CUDA_CHECK(cudaMemsetAsync(dq_acc, 0, (size_t)d.N * d.H * d.D * sizeof(float), stream));
+    if (d.D <= 64) launch_bwd_tc<64, 64>(q, k, v, dout, lse, delta, dq_acc, dk, dv, d, stream);
+    else if (d.D <= 128) launch_bwd_tc<128, 128>(q, k, v, dout, lse, delta, dq_acc, dk, dv, d, stream);
+    else launch_bwd_tc<256, 128>(q, k, v, dout, lse, delta, dq_acc, dk, dv, d, stream);
+    const int64_t n = d.N * d.H * d.D;
+    f32_to_bf16<<<grid_for(n, 256), 256, 0, stream>>>(dq_acc, static_cast<uint16_t*>(dq), n);
+    NT_CUDA_CHECK(cudaGetLastError());
+    return;
+  }
+  NT_DISPATCH_FLOAT(t, "flash_attention_backward", [&] {
+    using T = scalar_t;
+    const T *Q = static_cast<const T*>(q), *K = static_cast<const T*>(k), *V = static_cast<const T*>(v),
+            *dO = static_cast<const T*>(dout);
+    attn_bwd_dq_simt<T><<<rows_blocks, 256, 0, stream>>>(Q, K, V, dO, lse, delta, static_cast<T*>(dq), d);
+    NT_CUDA_CHECK(cudaGetLastError());
+    attn_bwd_dkv_simt<T><<<warp_blocks(d.N * d.Hkv), 256, 0, stream>>>(Q, K, V, dO, lse, delta, static_cast<T*>(dk),
+                                                                               static_cast<T*>(dv), d);
+    NT_CUDA_CHECK(cudaGetLastError());
+  });
+}
+
+}  // namespace nt::cuda

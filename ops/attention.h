@@ -1,0 +1,26 @@
+// Fused causal attention (FlashAttention-style): softmax(q k^T * scale + mask) v without materializing the T x T
+// scores; memory is linear in T. Grouped-query heads (Hkv divides H: query head h reads kv head h / (H / Hkv)),
+// an optional sliding window, and packed variable-length batches.
+//
+// Masking: query t of a sequence sees keys s of the same sequence with s <= t, and s > t - window when window > 0.
+// The CPU path is the reference (double accumulation); CUDA runs a tensor-core kernel for bf16 with head dims that
+// are multiples of 8 up to 256, and a CUDA-core kernel otherwise (f32, f64).
+#pragma once
+#include <vector>
+
+#include "tensor/tensor.h"
+
+namespace nt {
+
+struct AttentionOptions {
+  int64_t window = 0;  // 0: full causal attention
+  double scale = 0;    // 0: 1 / sqrt(head_dim)
+  // Packed sequences: q, k, v are [N, H, D] and sequence b holds rows [cu_seqlens[b], cu_seqlens[b+1]) (starts at
+  // 0, non-decreasing, ends at N). Empty: q [B, T, H, D] (each batch row one sequence) or [N, H, D] (one sequence).
+  std::vector<int32_t> cu_seqlens;
+};
+
+// q [B, T, H, D] or [N, H, D]; k and v [.., Hkv, D] with the same leading dims. Returns q's shape.
+Tensor flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opt = {});
+
+}  // namespace nt
