@@ -22,6 +22,11 @@ int device_count() {
   }();
   return n;
 }
+std::string device_name(int device) {
+  cudaDeviceProp p;
+  NT_CUDA_CHECK(cudaGetDeviceProperties(&p, device));
+  return p.name;
+}
 void* device_malloc(size_t bytes, int device) { return cached_malloc(bytes, device); }
 void device_free(void* ptr, int device) { cached_free(ptr, device); }
 void copy_h2d(void* dst, const void* src, size_t bytes, int device) {

@@ -2,11 +2,13 @@
 // whose device_count() is 0 and whose other functions throw a clear error.
 #pragma once
 #include <cstddef>
+#include <string>
 
 namespace nt::cuda {
 bool compiled_in();
 int device_count();  // 0 without CUDA or without a GPU
 inline bool available() { return device_count() > 0; }
+std::string device_name(int device);  // e.g. "NVIDIA H100 80GB HBM3"
 void* device_malloc(size_t bytes, int device);
 void device_free(void* ptr, int device);
 void copy_h2d(void* dst, const void* src, size_t bytes, int device);

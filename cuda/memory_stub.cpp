@@ -8,6 +8,7 @@ namespace {
 }  // namespace
 bool compiled_in() { return false; }
 int device_count() { return 0; }
+std::string device_name(int) { no_cuda(); }
 void* device_malloc(size_t, int) { no_cuda(); }
 void device_free(void*, int) {}
 void copy_h2d(void*, const void*, size_t, int) { no_cuda(); }

@@ -45,9 +45,9 @@ std::string config_dir(const std::string& flag) {
 
 struct Settings {
   nn::LMConfig model;  // vocab comes from the data
-  int64_t steps, batch, warmup, eval_every, eval_batches, log_every, save_every, seed;
-  double lr, lr_floor, weight_decay, clip;
-  std::string data, out, resume, device;
+  int64_t steps, batch, grad_accum, warmup, eval_every, eval_batches, log_every, save_every, seed;
+  double lr, lr_floor, weight_decay, clip, peak_tflops;
+  std::string data, out, resume, device, precision;
 };
 
 // Reads every value up front, so check_all_read() reports unknown keys before any work starts.
@@ -64,9 +64,21 @@ Settings read(const train::Config& c) {
   s.lr_floor = c.is_null("training.lr_floor") ? std::stod(fmt::format("{:g}", s.lr / 10)) : c.get_double("training.lr_floor");
   s.resume = c.is_null("training.resume") ? "" : c.get_string("training.resume");
   s.out = c.get_string("training.out"), s.device = c.get_string("training.device", {"auto", "cpu", "cuda"});
+  s.precision = c.get_string("training.precision", {"f32", "bf16"});
+  s.grad_accum = c.get_int("training.grad_accum");
+  s.peak_tflops = c.is_null("training.peak_tflops") ? 0.0 : c.get_double("training.peak_tflops");
   s.data = c.get_string("data.path");
   c.check_all_read();
   return s;
+}
+
+// Dense peak of the GPU for MFU when the config leaves training.peak_tflops null: H100/H200 SXM, 989 TFLOP/s in
+// bf16 and 67 in f32 (CUDA cores; TF32 is off by default). 0 (unknown) prints no MFU.
+double default_peak_tflops(Device dev, const std::string& precision) {
+  if (!dev.is_cuda()) return 0;
+  const std::string name = cuda::device_name(dev.index);
+  if (name.find("H100") == std::string::npos && name.find("H200") == std::string::npos) return 0;
+  return precision == "bf16" ? 989.0 : 67.0;
 }
 
 double evaluate(nn::TransformerLM& lm, const train::TokenShard& val, int64_t batches, int64_t B, int64_t T, Device dev) {
@@ -130,12 +142,19 @@ int main(int argc, char** argv) {
     nn::LMConfig cfg = s.model;
     cfg.vocab = tr.vocab;
     const int64_t B = s.batch, T = cfg.max_seq, steps = s.steps, warmup = s.warmup, save_every = s.save_every;
-    NT_CHECK(B > 0 && T > 0 && steps > 0 && s.eval_every > 0 && s.log_every > 0,
-             "train_lm: training.batch, model.seq, training.steps, training.eval_every and training.log_every must be "
-             "positive, got {}, {}, {}, {} and {}", B, T, steps, s.eval_every, s.log_every);
+    NT_CHECK(B > 0 && T > 0 && steps > 0 && s.eval_every > 0 && s.log_every > 0 && s.grad_accum > 0,
+             "train_lm: training.batch, model.seq, training.steps, training.eval_every, training.log_every and "
+             "training.grad_accum must be positive, got {}, {}, {}, {}, {} and {}", B, T, steps, s.eval_every, s.log_every,
+             s.grad_accum);
     Generator gen((uint64_t)s.seed);
     nn::TransformerLM lm(cfg, {DType::f32, kCPU, &gen});
     lm.to(dev);
+    // bf16: the model computes in bf16 and AdamW keeps f32 master weights (train/adamw.h).
+    if (s.precision == "bf16") lm.to(DType::bf16);
+    const double peak_tflops = s.peak_tflops > 0 ? s.peak_tflops : default_peak_tflops(dev, s.precision);
+    // Training FLOPs per token: 6 per parameter (forward + backward matmuls; the tied embedding counts once, as the
+    // output projection) plus causal attention's 6 * layers * T * dim (q.k and p.v over T / 2 keys on average).
+    const double flops_per_token = 6.0 * (double)lm.num_parameters() + 6.0 * (double)(cfg.n_layers * T * cfg.dim);
     train::AdamW opt(lm.named_parameters(), {0.9, 0.95, 1e-8, s.weight_decay});
     const double peak = s.lr, floor = s.lr_floor, clip = s.clip;
     const std::string& out = s.out;
@@ -149,8 +168,9 @@ int main(int argc, char** argv) {
       fmt::print("resumed from {} at step {}\n", s.resume, first_step);
     }
 
-    fmt::print("train_lm: {} | {} params | dim {} layers {} heads {}/{} | batch {} x seq {} | {} steps | lr {} -> {}\n",
-               dev.str(), lm.num_parameters(), cfg.dim, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, B, T, steps, peak, floor);
+    fmt::print("train_lm: {} {} | {} params | dim {} layers {} heads {}/{} | batch {} x {} micro-batches x seq {} | {} steps | lr {} -> {}\n",
+               dev.str(), s.precision, lm.num_parameters(), cfg.dim, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, B, s.grad_accum,
+               T, steps, peak, floor);
     fmt::print("data: {} ({} train / {} val tokens, vocab {}); unigram entropy {:.3f} nats/token\n", data, tr.tokens.size(),
                va.tokens.size(), tr.vocab, unigram);
     const auto start = Clock::now();
@@ -169,27 +189,36 @@ int main(int argc, char** argv) {
       }
       if (step == steps) break;
       const double lr = train::lr_at(step, warmup, steps, peak, floor);
-      const train::Batch b = train::sample_batch(tr, B, T, gen, dev);
-      Tensor loss = lm.loss(b.x, b.y);
-      loss.backward();
-      const double gnorm = train::clip_grad_norm(lm.parameters(), clip);
+      // grad_accum micro-batches of B sequences: their gradients sum in f32 (AdamW::accumulate), each loss is
+      // scaled by 1 / grad_accum so the update equals one batch of B * grad_accum sequences.
+      double l = 0;
+      for (int64_t micro = 0; micro < s.grad_accum; ++micro) {
+        const train::Batch b = train::sample_batch(tr, B, T, gen, dev);
+        Tensor loss = lm.loss(b.x, b.y);
+        if (s.grad_accum > 1) loss = loss * (1.0 / (double)s.grad_accum);
+        loss.backward();
+        if (s.grad_accum > 1) opt.accumulate();
+        if ((step + 1) % s.log_every == 0) l += loss.item();  // reading the loss synchronizes: only when logging
+      }
+      const double gnorm = opt.clip_grad_norm(clip);
       opt.step(lr);
       opt.zero_grad();
-      tokens_since += B * T;
+      tokens_since += B * T * s.grad_accum;
       if ((step + 1) % s.log_every == 0) {
-        const double l = loss.item();
         const auto now = Clock::now();
         const double dt = std::chrono::duration<double>(now - last).count(), elapsed = std::chrono::duration<double>(now - start).count();
         const double tps = tokens_since / dt, eta = elapsed / (double)(step + 1 - first_step) * (double)(steps - step - 1);
-        fmt::print("step {:5d} | loss {:.4f} | lr {:.2e} | grad norm {:.3f} | {:.0f} tok/s | elapsed {:.0f}s | ETA {:.0f}s\n",
-                   step + 1, l, lr, gnorm, tps, elapsed, eta);
-        metrics << fmt::format("{{\"step\":{},\"loss\":{:.6f},\"lr\":{:.3e},\"grad_norm\":{:.4f},\"tokens_per_s\":{:.1f}}}\n",
-                               step + 1, l, lr, gnorm, tps) << std::flush;
+        const double mfu = peak_tflops > 0 ? tps * flops_per_token / (peak_tflops * 1e12) : NAN;
+        fmt::print("step {:5d} | loss {:.4f} | lr {:.2e} | grad norm {:.3f} | {:.0f} tok/s{} | elapsed {:.0f}s | ETA {:.0f}s\n",
+                   step + 1, l, lr, gnorm, tps, std::isnan(mfu) ? "" : fmt::format(" | MFU {:.1f}%", 100 * mfu), elapsed, eta);
+        metrics << fmt::format("{{\"step\":{},\"loss\":{:.6f},\"lr\":{:.3e},\"grad_norm\":{:.4f},\"tokens_per_s\":{:.1f}{}}}\n",
+                               step + 1, l, lr, gnorm, tps, std::isnan(mfu) ? "" : fmt::format(",\"mfu\":{:.4f}", mfu))
+                << std::flush;
         last = now, tokens_since = 0;
       }
     }
     // The model's shape goes into the metadata, so examples/generate can rebuild it from the file alone.
-    nn::save_safetensors(out + "/model.safetensors", lm.named_parameters(),
+    nn::save_safetensors(out + "/model.safetensors", opt.f32_weights(),
                          {{"steps", std::to_string(steps)}, {"vocab", std::to_string(cfg.vocab)}, {"dim", std::to_string(cfg.dim)},
                           {"layers", std::to_string(cfg.n_layers)}, {"heads", std::to_string(cfg.n_heads)},
                           {"kv_heads", std::to_string(cfg.n_kv_heads)}, {"max_seq", std::to_string(cfg.max_seq)},

@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "ops/attention.h"
+
 namespace nt::nn {
 
 Tensor causal_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t window, double scale) {
@@ -40,14 +42,28 @@ CausalSelfAttention::CausalSelfAttention(const AttentionConfig& c, std::shared_p
   wo = register_module("wo", std::make_shared<Linear>(cfg.n_heads * cfg.head_dim, cfg.dim, false, init));
 }
 
-Tensor CausalSelfAttention::forward(const Tensor& x) {
+Tensor CausalSelfAttention::forward(const Tensor& x, const ForwardContext& ctx) {
   NT_CHECK(x.dim() == 3 && x.size(2) == cfg.dim, "attention: input must be [B, T, {}], got {}", cfg.dim, shape_str(x.shape()));
   const int64_t B = x.size(0), T = x.size(1);
   Tensor q = wq->forward(x).reshape({B, T, cfg.n_heads, cfg.head_dim});
   Tensor k = wk->forward(x).reshape({B, T, cfg.n_kv_heads, cfg.head_dim});
   const Tensor v = wv->forward(x).reshape({B, T, cfg.n_kv_heads, cfg.head_dim});
   if (rotary) q = rotary->apply(q), k = rotary->apply(k);
-  const Tensor o = causal_attention(q, k, v, cfg.window);
+  Tensor o;
+  // On the CPU without packed documents the composite is used: its matmuls run on BLAS, while the fused op's CPU
+  // path is the plain reference loop (both compute the same function; tests/nn/test_nn.cpp checks it).
+  if (cfg.fused && (x.device().is_cuda() || !ctx.cu_seqlens.empty())) {
+    // Rotary positions run on across the documents of a packed row; attention only sees relative positions
+    // inside one document, so that equals restarting them at each document.
+    AttentionOptions opt{cfg.window, 0, ctx.cu_seqlens};
+    o = ctx.cu_seqlens.empty() ? flash_attention(q, k, v, opt)
+                               : flash_attention(q.reshape({B * T, cfg.n_heads, cfg.head_dim}),
+                                                 k.reshape({B * T, cfg.n_kv_heads, cfg.head_dim}),
+                                                 v.reshape({B * T, cfg.n_kv_heads, cfg.head_dim}), opt);
+  } else {
+    NT_CHECK(ctx.cu_seqlens.empty(), "attention: the reference path (fused = false) does not take packed documents");
+    o = causal_attention(q, k, v, cfg.window);
+  }
   return wo->forward(o.reshape({B, T, cfg.n_heads * cfg.head_dim}));
 }
 

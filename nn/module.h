@@ -44,10 +44,19 @@ class Module {
   bool training_ = true;
 };
 
+// What a forward pass over a batch needs besides the activations. cu_seqlens: packed documents, as boundaries
+// over the batch's B * T tokens flattened (starts at 0, ends at B * T, each row boundary included); attention
+// stays inside a document. Empty: each row of the batch is one sequence.
+struct ForwardContext {
+  std::vector<int32_t> cu_seqlens;
+};
+
 // A module that maps one tensor to one tensor (blocks, attention, MLPs): what a transformer block plugs in.
+// Layers that care about document boundaries (attention) override the two-argument form.
 class Layer : public Module {
  public:
   virtual Tensor forward(const Tensor& x) = 0;
+  virtual Tensor forward(const Tensor& x, const ForwardContext&) { return forward(x); }
 };
 
 }  // namespace nt::nn

@@ -10,9 +10,9 @@ Block::Block(std::shared_ptr<Layer> a, std::shared_ptr<Layer> m, int64_t dim, do
   mlp_norm = register_module("mlp_norm", std::make_shared<RMSNorm>(dim, eps, init));
   mlp = register_module("mlp", std::move(m));
 }
-Tensor Block::forward(const Tensor& x) {
-  const Tensor h = x + attn->forward(attn_norm->forward(x));
-  return h + mlp->forward(mlp_norm->forward(h));
+Tensor Block::forward(const Tensor& x, const ForwardContext& ctx) {
+  const Tensor h = x + attn->forward(attn_norm->forward(x), ctx);
+  return h + mlp->forward(mlp_norm->forward(h), ctx);
 }
 
 TransformerLM::TransformerLM(const LMConfig& c, const Init& init) : cfg(c) {
@@ -22,7 +22,7 @@ TransformerLM::TransformerLM(const LMConfig& c, const Init& init) : cfg(c) {
   tok_emb = register_module("tok_emb", std::make_shared<Embedding>(cfg.vocab, cfg.dim, init));
   for (int64_t i = 0; i < cfg.n_layers; ++i) {
     auto attn = std::make_shared<CausalSelfAttention>(
-        AttentionConfig{cfg.dim, cfg.n_heads, cfg.n_kv_heads, head_dim, cfg.window}, rotary, init);
+        AttentionConfig{cfg.dim, cfg.n_heads, cfg.n_kv_heads, head_dim, cfg.window, cfg.fused_attention}, rotary, init);
     auto mlp = std::make_shared<SwiGLUMLP>(cfg.dim, cfg.hidden(), init);
     layers.push_back(register_module("layers." + std::to_string(i), std::make_shared<Block>(attn, mlp, cfg.dim, cfg.norm_eps, init)));
   }
@@ -39,17 +39,22 @@ TransformerLM::TransformerLM(const LMConfig& c, const Init& init) : cfg(c) {
   }
 }
 
-Tensor TransformerLM::forward(const Tensor& idx) {
+Tensor TransformerLM::forward(const Tensor& idx, const ForwardContext& ctx) {
   NT_CHECK(idx.dim() == 2, "TransformerLM: tokens must be [B, T], got {}", shape_str(idx.shape()));
   NT_CHECK(idx.size(1) <= cfg.max_seq, "TransformerLM: sequence length {} exceeds max_seq {}", idx.size(1), cfg.max_seq);
   Tensor x = tok_emb->forward(idx);
-  for (auto& layer : layers) x = layer->forward(x);
+  if (!ctx.cu_seqlens.empty()) {
+    const int64_t n = idx.numel();
+    NT_CHECK(ctx.cu_seqlens.front() == 0 && ctx.cu_seqlens.back() == n,
+             "TransformerLM: cu_seqlens must run from 0 to B * T = {}, got {} .. {}", n, ctx.cu_seqlens.front(), ctx.cu_seqlens.back());
+  }
+  for (auto& layer : layers) x = layer->forward(x, ctx);
   x = norm->forward(x);
   return lm_head ? lm_head->forward(x) : matmul(x, tok_emb->weight.mT());
 }
 
-Tensor TransformerLM::loss(const Tensor& idx, const Tensor& targets, int64_t ignore_index) {
-  return cross_entropy(forward(idx), targets, ignore_index);
+Tensor TransformerLM::loss(const Tensor& idx, const Tensor& targets, int64_t ignore_index, const ForwardContext& ctx) {
+  return cross_entropy(forward(idx, ctx), targets, ignore_index);
 }
 
 }  // namespace nt::nn

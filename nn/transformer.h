@@ -7,7 +7,8 @@ namespace nt::nn {
 class Block : public Layer {
  public:
   Block(std::shared_ptr<Layer> attn, std::shared_ptr<Layer> mlp, int64_t dim, double eps = 1e-6, const Init& init = {});
-  Tensor forward(const Tensor& x) override;  // x + attn(norm(x)), then + mlp(norm(.))
+  Tensor forward(const Tensor& x) override { return forward(x, ForwardContext{}); }
+  Tensor forward(const Tensor& x, const ForwardContext& ctx) override;  // x + attn(norm(x)), then + mlp(norm(.))
   std::shared_ptr<RMSNorm> attn_norm, mlp_norm;
   std::shared_ptr<Layer> attn, mlp;
 };
@@ -24,6 +25,7 @@ struct LMConfig {
   RopeConfig rope;
   bool tie_embeddings = true;
   double norm_eps = 1e-6;
+  bool fused_attention = true;  // see AttentionConfig::fused
   double init_std = 0.02;  // GPT-2 init: N(0, std), residual projections scaled by 1/sqrt(2 n_layers)
   int64_t hidden() const { return mlp_hidden > 0 ? mlp_hidden : (dim * 8 / 3 + 63) / 64 * 64; }
 };
@@ -31,8 +33,9 @@ struct LMConfig {
 class TransformerLM : public Module {
  public:
   explicit TransformerLM(const LMConfig& cfg, const Init& init = {});
-  Tensor forward(const Tensor& idx);                               // [B, T] -> logits [B, T, vocab]
-  Tensor loss(const Tensor& idx, const Tensor& targets, int64_t ignore_index = -100);  // mean cross-entropy
+  // [B, T] -> logits [B, T, vocab]; ctx.cu_seqlens marks packed documents (see ForwardContext).
+  Tensor forward(const Tensor& idx, const ForwardContext& ctx = {});
+  Tensor loss(const Tensor& idx, const Tensor& targets, int64_t ignore_index = -100, const ForwardContext& ctx = {});
   LMConfig cfg;
   std::shared_ptr<Embedding> tok_emb;
   std::vector<std::shared_ptr<Block>> layers;

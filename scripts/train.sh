@@ -6,11 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install_deps.sh
-if ! command -v npm >/dev/null; then
-  sudo_cmd=""
-  [ "$(id -u)" -ne 0 ] && sudo_cmd=sudo
-  $sudo_cmd apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq npm >/dev/null
-fi
+bash scripts/ensure_npm.sh
 bash scripts/prepare_data.sh
 bash scripts/build.sh >/dev/null
 exec build/examples/train_lm "$@"

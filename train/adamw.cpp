@@ -51,34 +51,97 @@ AdamW::AdamW(std::vector<std::pair<std::string, Tensor>> params, const AdamWConf
   for (auto& [name, p] : params) {
     NT_CHECK(p.is_contiguous(), "AdamW: parameter '{}' must be contiguous", name);
     const DType acc = p.dtype() == DType::f64 ? DType::f64 : DType::f32;
-    slots_.push_back({name, p, zeros(p.shape(), acc, p.device()), zeros(p.shape(), acc, p.device()), p.dim() >= 2});
+    Slot s{name, p, zeros(p.shape(), acc, p.device()), zeros(p.shape(), acc, p.device()), p.dim() >= 2, {}, {}};
+    if (p.dtype() != DType::f32 && p.dtype() != DType::f64) {
+      autograd::NoGradGuard no_grad;
+      s.master = p.detach().to(DType::f32).contiguous();
+    }
+    slots_.push_back(std::move(s));
   }
+}
+
+Tensor AdamW::gradient(const Slot& s) const {
+  const Tensor g = s.param.grad();
+  const DType dt = s.master.defined() ? DType::f32 : s.param.dtype();
+  if (!s.acc.defined()) return g.defined() ? g.to(dt) : g;
+  return g.defined() ? s.acc + g.to(DType::f32) : s.acc;
+}
+
+void AdamW::accumulate() {
+  autograd::NoGradGuard no_grad;
+  for (Slot& s : slots_) {
+    const Tensor g = s.param.grad();
+    if (!g.defined()) continue;
+    s.acc = s.acc.defined() ? s.acc + g.to(s.acc.dtype()) : g.to(s.param.dtype() == DType::f64 ? DType::f64 : DType::f32).clone();
+    s.param.set_grad(Tensor());
+  }
+}
+
+double AdamW::clip_grad_norm(double max_norm) {
+  autograd::NoGradGuard no_grad;
+  std::vector<Tensor> grads;
+  Tensor total;
+  for (const Slot& s : slots_) {
+    grads.push_back(gradient(s));
+    if (!grads.back().defined()) continue;
+    const Tensor sq = sum(pow(grads.back().to(DType::f32), 2.0)).to(kCPU).to(DType::f64);
+    total = total.defined() ? total + sq : sq;
+  }
+  if (!total.defined()) return 0.0;
+  const double norm = std::sqrt(total.item());
+  if (norm > max_norm && norm > 0) {
+    const double scale = max_norm / (norm + 1e-6);
+    for (size_t i = 0; i < slots_.size(); ++i) {
+      if (!grads[i].defined()) continue;
+      Slot& s = slots_[i];
+      s.acc = grads[i].to(s.param.dtype() == DType::f64 ? DType::f64 : DType::f32) * scale;
+      s.param.set_grad(Tensor());
+    }
+  }
+  return norm;
 }
 
 void AdamW::step(double lr) {
   ++t_;
   autograd::NoGradGuard no_grad;
   for (Slot& s : slots_) {
-    const Tensor g = s.param.grad();
+    const Tensor g = gradient(s);
     if (!g.defined()) continue;
-    adamw_update(s.param, g, s.m, s.v, lr, cfg.beta1, cfg.beta2, cfg.eps, s.decay ? cfg.weight_decay : 0.0, t_);
+    const double wd = s.decay ? cfg.weight_decay : 0.0;
+    if (s.master.defined()) {
+      adamw_update(s.master, g, s.m, s.v, lr, cfg.beta1, cfg.beta2, cfg.eps, wd, t_);
+      Tensor(s.param).copy_(s.master);
+    } else {
+      adamw_update(s.param, g, s.m, s.v, lr, cfg.beta1, cfg.beta2, cfg.eps, wd, t_);
+    }
+    s.acc = Tensor();
   }
 }
 
 void AdamW::zero_grad() {
-  for (Slot& s : slots_) s.param.set_grad(Tensor());
+  for (Slot& s : slots_) s.param.set_grad(Tensor()), s.acc = Tensor();
 }
 
 std::vector<std::pair<std::string, Tensor>> AdamW::state() const {
   std::vector<std::pair<std::string, Tensor>> out;
-  for (const Slot& s : slots_) out.emplace_back(s.name + ".exp_avg", s.m), out.emplace_back(s.name + ".exp_avg_sq", s.v);
+  for (const Slot& s : slots_) {
+    out.emplace_back(s.name + ".exp_avg", s.m), out.emplace_back(s.name + ".exp_avg_sq", s.v);
+    if (s.master.defined()) out.emplace_back(s.name + ".master", s.master);
+  }
+  return out;
+}
+
+std::vector<std::pair<std::string, Tensor>> AdamW::f32_weights() const {
+  std::vector<std::pair<std::string, Tensor>> out;
+  for (const Slot& s : slots_) out.emplace_back(s.name, s.master.defined() ? s.master : s.param);
   return out;
 }
 
 void AdamW::load_state(const nn::SafetensorsFile& file, int64_t steps) {
   std::vector<std::string> problems;
   for (const Slot& s : slots_)
-    for (const auto& [suffix, t] : {std::pair{".exp_avg", &s.m}, std::pair{".exp_avg_sq", &s.v}}) {
+    for (const auto& [suffix, t] : {std::pair{".exp_avg", &s.m}, std::pair{".exp_avg_sq", &s.v}, std::pair{".master", &s.master}}) {
+      if (!t->defined()) continue;
       const Tensor* f = file.find(s.name + suffix);
       if (!f) problems.push_back(fmt::format("missing '{}{}'", s.name, suffix));
       else if (f->shape() != t->shape() || f->dtype() != t->dtype())
@@ -94,6 +157,8 @@ void AdamW::load_state(const nn::SafetensorsFile& file, int64_t steps) {
   for (Slot& s : slots_) {
     Tensor(s.m).copy_(*file.find(s.name + ".exp_avg"));
     Tensor(s.v).copy_(*file.find(s.name + ".exp_avg_sq"));
+    if (s.master.defined()) Tensor(s.master).copy_(*file.find(s.name + ".master")), Tensor(s.param).copy_(s.master);
+    s.acc = Tensor();
   }
   t_ = steps;
 }

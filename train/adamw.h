@@ -3,6 +3,11 @@
 //   p -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
 // Moments are f32 (f64 for f64 parameters). Weight decay applies to matrices and embeddings (dim >= 2), not to
 // norms and biases, as in GPT-2/Llama training.
+//
+// Mixed precision (llm.c style): a bf16 parameter is the compute weight; the optimizer keeps an f32 master copy,
+// updates the master and rounds it into the parameter, so small updates are not lost to bf16 rounding.
+// Gradient accumulation: accumulate() moves the parameters' gradients into f32 buffers after each micro-batch, so
+// the sum over micro-batches is f32 even when the gradients arrive in bf16; step() uses buffer + current gradient.
 #pragma once
 #include <string>
 #include <utility>
@@ -25,10 +30,20 @@ class AdamW {
   AdamW(std::vector<std::pair<std::string, Tensor>> params, const AdamWConfig& cfg = {});
   // One update with learning rate lr; parameters without a gradient are skipped (their step count still advances).
   void step(double lr);
+  // Clears the parameters' gradients and the accumulation buffers.
   void zero_grad();
+  // Adds each parameter's gradient into its f32 buffer and clears the gradient (between micro-batches).
+  void accumulate();
+  // Global L2 norm of the gradients step() would use; scales them so it is at most max_norm. Returns the norm
+  // before clipping.
+  double clip_grad_norm(double max_norm);
   int64_t steps() const { return t_; }
-  // Moments by parameter name ("<name>.exp_avg", "<name>.exp_avg_sq") for checkpoints.
+  // Moments by parameter name ("<name>.exp_avg", "<name>.exp_avg_sq", and "<name>.master" for bf16 parameters)
+  // for checkpoints.
   std::vector<std::pair<std::string, Tensor>> state() const;
+  // The weights in full precision by parameter name: the f32 masters of bf16 parameters, the others as they are
+  // (what a final export should save).
+  std::vector<std::pair<std::string, Tensor>> f32_weights() const;
   // Restores the moments (by the names state() gives; every missing or mis-shaped one is an error) and the step count.
   void load_state(const nn::SafetensorsFile& file, int64_t steps);
   AdamWConfig cfg;
@@ -38,7 +53,9 @@ class AdamW {
     std::string name;
     Tensor param, m, v;
     bool decay;
+    Tensor master, acc;  // f32 master copy (bf16 parameters); f32 gradient buffer (after accumulate())
   };
+  Tensor gradient(const Slot& s) const;  // acc + param.grad() in f32 (or the parameter's dtype without a master)
   std::vector<Slot> slots_;
   int64_t t_ = 0;
 };

@@ -188,6 +188,9 @@ void read_like_train_lm(const Config& c) {
   if (!c.is_null("training.resume")) c.get_string("training.resume");
   c.get_string("training.out");
   c.get_string("training.device", {"auto", "cpu", "cuda"});
+  c.get_string("training.precision", {"f32", "bf16"});
+  CHECK(c.get_int("training.grad_accum") > 0);
+  if (!c.is_null("training.peak_tflops")) CHECK(c.get_double("training.peak_tflops") > 0);
   c.get_string("data.path");
   CHECK(c.get_int("model.dim") % c.get_int("model.heads") == 0);
   CHECK(c.get_int("model.heads") % c.get_int("model.kv_heads") == 0);

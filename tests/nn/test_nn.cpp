@@ -89,6 +89,26 @@ TEST_CASE("the LM is causal: later tokens do not change earlier logits") {
   expect_error([&] { lm.forward(zeros({1, 17}, DType::i64)); }, {"sequence length 17", "max_seq 16"});
 }
 
+TEST_CASE("the LM's fused attention equals the reference; packed documents equal separate runs") {
+  Generator g(3);
+  nn::LMConfig c = tiny();
+  nn::TransformerLM fused(c, {DType::f64, kCPU, &g});
+  c.fused_attention = false;
+  Generator g2(3);
+  nn::TransformerLM ref(c, {DType::f64, kCPU, &g2});
+  autograd::NoGradGuard ng;
+  const Tensor x = randint(0, 37, {2, 13}, DType::i64);
+  expect_close(fused.forward(x, {{0, 13, 26}}), ref.forward(x), 1e-10, 1e-10);  // one document per row: the fused op
+  // Row 0 holds documents [0, 5) and [5, 13); row 1 is one document. Each document alone gives the same logits.
+  const nn::ForwardContext ctx{{0, 5, 13, 26}};
+  const Tensor packed = fused.forward(x, ctx);
+  expect_close(packed.narrow(0, 0, 1).narrow(1, 0, 5), fused.forward(x.narrow(0, 0, 1).narrow(1, 0, 5)), 1e-10, 1e-10);
+  expect_close(packed.narrow(0, 0, 1).narrow(1, 5, 8), fused.forward(x.narrow(0, 0, 1).narrow(1, 5, 8)), 1e-10, 1e-10);
+  expect_close(packed.narrow(0, 1, 1), fused.forward(x.narrow(0, 1, 1)), 1e-10, 1e-10);
+  CHECK(sum(pow(packed.narrow(0, 0, 1).narrow(1, 5, 8) - fused.forward(x).narrow(0, 0, 1).narrow(1, 5, 8), 2.0)).item() > 1e-6);
+  expect_error([&] { fused.forward(x, {{0, 5, 20}}); }, {"cu_seqlens", "B * T = 26"});
+}
+
 TEST_CASE("rotary frequencies and YaRN") {
   nn::RopeConfig c;
   c.theta = 1e6;

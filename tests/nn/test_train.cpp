@@ -223,3 +223,94 @@ TEST_CASE("resume: 3 steps + checkpoint + 3 steps equals 6 uninterrupted steps, 
   expect_error([&] { train::load_checkpoint(dir.string(), r, orr); }, {"interrupted"});
   fs::remove_all(dir);
 }
+
+TEST_CASE("AdamW mixed precision: bf16 parameters follow an f32 master copy") {
+  // The same gradients into an f32 parameter and a bf16 one: the bf16 optimizer's master tracks the f32 parameter
+  // exactly, and the bf16 parameter is the master rounded.
+  Tensor w32 = rnd({5, 7}, 1, DType::f32).requires_grad_(), w16 = w32.detach().to(DType::bf16).requires_grad_();
+  Tensor ref = w16.detach().to(DType::f32).requires_grad_();  // the master starts from the bf16 value
+  train::AdamW o16({{"w", w16}}), oref({{"w", ref}});
+  for (int step = 0; step < 4; ++step) {
+    const Tensor g = rnd({5, 7}, 10 + step, DType::f32);
+    w16.set_grad(g.to(DType::bf16)), ref.set_grad(g.to(DType::bf16).to(DType::f32));
+    o16.step(1e-3), oref.step(1e-3);
+  }
+  const auto st = o16.state();
+  REQUIRE(st.size() == 3);
+  CHECK(st[2].first == "w.master");
+  expect_close(st[2].second, ref.detach(), 0, 0);
+  expect_close(w16.detach().to(DType::f64), ref.detach().to(DType::bf16).to(DType::f64), 0, 0);
+  // An update far below bf16's resolution still moves the master.
+  const Tensor before = st[2].second.clone();
+  w16.set_grad(full({5, 7}, 1.0, DType::bf16));
+  o16.step(1e-7);
+  CHECK(sum(pow(o16.state()[2].second - before, 2.0)).item() > 0);
+}
+
+TEST_CASE("AdamW gradient accumulation sums micro-batches in f32; clipping sees the sum") {
+  Tensor a = rnd({3, 4}, 1, DType::f32).requires_grad_(), b = a.detach().clone().requires_grad_();
+  train::AdamW oa({{"w", a}}), ob({{"w", b}});
+  const Tensor g1 = rnd({3, 4}, 2, DType::f32), g2 = rnd({3, 4}, 3, DType::f32);
+  a.set_grad(g1), oa.accumulate();
+  CHECK(!a.grad().defined());
+  a.set_grad(g2);
+  b.set_grad(g1 + g2);
+  const double na = oa.clip_grad_norm(0.5), nb = train::clip_grad_norm({b}, 0.5);
+  CHECK(na == doctest::Approx(nb).epsilon(1e-6));
+  oa.step(1e-2), ob.step(1e-2);
+  expect_close(a.detach(), b.detach(), 1e-7, 1e-6);
+  a.set_grad(g1), oa.accumulate(), oa.zero_grad();  // zero_grad drops the buffer too
+  CHECK(oa.clip_grad_norm(1e9) == 0.0);
+}
+
+TEST_CASE("bf16 training with master weights and 2 micro-batches: learns, and resumes exactly") {
+  nn::LMConfig c;
+  c.vocab = 23, c.dim = 16, c.n_layers = 2, c.n_heads = 2, c.n_kv_heads = 1, c.max_seq = 8, c.mlp_hidden = 32;
+  train::TokenShard shard;
+  shard.vocab = 23;
+  for (int i = 0; i < 600; ++i) shard.tokens.push_back((uint16_t)((i * 7) % 23));  // a learnable sequence
+  auto run = [&](nn::TransformerLM& lm, train::AdamW& opt, Generator& data, int64_t from, int64_t to, std::vector<double>& losses) {
+    for (int64_t step = from; step < to; ++step) {
+      double total = 0;
+      for (int micro = 0; micro < 2; ++micro) {
+        const train::Batch b = train::sample_batch(shard, 4, 8, data);
+        Tensor loss = lm.loss(b.x, b.y) * 0.5;
+        total += loss.item();
+        loss.backward();
+        opt.accumulate();
+      }
+      losses.push_back(total);
+      opt.clip_grad_norm(1.0);
+      opt.step(train::lr_at(step, 2, 30, 3e-2, 3e-3));
+      opt.zero_grad();
+    }
+  };
+  auto make = [&](uint64_t seed) {
+    Generator init(seed);
+    auto lm = std::make_unique<nn::TransformerLM>(c, nn::Init{DType::f32, kCPU, &init});
+    lm->to(DType::bf16);
+    return lm;
+  };
+  auto a = make(1);
+  REQUIRE(a->parameters()[0].dtype() == DType::bf16);
+  train::AdamW oa(a->named_parameters());
+  Generator da(5);
+  std::vector<double> straight;
+  run(*a, oa, da, 0, 30, straight);
+  CHECK(straight.back() < 0.5 * straight.front());
+
+  auto b = make(1);
+  train::AdamW ob(b->named_parameters());
+  Generator db(5);
+  std::vector<double> resumed;
+  run(*b, ob, db, 0, 20, resumed);
+  const fs::path dir = fs::temp_directory_path() / "nt_resume_bf16";
+  train::save_checkpoint(dir.string(), *b, ob, {20, db});
+  auto r = make(77);
+  train::AdamW orr(r->named_parameters());
+  train::TrainState st = train::load_checkpoint(dir.string(), *r, orr);
+  run(*r, orr, st.data_gen, 20, 30, resumed);
+  REQUIRE(resumed.size() == straight.size());
+  for (size_t i = 0; i < straight.size(); ++i) CHECK_MESSAGE(resumed[i] == straight[i], "step " << i);
+  fs::remove_all(dir);
+}
