@@ -27,6 +27,13 @@ std::string device_name(int device) {
   NT_CUDA_CHECK(cudaGetDeviceProperties(&p, device));
   return p.name;
 }
+size_t free_memory(int device) {
+  NT_CUDA_CHECK(cudaSetDevice(device));
+  size_t free = 0, total = 0;
+  NT_CUDA_CHECK(cudaMemGetInfo(&free, &total));
+  const AllocatorStats st = allocator_stats(device);
+  return free + (size_t)(st.reserved - st.allocated);
+}
 void* device_malloc(size_t bytes, int device) { return cached_malloc(bytes, device); }
 void device_free(void* ptr, int device) { cached_free(ptr, device); }
 void copy_h2d(void* dst, const void* src, size_t bytes, int device) {

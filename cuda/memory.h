@@ -9,6 +9,8 @@ bool compiled_in();
 int device_count();  // 0 without CUDA or without a GPU
 inline bool available() { return device_count() > 0; }
 std::string device_name(int device);  // e.g. "NVIDIA H100 80GB HBM3"
+// Free device memory in bytes as the driver reports it, plus what the caching allocator holds unused.
+size_t free_memory(int device);
 void* device_malloc(size_t bytes, int device);
 void device_free(void* ptr, int device);
 void copy_h2d(void* dst, const void* src, size_t bytes, int device);

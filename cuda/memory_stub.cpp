@@ -9,6 +9,7 @@ namespace {
 bool compiled_in() { return false; }
 int device_count() { return 0; }
 std::string device_name(int) { no_cuda(); }
+size_t free_memory(int) { no_cuda(); }
 void* device_malloc(size_t, int) { no_cuda(); }
 void device_free(void*, int) {}
 void copy_h2d(void*, const void*, size_t, int) { no_cuda(); }

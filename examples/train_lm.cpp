@@ -19,6 +19,8 @@
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
 #include "cuda/memory.h"
 #include "nn/safetensors.h"
 #include "nn/transformer.h"
@@ -26,6 +28,7 @@
 #include "train/checkpoint.h"
 #include "train/config.h"
 #include "train/data.h"
+#include "train/memory_budget.h"
 
 using namespace nt;
 
@@ -146,6 +149,13 @@ int main(int argc, char** argv) {
              "train_lm: training.batch, model.seq, training.steps, training.eval_every, training.log_every and "
              "training.grad_accum must be positive, got {}, {}, {}, {}, {} and {}", B, T, steps, s.eval_every, s.log_every,
              s.grad_accum);
+    {
+      const bool bf16 = s.precision == "bf16";
+      const train::MemoryEstimate need = train::estimate_training_memory(cfg, B, T, bf16, dev.is_cpu());
+      const double avail = dev.is_cuda() ? (double)cuda::free_memory(dev.index)
+                                         : (double)sysconf(_SC_AVPHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
+      train::check_fits(need, avail, dev.is_cuda() ? "the GPU" : "host memory", B, T);
+    }
     Generator gen((uint64_t)s.seed);
     nn::TransformerLM lm(cfg, {DType::f32, kCPU, &gen});
     lm.to(dev);

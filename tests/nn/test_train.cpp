@@ -8,6 +8,7 @@
 #include "test_util.h"
 #include "train/adamw.h"
 #include "train/checkpoint.h"
+#include "train/memory_budget.h"
 #include "train/data.h"
 
 using namespace nt;
@@ -313,4 +314,20 @@ TEST_CASE("bf16 training with master weights and 2 micro-batches: learns, and re
   REQUIRE(resumed.size() == straight.size());
   for (size_t i = 0; i < straight.size(); ++i) CHECK_MESSAGE(resumed[i] == straight[i], "step " << i);
   fs::remove_all(dir);
+}
+
+TEST_CASE("memory budget: the estimate grows as it should and a config that cannot fit is a clear error") {
+  nn::LMConfig c;
+  c.vocab = 50257, c.dim = 768, c.n_layers = 12, c.n_heads = 12, c.n_kv_heads = 12, c.max_seq = 2048;
+  const train::MemoryEstimate f32 = train::estimate_training_memory(c, 8, 2048, false, false);
+  const train::MemoryEstimate bf = train::estimate_training_memory(c, 8, 2048, true, false);
+  // GPT-2 small (about 124M parameters with tied embeddings... plus the SwiGLU MLP): 16 bytes each in f32.
+  CHECK(f32.weights / 16 > 1.2e8);
+  CHECK(f32.weights / 16 < 1.8e8);
+  CHECK(bf.activations == doctest::Approx(f32.activations / 2));
+  CHECK(train::estimate_training_memory(c, 16, 2048, false, false).activations == doctest::Approx(2 * f32.activations));
+  CHECK(train::estimate_training_memory(c, 8, 2048, false, true).activations > 2 * f32.activations);  // T x T scores
+  train::check_fits(f32, 80.0 * (1ull << 30), "the GPU", 8, 2048);
+  expect_error([&] { train::check_fits(f32, 8.0 * (1ull << 30), "the GPU", 8, 2048); },
+               {"needs about", "training.batch=8", "model.seq=2048", "the GPU has 8.0 GiB"});
 }
