@@ -2,6 +2,7 @@
 //   build/examples/generate [model=runs/lm/model.safetensors] [prompt="The jury"] [tokens=300] [temperature=0.8]
 //                           [top_k=40] [top_p=0.95] [seed=1] [device=auto|cpu|cuda]
 // The model's shape comes from the file's metadata, which train_lm writes.
+#include <algorithm>
 #include <cstdio>
 #include <map>
 
@@ -47,15 +48,29 @@ int main(int argc, char** argv) {
     std::fputs(o["prompt"].c_str(), stdout);
     autograd::NoGradGuard no_grad;
     const int64_t n = std::stoll(o["tokens"]);
+    // KV cache: the prompt runs once, then each step runs one token. When the cache is full, the last half of the
+    // context is run again into a fresh cache (positions restart, as they did when the model was trained).
+    auto cache = lm.new_cache(1);
+    Tensor logits;
+    auto prefill = [&] {
+      const int64_t keep = std::min<int64_t>((int64_t)toks.size(), std::max<int64_t>(1, c.max_seq / 2));
+      std::vector<double> window(toks.end() - keep, toks.end());
+      cache = lm.new_cache(1);
+      logits = lm.forward_cached(from_vector(window, {1, keep}, DType::i64, dev), cache);
+    };
+    if ((int64_t)toks.size() > c.max_seq) toks.erase(toks.begin(), toks.end() - c.max_seq);
+    {
+      std::vector<double> p(toks.begin(), toks.end());
+      logits = lm.forward_cached(from_vector(p, {1, (int64_t)p.size()}, DType::i64, dev), cache);
+    }
     for (int64_t i = 0; i < n; ++i) {
-      // No KV cache yet: the window of the last max_seq tokens is run again for each new token.
-      const int64_t start = std::max<int64_t>(0, (int64_t)toks.size() - c.max_seq), T = (int64_t)toks.size() - start;
-      std::vector<double> window(toks.begin() + start, toks.end());
-      const Tensor logits = lm.forward(from_vector(window, {1, T}, DType::i64, dev));
-      const int64_t next = nn::sample_token(logits.select(0, 0).select(0, T - 1), sc, gen);
+      const int64_t next = nn::sample_token(logits.select(0, 0).select(0, logits.size(1) - 1), sc, gen);
       toks.push_back(next);
       std::fputc((int)next, stdout);
       std::fflush(stdout);
+      if (i + 1 == n) break;
+      if (cache[0].length == c.max_seq) prefill();
+      else logits = lm.forward_cached(from_vector({(double)next}, {1, 1}, DType::i64, dev), cache);
     }
     std::fputc('\n', stdout);
   } catch (const Error& e) {

@@ -9,8 +9,9 @@
 
 namespace nt::nn {
 
-// q [B, T, H, D], k and v [B, T, Hkv, D] -> [B, T, H, D]. Query t sees keys s <= t (and s > t - window when
-// window > 0). scale defaults to 1/sqrt(D).
+// q [B, Tq, H, D], k and v [B, Tk, Hkv, D] with Tk >= Tq -> [B, Tq, H, D]. The queries are the last Tq positions:
+// query i is at position t = Tk - Tq + i and sees keys s <= t (and s > t - window when window > 0). scale defaults
+// to 1/sqrt(D). (Tk > Tq: decoding against a KV cache.)
 Tensor causal_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t window = 0, double scale = 0);
 
 struct AttentionConfig {
@@ -26,6 +27,10 @@ class CausalSelfAttention : public Layer {
   CausalSelfAttention(const AttentionConfig& cfg, std::shared_ptr<const Rotary> rotary, const Init& init = {});
   Tensor forward(const Tensor& x) override { return forward(x, ForwardContext{}); }
   Tensor forward(const Tensor& x, const ForwardContext& ctx) override;  // x [B, T, dim]
+  // Decoding: x [B, Tn, dim] holds the next Tn positions; their keys and values are appended to the cache and the
+  // queries attend to everything cached so far.
+  Tensor forward_cached(const Tensor& x, LayerCache& cache);
+  LayerCache new_cache(int64_t batch, int64_t max_seq, DType dtype, Device device) const;
   std::shared_ptr<Linear> wq, wk, wv, wo;
   AttentionConfig cfg;
   std::shared_ptr<const Rotary> rotary;

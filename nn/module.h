@@ -59,4 +59,11 @@ class Layer : public Module {
   virtual Tensor forward(const Tensor& x, const ForwardContext&) { return forward(x); }
 };
 
+// Decoding state of one attention layer: keys and values of the positions seen so far, [B, max_seq, Hkv, D]
+// preallocated; `length` positions are filled.
+struct LayerCache {
+  Tensor k, v;
+  int64_t length = 0;
+};
+
 }  // namespace nt::nn

@@ -15,6 +15,13 @@ Tensor Block::forward(const Tensor& x, const ForwardContext& ctx) {
   return h + mlp->forward(mlp_norm->forward(h), ctx);
 }
 
+Tensor Block::forward_cached(const Tensor& x, LayerCache& cache) {
+  auto* a = dynamic_cast<CausalSelfAttention*>(attn.get());
+  NT_CHECK(a, "Block: decoding with a KV cache needs CausalSelfAttention layers");
+  const Tensor h = x + a->forward_cached(attn_norm->forward(x), cache);
+  return h + mlp->forward(mlp_norm->forward(h));
+}
+
 TransformerLM::TransformerLM(const LMConfig& c, const Init& init) : cfg(c) {
   NT_CHECK(cfg.dim % cfg.n_heads == 0, "model: dim ({}) must be a multiple of n_heads ({})", cfg.dim, cfg.n_heads);
   const int64_t head_dim = cfg.dim / cfg.n_heads;
@@ -55,6 +62,26 @@ Tensor TransformerLM::forward(const Tensor& idx, const ForwardContext& ctx) {
 
 Tensor TransformerLM::loss(const Tensor& idx, const Tensor& targets, int64_t ignore_index, const ForwardContext& ctx) {
   return cross_entropy(forward(idx, ctx), targets, ignore_index);
+}
+
+std::vector<LayerCache> TransformerLM::new_cache(int64_t batch) const {
+  std::vector<LayerCache> out;
+  const Tensor& w = tok_emb->weight;
+  for (const auto& layer : layers) {
+    auto* a = dynamic_cast<CausalSelfAttention*>(layer->attn.get());
+    NT_CHECK(a, "TransformerLM: decoding with a KV cache needs CausalSelfAttention layers");
+    out.push_back(a->new_cache(batch, cfg.max_seq, w.dtype(), w.device()));
+  }
+  return out;
+}
+
+Tensor TransformerLM::forward_cached(const Tensor& idx, std::vector<LayerCache>& cache) {
+  NT_CHECK(idx.dim() == 2, "TransformerLM: tokens must be [B, T], got {}", shape_str(idx.shape()));
+  NT_CHECK(cache.size() == layers.size(), "TransformerLM: a cache of {} layers for a model of {}", cache.size(), layers.size());
+  Tensor x = tok_emb->forward(idx);
+  for (size_t i = 0; i < layers.size(); ++i) x = layers[i]->forward_cached(x, cache[i]);
+  x = norm->forward(x);
+  return lm_head ? lm_head->forward(x) : matmul(x, tok_emb->weight.mT());
 }
 
 }  // namespace nt::nn

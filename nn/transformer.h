@@ -9,6 +9,7 @@ class Block : public Layer {
   Block(std::shared_ptr<Layer> attn, std::shared_ptr<Layer> mlp, int64_t dim, double eps = 1e-6, const Init& init = {});
   Tensor forward(const Tensor& x) override { return forward(x, ForwardContext{}); }
   Tensor forward(const Tensor& x, const ForwardContext& ctx) override;  // x + attn(norm(x)), then + mlp(norm(.))
+  Tensor forward_cached(const Tensor& x, LayerCache& cache);  // the attention layer must be a CausalSelfAttention
   std::shared_ptr<RMSNorm> attn_norm, mlp_norm;
   std::shared_ptr<Layer> attn, mlp;
 };
@@ -36,6 +37,10 @@ class TransformerLM : public Module {
   // [B, T] -> logits [B, T, vocab]; ctx.cu_seqlens marks packed documents (see ForwardContext).
   Tensor forward(const Tensor& idx, const ForwardContext& ctx = {});
   Tensor loss(const Tensor& idx, const Tensor& targets, int64_t ignore_index = -100, const ForwardContext& ctx = {});
+  // Decoding with a KV cache: new_cache() for B sequences, then forward_cached() with the prompt [B, T0] and with
+  // each next token [B, 1]; returns the logits of the new positions. Equals forward() over the whole sequence.
+  std::vector<LayerCache> new_cache(int64_t batch) const;
+  Tensor forward_cached(const Tensor& idx, std::vector<LayerCache>& cache);
   LMConfig cfg;
   std::shared_ptr<Embedding> tok_emb;
   std::vector<std::shared_ptr<Block>> layers;

@@ -109,6 +109,25 @@ TEST_CASE("the LM's fused attention equals the reference; packed documents equal
   expect_error([&] { fused.forward(x, {{0, 5, 20}}); }, {"cu_seqlens", "B * T = 26"});
 }
 
+TEST_CASE("decoding with a KV cache gives the full forward's logits (GQA, sliding window)") {
+  for (int64_t window : {0, 4}) {
+    Generator g(5);
+    nn::LMConfig c = tiny();
+    c.window = window;
+    nn::TransformerLM lm(c, {DType::f64, kCPU, &g});
+    autograd::NoGradGuard ng;
+    const Tensor x = randint(0, 37, {2, 11}, DType::i64);
+    const Tensor full = lm.forward(x);
+    auto cache = lm.new_cache(2);
+    std::vector<Tensor> parts = {lm.forward_cached(x.narrow(1, 0, 5), cache)};  // prefill, then one token at a time
+    for (int64_t t = 5; t < 11; ++t) parts.push_back(lm.forward_cached(x.narrow(1, t, 1), cache));
+    CHECK(cache[0].length == 11);
+    expect_close(cat(parts, 1), full, 1e-10, 1e-10);
+    expect_error([&] { lm.forward_cached(zeros({2, 6}, DType::i64), cache); }, {"KV cache holds 16 positions", "11 + 6"});
+    expect_error([&] { lm.forward_cached(zeros({3, 1}, DType::i64), cache); }, {"holds 2 sequences", "input 3"});
+  }
+}
+
 TEST_CASE("rotary frequencies and YaRN") {
   nn::RopeConfig c;
   c.theta = 1e6;
