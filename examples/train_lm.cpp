@@ -4,7 +4,8 @@
 //   build/examples/train_lm [override ...] [--config-dir=DIR] [--print-config]
 //     e.g. model=tiny training.steps=2000 model.dim=256 training.device=cpu
 // Settings are the YAML configs under configs/ (train.yaml and its groups model/, training/, data/; see
-// docs/training.md), with Hydra-style overrides; without a GPU, model=tiny training=cpu come before the user's.
+// docs/training.md), with Hydra-style overrides; without a GPU, model=tiny training=cpu data=brown come before the
+// user's.
 // Prints a progress line per log interval, the validation loss and perplexity at each evaluation (next to the
 // corpus's unigram entropy, the loss of a model that ignores context), writes the resolved config to
 // <out>/config.yaml, appends metrics to <out>/metrics.jsonl, and writes <out>/model.safetensors (atomically) at the
@@ -51,6 +52,7 @@ struct Settings {
   int64_t steps, batch, grad_accum, warmup, eval_every, eval_batches, log_every, save_every, seed;
   double lr, lr_floor, weight_decay, clip, peak_tflops;
   std::string data, out, resume, device, precision;
+  bool packing = false;
 };
 
 // Reads every value up front, so check_all_read() reports unknown keys before any work starts.
@@ -71,6 +73,7 @@ Settings read(const train::Config& c) {
   s.grad_accum = c.get_int("training.grad_accum");
   s.peak_tflops = c.is_null("training.peak_tflops") ? 0.0 : c.get_double("training.peak_tflops");
   s.data = c.get_string("data.path");
+  s.packing = c.get_bool("data.packing");
   c.check_all_read();
   return s;
 }
@@ -84,7 +87,8 @@ double default_peak_tflops(Device dev, const std::string& precision) {
   return precision == "bf16" ? 989.0 : 67.0;
 }
 
-double evaluate(nn::TransformerLM& lm, const train::TokenShard& val, int64_t batches, int64_t B, int64_t T, Device dev) {
+double evaluate(nn::TransformerLM& lm, const train::TokenShard& val, int64_t batches, int64_t B, int64_t T, Device dev,
+                bool packing) {
   autograd::NoGradGuard no_grad;
   lm.train(false);
   const int64_t windows = ((int64_t)val.tokens.size() - 1) / T;
@@ -92,8 +96,13 @@ double evaluate(nn::TransformerLM& lm, const train::TokenShard& val, int64_t bat
   double total = 0;
   int64_t n = 0;
   for (int64_t i = 0; i < batches && (i + 1) * per <= windows; ++i, ++n) {
-    const train::Batch b = train::sequential_batch(val, i * per, per, T, dev);
-    total += lm.loss(b.x, b.y).item();
+    if (packing) {
+      const train::PackedBatch b = train::sequential_packed_batch(val, i * per, per, T, dev);
+      total += lm.loss(b.x, b.y, -100, {b.cu_seqlens}).item();
+    } else {
+      const train::Batch b = train::sequential_batch(val, i * per, per, T, dev);
+      total += lm.loss(b.x, b.y).item();
+    }
   }
   lm.train(true);
   return n ? total / (double)n : NAN;
@@ -108,7 +117,7 @@ int main(int argc, char** argv) {
     std::vector<std::string> overrides;
     // The defaults list holds the GPU's choices; on a CPU they would take hours, so the CPU's go first (the user's
     // own group choices come later and win).
-    if (!has_gpu) overrides = {"model=tiny", "training=cpu"};
+    if (!has_gpu) overrides = {"model=tiny", "training=cpu", "data=brown"};
     for (int a = 1; a < argc; ++a) {
       const std::string arg = argv[a];
       if (arg.starts_with("--config-dir=")) {
@@ -134,6 +143,9 @@ int main(int argc, char** argv) {
 
     const std::string& data = s.data;
     const train::TokenShard tr = train::load_shard(data + "/train.bin"), va = train::load_shard(data + "/val.bin");
+    NT_CHECK(!s.packing || (!tr.doc_starts.empty() && !va.doc_starts.empty()),
+             "train_lm: data.packing=true needs document indexes ({0}/train.docs, {0}/val.docs; scripts/prepare_bpe.sh "
+             "writes them for data=brown_bpe)", data);
     double unigram = NAN;
     {
       std::ifstream meta(data + "/meta.json");
@@ -181,8 +193,8 @@ int main(int argc, char** argv) {
     fmt::print("train_lm: {} {} | {} params | dim {} layers {} heads {}/{} | batch {} x {} micro-batches x seq {} | {} steps | lr {} -> {}\n",
                dev.str(), s.precision, lm.num_parameters(), cfg.dim, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, B, s.grad_accum,
                T, steps, peak, floor);
-    fmt::print("data: {} ({} train / {} val tokens, vocab {}); unigram entropy {:.3f} nats/token\n", data, tr.tokens.size(),
-               va.tokens.size(), tr.vocab, unigram);
+    fmt::print("data: {} ({} train / {} val tokens, vocab {}{}); unigram entropy {:.3f} nats/token\n", data, tr.tokens.size(),
+               va.tokens.size(), tr.vocab, s.packing ? fmt::format(", {} documents packed", tr.doc_starts.size()) : "", unigram);
     const auto start = Clock::now();
     auto last = start;
     int64_t tokens_since = 0;
@@ -192,7 +204,7 @@ int main(int argc, char** argv) {
         fmt::print("step {:5d} | checkpoint {}/ckpt\n", step, out);
       }
       if (step % s.eval_every == 0 || step == steps) {
-        const double vl = evaluate(lm, va, s.eval_batches, B, T, dev);
+        const double vl = evaluate(lm, va, s.eval_batches, B, T, dev, s.packing);
         fmt::print("step {:5d} | val loss {:.4f} | val ppl {:.2f}{}\n", step, vl, std::exp(vl),
                    std::isnan(unigram) ? "" : fmt::format(" | unigram entropy {:.3f}", unigram));
         metrics << fmt::format("{{\"step\":{},\"val_loss\":{:.6f},\"val_ppl\":{:.4f}}}\n", step, vl, std::exp(vl)) << std::flush;
@@ -203,8 +215,15 @@ int main(int argc, char** argv) {
       // scaled by 1 / grad_accum so the update equals one batch of B * grad_accum sequences.
       double l = 0;
       for (int64_t micro = 0; micro < s.grad_accum; ++micro) {
-        const train::Batch b = train::sample_batch(tr, B, T, gen, dev);
-        Tensor loss = lm.loss(b.x, b.y);
+        // Packing: attention stays inside each document (cu_seqlens), and no target crosses into the next one.
+        Tensor loss;
+        if (s.packing) {
+          const train::PackedBatch b = train::sample_packed_batch(tr, B, T, gen, dev);
+          loss = lm.loss(b.x, b.y, -100, {b.cu_seqlens});
+        } else {
+          const train::Batch b = train::sample_batch(tr, B, T, gen, dev);
+          loss = lm.loss(b.x, b.y);
+        }
         if (s.grad_accum > 1) loss = loss * (1.0 / (double)s.grad_accum);
         loss.backward();
         if (s.grad_accum > 1) opt.accumulate();

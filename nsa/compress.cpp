@@ -1,0 +1,41 @@
+// CompressionMLP: gathers every block's rows with one index_select, adds pe, and runs the two-layer MLP over the
+// flattened blocks of all heads at once.
+#include "nsa/compress.h"
+
+#include "nsa/nsa_attention.h"
+
+namespace nt::nsa {
+
+CompressionMLP::CompressionMLP(int64_t l, int64_t d, int64_t D, int64_t hidden, const nn::Init& init)
+    : block(l), stride(d), head_dim(D) {
+  NT_CHECK(l >= 1 && d >= 1 && l % d == 0, "CompressionMLP: stride d ({}) must be positive and divide block l ({})", d, l);
+  NT_CHECK(D >= 1 && hidden >= 1, "CompressionMLP: head_dim ({}) and hidden ({}) must be positive", D, hidden);
+  w1 = register_module("w1", std::make_shared<nn::Linear>(l * D, hidden, true, init));
+  w2 = register_module("w2", std::make_shared<nn::Linear>(hidden, D, true, init));
+  // Zero: W1 already weighs each position of the flattened block separately, so pe starts as no change and is learned.
+  register_parameter("pe", &pe, zeros({l, D}, init.dtype, init.device));
+}
+
+Tensor CompressionMLP::compress(const Tensor& k, const std::vector<int32_t>& cu_seqlens) const {
+  NT_CHECK(k.dim() == 3 && k.size(2) == head_dim, "CompressionMLP: k must be [T, H, {}], got {}", head_dim,
+           shape_str(k.shape()));
+  const int64_t T = k.size(0), H = k.size(1);
+  const std::vector<int32_t> cu = cu_seqlens.empty() ? std::vector<int32_t>{0, (int32_t)T} : cu_seqlens;
+  NT_CHECK(cu.size() >= 2 && cu.front() == 0 && cu.back() == T,
+           "CompressionMLP: cu_seqlens must start at 0 and end at T = {} (k's rows), got {} entries from {} to {}", T,
+           cu.size(), cu.front(), cu.back());
+  std::vector<double> rows;  // the l rows of every block, block after block
+  for (size_t b = 0; b + 1 < cu.size(); ++b) {
+    NT_CHECK(cu[b + 1] >= cu[b], "CompressionMLP: cu_seqlens must not decrease, got {} then {} at {}", cu[b], cu[b + 1], b + 1);
+    for (int64_t c = 0; c < nsa_num_cmp_blocks(cu[b + 1] - cu[b], block, stride); ++c)
+      for (int64_t i = 0; i < block; ++i) rows.push_back((double)(cu[b] + c * stride + i));
+  }
+  const int64_t NC = (int64_t)rows.size() / block;
+  if (NC == 0) return zeros({0, H, head_dim}, k.dtype(), k.device());
+  const Tensor idx = from_vector(rows, {NC * block}, DType::i64, k.device());
+  const Tensor x = index_select(k, 0, idx).reshape({NC, block, H, head_dim}) + pe.reshape({1, block, 1, head_dim});
+  const Tensor flat = x.permute({0, 2, 1, 3}).reshape({NC, H, block * head_dim});  // position-major, as flatten([l, D])
+  return w2->forward(gelu(w1->forward(flat)));
+}
+
+}  // namespace nt::nsa

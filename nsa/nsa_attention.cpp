@@ -1,0 +1,128 @@
+// nsa_attention: argument checks, dispatch, and the backward right below the forward. The forward saves the block
+// indices, each branch's output and log-sum-exp (f64 [3, T, HQ, D] and [3, T, HQ]), so the backward neither redoes
+// the selection nor recomputes the branch outputs that the gate gradients need.
+#include "nsa/nsa_attention.h"
+
+#include <cmath>
+#include <string>
+
+#include "autograd/graph.h"
+#include "ops/dispatch.h"
+
+namespace nt {
+namespace cpu {
+// in: q, k_cmp, v_cmp, k_slc, v_slc, k_win, v_win, gates, contiguous; opt has cu_seqlens and scale filled in.
+void nsa_forward(const std::vector<Tensor>& in, const NsaOptions& opt, const Tensor& o, const Tensor& block_indices,
+                 const Tensor& branch_o, const Tensor& lse);
+// dout f64 [T, HQ, D]; grads: one per input, shaped and typed like it, overwritten.
+void nsa_backward(const std::vector<Tensor>& in, const NsaOptions& opt, const Tensor& block_indices,
+                  const Tensor& branch_o, const Tensor& lse, const Tensor& dout, const std::vector<Tensor>& grads);
+}  // namespace cpu
+
+NT_REGISTER_OP(kNsaAttention, "nsa_attention", true);
+
+int64_t nsa_num_cmp_blocks(int64_t len, int64_t block, int64_t stride) {
+  // Explicit, since C++ division truncates toward zero: (len - block) / stride + 1 would be 1 for a short sequence.
+  return len < block ? 0 : (len - block) / stride + 1;
+}
+
+namespace {
+constexpr const char* kOp = "nsa_attention";
+const char* const kNames[8] = {"q", "k_cmp", "v_cmp", "k_slc", "v_slc", "k_win", "v_win", "gates"};
+
+void check_options(const NsaOptions& o) {
+  NT_CHECK(o.block >= 1 && o.stride >= 1 && o.select_block >= 1,
+           "{}: block l ({}), stride d ({}) and select_block l' ({}) must be positive", kOp, o.block, o.stride,
+           o.select_block);
+  NT_CHECK(o.block % o.stride == 0 && o.select_block % o.stride == 0,
+           "{}: stride d ({}) must divide block l ({}) and select_block l' ({})", kOp, o.stride, o.block, o.select_block);
+  NT_CHECK(o.block <= o.select_block, "{}: block l ({}) must be <= select_block l' ({})", kOp, o.block, o.select_block);
+  NT_CHECK(o.n_select >= 3, "{}: n_select must be >= 3 (block 0 and the two local blocks are always selected), got {}",
+           kOp, o.n_select);
+  NT_CHECK(o.window >= 0, "{}: window w must be >= 0, got {}", kOp, o.window);
+  NT_CHECK(std::isfinite(o.scale) && o.scale >= 0, "{}: scale must be finite and >= 0 (0: 1/sqrt(D)), got {}", kOp, o.scale);
+}
+
+std::vector<int32_t> check_cu_seqlens(const std::vector<int32_t>& c, int64_t T) {
+  if (c.empty()) return {0, (int32_t)T};
+  NT_CHECK(c.size() >= 2 && c.front() == 0 && c.back() == T,
+           "{}: cu_seqlens must start at 0 and end at T = {} (q's rows), got {} entries from {} to {}", kOp, T,
+           c.size(), c.front(), c.back());
+  for (size_t i = 1; i < c.size(); ++i)
+    NT_CHECK(c[i] >= c[i - 1], "{}: cu_seqlens must not decrease, got {} then {} at {}", kOp, c[i - 1], c[i], i);
+  return c;
+}
+
+// Checks every argument; returns opt with cu_seqlens and scale filled in.
+NsaOptions resolve(const std::vector<Tensor>& in, const NsaOptions& opt) {
+  for (int i = 0; i < 8; ++i) {
+    NT_CHECK(in[i].defined(), "{}: {} is an undefined tensor", kOp, kNames[i]);
+    check_floating(kOp, in[i], kNames[i]);
+    check_same_dtype(kOp, in[0], "q", in[i], kNames[i]);
+    check_same_device(kOp, in[0], in[i]);
+    check_dim(kOp, in[i], kNames[i], 3);
+  }
+  check_options(opt);
+  const Tensor &q = in[0], &gates = in[7];
+  const int64_t T = q.size(0), HQ = q.size(1), D = q.size(2), H = in[3].size(1);
+  NT_CHECK(D >= 1, "{}: head dim of q must be positive, got q {}", kOp, shape_str(q.shape()));
+  for (int i = 3; i < 7; ++i)
+    NT_CHECK(in[i].shape() == in[3].shape() && in[i].size(0) == T && in[i].size(2) == D,
+             "{}: {} must be [T, H, D] = [{}, {}, {}] (T and D from q {}, H from k_slc), got {}", kOp, kNames[i], T, H, D,
+             shape_str(q.shape()), shape_str(in[i].shape()));
+  NT_CHECK(H >= 1 && HQ % H == 0, "{}: q's {} query heads must be a multiple of the {} key/value heads of k_slc", kOp,
+           HQ, H);
+  NT_CHECK(gates.shape() == Shape({T, HQ, 3}), "{}: gates must be [T, HQ, 3] = [{}, {}, 3], got {}", kOp, T, HQ,
+           shape_str(gates.shape()));
+
+  NsaOptions r = opt;
+  r.cu_seqlens = check_cu_seqlens(opt.cu_seqlens, T);
+  r.scale = opt.scale != 0 ? opt.scale : 1.0 / std::sqrt((double)D);
+  int64_t NC = 0;
+  std::string per_seq;
+  for (size_t b = 0; b + 1 < r.cu_seqlens.size(); ++b) {
+    const int64_t n = nsa_num_cmp_blocks(r.cu_seqlens[b + 1] - r.cu_seqlens[b], opt.block, opt.stride);
+    NC += n;
+    if (per_seq.size() < 200) per_seq += fmt::format("{}{}", b ? " + " : "", n);
+  }
+  for (int i = 1; i < 3; ++i)
+    NT_CHECK(in[i].size(0) == NC && in[i].size(1) == H && in[i].size(2) == D,
+             "{}: {} must be [NC, H, D] = [{}, {}, {}] (NC = {} compressed blocks of length l = {}, stride d = {}), got {}",
+             kOp, kNames[i], NC, H, D, per_seq, opt.block, opt.stride, shape_str(in[i].shape()));
+  return r;
+}
+}  // namespace
+
+NsaOutput nsa_attention(const Tensor& q, const Tensor& k_cmp, const Tensor& v_cmp, const Tensor& k_slc,
+                        const Tensor& v_slc, const Tensor& k_win, const Tensor& v_win, const Tensor& gates,
+                        const NsaOptions& options) {
+  const std::vector<Tensor> inputs = {q, k_cmp, v_cmp, k_slc, v_slc, k_win, v_win, gates};
+  const NsaOptions opt = resolve(inputs, options);
+  if (!q.device().is_cpu()) no_cuda_kernel(kOp);
+
+  const int64_t T = q.size(0), HQ = q.size(1), D = q.size(2), H = k_slc.size(1);
+  std::vector<Tensor> in;
+  for (const Tensor& t : inputs) in.push_back(t.detach().contiguous());
+  NsaOutput out{empty({T, HQ, D}, q.dtype(), q.device()), empty({T, H, opt.n_select}, DType::i32, q.device())};
+  const Tensor branch_o = empty({3, T, HQ, D}, DType::f64, q.device()), lse = empty({3, T, HQ}, DType::f64, q.device());
+  cpu::nsa_forward(in, opt, out.o, out.block_indices, branch_o, lse);
+
+  if (autograd::needs_grad(inputs)) {
+    std::vector<autograd::Saved> saved;
+    for (const Tensor& t : in) saved.emplace_back(t);
+    autograd::record(kNsaAttention, out.o, inputs,
+                     [opt, saved, sidx = autograd::Saved(out.block_indices), sbo = autograd::Saved(branch_o),
+                      slse = autograd::Saved(lse)](const Tensor& dy, auto&) {
+                       std::vector<Tensor> in, grads;
+                       for (const autograd::Saved& s : saved) {
+                         in.push_back(s.get());
+                         grads.push_back(empty(s.get().shape(), s.get().dtype(), s.get().device()));
+                       }
+                       cpu::nsa_backward(in, opt, sidx.get(), sbo.get(), slse.get(), dy.to(DType::f64).contiguous(), grads);
+                       return grads;
+                     });
+  }
+  return out;
+}
+
+}  // namespace nt

@@ -1,0 +1,44 @@
+// Native Sparse Attention (DeepSeek, arXiv 2502.11089) as one fused op: the compressed, selected and sliding-window
+// branches of one layer, gated per query head. Index conventions (block visibility, selection scores, forced blocks,
+// tie breaking) are exactly those of /work/shared/NSA-CONVENTIONS.md; docs/nsa.md summarizes them.
+//
+// The CPU path is the reference (double accumulation); CUDA tensors are an error until the op has kernels.
+// Gradients flow to q, the six key/value tensors and the gates; the choice of blocks is held fixed (no gradient
+// through it), while the compressed probabilities that drive it still get their gradient through the compression
+// branch's output.
+#pragma once
+#include <vector>
+
+#include "tensor/tensor.h"
+
+namespace nt {
+
+struct NsaOptions {
+  int64_t block = 32;         // l: compressed block length
+  int64_t stride = 16;        // d: compressed block stride; divides block and select_block
+  int64_t select_block = 64;  // l': selection block length, >= block
+  int64_t n_select = 16;      // n: selected blocks per query and key/value head (>= 3: block 0 and two local ones)
+  int64_t window = 512;       // w: keys t - w < s <= t (0: the window branch sees nothing and contributes 0)
+  double scale = 0;           // 0: 1 / sqrt(D)
+  // Packed sequences: rows [cu_seqlens[b], cu_seqlens[b+1]) of q and the [T, H, D] tensors are sequence b (starts
+  // at 0, non-decreasing, ends at T); k_cmp/v_cmp hold each sequence's compressed blocks, concatenated in order.
+  // Empty: one sequence.
+  std::vector<int32_t> cu_seqlens;
+};
+
+struct NsaOutput {
+  Tensor o;              // [T, HQ, D], q's dtype
+  Tensor block_indices;  // i32 [T, H, n]: selected blocks of each query and key/value head, ascending, -1 last
+};
+
+// Compressed blocks of a sequence of `len` tokens: max(0, (len - block) / stride + 1), 0 when len < block.
+int64_t nsa_num_cmp_blocks(int64_t len, int64_t block, int64_t stride);
+
+// q [T, HQ, D]; k_cmp, v_cmp [NC, H, D] (NC: the sum of nsa_num_cmp_blocks over the sequences); k_slc, v_slc, k_win,
+// v_win [T, H, D]; gates [T, HQ, 3] (after the sigmoid: compressed, selected, window). HQ a multiple of H; one
+// floating dtype and one device for all.
+NsaOutput nsa_attention(const Tensor& q, const Tensor& k_cmp, const Tensor& v_cmp, const Tensor& k_slc,
+                        const Tensor& v_slc, const Tensor& k_win, const Tensor& v_win, const Tensor& gates,
+                        const NsaOptions& opt = {});
+
+}  // namespace nt
