@@ -35,6 +35,8 @@ int main(int argc, char** argv) {
     c.vocab = (int64_t)meta("vocab"), c.dim = (int64_t)meta("dim"), c.n_layers = (int64_t)meta("layers");
     c.n_heads = (int64_t)meta("heads"), c.n_kv_heads = (int64_t)meta("kv_heads"), c.max_seq = (int64_t)meta("max_seq");
     c.mlp_hidden = (int64_t)meta("mlp_hidden"), c.rope.theta = meta("rope_theta");
+    if (auto it = f.metadata.find("attention"); it != f.metadata.end() && it->second != "dense")
+      throw Error(fmt::format("generate: '{}' has {} attention; decoding supports dense attention only so far", o["model"], it->second));
     const Device dev = (o["device"] == "cuda" || (o["device"] == "auto" && cuda::available())) ? cuda_device(0) : kCPU;
     nn::TransformerLM lm(c);
     lm.to(dev);

@@ -25,6 +25,7 @@
 #include "cuda/memory.h"
 #include "nn/safetensors.h"
 #include "nn/transformer.h"
+#include "nsa/nsa_layer.h"
 #include "train/adamw.h"
 #include "train/checkpoint.h"
 #include "train/config.h"
@@ -53,6 +54,9 @@ struct Settings {
   double lr, lr_floor, weight_decay, clip, peak_tflops;
   std::string data, out, resume, device, precision;
   bool packing = false;
+  std::string attention;  // dense or nsa
+  nsa::NsaConfig nsa;
+  int64_t dense_warmup_steps = 0;
 };
 
 // Reads every value up front, so check_all_read() reports unknown keys before any work starts.
@@ -61,6 +65,11 @@ Settings read(const train::Config& c) {
   s.model.dim = c.get_int("model.dim"), s.model.n_layers = c.get_int("model.layers"), s.model.n_heads = c.get_int("model.heads");
   s.model.n_kv_heads = c.get_int("model.kv_heads"), s.model.max_seq = c.get_int("model.seq");
   s.model.rope.theta = c.get_double("model.rope_theta");
+  s.attention = c.get_string("model.attention", {"dense", "nsa"});
+  s.nsa.block = c.get_int("model.nsa.block"), s.nsa.stride = c.get_int("model.nsa.stride");
+  s.nsa.select_block = c.get_int("model.nsa.select_block"), s.nsa.n_select = c.get_int("model.nsa.n_select");
+  s.nsa.window = c.get_int("model.nsa.window");
+  s.dense_warmup_steps = c.get_int("training.dense_warmup_steps");
   s.steps = c.get_int("training.steps"), s.batch = c.get_int("training.batch"), s.warmup = c.get_int("training.warmup");
   s.eval_every = c.get_int("training.eval_every"), s.eval_batches = c.get_int("training.eval_batches");
   s.log_every = c.get_int("training.log_every"), s.save_every = c.get_int("training.save_every"), s.seed = c.get_int("training.seed");
@@ -155,6 +164,13 @@ int main(int argc, char** argv) {
     }
 
     nn::LMConfig cfg = s.model;
+    if (s.attention == "nsa") {
+      nsa::NsaConfig nc = s.nsa;
+      nc.dim = cfg.dim, nc.n_heads = cfg.n_heads, nc.n_kv_heads = cfg.n_kv_heads, nc.head_dim = cfg.dim / cfg.n_heads;
+      cfg.make_attention = [nc](int64_t, std::shared_ptr<const nn::Rotary> r, const nn::Init& init) {
+        return std::make_shared<nsa::NativeSparseAttention>(nc, std::move(r), init);
+      };
+    }
     cfg.vocab = tr.vocab;
     const int64_t B = s.batch, T = cfg.max_seq, steps = s.steps, warmup = s.warmup, save_every = s.save_every;
     NT_CHECK(B > 0 && T > 0 && steps > 0 && s.eval_every > 0 && s.log_every > 0 && s.grad_accum > 0,
@@ -190,15 +206,26 @@ int main(int argc, char** argv) {
       fmt::print("resumed from {} at step {}\n", s.resume, first_step);
     }
 
-    fmt::print("train_lm: {} {} | {} params | dim {} layers {} heads {}/{} | batch {} x {} micro-batches x seq {} | {} steps | lr {} -> {}\n",
-               dev.str(), s.precision, lm.num_parameters(), cfg.dim, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, B, s.grad_accum,
+    fmt::print("train_lm: {} {} | {} params | {} attention | dim {} layers {} heads {}/{} | batch {} x {} micro-batches x seq {} | {} steps | lr {} -> {}\n",
+               dev.str(), s.precision, lm.num_parameters(), s.attention, cfg.dim, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, B, s.grad_accum,
                T, steps, peak, floor);
     fmt::print("data: {} ({} train / {} val tokens, vocab {}{}); unigram entropy {:.3f} nats/token\n", data, tr.tokens.size(),
                va.tokens.size(), tr.vocab, s.packing ? fmt::format(", {} documents packed", tr.doc_starts.size()) : "", unigram);
     const auto start = Clock::now();
     auto last = start;
     int64_t tokens_since = 0;
+    // NSA's full-attention warm-up: dense attention for the first training.dense_warmup_steps steps.
+    auto set_dense = [&](bool dense) {
+      for (auto& block : lm.layers)
+        if (auto* a = dynamic_cast<nsa::NativeSparseAttention*>(block->attn.get())) a->dense = dense;
+    };
     for (int64_t step = first_step; step <= steps; ++step) {
+      if (s.attention == "nsa") {
+        const bool dense = step < s.dense_warmup_steps;
+        if (step == first_step || step == s.dense_warmup_steps)
+          fmt::print("step {:5d} | attention: {}\n", step, dense ? "dense (warm-up)" : "native sparse");
+        set_dense(dense);
+      }
       if (save_every > 0 && step > first_step && step % save_every == 0 && step < steps) {
         train::save_checkpoint(out + "/ckpt", lm, opt, {step, gen});
         fmt::print("step {:5d} | checkpoint {}/ckpt\n", step, out);
@@ -251,7 +278,8 @@ int main(int argc, char** argv) {
                          {{"steps", std::to_string(steps)}, {"vocab", std::to_string(cfg.vocab)}, {"dim", std::to_string(cfg.dim)},
                           {"layers", std::to_string(cfg.n_layers)}, {"heads", std::to_string(cfg.n_heads)},
                           {"kv_heads", std::to_string(cfg.n_kv_heads)}, {"max_seq", std::to_string(cfg.max_seq)},
-                          {"mlp_hidden", std::to_string(cfg.hidden())}, {"rope_theta", fmt::format("{}", cfg.rope.theta)}});
+                          {"mlp_hidden", std::to_string(cfg.hidden())}, {"rope_theta", fmt::format("{}", cfg.rope.theta)},
+                          {"attention", s.attention}});
     train::save_checkpoint(out + "/ckpt", lm, opt, {steps, gen});
     fmt::print("saved {}/model.safetensors and the checkpoint {}/ckpt (training.resume={}/ckpt training.steps=N continues it)\n", out, out, out);
   } catch (const Error& e) {

@@ -28,8 +28,10 @@ TransformerLM::TransformerLM(const LMConfig& c, const Init& init) : cfg(c) {
   rotary = std::make_shared<Rotary>(head_dim, cfg.max_seq, cfg.rope, init.device);
   tok_emb = register_module("tok_emb", std::make_shared<Embedding>(cfg.vocab, cfg.dim, init));
   for (int64_t i = 0; i < cfg.n_layers; ++i) {
-    auto attn = std::make_shared<CausalSelfAttention>(
-        AttentionConfig{cfg.dim, cfg.n_heads, cfg.n_kv_heads, head_dim, cfg.window, cfg.fused_attention}, rotary, init);
+    std::shared_ptr<Layer> attn = cfg.make_attention
+        ? cfg.make_attention(i, rotary, init)
+        : std::make_shared<CausalSelfAttention>(
+              AttentionConfig{cfg.dim, cfg.n_heads, cfg.n_kv_heads, head_dim, cfg.window, cfg.fused_attention}, rotary, init);
     auto mlp = std::make_shared<SwiGLUMLP>(cfg.dim, cfg.hidden(), init);
     layers.push_back(register_module("layers." + std::to_string(i), std::make_shared<Block>(attn, mlp, cfg.dim, cfg.norm_eps, init)));
   }

@@ -1,5 +1,7 @@
 // Pre-norm transformer block with pluggable attention and feed-forward layers, and a decoder-only LM.
 #pragma once
+#include <functional>
+
 #include "nn/attention.h"
 
 namespace nt::nn {
@@ -27,6 +29,8 @@ struct LMConfig {
   bool tie_embeddings = true;
   double norm_eps = 1e-6;
   bool fused_attention = true;  // see AttentionConfig::fused
+  // The attention layer of block i (e.g. nsa::NativeSparseAttention); null: CausalSelfAttention from the fields above.
+  std::function<std::shared_ptr<Layer>(int64_t layer, std::shared_ptr<const Rotary> rotary, const Init& init)> make_attention;
   double init_std = 0.02;  // GPT-2 init: N(0, std), residual projections scaled by 1/sqrt(2 n_layers)
   int64_t hidden() const { return mlp_hidden > 0 ? mlp_hidden : (dim * 8 / 3 + 63) / 64 * 64; }
 };

@@ -44,6 +44,10 @@ Tensor NativeSparseAttention::forward(const Tensor& x, const nn::ForwardContext&
     return parts.empty() ? t : parts.size() == 1 ? parts[0] : cat(parts, 0);
   };
   const Tensor q = rotate(project(*wq, HQ));
+  if (dense) {
+    const Tensor o = flash_attention(q, rotate(project(*wk_slc, H)), project(*wv_slc, H), AttentionOptions{0, 0, cu});
+    return wo->forward(o.reshape({B, T, HQ * D}));
+  }
   const Tensor k_cmp = cmp_k->compress(project(*wk_cmp, H), cu), v_cmp = cmp_v->compress(project(*wv_cmp, H), cu);
   const Tensor gates = sigmoid(wg->forward(x)).reshape({N, HQ, 3});
   NsaOptions opt;

@@ -27,6 +27,11 @@ class NativeSparseAttention : public nn::Layer {
   // empty: each row is one sequence.
   Tensor forward(const Tensor& x, const nn::ForwardContext& ctx) override;
 
+  // Full-attention warm-up (the paper trains dense first in some ablations): while true, the layer computes plain
+  // causal attention of q over the selected branch's keys and values (flash_attention), and the compression,
+  // window and gate parameters get no gradient (AdamW skips them).
+  bool dense = false;
+
   std::shared_ptr<nn::Linear> wq, wk_cmp, wv_cmp, wk_slc, wv_slc, wk_win, wv_win, wg, wo;
   std::shared_ptr<CompressionMLP> cmp_k, cmp_v;
   NsaConfig cfg;

@@ -193,6 +193,10 @@ void read_like_train_lm(const Config& c) {
   if (!c.is_null("training.peak_tflops")) CHECK(c.get_double("training.peak_tflops") > 0);
   c.get_string("data.path");
   c.get_bool("data.packing");
+  c.get_string("model.attention", {"dense", "nsa"});
+  for (const char* k : {"model.nsa.block", "model.nsa.stride", "model.nsa.select_block", "model.nsa.n_select", "model.nsa.window"})
+    CHECK(c.get_int(k) > 0);
+  CHECK(c.get_int("training.dense_warmup_steps") >= 0);
   CHECK(c.get_int("model.dim") % c.get_int("model.heads") == 0);
   CHECK(c.get_int("model.heads") % c.get_int("model.kv_heads") == 0);
   c.check_all_read();
