@@ -3,6 +3,7 @@
 #include "ops/attention.h"
 
 #include <cmath>
+#include <tuple>
 
 #include "autograd/graph.h"
 #include "ops/dispatch.h"
@@ -23,6 +24,7 @@ struct Problem {
   std::vector<int32_t> cu;
   int64_t N = 0, H = 0, Hkv = 0, D = 0, max_len = 0, window = 0;
   double scale = 0;
+  bool uniform = true;  // no cu_seqlens given: equal-length rows, the same layout every step
 };
 
 #if NT_CUDA
@@ -35,9 +37,20 @@ cuda::AttentionDims dims_of(const Problem& p, const Tensor& cu_dev) {
 }
 #endif
 
+// Uploading cu_seqlens from pageable memory synchronizes the host with the device. Unpacked batches repeat one
+// layout every step, so their device copies are kept (the last few, per device).
 Tensor cu_on_device(const Problem& p, Device dev) {
-  std::vector<double> c(p.cu.begin(), p.cu.end());
-  return from_vector(c, {(int64_t)c.size()}, DType::i32).to(dev);
+  auto upload = [&] {
+    std::vector<double> c(p.cu.begin(), p.cu.end());
+    return from_vector(c, {(int64_t)c.size()}, DType::i32).to(dev);
+  };
+  if (!p.uniform) return upload();
+  thread_local std::vector<std::tuple<std::vector<int32_t>, int, Tensor>> cache;
+  for (auto& [cu, index, t] : cache)
+    if (index == dev.index && cu == p.cu) return t;
+  if (cache.size() >= 8) cache.erase(cache.begin());
+  cache.emplace_back(p.cu, dev.index, upload());
+  return std::get<2>(cache.back());
 }
 }  // namespace
 
@@ -61,6 +74,8 @@ Tensor flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const 
   p.scale = opt.scale != 0 ? opt.scale : 1.0 / std::sqrt((double)p.D);
   const Shape out_shape = q.shape();
   p.N = q.dim() == 4 ? q.size(0) * q.size(1) : q.size(0);
+  NT_CHECK(p.N < (int64_t(1) << 31), "flash_attention: {} tokens; row offsets are int32, so at most 2^31 - 1", p.N);
+  NT_CHECK(opt.scale >= 0, "flash_attention: scale must be > 0 (0: 1/sqrt(head_dim)), got {}", opt.scale);
   if (!opt.cu_seqlens.empty()) {
     NT_CHECK(q.dim() == 3, "flash_attention: cu_seqlens needs packed [N, H, D] inputs, got q {}", shape_str(q.shape()));
     const auto& c = opt.cu_seqlens;
@@ -70,6 +85,7 @@ Tensor flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const 
     for (size_t i = 1; i < c.size(); ++i)
       NT_CHECK(c[i] >= c[i - 1], "flash_attention: cu_seqlens must not decrease, got {} then {} at {}", c[i - 1], c[i], i);
     p.cu = c;
+    p.uniform = false;
   } else if (q.dim() == 4) {
     for (int64_t b = 0; b <= q.size(0); ++b) p.cu.push_back((int32_t)(b * q.size(1)));
   } else {
