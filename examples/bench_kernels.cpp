@@ -2,7 +2,7 @@
 // ceiling measured in the same run (device-to-device copy; cuBLAS through torch.matmul when python3 with torch is
 // present, which scripts/bench_torch.py times on the same shapes).
 //
-//   build/examples/bench_kernels [--no-torch]
+//   build/examples/bench_kernels [--no-torch] [--only=memory|matmul|attention]
 // Bytes counted: each input read once and each output written once (the minimum any implementation must move).
 #include <cuda_runtime.h>
 
@@ -44,10 +44,10 @@ template <class F> double time_ms(F fn, int iters = 20) {
   return t[iters / 2];
 }
 
-std::map<std::string, double> torch_results(bool enabled) {
+std::map<std::string, double> torch_results(bool enabled, const std::string& only) {
   std::map<std::string, double> r;
   if (!enabled) return r;
-  FILE* p = popen("python3 scripts/bench_torch.py 2>/dev/null", "r");
+  FILE* p = popen(("python3 scripts/bench_torch.py --only=" + only + " 2>/dev/null").c_str(), "r");
   if (!p) return r;
   char name[128];
   double v;
@@ -63,12 +63,22 @@ struct Row {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const bool use_torch = !(argc > 1 && std::strcmp(argv[1], "--no-torch") == 0);
+  bool use_torch = true;
+  std::string only;
+  for (int a = 1; a < argc; ++a) {
+    const std::string arg = argv[a];
+    if (arg == "--no-torch") use_torch = false;
+    else if (arg.rfind("--only=", 0) == 0) only = arg.substr(7);
+    else throw Error(fmt::format("bench_kernels: unknown argument '{}'; use --no-torch, --only=memory|matmul|attention", arg));
+  }
+  NT_CHECK(only.empty() || only == "memory" || only == "matmul" || only == "attention",
+           "bench_kernels: --only must be memory, matmul or attention, got '{}'", only);
+  auto want = [&](const char* part) { return only.empty() || only == part; };
   NT_CHECK(cuda::available(), "bench_kernels needs a GPU");
   cudaDeviceProp prop;
   NT_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
   std::printf("GPU: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
-  const auto torch = torch_results(use_torch);
+  const auto torch = torch_results(use_torch, only);
   if (use_torch) std::printf("torch reference: %s\n", torch.empty() ? "not available" : "python3 scripts/bench_torch.py");
   autograd::NoGradGuard no_grad;
   Generator gen(1);
@@ -82,6 +92,7 @@ int main(int argc, char** argv) {
     rows.push_back({"copy 1 GiB (ceiling)", "copy_gbps", ms, gbps(2.0 * a.numel() * 4, ms)});
   }
   const double copy_bw = rows[0].value;
+  if (want("memory")) {
   {
     const int64_t R = 16384, C = 4096;
     Tensor x = randn({R, C}, DType::bf16, kGpu, &gen), y = randn({R, C}, DType::bf16, kGpu, &gen);
@@ -138,6 +149,7 @@ int main(int argc, char** argv) {
     }, 10);
     rows.push_back({"  cross_entropy fused kernel only", "", ms, gbps(2 * n * 2, ms)});
   }
+  }
   std::printf("\n%-42s %10s %10s %8s %12s %8s\n", "memory-bound kernel", "ms", "GB/s", "of copy", "torch GB/s", "vs torch");
   for (const Row& r : rows) {
     const auto it = torch.find(r.torch_key);
@@ -149,6 +161,7 @@ int main(int argc, char** argv) {
   struct Mm {
     int64_t M, N, K;
   };
+  if (want("matmul")) {
   std::printf("\n%-42s %10s %10s %14s %8s\n", "matmul bf16 (f32 accumulate)", "ms", "TFLOP/s", "torch TFLOP/s", "ratio");
   for (const Mm& m : {Mm{8192, 8192, 8192}, Mm{16384, 2304, 768}, Mm{16384, 768, 2048}, Mm{16384, 50304, 768}}) {
     Tensor a = randn({m.M, m.K}, DType::bf16, kGpu, &gen), b = randn({m.K, m.N}, DType::bf16, kGpu, &gen);
@@ -161,11 +174,13 @@ int main(int argc, char** argv) {
                 it == torch.end() ? "-" : fmt::format("{:.1f}", it->second).c_str(),
                 it == torch.end() ? "-" : fmt::format("{:.3f}", tf / it->second).c_str());
   }
+  }
   // Fused attention (bf16, causal): FLOPs are those of the visible (query, key) pairs, 4 D per pair forward
   // (q.k and p.v) and 10 D forward + backward (the backward recomputes q.k: 2.5x the forward).
   struct At {
     int64_t B, T, H, Hkv, D, window;
   };
+  if (want("attention")) {
   std::printf("\n%-42s %10s %10s %14s %8s\n", "flash_attention bf16 causal", "ms", "TFLOP/s", "torch TFLOP/s", "ratio");
   for (const At& c : {At{4, 2048, 12, 12, 64, 0}, At{2, 4096, 16, 16, 128, 0}, At{1, 8192, 32, 8, 128, 0},
                       At{1, 16384, 16, 4, 128, 512}}) {
@@ -195,6 +210,7 @@ int main(int argc, char** argv) {
                   it == torch.end() ? "-" : fmt::format("{:.1f}", it->second).c_str(),
                   it == torch.end() ? "-" : fmt::format("{:.3f}", tf / it->second).c_str());
     }
+  }
   }
   const auto st = cuda::allocator_stats(0);
   std::printf("\nallocator: peak %.2f GiB, reserved %.2f GiB, %llu allocations, %llu cache hits\n",
