@@ -15,6 +15,10 @@
 //    (dk, dv), D spread over the lanes. Simple and exact in the accumulation type; for tests and small runs.
 #include <cuda_bf16.h>
 
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
+
 #include "cuda/common.cuh"
 
 namespace nt::cuda {
@@ -172,6 +176,158 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_tc(const uint16_t* __restri
     if (r >= len) continue;
     const float inv = 1.f / l_run[i];
     uint16_t* orow = o + (start + r) * qs + h * a.D;
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      const int c = nt * 8 + (lane % 4) * 2;
+      if (c < a.D) *reinterpret_cast<uint32_t*>(orow + c) = pack_bf16(acc[nt][2 * i] * inv, acc[nt][2 * i + 1] * inv);
+    }
+    if (lane % 4 == 0) lse[(int64_t)h * a.N + start + r] = (m_run[i] + log2f(l_run[i])) / kLog2e;
+  }
+}
+
+// ---- forward, version 2 (opt-in until checked on the GPU: NT_ATTENTION_KERNEL=2 or set_attention_kernel(2)) ----
+// Same tiling and numerics as attn_fwd_tc, plus: K/V tiles arrive by cp.async while the tensor cores work (V of
+// tile n loads during S = Q K^T, K of tile n+1 during P V); Q and K fragments come through ldmatrix (4 matrices per
+// instruction instead of 2 LDS.32 per mma); a warp whose 16 rows see nothing of a tile skips it; the causal/window
+// mask is applied only on tiles that cross an edge; the exponentials are ex2.approx.ftz with the scale folded into
+// an FFMA.
+__device__ __forceinline__ void cp16(void* s, const void* g, bool ok) {  // src-size 0 zero-fills the 16 bytes
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"((uint32_t)__cvta_generic_to_shared(s)), "l"(g),
+               "r"(ok ? 16 : 0)
+               : "memory");
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void cp_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+__device__ __forceinline__ float ex2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+// Non-transposed ldmatrix: register i of lane t holds elements (t / 4, 2 (t % 4)) and (t / 4, 2 (t % 4) + 1) of
+// matrix i, whose row addresses lanes 8i..8i+7 give.
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const uint16_t* p) {
+  const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+template <int R, int DP>
+__device__ __forceinline__ void cp_tile(uint16_t* s, const uint16_t* g, int64_t row_stride, int rows_valid, int D) {
+  constexpr int LD = DP + 8, CH = DP / 8;
+  static_assert(R * CH % kThreads == 0, "whole copies per thread");
+#pragma unroll
+  for (int it = 0; it < R * CH / kThreads; ++it) {
+    const int i = threadIdx.x + it * kThreads, r = i / CH, c = (i % CH) * 8;
+    const bool ok = r < rows_valid && c < D;
+    cp16(s + r * LD + c, ok ? g + r * row_stride + c : g, ok);  // row 0 is valid at every call
+  }
+}
+
+template <int DP>
+__global__ void __launch_bounds__(kThreads) attn_fwd_tc2(const uint16_t* __restrict__ q, const uint16_t* __restrict__ k,
+                                                        const uint16_t* __restrict__ v, uint16_t* __restrict__ o,
+                                                        float* __restrict__ lse, AttentionDims a) {
+  constexpr int LD = DP + 8, NT = DP / 8;
+  extern __shared__ __align__(16) uint16_t smem[];
+  uint16_t *Qs = smem, *Ks = Qs + kBM * LD, *Vs = Ks + kBN * LD;
+  const int seq = blockIdx.y, h = blockIdx.z, m0 = (gridDim.x - 1 - blockIdx.x) * kBM;
+  const int start = a.cu_seqlens[seq], len = a.cu_seqlens[seq + 1] - start;
+  if (m0 >= len) return;
+  const int hk = h / (a.H / a.Hkv), warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t qs = (int64_t)a.H * a.D, ks = (int64_t)a.Hkv * a.D;
+  const uint16_t *kg = k + (int64_t)start * ks + hk * a.D, *vg = v + (int64_t)start * ks + hk * a.D;
+  const int n_lo = first_key(m0, a.window) / kBN * kBN, n_hi = min(len, m0 + kBM);
+  cp_tile<kBM, DP>(Qs, q + ((int64_t)start + m0) * qs + h * a.D, qs, len - m0, a.D);
+  cp_tile<kBN, DP>(Ks, kg + (int64_t)n_lo * ks, ks, len - n_lo, a.D);
+  cp_commit();
+  const float sl2 = a.scale * kLog2e;
+  const int wrow = m0 + warp * 16, row0 = wrow + lane / 4;
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
+  float acc[NT][4];
+#pragma unroll
+  for (int i = 0; i < NT; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+  for (int n0 = n_lo; n0 < n_hi; n0 += kBN) {
+    cp_wait_all();
+    __syncthreads();  // K(n0) (and Q) landed; every warp is done with P V on the previous V
+    cp_tile<kBN, DP>(Vs, vg + (int64_t)n0 * ks, ks, len - n0, a.D);
+    cp_commit();
+    const bool active = n0 <= wrow + 15 && (a.window <= 0 || n0 + kBN - 1 > wrow + 15 - a.window);
+    float s[8][4];
+    float alpha[2] = {1.f, 1.f};
+    if (active) {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < DP / 16; ++kk) {
+        uint32_t qa[4];
+        ldsm_x4(qa, Qs + (warp * 16 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
+#pragma unroll
+        for (int jp = 0; jp < 4; ++jp) {
+          uint32_t kb[4];
+          ldsm_x4(kb, Ks + (jp * 16 + (lane & 7) + (lane >> 4) * 8) * LD + kk * 16 + ((lane >> 3) & 1) * 8);
+          mma16816(s[2 * jp], qa, kb[0], kb[1]);
+          mma16816(s[2 * jp + 1], qa, kb[2], kb[3]);
+        }
+      }
+      const bool edge = n0 + kBN - 1 > wrow || n0 + kBN > len || (a.window > 0 && n0 <= wrow + 15 - a.window);
+      float mx[2] = {-INFINITY, -INFINITY};  // raw scores (scale > 0, so the max commutes with scaling)
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          if (edge) {
+            const int kp = n0 + j * 8 + (lane % 4) * 2 + (e & 1), qp = row0 + (e >> 1) * 8;
+            if (kp > qp || kp >= len || (a.window > 0 && kp <= qp - a.window)) s[j][e] = -INFINITY;
+          }
+          mx[e >> 1] = fmaxf(mx[e >> 1], s[j][e]);
+        }
+      float ref[2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+        mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+        const float mnew = fmaxf(m_run[i], mx[i] * sl2);
+        ref[i] = mnew == -INFINITY ? 0.f : mnew;  // nothing visible yet in this row: keep it 0, not NaN
+        alpha[i] = ex2(m_run[i] - ref[i]);
+        m_run[i] = mnew;
+        l_run[i] *= alpha[i];
+      }
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          s[j][e] = ex2(fmaf(s[j][e], sl2, -ref[e >> 1]));
+          l_run[e >> 1] += s[j][e];
+        }
+    }
+    cp_wait_all();
+    __syncthreads();  // V(n0) landed; every warp is done reading Ks
+    if (n0 + kBN < n_hi) cp_tile<kBN, DP>(Ks, kg + (int64_t)(n0 + kBN) * ks, ks, len - n0 - kBN, a.D);
+    cp_commit();
+    if (active) {
+#pragma unroll
+      for (int i = 0; i < NT; ++i) acc[i][0] *= alpha[0], acc[i][1] *= alpha[0], acc[i][2] *= alpha[1], acc[i][3] *= alpha[1];
+#pragma unroll
+      for (int kk = 0; kk < kBN / 16; ++kk) {
+        uint32_t af[4];
+        acc_to_a(af, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+        for (int dt = 0; dt < NT / 2; ++dt) {
+          uint32_t bf[4];
+          ldsm_x4_t(bf, Vs + (kk * 16 + (lane & 15)) * LD + dt * 16 + (lane >> 4) * 8);
+          mma16816(acc[2 * dt], af, bf[0], bf[1]);
+          mma16816(acc[2 * dt + 1], af, bf[2], bf[3]);
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 1);
+    l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 2);
+    const int r = row0 + i * 8;
+    if (r >= len) continue;
+    const float inv = 1.f / l_run[i];
+    uint16_t* orow = o + ((int64_t)start + r) * qs + h * a.D;
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
       const int c = nt * 8 + (lane % 4) * 2;
@@ -441,13 +597,20 @@ bool use_tensor_cores(DType t, const AttentionDims& d, std::initializer_list<con
   return true;
 }
 
+int g_attention_kernel = [] {
+  const char* e = std::getenv("NT_ATTENTION_KERNEL");
+  return e && std::string(e) == "2" ? 2 : 1;
+}();
+
 template <int DP> void launch_fwd_tc(const void* q, const void* k, const void* v, void* out, float* lse, const AttentionDims& d,
                                      cudaStream_t stream) {
   const size_t smem = fwd_smem<DP>();
-  allow_smem(attn_fwd_tc<DP>, smem);
   const dim3 grid((unsigned)((d.max_len + kBM - 1) / kBM), (unsigned)d.nseq, (unsigned)d.H);
-  attn_fwd_tc<DP><<<grid, kThreads, smem, stream>>>(static_cast<const uint16_t*>(q), static_cast<const uint16_t*>(k),
-                                                    static_cast<const uint16_t*>(v), static_cast<uint16_t*>(out), lse, d);
+  // Version 2 at DP = 256 spills (255 registers, 100 bytes): that width stays on version 1.
+  auto kernel = g_attention_kernel == 2 && DP <= 128 ? attn_fwd_tc2<DP> : attn_fwd_tc<DP>;
+  allow_smem(kernel, smem);
+  kernel<<<grid, kThreads, smem, stream>>>(static_cast<const uint16_t*>(q), static_cast<const uint16_t*>(k),
+                                           static_cast<const uint16_t*>(v), static_cast<uint16_t*>(out), lse, d);
   NT_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -463,6 +626,12 @@ void launch_bwd_tc(const void* q, const void* k, const void* v, const void* dout
   NT_CUDA_CHECK(cudaGetLastError());
 }
 }  // namespace
+
+void set_attention_kernel(int version) {
+  if (version != 1 && version != 2) throw std::invalid_argument("set_attention_kernel: version must be 1 or 2");
+  g_attention_kernel = version;
+}
+int attention_kernel() { return g_attention_kernel; }
 
 void attention_forward(DType t, const void* q, const void* k, const void* v, void* out, float* lse, const AttentionDims& d,
                        cudaStream_t stream) {

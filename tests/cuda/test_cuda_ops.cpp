@@ -6,6 +6,7 @@
 #if NT_CUDA
 #include "cuda/allocator.h"
 #include "cuda/blas.h"
+#include "cuda/kernels.h"
 #endif
 
 using namespace nt;
@@ -287,10 +288,21 @@ CUDA_TEST("flash_attention: tensor-core (bf16) and CUDA-core kernels against the
   const std::vector<C> cases = {{2, 77, 4, 4, 64, 0, {}},         {1, 130, 8, 2, 72, 33, {}},
                                 {0, 200, 16, 1, 40, 0, {0, 70, 71, 71, 200}}, {1, 65, 2, 1, 256, 0, {}},
                                 {1, 50, 2, 2, 200, 7, {}},        {2, 19, 4, 2, 12, 0, {}},
-                                {1, 300, 4, 4, 128, 100, {}}};
+                                {1, 300, 4, 4, 128, 100, {}},     {1, 700, 4, 2, 64, 0, {}},
+                                {1, 600, 2, 1, 128, 200, {}},     {0, 900, 4, 2, 64, 0, {0, 17, 600, 900}}};
+  // Forward kernel versions 1 and 2 (2 is opt-in until verified here), then back to the default.
+#if NT_CUDA
+  const int default_version = cuda::attention_kernel();
+  auto set_version = [](int v) { cuda::set_attention_kernel(v); };
+#else
+  const int default_version = 1;
+  auto set_version = [](int) {};
+#endif
+  for (int version : {1, 2})
   for (const C& c : cases)
     for (DType dt : kFloatTypes) {
-      INFO("B " << c.B << " T " << c.T << " H " << c.H << "/" << c.Hkv << " D " << c.D << " window " << c.window
+      set_version(version);
+      INFO("forward kernel " << version << " B " << c.B << " T " << c.T << " H " << c.H << "/" << c.Hkv << " D " << c.D << " window " << c.window
                 << " packed " << !c.cu.empty());
       const Shape qs = c.B ? Shape{c.B, c.T, c.H, c.D} : Shape{c.T, c.H, c.D}, ks = c.B ? Shape{c.B, c.T, c.Hkv, c.D} : Shape{c.T, c.Hkv, c.D};
       const AttentionOptions opt{c.window, 0, c.cu};
@@ -299,4 +311,5 @@ CUDA_TEST("flash_attention: tensor-core (bf16) and CUDA-core kernels against the
       check_cuda("flash_attention", [&](const std::vector<Tensor>& v) { return flash_attention(v[0], v[1], v[2], opt); },
                  {rnd_grad(qs, 90), rnd_grad(ks, 91), rnd_grad(ks, 92)}, dt, tol);
     }
+  set_version(default_version);
 }
