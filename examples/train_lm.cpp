@@ -107,10 +107,10 @@ double evaluate(nn::TransformerLM& lm, const train::TokenShard& val, int64_t bat
   for (int64_t i = 0; i < batches && (i + 1) * per <= windows; ++i, ++n) {
     if (packing) {
       const train::PackedBatch b = train::sequential_packed_batch(val, i * per, per, T, dev);
-      total += lm.loss(b.x, b.y, -100, {b.cu_seqlens}).item();
+      total += cross_entropy(lm.forward(b.x, {b.cu_seqlens}), b.y).item();  // without auxiliary losses
     } else {
       const train::Batch b = train::sequential_batch(val, i * per, per, T, dev);
-      total += lm.loss(b.x, b.y).item();
+      total += cross_entropy(lm.forward(b.x), b.y).item();
     }
   }
   lm.train(true);

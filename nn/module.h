@@ -57,6 +57,9 @@ class Layer : public Module {
  public:
   virtual Tensor forward(const Tensor& x) = 0;
   virtual Tensor forward(const Tensor& x, const ForwardContext&) { return forward(x); }
+  // A loss term the layer's last forward adds to the training objective (e.g. an MoE balancing loss); undefined
+  // when there is none. TransformerLM::loss adds every block's.
+  virtual Tensor aux_loss() const { return Tensor(); }
 };
 
 // Decoding state of one attention layer: keys and values of the positions seen so far, [B, max_seq, Hkv, D]

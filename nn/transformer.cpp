@@ -32,7 +32,8 @@ TransformerLM::TransformerLM(const LMConfig& c, const Init& init) : cfg(c) {
         ? cfg.make_attention(i, rotary, init)
         : std::make_shared<CausalSelfAttention>(
               AttentionConfig{cfg.dim, cfg.n_heads, cfg.n_kv_heads, head_dim, cfg.window, cfg.fused_attention}, rotary, init);
-    auto mlp = std::make_shared<SwiGLUMLP>(cfg.dim, cfg.hidden(), init);
+    std::shared_ptr<Layer> mlp =
+        cfg.make_mlp ? cfg.make_mlp(i, init) : std::make_shared<SwiGLUMLP>(cfg.dim, cfg.hidden(), init);
     layers.push_back(register_module("layers." + std::to_string(i), std::make_shared<Block>(attn, mlp, cfg.dim, cfg.norm_eps, init)));
   }
   norm = register_module("norm", std::make_shared<RMSNorm>(cfg.dim, cfg.norm_eps, init));
@@ -63,7 +64,19 @@ Tensor TransformerLM::forward(const Tensor& idx, const ForwardContext& ctx) {
 }
 
 Tensor TransformerLM::loss(const Tensor& idx, const Tensor& targets, int64_t ignore_index, const ForwardContext& ctx) {
-  return cross_entropy(forward(idx, ctx), targets, ignore_index);
+  Tensor loss = cross_entropy(forward(idx, ctx), targets, ignore_index);
+  const Tensor aux = aux_loss();
+  return aux.defined() ? loss + aux.to(loss.dtype()) : loss;
+}
+
+Tensor TransformerLM::aux_loss() const {
+  Tensor total;
+  for (const auto& block : layers)
+    for (const Layer* l : {block->attn.get(), block->mlp.get()}) {
+      const Tensor a = l->aux_loss();
+      if (a.defined()) total = total.defined() ? total + a : a;
+    }
+  return total;
 }
 
 std::vector<LayerCache> TransformerLM::new_cache(int64_t batch) const {

@@ -31,6 +31,8 @@ struct LMConfig {
   bool fused_attention = true;  // see AttentionConfig::fused
   // The attention layer of block i (e.g. nsa::NativeSparseAttention); null: CausalSelfAttention from the fields above.
   std::function<std::shared_ptr<Layer>(int64_t layer, std::shared_ptr<const Rotary> rotary, const Init& init)> make_attention;
+  // The feed-forward layer of block i (e.g. moe::DeepSeekMoE); null: SwiGLUMLP(dim, hidden()).
+  std::function<std::shared_ptr<Layer>(int64_t layer, const Init& init)> make_mlp;
   double init_std = 0.02;  // GPT-2 init: N(0, std), residual projections scaled by 1/sqrt(2 n_layers)
   int64_t hidden() const { return mlp_hidden > 0 ? mlp_hidden : (dim * 8 / 3 + 63) / 64 * 64; }
 };
@@ -40,7 +42,10 @@ class TransformerLM : public Module {
   explicit TransformerLM(const LMConfig& cfg, const Init& init = {});
   // [B, T] -> logits [B, T, vocab]; ctx.cu_seqlens marks packed documents (see ForwardContext).
   Tensor forward(const Tensor& idx, const ForwardContext& ctx = {});
+  // Mean cross-entropy plus the blocks' auxiliary losses (Layer::aux_loss), if any.
   Tensor loss(const Tensor& idx, const Tensor& targets, int64_t ignore_index = -100, const ForwardContext& ctx = {});
+  // The sum of the blocks' auxiliary losses from the last forward (undefined when there are none).
+  Tensor aux_loss() const;
   // Decoding with a KV cache: new_cache() for B sequences, then forward_cached() with the prompt [B, T0] and with
   // each next token [B, 1]; returns the logits of the new positions. Equals forward() over the whole sequence.
   std::vector<LayerCache> new_cache(int64_t batch) const;
