@@ -52,6 +52,25 @@ void attention_backward(DType t, const void* q, const void* k, const void* v, co
                         const float* lse, float* delta, float* dq_acc, void* dq, void* dk, void* dv,
                         const AttentionDims& d, cudaStream_t stream);
 
+// nsa.cu: Native Sparse Attention on CUDA cores (nsa/nsa_attention.h; layouts as nsa/cpu/nsa_attention.cpp, with
+// branch_o [3, N, HQ, D] and lse [3, N, HQ] in the accumulation type, f32 or f64). in: q, k_cmp, v_cmp, k_slc, v_slc,
+// k_win, v_win, gates. Grid: one block of 32 G threads per (token, kv head).
+struct NsaDims {
+  int64_t N = 0;  // tokens (packed)
+  int HQ = 0, H = 0, G = 0, D = 0, n = 0, l = 0, d = 0, lp = 0, w = 0, nseq = 0, NC = 0;
+  int ncand_max = 0;  // max over sequences of (len - 1) / l' + 1: the selection-score rows in shared memory
+  double scale = 0;
+  const int32_t* cu_seqlens = nullptr;  // device, nseq + 1
+  const int32_t* cmp_starts = nullptr;  // device, nseq: each sequence's first row in k_cmp / v_cmp
+};
+size_t nsa_forward_smem(const NsaDims& d, bool f64);
+void nsa_forward(DType t, const void* const in[8], void* out, int32_t* block_indices, void* branch_o, void* lse,
+                 const NsaDims& d, cudaStream_t stream);
+// dout [N, HQ, D] in the accumulation type; grads like the inputs; acc scratch of 2 NC H D + 4 N H D accumulation
+// elements (dk/dv of each branch before conversion).
+void nsa_backward(DType t, const void* const in[8], const int32_t* block_indices, const void* branch_o, const void* lse,
+                  const void* dout, void* const grads[8], void* acc, const NsaDims& d, cudaStream_t stream);
+
 // swiglu.cu: y = silu(gate) * up over n contiguous elements, and both gradients in one pass.
 void swiglu_forward(DType t, const void* gate, const void* up, void* out, int64_t n, cudaStream_t stream);
 void swiglu_backward(DType t, const void* gate, const void* up, const void* dy, void* dgate, void* dup, int64_t n,

@@ -93,19 +93,67 @@ NsaOptions resolve(const std::vector<Tensor>& in, const NsaOptions& opt) {
 }
 }  // namespace
 
+#if NT_CUDA
+namespace {
+// The kernels' geometry, with cu_seqlens and each sequence's first compressed row uploaded (one small copy).
+struct CudaGeometry {
+  cuda::NsaDims dims;
+  Tensor tables;  // i32 [2 nseq + 1]: cu_seqlens, then cmp_starts
+};
+CudaGeometry cuda_geometry(const Tensor& q, const Tensor& k_cmp, const Tensor& k_slc, const NsaOptions& opt) {
+  CudaGeometry g;
+  cuda::NsaDims& a = g.dims;
+  a.N = q.size(0), a.HQ = (int)q.size(1), a.H = (int)k_slc.size(1), a.G = a.HQ / a.H, a.D = (int)q.size(2);
+  a.n = (int)opt.n_select, a.l = (int)opt.block, a.d = (int)opt.stride, a.lp = (int)opt.select_block, a.w = (int)opt.window;
+  a.nseq = (int)opt.cu_seqlens.size() - 1, a.NC = (int)k_cmp.size(0), a.scale = opt.scale;
+  NT_CHECK(a.G <= 32, "{}: the CUDA kernels take at most 32 query heads per key/value head, got {}", kOp, a.G);
+  NT_CHECK(a.D <= 256, "{}: the CUDA kernels take head dims up to 256, got {}", kOp, a.D);
+  std::vector<double> tables(opt.cu_seqlens.begin(), opt.cu_seqlens.end());
+  int64_t cmp = 0;
+  for (int b = 0; b < a.nseq; ++b) {
+    const int64_t len = opt.cu_seqlens[b + 1] - opt.cu_seqlens[b];
+    tables.push_back((double)cmp);
+    cmp += nsa_num_cmp_blocks(len, opt.block, opt.stride);
+    a.ncand_max = std::max<int>(a.ncand_max, len > 0 ? (int)((len - 1) / opt.select_block + 1) : 0);
+  }
+  const size_t smem = cuda::nsa_forward_smem(a, q.dtype() == DType::f64);
+  NT_CHECK(smem <= 200 * 1024, "{}: {} query heads per group x {} selection blocks of scores need {} bytes of shared "
+           "memory (at most 200 KiB); shorten the sequences or raise select_block", kOp, a.G, a.ncand_max, smem);
+  g.tables = from_vector(tables, {(int64_t)tables.size()}, DType::i32).to(q.device());
+  a.cu_seqlens = static_cast<const int32_t*>(g.tables.data_ptr());
+  a.cmp_starts = a.cu_seqlens + a.nseq + 1;
+  return g;
+}
+}  // namespace
+#endif
+
 NsaOutput nsa_attention(const Tensor& q, const Tensor& k_cmp, const Tensor& v_cmp, const Tensor& k_slc,
                         const Tensor& v_slc, const Tensor& k_win, const Tensor& v_win, const Tensor& gates,
                         const NsaOptions& options) {
   const std::vector<Tensor> inputs = {q, k_cmp, v_cmp, k_slc, v_slc, k_win, v_win, gates};
   const NsaOptions opt = resolve(inputs, options);
-  if (!q.device().is_cpu()) no_cuda_kernel(kOp);
+  const bool on_cpu = q.device().is_cpu();
 
   const int64_t T = q.size(0), HQ = q.size(1), D = q.size(2), H = k_slc.size(1);
   std::vector<Tensor> in;
   for (const Tensor& t : inputs) in.push_back(t.detach().contiguous());
   NsaOutput out{empty({T, HQ, D}, q.dtype(), q.device()), empty({T, H, opt.n_select}, DType::i32, q.device())};
-  const Tensor branch_o = empty({3, T, HQ, D}, DType::f64, q.device()), lse = empty({3, T, HQ}, DType::f64, q.device());
-  cpu::nsa_forward(in, opt, out.o, out.block_indices, branch_o, lse);
+  // Branch outputs and log-sum-exps: f64 on the CPU (the reference), the accumulation type on the GPU.
+  const DType acc = on_cpu || q.dtype() == DType::f64 ? DType::f64 : DType::f32;
+  const Tensor branch_o = empty({3, T, HQ, D}, acc, q.device()), lse = empty({3, T, HQ}, acc, q.device());
+  if (on_cpu) {
+    cpu::nsa_forward(in, opt, out.o, out.block_indices, branch_o, lse);
+  } else {
+#if NT_CUDA
+    const CudaGeometry g = cuda_geometry(q, k_cmp, k_slc, opt);
+    const void* ptrs[8];
+    for (int i = 0; i < 8; ++i) ptrs[i] = in[i].data_ptr();
+    cuda::nsa_forward(q.dtype(), ptrs, out.o.data_ptr(), static_cast<int32_t*>(out.block_indices.data_ptr()),
+                      branch_o.data_ptr(), lse.data_ptr(), g.dims, stream_of(q));
+#else
+    no_cuda_kernel(kOp);
+#endif
+  }
 
   if (autograd::needs_grad(inputs)) {
     std::vector<autograd::Saved> saved;
@@ -118,7 +166,22 @@ NsaOutput nsa_attention(const Tensor& q, const Tensor& k_cmp, const Tensor& v_cm
                          in.push_back(s.get());
                          grads.push_back(empty(s.get().shape(), s.get().dtype(), s.get().device()));
                        }
-                       cpu::nsa_backward(in, opt, sidx.get(), sbo.get(), slse.get(), dy.to(DType::f64).contiguous(), grads);
+                       const Tensor& bo = sbo.get();
+                       const Tensor dout = dy.to(bo.dtype()).contiguous();
+                       if (bo.device().is_cpu()) {
+                         cpu::nsa_backward(in, opt, sidx.get(), bo, slse.get(), dout, grads);
+                       } else {
+#if NT_CUDA
+                         const CudaGeometry g = cuda_geometry(in[0], in[1], in[3], opt);
+                         const cuda::NsaDims& a = g.dims;
+                         const Tensor scratch = empty({2 * (int64_t)a.NC * a.H * a.D + 4 * a.N * a.H * a.D}, bo.dtype(), bo.device());
+                         const void* ptrs[8];
+                         void* gp[8];
+                         for (int i = 0; i < 8; ++i) ptrs[i] = in[i].data_ptr(), gp[i] = grads[i].data_ptr();
+                         cuda::nsa_backward(in[0].dtype(), ptrs, static_cast<const int32_t*>(sidx.get().data_ptr()), bo.data_ptr(),
+                                            slse.get().data_ptr(), dout.data_ptr(), gp, scratch.data_ptr(), a, stream_of(dout));
+#endif
+                       }
                        return grads;
                      });
   }

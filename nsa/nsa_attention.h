@@ -2,7 +2,8 @@
 // branches of one layer, gated per query head. Index conventions (block visibility, selection scores, forced blocks,
 // tie breaking) are exactly those of /work/shared/NSA-CONVENTIONS.md; docs/nsa.md summarizes them.
 //
-// The CPU path is the reference (double accumulation); CUDA tensors are an error until the op has kernels.
+// The CPU path is the reference (double accumulation); on CUDA, cuda/nsa.cu runs the same loops on CUDA cores
+// (one block per token and key/value head), checked against it in the CUDA suite.
 // Gradients flow to q, the six key/value tensors and the gates; the choice of blocks is held fixed (no gradient
 // through it), while the compressed probabilities that drive it still get their gradient through the compression
 // branch's output.

@@ -2,6 +2,7 @@
 // multiples of any block or vector width.
 #include "cuda_util.h"
 #include "nn/transformer.h"
+#include "nsa/nsa_attention.h"
 #include "train/adamw.h"
 #if NT_CUDA
 #include "cuda/allocator.h"
@@ -312,4 +313,50 @@ CUDA_TEST("flash_attention: tensor-core (bf16) and CUDA-core kernels against the
                  {rnd_grad(qs, 90), rnd_grad(ks, 91), rnd_grad(ks, 92)}, dt, tol);
     }
   set_version(default_version);
+}
+
+CUDA_TEST("nsa_attention: CUDA-core kernels against the CPU reference") {
+  struct C {
+    int64_t HQ, H, D;
+    std::vector<int32_t> cu;  // packed sequences over T = cu.back() rows
+    NsaOptions opt;
+  };
+  auto opts = [](int64_t l, int64_t d, int64_t lp, int64_t n, int64_t w) {
+    NsaOptions o;
+    o.block = l, o.stride = d, o.select_block = lp, o.n_select = n, o.window = w;
+    return o;
+  };
+  // Group sizes 1, 4 and 16; lengths that are not multiples of the blocks; more candidates than n (selection by
+  // score), fewer (all selected), an empty sequence, a sequence shorter than l, an empty window.
+  const std::vector<C> cases = {{4, 4, 16, {0, 70}, opts(8, 4, 16, 3, 20)},
+                                {8, 2, 24, {0, 30, 31, 31, 97}, opts(8, 4, 16, 4, 9)},
+                                {16, 1, 8, {0, 53}, opts(4, 2, 8, 3, 0)},
+                                {2, 1, 40, {0, 129}, opts(16, 8, 32, 3, 40)}};
+  for (const C& c : cases)
+    for (DType dt : kFloatTypes) {
+      const int64_t T = c.cu.back();
+      int64_t NC = 0;
+      for (size_t b = 0; b + 1 < c.cu.size(); ++b) NC += nsa_num_cmp_blocks(c.cu[b + 1] - c.cu[b], c.opt.block, c.opt.stride);
+      INFO("HQ " << c.HQ << " H " << c.H << " D " << c.D << " T " << T << " NC " << NC);
+      NsaOptions opt = c.opt;
+      opt.cu_seqlens = c.cu;
+      const Tol tol = dt == DType::bf16 ? Tol{3e-2, 6e-2} : (dt == DType::f32 ? Tol{3e-5, 3e-4} : Tol{1e-8, 1e-8});
+      const Tensor gates = sigmoid(rnd({T, c.HQ, 3}, 107));
+      check_cuda("nsa_attention",
+                 [&](const std::vector<Tensor>& v) { return nsa_attention(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], opt).o; },
+                 {rnd_grad({T, c.HQ, c.D}, 100), rnd_grad({NC, c.H, c.D}, 101), rnd_grad({NC, c.H, c.D}, 102),
+                  rnd_grad({T, c.H, c.D}, 103), rnd_grad({T, c.H, c.D}, 104), rnd_grad({T, c.H, c.D}, 105),
+                  rnd_grad({T, c.H, c.D}, 106), gates.detach().requires_grad_()},
+                 dt, tol);
+      if (dt == DType::bf16) continue;  // bf16 scores may order near-ties differently
+      std::vector<Tensor> in;
+      for (uint64_t s = 100; s < 107; ++s) {
+        const Shape sh = s == 100 ? Shape{T, c.HQ, c.D} : (s <= 102 ? Shape{NC, c.H, c.D} : Shape{T, c.H, c.D});
+        in.push_back(rnd(sh, s).to(dt));
+      }
+      const Tensor ref = nsa_attention(in[0], in[1], in[2], in[3], in[4], in[5], in[6], gates.to(dt), opt).block_indices;
+      for (Tensor& t : in) t = t.to(cuda_device(0));
+      const Tensor got = nsa_attention(in[0], in[1], in[2], in[3], in[4], in[5], in[6], gates.to(dt).to(cuda_device(0)), opt).block_indices;
+      expect_close(got.to(kCPU).to(DType::f64), ref.to(DType::f64), 0, 0);
+    }
 }
