@@ -37,6 +37,8 @@ int main(int argc, char** argv) {
     c.mlp_hidden = (int64_t)meta("mlp_hidden"), c.rope.theta = meta("rope_theta");
     if (auto it = f.metadata.find("attention"); it != f.metadata.end() && it->second != "dense")
       throw Error(fmt::format("generate: '{}' has {} attention; decoding supports dense attention only so far", o["model"], it->second));
+    if (auto it = f.metadata.find("mlp"); it != f.metadata.end() && it->second != "dense")
+      throw Error(fmt::format("generate: '{}' has a {} feed-forward; decoding supports dense models only so far", o["model"], it->second));
     const Device dev = (o["device"] == "cuda" || (o["device"] == "auto" && cuda::available())) ? cuda_device(0) : kCPU;
     nn::TransformerLM lm(c);
     lm.to(dev);

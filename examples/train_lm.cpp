@@ -25,6 +25,7 @@
 #include "cuda/memory.h"
 #include "nn/safetensors.h"
 #include "nn/transformer.h"
+#include "moe/moe_layer.h"
 #include "nsa/nsa_layer.h"
 #include "train/adamw.h"
 #include "train/checkpoint.h"
@@ -57,6 +58,9 @@ struct Settings {
   std::string attention;  // dense or nsa
   nsa::NsaConfig nsa;
   int64_t dense_warmup_steps = 0;
+  std::string mlp;  // dense or moe
+  moe::MoEConfig moe;
+  int64_t moe_first_dense = 0;
 };
 
 // Reads every value up front, so check_all_read() reports unknown keys before any work starts.
@@ -70,6 +74,15 @@ Settings read(const train::Config& c) {
   s.nsa.select_block = c.get_int("model.nsa.select_block"), s.nsa.n_select = c.get_int("model.nsa.n_select");
   s.nsa.window = c.get_int("model.nsa.window");
   s.dense_warmup_steps = c.get_int("training.dense_warmup_steps");
+  s.mlp = c.get_string("model.mlp", {"dense", "moe"});
+  s.moe.n_routed = c.get_int("model.moe.n_routed"), s.moe.top_k = c.get_int("model.moe.top_k");
+  s.moe.n_shared = c.get_int("model.moe.n_shared"), s.moe.expert_hidden = c.get_int("model.moe.expert_hidden");
+  s.moe_first_dense = c.get_int("model.moe.first_dense");
+  s.moe.router.affinity = c.get_string("model.moe.affinity", {"softmax", "sigmoid"});
+  s.moe.router.normalize_topk = c.get_bool("model.moe.normalize_topk");
+  s.moe.router.aux_loss_coef = c.get_double("model.moe.aux_loss_coef");
+  s.moe.router.aux_free = c.get_bool("model.moe.aux_free");
+  s.moe.router.bias_update_speed = c.get_double("model.moe.bias_update_speed");
   s.steps = c.get_int("training.steps"), s.batch = c.get_int("training.batch"), s.warmup = c.get_int("training.warmup");
   s.eval_every = c.get_int("training.eval_every"), s.eval_batches = c.get_int("training.eval_batches");
   s.log_every = c.get_int("training.log_every"), s.save_every = c.get_int("training.save_every"), s.seed = c.get_int("training.seed");
@@ -164,6 +177,15 @@ int main(int argc, char** argv) {
     }
 
     nn::LMConfig cfg = s.model;
+    if (s.mlp == "moe") {
+      moe::MoEConfig mc = s.moe;
+      mc.dim = cfg.dim;
+      const int64_t first_dense = s.moe_first_dense, hidden = cfg.hidden();
+      cfg.make_mlp = [mc, first_dense, hidden](int64_t layer, const nn::Init& init) -> std::shared_ptr<nn::Layer> {
+        if (layer < first_dense) return std::make_shared<nn::SwiGLUMLP>(mc.dim, hidden, init);
+        return std::make_shared<moe::DeepSeekMoE>(mc, init);
+      };
+    }
     if (s.attention == "nsa") {
       nsa::NsaConfig nc = s.nsa;
       nc.dim = cfg.dim, nc.n_heads = cfg.n_heads, nc.n_kv_heads = cfg.n_kv_heads, nc.head_dim = cfg.dim / cfg.n_heads;
@@ -206,8 +228,8 @@ int main(int argc, char** argv) {
       fmt::print("resumed from {} at step {}\n", s.resume, first_step);
     }
 
-    fmt::print("train_lm: {} {} | {} params | {} attention | dim {} layers {} heads {}/{} | batch {} x {} micro-batches x seq {} | {} steps | lr {} -> {}\n",
-               dev.str(), s.precision, lm.num_parameters(), s.attention, cfg.dim, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, B, s.grad_accum,
+    fmt::print("train_lm: {} {} | {} params | {} attention, {} MLP | dim {} layers {} heads {}/{} | batch {} x {} micro-batches x seq {} | {} steps | lr {} -> {}\n",
+               dev.str(), s.precision, lm.num_parameters(), s.attention, s.mlp, cfg.dim, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, B, s.grad_accum,
                T, steps, peak, floor);
     fmt::print("data: {} ({} train / {} val tokens, vocab {}{}); unigram entropy {:.3f} nats/token\n", data, tr.tokens.size(),
                va.tokens.size(), tr.vocab, s.packing ? fmt::format(", {} documents packed", tr.doc_starts.size()) : "", unigram);
@@ -259,16 +281,29 @@ int main(int argc, char** argv) {
       const double gnorm = opt.clip_grad_norm(clip);
       opt.step(lr);
       opt.zero_grad();
+      for (auto& block : lm.layers)  // DeepSeek-V3's auxiliary-loss-free balancing (a no-op otherwise)
+        if (auto* m = dynamic_cast<moe::DeepSeekMoE*>(block->mlp.get())) m->update_bias();
       tokens_since += B * T * s.grad_accum;
       if ((step + 1) % s.log_every == 0) {
         const auto now = Clock::now();
         const double dt = std::chrono::duration<double>(now - last).count(), elapsed = std::chrono::duration<double>(now - start).count();
         const double tps = tokens_since / dt, eta = elapsed / (double)(step + 1 - first_step) * (double)(steps - step - 1);
         const double mfu = peak_tflops > 0 ? tps * flops_per_token / (peak_tflops * 1e12) : NAN;
-        fmt::print("step {:5d} | loss {:.4f} | lr {:.2e} | grad norm {:.3f} | {:.0f} tok/s{} | elapsed {:.0f}s | ETA {:.0f}s\n",
-                   step + 1, l, lr, gnorm, tps, std::isnan(mfu) ? "" : fmt::format(" | MFU {:.1f}%", 100 * mfu), elapsed, eta);
-        metrics << fmt::format("{{\"step\":{},\"loss\":{:.6f},\"lr\":{:.3e},\"grad_norm\":{:.4f},\"tokens_per_s\":{:.1f}{}}}\n",
-                               step + 1, l, lr, gnorm, tps, std::isnan(mfu) ? "" : fmt::format(",\"mfu\":{:.4f}", mfu))
+        // Expert load of the last micro-batch: the worst layer's max/mean tokens per expert (1 is perfect balance).
+        double moe_max = NAN, moe_cv = NAN;
+        for (auto& block : lm.layers)
+          if (auto* m = dynamic_cast<moe::DeepSeekMoE*>(block->mlp.get())) {
+            const auto st = m->stats();
+            moe_max = std::isnan(moe_max) ? st.max_over_mean : std::max(moe_max, st.max_over_mean);
+            moe_cv = std::isnan(moe_cv) ? st.cv : std::max(moe_cv, st.cv);
+          }
+        const std::string moe_text = std::isnan(moe_max) ? "" : fmt::format(" | expert load max/mean {:.2f} cv {:.2f}", moe_max, moe_cv);
+        const std::string moe_json = std::isnan(moe_max) ? "" : fmt::format(",\"moe_max_over_mean\":{:.4f},\"moe_cv\":{:.4f}", moe_max, moe_cv);
+        fmt::print("step {:5d} | loss {:.4f} | lr {:.2e} | grad norm {:.3f} | {:.0f} tok/s{}{} | elapsed {:.0f}s | ETA {:.0f}s\n",
+                   step + 1, l, lr, gnorm, tps, std::isnan(mfu) ? "" : fmt::format(" | MFU {:.1f}%", 100 * mfu), moe_text,
+                   elapsed, eta);
+        metrics << fmt::format("{{\"step\":{},\"loss\":{:.6f},\"lr\":{:.3e},\"grad_norm\":{:.4f},\"tokens_per_s\":{:.1f}{}{}}}\n",
+                               step + 1, l, lr, gnorm, tps, std::isnan(mfu) ? "" : fmt::format(",\"mfu\":{:.4f}", mfu), moe_json)
                 << std::flush;
         last = now, tokens_since = 0;
       }
@@ -279,7 +314,7 @@ int main(int argc, char** argv) {
                           {"layers", std::to_string(cfg.n_layers)}, {"heads", std::to_string(cfg.n_heads)},
                           {"kv_heads", std::to_string(cfg.n_kv_heads)}, {"max_seq", std::to_string(cfg.max_seq)},
                           {"mlp_hidden", std::to_string(cfg.hidden())}, {"rope_theta", fmt::format("{}", cfg.rope.theta)},
-                          {"attention", s.attention}});
+                          {"attention", s.attention}, {"mlp", s.mlp}});
     train::save_checkpoint(out + "/ckpt", lm, opt, {steps, gen});
     fmt::print("saved {}/model.safetensors and the checkpoint {}/ckpt (training.resume={}/ckpt training.steps=N continues it)\n", out, out, out);
   } catch (const Error& e) {

@@ -39,11 +39,13 @@ TransformerLM::TransformerLM(const LMConfig& c, const Init& init) : cfg(c) {
   norm = register_module("norm", std::make_shared<RMSNorm>(cfg.dim, cfg.norm_eps, init));
   if (!cfg.tie_embeddings) lm_head = register_module("lm_head", std::make_shared<Linear>(cfg.dim, cfg.vocab, false, init));
   // GPT-2 initialization: every matrix N(0, std); the projections into the residual stream (attn.wo, mlp.w2) by
-  // another 1/sqrt(2 n_layers), so the residual's variance does not grow with depth.
+  // another 1/sqrt(2 n_layers), so the residual's variance does not grow with depth (MoE: the shared and the
+  // routed experts' output projections likewise).
   autograd::NoGradGuard no_grad;
   for (auto& [name, p] : named_parameters()) {
-    if (p.dim() != 2) continue;
-    const bool residual = name.ends_with("attn.wo.weight") || name.ends_with("mlp.w2.weight");
+    if (p.dim() < 2) continue;  // matrices, and stacked expert matrices [E, in, out]
+    const bool residual = name.ends_with("attn.wo.weight") || name.ends_with("mlp.w2.weight") ||
+                          name.ends_with("mlp.shared.w2.weight") || name.ends_with("mlp.experts.w2");
     const double std = cfg.init_std / (residual ? std::sqrt(2.0 * (double)cfg.n_layers) : 1.0);
     p.copy_(randn(p.shape(), DType::f64, kCPU, init.gen) * std);
   }

@@ -197,6 +197,13 @@ void read_like_train_lm(const Config& c) {
   for (const char* k : {"model.nsa.block", "model.nsa.stride", "model.nsa.select_block", "model.nsa.n_select", "model.nsa.window"})
     CHECK(c.get_int(k) > 0);
   CHECK(c.get_int("training.dense_warmup_steps") >= 0);
+  c.get_string("model.mlp", {"dense", "moe"});
+  for (const char* k : {"model.moe.n_routed", "model.moe.top_k", "model.moe.expert_hidden"}) CHECK(c.get_int(k) > 0);
+  for (const char* k : {"model.moe.n_shared", "model.moe.first_dense"}) CHECK(c.get_int(k) >= 0);
+  c.get_string("model.moe.affinity", {"softmax", "sigmoid"});
+  c.get_bool("model.moe.normalize_topk"), c.get_bool("model.moe.aux_free");
+  CHECK(c.get_double("model.moe.aux_loss_coef") >= 0);
+  CHECK(c.get_double("model.moe.bias_update_speed") >= 0);
   CHECK(c.get_int("model.dim") % c.get_int("model.heads") == 0);
   CHECK(c.get_int("model.heads") % c.get_int("model.kv_heads") == 0);
   c.check_all_read();

@@ -1,0 +1,64 @@
+#include "moe/moe_layer.h"
+
+namespace nt::moe {
+
+namespace {
+RouterConfig resolved(const MoEConfig& c) {
+  RouterConfig r = c.router;
+  NT_CHECK(r.n_routed == 0 || r.n_routed == c.n_routed,
+           "DeepSeekMoE: router.n_routed ({}) differs from n_routed ({}); leave it 0", r.n_routed, c.n_routed);
+  NT_CHECK(r.top_k == 0 || r.top_k == c.top_k, "DeepSeekMoE: router.top_k ({}) differs from top_k ({}); leave it 0",
+           r.top_k, c.top_k);
+  r.n_routed = c.n_routed, r.top_k = c.top_k;
+  return r;
+}
+}  // namespace
+
+DeepSeekMoE::DeepSeekMoE(const MoEConfig& c, const nn::Init& init) : cfg(c) {
+  NT_CHECK(cfg.dim > 0 && cfg.expert_hidden > 0, "DeepSeekMoE: dim ({}) and expert_hidden ({}) must be positive",
+           cfg.dim, cfg.expert_hidden);
+  NT_CHECK(cfg.n_shared >= 0, "DeepSeekMoE: n_shared must be >= 0, got {}", cfg.n_shared);
+  cfg.router = resolved(cfg);
+  router = register_module("router", std::make_shared<Router>(cfg.dim, cfg.router, init));
+  experts = register_module("experts", std::make_shared<RoutedExperts>(cfg.n_routed, cfg.dim, cfg.expert_hidden, init));
+  if (cfg.n_shared > 0)
+    shared =
+        register_module("shared", std::make_shared<nn::SwiGLUMLP>(cfg.dim, cfg.n_shared * cfg.expert_hidden, init));
+  last_load_.assign(cfg.n_routed, 0);
+}
+
+Tensor DeepSeekMoE::forward(const Tensor& x) {
+  NT_CHECK(x.dim() == 3 && x.size(2) == cfg.dim, "DeepSeekMoE: x must be [B, T, {}], got {}", cfg.dim,
+           shape_str(x.shape()));
+  const int64_t N = x.size(0) * x.size(1), K = cfg.top_k, D = cfg.dim;
+  aux_ = Tensor();
+  last_load_.assign(cfg.n_routed, 0);
+  if (N == 0) return zeros_like(x);
+  const Tensor xf = x.reshape({N, D});
+  const RouterOutput r = router->forward(xf);
+  // The layer's one device-to-host copy (N * top_k indices, a sync on the GPU): the host builds the per-expert
+  // token lists, whose sizes the expert GEMMs need. A permute kernel and a grouped GEMM reading the offsets on the
+  // device remove it.
+  const Dispatch d = make_dispatch(r.indices.to(kCPU).to_vector_as<int64_t>(), cfg.n_routed, K);
+  last_load_ = d.counts;
+  if (is_training()) {
+    if (load_since_update_.empty()) load_since_update_.assign(cfg.n_routed, 0);
+    for (int64_t e = 0; e < cfg.n_routed; ++e) load_since_update_[e] += d.counts[e];
+  }
+  aux_ = router->aux_loss(r.scores, d.counts);
+  // Combine: each token's top_k expert outputs weighted by their gates, summed over its slots by a reduction, not
+  // scattered with atomics: the GPU result is deterministic.
+  const Tensor per_slot = experts->forward(xf, d).reshape({N, K, D});
+  Tensor y = sum(per_slot * r.gates.unsqueeze(2), {1});
+  if (shared) y = y + shared->forward(xf);
+  return y.reshape(x.shape());
+}
+
+void DeepSeekMoE::update_bias() {
+  if (!router->cfg.aux_free) return;
+  NT_CHECK(!load_since_update_.empty(), "DeepSeekMoE::update_bias: no training-mode forward since the last update");
+  router->update_bias(load_since_update_);
+  load_since_update_.clear();
+}
+
+}  // namespace nt::moe

@@ -1,0 +1,85 @@
+#include "moe/router.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace nt::moe {
+
+Router::Router(int64_t dim, const RouterConfig& c, const nn::Init& init) : cfg(c) {
+  NT_CHECK(dim > 0, "Router: dim must be positive, got {}", dim);
+  NT_CHECK(cfg.n_routed > 0, "Router: n_routed must be positive, got {}", cfg.n_routed);
+  NT_CHECK(cfg.top_k >= 1 && cfg.top_k <= cfg.n_routed, "Router: top_k must be in [1, n_routed = {}], got {}",
+           cfg.n_routed, cfg.top_k);
+  NT_CHECK(cfg.affinity == "softmax" || cfg.affinity == "sigmoid",
+           "Router: affinity must be \"softmax\" or \"sigmoid\", got \"{}\"", cfg.affinity);
+  NT_CHECK(cfg.aux_loss_coef >= 0, "Router: aux_loss_coef must be >= 0, got {}", cfg.aux_loss_coef);
+  NT_CHECK(cfg.bias_update_speed >= 0, "Router: bias_update_speed must be >= 0, got {}", cfg.bias_update_speed);
+  // nn::Linear's initialization, U(-1/sqrt(dim), 1/sqrt(dim)); the weight lives here so its name is router.weight.
+  const double bound = 1.0 / std::sqrt((double)dim);
+  const Tensor w = rand({cfg.n_routed, dim}, DType::f64, kCPU, init.gen) * (2 * bound) - bound;
+  register_parameter("weight", &weight, w.to(init.dtype).to(init.device));
+  bias_.assign(cfg.n_routed, 0.0);
+}
+
+void Router::set_bias(std::vector<double> b) {
+  NT_CHECK((int64_t)b.size() == cfg.n_routed, "Router::set_bias: expected {} values (one per routed expert), got {}",
+           cfg.n_routed, b.size());
+  bias_ = std::move(b);
+}
+
+RouterOutput Router::forward(const Tensor& x) {
+  NT_CHECK(x.dim() == 2 && x.size(1) == weight.size(1), "Router: x must be [N, {}], got {}", weight.size(1),
+           shape_str(x.shape()));
+  const bool low = x.dtype() != DType::f32 && x.dtype() != DType::f64;
+  const Tensor logits = low ? matmul(x.to(DType::f32), weight.to(DType::f32).mT()) : matmul(x, weight.mT());
+  const Tensor s = cfg.affinity == "softmax" ? softmax(logits, -1) : sigmoid(logits);
+  Tensor chooser = s.detach();
+  if (cfg.aux_free) chooser = chooser + from_vector(bias_, {cfg.n_routed}, chooser.dtype(), chooser.device());
+  const Tensor idx = topk(chooser, cfg.top_k, -1).indices;
+  Tensor g = gather(s, 1, idx);
+  if (cfg.normalize_topk) g = g / sum(g, {1}, true);
+  return {s, g.dtype() == x.dtype() ? g : g.to(x.dtype()), idx};
+}
+
+Tensor Router::aux_loss(const Tensor& s, const std::vector<int64_t>& load) const {
+  if (cfg.aux_loss_coef == 0 || cfg.aux_free) return Tensor();
+  const int64_t E = cfg.n_routed, N = s.size(0);
+  NT_CHECK(s.dim() == 2 && s.size(1) == E, "Router::aux_loss: scores must be [N, {}], got {}", E, shape_str(s.shape()));
+  NT_CHECK((int64_t)load.size() == E, "Router::aux_loss: load must have {} entries, got {}", E, load.size());
+  NT_CHECK(N > 0, "Router::aux_loss: no tokens");
+  // coef * f_i * (1/N), so that the loss is one weighted sum over the column sums of s'.
+  std::vector<double> w(E);
+  for (int64_t i = 0; i < E; ++i)
+    w[i] = cfg.aux_loss_coef * (double)E / (double)(cfg.top_k * N) * (double)load[i] / (double)N;
+  const Tensor sn = cfg.affinity == "softmax" ? s : s / sum(s, {1}, true);
+  return sum(sum(sn, {0}) * from_vector(w, {E}, s.dtype(), s.device()));
+}
+
+void Router::update_bias(const std::vector<int64_t>& load) {
+  const int64_t E = cfg.n_routed;
+  NT_CHECK((int64_t)load.size() == E, "Router::update_bias: load must have {} entries, got {}", E, load.size());
+  int64_t total = 0;
+  for (int64_t l : load) total += l;
+  // load_i < total / E, compared in integers so that an exactly balanced expert stays put.
+  for (int64_t i = 0; i < E; ++i) {
+    if (load[i] * E < total) bias_[i] += cfg.bias_update_speed;
+    else if (load[i] * E > total) bias_[i] -= cfg.bias_update_speed;
+  }
+}
+
+LoadStats load_stats(const std::vector<int64_t>& load) {
+  LoadStats st{load, 0, 0};
+  if (load.empty()) return st;
+  double total = 0, mx = 0;
+  for (int64_t l : load) total += (double)l, mx = std::max(mx, (double)l);
+  if (total == 0) return st;
+  const double mean = total / (double)load.size();
+  double var = 0;
+  for (int64_t l : load) var += ((double)l - mean) * ((double)l - mean);
+  var /= (double)load.size();
+  st.max_over_mean = mx / mean;
+  st.cv = std::sqrt(var) / mean;
+  return st;
+}
+
+}  // namespace nt::moe
