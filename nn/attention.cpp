@@ -50,9 +50,20 @@ Tensor CausalSelfAttention::forward(const Tensor& x, const ForwardContext& ctx) 
   const Tensor v = wv->forward(x).reshape({B, T, cfg.n_kv_heads, cfg.head_dim});
   if (rotary) q = rotary->apply(q), k = rotary->apply(k);
   Tensor o;
-  // On the CPU without packed documents the composite is used: its matmuls run on BLAS, while the fused op's CPU
-  // path is the plain reference loop (both compute the same function; tests/nn/test_nn.cpp checks it).
-  if (cfg.fused && (x.device().is_cuda() || !ctx.cu_seqlens.empty())) {
+  // On the CPU the composite is used, one document at a time when they are packed: its matmuls run on BLAS, while
+  // the fused op's CPU path is the plain reference loop (the same function; tests/nn/test_nn.cpp checks it).
+  if (cfg.fused && x.device().is_cpu() && !ctx.cu_seqlens.empty()) {
+    const Tensor qf = q.reshape({B * T, cfg.n_heads, cfg.head_dim}), kf = k.reshape({B * T, cfg.n_kv_heads, cfg.head_dim}),
+                 vf = v.reshape({B * T, cfg.n_kv_heads, cfg.head_dim});
+    std::vector<Tensor> parts;
+    for (size_t i = 0; i + 1 < ctx.cu_seqlens.size(); ++i) {
+      const int64_t s = ctx.cu_seqlens[i], n = ctx.cu_seqlens[i + 1] - s;
+      if (n > 0)
+        parts.push_back(causal_attention(qf.narrow(0, s, n).unsqueeze(0), kf.narrow(0, s, n).unsqueeze(0),
+                                         vf.narrow(0, s, n).unsqueeze(0), cfg.window).squeeze(0));
+    }
+    o = cat(parts, 0).reshape({B, T, cfg.n_heads, cfg.head_dim});
+  } else if (cfg.fused && x.device().is_cuda()) {
     // Rotary positions run on across the documents of a packed row; attention only sees relative positions
     // inside one document, so that equals restarting them at each document.
     AttentionOptions opt{cfg.window, 0, ctx.cu_seqlens};
