@@ -109,6 +109,31 @@ double default_peak_tflops(Device dev, const std::string& precision) {
   return precision == "bf16" ? 989.0 : 67.0;
 }
 
+// The MoE routers' loss-free balancing biases (state, not parameters): saved with the checkpoint so a resumed run
+// routes exactly as an uninterrupted one.
+std::vector<std::pair<std::string, Tensor>> moe_biases(const nn::TransformerLM& lm) {
+  std::vector<std::pair<std::string, Tensor>> out;
+  for (size_t i = 0; i < lm.layers.size(); ++i)
+    if (auto* m = dynamic_cast<const moe::DeepSeekMoE*>(lm.layers[i]->mlp.get()); m && m->cfg.router.aux_free) {
+      const std::vector<double>& b = m->router->bias();
+      out.emplace_back(fmt::format("moe_bias.layers.{}", i), from_vector(b, {(int64_t)b.size()}, DType::f64));
+    }
+  return out;
+}
+std::vector<std::string> moe_bias_names(const nn::TransformerLM& lm) {
+  std::vector<std::string> names;
+  for (auto& [name, t] : moe_biases(lm)) names.push_back(name);
+  return names;
+}
+void restore_moe_biases(nn::TransformerLM& lm, const std::vector<std::pair<std::string, Tensor>>& saved) {
+  for (const auto& [name, t] : saved) {
+    const size_t i = std::stoul(name.substr(name.rfind('.') + 1));
+    auto* m = dynamic_cast<moe::DeepSeekMoE*>(lm.layers.at(i)->mlp.get());
+    NT_CHECK(m, "train_lm: the checkpoint has '{}' but layer {} is not an MoE layer", name, i);
+    m->router->set_bias(t.to_vector());
+  }
+}
+
 double evaluate(nn::TransformerLM& lm, const train::TokenShard& val, int64_t batches, int64_t B, int64_t T, Device dev,
                 bool packing) {
   autograd::NoGradGuard no_grad;
@@ -223,7 +248,8 @@ int main(int argc, char** argv) {
     std::ofstream metrics(out + "/metrics.jsonl", std::ios::app);
     int64_t first_step = 0;
     if (!s.resume.empty()) {
-      const train::TrainState st = train::load_checkpoint(s.resume, lm, opt);
+      const train::TrainState st = train::load_checkpoint(s.resume, lm, opt, moe_bias_names(lm));
+      restore_moe_biases(lm, st.extra);
       first_step = st.step, gen = st.data_gen;  // same batches and updates as an uninterrupted run
       fmt::print("resumed from {} at step {}\n", s.resume, first_step);
     }
@@ -249,7 +275,7 @@ int main(int argc, char** argv) {
         set_dense(dense);
       }
       if (save_every > 0 && step > first_step && step % save_every == 0 && step < steps) {
-        train::save_checkpoint(out + "/ckpt", lm, opt, {step, gen});
+        train::save_checkpoint(out + "/ckpt", lm, opt, {step, gen, moe_biases(lm)});
         fmt::print("step {:5d} | checkpoint {}/ckpt\n", step, out);
       }
       if (step % s.eval_every == 0 || step == steps) {
@@ -315,7 +341,7 @@ int main(int argc, char** argv) {
                           {"kv_heads", std::to_string(cfg.n_kv_heads)}, {"max_seq", std::to_string(cfg.max_seq)},
                           {"mlp_hidden", std::to_string(cfg.hidden())}, {"rope_theta", fmt::format("{}", cfg.rope.theta)},
                           {"attention", s.attention}, {"mlp", s.mlp}});
-    train::save_checkpoint(out + "/ckpt", lm, opt, {steps, gen});
+    train::save_checkpoint(out + "/ckpt", lm, opt, {steps, gen, moe_biases(lm)});
     fmt::print("saved {}/model.safetensors and the checkpoint {}/ckpt (training.resume={}/ckpt training.steps=N continues it)\n", out, out, out);
   } catch (const Error& e) {
     fmt::print(stderr, "{}\n", e.what());

@@ -22,11 +22,13 @@ void save_checkpoint(const std::string& dir, const nn::Module& model, const Adam
   std::filesystem::create_directories(dir);
   const auto m = meta(opt, state);
   // Optimizer first, model last: a crash between the two leaves files whose steps differ, which loading rejects.
-  nn::save_safetensors(dir + "/optim.safetensors", opt.state(), m);
+  auto optim = opt.state();
+  for (const auto& e : state.extra) optim.push_back(e);
+  nn::save_safetensors(dir + "/optim.safetensors", optim, m);
   nn::save_safetensors(dir + "/model.safetensors", model.named_parameters(), m);
 }
 
-TrainState load_checkpoint(const std::string& dir, nn::Module& model, AdamW& opt) {
+TrainState load_checkpoint(const std::string& dir, nn::Module& model, AdamW& opt, const std::vector<std::string>& extra_names) {
   const std::string mp = dir + "/model.safetensors", op = dir + "/optim.safetensors";
   const nn::SafetensorsFile mf = nn::load_safetensors(mp), of = nn::load_safetensors(op);
   TrainState s;
@@ -38,6 +40,11 @@ TrainState load_checkpoint(const std::string& dir, nn::Module& model, AdamW& opt
   s.data_gen.offset = meta_u64(mf, "data_offset", mp);
   nn::load_parameters(model, mf);
   opt.load_state(of, (int64_t)meta_u64(of, "optimizer_steps", op));
+  for (const std::string& name : extra_names) {
+    const Tensor* t = of.find(name);
+    NT_CHECK(t, "load_checkpoint: '{}' has no '{}' (saved by a run with other settings?)", op, name);
+    s.extra.emplace_back(name, t->clone());
+  }
   return s;
 }
 

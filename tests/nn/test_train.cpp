@@ -218,6 +218,13 @@ TEST_CASE("resume: 3 steps + checkpoint + 3 steps equals 6 uninterrupted steps, 
   for (size_t i = 0; i < straight.size(); ++i) CHECK_MESSAGE(resumed[i] == straight[i], "step " << i);
   for (size_t i = 0; i < a.parameters().size(); ++i) expect_close(r.parameters()[i], a.parameters()[i], 0, 0);
 
+  // Extra state (e.g. MoE balancing biases) round-trips by name; asking for a missing one is an error.
+  train::save_checkpoint(dir.string(), b, ob, {3, db, {{"moe_bias.layers.1", from_vector({0.5, -0.25}, {2}, DType::f64)}}});
+  const train::TrainState ex = train::load_checkpoint(dir.string(), r, orr, {"moe_bias.layers.1"});
+  REQUIRE(ex.extra.size() == 1);
+  expect_values(ex.extra[0].second, {0.5, -0.25}, 0);
+  expect_error([&] { train::load_checkpoint(dir.string(), r, orr, {"moe_bias.layers.2"}); }, {"moe_bias.layers.2"});
+
   // An interrupted save (files from different steps) and a model that does not fit are refused.
   train::save_checkpoint(dir.string(), b, ob, {4, db});
   nn::save_safetensors((dir / "optim.safetensors").string(), ob.state(), {{"step", "3"}, {"optimizer_steps", "3"}});
