@@ -1,0 +1,134 @@
+#include "dist/fsdp.h"
+
+#include <cctype>
+#include <cmath>
+
+namespace nt::dist {
+
+std::vector<NamedParams> units_by_module(const NamedParams& params) {
+  std::vector<std::string> keys;
+  std::vector<NamedParams> units;
+  for (const auto& [name, p] : params) {
+    // The first dotted component, plus the next when it is an index (a list of blocks: one unit per block).
+    const size_t a = name.find('.');
+    std::string key = name.substr(0, a);
+    if (a != std::string::npos) {
+      const size_t b = name.find('.', a + 1);
+      const std::string next = name.substr(a + 1, b == std::string::npos ? std::string::npos : b - a - 1);
+      if (!next.empty() && std::all_of(next.begin(), next.end(), [](unsigned char c) { return std::isdigit(c); }))
+        key += "." + next;
+    }
+    size_t i = 0;
+    while (i < keys.size() && keys[i] != key) ++i;
+    if (i == keys.size()) keys.push_back(key), units.emplace_back();
+    units[i].emplace_back(name, p);
+  }
+  return units;
+}
+
+ShardedAdamW::ShardedAdamW(Communicator& comm, std::vector<NamedParams> units, const train::AdamWConfig& c)
+    : comm_(comm), cfg(c) {
+  NT_CHECK(c.beta1 >= 0 && c.beta1 < 1 && c.beta2 >= 0 && c.beta2 < 1,
+           "ShardedAdamW: betas must be in [0, 1), got {} and {}", c.beta1, c.beta2);
+  NT_CHECK(c.eps > 0 && c.weight_decay >= 0, "ShardedAdamW: eps must be > 0 and weight_decay >= 0");
+  const int64_t n = comm.size(), rank = comm.rank();
+  autograd::NoGradGuard no_grad;
+  for (size_t k = 0; k < units.size(); ++k) {
+    Unit u;
+    u.params = std::move(units[k]);
+    NT_CHECK(!u.params.empty(), "ShardedAdamW: unit {} has no parameters", k);
+    const DType dt = u.params[0].second.dtype();
+    for (const auto& [name, p] : u.params) {
+      NT_CHECK(p.dtype() == dt, "ShardedAdamW: parameter '{}' has dtype {} but '{}' in its unit has {}", name,
+               dtype_name(p.dtype()), u.params[0].first, dtype_name(dt));
+      NT_CHECK(p.is_contiguous() && p.device().is_cpu(), "ShardedAdamW: parameter '{}' must be a contiguous CPU tensor",
+               name);
+      u.offsets.push_back(u.numel);
+      u.numel += p.numel();
+    }
+    const DType acc = dt == DType::f64 ? DType::f64 : DType::f32;
+    u.shard = (u.numel + n - 1) / n;
+    u.flat = zeros({u.shard * n}, acc);
+    for (size_t i = 0; i < u.params.size(); ++i)
+      u.flat.narrow(0, u.offsets[i], u.params[i].second.numel()).copy_(u.params[i].second.reshape({-1}));
+    comm.broadcast(u.flat, 0);  // rank 0's initialization wins
+    write_params(u);
+    const int64_t lo = rank * u.shard;
+    u.master = u.flat.narrow(0, lo, u.shard).clone();
+    u.m = zeros({u.shard}, acc), u.v = zeros({u.shard}, acc);
+    // Decay runs: each parameter's part of [lo, lo + shard), then the padding; adjacent runs alike are merged.
+    auto add = [&](int64_t b, int64_t e, bool decay) {
+      b = std::max(b, lo) - lo, e = std::min(e, lo + u.shard) - lo;
+      if (b >= e) return;
+      if (!u.runs.empty() && std::get<1>(u.runs.back()) == b && std::get<2>(u.runs.back()) == decay)
+        std::get<1>(u.runs.back()) = e;
+      else
+        u.runs.emplace_back(b, e, decay);
+    };
+    for (size_t i = 0; i < u.params.size(); ++i)
+      add(u.offsets[i], u.offsets[i] + u.params[i].second.numel(), u.params[i].second.dim() >= 2);
+    add(u.numel, u.shard * n, false);
+    units_.push_back(std::move(u));
+  }
+}
+
+void ShardedAdamW::write_params(Unit& u) {
+  autograd::NoGradGuard no_grad;
+  for (size_t i = 0; i < u.params.size(); ++i) {
+    Tensor p = u.params[i].second;
+    p.copy_(u.flat.narrow(0, u.offsets[i], p.numel()).reshape(p.shape()));
+  }
+}
+
+void ShardedAdamW::gather_params() {
+  for (Unit& u : units_) comm_.all_gather(u.master, u.flat), write_params(u);
+}
+
+double ShardedAdamW::step(double lr, double max_norm) {
+  ++t_;
+  autograd::NoGradGuard no_grad;
+  std::vector<Tensor> grads;
+  double local_sq = 0;
+  for (Unit& u : units_) {
+    for (size_t i = 0; i < u.params.size(); ++i) {
+      const Tensor& p = u.params[i].second;
+      Tensor region = u.flat.narrow(0, u.offsets[i], p.numel());
+      if (p.grad().defined()) region.copy_(p.grad().reshape({-1}));
+      else region.copy_(zeros({1}, u.flat.dtype()));
+    }
+    // The padding of flat holds gathered weights, which are 0 there (padding masters never move).
+    Tensor g = empty({u.shard}, u.flat.dtype());
+    comm_.reduce_scatter(u.flat, g, ReduceOp::avg);
+    for (double x : g.to_vector()) local_sq += x * x;
+    grads.push_back(g);
+  }
+  Tensor sq = from_vector({local_sq}, {1}, DType::f64);
+  comm_.all_reduce(sq, ReduceOp::sum);  // in rank order: every rank gets the same norm, bit for bit
+  const double norm = std::sqrt(sq.item());
+  const double scale = norm > max_norm && norm > 0 ? max_norm / (norm + 1e-6) : 1.0;  // as train::AdamW
+  for (size_t k = 0; k < units_.size(); ++k) {
+    Unit& u = units_[k];
+    if (scale != 1.0) grads[k] = grads[k] * scale;
+    for (const auto& [b, e, decay] : u.runs) {
+      Tensor p = u.master.narrow(0, b, e - b), m = u.m.narrow(0, b, e - b), v = u.v.narrow(0, b, e - b);
+      train::adamw_update(p, grads[k].narrow(0, b, e - b), m, v, lr, cfg.beta1, cfg.beta2, cfg.eps,
+                          decay ? cfg.weight_decay : 0.0, t_);
+    }
+    comm_.all_gather(u.master, u.flat);
+    write_params(u);
+  }
+  return norm;
+}
+
+void ShardedAdamW::zero_grad() {
+  for (Unit& u : units_)
+    for (auto& [name, p] : u.params) p.set_grad(Tensor());
+}
+
+std::vector<Tensor> ShardedAdamW::master_shards() const {
+  std::vector<Tensor> out;
+  for (const Unit& u : units_) out.push_back(u.master);
+  return out;
+}
+
+}  // namespace nt::dist

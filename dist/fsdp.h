@@ -1,0 +1,63 @@
+// Sharded AdamW (ZeRO-1/2 style, the first piece of FSDP): parameters are grouped into flat units; each unit's
+// f32 (f64 for f64 parameters) master weights and AdamW moments are split evenly over the ranks, so each rank keeps
+// 1/N of the optimizer state. Every rank still holds the full model weights between steps (not ZeRO-3: no unit is
+// freed after use, no prefetch, no overlap on streams).
+//
+// A step: reduce-scatter (average) each unit's flat gradient into this rank's shard, clip by the global L2 norm
+// (an all-reduce of the shards' squared norms), update the shard with train::adamw_update, all-gather the updated
+// shards into the parameters. Averaging matches single-process training on the concatenated batch when every rank's
+// loss is a mean over the same number of tokens.
+#pragma once
+#include <limits>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "dist/communicator.h"
+#include "train/adamw.h"
+
+namespace nt::dist {
+
+using NamedParams = std::vector<std::pair<std::string, Tensor>>;
+
+// One unit per top-level submodule: "tok_emb.weight" -> tok_emb, "layers.3.attn.wq.weight" -> layers.3, "norm.weight"
+// -> norm; units keep the order of first appearance.
+std::vector<NamedParams> units_by_module(const NamedParams& params);
+
+class ShardedAdamW {
+ public:
+  // Rank 0's parameter values are the starting point: they are broadcast and written into every rank's parameters.
+  // Every rank must pass the same units (names, shapes, dtypes); a unit's parameters share one dtype.
+  ShardedAdamW(Communicator& comm, std::vector<NamedParams> units, const train::AdamWConfig& cfg = {});
+  // One update from the parameters' gradients (averaged over ranks; a missing gradient counts as zero, unlike
+  // train::AdamW which skips that parameter). Clips to max_norm like train::AdamW::clip_grad_norm; returns the
+  // global gradient norm before clipping.
+  double step(double lr, double max_norm = std::numeric_limits<double>::infinity());
+  // Writes the full weights (all-gathered from the shards) into every rank's parameters.
+  void gather_params();
+  void zero_grad();
+  int64_t steps() const { return t_; }
+  // The flat f32/f64 weights of this rank's shards, one per unit (for tests and future sharded checkpoints).
+  std::vector<Tensor> master_shards() const;
+
+ private:
+  struct Unit {
+    NamedParams params;
+    std::vector<int64_t> offsets;  // of each parameter in the flat unit
+    int64_t numel = 0, shard = 0;  // real elements; elements per rank (the flat unit is padded to shard * N)
+    Tensor master, m, v;           // [shard], this rank's slice
+    // Runs [begin, end) of the shard with one decay setting: the decay mask, run-length coded so that each run is
+    // one adamw_update call (the same fused kernel train::AdamW uses). Padding is in a no-decay run; it stays 0.
+    std::vector<std::tuple<int64_t, int64_t, bool>> runs;
+    Tensor flat;                   // [shard * N] gather/scatter buffer
+  };
+  void write_params(Unit& u);  // flat -> parameters
+  Communicator& comm_;
+  std::vector<Unit> units_;
+  int64_t t_ = 0;
+
+ public:
+  train::AdamWConfig cfg;
+};
+
+}  // namespace nt::dist
