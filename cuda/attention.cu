@@ -250,7 +250,9 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_tc2(const uint16_t* __restr
     __syncthreads();  // K(n0) (and Q) landed; every warp is done with P V on the previous V
     cp_tile<kBN, DP>(Vs, vg + (int64_t)n0 * ks, ks, len - n0, a.D);
     cp_commit();
-    const bool active = n0 <= wrow + 15 && (a.window <= 0 || n0 + kBN - 1 > wrow + 15 - a.window);
+    // Some row r of the warp's 16 sees some key of the tile: n0 <= r (causal, widest for the last row) and
+    // n0 + kBN - 1 > r - window (window, widest for the first row).
+    const bool active = n0 <= wrow + 15 && (a.window <= 0 || n0 + kBN - 1 > wrow - a.window);
     float s[8][4];
     float alpha[2] = {1.f, 1.f};
     if (active) {

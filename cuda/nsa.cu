@@ -84,7 +84,7 @@ struct SelectedKeys {
 };
 
 template <class T, class A>
-__global__ void nsa_fwd_simt(const T* __restrict__ q, const T* __restrict__ kc, const T* __restrict__ vc,
+__global__ void __launch_bounds__(1024) nsa_fwd_simt(const T* __restrict__ q, const T* __restrict__ kc, const T* __restrict__ vc,
                              const T* __restrict__ ks, const T* __restrict__ vs, const T* __restrict__ kw,
                              const T* __restrict__ vw, const T* __restrict__ gates, T* __restrict__ o,
                              int32_t* __restrict__ block_indices, A* __restrict__ branch_o, A* __restrict__ lse,
@@ -205,7 +205,7 @@ __device__ void attend_backward(const A (&q)[kPerLane], const T* K, const T* V, 
 }
 
 template <class T, class A>
-__global__ void nsa_bwd_simt(const T* __restrict__ q, const T* __restrict__ kc, const T* __restrict__ vc,
+__global__ void __launch_bounds__(1024) nsa_bwd_simt(const T* __restrict__ q, const T* __restrict__ kc, const T* __restrict__ vc,
                              const T* __restrict__ ks, const T* __restrict__ vs, const T* __restrict__ kw,
                              const T* __restrict__ vw, const T* __restrict__ gates, const int32_t* __restrict__ block_indices,
                              const A* __restrict__ branch_o, const A* __restrict__ lse, const A* __restrict__ dout,

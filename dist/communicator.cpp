@@ -89,9 +89,9 @@ void ThreadCommunicator::collective(const char* op, const Tensor& t, const void*
     const ThreadGroup::Post& p = posts[r];
     NT_CHECK(p.op == op, "{} on rank {}: rank {} called {} at the same time (every rank must call the same "
              "collectives in the same order)", op, rank_, r, p.op);
-    NT_CHECK(p.dtype == posts[rank_].dtype, "{}: rank {} passed dtype {} but rank {} passed {}", op, r,
+    NT_CHECK(p.dtype == posts[rank_].dtype, "{}: rank {} passed dtype {} but rank {} passed dtype {}", op, r,
              dtype_name(p.dtype), rank_, dtype_name(posts[rank_].dtype));
-    NT_CHECK(p.numel == posts[rank_].numel, "{}: rank {} passed {} elements but rank {} passed {}", op, r, p.numel,
+    NT_CHECK(p.numel == posts[rank_].numel, "{}: rank {} passed {} elements but rank {} passed {} elements", op, r, p.numel,
              rank_, posts[rank_].numel);
     NT_CHECK(p.root == root, "{}: rank {} passed root {} but rank {} passed {}", op, r, p.root, rank_, root);
   }

@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "cuda/memory.h"
+#include "cuda/profiler.h"
 #include "nn/safetensors.h"
 #include "nn/transformer.h"
 #include "moe/moe_layer.h"
@@ -58,6 +59,7 @@ struct Settings {
   std::string attention;  // dense or nsa
   nsa::NsaConfig nsa;
   int64_t dense_warmup_steps = 0;
+  int64_t profile_steps = 0;
   std::string mlp;  // dense or moe
   moe::MoEConfig moe;
   int64_t moe_first_dense = 0;
@@ -74,6 +76,7 @@ Settings read(const train::Config& c) {
   s.nsa.select_block = c.get_int("model.nsa.select_block"), s.nsa.n_select = c.get_int("model.nsa.n_select");
   s.nsa.window = c.get_int("model.nsa.window");
   s.dense_warmup_steps = c.get_int("training.dense_warmup_steps");
+  s.profile_steps = c.get_int("training.profile_steps");
   s.mlp = c.get_string("model.mlp", {"dense", "moe"});
   s.moe.n_routed = c.get_int("model.moe.n_routed"), s.moe.top_k = c.get_int("model.moe.top_k");
   s.moe.n_shared = c.get_int("model.moe.n_shared"), s.moe.expert_hidden = c.get_int("model.moe.expert_hidden");
@@ -187,6 +190,9 @@ int main(int argc, char** argv) {
     }
     NT_CHECK(s.device != "cuda" || has_gpu, "train_lm: training.device=cuda but no GPU is available");
     const Device dev = (s.device == "cuda" || (s.device == "auto" && has_gpu)) ? cuda_device(0) : kCPU;
+    NT_CHECK(s.profile_steps >= 0 && (s.profile_steps == 0 || dev.is_cuda()),
+             "train_lm: training.profile_steps profiles GPU kernels: it needs a GPU run and a count >= 0, got {} on {}",
+             s.profile_steps, dev.is_cuda() ? "cuda" : "cpu");
 
     const std::string& data = s.data;
     const train::TokenShard tr = train::load_shard(data + "/train.bin"), va = train::load_shard(data + "/val.bin");
@@ -267,7 +273,12 @@ int main(int argc, char** argv) {
       for (auto& block : lm.layers)
         if (auto* a = dynamic_cast<nsa::NativeSparseAttention*>(block->attn.get())) a->dense = dense;
     };
+    // training.profile_steps=N: a kernel profile of N steps after a few warm-up steps (allocator, cuBLAS plans).
+    cuda::Profiler profiler;
+    const int64_t profile_from = std::min(first_step + 3, std::max(first_step, steps - s.profile_steps));
     for (int64_t step = first_step; step <= steps; ++step) {
+      if (s.profile_steps > 0 && step == profile_from + s.profile_steps)
+        fmt::print("profile of steps {}..{} (optimizer included):\n{}", profile_from, step - 1, profiler.stop());
       if (s.attention == "nsa") {
         const bool dense = step < s.dense_warmup_steps;
         if (step == first_step || step == s.dense_warmup_steps)
@@ -285,6 +296,7 @@ int main(int argc, char** argv) {
         metrics << fmt::format("{{\"step\":{},\"val_loss\":{:.6f},\"val_ppl\":{:.4f}}}\n", step, vl, std::exp(vl)) << std::flush;
       }
       if (step == steps) break;
+      if (s.profile_steps > 0 && step == profile_from) profiler.start();
       const double lr = train::lr_at(step, warmup, steps, peak, floor);
       // grad_accum micro-batches of B sequences: their gradients sum in f32 (AdamW::accumulate), each loss is
       // scaled by 1 / grad_accum so the update equals one batch of B * grad_accum sequences.

@@ -76,6 +76,7 @@ def main():
         p.add_argument("--" + k.replace("_", "-"), type=int, default=v)
     p.add_argument("--peak-tflops", type=float, default=989.0)
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--profile", type=int, default=0, help="print a kernel table of N more steps (torch.profiler)")
     a = p.parse_args()
     torch.manual_seed(0)
     model = LM(a).cuda()
@@ -108,6 +109,13 @@ def main():
     print(f"torch {'compile' if a.compile else 'eager'}: {n_params} params | {tps:.0f} tok/s | "
           f"MFU {100 * tps * flops_per_token / (a.peak_tflops * 1e12):.1f}% | {1e3 * dt:.1f} ms/step | "
           f"peak mem {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+    if a.profile:
+        from torch.profiler import ProfilerActivity, profile
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(a.profile):
+                step()
+            torch.cuda.synchronize()
+        print(prof.key_averages().table(sort_by="device_time_total", row_limit=30, max_name_column_width=70))
 
 
 if __name__ == "__main__":
