@@ -1,34 +1,48 @@
-// Fused AdamW: one pass over parameter, gradient and both moments (reads p, g, m, v; writes p, m, v), 16-byte
-// vectors where the parameter allows. Moments in the accumulation type (f32; f64 for f64 parameters).
+// Fused AdamW: one pass over parameter, gradient and both moments (reads p, g, m, v; writes p, m, v, and the bf16
+// compute copy of an f32 master when given). Moments in the accumulation type (f32; f64 for f64 parameters). The
+// gradient may be bf16 for an f32 master (mixed precision: no f32 copy of the gradient is made) and is multiplied
+// by grad_scale (gradient clipping without a separate pass over the gradients).
 #include "cuda/common.cuh"
 
 namespace nt::cuda {
 namespace {
-template <class T, class A = acc_t<T>>
-__global__ void adamw_kernel(T* __restrict__ p, const T* __restrict__ g, A* __restrict__ m, A* __restrict__ v, int64_t n,
-                             A lr, A b1, A b2, A eps, A wd, A bc1, A bc2) {
+template <class T, class G, class A = acc_t<T>>
+__global__ void adamw_kernel(T* __restrict__ p, const G* __restrict__ g, A* __restrict__ m, A* __restrict__ v,
+                             bf16* __restrict__ copy, int64_t n, A lr, A b1, A b2, A eps, A wd, A bc1, A bc2, A gscale) {
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
     A x = (A)p[i];
-    const A gi = (A)g[i];
+    const A gi = (A)g[i] * gscale;
     x -= lr * wd * x;
     const A mi = b1 * m[i] + (A(1) - b1) * gi, vi = b2 * v[i] + (A(1) - b2) * gi * gi;
     m[i] = mi, v[i] = vi;
     x -= lr * (mi / bc1) / (sqrt(vi / bc2) + eps);
     p[i] = T(x);
+    if (copy) copy[i] = bf16((float)x);
   }
+}
+
+template <class T, class G>
+void launch(void* param, const void* grad, void* m, void* v, void* copy, int64_t n, double lr, double beta1,
+            double beta2, double eps, double weight_decay, double bc1, double bc2, double grad_scale, cudaStream_t stream) {
+  using A = acc_t<T>;
+  adamw_kernel<T, G><<<grid_for(n, 256, 132 * 16), 256, 0, stream>>>(
+      static_cast<T*>(param), static_cast<const G*>(grad), static_cast<A*>(m), static_cast<A*>(v), static_cast<bf16*>(copy),
+      n, (A)lr, (A)beta1, (A)beta2, (A)eps, (A)weight_decay, (A)bc1, (A)bc2, (A)grad_scale);
 }
 }  // namespace
 
-void adamw(DType t, void* param, const void* grad, void* m, void* v, int64_t n, double lr, double beta1, double beta2,
-           double eps, double weight_decay, double bc1, double bc2, cudaStream_t stream) {
+void adamw(DType t, void* param, DType grad_t, const void* grad, void* m, void* v, void* bf16_copy, int64_t n, double lr,
+           double beta1, double beta2, double eps, double weight_decay, double bc1, double bc2, double grad_scale,
+           cudaStream_t stream) {
   if (n == 0) return;
-  NT_DISPATCH_FLOAT(t, "adamw", [&] {
-    using T = scalar_t;
-    using A = acc_t<T>;
-    adamw_kernel<T><<<grid_for(n, 256, 132 * 16), 256, 0, stream>>>(
-        static_cast<T*>(param), static_cast<const T*>(grad), static_cast<A*>(m), static_cast<A*>(v), n, (A)lr, (A)beta1,
-        (A)beta2, (A)eps, (A)weight_decay, (A)bc1, (A)bc2);
-  });
+  if (t == DType::f32 && grad_t == DType::bf16) {
+    launch<float, bf16>(param, grad, m, v, bf16_copy, n, lr, beta1, beta2, eps, weight_decay, bc1, bc2, grad_scale, stream);
+  } else {
+    NT_DISPATCH_FLOAT(t, "adamw", [&] {
+      launch<scalar_t, scalar_t>(param, grad, m, v, bf16_copy, n, lr, beta1, beta2, eps, weight_decay, bc1, bc2,
+                                 grad_scale, stream);
+    });
+  }
   NT_CUDA_CHECK_LAUNCH();
 }
 }  // namespace nt::cuda

@@ -81,9 +81,11 @@ void philox_fill(DType t, void* out, int64_t n, uint64_t seed, uint64_t offset, 
 void dropout_forward(DType t, const void* x, void* out, int64_t n, double p, uint64_t seed, uint64_t offset,
                      cudaStream_t stream);
 
-// reduce.cu: x [rows, R] contiguous -> out [rows]; op as ReduceOp (sum, mean, amax, logsumexp, var).
+// reduce.cu: x [rows, R] contiguous -> out [rows]; op as ReduceOp (sum, mean, amax, logsumexp, var). workspace:
+// reduce_rows_workspace() bytes (0 for most shapes; few long rows are reduced in two passes through it).
+size_t reduce_rows_workspace(int op, DType t, int64_t rows, int64_t R);
 void reduce_rows(int op, DType t, const void* x, void* out, int64_t rows, int64_t R, int64_t correction,
-                 cudaStream_t stream);
+                 void* workspace, cudaStream_t stream);
 // x [outer, n, inner] contiguous -> values, indices [outer, inner] (first maximum; NaN wins).
 void max_dim(DType t, const void* x, void* values, int64_t* indices, int64_t outer, int64_t n, int64_t inner,
              cudaStream_t stream);
@@ -138,8 +140,10 @@ void cumsum(DType t, const void* x, void* out, int64_t outer, int64_t n, int64_t
             cudaStream_t stream);
 
 // adamw.cu: one fused AdamW step over n contiguous elements; m, v in the accumulation type; bc1 = 1 - beta1^t,
-// bc2 = 1 - beta2^t.
-void adamw(DType t, void* param, const void* grad, void* m, void* v, int64_t n, double lr, double beta1, double beta2,
-           double eps, double weight_decay, double bc1, double bc2, cudaStream_t stream);
+// bc2 = 1 - beta2^t; the gradient (dtype t, or bf16 for an f32 parameter) times grad_scale; bf16_copy (nullable):
+// the updated parameter rounded to bf16 (the compute weight of an f32 master).
+void adamw(DType t, void* param, DType grad_t, const void* grad, void* m, void* v, void* bf16_copy, int64_t n, double lr,
+           double beta1, double beta2, double eps, double weight_decay, double bc1, double bc2, double grad_scale,
+           cudaStream_t stream);
 
 }  // namespace nt::cuda

@@ -108,11 +108,10 @@ double ShardedAdamW::step(double lr, double max_norm) {
   const double scale = norm > max_norm && norm > 0 ? max_norm / (norm + 1e-6) : 1.0;  // as train::AdamW
   for (size_t k = 0; k < units_.size(); ++k) {
     Unit& u = units_[k];
-    if (scale != 1.0) grads[k] = grads[k] * scale;
     for (const auto& [b, e, decay] : u.runs) {
       Tensor p = u.master.narrow(0, b, e - b), m = u.m.narrow(0, b, e - b), v = u.v.narrow(0, b, e - b);
       train::adamw_update(p, grads[k].narrow(0, b, e - b), m, v, lr, cfg.beta1, cfg.beta2, cfg.eps,
-                          decay ? cfg.weight_decay : 0.0, t_);
+                          decay ? cfg.weight_decay : 0.0, t_, scale);  // the clip scale applied in the kernel
     }
     comm_.all_gather(u.master, u.flat);
     write_params(u);

@@ -73,8 +73,14 @@ static Tensor matmul_nd(const Tensor& a, const Tensor& b) {
     autograd::record(kMatmul, out, {a, b},
                      [sa = autograd::Saved(a), sb = autograd::Saved(b)](const Tensor& g, const std::vector<bool>& n) {
                        const Tensor &a = sa.get(), &b = sb.get();
-                       return std::vector<Tensor>{n[0] ? sum_to(matmul_nd(g, b.mT()), a.shape()) : Tensor(),
-                                                  n[1] ? sum_to(matmul_nd(a.mT(), g), b.shape()) : Tensor()};
+                       // A 2-D b shared by a batch of a (a Linear): db = sum over the batch of a_i^T g_i is one
+                       // GEMM with the batch folded into K, not a batched GEMM and a reduction over its results.
+                       Tensor db;
+                       if (n[1] && b.dim() == 2 && a.dim() > 2)
+                         db = matmul_nd(a.reshape({-1, a.size(-1)}).mT(), g.reshape({-1, g.size(-1)}));
+                       else if (n[1])
+                         db = sum_to(matmul_nd(a.mT(), g), b.shape());
+                       return std::vector<Tensor>{n[0] ? sum_to(matmul_nd(g, b.mT()), a.shape()) : Tensor(), db};
                      });
   return out;
 }
@@ -88,6 +94,18 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   if (a.dim() == 1 && b.dim() == 1) return matmul_nd(a.unsqueeze(0), b.unsqueeze(1)).reshape({});
   if (a.dim() == 1) return matmul_nd(a.unsqueeze(0), b).squeeze(-2);
   if (b.dim() == 1) return matmul_nd(a, b.unsqueeze(1)).squeeze(-1);
+  // [..., M, K] @ [K, N] with the leading dims of a laid out as one: a single [prod(...) * M, K] GEMM (larger tiles
+  // than a batched GEMM of small M).
+  if (b.dim() == 2 && a.dim() > 2 && a.size(-2) > 0) {
+    bool merge = true;
+    for (int64_t d = a.dim() - 3; d >= 0; --d)
+      merge &= a.size(d) == 1 || a.stride(d) == a.stride(d + 1) * a.size(d + 1);
+    if (merge) {
+      Shape os(a.shape().begin(), a.shape().end() - 1);
+      os.push_back(b.size(-1));
+      return matmul_nd(a.reshape({-1, a.size(-1)}), b).reshape(os);
+    }
+  }
   return matmul_nd(a, b);
 }
 

@@ -65,8 +65,14 @@ Tensor reduce_raw(const char* name, ReduceOp op, const Tensor& x, const Plan& p,
       if (!std::binary_search(p.dims.begin(), p.dims.end(), d)) order.push_back(d);
     order.insert(order.end(), p.dims.begin(), p.dims.end());
     const Tensor xc = x.detach().permute(order).contiguous();
-    NT_ON_CUDA(name, cuda::reduce_rows((int)op, x.dtype(), xc.data_ptr(), out.data_ptr(), out.numel(), p.count,
-                                       correction, stream_of(out)));
+#if NT_CUDA
+    const size_t ws_bytes = cuda::reduce_rows_workspace((int)op, x.dtype(), out.numel(), p.count);
+    const Tensor ws = ws_bytes ? empty({(int64_t)(ws_bytes + 7) / 8}, DType::f64, x.device()) : Tensor();
+    cuda::reduce_rows((int)op, x.dtype(), xc.data_ptr(), out.data_ptr(), out.numel(), p.count, correction,
+                      ws_bytes ? ws.data_ptr() : nullptr, stream_of(out));
+#else
+    no_cuda_kernel(name);
+#endif
   }
   return out;
 }

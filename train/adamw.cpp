@@ -9,10 +9,10 @@
 namespace nt::train {
 namespace cpu {
 template <class T, class A>
-void adamw(T* p, const T* g, A* m, A* v, int64_t n, A lr, A b1, A b2, A eps, A wd, A bc1, A bc2) {
+void adamw(T* p, const T* g, A* m, A* v, int64_t n, A lr, A b1, A b2, A eps, A wd, A bc1, A bc2, A gscale) {
   for (int64_t i = 0; i < n; ++i) {
     A x = (A)p[i];
-    const A gi = (A)g[i];
+    const A gi = (A)g[i] * gscale;
     x -= lr * wd * x;
     m[i] = b1 * m[i] + (A(1) - b1) * gi;
     v[i] = b2 * v[i] + (A(1) - b2) * gi * gi;
@@ -23,23 +23,32 @@ void adamw(T* p, const T* g, A* m, A* v, int64_t n, A lr, A b1, A b2, A eps, A w
 }  // namespace cpu
 
 void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, double lr, double beta1, double beta2,
-                  double eps, double weight_decay, int64_t step) {
+                  double eps, double weight_decay, int64_t step, double grad_scale, Tensor* bf16_copy) {
   NT_CHECK(grad.shape() == param.shape(), "adamw: gradient of shape {} for a parameter of shape {}",
            shape_str(grad.shape()), shape_str(param.shape()));
   NT_CHECK(param.is_contiguous() && m.is_contiguous() && v.is_contiguous(), "adamw: parameter and moments must be contiguous");
   NT_CHECK(step >= 1, "adamw: step must be >= 1, got {}", step);
-  const Tensor g = grad.to(param.dtype()).contiguous();
+  NT_CHECK(!bf16_copy || (bf16_copy->dtype() == DType::bf16 && bf16_copy->shape() == param.shape() &&
+                          bf16_copy->is_contiguous() && bf16_copy->device() == param.device()),
+           "adamw: bf16_copy must be a contiguous bf16 tensor of the parameter's shape and device");
   const double bc1 = 1 - std::pow(beta1, (double)step), bc2 = 1 - std::pow(beta2, (double)step);
   if (param.device().is_cpu()) {
+    const Tensor g = grad.to(param.dtype()).contiguous();
     NT_DISPATCH_FLOAT(param.dtype(), "adamw", [&] {
       using T = scalar_t;
       using A = acc_t<T>;
       cpu::adamw<T, A>(param.data<T>(), g.data<T>(), static_cast<A*>(m.data_ptr()), static_cast<A*>(v.data_ptr()),
-                       param.numel(), (A)lr, (A)beta1, (A)beta2, (A)eps, (A)weight_decay, (A)bc1, (A)bc2);
+                       param.numel(), (A)lr, (A)beta1, (A)beta2, (A)eps, (A)weight_decay, (A)bc1, (A)bc2, (A)grad_scale);
     });
+    if (bf16_copy) bf16_copy->copy_(param);
   } else {
-    NT_ON_CUDA("adamw", cuda::adamw(param.dtype(), param.data_ptr(), g.data_ptr(), m.data_ptr(), v.data_ptr(),
-                                    param.numel(), lr, beta1, beta2, eps, weight_decay, bc1, bc2, stream_of(param)));
+    // The kernel reads a bf16 gradient of an f32 master as it is; other mixes are converted first.
+    const bool mixed = param.dtype() == DType::f32 && grad.dtype() == DType::bf16;
+    const Tensor g = (mixed ? grad : grad.to(param.dtype())).contiguous();
+    NT_ON_CUDA("adamw", cuda::adamw(param.dtype(), param.data_ptr(), g.dtype(), g.data_ptr(), m.data_ptr(), v.data_ptr(),
+                                    bf16_copy ? bf16_copy->data_ptr() : nullptr, param.numel(), lr, beta1, beta2, eps,
+                                    weight_decay, bc1, bc2, grad_scale, stream_of(param)));
+    if (bf16_copy) bf16_copy->impl()->storage->version++;
   }
   param.impl()->storage->version++;
 }
@@ -62,13 +71,14 @@ AdamW::AdamW(std::vector<std::pair<std::string, Tensor>> params, const AdamWConf
 
 Tensor AdamW::gradient(const Slot& s) const {
   const Tensor g = s.param.grad();
-  const DType dt = s.master.defined() ? DType::f32 : s.param.dtype();
-  if (!s.acc.defined()) return g.defined() ? g.to(dt) : g;
-  return g.defined() ? s.acc + g.to(DType::f32) : s.acc;
+  if (!s.acc.defined()) return g;  // the parameter's dtype (bf16 for a bf16 parameter; adamw reads it as it is)
+  return g.defined() ? s.acc + g.to(s.acc.dtype()) : s.acc;
 }
 
 void AdamW::accumulate() {
   autograd::NoGradGuard no_grad;
+  NT_CHECK(grad_scale_ == 1.0, "AdamW::accumulate: called after clip_grad_norm; clip once per step, after the last "
+           "micro-batch");
   for (Slot& s : slots_) {
     const Tensor g = s.param.grad();
     if (!g.defined()) continue;
@@ -77,27 +87,29 @@ void AdamW::accumulate() {
   }
 }
 
+namespace {
+// Sum of squares of every gradient, read back once (no synchronization per tensor).
+double squared_norm(const std::vector<Tensor>& grads) {
+  std::vector<Tensor> parts;
+  for (const Tensor& g : grads) {
+    if (!g.defined()) continue;
+    const Tensor x = g.dtype() == DType::f64 ? g : g.to(DType::f32);
+    parts.push_back(sum(x * x).reshape({1}).to(DType::f64));
+  }
+  if (parts.empty()) return -1;
+  return sum(cat(parts, 0)).item();
+}
+}  // namespace
+
 double AdamW::clip_grad_norm(double max_norm) {
   autograd::NoGradGuard no_grad;
   std::vector<Tensor> grads;
-  Tensor total;
-  for (const Slot& s : slots_) {
-    grads.push_back(gradient(s));
-    if (!grads.back().defined()) continue;
-    const Tensor sq = sum(pow(grads.back().to(DType::f32), 2.0)).to(kCPU).to(DType::f64);
-    total = total.defined() ? total + sq : sq;
-  }
-  if (!total.defined()) return 0.0;
-  const double norm = std::sqrt(total.item());
-  if (norm > max_norm && norm > 0) {
-    const double scale = max_norm / (norm + 1e-6);
-    for (size_t i = 0; i < slots_.size(); ++i) {
-      if (!grads[i].defined()) continue;
-      Slot& s = slots_[i];
-      s.acc = grads[i].to(s.param.dtype() == DType::f64 ? DType::f64 : DType::f32) * scale;
-      s.param.set_grad(Tensor());
-    }
-  }
+  for (const Slot& s : slots_) grads.push_back(gradient(s));
+  const double sq = squared_norm(grads);
+  if (sq < 0) return 0.0;
+  const double norm = std::sqrt(sq);
+  // step() multiplies the gradients by this in its fused kernel (no pass over them here).
+  grad_scale_ = norm > max_norm && norm > 0 ? max_norm / (norm + 1e-6) : 1.0;
   return norm;
 }
 
@@ -109,17 +121,20 @@ void AdamW::step(double lr) {
     if (!g.defined()) continue;
     const double wd = s.decay ? cfg.weight_decay : 0.0;
     if (s.master.defined()) {
-      adamw_update(s.master, g, s.m, s.v, lr, cfg.beta1, cfg.beta2, cfg.eps, wd, t_);
-      Tensor(s.param).copy_(s.master);
+      Tensor* copy = s.param.dtype() == DType::bf16 ? &s.param : nullptr;
+      adamw_update(s.master, g, s.m, s.v, lr, cfg.beta1, cfg.beta2, cfg.eps, wd, t_, grad_scale_, copy);
+      if (!copy) Tensor(s.param).copy_(s.master);
     } else {
-      adamw_update(s.param, g, s.m, s.v, lr, cfg.beta1, cfg.beta2, cfg.eps, wd, t_);
+      adamw_update(s.param, g, s.m, s.v, lr, cfg.beta1, cfg.beta2, cfg.eps, wd, t_, grad_scale_);
     }
     s.acc = Tensor();
   }
+  grad_scale_ = 1.0;
 }
 
 void AdamW::zero_grad() {
   for (Slot& s : slots_) s.param.set_grad(Tensor()), s.acc = Tensor();
+  grad_scale_ = 1.0;
 }
 
 std::vector<std::pair<std::string, Tensor>> AdamW::state() const {
@@ -165,15 +180,11 @@ void AdamW::load_state(const nn::SafetensorsFile& file, int64_t steps) {
 
 double clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
   autograd::NoGradGuard no_grad;
-  Tensor total;
-  for (const Tensor& p : params) {
-    const Tensor g = p.grad();
-    if (!g.defined()) continue;
-    const Tensor sq = sum(pow(g.to(DType::f32), 2.0)).to(kCPU).to(DType::f64);
-    total = total.defined() ? total + sq : sq;
-  }
-  if (!total.defined()) return 0.0;
-  const double norm = std::sqrt(total.item());
+  std::vector<Tensor> grads;
+  for (const Tensor& p : params) grads.push_back(p.grad());
+  const double sq = squared_norm(grads);
+  if (sq < 0) return 0.0;
+  const double norm = std::sqrt(sq);
   if (norm > max_norm && norm > 0) {
     const double scale = max_norm / (norm + 1e-6);
     for (const Tensor& p : params)

@@ -34,8 +34,9 @@ class AdamW {
   void zero_grad();
   // Adds each parameter's gradient into its f32 buffer and clears the gradient (between micro-batches).
   void accumulate();
-  // Global L2 norm of the gradients step() would use; scales them so it is at most max_norm. Returns the norm
-  // before clipping.
+  // Global L2 norm of the gradients step() would use (one device-to-host read); the next step() scales them so it
+  // is at most max_norm (inside its fused kernel). Returns the norm before clipping. Call it once per step, after
+  // the last accumulate().
   double clip_grad_norm(double max_norm);
   int64_t steps() const { return t_; }
   // Moments by parameter name ("<name>.exp_avg", "<name>.exp_avg_sq", and "<name>.master" for bf16 parameters)
@@ -58,11 +59,14 @@ class AdamW {
   Tensor gradient(const Slot& s) const;  // acc + param.grad() in f32 (or the parameter's dtype without a master)
   std::vector<Slot> slots_;
   int64_t t_ = 0;
+  double grad_scale_ = 1.0;  // set by clip_grad_norm, applied and reset by step()
 };
 
-// The fused update on one tensor (used by AdamW::step; exposed for tests).
+// The fused update on one tensor (used by AdamW::step; exposed for tests). The gradient is multiplied by
+// grad_scale; bf16_copy (optional) receives the updated parameter rounded to bf16 in the same pass (an f32 master's
+// compute weight). On CUDA an f32 parameter takes a bf16 gradient as it is.
 void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, double lr, double beta1, double beta2,
-                  double eps, double weight_decay, int64_t step);
+                  double eps, double weight_decay, int64_t step, double grad_scale = 1.0, Tensor* bf16_copy = nullptr);
 
 // Scales every gradient so that their global L2 norm is at most max_norm; returns the norm before clipping.
 double clip_grad_norm(const std::vector<Tensor>& params, double max_norm);

@@ -121,6 +121,12 @@ CUDA_TEST("reductions over any dims") {
     check_cuda("argmax", [](const std::vector<Tensor>& v) { return argmax(v[0], 2); }, {x.detach()}, dt);
     check_cuda("big row", [](const std::vector<Tensor>& v) { return sum(v[0], {1}); }, {rnd({3, 50001}, 21)}, dt,
                {dt == DType::bf16 ? 1.0 : 1e-2, 3e-2});
+    // Few long rows take the two-pass split path (chunks of 16384, ragged last chunk).
+    const Tensor longx = rnd({2, 200003}, 22);
+    check_cuda("split mean", [](const std::vector<Tensor>& v) { return mean(v[0], {1}); }, {longx}, dt, {1e-3, 3e-2});
+    check_cuda("split amax", [](const std::vector<Tensor>& v) { return amax(v[0], {1}); }, {longx}, dt);
+    check_cuda("split sum all", [](const std::vector<Tensor>& v) { return sum(v[0] * v[0]); }, {longx}, dt,
+               {dt == DType::bf16 ? 200.0 : 1e-1, 3e-2});
   }
 }
 
@@ -259,6 +265,18 @@ CUDA_TEST("AdamW's fused kernel matches the CPU update") {
     expect_close(md.to(kCPU).to(DType::f64), m.to(DType::f64), 1e-6, 1e-5);
     expect_close(vd.to(kCPU).to(DType::f64), v.to(DType::f64), 1e-6, 1e-5);
   }
+  // Mixed precision as AdamW::step runs it: f32 master, bf16 gradient read as it is, a clip scale, and the bf16
+  // compute copy written in the same pass (poisoned first).
+  Tensor p = rnd({4099}, 5).to(DType::f32), g = rnd({4099}, 6).to(DType::bf16);
+  Tensor m = (rnd({4099}, 7) * 0.1).to(DType::f32), v = (rnd({4099}, 8) * rnd({4099}, 8) * 0.01).to(DType::f32);
+  Tensor pd = p.to(cuda_device(0)), md = m.to(cuda_device(0)), vd = v.to(cuda_device(0));
+  Tensor copy = full({4099}, NAN, DType::bf16, cuda_device(0));
+  train::adamw_update(p, g, m, v, 1e-3, 0.9, 0.95, 1e-8, 0.1, 3, 0.37);
+  train::adamw_update(pd, g.to(cuda_device(0)), md, vd, 1e-3, 0.9, 0.95, 1e-8, 0.1, 3, 0.37, &copy);
+  expect_close(pd.to(kCPU).to(DType::f64), p.to(DType::f64), 1e-6, 1e-5);
+  expect_close(md.to(kCPU).to(DType::f64), m.to(DType::f64), 1e-6, 1e-5);
+  expect_close(vd.to(kCPU).to(DType::f64), v.to(DType::f64), 1e-6, 1e-5);
+  expect_close(copy.to(kCPU).to(DType::f64), p.to(DType::bf16).to(DType::f64), 0, 0);
 }
 
 CUDA_TEST("a transformer LM's loss and gradients on the GPU match the CPU") {

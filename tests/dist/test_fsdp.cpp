@@ -217,7 +217,10 @@ TEST_CASE("ShardedAdamW on 2 and 3 ranks equals train::AdamW on the full batch (
 }
 
 TEST_CASE("ShardedAdamW in f32 on 2 ranks follows train::AdamW within f32 rounding") {
-  compare(2, DType::f32, 0.5, 1e-5, 1e-5);
+  // The reference's weight gradients are one GEMM over all 2b rows, the ranks' two GEMMs over b rows each and an
+  // average: f32 summation orders differ (~1e-7 relative), and Adam's normalized step turns that into up to ~2e-5
+  // in weights after 4 steps where a gradient is tiny (measured 1.8e-5 at element 35, 2026-11-23).
+  compare(2, DType::f32, 0.5, 1e-5, 5e-5);
 }
 
 TEST_CASE("ShardedAdamW: padding (7 elements on 4 ranks) and decay only on matrices, against train::AdamW") {
