@@ -42,8 +42,8 @@ struct AttentionDims {
   float scale = 0;
   const int32_t* cu_seqlens = nullptr;  // device memory, nseq + 1 entries
 };
-// Forward kernel version: 1 (default) or 2 (cp.async pipeline + ldmatrix; opt-in until verified on the GPU; also
-// NT_ATTENTION_KERNEL=2 in the environment). Both compute the same function.
+// Forward kernel version: 2 (default: cp.async pipeline + ldmatrix, head dims up to 128) or 1 (the first kernel;
+// also NT_ATTENTION_KERNEL=1 in the environment). Both compute the same function.
 void set_attention_kernel(int version);
 int attention_kernel();
 void attention_forward(DType t, const void* q, const void* k, const void* v, void* out, float* lse,
