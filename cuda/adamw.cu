@@ -46,3 +46,50 @@ void adamw(DType t, void* param, DType grad_t, const void* grad, void* m, void* 
   NT_CUDA_CHECK_LAUNCH();
 }
 }  // namespace nt::cuda
+
+// ---- sum of squares over many tensors (the global gradient norm): one launch for all of them ----
+// Block b reduces chunk b (at most kSquaresChunk elements of one tensor, its dtype read from the table) into
+// partial[b] (f64); one block then adds the partials in order. Deterministic; reads each gradient once.
+namespace nt::cuda {
+namespace {
+template <class T> __device__ float squares(const T* p, int64_t n) {
+  float acc = 0.f;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    const float v = (float)p[i];
+    acc += v * v;
+  }
+  return acc;
+}
+__global__ void squares_chunks_kernel(const SquaresChunk* __restrict__ chunks, double* __restrict__ partial) {
+  const SquaresChunk c = chunks[blockIdx.x];
+  double acc = 0;
+  if (c.dtype == (int)DType::f64) {
+    const double* p = static_cast<const double*>(c.ptr);
+    for (int64_t i = threadIdx.x; i < c.n; i += blockDim.x) acc += p[i] * p[i];
+  } else if (c.dtype == (int)DType::f32) {
+    acc = squares(static_cast<const float*>(c.ptr), c.n);
+  } else {
+    acc = squares(static_cast<const bf16*>(c.ptr), c.n);
+  }
+  acc = block_reduce(acc, SumOp{}, 0.0);
+  if (threadIdx.x == 0) partial[blockIdx.x] = acc;
+}
+__global__ void sum_partials_f64_kernel(const double* __restrict__ partial, int n, double* __restrict__ out) {
+  double acc = 0;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) acc += partial[i];
+  acc = block_reduce(acc, SumOp{}, 0.0);
+  if (threadIdx.x == 0) out[0] = acc;
+}
+}  // namespace
+
+void sum_squares_chunks(const SquaresChunk* chunks, int count, double* partial, double* out, cudaStream_t stream) {
+  if (count == 0) {
+    NT_CUDA_CHECK(cudaMemsetAsync(out, 0, sizeof(double), stream));
+    return;
+  }
+  squares_chunks_kernel<<<(unsigned)count, 512, 0, stream>>>(chunks, partial);
+  NT_CUDA_CHECK_LAUNCH();
+  sum_partials_f64_kernel<<<1, 1024, 0, stream>>>(partial, count, out);
+  NT_CUDA_CHECK_LAUNCH();
+}
+}  // namespace nt::cuda

@@ -145,5 +145,16 @@ void cumsum(DType t, const void* x, void* out, int64_t outer, int64_t n, int64_t
 void adamw(DType t, void* param, DType grad_t, const void* grad, void* m, void* v, void* bf16_copy, int64_t n, double lr,
            double beta1, double beta2, double eps, double weight_decay, double bc1, double bc2, double grad_scale,
            cudaStream_t stream);
+// adamw.cu: the sum of squares of many tensors (f64, f32 or bf16 each) in one launch, for the global gradient
+// norm: chunks [count] (device memory) of at most kSquaresChunk elements each; partial: count doubles of
+// workspace; out: one double. Deterministic.
+struct SquaresChunk {
+  const void* ptr;
+  int64_t n;
+  int32_t dtype;  // (int)DType
+  int32_t pad;
+};
+constexpr int64_t kSquaresChunk = 65536;
+void sum_squares_chunks(const SquaresChunk* chunks, int count, double* partial, double* out, cudaStream_t stream);
 
 }  // namespace nt::cuda

@@ -36,11 +36,12 @@ size_t free_memory(int device) {
 }
 void* device_malloc(size_t bytes, int device) { return cached_malloc(bytes, device); }
 void device_free(void* ptr, int device) { cached_free(ptr, device); }
+// No synchronization: from pageable memory (all the library's host memory) cudaMemcpyAsync copies the source into
+// a staging buffer before it returns, so the caller may free it at once, and the stream orders the upload before
+// the kernels that read it. (A synchronizing upload stalled the GPU: a training step makes dozens of small ones.)
 void copy_h2d(void* dst, const void* src, size_t bytes, int device) {
   NT_CUDA_CHECK(cudaSetDevice(device));
-  cudaStream_t s = current_stream(device);
-  NT_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, s));
-  NT_CUDA_CHECK(cudaStreamSynchronize(s));
+  NT_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, current_stream(device)));
 }
 void copy_d2h(void* dst, const void* src, size_t bytes, int device) {
   NT_CUDA_CHECK(cudaSetDevice(device));

@@ -13,7 +13,9 @@ std::string device_name(int device);  // e.g. "NVIDIA H100 80GB HBM3"
 size_t free_memory(int device);
 void* device_malloc(size_t bytes, int device);
 void device_free(void* ptr, int device);
+// Uploads on the device's current stream without waiting (src, pageable, may be freed on return).
 void copy_h2d(void* dst, const void* src, size_t bytes, int device);
+// Waits for the stream (so for every kernel queued before), then returns with dst filled.
 void copy_d2h(void* dst, const void* src, size_t bytes, int device);
 void copy_d2d(void* dst, const void* src, size_t bytes, int device);
 }  // namespace nt::cuda

@@ -279,6 +279,24 @@ CUDA_TEST("AdamW's fused kernel matches the CPU update") {
   expect_close(copy.to(kCPU).to(DType::f64), p.to(DType::bf16).to(DType::f64), 0, 0);
 }
 
+CUDA_TEST("global gradient norm: one kernel over bf16, f32 and f64 gradients of odd sizes equals the CPU's") {
+  std::vector<Tensor> cpu, gpu;
+  double want = 0;
+  int seed = 30;
+  for (auto [n, dt] : {std::pair<int64_t, DType>{70001, DType::bf16}, {5, DType::f32}, {131073, DType::f32}, {999, DType::f64}}) {
+    const Tensor g = rnd({n}, seed++).to(dt);
+    for (double x : g.to(DType::f64).to_vector()) want += x * x;
+    Tensor pc = zeros({n}, dt), pg = zeros({n}, dt, cuda_device(0));
+    pc.set_grad(g), pg.set_grad(g.to(cuda_device(0)));
+    cpu.push_back(pc), gpu.push_back(pg);
+  }
+  CHECK(train::clip_grad_norm(gpu, 1e9) == doctest::Approx(std::sqrt(want)).epsilon(1e-6));
+  CHECK(train::clip_grad_norm(cpu, 1e9) == doctest::Approx(std::sqrt(want)).epsilon(1e-6));
+  // Clipping scales every gradient by max_norm / norm.
+  CHECK(train::clip_grad_norm(gpu, 1.0) == doctest::Approx(std::sqrt(want)).epsilon(1e-6));
+  CHECK(train::clip_grad_norm(gpu, 1e9) == doctest::Approx(1.0).epsilon(1e-3));
+}
+
 CUDA_TEST("a transformer LM's loss and gradients on the GPU match the CPU") {
   nn::LMConfig c;
   c.vocab = 101, c.dim = 64, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.max_seq = 33, c.mlp_hidden = 96;
