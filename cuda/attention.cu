@@ -356,35 +356,44 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_tc(const uint16_t* __restri
   uint16_t *Ks = smem, *Vs = Ks + kBN * LD, *Qs = Vs + kBN * LD, *dOs = Qs + kBM * LD, *dSs = dOs + kBM * LD;
   float* lse_s = reinterpret_cast<float*>(dSs + kBN * LDS);
   float* dlt_s = lse_s + kBM;
-  const int seq = blockIdx.y, hk = blockIdx.z, n0 = (gridDim.x - 1 - blockIdx.x) * kBN;
+  // Key tiles near the start of a sequence are seen by the most query tiles: they go first (less tail).
+  const int seq = blockIdx.y, hk = blockIdx.z, n0 = blockIdx.x * kBN;
   const int start = a.cu_seqlens[seq], len = a.cu_seqlens[seq + 1] - start;
   if (n0 >= len) return;
   const int G = a.H / a.Hkv, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t qs = (int64_t)a.H * a.D, ks = (int64_t)a.Hkv * a.D;
-  load_tile<kBN, DP>(Ks, k + (start + n0) * ks + hk * a.D, ks, len - n0, a.D);
-  load_tile<kBN, DP>(Vs, v + (start + n0) * ks + hk * a.D, ks, len - n0, a.D);
   const float sl2 = a.scale * kLog2e;
   const int key0 = n0 + warp * 16 + lane / 4;  // this thread's keys: key0 and key0 + 8
+  const int wkey = n0 + warp * 16;             // the warp's first key
   const int q_hi = a.window > 0 ? min(len, n0 + kBN - 1 + a.window) : len;
+  const int m_first = n0 / kBM * kBM;
+  // Q, dO (and the rows' lse, delta) of tile (h, m0) start loading while the previous tile's dQ is computed.
+  auto prefetch = [&](int h, int m0) {
+    cp_tile<kBM, DP>(Qs, q + ((int64_t)start + m0) * qs + h * a.D, qs, len - m0, a.D);
+    cp_tile<kBM, DP>(dOs, dout + ((int64_t)start + m0) * qs + h * a.D, qs, len - m0, a.D);
+    cp_commit();
+    if (threadIdx.x < kBM) {
+      const bool ok = m0 + (int)threadIdx.x < len;
+      const int64_t idx = (int64_t)h * a.N + start + m0 + threadIdx.x;
+      lse_s[threadIdx.x] = ok ? lse[idx] * kLog2e : 0.f;
+      dlt_s[threadIdx.x] = ok ? delta[idx] : 0.f;
+    }
+  };
+  cp_tile<kBN, DP>(Ks, k + ((int64_t)start + n0) * ks + hk * a.D, ks, len - n0, a.D);
+  cp_tile<kBN, DP>(Vs, v + ((int64_t)start + n0) * ks + hk * a.D, ks, len - n0, a.D);
   for (int c0 = 0; c0 < DP; c0 += DC) {
     float dka[NC][4], dva[NC][4];
 #pragma unroll
     for (int i = 0; i < NC; ++i)
 #pragma unroll
       for (int e = 0; e < 4; ++e) dka[i][e] = dva[i][e] = 0.f;
+    if (c0 > 0) __syncthreads();  // the previous pass's last dQ reads of dSs are done
+    prefetch(hk * G, m_first);
     for (int h = hk * G; h < hk * G + G; ++h)
-      for (int m0 = n0 / kBM * kBM; m0 < q_hi; m0 += kBM) {
-        __syncthreads();
-        load_tile<kBM, DP>(Qs, q + (start + m0) * qs + h * a.D, qs, len - m0, a.D);
-        load_tile<kBM, DP>(dOs, dout + (start + m0) * qs + h * a.D, qs, len - m0, a.D);
-        if (threadIdx.x < kBM) {
-          const bool ok = m0 + (int)threadIdx.x < len;
-          const int64_t idx = (int64_t)h * a.N + start + m0 + threadIdx.x;
-          lse_s[threadIdx.x] = ok ? lse[idx] * kLog2e : 0.f;
-          dlt_s[threadIdx.x] = ok ? delta[idx] : 0.f;
-        }
-        __syncthreads();
-        // S^T = K Q^T for this warp's 16 keys x 64 queries, then P^T.
+      for (int m0 = m_first; m0 < q_hi; m0 += kBM) {
+        cp_wait_all();
+        __syncthreads();  // Q, dO, lse, delta of (h, m0) (and K, V at the first tile) are in shared memory
+        // S^T = K Q^T for this warp's 16 keys x 64 queries, and dP^T = V dO^T.
         float p[8][4], ds[8][4];
 #pragma unroll
         for (int j = 0; j < 8; ++j)
@@ -393,24 +402,36 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_tc(const uint16_t* __restri
 #pragma unroll
         for (int kk = 0; kk < DP / 16; ++kk) {
           uint32_t af[4], vf[4];
-          load_a(af, Ks, LD, warp * 16, kk * 16, lane);
-          load_a(vf, Vs, LD, warp * 16, kk * 16, lane);
+          ldsm_x4(af, Ks + (warp * 16 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
+          ldsm_x4(vf, Vs + (warp * 16 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
 #pragma unroll
-          for (int j = 0; j < 8; ++j) {
-            const uint16_t* qb = Qs + (j * 8 + lane / 4) * LD + kk * 16 + (lane % 4) * 2;
-            const uint16_t* ob = dOs + (j * 8 + lane / 4) * LD + kk * 16 + (lane % 4) * 2;
-            mma16816(p[j], af, lds32(qb), lds32(qb + 8));   // S^T
-            mma16816(ds[j], vf, lds32(ob), lds32(ob + 8));  // dP^T = V dO^T
+          for (int jp = 0; jp < 4; ++jp) {
+            const int boff = (jp * 16 + (lane & 7) + (lane >> 4) * 8) * LD + kk * 16 + ((lane >> 3) & 1) * 8;
+            uint32_t qb[4], ob[4];
+            ldsm_x4(qb, Qs + boff);
+            ldsm_x4(ob, dOs + boff);
+            mma16816(p[2 * jp], af, qb[0], qb[1]);
+            mma16816(p[2 * jp + 1], af, qb[2], qb[3]);
+            mma16816(ds[2 * jp], vf, ob[0], ob[1]);
+            mma16816(ds[2 * jp + 1], vf, ob[2], ob[3]);
           }
         }
+        // Masks only where the tile crosses the diagonal, the sequence end or the window edge (per warp).
+        const bool edge = wkey + 15 > m0 || m0 + kBM > len || wkey + 15 >= len ||
+                          (a.window > 0 && wkey <= m0 + kBM - 1 - a.window);
 #pragma unroll
         for (int j = 0; j < 8; ++j)
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
-            const int qr = j * 8 + (lane % 4) * 2 + (e & 1), qp = m0 + qr, kp = key0 + (e >> 1) * 8;
-            const bool vis = kp <= qp && qp < len && kp < len && !(a.window > 0 && kp <= qp - a.window);
-            p[j][e] = vis ? exp2f(p[j][e] * sl2 - lse_s[qr]) : 0.f;
-            ds[j][e] = p[j][e] * (ds[j][e] - dlt_s[qr]);
+            const int qr = j * 8 + (lane % 4) * 2 + (e & 1);
+            float pe = ex2(fmaf(p[j][e], sl2, -lse_s[qr]));
+            if (edge) {
+              const int qp = m0 + qr, kp = key0 + (e >> 1) * 8;
+              const bool vis = kp <= qp && qp < len && kp < len && !(a.window > 0 && kp <= qp - a.window);
+              pe = vis ? pe : 0.f;
+            }
+            p[j][e] = pe;
+            ds[j][e] = pe * (ds[j][e] - dlt_s[qr]);
           }
         // dV += P^T dO and dK += dS^T Q over this pass's columns.
 #pragma unroll
@@ -436,7 +457,12 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_tc(const uint16_t* __restri
           *reinterpret_cast<uint32_t*>(d) = pack_bf16(ds[j][0], ds[j][1]);
           *reinterpret_cast<uint32_t*>(d + 8 * LDS) = pack_bf16(ds[j][2], ds[j][3]);
         }
-        __syncthreads();
+        __syncthreads();  // dS complete; every warp is done with Q, dO, lse and delta of this tile
+        {
+          const bool more_m = m0 + kBM < q_hi;
+          if (more_m) prefetch(h, m0 + kBM);
+          else if (h + 1 < hk * G + G) prefetch(h + 1, m_first);
+        }
         uint32_t sf[kBN / 16][4];
 #pragma unroll
         for (int kk = 0; kk < kBN / 16; ++kk)
@@ -458,7 +484,7 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_tc(const uint16_t* __restri
             for (int i = 0; i < 2; ++i) {
               const int r = qa + i * 8, col = c0 + dt * 16 + half * 8 + (lane % 4) * 2;
               if (r < len && col < a.D) {
-                float* d = dq_acc + (start + r) * qs + h * a.D + col;
+                float* d = dq_acc + ((int64_t)start + r) * qs + h * a.D + col;
                 atomicAdd(d, c[half][2 * i] * a.scale);
                 atomicAdd(d + 1, c[half][2 * i + 1] * a.scale);
               }
@@ -469,7 +495,7 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_tc(const uint16_t* __restri
     for (int i = 0; i < 2; ++i) {
       const int r = key0 + i * 8;
       if (r >= len) continue;
-      uint16_t *krow = dk + (start + r) * ks + hk * a.D, *vrow = dv + (start + r) * ks + hk * a.D;
+      uint16_t *krow = dk + ((int64_t)start + r) * ks + hk * a.D, *vrow = dv + ((int64_t)start + r) * ks + hk * a.D;
 #pragma unroll
       for (int nt = 0; nt < NC; ++nt) {
         const int col = c0 + nt * 8 + (lane % 4) * 2;
