@@ -59,6 +59,15 @@ template <class T> struct alignas(16) Vec16 {
 };
 __host__ __device__ inline bool aligned16(const void* p) { return ((uintptr_t)p & 15) == 0; }
 
+// Asynchronous 16-byte copies global -> shared (sm_80+): issue, commit a group, wait until at most N groups are
+// still in flight (then __syncthreads before reading what other threads copied).
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"((uint32_t)__cvta_generic_to_shared(smem)), "l"(gmem)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+
 // Row kernels keep their row in dynamic shared memory when it fits, so global memory is read once; above that
 // they read it from global memory again (served mostly by L2).
 constexpr size_t kMaxRowSmem = 200 * 1024;

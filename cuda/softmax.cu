@@ -31,7 +31,7 @@ template <class A> __device__ __forceinline__ void online(MaxSum<A>& ms, A v) {
 // Merges per-thread (max, sum) into the block's; returns log(sum exp) of the row.
 template <class A> __device__ A block_lse(MaxSum<A> ms) {
   const A m = block_reduce(ms.m, MaxOp{}, (A)-INFINITY);
-  const A s = block_reduce(ms.m == -INFINITY ? A(0) : ms.s * fexp(ms.m - m), SumOp{}, A(0));
+  const A s = block_reduce(ms.m == -INFINITY ? (ms.s != ms.s ? ms.s : A(0)) : ms.s * fexp(ms.m - m), SumOp{}, A(0));
   return m + log(s);
 }
 
@@ -50,11 +50,28 @@ __device__ MaxSum<A> scan_row(const T* __restrict__ row, T* smem, int64_t n, boo
       V v[U];
 #pragma unroll
       for (int u = 0; u < U; ++u) v[u] = src[i + u * blockDim.x];
+      // The U * N values as one chunk: their max first, then one rescale and an exponential per value (the
+      // per-value online update costs a compare, a branch and sometimes a second exponential each).
+      A cm = (A)-INFINITY;
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         if (smem) reinterpret_cast<V*>(smem)[i + u * blockDim.x] = v[u];
 #pragma unroll
-        for (int k = 0; k < V::N; ++k) online(ms, (A)v[u].v[k]);
+        for (int k = 0; k < V::N; ++k) cm = fmax(cm, (A)v[u].v[k]);
+      }
+      if (cm > ms.m) ms.s *= fexp(ms.m - cm), ms.m = cm;
+      if (ms.m != (A)-INFINITY) {
+        A cs = 0;
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+#pragma unroll
+          for (int k = 0; k < V::N; ++k) cs += fexp((A)v[u].v[k] - ms.m);
+        ms.s += cs;  // a NaN value makes its exponential NaN, so the row's lse is NaN (as on the CPU)
+      } else {
+        // Everything so far is -inf or NaN (fmax drops NaN): a NaN must still poison the row.
+        for (int u = 0; u < U; ++u)
+          for (int k = 0; k < V::N; ++k)
+            if ((A)v[u].v[k] != (A)v[u].v[k]) ms.s = (A)NAN;
       }
     }
     for (; i < nv; i += blockDim.x) {

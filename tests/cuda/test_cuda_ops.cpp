@@ -158,6 +158,15 @@ CUDA_TEST("softmax, log_softmax, cross_entropy") {
                {rnd_grad({2, 9, 5003}, 53), tgt}, dt);
     check_cuda("cross_entropy none", [&](const std::vector<Tensor>& v) {
       return cross_entropy(v[0], v[1], -100, Reduction::none); }, {rnd_grad({2, 9, 5003}, 54), tgt.to(DType::i32)}, dt);
+    // Rows of 16-byte multiples take the vectorized chunked scan (8200 = 32 chunks of 256 + a remainder).
+    check_cuda("softmax vec", [](const std::vector<Tensor>& v) { return softmax(v[0] * 3.0, -1); }, {rnd_grad({5, 8200}, 57)}, dt);
+    const Tensor wide_target = randint(0, 8200, {6}, DType::i64);
+    check_cuda("cross_entropy vec", [&](const std::vector<Tensor>& v) { return cross_entropy(v[0], v[1]); },
+               {rnd_grad({6, 8200}, 58), wide_target}, dt);
+    // A NaN anywhere in a row makes the row NaN, on both devices.
+    Tensor with_nan = rnd({2, 8200}, 59);
+    with_nan.narrow(0, 0, 1).narrow(1, 4000, 1).fill_(NAN);
+    check_cuda("softmax NaN", [](const std::vector<Tensor>& v) { return softmax(v[0], -1); }, {with_nan}, dt);
   }
   for (DType dt : kFloatTypes)
     check_cuda("cross_entropy sum", [](const std::vector<Tensor>& v) { return cross_entropy(v[0], v[1], 3, Reduction::sum); },
@@ -183,6 +192,13 @@ CUDA_TEST("rms_norm, layer_norm") {
     // Rows wider than the register path (more than 32 columns per thread) keep partials in global memory.
     check_cuda("layer_norm wide", [](const std::vector<Tensor>& v) { return layer_norm(v[0], v[1], v[2]); },
                {rnd_grad({3, 16500}, 66), rnd_grad({16500}, 67), rnd_grad({16500}, 68)}, dt,
+               dt == DType::bf16 ? Tol{0.1, 3e-2} : tol_for(dt));
+    // 16-byte rows (widths a multiple of 8) take the register forward and the pipelined backward; more rows than
+    // resident blocks, so blocks walk several rows through both shared-memory buffers.
+    check_cuda("rms_norm pipelined", [](const std::vector<Tensor>& v) { return rms_norm(v[0], v[1]); },
+               {rnd_grad({9001, 520}, 69), rnd_grad({520}, 70)}, dt, dt == DType::bf16 ? Tol{0.1, 3e-2} : tol_for(dt));
+    check_cuda("layer_norm pipelined", [](const std::vector<Tensor>& v) { return layer_norm(v[0], v[1], v[2]); },
+               {rnd_grad({9001, 264}, 71), rnd_grad({264}, 72), rnd_grad({264}, 73)}, dt,
                dt == DType::bf16 ? Tol{0.1, 3e-2} : tol_for(dt));
   }
 }
