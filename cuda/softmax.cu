@@ -7,8 +7,6 @@
 // reduction is mean or sum, writes dlogits = scale * (softmax - onehot) in the same pass (scale = 1/count for
 // mean, read from device memory). Backward then only multiplies by the upstream gradient, and returns dlogits
 // as it is when that gradient is 1 (loss.backward()). Traffic for forward+backward: 1 read + 1 write of logits.
-#include <cstdlib>
-
 #include "cuda/common.cuh"
 
 namespace nt::cuda {
@@ -38,30 +36,33 @@ template <class A> __device__ A block_lse(MaxSum<A> ms) {
   return m + log(s);
 }
 
-// Reads row[0, n) (into smem when given), feeding every element to the online (max, sum). Each thread issues up to
-// U = 8 16-byte loads (all of its share of a 50k-wide bf16 row at 1024 threads) before using any, so no load waits
-// behind another: with two 100 KB rows per SM there are few warps to hide latency with.
-template <class T, class A, int U>
+// Reads row[0, n) (into smem when given), feeding every element to the online (max, sum). Four 16-byte loads per
+// thread are issued before any is used, so enough bytes are in flight to cover memory latency.
+template <class T, class A>
 __device__ MaxSum<A> scan_row(const T* __restrict__ row, T* smem, int64_t n, bool vec) {
   MaxSum<A> ms{(A)-INFINITY, A(0)};
   if (vec) {
     using V = Vec16<T>;
-    const int nv = (int)(n / V::N);  // rows are far below 2^31 elements: 32-bit indices save registers
+    constexpr int U = 4;
+    const int64_t nv = n / V::N;
     const V* src = reinterpret_cast<const V*>(row);
-    V* dst = reinterpret_cast<V*>(smem);
-    for (int base = threadIdx.x; base < nv; base += U * blockDim.x) {
+    int64_t i = threadIdx.x;
+    for (; i + (U - 1) * (int64_t)blockDim.x < nv; i += U * (int64_t)blockDim.x) {
       V v[U];
 #pragma unroll
-      for (int u = 0; u < U; ++u)
-        if (base + u * (int)blockDim.x < nv) v[u] = src[base + u * blockDim.x];
+      for (int u = 0; u < U; ++u) v[u] = src[i + u * blockDim.x];
 #pragma unroll
       for (int u = 0; u < U; ++u) {
-        const int i = base + u * blockDim.x;
-        if (i >= nv) break;
-        if (dst) dst[i] = v[u];
+        if (smem) reinterpret_cast<V*>(smem)[i + u * blockDim.x] = v[u];
 #pragma unroll
         for (int k = 0; k < V::N; ++k) online(ms, (A)v[u].v[k]);
       }
+    }
+    for (; i < nv; i += blockDim.x) {
+      const V v = src[i];
+      if (smem) reinterpret_cast<V*>(smem)[i] = v;
+#pragma unroll
+      for (int k = 0; k < V::N; ++k) online(ms, (A)v.v[k]);
     }
   } else {
     for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
@@ -88,13 +89,13 @@ template <class T, class F> __device__ void write_row(const T* src, T* __restric
   }
 }
 
-template <class T, int U>
-__global__ void __launch_bounds__(1024) softmax_rows_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t n, bool lg, bool use_smem, bool vec) {
+template <class T>
+__global__ void softmax_rows_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t n, bool lg, bool use_smem, bool vec) {
   using A = acc_t<T>;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* smem = use_smem ? reinterpret_cast<T*>(smem_raw) : nullptr;
   const T* row = x + blockIdx.x * n;
-  const A lse = block_lse(scan_row<T, A, U>(row, smem, n, vec));  // block_lse syncs: smem is complete after it
+  const A lse = block_lse(scan_row<T, A>(row, smem, n, vec));  // block_lse syncs: smem is complete after it
   write_row(smem ? smem : row, y + blockIdx.x * n, n, vec, [&](int64_t, T v) {
     const A d = (A)v - lse;
     return T(lg ? d : fexp(d));
@@ -119,14 +120,14 @@ __global__ void softmax_cols_kernel(const T* __restrict__ x, T* __restrict__ y, 
   }
 }
 
-template <class T, class I, int U, class A = acc_t<T>>
-__global__ void __launch_bounds__(1024) ce_forward_kernel(const T* __restrict__ logits, const I* __restrict__ target, int64_t ignore,
+template <class T, class I, class A = acc_t<T>>
+__global__ void ce_forward_kernel(const T* __restrict__ logits, const I* __restrict__ target, int64_t ignore,
                                   A* __restrict__ loss, A* __restrict__ lse_out, T* __restrict__ dlogits,
                                   const A* __restrict__ count, int64_t C, int* bad, bool use_smem, bool vec) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* smem = use_smem ? reinterpret_cast<T*>(smem_raw) : nullptr;
   const T* row = logits + blockIdx.x * C;
-  const A lse = block_lse(scan_row<T, A, U>(row, smem, C, vec));
+  const A lse = block_lse(scan_row<T, A>(row, smem, C, vec));
   const int64_t t = (int64_t)target[blockIdx.x];
   const bool ignored = t == ignore, invalid = !ignored && (t < 0 || t >= C);
   if (threadIdx.x == 0) {
@@ -155,13 +156,6 @@ __global__ void ce_backward_kernel(const T* __restrict__ logits, const I* __rest
 }
 
 int row_threads(int64_t n) { return n >= 8192 ? 1024 : (n >= 1024 ? 256 : 128); }
-// Experiment switch (NT_ROW_KERNEL, read once): 0 U=4 loads in flight, 1 U=8, 2 U=4 without shared memory and
-// 512 threads (the second pass reads L2), 3 U=8 with 512 threads.
-int row_variant() {
-  static const int v = [] { const char* e = std::getenv("NT_ROW_KERNEL"); return e ? std::atoi(e) : 0; }();
-  return v;
-}
-int threads_for(int64_t n) { const int t = row_threads(n); return row_variant() >= 2 && t > 512 ? 512 : t; }
 }  // namespace
 
 void softmax_forward(DType t, const void* x, void* y, int64_t outer, int64_t n, int64_t inner, bool log,
@@ -172,11 +166,9 @@ void softmax_forward(DType t, const void* x, void* y, int64_t outer, int64_t n, 
     if (inner == 1) {
       const size_t bytes = n * sizeof(T);
       const bool use_smem = bytes <= kMaxRowSmem, vec = aligned16(x) && aligned16(y) && bytes % 16 == 0;
-      const bool smem_ok = use_smem && row_variant() != 2;
-      auto kernel = row_variant() % 2 == 1 ? softmax_rows_kernel<T, 8> : softmax_rows_kernel<T, 4>;
-      allow_smem(kernel, smem_ok ? bytes : 0);
-      kernel<<<(unsigned)outer, threads_for(n), smem_ok ? bytes : 0, stream>>>(
-          static_cast<const T*>(x), static_cast<T*>(y), n, log, smem_ok, vec);
+      allow_smem(softmax_rows_kernel<T>, use_smem ? bytes : 0);
+      softmax_rows_kernel<T><<<(unsigned)outer, row_threads(n), use_smem ? bytes : 0, stream>>>(
+          static_cast<const T*>(x), static_cast<T*>(y), n, log, use_smem, vec);
     } else {
       softmax_cols_kernel<T><<<grid_for(outer * inner, 256), 256, 0, stream>>>(static_cast<const T*>(x),
                                                                                static_cast<T*>(y), outer, n, inner, log);
@@ -196,12 +188,11 @@ void cross_entropy_forward(DType t, const void* logits, DType target_t, const vo
     const bool use_smem = bytes <= kMaxRowSmem && dlogits,
                vec = aligned16(logits) && (!dlogits || aligned16(dlogits)) && bytes % 16 == 0;
     NT_DISPATCH_INDEX(target_t, "cross_entropy", [&] {
-      const bool smem_ok = use_smem && row_variant() != 2;
-      auto kernel = row_variant() % 2 == 1 ? ce_forward_kernel<T, scalar_t, 8> : ce_forward_kernel<T, scalar_t, 4>;
-      allow_smem(kernel, smem_ok ? bytes : 0);
-      kernel<<<(unsigned)N, threads_for(C), smem_ok ? bytes : 0, stream>>>(
+      auto kernel = ce_forward_kernel<T, scalar_t>;
+      allow_smem(kernel, use_smem ? bytes : 0);
+      kernel<<<(unsigned)N, row_threads(C), use_smem ? bytes : 0, stream>>>(
           static_cast<const T*>(logits), static_cast<const scalar_t*>(target), ignore_index, static_cast<A*>(loss),
-          static_cast<A*>(lse), static_cast<T*>(dlogits), static_cast<const A*>(count), C, bad_target, smem_ok, vec);
+          static_cast<A*>(lse), static_cast<T*>(dlogits), static_cast<const A*>(count), C, bad_target, use_smem, vec);
     });
   });
   NT_CUDA_CHECK_LAUNCH();
