@@ -33,6 +33,9 @@ ShardedAdamW::ShardedAdamW(Communicator& comm, std::vector<NamedParams> units, c
   NT_CHECK(c.eps > 0 && c.weight_decay >= 0, "ShardedAdamW: eps must be > 0 and weight_decay >= 0");
   const int64_t n = comm.size(), rank = comm.rank();
   autograd::NoGradGuard no_grad;
+  NT_CHECK(!units.empty() && !units[0].empty(), "ShardedAdamW: no parameters");
+  const std::string first_name = units[0][0].first;
+  const Device first_dev = units[0][0].second.device();
   for (size_t k = 0; k < units.size(); ++k) {
     Unit u;
     u.params = std::move(units[k]);
@@ -41,21 +44,23 @@ ShardedAdamW::ShardedAdamW(Communicator& comm, std::vector<NamedParams> units, c
     for (const auto& [name, p] : u.params) {
       NT_CHECK(p.dtype() == dt, "ShardedAdamW: parameter '{}' has dtype {} but '{}' in its unit has {}", name,
                dtype_name(p.dtype()), u.params[0].first, dtype_name(dt));
-      NT_CHECK(p.is_contiguous() && p.device().is_cpu(), "ShardedAdamW: parameter '{}' must be a contiguous CPU tensor",
-               name);
+      NT_CHECK(p.is_contiguous(), "ShardedAdamW: parameter '{}' must be contiguous", name);
+      NT_CHECK(p.device() == first_dev, "ShardedAdamW: parameter '{}' is on {} but '{}' is on {} (one device per rank)",
+               name, p.device().str(), first_name, first_dev.str());
       u.offsets.push_back(u.numel);
       u.numel += p.numel();
     }
     const DType acc = dt == DType::f64 ? DType::f64 : DType::f32;
     u.shard = (u.numel + n - 1) / n;
-    u.flat = zeros({u.shard * n}, acc);
+    const Device dev = u.params[0].second.device();
+    u.flat = zeros({u.shard * n}, acc, dev);
     for (size_t i = 0; i < u.params.size(); ++i)
       u.flat.narrow(0, u.offsets[i], u.params[i].second.numel()).copy_(u.params[i].second.reshape({-1}));
     comm.broadcast(u.flat, 0);  // rank 0's initialization wins
     write_params(u);
     const int64_t lo = rank * u.shard;
     u.master = u.flat.narrow(0, lo, u.shard).clone();
-    u.m = zeros({u.shard}, acc), u.v = zeros({u.shard}, acc);
+    u.m = zeros({u.shard}, acc, dev), u.v = zeros({u.shard}, acc, dev);
     // Decay runs: each parameter's part of [lo, lo + shard), then the padding; adjacent runs alike are merged.
     auto add = [&](int64_t b, int64_t e, bool decay) {
       b = std::max(b, lo) - lo, e = std::min(e, lo + u.shard) - lo;
@@ -88,22 +93,23 @@ double ShardedAdamW::step(double lr, double max_norm) {
   ++t_;
   autograd::NoGradGuard no_grad;
   std::vector<Tensor> grads;
-  double local_sq = 0;
+  Tensor sq;  // this rank's sum of squares, f64, on the parameters' device (no read-back per unit)
   for (Unit& u : units_) {
     for (size_t i = 0; i < u.params.size(); ++i) {
       const Tensor& p = u.params[i].second;
       Tensor region = u.flat.narrow(0, u.offsets[i], p.numel());
       if (p.grad().defined()) region.copy_(p.grad().reshape({-1}));
-      else region.copy_(zeros({1}, u.flat.dtype()));
+      else region.fill_(0.0);
     }
     // The padding of flat holds gathered weights, which are 0 there (padding masters never move).
-    Tensor g = empty({u.shard}, u.flat.dtype());
+    Tensor g = empty({u.shard}, u.flat.dtype(), u.flat.device());
     comm_.reduce_scatter(u.flat, g, ReduceOp::avg);
-    for (double x : g.to_vector()) local_sq += x * x;
+    const Tensor g64 = g.to(DType::f64), part = sum(g64 * g64).reshape({1});
+    sq = sq.defined() ? sq + part : part;
     grads.push_back(g);
   }
-  Tensor sq = from_vector({local_sq}, {1}, DType::f64);
-  comm_.all_reduce(sq, ReduceOp::sum);  // in rank order: every rank gets the same norm, bit for bit
+  if (!sq.defined()) sq = zeros({1}, DType::f64);
+  comm_.all_reduce(sq, ReduceOp::sum);  // every rank gets the same norm, bit for bit
   const double norm = std::sqrt(sq.item());
   const double scale = norm > max_norm && norm > 0 ? max_norm / (norm + 1e-6) : 1.0;  // as train::AdamW
   for (size_t k = 0; k < units_.size(); ++k) {

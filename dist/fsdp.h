@@ -27,6 +27,8 @@ std::vector<NamedParams> units_by_module(const NamedParams& params);
 class ShardedAdamW {
  public:
   // Rank 0's parameter values are the starting point: they are broadcast and written into every rank's parameters.
+  // All parameters on one device (the CPU with the threads communicator, the rank's GPU with NCCL); the shards,
+  // moments and buffers live there too.
   // Every rank must pass the same units (names, shapes, dtypes); a unit's parameters share one dtype.
   ShardedAdamW(Communicator& comm, std::vector<NamedParams> units, const train::AdamWConfig& cfg = {});
   // One update from the parameters' gradients (averaged over ranks; a missing gradient counts as zero, unlike
