@@ -1,4 +1,5 @@
 // CUDA not compiled in: no devices, and a clear error for anything that needs one.
+#include "cuda/allocator.h"
 #include "cuda/memory.h"
 #include "tensor/error.h"
 
@@ -15,4 +16,5 @@ void device_free(void*, int) {}
 void copy_h2d(void*, const void*, size_t, int) { no_cuda(); }
 void copy_d2h(void*, const void*, size_t, int) { no_cuda(); }
 void copy_d2d(void*, const void*, size_t, int) { no_cuda(); }
+AllocatorStats allocator_stats(int) { return {}; }
 }  // namespace nt::cuda

@@ -85,6 +85,20 @@ void ShardedAdamW::write_params(Unit& u) {
   }
 }
 
+NamedParams ShardedAdamW::full_weights() {
+  autograd::NoGradGuard no_grad;
+  NamedParams out;
+  for (Unit& u : units_) {
+    comm_.all_gather(u.master, u.flat);
+    const Tensor flat = u.flat.to(kCPU);
+    for (size_t i = 0; i < u.params.size(); ++i) {
+      const Tensor& p = u.params[i].second;
+      out.emplace_back(u.params[i].first, flat.narrow(0, u.offsets[i], p.numel()).reshape(p.shape()).clone());
+    }
+  }
+  return out;
+}
+
 void ShardedAdamW::gather_params() {
   for (Unit& u : units_) comm_.all_gather(u.master, u.flat), write_params(u);
 }

@@ -37,6 +37,8 @@ class ShardedAdamW {
   double step(double lr, double max_norm = std::numeric_limits<double>::infinity());
   // Writes the full weights (all-gathered from the shards) into every rank's parameters.
   void gather_params();
+  // The full f32 (f64) master weights by parameter name, on the CPU: a collective (every rank must call it).
+  NamedParams full_weights();
   void zero_grad();
   int64_t steps() const { return t_; }
   // The flat f32/f64 weights of this rank's shards, one per unit (for tests and future sharded checkpoints).

@@ -17,13 +17,23 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <unistd.h>
 
+#include "cuda/allocator.h"
 #include "cuda/memory.h"
 #include "cuda/profiler.h"
+#include "dist/fsdp.h"
+#include "dist/launch.h"
+#if NT_NCCL
+#include "dist/nccl_communicator.h"
+#endif
 #include "nn/safetensors.h"
 #include "nn/transformer.h"
 #include "moe/moe_layer.h"
@@ -189,7 +199,29 @@ int main(int argc, char** argv) {
       return 0;
     }
     NT_CHECK(s.device != "cuda" || has_gpu, "train_lm: training.device=cuda but no GPU is available");
-    const Device dev = (s.device == "cuda" || (s.device == "auto" && has_gpu)) ? cuda_device(0) : kCPU;
+    // Several processes (torchrun / srun / mpirun set the rank variables): one GPU each, NCCL, the optimizer
+    // state sharded over the ranks (dist::ShardedAdamW), each rank on its own batches (seed + rank).
+    const dist::ProcessInfo proc = dist::process_info();
+    const bool distributed = proc.world_size > 1, main_rank = proc.rank == 0;
+    std::unique_ptr<dist::Communicator> comm;
+    if (distributed) {
+      NT_CHECK(has_gpu && s.device != "cpu", "train_lm: {} ranks (WORLD_SIZE) need one GPU each; training.device={}{}",
+               proc.world_size, s.device, has_gpu ? "" : " and no GPU is available");
+      NT_CHECK(s.grad_accum == 1 && s.resume.empty() && s.save_every == 0 && s.mlp == "dense",
+               "train_lm: with {} ranks, training.grad_accum must be 1, training.resume and training.save_every are not "
+               "supported yet (sharded checkpoints are not written yet), and model.mlp must be dense; got grad_accum {}, "
+               "resume '{}', save_every {}, mlp {}", proc.world_size, s.grad_accum, s.resume, s.save_every, s.mlp);
+#if NT_NCCL
+      comm = std::make_unique<dist::NcclCommunicator>(proc, 120);
+#else
+      throw Error(fmt::format("train_lm: WORLD_SIZE={} but this build has no NCCL", proc.world_size));
+#endif
+    }
+    const Device dev = distributed ? cuda_device(proc.local_rank)
+                                   : (s.device == "cuda" || (s.device == "auto" && has_gpu)) ? cuda_device(0) : kCPU;
+    auto say = [&](std::string_view f, auto&&... a) {
+      if (main_rank) fmt::print(fmt::runtime(f), std::forward<decltype(a)>(a)...);
+    };
     NT_CHECK(s.profile_steps >= 0 && (s.profile_steps == 0 || dev.is_cuda()),
              "train_lm: training.profile_steps profiles GPU kernels: it needs a GPU run and a count >= 0, got {} on {}",
              s.profile_steps, dev.is_cuda() ? "cuda" : "cpu");
@@ -239,6 +271,7 @@ int main(int argc, char** argv) {
     }
     Generator gen((uint64_t)s.seed);
     nn::TransformerLM lm(cfg, {DType::f32, kCPU, &gen});
+    if (distributed) gen = Generator((uint64_t)s.seed + 1000003ull * (uint64_t)proc.rank);  // each rank its own batches
     lm.to(dev);
     // bf16: the model computes in bf16 and AdamW keeps f32 master weights (train/adamw.h).
     if (s.precision == "bf16") lm.to(DType::bf16);
@@ -246,24 +279,28 @@ int main(int argc, char** argv) {
     // Training FLOPs per token: 6 per parameter (forward + backward matmuls; the tied embedding counts once, as the
     // output projection) plus causal attention's 6 * layers * T * dim (q.k and p.v over T / 2 keys on average).
     const double flops_per_token = 6.0 * (double)lm.num_parameters() + 6.0 * (double)(cfg.n_layers * T * cfg.dim);
-    train::AdamW opt(lm.named_parameters(), {0.9, 0.95, 1e-8, s.weight_decay});
+    const train::AdamWConfig opt_cfg{0.9, 0.95, 1e-8, s.weight_decay};
+    std::optional<train::AdamW> single;
+    std::optional<dist::ShardedAdamW> sharded;
+    if (distributed) sharded.emplace(*comm, dist::units_by_module(lm.named_parameters()), opt_cfg);
+    else single.emplace(lm.named_parameters(), opt_cfg);
     const double peak = s.lr, floor = s.lr_floor, clip = s.clip;
     const std::string& out = s.out;
     std::filesystem::create_directories(out);
-    std::ofstream(out + "/config.yaml") << config.dump();  // what this run used, to rerun or compare it
-    std::ofstream metrics(out + "/metrics.jsonl", std::ios::app);
+    if (main_rank) std::ofstream(out + "/config.yaml") << config.dump();  // what this run used, to rerun or compare it
+    std::ofstream metrics(main_rank ? out + "/metrics.jsonl" : "/dev/null", std::ios::app);
     int64_t first_step = 0;
     if (!s.resume.empty()) {
-      const train::TrainState st = train::load_checkpoint(s.resume, lm, opt, moe_bias_names(lm));
+      const train::TrainState st = train::load_checkpoint(s.resume, lm, *single, moe_bias_names(lm));
       restore_moe_biases(lm, st.extra);
       first_step = st.step, gen = st.data_gen;  // same batches and updates as an uninterrupted run
-      fmt::print("resumed from {} at step {}\n", s.resume, first_step);
+      say("resumed from {} at step {}\n", s.resume, first_step);
     }
 
-    fmt::print("train_lm: {} {} | {} params | {} attention, {} MLP | dim {} layers {} heads {}/{} | batch {} x {} micro-batches x seq {} | {} steps | lr {} -> {}\n",
+    say("train_lm: {} {} | {} params | {} attention, {} MLP | dim {} layers {} heads {}/{} | batch {} x {} micro-batches x seq {} | {} steps | lr {} -> {}\n",
                dev.str(), s.precision, lm.num_parameters(), s.attention, s.mlp, cfg.dim, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, B, s.grad_accum,
                T, steps, peak, floor);
-    fmt::print("data: {} ({} train / {} val tokens, vocab {}{}); unigram entropy {:.3f} nats/token\n", data, tr.tokens.size(),
+    say("data: {} ({} train / {} val tokens, vocab {}{}); unigram entropy {:.3f} nats/token\n", data, tr.tokens.size(),
                va.tokens.size(), tr.vocab, s.packing ? fmt::format(", {} documents packed", tr.doc_starts.size()) : "", unigram);
     const auto start = Clock::now();
     auto last = start;
@@ -278,20 +315,20 @@ int main(int argc, char** argv) {
     const int64_t profile_from = std::min(first_step + 3, std::max(first_step, steps - s.profile_steps));
     for (int64_t step = first_step; step <= steps; ++step) {
       if (s.profile_steps > 0 && step == profile_from + s.profile_steps)
-        fmt::print("profile of steps {}..{} (optimizer included):\n{}", profile_from, step - 1, profiler.stop());
+        say("profile of steps {}..{} (optimizer included):\n{}", profile_from, step - 1, profiler.stop());
       if (s.attention == "nsa") {
         const bool dense = step < s.dense_warmup_steps;
         if (step == first_step || step == s.dense_warmup_steps)
-          fmt::print("step {:5d} | attention: {}\n", step, dense ? "dense (warm-up)" : "native sparse");
+          say("step {:5d} | attention: {}\n", step, dense ? "dense (warm-up)" : "native sparse");
         set_dense(dense);
       }
       if (save_every > 0 && step > first_step && step % save_every == 0 && step < steps) {
-        train::save_checkpoint(out + "/ckpt", lm, opt, {step, gen, moe_biases(lm)});
-        fmt::print("step {:5d} | checkpoint {}/ckpt\n", step, out);
+        train::save_checkpoint(out + "/ckpt", lm, *single, {step, gen, moe_biases(lm)});
+        say("step {:5d} | checkpoint {}/ckpt\n", step, out);
       }
       if (step % s.eval_every == 0 || step == steps) {
         const double vl = evaluate(lm, va, s.eval_batches, B, T, dev, s.packing);
-        fmt::print("step {:5d} | val loss {:.4f} | val ppl {:.2f}{}\n", step, vl, std::exp(vl),
+        say("step {:5d} | val loss {:.4f} | val ppl {:.2f}{}\n", step, vl, std::exp(vl),
                    std::isnan(unigram) ? "" : fmt::format(" | unigram entropy {:.3f}", unigram));
         metrics << fmt::format("{{\"step\":{},\"val_loss\":{:.6f},\"val_ppl\":{:.4f}}}\n", step, vl, std::exp(vl)) << std::flush;
       }
@@ -313,15 +350,25 @@ int main(int argc, char** argv) {
         }
         if (s.grad_accum > 1) loss = loss * (1.0 / (double)s.grad_accum);
         loss.backward();
-        if (s.grad_accum > 1) opt.accumulate();
-        if ((step + 1) % s.log_every == 0) l += loss.item();  // reading the loss synchronizes: only when logging
+        if (s.grad_accum > 1) single->accumulate();
+        if ((step + 1) % s.log_every == 0) {  // reading the loss synchronizes: only when logging
+          Tensor lv = loss.detach().to(DType::f32).reshape({1}).clone();
+          if (distributed) comm->all_reduce(lv, dist::ReduceOp::avg);
+          l += lv.item();
+        }
       }
-      const double gnorm = opt.clip_grad_norm(clip);
-      opt.step(lr);
-      opt.zero_grad();
+      double gnorm = 0;
+      if (distributed) {
+        gnorm = sharded->step(lr, clip);
+        sharded->zero_grad();
+      } else {
+        gnorm = single->clip_grad_norm(clip);
+        single->step(lr);
+        single->zero_grad();
+      }
       for (auto& block : lm.layers)  // DeepSeek-V3's auxiliary-loss-free balancing (a no-op otherwise)
         if (auto* m = dynamic_cast<moe::DeepSeekMoE*>(block->mlp.get())) m->update_bias();
-      tokens_since += B * T * s.grad_accum;
+      tokens_since += B * T * s.grad_accum * proc.world_size;
       if ((step + 1) % s.log_every == 0) {
         const auto now = Clock::now();
         const double dt = std::chrono::duration<double>(now - last).count(), elapsed = std::chrono::duration<double>(now - start).count();
@@ -337,7 +384,7 @@ int main(int argc, char** argv) {
           }
         const std::string moe_text = std::isnan(moe_max) ? "" : fmt::format(" | expert load max/mean {:.2f} cv {:.2f}", moe_max, moe_cv);
         const std::string moe_json = std::isnan(moe_max) ? "" : fmt::format(",\"moe_max_over_mean\":{:.4f},\"moe_cv\":{:.4f}", moe_max, moe_cv);
-        fmt::print("step {:5d} | loss {:.4f} | lr {:.2e} | grad norm {:.3f} | {:.0f} tok/s{}{} | elapsed {:.0f}s | ETA {:.0f}s\n",
+        say("step {:5d} | loss {:.4f} | lr {:.2e} | grad norm {:.3f} | {:.0f} tok/s{}{} | elapsed {:.0f}s | ETA {:.0f}s\n",
                    step + 1, l, lr, gnorm, tps, std::isnan(mfu) ? "" : fmt::format(" | MFU {:.1f}%", 100 * mfu), moe_text,
                    elapsed, eta);
         metrics << fmt::format("{{\"step\":{},\"loss\":{:.6f},\"lr\":{:.3e},\"grad_norm\":{:.4f},\"tokens_per_s\":{:.1f}{}{}}}\n",
@@ -347,14 +394,24 @@ int main(int argc, char** argv) {
       }
     }
     // The model's shape goes into the metadata, so examples/generate can rebuild it from the file alone.
-    nn::save_safetensors(out + "/model.safetensors", opt.f32_weights(),
-                         {{"steps", std::to_string(steps)}, {"vocab", std::to_string(cfg.vocab)}, {"dim", std::to_string(cfg.dim)},
-                          {"layers", std::to_string(cfg.n_layers)}, {"heads", std::to_string(cfg.n_heads)},
-                          {"kv_heads", std::to_string(cfg.n_kv_heads)}, {"max_seq", std::to_string(cfg.max_seq)},
-                          {"mlp_hidden", std::to_string(cfg.hidden())}, {"rope_theta", fmt::format("{}", cfg.rope.theta)},
-                          {"attention", s.attention}, {"mlp", s.mlp}});
-    train::save_checkpoint(out + "/ckpt", lm, opt, {steps, gen, moe_biases(lm)});
-    fmt::print("saved {}/model.safetensors and the checkpoint {}/ckpt (training.resume={}/ckpt training.steps=N continues it)\n", out, out, out);
+    const std::map<std::string, std::string> meta = {
+        {"steps", std::to_string(steps)}, {"vocab", std::to_string(cfg.vocab)}, {"dim", std::to_string(cfg.dim)},
+        {"layers", std::to_string(cfg.n_layers)}, {"heads", std::to_string(cfg.n_heads)},
+        {"kv_heads", std::to_string(cfg.n_kv_heads)}, {"max_seq", std::to_string(cfg.max_seq)},
+        {"mlp_hidden", std::to_string(cfg.hidden())}, {"rope_theta", fmt::format("{}", cfg.rope.theta)},
+        {"attention", s.attention}, {"mlp", s.mlp}};
+    if (dev.is_cuda())
+      say("peak GPU memory (allocator, this rank): {:.2f} GiB\n", (double)cuda::allocator_stats(dev.index).peak_allocated / (1 << 30));
+    if (distributed) {
+      const auto weights = sharded->full_weights();  // a collective: every rank takes part
+      if (main_rank) nn::save_safetensors(out + "/model.safetensors", weights, meta);
+      say("saved {}/model.safetensors (f32 weights gathered from {} ranks; sharded optimizer checkpoints are not "
+          "written yet)\n", out, proc.world_size);
+    } else {
+      nn::save_safetensors(out + "/model.safetensors", single->f32_weights(), meta);
+      train::save_checkpoint(out + "/ckpt", lm, *single, {steps, gen, moe_biases(lm)});
+      say("saved {}/model.safetensors and the checkpoint {}/ckpt (training.resume={}/ckpt training.steps=N continues it)\n", out, out, out);
+    }
   } catch (const Error& e) {
     fmt::print(stderr, "{}\n", e.what());
     return 1;
