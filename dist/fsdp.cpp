@@ -61,6 +61,7 @@ ShardedAdamW::ShardedAdamW(Communicator& comm, std::vector<NamedParams> units, c
     const int64_t lo = rank * u.shard;
     u.master = u.flat.narrow(0, lo, u.shard).clone();
     u.m = zeros({u.shard}, acc, dev), u.v = zeros({u.shard}, acc, dev);
+    if (dt == DType::bf16) u.lowp_shard = zeros({u.shard}, DType::bf16, dev), u.lowp_flat = zeros({u.shard * n}, DType::bf16, dev);
     // Decay runs: each parameter's part of [lo, lo + shard), then the padding; adjacent runs alike are merged.
     auto add = [&](int64_t b, int64_t e, bool decay) {
       b = std::max(b, lo) - lo, e = std::min(e, lo + u.shard) - lo;
@@ -128,13 +129,25 @@ double ShardedAdamW::step(double lr, double max_norm) {
   const double scale = norm > max_norm && norm > 0 ? max_norm / (norm + 1e-6) : 1.0;  // as train::AdamW
   for (size_t k = 0; k < units_.size(); ++k) {
     Unit& u = units_[k];
+    const bool lowp = u.lowp_shard.defined();
     for (const auto& [b, e, decay] : u.runs) {
       Tensor p = u.master.narrow(0, b, e - b), m = u.m.narrow(0, b, e - b), v = u.v.narrow(0, b, e - b);
+      Tensor copy = lowp ? u.lowp_shard.narrow(0, b, e - b) : Tensor();
       train::adamw_update(p, grads[k].narrow(0, b, e - b), m, v, lr, cfg.beta1, cfg.beta2, cfg.eps,
-                          decay ? cfg.weight_decay : 0.0, t_, scale);  // the clip scale applied in the kernel
+                          decay ? cfg.weight_decay : 0.0, t_, scale,  // the clip scale applied in the kernel
+                          lowp ? &copy : nullptr);
     }
-    comm_.all_gather(u.master, u.flat);
-    write_params(u);
+    if (lowp) {
+      comm_.all_gather(u.lowp_shard, u.lowp_flat);
+      autograd::NoGradGuard ng;
+      for (size_t i = 0; i < u.params.size(); ++i) {
+        Tensor p = u.params[i].second;
+        p.copy_(u.lowp_flat.narrow(0, u.offsets[i], p.numel()).reshape(p.shape()));
+      }
+    } else {
+      comm_.all_gather(u.master, u.flat);
+      write_params(u);
+    }
   }
   return norm;
 }

@@ -54,6 +54,9 @@ class ShardedAdamW {
     // one adamw_update call (the same fused kernel train::AdamW uses). Padding is in a no-decay run; it stays 0.
     std::vector<std::tuple<int64_t, int64_t, bool>> runs;
     Tensor flat;                   // [shard * N] gather/scatter buffer
+    // bf16 parameters: the updated shard rounded to bf16 (written by the AdamW kernel) and the all-gathered
+    // [shard * N] bf16 weights; gathering the rounded values halves the bytes and gives the same parameters.
+    Tensor lowp_shard, lowp_flat;
   };
   void write_params(Unit& u);  // flat -> parameters
   Communicator& comm_;

@@ -373,7 +373,7 @@ int main(int argc, char** argv) {
         const auto now = Clock::now();
         const double dt = std::chrono::duration<double>(now - last).count(), elapsed = std::chrono::duration<double>(now - start).count();
         const double tps = tokens_since / dt, eta = elapsed / (double)(step + 1 - first_step) * (double)(steps - step - 1);
-        const double mfu = peak_tflops > 0 ? tps * flops_per_token / (peak_tflops * 1e12) : NAN;
+        const double mfu = peak_tflops > 0 ? tps * flops_per_token / (peak_tflops * 1e12 * proc.world_size) : NAN;
         // Expert load of the last micro-batch: the worst layer's max/mean tokens per expert (1 is perfect balance).
         double moe_max = NAN, moe_cv = NAN;
         for (auto& block : lm.layers)

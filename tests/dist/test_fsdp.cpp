@@ -223,6 +223,41 @@ TEST_CASE("ShardedAdamW in f32 on 2 ranks follows train::AdamW within f32 roundi
   compare(2, DType::f32, 0.5, 1e-5, 5e-5);
 }
 
+TEST_CASE("ShardedAdamW with bf16 parameters: the bf16 all-gather gives every rank bf16(master), and it learns") {
+  nn::LMConfig c;
+  c.vocab = 23, c.dim = 16, c.n_layers = 2, c.n_heads = 2, c.n_kv_heads = 1, c.max_seq = 8, c.mlp_hidden = 32;
+  train::TokenShard data;
+  data.vocab = 23;
+  for (int i = 0; i < 600; ++i) data.tokens.push_back((uint16_t)((i * 7) % 23));  // a learnable sequence
+  std::vector<std::vector<Tensor>> params(2), masters(2);
+  std::vector<std::vector<double>> losses(2);
+  dist::run_ranks(2, [&](Communicator& comm) {
+    const int r = comm.rank();
+    Generator init(1 + r), gen(5 + r);
+    nn::TransformerLM lm(c, {DType::bf16, kCPU, &init});
+    dist::ShardedAdamW opt(comm, dist::units_by_module(lm.named_parameters()));
+    for (int s = 0; s < 12; ++s) {
+      const train::Batch b = train::sample_batch(data, 4, 8, gen);
+      Tensor loss = lm.loss(b.x, b.y);
+      losses[r].push_back(loss.item());
+      loss.backward();
+      opt.step(2e-2, 1.0);
+      opt.zero_grad();
+    }
+    for (const Tensor& p : lm.parameters()) params[r].push_back(p.detach().clone());
+    for (const auto& [name, w] : opt.full_weights()) masters[r].push_back(w);
+  });
+  for (int r = 0; r < 2; ++r) {
+    REQUIRE(params[r].size() == masters[r].size());
+    for (size_t i = 0; i < params[r].size(); ++i) {
+      CHECK(masters[r][i].dtype() == DType::f32);
+      expect_close(params[r][i].to(DType::f64), masters[r][i].to(DType::bf16).to(DType::f64), 0, 0);
+      expect_close(params[r][i].to(DType::f64), params[0][i].to(DType::f64), 0, 0);
+    }
+    CHECK(losses[r].back() < 0.7 * losses[r].front());
+  }
+}
+
 TEST_CASE("ShardedAdamW: padding (7 elements on 4 ranks) and decay only on matrices, against train::AdamW") {
   auto grads = [](int64_t step) {
     return std::pair{from_vector({0.5, -1.0, 0.25 * step, 2.0}, {2, 2}, DType::f64),
