@@ -57,11 +57,14 @@ ShardedAdamW::ShardedAdamW(Communicator& comm, std::vector<NamedParams> units, c
     for (size_t i = 0; i < u.params.size(); ++i)
       u.flat.narrow(0, u.offsets[i], u.params[i].second.numel()).copy_(u.params[i].second.reshape({-1}));
     comm.broadcast(u.flat, 0);  // rank 0's initialization wins
-    write_params(u);
+    write_params(u, u.flat);
     const int64_t lo = rank * u.shard;
     u.master = u.flat.narrow(0, lo, u.shard).clone();
     u.m = zeros({u.shard}, acc, dev), u.v = zeros({u.shard}, acc, dev);
-    if (dt == DType::bf16) u.lowp_shard = zeros({u.shard}, DType::bf16, dev), u.lowp_flat = zeros({u.shard * n}, DType::bf16, dev);
+    if (dt == DType::bf16) {
+      u.lowp_shard = zeros({u.shard}, DType::bf16, dev), u.lowp_flat = zeros({u.shard * n}, DType::bf16, dev);
+      u.flat = Tensor();  // bf16 weights travel in lowp_flat; the f32 buffer is made per step (see flat_of)
+    }
     // Decay runs: each parameter's part of [lo, lo + shard), then the padding; adjacent runs alike are merged.
     auto add = [&](int64_t b, int64_t e, bool decay) {
       b = std::max(b, lo) - lo, e = std::min(e, lo + u.shard) - lo;
@@ -78,20 +81,30 @@ ShardedAdamW::ShardedAdamW(Communicator& comm, std::vector<NamedParams> units, c
   }
 }
 
-void ShardedAdamW::write_params(Unit& u) {
+void ShardedAdamW::write_params(Unit& u, const Tensor& flat) {
   autograd::NoGradGuard no_grad;
   for (size_t i = 0; i < u.params.size(); ++i) {
     Tensor p = u.params[i].second;
-    p.copy_(u.flat.narrow(0, u.offsets[i], p.numel()).reshape(p.shape()));
+    p.copy_(flat.narrow(0, u.offsets[i], p.numel()).reshape(p.shape()));
   }
+}
+
+// The unit's [shard * N] f32 (f64) buffer: kept for f32/f64 units; for bf16 units a temporary one (the caching
+// allocator reuses it unit after unit), so no rank holds a full-size f32 copy of the model. Padding is 0.
+Tensor ShardedAdamW::flat_of(Unit& u) {
+  if (u.flat.defined()) return u.flat;
+  Tensor f = empty({u.shard * comm_.size()}, DType::f32, u.master.device());
+  if (u.shard * comm_.size() > u.numel) f.narrow(0, u.numel, u.shard * comm_.size() - u.numel).fill_(0.0);
+  return f;
 }
 
 NamedParams ShardedAdamW::full_weights() {
   autograd::NoGradGuard no_grad;
   NamedParams out;
   for (Unit& u : units_) {
-    comm_.all_gather(u.master, u.flat);
-    const Tensor flat = u.flat.to(kCPU);
+    Tensor full = flat_of(u);
+    comm_.all_gather(u.master, full);
+    const Tensor flat = full.to(kCPU);
     for (size_t i = 0; i < u.params.size(); ++i) {
       const Tensor& p = u.params[i].second;
       out.emplace_back(u.params[i].first, flat.narrow(0, u.offsets[i], p.numel()).reshape(p.shape()).clone());
@@ -101,7 +114,11 @@ NamedParams ShardedAdamW::full_weights() {
 }
 
 void ShardedAdamW::gather_params() {
-  for (Unit& u : units_) comm_.all_gather(u.master, u.flat), write_params(u);
+  for (Unit& u : units_) {
+    Tensor full = flat_of(u);
+    comm_.all_gather(u.master, full);
+    write_params(u, full);
+  }
 }
 
 double ShardedAdamW::step(double lr, double max_norm) {
@@ -110,15 +127,16 @@ double ShardedAdamW::step(double lr, double max_norm) {
   std::vector<Tensor> grads;
   Tensor sq;  // this rank's sum of squares, f64, on the parameters' device (no read-back per unit)
   for (Unit& u : units_) {
+    Tensor flat = flat_of(u);
     for (size_t i = 0; i < u.params.size(); ++i) {
       const Tensor& p = u.params[i].second;
-      Tensor region = u.flat.narrow(0, u.offsets[i], p.numel());
+      Tensor region = flat.narrow(0, u.offsets[i], p.numel());
       if (p.grad().defined()) region.copy_(p.grad().reshape({-1}));
       else region.fill_(0.0);
     }
     // The padding of flat holds gathered weights, which are 0 there (padding masters never move).
-    Tensor g = empty({u.shard}, u.flat.dtype(), u.flat.device());
-    comm_.reduce_scatter(u.flat, g, ReduceOp::avg);
+    Tensor g = empty({u.shard}, flat.dtype(), flat.device());
+    comm_.reduce_scatter(flat, g, ReduceOp::avg);
     const Tensor g64 = g.to(DType::f64), part = sum(g64 * g64).reshape({1});
     sq = sq.defined() ? sq + part : part;
     grads.push_back(g);
@@ -146,7 +164,7 @@ double ShardedAdamW::step(double lr, double max_norm) {
       }
     } else {
       comm_.all_gather(u.master, u.flat);
-      write_params(u);
+      write_params(u, u.flat);
     }
   }
   return norm;

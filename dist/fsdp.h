@@ -53,12 +53,13 @@ class ShardedAdamW {
     // Runs [begin, end) of the shard with one decay setting: the decay mask, run-length coded so that each run is
     // one adamw_update call (the same fused kernel train::AdamW uses). Padding is in a no-decay run; it stays 0.
     std::vector<std::tuple<int64_t, int64_t, bool>> runs;
-    Tensor flat;                   // [shard * N] gather/scatter buffer
+    Tensor flat;                   // [shard * N] gather/scatter buffer (f32/f64 units; see flat_of)
     // bf16 parameters: the updated shard rounded to bf16 (written by the AdamW kernel) and the all-gathered
     // [shard * N] bf16 weights; gathering the rounded values halves the bytes and gives the same parameters.
     Tensor lowp_shard, lowp_flat;
   };
-  void write_params(Unit& u);  // flat -> parameters
+  void write_params(Unit& u, const Tensor& flat);  // flat -> parameters
+  Tensor flat_of(Unit& u);
   Communicator& comm_;
   std::vector<Unit> units_;
   int64_t t_ = 0;
