@@ -9,6 +9,7 @@
 // loss is a mean over the same number of tokens.
 #pragma once
 #include <limits>
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -39,6 +40,14 @@ class ShardedAdamW {
   void gather_params();
   // The full f32 (f64) master weights by parameter name, on the CPU: a collective (every rank must call it).
   NamedParams full_weights();
+  // Sharded checkpoints (dist/sharded_checkpoint.cpp), collectives: every rank writes its slices of the masters and
+  // moments to <dir>/shard-<r>-of-<N>.safetensors (rank_metadata, e.g. the step and this rank's data generator, goes
+  // into its metadata), rank 0 a manifest; the new directory replaces <dir> only once complete. load() accepts a
+  // checkpoint written by any number of ranks (the model must match: every mismatch is listed), restores the step
+  // count and writes the weights into the parameters; it returns this rank's metadata (rank 0's, plus
+  // "resharded_from", when the rank count changed).
+  void save(const std::string& dir, const std::map<std::string, std::string>& rank_metadata = {});
+  std::map<std::string, std::string> load(const std::string& dir);
   void zero_grad();
   int64_t steps() const { return t_; }
   // The flat f32/f64 weights of this rank's shards, one per unit (for tests and future sharded checkpoints).
@@ -67,5 +76,10 @@ class ShardedAdamW {
  public:
   train::AdamWConfig cfg;
 };
+
+// A sharded checkpoint as one process's train::save_checkpoint files in out_dir (model.safetensors with the
+// parameters in their dtype, optim.safetensors with the moments and f32 masters), so train::load_checkpoint or
+// PyTorch can read it. The metadata (step, data generator) is rank_for_metadata's.
+void consolidate_checkpoint(const std::string& dir, const std::string& out_dir, int rank_for_metadata = 0);
 
 }  // namespace nt::dist
