@@ -207,10 +207,9 @@ int main(int argc, char** argv) {
     if (distributed) {
       NT_CHECK(has_gpu && s.device != "cpu", "train_lm: {} ranks (WORLD_SIZE) need one GPU each; training.device={}{}",
                proc.world_size, s.device, has_gpu ? "" : " and no GPU is available");
-      NT_CHECK(s.grad_accum == 1 && s.resume.empty() && s.save_every == 0 && s.mlp == "dense",
-               "train_lm: with {} ranks, training.grad_accum must be 1, training.resume and training.save_every are not "
-               "supported yet (sharded checkpoints are not written yet), and model.mlp must be dense; got grad_accum {}, "
-               "resume '{}', save_every {}, mlp {}", proc.world_size, s.grad_accum, s.resume, s.save_every, s.mlp);
+      NT_CHECK(s.grad_accum == 1 && s.mlp == "dense",
+               "train_lm: with {} ranks, training.grad_accum must be 1 and model.mlp dense (not supported there yet); "
+               "got grad_accum {}, mlp {}", proc.world_size, s.grad_accum, s.mlp);
 #if NT_NCCL
       comm = std::make_unique<dist::NcclCommunicator>(proc, 120);
 #else
@@ -290,7 +289,20 @@ int main(int argc, char** argv) {
     if (main_rank) std::ofstream(out + "/config.yaml") << config.dump();  // what this run used, to rerun or compare it
     std::ofstream metrics(main_rank ? out + "/metrics.jsonl" : "/dev/null", std::ios::app);
     int64_t first_step = 0;
-    if (!s.resume.empty()) {
+    if (!s.resume.empty() && distributed) {
+      // A sharded checkpoint (written by any number of ranks; st_tool consolidate makes a single-process one).
+      const auto meta = sharded->load(s.resume);
+      auto num = [&](const char* key) -> uint64_t {
+        auto it = meta.find(key);
+        NT_CHECK(it != meta.end(), "train_lm: the sharded checkpoint '{}' has no '{}' (not written by train_lm?)", s.resume, key);
+        return std::stoull(it->second);
+      };
+      first_step = (int64_t)num("step");
+      // The same rank count continues each rank's batches exactly; another count keeps the per-rank seeds.
+      if (!meta.count("resharded_from")) gen.seed = num("data_seed"), gen.offset = num("data_offset");
+      say("resumed from the sharded checkpoint {} at step {}{}\n", s.resume, first_step,
+          meta.count("resharded_from") ? fmt::format(" (written by {} ranks)", meta.at("resharded_from")) : "");
+    } else if (!s.resume.empty()) {
       const train::TrainState st = train::load_checkpoint(s.resume, lm, *single, moe_bias_names(lm));
       restore_moe_biases(lm, st.extra);
       first_step = st.step, gen = st.data_gen;  // same batches and updates as an uninterrupted run
@@ -302,6 +314,11 @@ int main(int argc, char** argv) {
                T, steps, peak, floor);
     say("data: {} ({} train / {} val tokens, vocab {}{}); unigram entropy {:.3f} nats/token\n", data, tr.tokens.size(),
                va.tokens.size(), tr.vocab, s.packing ? fmt::format(", {} documents packed", tr.doc_starts.size()) : "", unigram);
+    // A rank's state for its shard of a checkpoint: the next step and its data generator.
+    auto shard_meta = [&](int64_t step) {
+      return std::map<std::string, std::string>{{"step", std::to_string(step)}, {"data_seed", std::to_string(gen.seed)},
+                                                {"data_offset", std::to_string(gen.offset)}};
+    };
     const auto start = Clock::now();
     auto last = start;
     int64_t tokens_since = 0;
@@ -323,7 +340,8 @@ int main(int argc, char** argv) {
         set_dense(dense);
       }
       if (save_every > 0 && step > first_step && step % save_every == 0 && step < steps) {
-        train::save_checkpoint(out + "/ckpt", lm, *single, {step, gen, moe_biases(lm)});
+        if (distributed) sharded->save(out + "/ckpt", shard_meta(step));
+        else train::save_checkpoint(out + "/ckpt", lm, *single, {step, gen, moe_biases(lm)});
         say("step {:5d} | checkpoint {}/ckpt\n", step, out);
       }
       if (step % s.eval_every == 0 || step == steps) {
@@ -405,8 +423,10 @@ int main(int argc, char** argv) {
     if (distributed) {
       const auto weights = sharded->full_weights();  // a collective: every rank takes part
       if (main_rank) nn::save_safetensors(out + "/model.safetensors", weights, meta);
-      say("saved {}/model.safetensors (f32 weights gathered from {} ranks; sharded optimizer checkpoints are not "
-          "written yet)\n", out, proc.world_size);
+      sharded->save(out + "/ckpt", shard_meta(steps));
+      say("saved {0}/model.safetensors (f32 weights gathered from {1} ranks) and the sharded checkpoint {0}/ckpt "
+          "(training.resume={0}/ckpt continues it on any number of GPUs; st_tool consolidate {0}/ckpt DIR makes a "
+          "single-process one)\n", out, proc.world_size);
     } else {
       nn::save_safetensors(out + "/model.safetensors", single->f32_weights(), meta);
       train::save_checkpoint(out + "/ckpt", lm, *single, {steps, gen, moe_biases(lm)});
