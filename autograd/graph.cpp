@@ -199,7 +199,8 @@ std::vector<const OpKind*> graph_ops(const Tensor& t) {
 
 NT_REGISTER_OP(kCheckpoint, "checkpoint", true);
 
-Tensor checkpoint(const std::function<Tensor(const std::vector<Tensor>&)>& fn, const std::vector<Tensor>& inputs) {
+Tensor checkpoint(const std::function<Tensor(const std::vector<Tensor>&)>& fn, const std::vector<Tensor>& inputs,
+                  const std::function<void()>& after_backward) {
   const uint64_t rng_offset = default_generator().offset;
   Tensor out;
   {
@@ -208,7 +209,7 @@ Tensor checkpoint(const std::function<Tensor(const std::vector<Tensor>&)>& fn, c
   }
   // Recorded even when no input requires grad: parameters used inside fn may.
   if (!grad_enabled()) return out;
-  auto backward = [fn, inputs, rng_offset](const Tensor& g, const std::vector<bool>&) {
+  auto backward = [fn, inputs, rng_offset, after_backward](const Tensor& g, const std::vector<bool>&) {
     std::vector<Tensor> leaves;
     for (const Tensor& t : inputs) {
       Tensor d = t.detach();
@@ -224,6 +225,7 @@ Tensor checkpoint(const std::function<Tensor(const std::vector<Tensor>&)>& fn, c
     }
     default_generator().offset = saved_offset;
     if (y.requires_grad()) y.backward(g);  // also accumulates into parameters used inside fn
+    if (after_backward) after_backward();
     std::vector<Tensor> grads;
     for (size_t i = 0; i < leaves.size(); ++i)
       grads.push_back(inputs[i].requires_grad() ? (leaves[i].grad().defined() ? leaves[i].grad()

@@ -87,7 +87,10 @@ std::vector<const OpKind*> graph_ops(const Tensor& t);
 // Activation checkpointing: run fn(inputs) without keeping its intermediate tensors; during backward run it
 // again with recording on and backpropagate through the recomputation. The default generator's offset is restored
 // before recomputing, so dropout inside fn draws the same mask twice.
-Tensor checkpoint(const std::function<Tensor(const std::vector<Tensor>&)>& fn, const std::vector<Tensor>& inputs);
+// after_backward (optional) runs once the recomputed segment's backward has finished (fully sharded training
+// reduce-scatters and frees the segment's parameter gradients and weights there).
+Tensor checkpoint(const std::function<Tensor(const std::vector<Tensor>&)>& fn, const std::vector<Tensor>& inputs,
+                  const std::function<void()>& after_backward = {});
 
 }  // namespace autograd
 }  // namespace nt

@@ -62,7 +62,7 @@ ShardedAdamW::ShardedAdamW(Communicator& comm, std::vector<NamedParams> units, c
     u.master = u.flat.narrow(0, lo, u.shard).clone();
     u.m = zeros({u.shard}, acc, dev), u.v = zeros({u.shard}, acc, dev);
     if (dt == DType::bf16) {
-      u.lowp_shard = zeros({u.shard}, DType::bf16, dev), u.lowp_flat = zeros({u.shard * n}, DType::bf16, dev);
+      u.lowp_shard = u.master.to(DType::bf16), u.lowp_flat = zeros({u.shard * n}, DType::bf16, dev);
       u.flat = Tensor();  // bf16 weights travel in lowp_flat; the f32 buffer is made per step (see flat_of)
     }
     // Decay runs: each parameter's part of [lo, lo + shard), then the padding; adjacent runs alike are merged.
@@ -89,11 +89,12 @@ void ShardedAdamW::write_params(Unit& u, const Tensor& flat) {
   }
 }
 
-// The unit's [shard * N] f32 (f64) buffer: kept for f32/f64 units; for bf16 units a temporary one (the caching
-// allocator reuses it unit after unit), so no rank holds a full-size f32 copy of the model. Padding is 0.
+// The unit's [shard * N] f32 (f64) buffer: kept for f32/f64 units; for bf16 and fully sharded units a temporary
+// one (the caching allocator reuses it unit after unit), so no rank holds a full-size f32 copy of the model.
+// Padding is 0.
 Tensor ShardedAdamW::flat_of(Unit& u) {
   if (u.flat.defined()) return u.flat;
-  Tensor f = empty({u.shard * comm_.size()}, DType::f32, u.master.device());
+  Tensor f = empty({u.shard * comm_.size()}, u.master.dtype(), u.master.device());
   if (u.shard * comm_.size() > u.numel) f.narrow(0, u.numel, u.shard * comm_.size() - u.numel).fill_(0.0);
   return f;
 }
@@ -115,6 +116,10 @@ NamedParams ShardedAdamW::full_weights() {
 
 void ShardedAdamW::gather_params() {
   for (Unit& u : units_) {
+    if (u.fully_sharded) {  // allocated and filled until the unit next runs (which gathers and frees them again)
+      gather_unit(u);
+      continue;
+    }
     Tensor full = flat_of(u);
     comm_.all_gather(u.master, full);
     write_params(u, full);
@@ -127,6 +132,14 @@ double ShardedAdamW::step(double lr, double max_norm) {
   std::vector<Tensor> grads;
   Tensor sq;  // this rank's sum of squares, f64, on the parameters' device (no read-back per unit)
   for (Unit& u : units_) {
+    if (u.fully_sharded) {  // reduce-scattered during the backward already
+      Tensor g = u.grad_shard.defined() ? u.grad_shard : zeros({u.shard}, u.master.dtype(), u.master.device());
+      u.grad_shard = Tensor();
+      const Tensor g64 = g.to(DType::f64), part = sum(g64 * g64).reshape({1});
+      sq = sq.defined() ? sq + part : part;
+      grads.push_back(g);
+      continue;
+    }
     Tensor flat = flat_of(u);
     for (size_t i = 0; i < u.params.size(); ++i) {
       const Tensor& p = u.params[i].second;
@@ -155,6 +168,7 @@ double ShardedAdamW::step(double lr, double max_norm) {
                           decay ? cfg.weight_decay : 0.0, t_, scale,  // the clip scale applied in the kernel
                           lowp ? &copy : nullptr);
     }
+    if (u.fully_sharded) continue;  // gathered when the unit next runs
     if (lowp) {
       comm_.all_gather(u.lowp_shard, u.lowp_flat);
       autograd::NoGradGuard ng;
@@ -171,8 +185,76 @@ double ShardedAdamW::step(double lr, double max_norm) {
 }
 
 void ShardedAdamW::zero_grad() {
-  for (Unit& u : units_)
+  for (Unit& u : units_) {
     for (auto& [name, p] : u.params) p.set_grad(Tensor());
+    u.grad_shard = Tensor();
+  }
+}
+
+void ShardedAdamW::gather_unit(Unit& u) {
+  autograd::NoGradGuard no_grad;
+  for (auto& [name, p] : u.params) p.impl()->storage->reallocate();
+  const bool lowp = u.lowp_shard.defined();
+  Tensor full = lowp ? empty({u.shard * comm_.size()}, DType::bf16, u.master.device()) : flat_of(u);
+  comm_.all_gather(lowp ? u.lowp_shard : u.master, full);
+  write_params(u, full);
+}
+
+void ShardedAdamW::release_unit(Unit& u) {
+  for (auto& [name, p] : u.params) p.impl()->storage->release();
+}
+
+void ShardedAdamW::reduce_unit(Unit& u) {
+  autograd::NoGradGuard no_grad;
+  Tensor flat = flat_of(u);
+  for (size_t i = 0; i < u.params.size(); ++i) {
+    const Tensor& p = u.params[i].second;
+    Tensor region = flat.narrow(0, u.offsets[i], p.numel());
+    if (p.grad().defined()) region.copy_(p.grad().reshape({-1}));
+    else region.fill_(0.0);
+    Tensor(p).set_grad(Tensor());
+  }
+  Tensor g = empty({u.shard}, flat.dtype(), flat.device());
+  comm_.reduce_scatter(flat, g, ReduceOp::avg);
+  u.grad_shard = u.grad_shard.defined() ? u.grad_shard + g : g;
+}
+
+void ShardedAdamW::fully_shard(nn::TransformerLM& lm) {
+  std::vector<int> unit_of(lm.layers.size(), -1);
+  for (size_t k = 0; k < units_.size(); ++k) {
+    const std::string& first = units_[k].params[0].first;
+    if (first.rfind("layers.", 0) != 0) continue;
+    const size_t i = std::stoul(first.substr(7));
+    NT_CHECK(i < lm.layers.size(), "ShardedAdamW::fully_shard: unit '{}' names layer {} of a model with {}", first, i,
+             lm.layers.size());
+    for (const auto& [name, p] : units_[k].params)
+      NT_CHECK(name.rfind("layers." + std::to_string(i) + ".", 0) == 0,
+               "ShardedAdamW::fully_shard: unit {} mixes layers ('{}' and '{}'): build the units with units_by_module", k,
+               first, name);
+    unit_of[i] = (int)k;
+    units_[k].fully_sharded = true;
+    units_[k].lowp_flat = units_[k].flat = Tensor();  // gathers and reductions go through temporaries
+    release_unit(units_[k]);
+  }
+  for (size_t i = 0; i < unit_of.size(); ++i)
+    NT_CHECK(unit_of[i] >= 0, "ShardedAdamW::fully_shard: no unit holds layers.{} (build the units with units_by_module "
+             "from this model's named_parameters())", i);
+  lm.run_block = [this, unit_of](int64_t i, const std::function<Tensor(const Tensor&)>& run, const Tensor& x) {
+    const int k = unit_of[(size_t)i];
+    return autograd::checkpoint(
+        [this, k, run](const std::vector<Tensor>& in) {
+          gather_unit(units_[k]);
+          Tensor y = run(in[0]);
+          // The first pass runs without recording: nothing keeps the weights, free them. The recomputation inside
+          // the backward keeps them until after_backward.
+          if (!autograd::grad_enabled()) release_unit(units_[k]);
+          return y;
+        },
+        {x}, [this, k] {
+          reduce_unit(units_[k]);
+          release_unit(units_[k]);
+        });
+  };
 }
 
 std::vector<Tensor> ShardedAdamW::master_shards() const {

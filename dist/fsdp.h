@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "dist/communicator.h"
+#include "nn/transformer.h"
 #include "train/adamw.h"
 
 namespace nt::dist {
@@ -38,6 +39,13 @@ class ShardedAdamW {
   double step(double lr, double max_norm = std::numeric_limits<double>::infinity());
   // Writes the full weights (all-gathered from the shards) into every rank's parameters.
   void gather_params();
+  // ZeRO-3 for a TransformerLM built from the same parameters (units from units_by_module): each block's weights
+  // then exist only while the block runs. Its forward gathers them and frees them after; its backward recomputes
+  // the block (activation checkpointing, lm.run_block) with the weights gathered again, reduce-scatters the
+  // block's gradients into this rank's shard as soon as they are complete, and frees weights and gradients. The
+  // embedding and the final norm stay gathered (ZeRO-2). A block's weights read outside its run are an error.
+  // Not for blocks with auxiliary losses (MoE): the first, no-grad pass would drop their gradient.
+  void fully_shard(nn::TransformerLM& lm);
   // The full f32 (f64) master weights by parameter name, on the CPU: a collective (every rank must call it).
   NamedParams full_weights();
   // Sharded checkpoints (dist/sharded_checkpoint.cpp), collectives: every rank writes its slices of the masters and
@@ -66,9 +74,14 @@ class ShardedAdamW {
     // bf16 parameters: the updated shard rounded to bf16 (written by the AdamW kernel) and the all-gathered
     // [shard * N] bf16 weights; gathering the rounded values halves the bytes and gives the same parameters.
     Tensor lowp_shard, lowp_flat;
+    bool fully_sharded = false;  // ZeRO-3: weights gathered only while the unit runs (fully_shard)
+    Tensor grad_shard;           // ZeRO-3: this rank's reduce-scattered gradient, summed over the backward passes
   };
   void write_params(Unit& u, const Tensor& flat);  // flat -> parameters
   Tensor flat_of(Unit& u);
+  void gather_unit(Unit& u);   // ZeRO-3: allocate the unit's parameters and all-gather their values
+  void release_unit(Unit& u);  // ZeRO-3: free the unit's parameter memory
+  void reduce_unit(Unit& u);   // ZeRO-3: reduce-scatter the unit's gradients into grad_shard, drop them
   Communicator& comm_;
   std::vector<Unit> units_;
   int64_t t_ = 0;

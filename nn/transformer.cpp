@@ -60,7 +60,11 @@ Tensor TransformerLM::forward(const Tensor& idx, const ForwardContext& ctx) {
     NT_CHECK(ctx.cu_seqlens.front() == 0 && ctx.cu_seqlens.back() == n,
              "TransformerLM: cu_seqlens must run from 0 to B * T = {}, got {} .. {}", n, ctx.cu_seqlens.front(), ctx.cu_seqlens.back());
   }
-  for (auto& layer : layers) x = layer->forward(x, ctx);
+  for (size_t i = 0; i < layers.size(); ++i) {
+    // By value: a wrapper may keep `run` for the backward (recomputation), after this call has returned.
+    if (run_block) x = run_block((int64_t)i, [this, i, ctx](const Tensor& h) { return layers[i]->forward(h, ctx); }, x);
+    else x = layers[i]->forward(x, ctx);
+  }
   x = norm->forward(x);
   return lm_head ? lm_head->forward(x) : matmul(x, tok_emb->weight.mT());
 }

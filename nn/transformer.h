@@ -56,6 +56,9 @@ class TransformerLM : public Module {
   std::shared_ptr<RMSNorm> norm;
   std::shared_ptr<Linear> lm_head;  // null when tied to tok_emb
   std::shared_ptr<Rotary> rotary;
+  // Optional wrapper of each block's call in forward(): run_block(i, run, x) must return run(x) (it may add work
+  // around it, e.g. activation checkpointing or gathering the block's sharded weights: dist::ShardedAdamW).
+  std::function<Tensor(int64_t, const std::function<Tensor(const Tensor&)>&, const Tensor&)> run_block;
 };
 
 }  // namespace nt::nn

@@ -64,7 +64,11 @@ int64_t wrap_dim(int64_t dim, int64_t ndim, const char* op) {
   return dim < 0 ? dim + n : dim;
 }
 
-Storage::Storage(size_t n, Device dev) : nbytes(n), device(dev) {
+Storage::Storage(size_t n, Device dev) : nbytes(n), device(dev) { reallocate(); }
+void Storage::reallocate() {
+  if (data) return;
+  const size_t n = nbytes;
+  const Device dev = device;
   if (dev.is_cpu()) {
     // 64-byte aligned so vectorized loops and BLAS get aligned rows; at least 64 bytes so empty tensors own memory.
     const size_t sz = std::max<size_t>(64, (n + 63) / 64 * 64);
@@ -75,11 +79,14 @@ Storage::Storage(size_t n, Device dev) : nbytes(n), device(dev) {
     data = cuda::device_malloc(std::max<size_t>(n, 1), dev.index);
   }
 }
-Storage::~Storage() {
+Storage::~Storage() { release(); }
+void Storage::release() {
+  if (!data) return;
   if (device.is_cpu())
     std::free(data);
   else
     cuda::device_free(data, device.index);
+  data = nullptr;
 }
 
 int64_t Tensor::size(int64_t d) const { return impl_->shape[wrap_dim(d, dim(), "size")]; }
@@ -94,6 +101,9 @@ bool Tensor::is_contiguous() const {
   return true;
 }
 void* Tensor::data_ptr() const {
+  NT_CHECK(!impl_->storage->released(), "tensor of shape {}: its memory is released (a fully sharded parameter "
+           "outside its unit's forward and backward; gather it first, e.g. ShardedAdamW::gather_params())",
+           shape_str(shape()));
   return static_cast<char*>(impl_->storage->data) + impl_->offset * (int64_t)element_size();
 }
 

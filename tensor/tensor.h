@@ -30,6 +30,11 @@ struct Storage {
   std::atomic<uint64_t> version{0};
   Storage(size_t nbytes, Device device);
   ~Storage();
+  // Fully sharded training (dist/fsdp.h) frees a parameter's memory between uses and allocates it again before the
+  // next one; every tensor sharing the storage sees the same memory. Reading released memory is an error.
+  void release();
+  void reallocate();  // no-op when allocated
+  bool released() const { return data == nullptr && nbytes > 0; }
   Storage(const Storage&) = delete;
   Storage& operator=(const Storage&) = delete;
 };
