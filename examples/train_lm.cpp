@@ -70,6 +70,7 @@ struct Settings {
   nsa::NsaConfig nsa;
   int64_t dense_warmup_steps = 0;
   int64_t profile_steps = 0;
+  bool fully_shard = false;
   std::string mlp;  // dense or moe
   moe::MoEConfig moe;
   int64_t moe_first_dense = 0;
@@ -87,6 +88,7 @@ Settings read(const train::Config& c) {
   s.nsa.window = c.get_int("model.nsa.window");
   s.dense_warmup_steps = c.get_int("training.dense_warmup_steps");
   s.profile_steps = c.get_int("training.profile_steps");
+  s.fully_shard = c.get_bool("training.fully_shard");
   s.mlp = c.get_string("model.mlp", {"dense", "moe"});
   s.moe.n_routed = c.get_int("model.moe.n_routed"), s.moe.top_k = c.get_int("model.moe.top_k");
   s.moe.n_shared = c.get_int("model.moe.n_shared"), s.moe.expert_hidden = c.get_int("model.moe.expert_hidden");
@@ -216,6 +218,8 @@ int main(int argc, char** argv) {
       throw Error(fmt::format("train_lm: WORLD_SIZE={} but this build has no NCCL", proc.world_size));
 #endif
     }
+    NT_CHECK(!s.fully_shard || distributed, "train_lm: training.fully_shard=true shards the model over several ranks; "
+             "this is a single process (WORLD_SIZE unset or 1)");
     const Device dev = distributed ? cuda_device(proc.local_rank)
                                    : (s.device == "cuda" || (s.device == "auto" && has_gpu)) ? cuda_device(0) : kCPU;
     auto say = [&](std::string_view f, auto&&... a) {
@@ -281,7 +285,10 @@ int main(int argc, char** argv) {
     const train::AdamWConfig opt_cfg{0.9, 0.95, 1e-8, s.weight_decay};
     std::optional<train::AdamW> single;
     std::optional<dist::ShardedAdamW> sharded;
-    if (distributed) sharded.emplace(*comm, dist::units_by_module(lm.named_parameters()), opt_cfg);
+    if (distributed) {
+      sharded.emplace(*comm, dist::units_by_module(lm.named_parameters()), opt_cfg);
+      if (s.fully_shard) sharded->fully_shard(lm);  // ZeRO-3: block weights only while the block runs
+    }
     else single.emplace(lm.named_parameters(), opt_cfg);
     const double peak = s.lr, floor = s.lr_floor, clip = s.clip;
     const std::string& out = s.out;
