@@ -132,24 +132,11 @@ double ShardedAdamW::step(double lr, double max_norm) {
   std::vector<Tensor> grads;
   Tensor sq;  // this rank's sum of squares, f64, on the parameters' device (no read-back per unit)
   for (Unit& u : units_) {
-    if (u.fully_sharded) {  // reduce-scattered during the backward already
-      Tensor g = u.grad_shard.defined() ? u.grad_shard : zeros({u.shard}, u.master.dtype(), u.master.device());
-      u.grad_shard = Tensor();
-      const Tensor g64 = g.to(DType::f64), part = sum(g64 * g64).reshape({1});
-      sq = sq.defined() ? sq + part : part;
-      grads.push_back(g);
-      continue;
-    }
-    Tensor flat = flat_of(u);
-    for (size_t i = 0; i < u.params.size(); ++i) {
-      const Tensor& p = u.params[i].second;
-      Tensor region = flat.narrow(0, u.offsets[i], p.numel());
-      if (p.grad().defined()) region.copy_(p.grad().reshape({-1}));
-      else region.fill_(0.0);
-    }
-    // The padding of flat holds gathered weights, which are 0 there (padding masters never move).
-    Tensor g = empty({u.shard}, flat.dtype(), flat.device());
-    comm_.reduce_scatter(flat, g, ReduceOp::avg);
+    // This step's gradients (and those accumulate() reduced before) as this rank's shard; fully sharded units
+    // reduce-scattered theirs during the backward already. Missing gradients count as zeros.
+    if (!u.fully_sharded) reduce_unit(u);
+    Tensor g = u.grad_shard.defined() ? u.grad_shard : zeros({u.shard}, u.master.dtype(), u.master.device());
+    u.grad_shard = Tensor();
     const Tensor g64 = g.to(DType::f64), part = sum(g64 * g64).reshape({1});
     sq = sq.defined() ? sq + part : part;
     grads.push_back(g);
@@ -182,6 +169,11 @@ double ShardedAdamW::step(double lr, double max_norm) {
     }
   }
   return norm;
+}
+
+void ShardedAdamW::accumulate() {
+  for (Unit& u : units_)
+    if (!u.fully_sharded) reduce_unit(u);
 }
 
 void ShardedAdamW::zero_grad() {

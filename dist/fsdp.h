@@ -56,6 +56,10 @@ class ShardedAdamW {
   // "resharded_from", when the rank count changed).
   void save(const std::string& dir, const std::map<std::string, std::string>& rank_metadata = {});
   std::map<std::string, std::string> load(const std::string& dir);
+  // Between micro-batches (as train::AdamW::accumulate): reduce-scatters the gradients so far into this rank's
+  // shard (summed in f32/f64 over micro-batches) and frees them; step() adds the last micro-batch's. Scale each
+  // micro-batch's loss by 1 / micro-batches for the mean.
+  void accumulate();
   void zero_grad();
   int64_t steps() const { return t_; }
   // The flat f32/f64 weights of this rank's shards, one per unit (for tests and future sharded checkpoints).
@@ -75,13 +79,13 @@ class ShardedAdamW {
     // [shard * N] bf16 weights; gathering the rounded values halves the bytes and gives the same parameters.
     Tensor lowp_shard, lowp_flat;
     bool fully_sharded = false;  // ZeRO-3: weights gathered only while the unit runs (fully_shard)
-    Tensor grad_shard;           // ZeRO-3: this rank's reduce-scattered gradient, summed over the backward passes
+    Tensor grad_shard;           // this rank's reduce-scattered gradient so far (accumulate(), ZeRO-3's backward)
   };
   void write_params(Unit& u, const Tensor& flat);  // flat -> parameters
   Tensor flat_of(Unit& u);
   void gather_unit(Unit& u);   // ZeRO-3: allocate the unit's parameters and all-gather their values
   void release_unit(Unit& u);  // ZeRO-3: free the unit's parameter memory
-  void reduce_unit(Unit& u);   // ZeRO-3: reduce-scatter the unit's gradients into grad_shard, drop them
+  void reduce_unit(Unit& u);   // reduce-scatter the unit's gradients into grad_shard (summed), drop them
   Communicator& comm_;
   std::vector<Unit> units_;
   int64_t t_ = 0;

@@ -350,3 +350,49 @@ TEST_CASE("ShardedAdamW::fully_shard (ZeRO-3): the same training as ZeRO-2, bloc
   }
   CHECK(z2[0].losses.back() < z2[0].losses.front());
 }
+
+TEST_CASE("ShardedAdamW::accumulate: two micro-batches of half the rows equal one batch (2 ranks, also with ZeRO-3)") {
+  nn::LMConfig c;
+  c.vocab = 23, c.dim = 16, c.n_layers = 2, c.n_heads = 2, c.n_kv_heads = 1, c.max_seq = 8, c.mlp_hidden = 32;
+  train::TokenShard data;
+  data.vocab = 23;
+  Generator tg(9);
+  for (double v : randint(0, 23, {500}, DType::i64, kCPU, &tg).to_vector()) data.tokens.push_back((uint16_t)v);
+  // micro = 1: each rank's 4 rows at once; micro = 2: rows [0, 2) then [2, 4), each loss scaled by 1/2.
+  bool grads_freed = true;  // accumulate() moves the gradients into the shard and frees them
+  auto train = [&](int micro, bool zero3) {
+    std::vector<std::vector<Tensor>> w(2);
+    dist::run_ranks(2, [&](Communicator& comm) {
+      const int r = comm.rank();
+      Generator init(1), gen(5);
+      nn::TransformerLM lm(c, {DType::f64, kCPU, &init});
+      dist::ShardedAdamW opt(comm, dist::units_by_module(lm.named_parameters()));
+      if (zero3) opt.fully_shard(lm);
+      for (int s = 0; s < 3; ++s) {
+        const train::Batch b = train::sample_batch(data, 8, 8, gen);
+        const int64_t rows = 4 / micro;
+        for (int m = 0; m < micro; ++m) {
+          const int64_t at = 4 * r + m * rows;
+          Tensor loss = lm.loss(b.x.narrow(0, at, rows).contiguous(), b.y.narrow(0, at, rows).contiguous());
+          if (micro > 1) loss = loss * (1.0 / micro);
+          loss.backward();
+          if (m + 1 < micro) {
+            opt.accumulate();
+            if (lm.tok_emb->weight.grad().defined() || lm.norm->weight.grad().defined()) grads_freed = false;
+          }
+        }
+        opt.step(1e-2, 0.5);
+        opt.zero_grad();
+      }
+      for (const auto& [name, t] : opt.full_weights()) w[r].push_back(t);
+    });
+    return w[0];
+  };
+  const auto one = train(1, false), two = train(2, false), two_z3 = train(2, true);
+  CHECK(grads_freed);
+  REQUIRE(one.size() == two.size());
+  for (size_t i = 0; i < one.size(); ++i) {
+    expect_close(two[i], one[i], 1e-12, 0);  // f64: the micro-batch sums round differently, nothing else
+    expect_close(two_z3[i], two[i], 1e-12, 0);
+  }
+}
