@@ -179,4 +179,13 @@ void run_ranks(int n, const std::function<void(Communicator&)>& fn, std::chrono:
   if (first) std::rethrow_exception(first);
 }
 
+void all_reduce_counts(Communicator& comm, std::vector<int64_t>& counts, Device device) {
+  if (counts.empty()) return;
+  std::vector<double> v(counts.begin(), counts.end());
+  Tensor t = from_vector(v, {(int64_t)v.size()}, DType::f64).to(device);
+  comm.all_reduce(t, ReduceOp::sum);
+  const std::vector<double> r = t.to(kCPU).to_vector();
+  for (size_t i = 0; i < counts.size(); ++i) counts[i] = (int64_t)r[i];
+}
+
 }  // namespace nt::dist

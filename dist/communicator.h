@@ -88,4 +88,7 @@ class ThreadCommunicator : public Communicator {
 void run_ranks(int n, const std::function<void(Communicator&)>& fn,
                std::chrono::milliseconds timeout = std::chrono::seconds(60));
 
+// Sums counts over the ranks in place (through an f64 tensor on `device`: exact below 2^53), e.g. MoE expert loads.
+void all_reduce_counts(Communicator& comm, std::vector<int64_t>& counts, Device device = kCPU);
+
 }  // namespace nt::dist

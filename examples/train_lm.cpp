@@ -20,6 +20,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -209,8 +210,8 @@ int main(int argc, char** argv) {
     if (distributed) {
       NT_CHECK(has_gpu && s.device != "cpu", "train_lm: {} ranks (WORLD_SIZE) need one GPU each; training.device={}{}",
                proc.world_size, s.device, has_gpu ? "" : " and no GPU is available");
-      NT_CHECK(s.mlp == "dense", "train_lm: with {} ranks model.mlp must be dense (MoE's balancing bias would need the "
-               "expert loads all-reduced: not yet), got {}", proc.world_size, s.mlp);
+      NT_CHECK(s.mlp == "dense" || !s.fully_shard, "train_lm: training.fully_shard=true does not support model.mlp=moe "
+               "yet (its balance loss would lose its gradient in the no-grad first pass)");
 #if NT_NCCL
       comm = std::make_unique<dist::NcclCommunicator>(proc, 120);
 #else
@@ -304,6 +305,17 @@ int main(int argc, char** argv) {
         return std::stoull(it->second);
       };
       first_step = (int64_t)num("step");
+      std::vector<std::pair<std::string, Tensor>> biases;
+      for (const std::string& name : moe_bias_names(lm)) {
+        auto it = meta.find(name);
+        NT_CHECK(it != meta.end(), "train_lm: the sharded checkpoint '{}' has no '{}' (saved without aux_free MoE?)",
+                 s.resume, name);
+        std::vector<double> b;
+        std::stringstream ss(it->second);
+        for (std::string x; std::getline(ss, x, ',');) b.push_back(std::stod(x));
+        biases.emplace_back(name, from_vector(b, {(int64_t)b.size()}, DType::f64));
+      }
+      restore_moe_biases(lm, biases);
       // The same rank count continues each rank's batches exactly; another count keeps the per-rank seeds.
       if (!meta.count("resharded_from")) gen.seed = num("data_seed"), gen.offset = num("data_offset");
       say("resumed from the sharded checkpoint {} at step {}{}\n", s.resume, first_step,
@@ -321,9 +333,16 @@ int main(int argc, char** argv) {
     say("data: {} ({} train / {} val tokens, vocab {}{}); unigram entropy {:.3f} nats/token\n", data, tr.tokens.size(),
                va.tokens.size(), tr.vocab, s.packing ? fmt::format(", {} documents packed", tr.doc_starts.size()) : "", unigram);
     // A rank's state for its shard of a checkpoint: the next step and its data generator.
+    // The MoE balancing biases (equal on every rank: their loads are all-reduced) go along as text.
     auto shard_meta = [&](int64_t step) {
-      return std::map<std::string, std::string>{{"step", std::to_string(step)}, {"data_seed", std::to_string(gen.seed)},
-                                                {"data_offset", std::to_string(gen.offset)}};
+      std::map<std::string, std::string> m{{"step", std::to_string(step)}, {"data_seed", std::to_string(gen.seed)},
+                                           {"data_offset", std::to_string(gen.offset)}};
+      for (const auto& [name, t] : moe_biases(lm)) {
+        std::string v;
+        for (double x : t.to_vector()) v += fmt::format("{}{:.17g}", v.empty() ? "" : ",", x);
+        m[name] = v;
+      }
+      return m;
     };
     const auto start = Clock::now();
     auto last = start;
@@ -394,7 +413,10 @@ int main(int argc, char** argv) {
         single->zero_grad();
       }
       for (auto& block : lm.layers)  // DeepSeek-V3's auxiliary-loss-free balancing (a no-op otherwise)
-        if (auto* m = dynamic_cast<moe::DeepSeekMoE*>(block->mlp.get())) m->update_bias();
+        if (auto* m = dynamic_cast<moe::DeepSeekMoE*>(block->mlp.get())) {
+          if (distributed) m->update_bias([&](std::vector<int64_t>& load) { dist::all_reduce_counts(*comm, load, dev); });
+          else m->update_bias();
+        }
       tokens_since += B * T * s.grad_accum * proc.world_size;
       if ((step + 1) % s.log_every == 0) {
         const auto now = Clock::now();

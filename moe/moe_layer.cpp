@@ -54,9 +54,10 @@ Tensor DeepSeekMoE::forward(const Tensor& x) {
   return y.reshape(x.shape());
 }
 
-void DeepSeekMoE::update_bias() {
+void DeepSeekMoE::update_bias(const std::function<void(std::vector<int64_t>&)>& reduce_load) {
   if (!router->cfg.aux_free) return;
   NT_CHECK(!load_since_update_.empty(), "DeepSeekMoE::update_bias: no training-mode forward since the last update");
+  if (reduce_load) reduce_load(load_since_update_);
   router->update_bias(load_since_update_);
   load_since_update_.clear();
 }

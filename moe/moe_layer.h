@@ -7,6 +7,7 @@
 // The pieces are separate so that kernels can replace the inside: Router (affinities, top-k, gates, balance),
 // make_dispatch (token lists per expert), RoutedExperts (permute, expert GEMMs, unpermute), and the gated sum here.
 #pragma once
+#include <functional>
 #include "moe/experts.h"
 #include "moe/router.h"
 
@@ -36,7 +37,9 @@ class DeepSeekMoE : public nn::Layer {
   // aux_free only (a no-op otherwise): call after each optimizer step. Moves the router's bias by the load summed
   // over the training-mode forwards since the previous call (the last load when there is one forward per step;
   // gradient-accumulation micro-batches all count).
-  void update_bias();
+  // reduce_load (optional): sums the load over data-parallel ranks in place first, so every rank moves its bias
+  // the same way (as one process on the whole batch would).
+  void update_bias(const std::function<void(std::vector<int64_t>&)>& reduce_load = {});
 
   MoEConfig cfg;
   std::shared_ptr<Router> router;          // router.weight

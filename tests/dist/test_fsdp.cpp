@@ -4,6 +4,7 @@
 #include <chrono>
 
 #include "dist/fsdp.h"
+#include "moe/moe_layer.h"
 #include "nn/transformer.h"
 #include "test_util.h"
 #include "train/data.h"
@@ -394,5 +395,59 @@ TEST_CASE("ShardedAdamW::accumulate: two micro-batches of half the rows equal on
   for (size_t i = 0; i < one.size(); ++i) {
     expect_close(two[i], one[i], 1e-12, 0);  // f64: the micro-batch sums round differently, nothing else
     expect_close(two_z3[i], two[i], 1e-12, 0);
+  }
+}
+
+TEST_CASE("MoE with loss-free balancing on 2 ranks: loads all-reduced, so biases and losses follow one process") {
+  nn::LMConfig c;
+  c.vocab = 23, c.dim = 16, c.n_layers = 2, c.n_heads = 2, c.n_kv_heads = 1, c.max_seq = 8;
+  train::TokenShard data;
+  data.vocab = 23;
+  Generator tg(9);
+  for (double v : randint(0, 23, {500}, DType::i64, kCPU, &tg).to_vector()) data.tokens.push_back((uint16_t)v);
+  struct Out {
+    std::vector<double> losses, bias;
+  };
+  auto train = [&](int n) {
+    std::vector<Out> out(n);
+    dist::run_ranks(n, [&](Communicator& comm) {
+      const int r = comm.rank();
+      std::vector<std::shared_ptr<moe::DeepSeekMoE>> moes;
+      nn::LMConfig lc = c;
+      lc.make_mlp = [&](int64_t, const nn::Init& init) {
+        moe::MoEConfig mc;
+        mc.dim = 16, mc.n_routed = 4, mc.top_k = 2, mc.n_shared = 1, mc.expert_hidden = 8;
+        mc.router.aux_free = true, mc.router.aux_loss_coef = 0, mc.router.bias_update_speed = 0.05;
+        moes.push_back(std::make_shared<moe::DeepSeekMoE>(mc, init));
+        return moes.back();
+      };
+      Generator init(1), gen(5);
+      nn::TransformerLM lm(lc, {DType::f64, kCPU, &init});
+      dist::ShardedAdamW opt(comm, dist::units_by_module(lm.named_parameters()));
+      const int64_t rows = 4 / n;
+      for (int s = 0; s < 4; ++s) {
+        const train::Batch b = train::sample_batch(data, 4, 8, gen);
+        Tensor loss = lm.loss(b.x.narrow(0, r * rows, rows).contiguous(), b.y.narrow(0, r * rows, rows).contiguous());
+        Tensor global = from_vector({loss.item()}, {1}, DType::f64);
+        loss.backward();
+        comm.all_reduce(global, ReduceOp::avg);
+        out[r].losses.push_back(global.item());
+        opt.step(1e-2, 1.0);
+        opt.zero_grad();
+        for (auto& m : moes) m->update_bias([&](std::vector<int64_t>& load) { dist::all_reduce_counts(comm, load); });
+      }
+      for (auto& m : moes) out[r].bias.insert(out[r].bias.end(), m->router->bias().begin(), m->router->bias().end());
+    });
+    return out;
+  };
+  const std::vector<Out> one = train(1), two = train(2);
+  bool moved = false;
+  for (double b : one[0].bias) moved |= b != 0;
+  CHECK(moved);  // the bias did move, so equal biases mean equal (global) loads
+  for (int r = 0; r < 2; ++r) {
+    CHECK(two[r].bias == one[0].bias);
+    REQUIRE(two[r].losses.size() == one[0].losses.size());
+    for (size_t s = 0; s < one[0].losses.size(); ++s)
+      CHECK(std::fabs(two[r].losses[s] - one[0].losses[s]) <= 1e-12 * one[0].losses[s]);
   }
 }
