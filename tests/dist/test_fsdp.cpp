@@ -7,6 +7,7 @@
 #include "moe/moe_layer.h"
 #include "nn/transformer.h"
 #include "test_util.h"
+#include "tiny_lm.h"
 #include "train/data.h"
 
 using namespace nt;
@@ -137,12 +138,8 @@ struct Run {
 // K steps on the global batch B = n * b (sample_batch with one seed), rank r taking rows [r b, r b + b).
 // n == 0: the single-process reference with train::AdamW.
 Run train_lm(int n, DType dt, double max_norm, std::vector<Run>* ranks = nullptr) {
-  nn::LMConfig c;
-  c.vocab = 23, c.dim = 16, c.n_layers = 2, c.n_heads = 2, c.n_kv_heads = 1, c.max_seq = 8, c.mlp_hidden = 32;
-  train::TokenShard data;
-  data.vocab = 23;
-  Generator tg(9);
-  for (double v : randint(0, 23, {500}, DType::i64, kCPU, &tg).to_vector()) data.tokens.push_back((uint16_t)v);
+  const nn::LMConfig c = tiny_lm(2);
+  const train::TokenShard data = random_tokens();
   const int64_t b = 2, T = 8, K = 4;
   auto lr = [](int64_t s) { return train::lr_at(s, 2, 4, 1e-2, 1e-3); };
   if (n == 0) {
@@ -290,12 +287,8 @@ TEST_CASE("ShardedAdamW: padding (7 elements on 4 ranks) and decay only on matri
 }
 
 TEST_CASE("ShardedAdamW::fully_shard (ZeRO-3): the same training as ZeRO-2, block weights only while a block runs") {
-  nn::LMConfig c;
-  c.vocab = 23, c.dim = 16, c.n_layers = 3, c.n_heads = 2, c.n_kv_heads = 1, c.max_seq = 8, c.mlp_hidden = 32;
-  train::TokenShard data;
-  data.vocab = 23;
-  Generator tg(9);
-  for (double v : randint(0, 23, {500}, DType::i64, kCPU, &tg).to_vector()) data.tokens.push_back((uint16_t)v);
+  const nn::LMConfig c = tiny_lm(3);
+  const train::TokenShard data = random_tokens();
   struct Result {
     std::vector<double> losses, evals;
     std::vector<Tensor> weights;
@@ -353,12 +346,8 @@ TEST_CASE("ShardedAdamW::fully_shard (ZeRO-3): the same training as ZeRO-2, bloc
 }
 
 TEST_CASE("ShardedAdamW::accumulate: two micro-batches of half the rows equal one batch (2 ranks, also with ZeRO-3)") {
-  nn::LMConfig c;
-  c.vocab = 23, c.dim = 16, c.n_layers = 2, c.n_heads = 2, c.n_kv_heads = 1, c.max_seq = 8, c.mlp_hidden = 32;
-  train::TokenShard data;
-  data.vocab = 23;
-  Generator tg(9);
-  for (double v : randint(0, 23, {500}, DType::i64, kCPU, &tg).to_vector()) data.tokens.push_back((uint16_t)v);
+  const nn::LMConfig c = tiny_lm(2);
+  const train::TokenShard data = random_tokens();
   // micro = 1: each rank's 4 rows at once; micro = 2: rows [0, 2) then [2, 4), each loss scaled by 1/2.
   bool grads_freed = true;  // accumulate() moves the gradients into the shard and frees them
   auto train = [&](int micro, bool zero3) {
@@ -399,12 +388,8 @@ TEST_CASE("ShardedAdamW::accumulate: two micro-batches of half the rows equal on
 }
 
 TEST_CASE("MoE with loss-free balancing on 2 ranks: loads all-reduced, so biases and losses follow one process") {
-  nn::LMConfig c;
-  c.vocab = 23, c.dim = 16, c.n_layers = 2, c.n_heads = 2, c.n_kv_heads = 1, c.max_seq = 8;
-  train::TokenShard data;
-  data.vocab = 23;
-  Generator tg(9);
-  for (double v : randint(0, 23, {500}, DType::i64, kCPU, &tg).to_vector()) data.tokens.push_back((uint16_t)v);
+  const nn::LMConfig c = tiny_lm();  // its MLPs come from make_mlp below
+  const train::TokenShard data = random_tokens();
   struct Out {
     std::vector<double> losses, bias;
   };

@@ -9,6 +9,7 @@
 #include "nn/safetensors.h"
 #include "nn/transformer.h"
 #include "test_util.h"
+#include "tiny_lm.h"
 #include "train/checkpoint.h"
 #include "train/data.h"
 
@@ -17,18 +18,6 @@ using namespace nt::test;
 namespace fs = std::filesystem;
 
 namespace {
-nn::LMConfig tiny() {
-  nn::LMConfig c;
-  c.vocab = 23, c.dim = 16, c.n_layers = 2, c.n_heads = 2, c.n_kv_heads = 1, c.max_seq = 8, c.mlp_hidden = 32;
-  return c;
-}
-train::TokenShard data() {
-  train::TokenShard d;
-  d.vocab = 23;
-  Generator g(9);
-  for (double v : randint(0, 23, {500}, DType::i64, kCPU, &g).to_vector()) d.tokens.push_back((uint16_t)v);
-  return d;
-}
 double lr(int64_t s) { return train::lr_at(s, 2, 8, 1e-2, 1e-3); }
 
 // Steps [from, to) of the global batch sample_batch(4, 8) (one seed, advanced by `from` batches), rank r of n
@@ -36,8 +25,8 @@ double lr(int64_t s) { return train::lr_at(s, 2, 8, 1e-2, 1e-3); }
 // loads from load_dir before the first. Returns the global losses.
 std::vector<double> run(int n, int64_t from, int64_t to, const std::string& load_dir, const std::string& save_dir,
                         std::vector<Tensor>* weights = nullptr) {
-  const nn::LMConfig c = tiny();
-  const train::TokenShard d = data();
+  const nn::LMConfig c = tiny_lm();
+  const train::TokenShard d = random_tokens();
   std::vector<std::vector<double>> losses(n);
   std::vector<std::vector<Tensor>> w(n);
   dist::run_ranks(n, [&](dist::Communicator& comm) {
@@ -106,8 +95,8 @@ TEST_CASE("sharded checkpoint: consolidated, train::AdamW resumes it in one proc
   run(2, 0, 3, "", dir.string());
   dist::consolidate_checkpoint(dir.string(), out.string());
   // A single-process run from the consolidated checkpoint: train::AdamW on the whole batch.
-  const nn::LMConfig c = tiny();
-  const train::TokenShard d = data();
+  const nn::LMConfig c = tiny_lm();
+  const train::TokenShard d = random_tokens();
   Generator init(7);
   nn::TransformerLM lm(c, {DType::f64, kCPU, &init});
   train::AdamW opt(lm.named_parameters());
@@ -138,7 +127,7 @@ TEST_CASE("sharded checkpoint: a save replaces the old one only when complete; b
   // Another model: every mismatch named.
   expect_error([&] {
     dist::run_ranks(2, [&](dist::Communicator& comm) {
-      nn::LMConfig c = tiny();
+      nn::LMConfig c = tiny_lm();
       c.dim = 24;
       Generator init(1);
       nn::TransformerLM lm(c, {DType::f64, kCPU, &init});
