@@ -130,17 +130,16 @@ double ShardedAdamW::step(double lr, double max_norm) {
   ++t_;
   autograd::NoGradGuard no_grad;
   std::vector<Tensor> grads;
-  Tensor sq;  // this rank's sum of squares, f64, on the parameters' device (no read-back per unit)
   for (Unit& u : units_) {
     // This step's gradients (and those accumulate() reduced before) as this rank's shard; fully sharded units
     // reduce-scattered theirs during the backward already. Missing gradients count as zeros.
     if (!u.fully_sharded) reduce_unit(u);
     Tensor g = u.grad_shard.defined() ? u.grad_shard : zeros({u.shard}, u.master.dtype(), u.master.device());
     u.grad_shard = Tensor();
-    const Tensor g64 = g.to(DType::f64), part = sum(g64 * g64).reshape({1});
-    sq = sq.defined() ? sq + part : part;
     grads.push_back(g);
   }
+  // This rank's sum of squares, on the parameters' device (no read-back before the all-reduce).
+  Tensor sq = train::sum_of_squares(grads);
   if (!sq.defined()) sq = zeros({1}, DType::f64);
   comm_.all_reduce(sq, ReduceOp::sum);  // every rank gets the same norm, bit for bit
   const double norm = std::sqrt(sq.item());

@@ -90,9 +90,14 @@ void AdamW::accumulate() {
 }
 
 namespace {
-// Sum of squares of every gradient, read back once (no synchronization per tensor). On one GPU: one kernel over
-// all of them (cuda::sum_squares_chunks), no f32 copies of bf16 gradients.
+// The global squared norm read back once (no synchronization per tensor); -1 when no gradient is defined.
 double squared_norm(const std::vector<Tensor>& grads) {
+  const Tensor sq = sum_of_squares(grads);
+  return sq.defined() ? sq.item() : -1;
+}
+}  // namespace
+
+Tensor sum_of_squares(const std::vector<Tensor>& grads) {
 #if NT_CUDA
   std::vector<Tensor> dense;
   bool one_gpu = true;
@@ -102,7 +107,7 @@ double squared_norm(const std::vector<Tensor>& grads) {
                (g.dtype() == DType::f64 || g.dtype() == DType::f32 || g.dtype() == DType::bf16);
     dense.push_back(g.contiguous());
   }
-  if (dense.empty()) return -1;
+  if (dense.empty()) return Tensor();
   if (one_gpu) {
     std::vector<cuda::SquaresChunk> table;
     for (const Tensor& g : dense)
@@ -116,7 +121,7 @@ double squared_norm(const std::vector<Tensor>& grads) {
     if (count > 0) cuda::copy_h2d(chunks.data_ptr(), table.data(), table.size() * sizeof(cuda::SquaresChunk), dev.index);
     cuda::sum_squares_chunks(static_cast<const cuda::SquaresChunk*>(chunks.data_ptr()), (int)count,
                              static_cast<double*>(partial.data_ptr()), static_cast<double*>(out.data_ptr()), stream_of(out));
-    return out.item();
+    return out;
   }
 #endif
   std::vector<Tensor> parts;
@@ -125,10 +130,9 @@ double squared_norm(const std::vector<Tensor>& grads) {
     const Tensor x = g.dtype() == DType::f64 ? g : g.to(DType::f32);
     parts.push_back(sum(x * x).reshape({1}).to(DType::f64));
   }
-  if (parts.empty()) return -1;
-  return sum(cat(parts, 0)).item();
+  if (parts.empty()) return Tensor();
+  return sum(cat(parts, 0)).reshape({1});
 }
-}  // namespace
 
 double AdamW::clip_grad_norm(double max_norm) {
   autograd::NoGradGuard no_grad;
