@@ -237,6 +237,18 @@ Tensor checkpoint(const std::function<Tensor(const std::vector<Tensor>&)>& fn, c
   return out;
 }
 
+NT_REGISTER_OP(kOnBackward, "on_backward", true);
+
+Tensor on_backward(const Tensor& x, const std::function<void()>& hook) {
+  if (!grad_enabled()) return x;
+  Tensor out = x.detach();
+  record(kOnBackward, out, {x}, [hook](const Tensor& g, const std::vector<bool>&) {
+    hook();
+    return std::vector<Tensor>{g};
+  });
+  return out;
+}
+
 }  // namespace autograd
 
 void Tensor::backward(const Tensor& grad, bool retain_graph) const { autograd::run_backward(*this, grad, retain_graph); }

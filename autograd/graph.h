@@ -92,5 +92,11 @@ std::vector<const OpKind*> graph_ops(const Tensor& t);
 Tensor checkpoint(const std::function<Tensor(const std::vector<Tensor>&)>& fn, const std::vector<Tensor>& inputs,
                   const std::function<void()>& after_backward = {});
 
+// Identity whose backward first runs hook() and then passes the gradient on. The engine runs nodes in reverse
+// creation order, so a hook on a segment's output runs before any of the segment's backward, and a hook on its
+// input after all of it (fully sharded training gathers a block's weights in the first and reduce-scatters its
+// gradients in the second). Recorded whenever grad recording is on, even if x needs no grad.
+Tensor on_backward(const Tensor& x, const std::function<void()>& hook);
+
 }  // namespace autograd
 }  // namespace nt

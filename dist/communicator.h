@@ -10,6 +10,7 @@
 #include <functional>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "ops/ops.h"
@@ -17,6 +18,35 @@
 namespace nt::dist {
 
 enum class ReduceOp { sum, avg };
+
+// A collective in flight (the *_async calls). wait() orders the caller's later work after it: with NCCL the current
+// CUDA stream waits for the collective's stream (no host sync), so the compute issued between the call and wait()
+// overlaps the transfer. Work keeps the collective's tensors alive until then, so the caching allocator cannot hand
+// their memory to a kernel while NCCL still reads or writes it; destroying an unwaited Work waits.
+class Work {
+ public:
+  Work() = default;
+  explicit Work(std::function<void()> wait) : wait_(std::move(wait)) {}
+  Work(Work&& o) noexcept : wait_(std::exchange(o.wait_, nullptr)) {}
+  Work& operator=(Work&& o) noexcept {
+    if (this != &o) finish(), wait_ = std::exchange(o.wait_, nullptr);
+    return *this;
+  }
+  ~Work() { finish(); }
+  void wait() {
+    if (auto w = std::exchange(wait_, nullptr)) w();
+  }
+  bool pending() const { return (bool)wait_; }
+
+ private:
+  void finish() noexcept {
+    try {
+      wait();
+    } catch (...) {  // a destructor must not throw; the next CUDA call reports the error
+    }
+  }
+  std::function<void()> wait_;
+};
 
 class Communicator {
  public:
@@ -31,6 +61,15 @@ class Communicator {
   // Every rank's t becomes root's t.
   virtual void broadcast(Tensor& t, int root) = 0;
   virtual void barrier() = 0;
+  // The same collectives, returned in flight (see Work). The default runs them at once (the threads communicator).
+  virtual Work all_gather_async(const Tensor& shard, Tensor& full) {
+    all_gather(shard, full);
+    return {};
+  }
+  virtual Work reduce_scatter_async(const Tensor& full, Tensor& shard, ReduceOp op) {
+    reduce_scatter(full, shard, op);
+    return {};
+  }
 };
 
 // What the threads of one job share. After a timeout or a failed rank the group is broken: every later (and every

@@ -115,9 +115,10 @@ NamedParams ShardedAdamW::full_weights() {
 }
 
 void ShardedAdamW::gather_params() {
-  for (Unit& u : units_) {
+  for (size_t k = 0; k < units_.size(); ++k) {
+    Unit& u = units_[k];
     if (u.fully_sharded) {  // allocated and filled until the unit next runs (which gathers and frees them again)
-      gather_unit(u);
+      gather_unit(k);
       continue;
     }
     Tensor full = flat_of(u);
@@ -130,10 +131,13 @@ double ShardedAdamW::step(double lr, double max_norm) {
   ++t_;
   autograd::NoGradGuard no_grad;
   std::vector<Tensor> grads;
+  // This step's gradients (and those accumulate() reduced before) as this rank's shard; fully sharded units
+  // reduce-scattered theirs during the backward already. Missing gradients count as zeros.
+  for (size_t k = 0; k < units_.size(); ++k)
+    if (!units_[k].fully_sharded) reduce_unit(k);
+  finish_reductions();
+  prefetched_ = {};  // the weights change
   for (Unit& u : units_) {
-    // This step's gradients (and those accumulate() reduced before) as this rank's shard; fully sharded units
-    // reduce-scattered theirs during the backward already. Missing gradients count as zeros.
-    if (!u.fully_sharded) reduce_unit(u);
     Tensor g = u.grad_shard.defined() ? u.grad_shard : zeros({u.shard}, u.master.dtype(), u.master.device());
     u.grad_shard = Tensor();
     grads.push_back(g);
@@ -154,7 +158,10 @@ double ShardedAdamW::step(double lr, double max_norm) {
                           decay ? cfg.weight_decay : 0.0, t_, scale,  // the clip scale applied in the kernel
                           lowp ? &copy : nullptr);
     }
-    if (u.fully_sharded) continue;  // gathered when the unit next runs
+    if (u.fully_sharded) {  // gathered when the unit next runs; tensors saved from the old weights are stale now
+      for (auto& [name, p] : u.params) ++p.impl()->storage->version;
+      continue;
+    }
     if (lowp) {
       comm_.all_gather(u.lowp_shard, u.lowp_flat);
       autograd::NoGradGuard ng;
@@ -171,32 +178,64 @@ double ShardedAdamW::step(double lr, double max_norm) {
 }
 
 void ShardedAdamW::accumulate() {
-  for (Unit& u : units_)
-    if (!u.fully_sharded) reduce_unit(u);
+  for (size_t k = 0; k < units_.size(); ++k)
+    if (!units_[k].fully_sharded) reduce_unit(k);
+  finish_reductions();
 }
 
 void ShardedAdamW::zero_grad() {
+  finish_reductions();
   for (Unit& u : units_) {
     for (auto& [name, p] : u.params) p.set_grad(Tensor());
     u.grad_shard = Tensor();
   }
 }
 
-void ShardedAdamW::gather_unit(Unit& u) {
+// The unit's weights all-gathered into a new [shard * N] buffer (bf16 units gather their bf16 shard), in flight.
+std::pair<Tensor, Work> ShardedAdamW::start_gather(Unit& u) {
   autograd::NoGradGuard no_grad;
-  for (auto& [name, p] : u.params) p.impl()->storage->reallocate();
   const bool lowp = u.lowp_shard.defined();
   Tensor full = lowp ? empty({u.shard * comm_.size()}, DType::bf16, u.master.device()) : flat_of(u);
-  comm_.all_gather(lowp ? u.lowp_shard : u.master, full);
+  Work w = comm_.all_gather_async(lowp ? u.lowp_shard : u.master, full);
+  return {full, std::move(w)};
+}
+
+void ShardedAdamW::gather_unit(size_t k) {
+  Unit& u = units_[k];
+  Tensor full;
+  if (prefetched_.unit == (int64_t)k) {
+    prefetched_.work.wait();
+    full = prefetched_.full;
+  } else {
+    auto [f, w] = start_gather(u);
+    w.wait();
+    full = f;
+  }
+  prefetched_ = {};  // a prefetch of another unit is stale: the compute stream waits for it (Work) and drops it
+  // The same values the storages held before release (step() bumps the versions when they change), so tensors
+  // autograd saved from them stay valid: keep their versions.
+  std::vector<uint64_t> versions;
+  for (auto& [name, p] : u.params) {
+    p.impl()->storage->reallocate();
+    versions.push_back(p.impl()->storage->version);
+  }
   write_params(u, full);
+  for (size_t i = 0; i < u.params.size(); ++i) u.params[i].second.impl()->storage->version = versions[i];
+}
+
+void ShardedAdamW::prefetch_unit(size_t k) {
+  if (!overlap || prefetched_.unit == (int64_t)k) return;
+  auto [full, w] = start_gather(units_[k]);
+  prefetched_.unit = (int64_t)k, prefetched_.full = full, prefetched_.work = std::move(w);
 }
 
 void ShardedAdamW::release_unit(Unit& u) {
   for (auto& [name, p] : u.params) p.impl()->storage->release();
 }
 
-void ShardedAdamW::reduce_unit(Unit& u) {
+void ShardedAdamW::reduce_unit(size_t k) {
   autograd::NoGradGuard no_grad;
+  Unit& u = units_[k];
   Tensor flat = flat_of(u);
   for (size_t i = 0; i < u.params.size(); ++i) {
     const Tensor& p = u.params[i].second;
@@ -205,12 +244,24 @@ void ShardedAdamW::reduce_unit(Unit& u) {
     else region.fill_(0.0);
     Tensor(p).set_grad(Tensor());
   }
+  // At most one reduction in flight: the previous one has had this unit's backward (or copy) to finish, and its
+  // full-size buffer is released before the next is made.
+  finish_reductions();
   Tensor g = empty({u.shard}, flat.dtype(), flat.device());
-  comm_.reduce_scatter(flat, g, ReduceOp::avg);
-  u.grad_shard = u.grad_shard.defined() ? u.grad_shard + g : g;
+  reducing_.unit = (int64_t)k, reducing_.grad = g;
+  reducing_.work = comm_.reduce_scatter_async(flat, g, ReduceOp::avg);
+  if (!overlap) finish_reductions();
 }
 
-void ShardedAdamW::fully_shard(nn::TransformerLM& lm) {
+void ShardedAdamW::finish_reductions() {
+  if (reducing_.unit < 0) return;
+  reducing_.work.wait();
+  Unit& u = units_[(size_t)reducing_.unit];
+  u.grad_shard = u.grad_shard.defined() ? u.grad_shard + reducing_.grad : reducing_.grad;
+  reducing_ = {};
+}
+
+void ShardedAdamW::fully_shard(nn::TransformerLM& lm, bool recompute) {
   std::vector<int> unit_of(lm.layers.size(), -1);
   for (size_t k = 0; k < units_.size(); ++k) {
     const std::string& first = units_[k].params[0].first;
@@ -230,21 +281,60 @@ void ShardedAdamW::fully_shard(nn::TransformerLM& lm) {
   for (size_t i = 0; i < unit_of.size(); ++i)
     NT_CHECK(unit_of[i] >= 0, "ShardedAdamW::fully_shard: no unit holds layers.{} (build the units with units_by_module "
              "from this model's named_parameters())", i);
-  lm.run_block = [this, unit_of](int64_t i, const std::function<Tensor(const Tensor&)>& run, const Tensor& x) {
-    const int k = unit_of[(size_t)i];
-    return autograd::checkpoint(
-        [this, k, run](const std::vector<Tensor>& in) {
-          gather_unit(units_[k]);
-          Tensor y = run(in[0]);
-          // The first pass runs without recording: nothing keeps the weights, free them. The recomputation inside
-          // the backward keeps them until after_backward.
-          if (!autograd::grad_enabled()) release_unit(units_[k]);
-          return y;
-        },
-        {x}, [this, k] {
-          reduce_unit(units_[k]);
-          release_unit(units_[k]);
-        });
+  const int64_t L = (int64_t)unit_of.size();
+  if (recompute) {
+    lm.run_block = [this, unit_of, L, &lm](int64_t i, const std::function<Tensor(const Tensor&)>& run,
+                                           const Tensor& x) {
+      const int k = unit_of[(size_t)i];
+      const bool training = autograd::grad_enabled();
+      Tensor out = autograd::checkpoint(
+          [this, k, i, L, unit_of, run](const std::vector<Tensor>& in) {
+            gather_unit((size_t)k);
+            // The next block's weights travel while this one computes: block i + 1 in the forward (no recording),
+            // block i - 1 in the backward's recomputation (blocks run last to first).
+            const int64_t next = autograd::grad_enabled() ? i - 1 : i + 1;
+            if (next >= 0 && next < L) prefetch_unit((size_t)unit_of[(size_t)next]);
+            Tensor y = run(in[0]);
+            // The first pass runs without recording: nothing keeps the weights, free them. The recomputation
+            // inside the backward keeps them until after_backward.
+            if (!autograd::grad_enabled()) release_unit(units_[k]);
+            return y;
+          },
+          {x}, [this, k] {
+            reduce_unit((size_t)k);
+            release_unit(units_[k]);
+          });
+      const auto& block = *lm.layers[(size_t)i];
+      NT_CHECK(!training || !(block.mlp->aux_loss().defined() || block.attn->aux_loss().defined()),
+               "ShardedAdamW::fully_shard: block {} has an auxiliary loss (MoE), whose gradient the recomputation "
+               "would lose (its first pass records nothing): use fully_shard(lm, recompute=false)", i);
+      return out;
+    };
+    return;
+  }
+  // As PyTorch's FSDP: the block is recorded with its gathered weights, which are freed after its forward. The
+  // tensors autograd saved share the parameters' storage, so their memory goes too; a hook on the block's output
+  // gathers the weights back into that storage before the backward reaches the block, and one on its input
+  // reduce-scatters the block's gradients and frees the weights once the block's backward is done.
+  lm.run_block = [this, unit_of, L](int64_t i, const std::function<Tensor(const Tensor&)>& run, const Tensor& x) {
+    const size_t k = (size_t)unit_of[(size_t)i];
+    gather_unit(k);
+    if (i + 1 < L) prefetch_unit((size_t)unit_of[(size_t)i + 1]);
+    if (!autograd::grad_enabled()) {
+      Tensor y = run(x);
+      release_unit(units_[k]);
+      return y;
+    }
+    const Tensor in = autograd::on_backward(x, [this, k] {
+      reduce_unit(k);
+      release_unit(units_[k]);
+    });
+    const Tensor y = run(in);
+    release_unit(units_[k]);
+    return autograd::on_backward(y, [this, k, i, unit_of] {
+      gather_unit(k);
+      if (i > 0) prefetch_unit((size_t)unit_of[(size_t)i - 1]);
+    });
   };
 }
 

@@ -1,7 +1,8 @@
 // Sharded AdamW (ZeRO-1/2 style, the first piece of FSDP): parameters are grouped into flat units; each unit's
 // f32 (f64 for f64 parameters) master weights and AdamW moments are split evenly over the ranks, so each rank keeps
-// 1/N of the optimizer state. Every rank still holds the full model weights between steps (not ZeRO-3: no unit is
-// freed after use, no prefetch, no overlap on streams).
+// 1/N of the optimizer state. Every rank holds the full model weights between steps, unless fully_shard() (ZeRO-3)
+// frees each transformer block's weights outside its run; then the next block's weights are prefetched and each
+// block's gradients reduce-scattered on the communicator's stream while compute goes on (NCCL; see `overlap`).
 //
 // A step: reduce-scatter (average) each unit's flat gradient into this rank's shard, clip by the global L2 norm
 // (an all-reduce of the shards' squared norms), update the shard with train::adamw_update, all-gather the updated
@@ -40,12 +41,14 @@ class ShardedAdamW {
   // Writes the full weights (all-gathered from the shards) into every rank's parameters.
   void gather_params();
   // ZeRO-3 for a TransformerLM built from the same parameters (units from units_by_module): each block's weights
-  // then exist only while the block runs. Its forward gathers them and frees them after; its backward recomputes
-  // the block (activation checkpointing, lm.run_block) with the weights gathered again, reduce-scatters the
-  // block's gradients into this rank's shard as soon as they are complete, and frees weights and gradients. The
-  // embedding and the final norm stay gathered (ZeRO-2). A block's weights read outside its run are an error.
-  // Not for blocks with auxiliary losses (MoE): the first, no-grad pass would drop their gradient.
-  void fully_shard(nn::TransformerLM& lm);
+  // exist only while the block runs (gathered before its forward and freed after, gathered again when the backward
+  // reaches it; its gradients reduce-scattered into this rank's shard as soon as they are complete). The embedding
+  // and the final norm stay gathered (ZeRO-2). A block's weights read outside its run are an error.
+  // recompute: also activation checkpointing (lm.run_block): the forward keeps only each block's input and the
+  // backward recomputes the block; less activation memory for one more forward per block.
+  // With recompute, blocks with auxiliary losses (MoE) are refused: the first pass records nothing, so their loss
+  // would get no gradient. Without, MoE blocks train as under ZeRO-2 (tested).
+  void fully_shard(nn::TransformerLM& lm, bool recompute = false);
   // The full f32 (f64) master weights by parameter name, on the CPU: a collective (every rank must call it).
   NamedParams full_weights();
   // Sharded checkpoints (dist/sharded_checkpoint.cpp), collectives: every rank writes its slices of the masters and
@@ -83,15 +86,33 @@ class ShardedAdamW {
   };
   void write_params(Unit& u, const Tensor& flat);  // flat -> parameters
   Tensor flat_of(Unit& u);
-  void gather_unit(Unit& u);   // ZeRO-3: allocate the unit's parameters and all-gather their values
-  void release_unit(Unit& u);  // ZeRO-3: free the unit's parameter memory
-  void reduce_unit(Unit& u);   // reduce-scatter the unit's gradients into grad_shard (summed), drop them
+  std::pair<Tensor, Work> start_gather(Unit& u);
+  void gather_unit(size_t k);    // ZeRO-3: allocate the unit's parameters and fill them (from the prefetch if any)
+  void prefetch_unit(size_t k);  // ZeRO-3: start gathering unit k's weights for its coming run
+  void release_unit(Unit& u);    // ZeRO-3: free the unit's parameter memory
+  // Reduce-scatters the unit's gradients (dropping them), in flight until finish_reductions() adds the result to
+  // its grad_shard; issuing one finishes the previous, so at most one full-size gradient buffer waits on NCCL.
+  void reduce_unit(size_t k);
+  void finish_reductions();
   Communicator& comm_;
   std::vector<Unit> units_;
   int64_t t_ = 0;
+  struct {
+    int64_t unit = -1;
+    Tensor full;
+    Work work;
+  } prefetched_;  // ZeRO-3: the next block's weights in flight
+  struct {
+    int64_t unit = -1;
+    Tensor grad;
+    Work work;
+  } reducing_;
 
  public:
   train::AdamWConfig cfg;
+  // Overlap communication with compute (ZeRO-3): prefetch the next block's weights and reduce-scatter a block's
+  // gradients while the following block computes. false waits for each collective at once (to measure the gain).
+  bool overlap = true;
 };
 
 // A sharded checkpoint as one process's train::save_checkpoint files in out_dir (model.safetensors with the

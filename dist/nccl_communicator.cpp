@@ -4,6 +4,7 @@
 #include <nccl.h>
 
 #include <cstring>
+#include <functional>
 
 #include "cuda/check.h"
 #include "cuda/runtime.h"
@@ -34,7 +35,26 @@ void check_tensor(const Tensor& t, const char* name, int device) {
 struct NcclCommunicator::Impl {
   ncclComm_t comm = nullptr;
   int device = 0;
-  cudaStream_t stream() const { return cuda::current_stream(device); }
+  cudaStream_t stream = nullptr;  // the collectives' own stream (high priority: transfers start as soon as ready)
+
+  // Issues a collective on `stream` after everything queued so far on the current (compute) stream, which then
+  // waits for it only in Work::wait(). `keep` stays alive until then.
+  Work launch(std::vector<Tensor> keep, const std::function<ncclResult_t(cudaStream_t)>& issue, const char* what) {
+    const cudaStream_t compute = cuda::current_stream(device);
+    cudaEvent_t ready, done;
+    NT_CUDA_CHECK(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming));
+    NT_CUDA_CHECK(cudaEventRecord(ready, compute));
+    NT_CUDA_CHECK(cudaStreamWaitEvent(stream, ready, 0));
+    NT_CUDA_CHECK(cudaEventDestroy(ready));  // released once the wait has passed it
+    nccl_check(issue(stream), what);
+    NT_CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
+    NT_CUDA_CHECK(cudaEventRecord(done, stream));
+    const int dev = device;
+    return Work([done, dev, keep = std::move(keep)] {
+      NT_CUDA_CHECK(cudaStreamWaitEvent(cuda::current_stream(dev), done, 0));
+      NT_CUDA_CHECK(cudaEventDestroy(done));
+    });
+  }
 };
 
 NcclCommunicator::NcclCommunicator(const ProcessInfo& p, double timeout_s) : impl_(std::make_unique<Impl>()) {
@@ -46,46 +66,64 @@ NcclCommunicator::NcclCommunicator(const ProcessInfo& p, double timeout_s) : imp
   NT_CHECK(blob.size() == sizeof id, "NCCL: rendezvous returned {} bytes, expected {}", blob.size(), sizeof id);
   std::memcpy(&id, blob.data(), sizeof id);
   nccl_check(ncclCommInitRank(&impl_->comm, size_, id, rank_), "ncclCommInitRank");
+  int least, greatest;
+  NT_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+  NT_CUDA_CHECK(cudaStreamCreateWithPriority(&impl_->stream, cudaStreamNonBlocking, greatest));
 }
 
 NcclCommunicator::~NcclCommunicator() {
-  if (impl_ && impl_->comm) ncclCommDestroy(impl_->comm);
+  if (!impl_) return;
+  if (impl_->stream) cudaStreamSynchronize(impl_->stream);
+  if (impl_->comm) ncclCommDestroy(impl_->comm);
+  if (impl_->stream) cudaStreamDestroy(impl_->stream);
 }
 
-void NcclCommunicator::all_gather(const Tensor& shard, Tensor& full) {
+Work NcclCommunicator::all_gather_async(const Tensor& shard, Tensor& full) {
   check_tensor(shard, "shard", impl_->device), check_tensor(full, "full", impl_->device);
   NT_CHECK(full.numel() == shard.numel() * size_ && full.dtype() == shard.dtype(),
            "all_gather: full has {} elements of {}, expected {} x {} of {}", full.numel(), dtype_name(full.dtype()), size_,
            shard.numel(), dtype_name(shard.dtype()));
-  nccl_check(ncclAllGather(shard.data_ptr(), full.data_ptr(), (size_t)shard.numel(), nccl_type(shard.dtype()), impl_->comm,
-                           impl_->stream()), "ncclAllGather");
+  return impl_->launch({shard, full}, [&](cudaStream_t st) {
+    return ncclAllGather(shard.data_ptr(), full.data_ptr(), (size_t)shard.numel(), nccl_type(shard.dtype()), impl_->comm, st);
+  }, "ncclAllGather");
 }
 
-void NcclCommunicator::reduce_scatter(const Tensor& full, Tensor& shard, ReduceOp op) {
+Work NcclCommunicator::reduce_scatter_async(const Tensor& full, Tensor& shard, ReduceOp op) {
   check_tensor(shard, "shard", impl_->device), check_tensor(full, "full", impl_->device);
   NT_CHECK(full.numel() == shard.numel() * size_ && full.dtype() == shard.dtype(),
            "reduce_scatter: full has {} elements, expected {} x {}", full.numel(), size_, shard.numel());
-  nccl_check(ncclReduceScatter(full.data_ptr(), shard.data_ptr(), (size_t)shard.numel(), nccl_type(full.dtype()),
-                               op == ReduceOp::avg ? ncclAvg : ncclSum, impl_->comm, impl_->stream()), "ncclReduceScatter");
+  return impl_->launch({full, shard}, [&](cudaStream_t st) {
+    return ncclReduceScatter(full.data_ptr(), shard.data_ptr(), (size_t)shard.numel(), nccl_type(full.dtype()),
+                             op == ReduceOp::avg ? ncclAvg : ncclSum, impl_->comm, st);
+  }, "ncclReduceScatter");
+}
+
+void NcclCommunicator::all_gather(const Tensor& shard, Tensor& full) { all_gather_async(shard, full).wait(); }
+
+void NcclCommunicator::reduce_scatter(const Tensor& full, Tensor& shard, ReduceOp op) {
+  reduce_scatter_async(full, shard, op).wait();
 }
 
 void NcclCommunicator::all_reduce(Tensor& t, ReduceOp op) {
   check_tensor(t, "t", impl_->device);
-  nccl_check(ncclAllReduce(t.data_ptr(), t.data_ptr(), (size_t)t.numel(), nccl_type(t.dtype()),
-                           op == ReduceOp::avg ? ncclAvg : ncclSum, impl_->comm, impl_->stream()), "ncclAllReduce");
+  impl_->launch({t}, [&](cudaStream_t st) {
+    return ncclAllReduce(t.data_ptr(), t.data_ptr(), (size_t)t.numel(), nccl_type(t.dtype()),
+                         op == ReduceOp::avg ? ncclAvg : ncclSum, impl_->comm, st);
+  }, "ncclAllReduce").wait();
 }
 
 void NcclCommunicator::broadcast(Tensor& t, int root) {
   check_tensor(t, "t", impl_->device);
   NT_CHECK(root >= 0 && root < size_, "broadcast: root {} outside [0, {})", root, size_);
-  nccl_check(ncclBroadcast(t.data_ptr(), t.data_ptr(), (size_t)t.numel(), nccl_type(t.dtype()), root, impl_->comm,
-                           impl_->stream()), "ncclBroadcast");
+  impl_->launch({t}, [&](cudaStream_t st) {
+    return ncclBroadcast(t.data_ptr(), t.data_ptr(), (size_t)t.numel(), nccl_type(t.dtype()), root, impl_->comm, st);
+  }, "ncclBroadcast").wait();
 }
 
 void NcclCommunicator::barrier() {
   Tensor one = ones({1}, DType::f32, cuda_device(impl_->device));
   all_reduce(one, ReduceOp::sum);
-  NT_CUDA_CHECK(cudaStreamSynchronize(impl_->stream()));
+  NT_CUDA_CHECK(cudaStreamSynchronize(cuda::current_stream(impl_->device)));
 }
 
 }  // namespace nt::dist

@@ -1,6 +1,7 @@
 // The Communicator over NCCL: one process per GPU, rank 0's ncclUniqueId handed out by the TCP rendezvous
-// (dist/rendezvous.h). Tensors are contiguous CUDA tensors; collectives run on the device's current stream (ordered
-// with the compute that produces and consumes them; a separate stream for overlap comes with the ZeRO-3 prefetch).
+// (dist/rendezvous.h). Tensors are contiguous CUDA tensors. Collectives run on the communicator's own stream, each
+// after the work already queued on the device's current stream; the blocking calls make the current stream wait
+// for them (stream order, no host sync), the *_async ones only at Work::wait(), so compute overlaps the transfer.
 // Built only when NCCL is found next to the CUDA toolkit (NT_NCCL).
 #pragma once
 #include <memory>
@@ -22,6 +23,8 @@ class NcclCommunicator : public Communicator {
   void all_reduce(Tensor& t, ReduceOp op) override;
   void broadcast(Tensor& t, int root) override;
   void barrier() override;
+  Work all_gather_async(const Tensor& shard, Tensor& full) override;
+  Work reduce_scatter_async(const Tensor& full, Tensor& shard, ReduceOp op) override;
 
  private:
   struct Impl;

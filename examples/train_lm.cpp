@@ -71,7 +71,7 @@ struct Settings {
   nsa::NsaConfig nsa;
   int64_t dense_warmup_steps = 0;
   int64_t profile_steps = 0;
-  bool fully_shard = false;
+  bool fully_shard = false, overlap_comm = true, activation_checkpointing = false;
   std::string mlp;  // dense or moe
   moe::MoEConfig moe;
   int64_t moe_first_dense = 0;
@@ -89,7 +89,8 @@ Settings read(const train::Config& c) {
   s.nsa.window = c.get_int("model.nsa.window");
   s.dense_warmup_steps = c.get_int("training.dense_warmup_steps");
   s.profile_steps = c.get_int("training.profile_steps");
-  s.fully_shard = c.get_bool("training.fully_shard");
+  s.fully_shard = c.get_bool("training.fully_shard"), s.overlap_comm = c.get_bool("training.overlap_comm");
+  s.activation_checkpointing = c.get_bool("training.activation_checkpointing");
   s.mlp = c.get_string("model.mlp", {"dense", "moe"});
   s.moe.n_routed = c.get_int("model.moe.n_routed"), s.moe.top_k = c.get_int("model.moe.top_k");
   s.moe.n_shared = c.get_int("model.moe.n_shared"), s.moe.expert_hidden = c.get_int("model.moe.expert_hidden");
@@ -210,14 +211,14 @@ int main(int argc, char** argv) {
     if (distributed) {
       NT_CHECK(has_gpu && s.device != "cpu", "train_lm: {} ranks (WORLD_SIZE) need one GPU each; training.device={}{}",
                proc.world_size, s.device, has_gpu ? "" : " and no GPU is available");
-      NT_CHECK(s.mlp == "dense" || !s.fully_shard, "train_lm: training.fully_shard=true does not support model.mlp=moe "
-               "yet (its balance loss would lose its gradient in the no-grad first pass)");
 #if NT_NCCL
       comm = std::make_unique<dist::NcclCommunicator>(proc, 120);
 #else
       throw Error(fmt::format("train_lm: WORLD_SIZE={} but this build has no NCCL", proc.world_size));
 #endif
     }
+    NT_CHECK(s.mlp == "dense" || !s.activation_checkpointing, "train_lm: training.activation_checkpointing=true does "
+             "not support model.mlp=moe (the recomputed blocks' balance loss would get no gradient)");
     NT_CHECK(!s.fully_shard || distributed, "train_lm: training.fully_shard=true shards the model over several ranks; "
              "this is a single process (WORLD_SIZE unset or 1)");
     const Device dev = distributed ? cuda_device(proc.local_rank)
@@ -287,9 +288,13 @@ int main(int argc, char** argv) {
     std::optional<dist::ShardedAdamW> sharded;
     if (distributed) {
       sharded.emplace(*comm, dist::units_by_module(lm.named_parameters()), opt_cfg);
-      if (s.fully_shard) sharded->fully_shard(lm);  // ZeRO-3: block weights only while the block runs
+      // ZeRO-3: block weights only while the block runs (recomputed in the backward with activation checkpointing)
+      if (s.fully_shard) sharded->fully_shard(lm, s.activation_checkpointing);
+      sharded->overlap = s.overlap_comm;
+    } else {
+      single.emplace(lm.named_parameters(), opt_cfg);
     }
-    else single.emplace(lm.named_parameters(), opt_cfg);
+    if (s.activation_checkpointing && !s.fully_shard) lm.checkpoint_blocks();
     const double peak = s.lr, floor = s.lr_floor, clip = s.clip;
     const std::string& out = s.out;
     std::filesystem::create_directories(out);
@@ -418,6 +423,9 @@ int main(int argc, char** argv) {
           else m->update_bias();
         }
       tokens_since += B * T * s.grad_accum * proc.world_size;
+      if (step == first_step && dev.is_cuda())  // what stays between steps: weights, masters, moments (1/N each sharded)
+        say("GPU memory held between steps (allocator, this rank): {:.3f} GiB\n",
+            (double)cuda::allocator_stats(dev.index).allocated / (1 << 30));
       if ((step + 1) % s.log_every == 0) {
         const auto now = Clock::now();
         const double dt = std::chrono::duration<double>(now - last).count(), elapsed = std::chrono::duration<double>(now - start).count();

@@ -69,6 +69,18 @@ Tensor TransformerLM::forward(const Tensor& idx, const ForwardContext& ctx) {
   return lm_head ? lm_head->forward(x) : matmul(x, tok_emb->weight.mT());
 }
 
+void TransformerLM::checkpoint_blocks() {
+  run_block = [this](int64_t i, const std::function<Tensor(const Tensor&)>& run, const Tensor& x) {
+    const bool training = autograd::grad_enabled();
+    Tensor y = autograd::checkpoint([run](const std::vector<Tensor>& in) { return run(in[0]); }, {x});
+    const Block& b = *layers[(size_t)i];
+    NT_CHECK(!training || !(b.mlp->aux_loss().defined() || b.attn->aux_loss().defined()),
+             "TransformerLM::checkpoint_blocks: block {} has an auxiliary loss (MoE), whose gradient the "
+             "recomputation would lose (its first pass records nothing)", i);
+    return y;
+  };
+}
+
 Tensor TransformerLM::loss(const Tensor& idx, const Tensor& targets, int64_t ignore_index, const ForwardContext& ctx) {
   Tensor loss = cross_entropy(forward(idx, ctx), targets, ignore_index);
   const Tensor aux = aux_loss();

@@ -59,6 +59,10 @@ class TransformerLM : public Module {
   // Optional wrapper of each block's call in forward(): run_block(i, run, x) must return run(x) (it may add work
   // around it, e.g. activation checkpointing or gathering the block's sharded weights: dist::ShardedAdamW).
   std::function<Tensor(int64_t, const std::function<Tensor(const Tensor&)>&, const Tensor&)> run_block;
+  // Activation checkpointing of every block (sets run_block): the forward keeps only each block's input and the
+  // backward recomputes the block; one more forward per block for the activation memory of one block. Blocks with
+  // auxiliary losses (MoE) are refused at the forward: their losses would get no gradient.
+  void checkpoint_blocks();
 };
 
 }  // namespace nt::nn

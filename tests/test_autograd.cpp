@@ -93,6 +93,25 @@ GRADCHECK_TEST("checkpoint") {
   }, {rnd_grad({2, 3}, 9), w.requires_grad_()});
 }
 
+TEST_CASE("on_backward: the hook runs once, before the nodes recorded earlier and after those recorded later") {
+  Tensor x = rnd_grad({3}, 12);
+  std::vector<std::string> order;
+  Tensor a = autograd::on_backward(x, [&] { order.push_back("input hook"); });
+  Tensor b = autograd::on_backward(a * 2.0, [&] { order.push_back("output hook, x.grad " + std::to_string(x.grad().defined())); });
+  sum(b * b).backward();
+  CHECK(order == std::vector<std::string>{"output hook, x.grad 0", "input hook"});
+  expect_close(x.grad(), x * 8.0, 1e-15);
+  autograd::NoGradGuard ng;
+  CHECK(!autograd::on_backward(x.detach(), [] {}).grad_fn());  // nothing recorded without grad recording
+}
+
+GRADCHECK_TEST("on_backward") {
+  int calls = 0;
+  check_grad("on_backward", [&](const std::vector<Tensor>& in) { return autograd::on_backward(in[0] * in[0], [&] { ++calls; }); },
+             {rnd_grad({4}, 13)});
+  CHECK(calls > 0);
+}
+
 TEST_CASE("gradcheck reports a wrong gradient") {
   // A deliberately wrong backward: the checker must notice and name the element.
   static const OpKind& bad = register_op("test_bad_square", false);

@@ -286,26 +286,33 @@ TEST_CASE("ShardedAdamW: padding (7 elements on 4 ranks) and decay only on matri
   for (int r = 0; r < 4; ++r) expect_close(ws[r], rw, 1e-15, 0), expect_close(bs[r], rb, 1e-15, 0);
 }
 
-TEST_CASE("ShardedAdamW::fully_shard (ZeRO-3): the same training as ZeRO-2, block weights only while a block runs") {
+TEST_CASE("ShardedAdamW::fully_shard (ZeRO-3, with and without recomputation): the same training as ZeRO-2, block "
+          "weights only while a block runs") {
   const nn::LMConfig c = tiny_lm(3);
   const train::TokenShard data = random_tokens();
   struct Result {
     std::vector<double> losses, evals;
     std::vector<Tensor> weights;
-    bool released_between_steps = false, embedding_kept = false;
+    bool released_between_steps = false, embedding_kept = false, released_before_backward = true;
     std::string error;
   };
-  auto train = [&](bool zero3) {
+  enum Mode { zero2, zero3, zero3_recompute };
+  auto train = [&](Mode mode) {
+    const bool zero3 = mode != zero2;
     std::vector<Result> res(2);
     dist::run_ranks(2, [&](Communicator& comm) {
       const int r = comm.rank();
       Generator init(1), gen(5);
       nn::TransformerLM lm(c, {DType::f64, kCPU, &init});
       dist::ShardedAdamW opt(comm, dist::units_by_module(lm.named_parameters()));
-      if (zero3) opt.fully_shard(lm);
+      if (zero3) opt.fully_shard(lm, mode == zero3_recompute);
       for (int s = 0; s < 4; ++s) {
         const train::Batch b = train::sample_batch(data, 4, 8, gen);
         Tensor loss = lm.loss(b.x.narrow(0, 2 * r, 2).contiguous(), b.y.narrow(0, 2 * r, 2).contiguous());
+        // Between forward and backward every block's weights are freed, also those autograd saved.
+        for (const auto& block : lm.layers)
+          for (const Tensor& w : block->parameters())
+            if (!w.impl()->storage->released()) res[r].released_before_backward = false;
         Tensor global = from_vector({loss.item()}, {1}, DType::f64);
         loss.backward();
         comm.all_reduce(global, ReduceOp::avg);
@@ -330,17 +337,23 @@ TEST_CASE("ShardedAdamW::fully_shard (ZeRO-3): the same training as ZeRO-2, bloc
     });
     return res;
   };
-  const std::vector<Result> z2 = train(false), z3 = train(true);
-  for (int r = 0; r < 2; ++r) {
-    CAPTURE(r);
-    REQUIRE(z3[r].losses.size() == z2[r].losses.size());
-    for (size_t s = 0; s < z2[r].losses.size(); ++s) CHECK(z3[r].losses[s] == z2[r].losses[s]);
-    CHECK(z3[r].evals == z2[r].evals);
-    REQUIRE(z3[r].weights.size() == z2[r].weights.size());
-    for (size_t i = 0; i < z2[r].weights.size(); ++i) expect_close(z3[r].weights[i], z2[r].weights[i], 0, 0);
-    CHECK(z3[r].released_between_steps);
-    CHECK(z3[r].error.find("released") != std::string::npos);
-    CHECK(z3[r].embedding_kept);
+  const std::vector<Result> z2 = train(zero2);
+  CHECK(!z2[0].released_before_backward);
+  for (Mode mode : {zero3, zero3_recompute}) {
+    const std::vector<Result> z3 = train(mode);
+    for (int r = 0; r < 2; ++r) {
+      CAPTURE(mode);
+      CAPTURE(r);
+      REQUIRE(z3[r].losses.size() == z2[r].losses.size());
+      for (size_t s = 0; s < z2[r].losses.size(); ++s) CHECK(z3[r].losses[s] == z2[r].losses[s]);
+      CHECK(z3[r].evals == z2[r].evals);
+      REQUIRE(z3[r].weights.size() == z2[r].weights.size());
+      for (size_t i = 0; i < z2[r].weights.size(); ++i) expect_close(z3[r].weights[i], z2[r].weights[i], 0, 0);
+      CHECK(z3[r].released_between_steps);
+      CHECK(z3[r].error.find("released") != std::string::npos);
+      CHECK(z3[r].embedding_kept);
+      CHECK(z3[r].released_before_backward);
+    }
   }
   CHECK(z2[0].losses.back() < z2[0].losses.front());
 }
@@ -435,4 +448,54 @@ TEST_CASE("MoE with loss-free balancing on 2 ranks: loads all-reduced, so biases
     for (size_t s = 0; s < one[0].losses.size(); ++s)
       CHECK(std::fabs(two[r].losses[s] - one[0].losses[s]) <= 1e-12 * one[0].losses[s]);
   }
+}
+
+TEST_CASE("MoE with the balance loss under ZeRO-3 (no recomputation): the same training as ZeRO-2 on 2 ranks") {
+  const nn::LMConfig c = tiny_lm();
+  const train::TokenShard data = random_tokens();
+  const auto moe_mlp = [](int64_t, const nn::Init& init) {
+    moe::MoEConfig mc;
+    mc.dim = 16, mc.n_routed = 4, mc.top_k = 2, mc.n_shared = 1, mc.expert_hidden = 8;
+    mc.router.aux_loss_coef = 0.1;  // its gradient reaches the routers through the blocks' recorded graph
+    return std::make_shared<moe::DeepSeekMoE>(mc, init);
+  };
+  auto train = [&](bool zero3) {
+    std::vector<std::vector<Tensor>> w(2);
+    std::vector<std::vector<double>> losses(2);
+    dist::run_ranks(2, [&](Communicator& comm) {
+      const int r = comm.rank();
+      nn::LMConfig lc = c;
+      lc.make_mlp = moe_mlp;
+      Generator init(1), gen(5);
+      nn::TransformerLM lm(lc, {DType::f64, kCPU, &init});
+      dist::ShardedAdamW opt(comm, dist::units_by_module(lm.named_parameters()));
+      if (zero3) opt.fully_shard(lm);
+      for (int s = 0; s < 3; ++s) {
+        const train::Batch b = train::sample_batch(data, 4, 8, gen);
+        Tensor loss = lm.loss(b.x.narrow(0, 2 * r, 2).contiguous(), b.y.narrow(0, 2 * r, 2).contiguous());
+        losses[r].push_back(loss.item());
+        loss.backward();
+        opt.step(1e-2, 1.0);
+        opt.zero_grad();
+      }
+      for (const auto& [name, t] : opt.full_weights()) w[r].push_back(t);
+    });
+    return std::pair{w[0], losses};
+  };
+  const auto [w2, l2] = train(false);
+  const auto [w3, l3] = train(true);
+  // With recomputation the balance loss would get no gradient: refused.
+  dist::run_ranks(1, [&](Communicator& comm) {
+    nn::LMConfig lc = c;
+    lc.make_mlp = moe_mlp;
+    nn::TransformerLM lm(lc, {DType::f64, kCPU});
+    dist::ShardedAdamW opt(comm, dist::units_by_module(lm.named_parameters()));
+    opt.fully_shard(lm, true);
+    Generator gen(3);
+    const train::Batch b = train::sample_batch(data, 1, 8, gen);
+    CHECK_THROWS_WITH_AS(lm.loss(b.x, b.y), doctest::Contains("auxiliary loss"), Error);
+  });
+  CHECK(l3 == l2);
+  REQUIRE(w3.size() == w2.size());
+  for (size_t i = 0; i < w2.size(); ++i) expect_close(w3[i], w2[i], 0, 0);
 }

@@ -198,7 +198,7 @@ void read_like_train_lm(const Config& c) {
     CHECK(c.get_int(k) > 0);
   CHECK(c.get_int("training.dense_warmup_steps") >= 0);
   CHECK(c.get_int("training.profile_steps") >= 0);
-  c.get_bool("training.fully_shard");
+  c.get_bool("training.fully_shard"), c.get_bool("training.overlap_comm"), c.get_bool("training.activation_checkpointing");
   c.get_string("model.mlp", {"dense", "moe"});
   for (const char* k : {"model.moe.n_routed", "model.moe.top_k", "model.moe.expert_hidden"}) CHECK(c.get_int(k) > 0);
   for (const char* k : {"model.moe.n_shared", "model.moe.first_dense"}) CHECK(c.get_int(k) >= 0);
