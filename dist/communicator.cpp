@@ -140,6 +140,23 @@ void ThreadCommunicator::all_reduce(Tensor& t, ReduceOp op) {
   t.impl()->storage->version++;
 }
 
+void ThreadCommunicator::all_to_all(const Tensor& in, Tensor& out) {
+  check_buffer("all_to_all", "in", in), check_buffer("all_to_all", "out", out);
+  NT_CHECK(in.dtype() == out.dtype() && in.numel() == out.numel(),
+           "all_to_all: out has {} elements of {}, expected in's {} of {}", out.numel(), dtype_name(out.dtype()),
+           in.numel(), dtype_name(in.dtype()));
+  NT_CHECK(in.numel() % size() == 0, "all_to_all: in has {} elements, not a multiple of the {} ranks", in.numel(),
+           size());
+  const Tensor staged = in.data_ptr() == out.data_ptr() ? in.clone() : in;  // others read our input while we write
+  collective("all_to_all", in, staged.data_ptr(), -1, [&] {
+    const size_t bytes = (size_t)(in.numel() / size()) * in.element_size();
+    for (int r = 0; r < size(); ++r)
+      std::memcpy(static_cast<char*>(out.data_ptr()) + r * bytes,
+                  static_cast<const char*>(group_.posts_[r].src) + rank_ * bytes, bytes);
+  });
+  out.impl()->storage->version++;
+}
+
 void ThreadCommunicator::broadcast(Tensor& t, int root) {
   check_buffer("broadcast", "t", t);
   NT_CHECK(root >= 0 && root < size(), "broadcast: root {} outside [0, {})", root, size());

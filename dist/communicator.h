@@ -60,6 +60,9 @@ class Communicator {
   virtual void all_reduce(Tensor& t, ReduceOp op) = 0;
   // Every rank's t becomes root's t.
   virtual void broadcast(Tensor& t, int root) = 0;
+  // in and out split into size() equal chunks: chunk j of in goes to rank j, chunk i of out comes from rank i
+  // (e.g. tokens to the ranks holding their experts). out may be in.
+  virtual void all_to_all(const Tensor& in, Tensor& out) = 0;
   virtual void barrier() = 0;
   // The same collectives, returned in flight (see Work). The default runs them at once (the threads communicator).
   virtual Work all_gather_async(const Tensor& shard, Tensor& full) {
@@ -113,6 +116,7 @@ class ThreadCommunicator : public Communicator {
   void reduce_scatter(const Tensor& full, Tensor& shard, ReduceOp op) override;
   void all_reduce(Tensor& t, ReduceOp op) override;
   void broadcast(Tensor& t, int root) override;
+  void all_to_all(const Tensor& in, Tensor& out) override;
   void barrier() override;
 
  private:

@@ -120,6 +120,27 @@ void NcclCommunicator::broadcast(Tensor& t, int root) {
   }, "ncclBroadcast").wait();
 }
 
+void NcclCommunicator::all_to_all(const Tensor& in, Tensor& out) {
+  check_tensor(in, "in", impl_->device), check_tensor(out, "out", impl_->device);
+  NT_CHECK(in.dtype() == out.dtype() && in.numel() == out.numel(),
+           "all_to_all: out has {} elements of {}, expected in's {} of {}", out.numel(), dtype_name(out.dtype()),
+           in.numel(), dtype_name(in.dtype()));
+  NT_CHECK(in.numel() % size_ == 0, "all_to_all: in has {} elements, not a multiple of the {} ranks", in.numel(), size_);
+  // Point-to-point pairs in one NCCL group; an in-place exchange sends from a copy.
+  const Tensor src = in.data_ptr() == out.data_ptr() ? in.clone() : in;
+  const size_t n = (size_t)(in.numel() / size_), bytes = n * in.element_size();
+  impl_->launch({src, out}, [&](cudaStream_t st) {
+    ncclResult_t r = ncclGroupStart();
+    for (int peer = 0; peer < size_ && r == ncclSuccess; ++peer) {
+      r = ncclSend(static_cast<const char*>(src.data_ptr()) + peer * bytes, n, nccl_type(in.dtype()), peer, impl_->comm, st);
+      if (r == ncclSuccess)
+        r = ncclRecv(static_cast<char*>(out.data_ptr()) + peer * bytes, n, nccl_type(in.dtype()), peer, impl_->comm, st);
+    }
+    const ncclResult_t end = ncclGroupEnd();
+    return r != ncclSuccess ? r : end;
+  }, "ncclSend/ncclRecv (all_to_all)").wait();
+}
+
 void NcclCommunicator::barrier() {
   Tensor one = ones({1}, DType::f32, cuda_device(impl_->device));
   all_reduce(one, ReduceOp::sum);

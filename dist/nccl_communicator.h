@@ -22,6 +22,7 @@ class NcclCommunicator : public Communicator {
   void reduce_scatter(const Tensor& full, Tensor& shard, ReduceOp op) override;
   void all_reduce(Tensor& t, ReduceOp op) override;
   void broadcast(Tensor& t, int root) override;
+  void all_to_all(const Tensor& in, Tensor& out) override;
   void barrier() override;
   Work all_gather_async(const Tensor& shard, Tensor& full) override;
   Work reduce_scatter_async(const Tensor& full, Tensor& shard, ReduceOp op) override;

@@ -48,6 +48,14 @@ int main() {
       Tensor b = full({m}, (double)(r + 7), dt, dev);
       comm.broadcast(b, n - 1);
       check("broadcast", b, std::vector<double>(m, (double)(n - 1 + 7)));
+      // all_to_all: chunk j of rank r holds 10 r + j; rank r receives 10 q + r from each rank q.
+      std::vector<double> mine, want_a2a;
+      for (int j = 0; j < n; ++j) mine.insert(mine.end(), m, 10.0 * r + j), want_a2a.insert(want_a2a.end(), m, 10.0 * j + r);
+      Tensor a2a = from_vector(mine, {m * n}, dt, dev), got = empty({m * n}, dt, dev);
+      comm.all_to_all(a2a, got);
+      check("all_to_all", got, want_a2a);
+      comm.all_to_all(a2a, a2a);
+      check("all_to_all in place", a2a, want_a2a);
     }
     comm.barrier();
     std::printf("dist_check: rank %d of %d (%s, GPU %d): all collectives correct\n", r, n, p.launcher.c_str(), p.local_rank);

@@ -15,12 +15,12 @@ using namespace nt::test;
 using dist::Communicator;
 using dist::ReduceOp;
 
-TEST_CASE("ThreadCommunicator: all_gather, reduce_scatter, all_reduce, broadcast on 1-4 ranks, f32 and f64") {
+TEST_CASE("ThreadCommunicator: all_gather, reduce_scatter, all_reduce, broadcast, all_to_all on 1-4 ranks, f32 and f64") {
   for (DType dt : {DType::f32, DType::f64})
     for (int n = 1; n <= 4; ++n) {
       CAPTURE(n);
       const int64_t k = 5;  // per-rank elements; full buffers have n * 5, all_reduce/broadcast take 7 (odd sizes)
-      std::vector<Tensor> gathered(n), scattered(n), reduced(n), bcast(n);
+      std::vector<Tensor> gathered(n), scattered(n), reduced(n), bcast(n), exchanged(n), exchanged_inplace(n);
       auto value = [](int r, int64_t i) { return 0.25 * (r + 1) + 0.5 * (double)i; };  // exact in f32
       dist::run_ranks(n, [&](Communicator& c) {
         const int r = c.rank();
@@ -45,6 +45,14 @@ TEST_CASE("ThreadCommunicator: all_gather, reduce_scatter, all_reduce, broadcast
         inplace.narrow(0, r * k, k).copy_(from_vector(mine, {k}, dt));
         c.all_gather(inplace.narrow(0, r * k, k), inplace);
         if (!(inplace.to_vector() == full.to_vector())) throw Error("in-place all_gather differs");
+        // all_to_all: element i of chunk j on rank r is 1000 r + 10 j + i.
+        std::vector<double> a2a;
+        for (int j = 0; j < n; ++j)
+          for (int64_t i = 0; i < k; ++i) a2a.push_back(1000.0 * r + 10.0 * j + (double)i);
+        exchanged[r] = empty({n * k}, dt);
+        c.all_to_all(from_vector(a2a, {n * k}, dt), exchanged[r]);
+        exchanged_inplace[r] = from_vector(a2a, {n * k}, dt);
+        c.all_to_all(exchanged_inplace[r], exchanged_inplace[r]);
         c.barrier();
       });
       std::vector<double> want_gather, want_avg, want_bcast;
@@ -67,6 +75,11 @@ TEST_CASE("ThreadCommunicator: all_gather, reduce_scatter, all_reduce, broadcast
         expect_values(scattered[r], want_shard, 0);
         expect_values(reduced[r], want_avg, dt == DType::f32 ? 1e-6 : 1e-15);
         expect_values(bcast[r], want_bcast, 0);
+        std::vector<double> want_a2a;  // chunk q comes from rank q: its chunk r
+        for (int q = 0; q < n; ++q)
+          for (int64_t i = 0; i < k; ++i) want_a2a.push_back(1000.0 * q + 10.0 * r + (double)i);
+        expect_values(exchanged[r], want_a2a, 0);
+        expect_values(exchanged_inplace[r], want_a2a, 0);
       }
     }
 }
