@@ -1,9 +1,11 @@
 // cuBLASLt GEMMs. cuBLAS is column-major: the row-major product C = op(A) op(B) is computed as the column-major
 // C^T = op(B)^T op(A)^T, so B is passed first and no data is copied or transposed. Algorithms from the heuristic
-// are cached per problem shape; one 32 MiB workspace per device comes from the caching allocator.
+// are cached per problem shape; one 32 MiB workspace per device comes from the caching allocator. Grouped GEMMs
+// go through cuBLAS's grouped batched API (one handle per device).
 #include "cuda/blas.h"
 
 #include <cublasLt.h>
+#include <cublas_v2.h>
 
 #include <map>
 #include <mutex>
@@ -38,6 +40,7 @@ void check_lt(cublasStatus_t s, const char* expr, const char* file, int line) {
 
 struct DeviceState {
   cublasLtHandle_t handle = nullptr;
+  cublasHandle_t blas = nullptr;  // created on first grouped GEMM
   void* workspace = nullptr;
 };
 DeviceState& state(int device) {
@@ -140,6 +143,66 @@ void gemm(DType t, int64_t batch, int64_t M, int64_t N, int64_t K, const void* A
   const cublasStatus_t s = cublasLtMatmul(st.handle, desc, alpha, B, lb.l, A, la.l, beta, C, lc.l, C, lc.l, &algo,
                                           st.workspace, kWorkspace, stream);
   cublasLtMatmulDescDestroy(desc);
+  NT_LT_CHECK(s);
+}
+
+void grouped_gemm(DType t, bool ta, bool tb, const std::vector<GemmGroup>& groups, int device, cudaStream_t stream) {
+  cudaDataType_t dt;
+  cublasComputeType_t ct;
+  switch (t) {
+    case DType::bf16: dt = CUDA_R_16BF, ct = CUBLAS_COMPUTE_32F; break;
+    case DType::f32: dt = CUDA_R_32F, ct = g_tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F; break;
+    case DType::f64: dt = CUDA_R_64F, ct = CUBLAS_COMPUTE_64F; break;
+    default: throw Error(fmt::format("grouped_matmul: CUDA does not support dtype {}", dtype_name(t)));
+  }
+  // Column-major view as in gemm(): first operand B^T (N x K), second A^T (K x M), result C^T (N x M).
+  std::vector<int> m, n, k, lda, ldb, ldc;
+  std::vector<const void*> ptrs;  // first operands, then second operands, then results: one upload
+  std::vector<const GemmGroup*> live;
+  for (const GemmGroup& g : groups) {
+    if (g.M == 0 || g.N == 0) continue;
+    if (g.K == 0) {
+      NT_CUDA_CHECK(cudaMemset2DAsync(g.C, g.ldc * dtype_size(t), 0, g.N * dtype_size(t), g.M, stream));
+      continue;
+    }
+    NT_CHECK(g.M < INT32_MAX && g.N < INT32_MAX && g.K < INT32_MAX && g.lda < INT32_MAX && g.ldb < INT32_MAX &&
+             g.ldc < INT32_MAX, "grouped_matmul: a group's size ({} x {} x {}) exceeds cuBLAS's 32-bit sizes", g.M, g.N, g.K);
+    m.push_back((int)g.N), n.push_back((int)g.M), k.push_back((int)g.K);
+    lda.push_back((int)g.ldb), ldb.push_back((int)g.lda), ldc.push_back((int)g.ldc);
+    live.push_back(&g);
+  }
+  const int count = (int)live.size();
+  if (count == 0) return;
+  for (const GemmGroup* g : live) ptrs.push_back(g->B);
+  for (const GemmGroup* g : live) ptrs.push_back(g->A);
+  for (const GemmGroup* g : live) ptrs.push_back(g->C);
+  DeviceState& st = state(device);
+  {
+    static std::mutex m_create;
+    std::lock_guard<std::mutex> lock(m_create);
+    if (!st.blas) {
+      NT_LT_CHECK(cublasCreate(&st.blas));
+      NT_LT_CHECK(cublasSetWorkspace(st.blas, st.workspace, kWorkspace));
+    }
+  }
+  NT_LT_CHECK(cublasSetStream(st.blas, stream));
+  // The pointer arrays live on the device for the call; the caching allocator's block is reused in stream order.
+  const size_t bytes = ptrs.size() * sizeof(void*);
+  void* dev_ptrs = cached_malloc(bytes, device);
+  NT_CUDA_CHECK(cudaMemcpyAsync(dev_ptrs, ptrs.data(), bytes, cudaMemcpyHostToDevice, stream));
+  const void* const* first = static_cast<const void* const*>(dev_ptrs);
+  const std::vector<cublasOperation_t> op_first(count, tb ? CUBLAS_OP_T : CUBLAS_OP_N),
+      op_second(count, ta ? CUBLAS_OP_T : CUBLAS_OP_N);
+  const std::vector<int> sizes(count, 1);
+  const std::vector<float> one_f(count, 1.f), zero_f(count, 0.f);
+  const std::vector<double> one_d(count, 1.0), zero_d(count, 0.0);
+  const bool f64 = t == DType::f64;
+  const cublasStatus_t s = cublasGemmGroupedBatchedEx(
+      st.blas, op_first.data(), op_second.data(), m.data(), n.data(), k.data(),
+      f64 ? (const void*)one_d.data() : (const void*)one_f.data(), first, dt, lda.data(), first + count, dt,
+      ldb.data(), f64 ? (const void*)zero_d.data() : (const void*)zero_f.data(),
+      const_cast<void* const*>(first + 2 * count), dt, ldc.data(), count, sizes.data(), ct);
+  cached_free(dev_ptrs, device);
   NT_LT_CHECK(s);
 }
 }  // namespace nt::cuda

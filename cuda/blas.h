@@ -6,6 +6,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <vector>
 
 #include "tensor/dtype.h"
 
@@ -13,6 +14,19 @@ namespace nt::cuda {
 void gemm(DType t, int64_t batch, int64_t M, int64_t N, int64_t K, const void* A, bool ta, int64_t lda, int64_t stride_a,
           const void* B, bool tb, int64_t ldb, int64_t stride_b, void* C, int64_t ldc, int64_t stride_c, int device,
           cudaStream_t stream);
+// Grouped GEMMs (MoE experts): per group g, C_g [M_g, N_g] = op(A_g) @ op(B_g), row-major as gemm() with the
+// same transposes for every group, each with its own sizes, pointers and leading dims; all groups in one cuBLAS
+// call (cublasGemmGroupedBatchedEx). Groups with M_g or N_g = 0 are skipped; groups with K_g = 0 get C_g = 0.
+struct GemmGroup {
+  int64_t M, N, K;
+  const void* A;
+  int64_t lda;
+  const void* B;
+  int64_t ldb;
+  void* C;
+  int64_t ldc;
+};
+void grouped_gemm(DType t, bool ta, bool tb, const std::vector<GemmGroup>& groups, int device, cudaStream_t stream);
 // f32 matmuls may use TF32 (10-bit mantissa) tensor cores; off by default, as PyTorch.
 void set_allow_tf32(bool on);
 bool allow_tf32();

@@ -146,6 +146,19 @@ CUDA_TEST("matmul: shapes, transposed views, batch broadcast, vectors") {
   }
 }
 
+CUDA_TEST("grouped_matmul (MoE experts): uneven and empty groups, one group with every row") {
+  for (DType dt : kFloatTypes) {
+    const Tol t = dt == DType::bf16 ? Tol{0.15, 3e-2} : (dt == DType::f32 ? Tol{1e-3, 1e-3} : Tol{1e-9, 1e-9});
+    // 7 groups of 0, 37, 1, 0, 130, 65, 0 rows: none a multiple of a tile; K = 129, N = 67.
+    const std::vector<int64_t> uneven{0, 0, 37, 38, 38, 168, 233, 233};
+    check_cuda("grouped_matmul uneven", [&](const std::vector<Tensor>& v) { return grouped_matmul(v[0], v[1], uneven); },
+               {rnd_grad({233, 129}, 44), rnd_grad({7, 129, 67}, 45)}, dt, t);
+    const std::vector<int64_t> one{0, 0, 0, 97, 97};
+    check_cuda("grouped_matmul one group", [&](const std::vector<Tensor>& v) { return grouped_matmul(v[0], v[1], one); },
+               {rnd_grad({97, 33}, 46), rnd_grad({4, 33, 18}, 47)}, dt, t);
+  }
+}
+
 CUDA_TEST("softmax, log_softmax, cross_entropy") {
   for (DType dt : kFloatTypes) {
     check_cuda("softmax", [](const std::vector<Tensor>& v) { return softmax(v[0] * 3.0, -1); }, {rnd_grad({7, 1037}, 50)}, dt);

@@ -33,9 +33,6 @@ struct Reference {
   double aux = 0;
 };
 
-using Path = moe::RoutedExperts::Path;
-const char* path_name(Path p) { return p == Path::loop ? "loop" : p == Path::padded ? "padded" : "automatic"; }
-
 double silu(double a) { return a / (1 + std::exp(-a)); }
 
 // Everything the layer computes, by direct loops over tokens, experts and features.
@@ -131,15 +128,14 @@ double min_gap(const Reference& r, int64_t K) {
 
 }  // namespace
 
-TEST_CASE("DeepSeekMoE matches direct loops: softmax/sigmoid, normalized or not, V3 bias or not, both expert paths") {
+TEST_CASE("DeepSeekMoE matches direct loops: softmax/sigmoid, normalized or not, V3 bias or not, the grouped experts") {
   for (const char* aff : {"softmax", "sigmoid"})
     for (bool norm : {false, true})
       for (bool aux_free : {false, true})
-        for (Path path : {Path::loop, Path::padded}) {
-          INFO(aff << " normalize " << norm << " aux_free " << aux_free << " path " << path_name(path));
+        {
+          INFO(aff << " normalize " << norm << " aux_free " << aux_free);
           Generator gen(11);
           moe::DeepSeekMoE m(small_config(aff, norm, aux_free), {DType::f64, kCPU, &gen});
-          m.experts->path = path;
           m.router->set_bias({0.05, -0.1, 0.0, 0.2, -0.03});  // ignored unless aux_free
           const Tensor x = rnd({2, 7, 6}, 12);
           const Tensor y = m.forward(x);
@@ -200,11 +196,10 @@ TEST_CASE("DeepSeekMoE: equal affinities choose the lowest expert indices (topk'
 
 TEST_CASE("DeepSeekMoE gradients w.r.t. x and every parameter, routing held fixed") {
   for (const char* aff : {"softmax", "sigmoid"})
-    for (Path path : {Path::loop, Path::padded}) {
-      INFO(aff << " path " << path_name(path));
+    {
+      INFO(aff);
       Generator gen(17);
       moe::DeepSeekMoE m(small_config(aff, std::string(aff) == "sigmoid", false), {DType::f64, kCPU, &gen});
-      m.experts->path = path;
       const Tensor x = rnd({2, 4, 6}, 18);
       // A 1e-6 perturbation moves a score by well under 1e-4; a smaller gap could flip the top-k mid-check.
       const double gap = min_gap(reference(m, x), 2);
@@ -223,13 +218,11 @@ TEST_CASE("DeepSeekMoE gradients w.r.t. x and every parameter, routing held fixe
 }
 
 TEST_CASE("DeepSeekMoE: experts without tokens are skipped, their weight slices get zero gradient, AdamW steps") {
-  for (Path path : {Path::automatic, Path::loop, Path::padded}) {
-    INFO("path " << path_name(path));
+  {
     moe::MoEConfig c = small_config("softmax", false, true);
     c.top_k = 1;
     Generator gen(19);
     moe::DeepSeekMoE m(c, {DType::f64, kCPU, &gen});
-    m.experts->path = path;
     m.router->set_bias({0, 0, 0, 1.0, 0});  // softmax scores are < 1 apart: every token goes to expert 3
     const Tensor x = rnd({2, 5, 6}, 20);
     const Tensor y = m.forward(x);
@@ -374,16 +367,6 @@ TEST_CASE("load statistics") {
   expect_error([] { moe::make_dispatch({0, 1, 2}, 4, 2); }, {"not a multiple of top_k = 2"});
 }
 
-TEST_CASE("RoutedExperts: padded while the busiest expert has at most twice the mean load, else the loop") {
-  moe::RoutedExperts ex(4, 3, 2, {DType::f64});
-  CHECK(ex.choose(moe::make_dispatch({0, 1, 2, 3, 0, 1, 2, 3}, 4, 2)) == Path::padded);  // max = mean
-  CHECK(ex.choose(moe::make_dispatch({0, 1, 0, 1, 0, 1, 2, 3}, 4, 2)) == Path::padded);  // 3 = 1.5 x mean
-  CHECK(ex.choose(moe::make_dispatch({0, 0, 1, 2}, 4, 1)) == Path::padded);  // 2 = 2 x mean
-  CHECK(ex.choose(moe::make_dispatch({0, 0, 0, 1}, 4, 1)) == Path::loop);    // 3 = 3 x mean
-  ex.path = Path::padded;
-  CHECK(ex.choose(moe::make_dispatch({0, 0, 0, 0}, 4, 1)) == Path::padded);
-}
-
 TEST_CASE("DeepSeekMoE argument errors") {
   auto build = [](auto edit) {
     moe::MoEConfig c = small_config();
@@ -444,15 +427,14 @@ TEST_CASE("DeepSeekMoE plugs into TransformerLM (make_mlp): the LM loss adds eve
 TEST_CASE("DeepSeekMoE on CUDA matches the CPU, forward and every gradient" * doctest::skip(!cuda::available())) {
   for (const char* aff : {"softmax", "sigmoid"})
     for (DType dt : {DType::f32, DType::bf16})
-      for (Path path : {Path::loop, Path::padded}) {
-        INFO(aff << " " << dtype_name(dt) << " path " << path_name(path));
+      {
+        INFO(aff << " " << dtype_name(dt));
         const double tol = dt == DType::f32 ? 1e-4 : 6e-2;
         moe::MoEConfig c = small_config(aff, std::string(aff) == "sigmoid", std::string(aff) == "sigmoid");
         c.n_routed = 8, c.top_k = 3, c.dim = 16, c.expert_hidden = 12;
         Generator g1(41), g2(41);
         moe::DeepSeekMoE cpu(c, {dt, kCPU, &g1}), gpu(c, {dt, cuda_device(0), &g2});
         cpu.to(DType::f64);  // the reference sees the rounded weights
-        gpu.experts->path = path;
         const std::vector<double> bias = {0.01, -0.02, 0.03, 0, 0, 0.02, -0.01, 0};
         cpu.router->set_bias(bias), gpu.router->set_bias(bias);
         const Tensor xr = rnd({3, 37, 16}, 42).to(dt);

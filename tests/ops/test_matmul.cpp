@@ -54,3 +54,36 @@ GRADCHECK_TEST("matmul") {
   check_grad("matmul", f, {rnd_grad({5}, 13), rnd_grad({3, 5, 2}, 14)});           // vector @ batch
   check_grad("matmul", f, {rnd_grad({3, 5}, 15), rnd_grad({5}, 16)});              // matrix @ vector
 }
+
+TEST_CASE("grouped_matmul: each group of rows times its own matrix, empty groups included") {
+  const std::vector<int64_t> offsets{0, 3, 3, 7, 7, 9};  // groups of 3, 0, 4, 0, 2 rows
+  const Tensor x = rnd({9, 5}, 17), w = rnd({5, 5, 4}, 18);
+  const Tensor y = grouped_matmul(x, w, offsets);
+  REQUIRE(y.shape() == Shape{9, 4});
+  for (int64_t e = 0; e < 5; ++e) {
+    const int64_t n = offsets[e + 1] - offsets[e];
+    if (n > 0) expect_close(y.narrow(0, offsets[e], n), matmul(x.narrow(0, offsets[e], n), w.select(0, e)), 1e-14, 0);
+  }
+  // Every row in one group: one plain matmul.
+  expect_close(grouped_matmul(x, w, {0, 0, 0, 9, 9, 9}), matmul(x, w.select(0, 2)), 1e-14, 0);
+  // Empty groups' weights get zero gradient; the others x_e^T g_e.
+  Tensor wg = w.detach().requires_grad_();
+  sum(grouped_matmul(x, wg, offsets)).backward();
+  expect_close(wg.grad().select(0, 1), zeros({5, 4}, DType::f64), 0, 0);
+  expect_close(wg.grad().select(0, 0), matmul(x.narrow(0, 0, 3).mT(), ones({3, 4}, DType::f64)), 1e-14, 0);
+}
+
+TEST_CASE("grouped_matmul errors name the argument and the expected value") {
+  const Tensor x = zeros({4, 3}), w = zeros({2, 3, 5});
+  expect_error([&] { grouped_matmul(x, w, {0, 4}); }, {"offsets", "3"});
+  expect_error([&] { grouped_matmul(x, w, {0, 2, 5}); }, {"offsets", "4 rows"});
+  expect_error([&] { grouped_matmul(x, zeros({3, 3, 5}), {0, 3, 2, 4}); }, {"decrease"});
+  expect_error([&] { grouped_matmul(x, zeros({2, 4, 5}), {0, 2, 4}); }, {"columns", "[2, 4, 5]"});
+  expect_error([&] { grouped_matmul(x, zeros({3, 5}), {0, 2, 4}); }, {"[E, K, N]"});
+  expect_error([&] { grouped_matmul(x, w.to(DType::f64), {0, 2, 4}); }, {"grouped_matmul", "f64"});
+}
+
+GRADCHECK_TEST("grouped_matmul") {
+  auto f = [](const std::vector<Tensor>& in) { return grouped_matmul(in[0], in[1], {0, 2, 2, 5, 6}); };
+  check_grad("grouped_matmul", f, {rnd_grad({6, 3}, 19), rnd_grad({4, 3, 2}, 20)});
+}

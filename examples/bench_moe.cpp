@@ -1,0 +1,163 @@
+// MoE benchmark (GPU): the expert GEMMs as grouped GEMMs against one dense cuBLAS GEMM of the same total shape, and
+// the whole DeepSeekMoE layer (router, dispatch, experts, shared experts, gated sum) forward + backward against a
+// dense SwiGLU MLP with the same active FLOPs, in the same run.
+//   build/examples/bench_moe [tokens=8192] [dim=2048] [experts=64] [top_k=6] [hidden=1408] [shared=2]
+// Routing for the GEMM table: each token's top_k distinct experts drawn uniformly ("balanced") or with expert e
+// drawn in proportion to 1 / (e + 1) ("skewed": the busiest expert gets about 8x the mean load at 64 experts).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <map>
+#include <numeric>
+#include <random>
+#include <string>
+
+#include "cuda/check.h"
+#include "cuda/memory.h"
+#include "cuda/runtime.h"
+#include "moe/moe_layer.h"
+#include "ops/ops.h"
+
+using namespace nt;
+
+namespace {
+const Device kGpu = cuda_device(0);
+
+// Median time in ms of fn over `iters` runs after warm-up, timed with events on the library's stream (host work
+// that delays the launches counts).
+template <class F> double time_ms(F fn, int iters = 20) {
+  cudaStream_t s = cuda::current_stream(0);
+  for (int i = 0; i < 3; ++i) fn();
+  std::vector<float> t(iters);
+  cudaEvent_t a, b;
+  NT_CUDA_CHECK(cudaEventCreate(&a));
+  NT_CUDA_CHECK(cudaEventCreate(&b));
+  for (int i = 0; i < iters; ++i) {
+    NT_CUDA_CHECK(cudaEventRecord(a, s));
+    fn();
+    NT_CUDA_CHECK(cudaEventRecord(b, s));
+    NT_CUDA_CHECK(cudaEventSynchronize(b));
+    NT_CUDA_CHECK(cudaEventElapsedTime(&t[i], a, b));
+  }
+  cudaEventDestroy(a), cudaEventDestroy(b);
+  std::sort(t.begin(), t.end());
+  return t[iters / 2];
+}
+
+// Group offsets of tokens * top_k rows over E experts.
+std::vector<int64_t> route(int64_t tokens, int64_t top_k, int64_t E, bool skewed, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<double> p(E);
+  for (int64_t e = 0; e < E; ++e) p[e] = skewed ? 1.0 / (double)(e + 1) : 1.0;
+  std::vector<int64_t> counts(E, 0);
+  for (int64_t t = 0; t < tokens; ++t) {
+    std::vector<double> w = p;
+    for (int64_t j = 0; j < top_k; ++j) {  // without replacement
+      std::discrete_distribution<int64_t> d(w.begin(), w.end());
+      const int64_t e = d(rng);
+      ++counts[e], w[e] = 0;
+    }
+  }
+  std::vector<int64_t> off(E + 1, 0);
+  for (int64_t e = 0; e < E; ++e) off[e + 1] = off[e] + counts[e];
+  return off;
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    std::map<std::string, int64_t> a{{"tokens", 8192}, {"dim", 2048}, {"experts", 64}, {"top_k", 6}, {"hidden", 1408},
+                                     {"shared", 2}};
+    for (int i = 1; i < argc; ++i) {
+      const std::string s = argv[i];
+      const size_t eq = s.find('=');
+      NT_CHECK(eq != std::string::npos && a.count(s.substr(0, eq)),
+               "bench_moe: unknown argument '{}'; use tokens=, dim=, experts=, top_k=, hidden=, shared=", s);
+      a[s.substr(0, eq)] = std::stoll(s.substr(eq + 1));
+    }
+    NT_CHECK(cuda::available(), "bench_moe: needs a GPU");
+    const int64_t T = a["tokens"], D = a["dim"], E = a["experts"], K = a["top_k"], H = a["hidden"], S = a["shared"];
+    const int64_t M = T * K;
+    cudaDeviceProp prop;
+    NT_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+    std::printf("bench_moe on %s: %lld tokens, dim %lld, %lld experts top-%lld, expert hidden %lld, %lld shared\n",
+                prop.name, (long long)T, (long long)D, (long long)E, (long long)K, (long long)H, (long long)S);
+    Generator gen(1);
+    auto rnd = [&](const Shape& s) { return (randn(s, DType::f32, kGpu, &gen) * 0.02).to(DType::bf16); };
+
+    // Expert GEMMs: the three products of the forward (w1 / w3: [M, D] x [D, H], w2: [M, H] x [H, D]) and the
+    // backward's weight gradients ([D, M] x [M, H]), grouped vs one dense GEMM of the same total size.
+    std::printf("\n%-44s %9s %9s %11s %9s %8s\n", "expert GEMM bf16 (f32 accumulate)", "max/mean", "ms", "TFLOP/s",
+                "dense ms", "ratio");
+    const Tensor xs = rnd({M, D}), hs = rnd({M, H}), w13 = rnd({E, D, H}), w2 = rnd({E, H, D});
+    const Tensor dense13 = rnd({D, H}), dense2 = rnd({H, D});
+    for (bool skewed : {false, true}) {
+      const std::vector<int64_t> off = route(T, K, E, skewed, 7);
+      int64_t most = 0;
+      for (int64_t e = 0; e < E; ++e) most = std::max(most, off[e + 1] - off[e]);
+      const double imbalance = (double)most / ((double)M / (double)E);
+      const double flops13 = 2.0 * M * D * H;
+      struct Row {
+        const char* name;
+        std::function<void()> grouped, dense;
+      };
+      autograd::NoGradGuard ng;
+      const std::vector<Row> rows = {
+          {"x @ w1 (grouped [M, D] x [E, D, H])", [&] { grouped_matmul(xs, w13, off); }, [&] { matmul(xs, dense13); }},
+          {"h @ w2 (grouped [M, H] x [E, H, D])", [&] { grouped_matmul(hs, w2, off); }, [&] { matmul(hs, dense2); }},
+      };
+      for (const Row& r : rows) {
+        const double g = time_ms(r.grouped), d = time_ms(r.dense);
+        std::printf("%-44s %9.2f %9.3f %11.1f %9.3f %7.0f%%  %s\n", r.name, imbalance, g, flops13 / g / 1e9, d,
+                    100 * d / g, skewed ? "skewed" : "balanced");
+      }
+      // Backward of x @ w1: dx (grouped with w^T) and dw (per-expert x_e^T g_e), via autograd.
+      Tensor xg = xs.detach().requires_grad_(), wg = w13.detach().requires_grad_();
+      Tensor xd = xs.detach().requires_grad_(), wd = dense13.detach().requires_grad_();
+      const Tensor up = rnd({M, H});
+      autograd::EnableGradGuard eg;
+      const double gb = time_ms([&] {
+        grouped_matmul(xg, wg, off).backward(up);
+        xg.set_grad(Tensor()), wg.set_grad(Tensor());
+      });
+      const double db = time_ms([&] {
+        matmul(xd, wd).backward(up);
+        xd.set_grad(Tensor()), wd.set_grad(Tensor());
+      });
+      std::printf("%-44s %9.2f %9.3f %11.1f %9.3f %7.0f%%  %s\n", "x @ w1 forward + backward (dx, dw)", imbalance, gb,
+                  3 * flops13 / gb / 1e9, db, 100 * db / gb, skewed ? "skewed" : "balanced");
+    }
+
+    // The whole layer: DeepSeekMoE forward + backward against a dense SwiGLU MLP of hidden (top_k + shared) * H,
+    // the same FLOPs per token as the MoE's active experts.
+    moe::MoEConfig mc;
+    mc.dim = D, mc.n_routed = E, mc.top_k = K, mc.n_shared = S, mc.expert_hidden = H;
+    mc.router.aux_loss_coef = 0.001;
+    Generator init(3);
+    moe::DeepSeekMoE layer(mc, {DType::bf16, kGpu, &init});
+    nn::SwiGLUMLP dense(D, (K + S) * H, {DType::bf16, kGpu, &init});
+    Tensor x = rnd({1, T, D}).requires_grad_();
+    const Tensor up = rnd({1, T, D});
+    auto step = [&](nn::Layer& l) {
+      Tensor y = l.forward(x);
+      Tensor loss = sum(y * up);
+      if (l.aux_loss().defined()) loss = loss + l.aux_loss().to(loss.dtype());
+      loss.backward();
+      x.set_grad(Tensor());
+      for (Tensor p : l.parameters()) p.set_grad(Tensor());
+    };
+    const double moe_ms = time_ms([&] { step(layer); }, 10), dense_ms = time_ms([&] { step(dense); }, 10);
+    const double active = 6.0 * 3 * (double)T * D * (double)((K + S) * H);  // fwd + bwd of the SwiGLU GEMMs
+    const auto st = layer.stats();
+    std::printf("\n%-44s %9s %11s\n", "layer forward + backward (bf16)", "ms", "TFLOP/s");
+    std::printf("%-44s %9.3f %11.1f   (load max/mean %.2f)\n", "DeepSeekMoE (router, dispatch, experts, shared)",
+                moe_ms, active / moe_ms / 1e9, st.max_over_mean);
+    std::printf("%-44s %9.3f %11.1f\n", "dense SwiGLU MLP, same active FLOPs", dense_ms, active / dense_ms / 1e9);
+    std::printf("MoE / dense time: %.2fx\n", moe_ms / dense_ms);
+  } catch (const Error& e) {
+    std::fprintf(stderr, "%s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

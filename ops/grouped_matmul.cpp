@@ -1,0 +1,112 @@
+// grouped_matmul (MoE experts): rows of x grouped by expert, each group times its own weight matrix. Forward and
+// backward right below: dx = the same grouped product with each w[e] transposed; dw[e] = x_e^T dy_e.
+// CPU: a loop of matmul kernels on views (the reference, f64 too); CUDA: one cuBLAS grouped GEMM per product.
+#include "autograd/graph.h"
+#include "ops/dispatch.h"
+#include "ops/matmul.h"
+#if NT_CUDA
+#include "cuda/blas.h"
+#endif
+
+namespace nt {
+namespace cpu {
+void matmul_forward(const Tensor& a, const Tensor& b, const Tensor& out);
+}  // namespace cpu
+
+NT_REGISTER_OP(kGroupedMatmul, "grouped_matmul", true);
+
+namespace {
+// out [M, N] = per group e: x rows [o_e, o_e+1) @ w[e] (w [E, K, N]), or @ w[e]^T when trans_w (w [E, N, K]).
+void grouped_forward(const Tensor& x, const Tensor& w, const std::vector<int64_t>& offsets, bool trans_w,
+                     const Tensor& out) {
+  const int64_t E = w.size(0), N = out.size(1);
+  if (x.device().is_cpu()) {
+    for (int64_t e = 0; e < E; ++e) {
+      const int64_t n = offsets[e + 1] - offsets[e];
+      if (n == 0) continue;
+      const Tensor we = trans_w ? w.select(0, e).mT() : w.select(0, e);
+      cpu::matmul_forward(x.narrow(0, offsets[e], n), we, out.narrow(0, offsets[e], n));
+    }
+    return;
+  }
+#if NT_CUDA
+  const int64_t K = x.size(1), es = dtype_size(x.dtype());
+  std::vector<cuda::GemmGroup> groups;
+  for (int64_t e = 0; e < E; ++e)
+    groups.push_back({offsets[e + 1] - offsets[e], N, K, static_cast<const char*>(x.data_ptr()) + offsets[e] * K * es, K,
+                      static_cast<const char*>(w.data_ptr()) + e * K * N * es, trans_w ? K : N,
+                      static_cast<char*>(out.data_ptr()) + offsets[e] * N * es, N});
+  cuda::grouped_gemm(x.dtype(), false, trans_w, groups, x.device().index, stream_of(out));
+#else
+  no_cuda_kernel("grouped_matmul");
+#endif
+}
+
+// dw [E, K, N]: dw[e] = a_e^T b_e over the rows of group e (a [M, K], b [M, N]); 0 for empty groups.
+Tensor grouped_weight_grad(const Tensor& a, const Tensor& b, const std::vector<int64_t>& offsets) {
+  const int64_t E = (int64_t)offsets.size() - 1, K = a.size(1), N = b.size(1);
+  Tensor dw = empty({E, K, N}, a.dtype(), a.device());
+  if (a.device().is_cpu()) {
+    for (int64_t e = 0; e < E; ++e) {
+      const int64_t n = offsets[e + 1] - offsets[e];
+      if (n == 0) dw.select(0, e).fill_(0.0);
+      else cpu::matmul_forward(a.narrow(0, offsets[e], n).mT(), b.narrow(0, offsets[e], n), dw.select(0, e));
+    }
+    return dw;
+  }
+#if NT_CUDA
+  const int64_t es = dtype_size(a.dtype());
+  std::vector<cuda::GemmGroup> groups;
+  for (int64_t e = 0; e < E; ++e)  // K_g = rows of the group: 0 rows give a zero block
+    groups.push_back({K, N, offsets[e + 1] - offsets[e], static_cast<const char*>(a.data_ptr()) + offsets[e] * K * es, K,
+                      static_cast<const char*>(b.data_ptr()) + offsets[e] * N * es, N,
+                      static_cast<char*>(dw.data_ptr()) + e * K * N * es, N});
+  cuda::grouped_gemm(a.dtype(), true, false, groups, a.device().index, stream_of(dw));
+#else
+  no_cuda_kernel("grouped_matmul");
+#endif
+  return dw;
+}
+
+Tensor grouped_mm(const Tensor& x_in, const Tensor& w_in, const std::vector<int64_t>& offsets, bool trans_w) {
+  const Tensor x = x_in.contiguous(), w = w_in.contiguous();
+  const int64_t N = trans_w ? w.size(1) : w.size(2);
+  Tensor out = empty({x.size(0), N}, x.dtype(), x.device());
+  {
+    autograd::NoGradGuard no_grad;
+    grouped_forward(x, w, offsets, trans_w, out);
+  }
+  if (autograd::needs_grad({&x_in, &w_in}))
+    autograd::record(kGroupedMatmul, out, {x_in, w_in},
+                     [sx = autograd::Saved(x), sw = autograd::Saved(w), offsets, trans_w](const Tensor& g_in,
+                                                                                         const std::vector<bool>& n) {
+                       const Tensor g = g_in.contiguous(), &x = sx.get(), &w = sw.get();
+                       Tensor dx, dw;
+                       if (n[0]) dx = grouped_mm(g, w, offsets, !trans_w);
+                       if (n[1]) dw = trans_w ? grouped_weight_grad(g, x, offsets) : grouped_weight_grad(x, g, offsets);
+                       return std::vector<Tensor>{dx, dw};
+                     });
+  return out;
+}
+}  // namespace
+
+Tensor grouped_matmul(const Tensor& x, const Tensor& w, const std::vector<int64_t>& offsets) {
+  check_floating("grouped_matmul", x, "x");
+  check_same_dtype("grouped_matmul", x, "x", w, "w");
+  check_same_device("grouped_matmul", x, w);
+  NT_CHECK(x.dim() == 2 && w.dim() == 3, "grouped_matmul: x must be [M, K] and w [E, K, N], got {} and {}",
+           shape_str(x.shape()), shape_str(w.shape()));
+  NT_CHECK(x.size(1) == w.size(1), "grouped_matmul: x has {} columns but w is {}: w's second dim must equal it",
+           x.size(1), shape_str(w.shape()));
+  NT_CHECK((int64_t)offsets.size() == w.size(0) + 1, "grouped_matmul: offsets has {} entries, expected E + 1 = {}",
+           offsets.size(), w.size(0) + 1);
+  NT_CHECK(offsets.front() == 0 && offsets.back() == x.size(0),
+           "grouped_matmul: offsets must run from 0 to x's {} rows, got {} .. {}", x.size(0), offsets.front(),
+           offsets.back());
+  for (size_t e = 0; e + 1 < offsets.size(); ++e)
+    NT_CHECK(offsets[e] <= offsets[e + 1], "grouped_matmul: offsets must not decrease, got {} then {} at group {}",
+             offsets[e], offsets[e + 1], e);
+  return grouped_mm(x, w, offsets, false);
+}
+
+}  // namespace nt
