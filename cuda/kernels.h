@@ -86,6 +86,9 @@ void dropout_forward(DType t, const void* x, void* out, int64_t n, double p, uin
 size_t reduce_rows_workspace(int op, DType t, int64_t rows, int64_t R);
 void reduce_rows(int op, DType t, const void* x, void* out, int64_t rows, int64_t R, int64_t correction,
                  void* workspace, cudaStream_t stream);
+// Sum (mean) over the middle dim: x [outer, R, inner] contiguous -> out [outer, inner]; for short R and long inner.
+void reduce_middle(DType t, const void* x, void* out, int64_t outer, int64_t R, int64_t inner, bool mean,
+                   cudaStream_t stream);
 // x [outer, n, inner] contiguous -> values, indices [outer, inner] (first maximum; NaN wins).
 void max_dim(DType t, const void* x, void* values, int64_t* indices, int64_t outer, int64_t n, int64_t inner,
              cudaStream_t stream);

@@ -159,6 +159,33 @@ void reduce_rows(int op, DType t, const void* x, void* out, int64_t rows, int64_
   NT_CUDA_CHECK_LAUNCH();
 }
 
+namespace {
+// Sum or mean over the middle dim of a contiguous [outer, R, inner] tensor (a broadcast's backward, e.g. [N, k, D]
+// summed over k): one thread per output, its R values inner apart, so each warp reads consecutive elements. Each
+// input read once, each output written once: no transposed copy, no block per tiny row.
+template <class T>
+__global__ void reduce_middle_kernel(const T* __restrict__ x, T* __restrict__ out, int64_t outer, int64_t R,
+                                     int64_t inner, bool mean) {
+  const int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (idx >= outer * inner) return;
+  const int64_t o = idx / inner, i = idx - o * inner;
+  const T* p = x + o * R * inner + i;
+  acc_t<T> s = 0;
+  for (int64_t r = 0; r < R; ++r) s += (acc_t<T>)p[r * inner];
+  out[idx] = T(mean ? s / (acc_t<T>)R : s);
+}
+}  // namespace
+
+void reduce_middle(DType t, const void* x, void* out, int64_t outer, int64_t R, int64_t inner, bool mean,
+                   cudaStream_t stream) {
+  if (outer * inner == 0) return;
+  NT_DISPATCH_FLOAT(t, "reduce", [&] {
+    reduce_middle_kernel<scalar_t><<<grid_for(outer * inner, 256), 256, 0, stream>>>(
+        static_cast<const scalar_t*>(x), static_cast<scalar_t*>(out), outer, R, inner, mean);
+  });
+  NT_CUDA_CHECK_LAUNCH();
+}
+
 void max_dim(DType t, const void* x, void* values, int64_t* indices, int64_t outer, int64_t n, int64_t inner,
              cudaStream_t stream) {
   if (outer * inner == 0) return;

@@ -13,7 +13,9 @@
 #include <random>
 #include <string>
 
+#include "cuda/blas.h"
 #include "cuda/check.h"
+#include "cuda/profiler.h"
 #include "cuda/memory.h"
 #include "cuda/runtime.h"
 #include "moe/moe_layer.h"
@@ -103,8 +105,16 @@ int main(int argc, char** argv) {
         std::function<void()> grouped, dense;
       };
       autograd::NoGradGuard ng;
+      Tensor out13 = empty({M, H}, DType::bf16, kGpu);
+      auto lt_loop = [&] {  // the alternative: one cuBLASLt GEMM per expert
+        for (int64_t e = 0; e < E; ++e)
+          cuda::gemm(DType::bf16, 1, off[e + 1] - off[e], H, D, static_cast<const char*>(xs.data_ptr()) + off[e] * D * 2,
+                     false, D, 0, static_cast<const char*>(w13.data_ptr()) + e * D * H * 2, false, H, 0,
+                     static_cast<char*>(out13.data_ptr()) + off[e] * H * 2, H, 0, 0, cuda::current_stream(0));
+      };
       const std::vector<Row> rows = {
           {"x @ w1 (grouped [M, D] x [E, D, H])", [&] { grouped_matmul(xs, w13, off); }, [&] { matmul(xs, dense13); }},
+          {"x @ w1 (a cuBLASLt GEMM per expert)", lt_loop, [&] { matmul(xs, dense13); }},
           {"h @ w2 (grouped [M, H] x [E, H, D])", [&] { grouped_matmul(hs, w2, off); }, [&] { matmul(hs, dense2); }},
       };
       for (const Row& r : rows) {
@@ -155,6 +165,10 @@ int main(int argc, char** argv) {
                 moe_ms, active / moe_ms / 1e9, st.max_over_mean);
     std::printf("%-44s %9.3f %11.1f\n", "dense SwiGLU MLP, same active FLOPs", dense_ms, active / dense_ms / 1e9);
     std::printf("MoE / dense time: %.2fx\n", moe_ms / dense_ms);
+    cuda::Profiler prof;
+    prof.start();
+    for (int i = 0; i < 3; ++i) step(layer);
+    std::printf("\nprofile of 3 DeepSeekMoE forward + backward steps:\n%s", prof.stop(25).c_str());
   } catch (const Error& e) {
     std::fprintf(stderr, "%s\n", e.what());
     return 1;

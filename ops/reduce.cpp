@@ -59,6 +59,20 @@ Tensor reduce_raw(const char* name, ReduceOp op, const Tensor& x, const Plan& p,
   if (x.device().is_cpu()) {
     cpu::reduce_forward((int)op, x, p.dims, out, correction);
   } else {
+#if NT_CUDA
+    // Sum/mean over a run of consecutive dims of a contiguous x with many short columns after it (a broadcast's
+    // backward, e.g. [N, k, D] over k): read in place, coalesced along the columns.
+    const int64_t first = p.dims.front(), last = p.dims.back();
+    int64_t outer = 1, inner = 1;
+    for (int64_t d = 0; d < first; ++d) outer *= x.size(d);
+    for (int64_t d = last + 1; d < x.dim(); ++d) inner *= x.size(d);
+    if ((op == ReduceOp::sum || op == ReduceOp::mean) && x.is_contiguous() && last - first + 1 == (int64_t)p.dims.size() &&
+        p.count <= 256 && inner >= 32 && outer * inner >= 65536) {
+      cuda::reduce_middle(x.dtype(), x.data_ptr(), out.data_ptr(), outer, p.count, inner, op == ReduceOp::mean,
+                          stream_of(out));
+      return out;
+    }
+#endif
     // Reduced dims last and contiguous: each output is one row.
     std::vector<int64_t> order;
     for (int64_t d = 0; d < x.dim(); ++d)

@@ -127,6 +127,12 @@ CUDA_TEST("reductions over any dims") {
     check_cuda("split amax", [](const std::vector<Tensor>& v) { return amax(v[0], {1}); }, {longx}, dt);
     check_cuda("split sum all", [](const std::vector<Tensor>& v) { return sum(v[0] * v[0]); }, {longx}, dt,
                {dt == DType::bf16 ? 200.0 : 1e-1, 3e-2});
+    // Short middle dims over many columns read in place (reduce_middle): [300, 3, 257] over dim 1, [40, 2, 7, 2001]
+    // over dims 1-2 (mean), and a broadcast's backward ([N, 3, D] expanded from [N, 1, D]).
+    check_cuda("middle sum", [](const std::vector<Tensor>& v) { return sum(v[0], {1}); }, {rnd_grad({300, 3, 257}, 23)}, dt);
+    check_cuda("middle mean", [](const std::vector<Tensor>& v) { return mean(v[0], {1, 2}); }, {rnd_grad({40, 2, 7, 2001}, 24)}, dt);
+    check_cuda("expand backward", [](const std::vector<Tensor>& v) { return v[0].expand({300, 3, 257}) * v[1]; },
+               {rnd_grad({300, 1, 257}, 25), rnd({300, 3, 257}, 26)}, dt);
   }
 }
 
