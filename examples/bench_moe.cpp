@@ -14,6 +14,7 @@
 #include <string>
 
 #include "cuda/blas.h"
+#include "bench_timing.h"
 #include "cuda/check.h"
 #include "cuda/profiler.h"
 #include "cuda/memory.h"
@@ -26,26 +27,7 @@ using namespace nt;
 namespace {
 const Device kGpu = cuda_device(0);
 
-// Median time in ms of fn over `iters` runs after warm-up, timed with events on the library's stream (host work
-// that delays the launches counts).
-template <class F> double time_ms(F fn, int iters = 20) {
-  cudaStream_t s = cuda::current_stream(0);
-  for (int i = 0; i < 3; ++i) fn();
-  std::vector<float> t(iters);
-  cudaEvent_t a, b;
-  NT_CUDA_CHECK(cudaEventCreate(&a));
-  NT_CUDA_CHECK(cudaEventCreate(&b));
-  for (int i = 0; i < iters; ++i) {
-    NT_CUDA_CHECK(cudaEventRecord(a, s));
-    fn();
-    NT_CUDA_CHECK(cudaEventRecord(b, s));
-    NT_CUDA_CHECK(cudaEventSynchronize(b));
-    NT_CUDA_CHECK(cudaEventElapsedTime(&t[i], a, b));
-  }
-  cudaEventDestroy(a), cudaEventDestroy(b);
-  std::sort(t.begin(), t.end());
-  return t[iters / 2];
-}
+using bench::time_ms;
 
 // Group offsets of tokens * top_k rows over E experts.
 std::vector<int64_t> route(int64_t tokens, int64_t top_k, int64_t E, bool skewed, uint64_t seed) {
