@@ -1,14 +1,18 @@
 // cuBLASLt GEMMs. cuBLAS is column-major: the row-major product C = op(A) op(B) is computed as the column-major
-// C^T = op(B)^T op(A)^T, so B is passed first and no data is copied or transposed. Algorithms from the heuristic
-// are cached per problem shape; one 32 MiB workspace per device comes from the caching allocator. Grouped GEMMs
-// go through cuBLAS's grouped batched API (one handle per device).
+// C^T = op(B)^T op(A)^T, so B is passed first and no data is copied or transposed. Descriptors, layouts and the
+// heuristic's algorithm are cached per problem shape; one 32 MiB workspace per device comes from the caching
+// allocator. Grouped GEMMs run per group over four streams (or through cuBLAS's grouped batched API).
 #include "cuda/blas.h"
 
 #include <cublasLt.h>
 #include <cublas_v2.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <map>
 #include <mutex>
+#include <numeric>
+#include <string>
 #include <tuple>
 
 #include "cuda/allocator.h"
@@ -18,6 +22,12 @@
 namespace nt::cuda {
 namespace {
 bool g_tf32 = false;
+// Grouped GEMMs as concurrent per-group GEMMs (default) or one cuBLAS grouped call; NT_GROUPED_GEMM=cublas picks
+// the latter at start-up.
+bool g_grouped_streams = [] {
+  const char* v = std::getenv("NT_GROUPED_GEMM");
+  return !(v && std::string(v) == "cublas");
+}();
 constexpr size_t kWorkspace = 32u << 20;
 
 const char* status_name(cublasStatus_t s) {
@@ -58,32 +68,54 @@ DeviceState& state(int device) {
 
 using Key = std::tuple<int, int64_t, int64_t, int64_t, int64_t, bool, bool, int64_t, int64_t, int64_t, int64_t,
                        int64_t, int64_t, bool, int>;
-std::map<Key, cublasLtMatmulAlgo_t>& algo_cache() {
-  static std::map<Key, cublasLtMatmulAlgo_t> c;
+// Everything cublasLtMatmul needs besides pointers, built once per problem shape: creating the descriptors and
+// layouts on every call cost about as much host time as a small expert GEMM takes on the GPU.
+struct Plan {
+  cublasLtMatmulDesc_t desc = nullptr;
+  cublasLtMatrixLayout_t first = nullptr, second = nullptr, result = nullptr;
+  cublasLtMatmulAlgo_t algo;
+};
+std::map<Key, Plan>& plan_cache() {
+  static std::map<Key, Plan> c;
   return c;
 }
-std::mutex g_algo_mutex;
+std::mutex g_plan_mutex;
 
-struct Layout {
+cublasLtMatrixLayout_t make_layout(cudaDataType_t t, int64_t rows, int64_t cols, int64_t ld, int64_t batch,
+                                   int64_t stride) {
   cublasLtMatrixLayout_t l = nullptr;
-  Layout(cudaDataType_t t, int64_t rows, int64_t cols, int64_t ld, int64_t batch, int64_t stride) {
-    NT_LT_CHECK(cublasLtMatrixLayoutCreate(&l, t, rows, cols, ld));
-    if (batch > 1) {
-      const int32_t b = (int32_t)batch;
-      NT_LT_CHECK(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &b, sizeof(b)));
-      NT_LT_CHECK(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride, sizeof(stride)));
-    }
+  NT_LT_CHECK(cublasLtMatrixLayoutCreate(&l, t, rows, cols, ld));
+  if (batch > 1) {
+    const int32_t b = (int32_t)batch;
+    NT_LT_CHECK(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &b, sizeof(b)));
+    NT_LT_CHECK(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride, sizeof(stride)));
   }
-  ~Layout() { cublasLtMatrixLayoutDestroy(l); }
-};
+  return l;
+}
 }  // namespace
 
 void set_allow_tf32(bool on) { g_tf32 = on; }
+void set_grouped_gemm_streams(bool on) { g_grouped_streams = on; }
 bool allow_tf32() { return g_tf32; }
+
+namespace {
+// gemm() with the workspace given (every workspace has kWorkspace bytes, so cached algorithms fit any of them).
+void gemm_ws(DType t, int64_t batch, int64_t M, int64_t N, int64_t K, const void* A, bool ta, int64_t lda,
+             int64_t stride_a, const void* B, bool tb, int64_t ldb, int64_t stride_b, void* C, int64_t ldc,
+             int64_t stride_c, int device, cudaStream_t stream, void* workspace);
+}  // namespace
 
 void gemm(DType t, int64_t batch, int64_t M, int64_t N, int64_t K, const void* A, bool ta, int64_t lda, int64_t stride_a,
           const void* B, bool tb, int64_t ldb, int64_t stride_b, void* C, int64_t ldc, int64_t stride_c, int device,
           cudaStream_t stream) {
+  gemm_ws(t, batch, M, N, K, A, ta, lda, stride_a, B, tb, ldb, stride_b, C, ldc, stride_c, device, stream,
+          state(device).workspace);
+}
+
+namespace {
+void gemm_ws(DType t, int64_t batch, int64_t M, int64_t N, int64_t K, const void* A, bool ta, int64_t lda,
+             int64_t stride_a, const void* B, bool tb, int64_t ldb, int64_t stride_b, void* C, int64_t ldc,
+             int64_t stride_c, int device, cudaStream_t stream, void* workspace) {
   if (M == 0 || N == 0 || batch == 0) return;
   cudaDataType_t dt;
   cublasComputeType_t ct;
@@ -101,50 +133,76 @@ void gemm(DType t, int64_t batch, int64_t M, int64_t N, int64_t K, const void* A
     return;
   }
   DeviceState& st = state(device);
-  cublasLtMatmulDesc_t desc;
-  NT_LT_CHECK(cublasLtMatmulDescCreate(&desc, ct, scale_t));
-  // Column-major view: first operand = B^T (N x K), second = A^T (K x M), result C^T (N x M).
-  const cublasOperation_t op_first = tb ? CUBLAS_OP_T : CUBLAS_OP_N, op_second = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
-  NT_LT_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_first, sizeof(op_first)));
-  NT_LT_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_second, sizeof(op_second)));
-  Layout lb(dt, tb ? K : N, tb ? N : K, ldb, batch, stride_b);
-  Layout la(dt, ta ? M : K, ta ? K : M, lda, batch, stride_a);
-  Layout lc(dt, N, M, ldc, batch, stride_c);
-
   const Key key{(int)t, batch, M, N, K, ta, tb, lda, ldb, ldc, stride_a, stride_b, stride_c, g_tf32, device};
-  cublasLtMatmulAlgo_t algo;
+  Plan plan;
   {
-    std::lock_guard<std::mutex> lock(g_algo_mutex);
-    auto it = algo_cache().find(key);
-    if (it != algo_cache().end()) {
-      algo = it->second;
+    std::lock_guard<std::mutex> lock(g_plan_mutex);
+    auto it = plan_cache().find(key);
+    if (it != plan_cache().end()) {
+      plan = it->second;
     } else {
+      NT_LT_CHECK(cublasLtMatmulDescCreate(&plan.desc, ct, scale_t));
+      // Column-major view: first operand = B^T (N x K), second = A^T (K x M), result C^T (N x M).
+      const cublasOperation_t op_first = tb ? CUBLAS_OP_T : CUBLAS_OP_N, op_second = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+      NT_LT_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_first, sizeof(op_first)));
+      NT_LT_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_second, sizeof(op_second)));
+      plan.first = make_layout(dt, tb ? K : N, tb ? N : K, ldb, batch, stride_b);
+      plan.second = make_layout(dt, ta ? M : K, ta ? K : M, lda, batch, stride_a);
+      plan.result = make_layout(dt, N, M, ldc, batch, stride_c);
       cublasLtMatmulPreference_t pref;
       NT_LT_CHECK(cublasLtMatmulPreferenceCreate(&pref));
       NT_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &kWorkspace,
                                                        sizeof(kWorkspace)));
       cublasLtMatmulHeuristicResult_t res;
       int found = 0;
-      NT_LT_CHECK(cublasLtMatmulAlgoGetHeuristic(st.handle, desc, lb.l, la.l, lc.l, lc.l, pref, 1, &res, &found));
+      NT_LT_CHECK(cublasLtMatmulAlgoGetHeuristic(st.handle, plan.desc, plan.first, plan.second, plan.result,
+                                                 plan.result, pref, 1, &res, &found));
       cublasLtMatmulPreferenceDestroy(pref);
       if (found == 0) {
-        cublasLtMatmulDescDestroy(desc);
+        cublasLtMatmulDescDestroy(plan.desc);
+        for (auto l : {plan.first, plan.second, plan.result}) cublasLtMatrixLayoutDestroy(l);
         throw Error(fmt::format("matmul: cuBLASLt found no algorithm for M={} N={} K={} batch={} dtype {}", M, N, K,
                                 batch, dtype_name(t)));
       }
-      algo = res.algo;
-      algo_cache()[key] = algo;
+      plan.algo = res.algo;
+      plan_cache()[key] = plan;
     }
   }
   const float one_f = 1.f, zero_f = 0.f;
   const double one_d = 1.0, zero_d = 0.0;
   const void* alpha = t == DType::f64 ? (const void*)&one_d : (const void*)&one_f;
   const void* beta = t == DType::f64 ? (const void*)&zero_d : (const void*)&zero_f;
-  const cublasStatus_t s = cublasLtMatmul(st.handle, desc, alpha, B, lb.l, A, la.l, beta, C, lc.l, C, lc.l, &algo,
-                                          st.workspace, kWorkspace, stream);
-  cublasLtMatmulDescDestroy(desc);
-  NT_LT_CHECK(s);
+  NT_LT_CHECK(cublasLtMatmul(st.handle, plan.desc, alpha, B, plan.first, A, plan.second, beta, C, plan.result, C,
+                             plan.result, &plan.algo, workspace, kWorkspace, stream));
 }
+
+// Side streams for grouped GEMMs run as concurrent per-group GEMMs, each with its own workspace.
+constexpr int kSideStreams = 3;
+struct SideStreams {
+  cudaStream_t stream[kSideStreams] = {};
+  void* workspace[kSideStreams] = {};
+  cudaEvent_t fork = nullptr, join[kSideStreams] = {};
+};
+SideStreams& side_streams(int device) {
+  static SideStreams all[64];
+  static std::mutex m;
+  std::lock_guard<std::mutex> lock(m);
+  SideStreams& s = all[device];
+  if (!s.fork) {
+    NT_CUDA_CHECK(cudaSetDevice(device));
+    int lo = 0, hi = 0;
+    NT_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&lo, &hi));
+    for (int i = 0; i < kSideStreams; ++i) {
+      NT_CUDA_CHECK(cudaStreamCreateWithPriority(&s.stream[i], cudaStreamNonBlocking, lo));
+      NT_CUDA_CHECK(cudaEventCreateWithFlags(&s.join[i], cudaEventDisableTiming));
+      s.workspace[i] = cached_malloc(kWorkspace, device);
+    }
+    NT_CUDA_CHECK(cudaEventCreateWithFlags(&s.fork, cudaEventDisableTiming));
+  }
+  return s;
+}
+
+}  // namespace
 
 void grouped_gemm(DType t, bool ta, bool tb, const std::vector<GemmGroup>& groups, int device, cudaStream_t stream) {
   cudaDataType_t dt;
@@ -173,6 +231,31 @@ void grouped_gemm(DType t, bool ta, bool tb, const std::vector<GemmGroup>& group
   }
   const int count = (int)live.size();
   if (count == 0) return;
+  if (g_grouped_streams && t != DType::f64) {
+    // The largest groups first, each to the stream with the least work so far (FLOPs); the side streams start
+    // after everything already queued on `stream`, and `stream` waits for all of them at the end.
+    std::vector<int> order(count);
+    std::iota(order.begin(), order.end(), 0);
+    auto work = [&](int i) { return (double)live[i]->M * live[i]->N * live[i]->K; };
+    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return work(a) > work(b); });
+    SideStreams& side = side_streams(device);
+    NT_CUDA_CHECK(cudaEventRecord(side.fork, stream));
+    for (int i = 0; i < kSideStreams; ++i) NT_CUDA_CHECK(cudaStreamWaitEvent(side.stream[i], side.fork, 0));
+    double load[1 + kSideStreams] = {};
+    DeviceState& st = state(device);
+    for (int i : order) {
+      const int lane = (int)(std::min_element(load, load + 1 + kSideStreams) - load);
+      load[lane] += work(i);
+      const GemmGroup& g = *live[i];
+      gemm_ws(t, 1, g.M, g.N, g.K, g.A, ta, g.lda, 0, g.B, tb, g.ldb, 0, g.C, g.ldc, 0, device,
+              lane == 0 ? stream : side.stream[lane - 1], lane == 0 ? st.workspace : side.workspace[lane - 1]);
+    }
+    for (int i = 0; i < kSideStreams; ++i) {
+      NT_CUDA_CHECK(cudaEventRecord(side.join[i], side.stream[i]));
+      NT_CUDA_CHECK(cudaStreamWaitEvent(stream, side.join[i], 0));
+    }
+    return;
+  }
   for (const GemmGroup* g : live) ptrs.push_back(g->B);
   for (const GemmGroup* g : live) ptrs.push_back(g->A);
   for (const GemmGroup* g : live) ptrs.push_back(g->C);

@@ -110,9 +110,24 @@ void cross_entropy_backward(DType t, const void* logits, DType target_t, const v
 // norm.cu: x [R, C] contiguous; w, b [C] or null; stats [R, 2] (mean, rstd).
 void norm_forward(bool rms, DType t, const void* x, const void* w, const void* b, double eps, void* y, void* stats,
                   int64_t R, int64_t C, cudaStream_t stream);
-// dx [R, C]; dw, db [C] (or null), reduced deterministically across rows.
+// dx [R, C]; dw, db [C] (or null) in t, reduced deterministically across rows (in the accumulation type).
 void norm_backward(bool rms, DType t, const void* x, const void* w, const void* stats, const void* dy, void* dx,
                    void* dw, void* db, int64_t R, int64_t C, cudaStream_t stream);
+
+// moe.cu (ops/moe.h): idx [M = N * K] i32/i64 -> counts [E] and slot_row [M] i32 (stable counting sort by expert);
+// scratch holds moe_dispatch_scratch(M, E) ints; bad gets 1 for an expert outside [0, E).
+int64_t moe_dispatch_scratch(int64_t M, int64_t E);
+void moe_dispatch(DType idx_t, const void* idx, int64_t M, int E, int32_t* counts, int32_t* slot_row, int32_t* scratch,
+                  int* bad, cudaStream_t stream);
+// x, dx [N, D]; rows, drows [N * K, D]; slot_row, gates, dgates [N, K].
+void moe_permute_forward(DType t, const void* x, const int32_t* slot_row, void* rows, int64_t N, int64_t K, int64_t D,
+                         cudaStream_t stream);
+void moe_permute_backward(DType t, const void* drows, const int32_t* slot_row, void* dx, int64_t N, int64_t K,
+                          int64_t D, cudaStream_t stream);
+void moe_unpermute_forward(DType t, const void* rows, const int32_t* slot_row, const void* gates, void* y, int64_t N,
+                           int64_t K, int64_t D, cudaStream_t stream);
+void moe_unpermute_backward(DType t, const void* rows, const int32_t* slot_row, const void* gates, const void* dy,
+                            void* drows, void* dgates, int64_t N, int64_t K, int64_t D, cudaStream_t stream);
 
 // embedding.cu: weight [V, C], idx [N] -> out [N, C]; backward sums dout rows into dweight [V, C] in index
 // order per row (deterministic: no atomics). bad_index gets 1 if an index is out of range.

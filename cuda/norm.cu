@@ -314,7 +314,7 @@ __global__ void __launch_bounds__(256) norm_bwd_pipe_kernel(bool rms, const T* _
 
 // out[c] = sum over blocks b of partial[b, c]: a block owns 32 columns, its 8 thread rows stride over b and are
 // added in a fixed order at the end (deterministic), so the grid is C / 32 blocks rather than C / 256.
-template <class A> __global__ void sum_partials_kernel(const A* __restrict__ partial, A* __restrict__ out, int nb, int64_t C) {
+template <class A, class T> __global__ void sum_partials_kernel(const A* __restrict__ partial, T* __restrict__ out, int nb, int64_t C) {
   __shared__ A acc_s[8][33];
   const int64_t c = blockIdx.x * 32 + threadIdx.x;
   A acc = 0;
@@ -326,7 +326,7 @@ template <class A> __global__ void sum_partials_kernel(const A* __restrict__ par
     A total = 0;
 #pragma unroll
     for (int i = 0; i < 8; ++i) total += acc_s[i][threadIdx.x];
-    out[c] = total;
+    out[c] = T(total);
   }
 }
 // Forward: about 4 vectors of 8 per thread, so many rows are in flight per SM. Backward: enough threads that each
@@ -408,8 +408,8 @@ void norm_backward(bool rms, DType t, const void* x, const void* w, const void* 
           static_cast<T*>(dx), static_cast<A*>(pw.p), static_cast<A*>(pb.p), R, C, use_smem, vec);
     NT_CUDA_CHECK_LAUNCH();
     const dim3 pgrid((unsigned)((C + 31) / 32)), pblock(32, 8);
-    if (dw) sum_partials_kernel<A><<<pgrid, pblock, 0, stream>>>(static_cast<const A*>(pw.p), static_cast<A*>(dw), nb, C);
-    if (db) sum_partials_kernel<A><<<pgrid, pblock, 0, stream>>>(static_cast<const A*>(pb.p), static_cast<A*>(db), nb, C);
+    if (dw) sum_partials_kernel<A, T><<<pgrid, pblock, 0, stream>>>(static_cast<const A*>(pw.p), static_cast<T*>(dw), nb, C);
+    if (db) sum_partials_kernel<A, T><<<pgrid, pblock, 0, stream>>>(static_cast<const A*>(pb.p), static_cast<T*>(db), nb, C);
   });
   NT_CUDA_CHECK_LAUNCH();
 }

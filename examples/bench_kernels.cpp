@@ -28,15 +28,8 @@ const Device kGpu = cuda_device(0);
 using bench::time_ms;
 
 std::map<std::string, double> torch_results(bool enabled, const std::string& only) {
-  std::map<std::string, double> r;
-  if (!enabled) return r;
-  FILE* p = popen(("python3 scripts/bench_torch.py --only=" + only + " 2>/dev/null").c_str(), "r");
-  if (!p) return r;
-  char name[128];
-  double v;
-  while (fscanf(p, "%127s %lf", name, &v) == 2) r[name] = v;
-  pclose(p);
-  return r;
+  if (!enabled) return {};
+  return bench::python_results("python3 scripts/bench_torch.py --only=" + only);
 }
 
 struct Row {
@@ -99,7 +92,7 @@ int main(int argc, char** argv) {
       });
       rows.push_back({"rms_norm bwd bf16 16384x4096", "rms_norm_bwd_gbps", ms, gbps(3 * n * 2, ms)});
       // The kernels alone (dx and dw), without the op's allocations and the autograd engine.
-      Tensor stats = empty({R, 2}, DType::f32, kGpu), dx = empty({R, C}, DType::bf16, kGpu), dw = empty({C}, DType::f32, kGpu);
+      Tensor stats = empty({R, 2}, DType::f32, kGpu), dx = empty({R, C}, DType::bf16, kGpu), dw = empty({C}, DType::bf16, kGpu);
       cuda::norm_forward(true, DType::bf16, x.data_ptr(), w.data_ptr(), nullptr, 1e-6, dx.data_ptr(), stats.data_ptr(), R, C,
                          cuda::current_stream(0));
       ms = time_ms([&] {

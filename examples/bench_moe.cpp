@@ -1,6 +1,7 @@
 // MoE benchmark (GPU): the expert GEMMs as grouped GEMMs against one dense cuBLAS GEMM of the same total shape, and
 // the whole DeepSeekMoE layer (router, dispatch, experts, shared experts, gated sum) forward + backward against a
-// dense SwiGLU MLP with the same active FLOPs, in the same run.
+// dense SwiGLU MLP with the same active FLOPs, in the same run; and, when python3 has torch, PyTorch's usual
+// loop-over-experts layer and torch._grouped_mm (scripts/bench_moe_torch.py).
 //   build/examples/bench_moe [tokens=8192] [dim=2048] [experts=64] [top_k=6] [hidden=1408] [shared=2]
 // Routing for the GEMM table: each token's top_k distinct experts drawn uniformly ("balanced") or with expert e
 // drawn in proportion to 1 / (e + 1) ("skewed": the busiest expert gets about 8x the mean load at 64 experts).
@@ -96,7 +97,12 @@ int main(int argc, char** argv) {
       };
       const std::vector<Row> rows = {
           {"x @ w1 (grouped [M, D] x [E, D, H])", [&] { grouped_matmul(xs, w13, off); }, [&] { matmul(xs, dense13); }},
-          {"x @ w1 (a cuBLASLt GEMM per expert)", lt_loop, [&] { matmul(xs, dense13); }},
+          {"x @ w1 (one cuBLAS grouped call)", [&] {
+             cuda::set_grouped_gemm_streams(false);
+             grouped_matmul(xs, w13, off);
+             cuda::set_grouped_gemm_streams(true);
+           }, [&] { matmul(xs, dense13); }},
+          {"x @ w1 (cuBLASLt per expert, one stream)", lt_loop, [&] { matmul(xs, dense13); }},
           {"h @ w2 (grouped [M, H] x [E, H, D])", [&] { grouped_matmul(hs, w2, off); }, [&] { matmul(hs, dense2); }},
       };
       for (const Row& r : rows) {
@@ -147,6 +153,20 @@ int main(int argc, char** argv) {
                 moe_ms, active / moe_ms / 1e9, st.max_over_mean);
     std::printf("%-44s %9.3f %11.1f\n", "dense SwiGLU MLP, same active FLOPs", dense_ms, active / dense_ms / 1e9);
     std::printf("MoE / dense time: %.2fx\n", moe_ms / dense_ms);
+    // PyTorch in the same run: the usual loop over experts, its dense MLP, and torch._grouped_mm.
+    const auto torch = bench::python_results(fmt::format("python3 scripts/bench_moe_torch.py {} {} {} {} {} {}", T, D,
+                                                         E, K, H, S));
+    if (torch.count("moe_loop_ms")) {
+      const double loop = torch.at("moe_loop_ms"), tdense = torch.at("dense_ms");
+      std::printf("%-44s %9.3f %11.1f   (ours is %.2fx faster)\n", "PyTorch: loop over experts (HF pattern)", loop,
+                  active / loop / 1e9, loop / moe_ms);
+      std::printf("%-44s %9.3f %11.1f\n", "PyTorch: dense SwiGLU MLP", tdense, active / tdense / 1e9);
+      if (torch.count("grouped_mm_ms"))
+        std::printf("PyTorch torch._grouped_mm, x @ w1 (balanced, max/mean %.2f): %.3f ms, %.1f TFLOP/s\n",
+                    torch.at("grouped_mm_max_over_mean"), torch.at("grouped_mm_ms"), torch.at("grouped_mm_tflops"));
+    } else {
+      std::printf("(PyTorch comparison skipped: python3 scripts/bench_moe_torch.py did not run)\n");
+    }
     cuda::Profiler prof;
     prof.start();
     for (int i = 0; i < 3; ++i) step(layer);

@@ -1,9 +1,13 @@
 // Timing for the benchmark programs: the median of fn over `iters` runs after 3 warm-up runs, in ms, timed with
-// CUDA events on the library's stream (host work that delays the launches counts).
+// CUDA events on the library's stream (host work that delays the launches counts); and the PyTorch reference
+// timings a script prints as 'name value' lines.
 #pragma once
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <map>
+#include <string>
 #include <vector>
 
 #include "cuda/check.h"
@@ -27,5 +31,18 @@ template <class F> double time_ms(F fn, int iters = 20) {
   cudaEventDestroy(a), cudaEventDestroy(b);
   std::sort(t.begin(), t.end());
   return t[iters / 2];
+}
+
+// Runs `command` (a python3 script with torch) and collects its 'name value' lines; empty when python3 or torch is
+// missing (the script's errors are discarded).
+inline std::map<std::string, double> python_results(const std::string& command) {
+  std::map<std::string, double> r;
+  FILE* p = popen((command + " 2>/dev/null").c_str(), "r");
+  if (!p) return r;
+  char name[128];
+  double v;
+  while (fscanf(p, "%127s %lf", name, &v) == 2) r[name] = v;
+  pclose(p);
+  return r;
 }
 }  // namespace nt::bench

@@ -2,21 +2,21 @@
 // w2 [E, hidden, dim] (per expert [in, out], used as x @ w, unlike nn::Linear's [out, in]). Expert e maps a row x to
 // swiglu(x w1[e], x w3[e]) w2[e].
 //
-// forward: permute (each (token, slot) pair's row gathered into expert order), three grouped GEMMs over the
-// dispatch offsets (grouped_matmul: one cuBLAS grouped GEMM each on the GPU), unpermute (rows back to slot order).
-// Exact work, no padding, no per-expert ops; gradients flow through the same ops (empty experts get zero slices).
+// forward: moe_permute (each token's row copied to its K places in expert order), then three grouped GEMMs over
+// the dispatch offsets (grouped_matmul: one cuBLAS grouped GEMM each on the GPU). Exact work, no padding, no
+// per-expert ops; gradients flow through the same ops (empty experts get zero slices).
 #pragma once
-#include "moe/dispatch.h"
 #include "nn/layers.h"
+#include "ops/moe.h"
 
 namespace nt::moe {
 
 class RoutedExperts : public nn::Module {
  public:
   RoutedExperts(int64_t n_experts, int64_t dim, int64_t hidden, const nn::Init& init = {});
-  // x [N, dim] -> [N * top_k, dim]: row t * top_k + j is token t's output from its j-th expert (ungated). Experts
-  // without rows get zero gradient slices.
-  Tensor forward(const Tensor& x, const Dispatch& d) const;
+  // x [N, dim] -> [N * top_k, dim] in expert order: row d.slot_row[t, j] is token t's output from its j-th expert
+  // (ungated; moe_unpermute combines them). Experts without rows get zero gradient slices.
+  Tensor forward(const Tensor& x, const ExpertDispatch& d) const;
 
   Tensor w1, w2, w3;
   int64_t n_experts, dim, hidden;

@@ -30,26 +30,24 @@ DeepSeekMoE::DeepSeekMoE(const MoEConfig& c, const nn::Init& init) : cfg(c) {
 Tensor DeepSeekMoE::forward(const Tensor& x) {
   NT_CHECK(x.dim() == 3 && x.size(2) == cfg.dim, "DeepSeekMoE: x must be [B, T, {}], got {}", cfg.dim,
            shape_str(x.shape()));
-  const int64_t N = x.size(0) * x.size(1), K = cfg.top_k, D = cfg.dim;
+  const int64_t N = x.size(0) * x.size(1), D = cfg.dim;
   aux_ = Tensor();
   last_load_.assign(cfg.n_routed, 0);
   if (N == 0) return zeros_like(x);
   const Tensor xf = x.reshape({N, D});
   const RouterOutput r = router->forward(xf);
-  // The layer's one device-to-host copy (N * top_k indices, a sync on the GPU): the host builds the per-expert
-  // token lists, whose sizes the expert GEMMs need. A permute kernel and a grouped GEMM reading the offsets on the
-  // device remove it.
-  const Dispatch d = make_dispatch(r.indices.to(kCPU).to_vector_as<int64_t>(), cfg.n_routed, K);
+  // The layer's one device-to-host copy (the E expert loads, a sync on the GPU): cuBLAS's grouped GEMM takes the
+  // group sizes on the host.
+  const ExpertDispatch d = moe_dispatch(r.indices, cfg.n_routed);
   last_load_ = d.counts;
   if (is_training()) {
     if (load_since_update_.empty()) load_since_update_.assign(cfg.n_routed, 0);
     for (int64_t e = 0; e < cfg.n_routed; ++e) load_since_update_[e] += d.counts[e];
   }
   aux_ = router->aux_loss(r.scores, d.counts);
-  // Combine: each token's top_k expert outputs weighted by their gates, summed over its slots by a reduction, not
-  // scattered with atomics: the GPU result is deterministic.
-  const Tensor per_slot = experts->forward(xf, d).reshape({N, K, D});
-  Tensor y = sum(per_slot * r.gates.unsqueeze(2), {1});
+  // Combine: each token gathers its top_k expert outputs and adds them weighted by their gates (no atomics: the
+  // GPU result is deterministic).
+  Tensor y = moe_unpermute(experts->forward(xf, d), r.gates, d);
   if (shared) y = y + shared->forward(xf);
   return y.reshape(x.shape());
 }

@@ -4,8 +4,8 @@
 //   y_t = shared(x_t) + sum over its top_k experts e of g_te * expert_e(x_t)
 // Dropless: every token reaches all of its experts, whatever the load. Semantics and formulas: docs/moe.md.
 //
-// The pieces are separate so that kernels can replace the inside: Router (affinities, top-k, gates, balance),
-// make_dispatch (token lists per expert), RoutedExperts (permute, expert GEMMs, unpermute), and the gated sum here.
+// The pieces: Router (affinities, top-k, gates, balance), moe_dispatch (rows sorted by expert, ops/moe.h),
+// RoutedExperts (permute, expert GEMMs), and moe_unpermute (rows back to tokens, weighted by the gates).
 #pragma once
 #include <functional>
 #include "moe/experts.h"

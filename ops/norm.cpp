@@ -48,10 +48,13 @@ static Tensor norm(const OpKind& kind, bool rms, const Tensor& x, const Tensor& 
                          const Tensor& g, const std::vector<bool>& n) {
                        const Tensor& x2 = sx.get();
                        const bool on_cpu = x2.device().is_cpu();
-                       const DType acc = ss.get().dtype();
+                       // dw/db: the CPU adds into f64 zeros (converted below); the CUDA kernels write every
+                       // element in x's dtype, saving a memset and a cast launch.
+                       auto grad_buf = [&] {
+                         return on_cpu ? zeros({C}, ss.get().dtype(), x2.device()) : empty({C}, x2.dtype(), x2.device());
+                       };
                        Tensor dx = empty({R, C}, x2.dtype(), x2.device());
-                       Tensor dw = n[1] ? zeros({C}, acc, x2.device()) : Tensor(),
-                              db = n[2] ? zeros({C}, acc, x2.device()) : Tensor();
+                       Tensor dw = n[1] ? grad_buf() : Tensor(), db = n[2] ? grad_buf() : Tensor();
                        const Tensor w = sw.defined() ? sw.get() : Tensor(), gc = g.contiguous().reshape({R, C});
                        if (on_cpu)
                          cpu::norm_backward(rms, x2, w, ss.get(), gc, dx, dw, db);

@@ -30,6 +30,8 @@ static Tensor softmax_raw(const char* name, const Tensor& x, int64_t dim, bool l
     const Tensor xc = x.detach().contiguous();
     int64_t outer = 1, inner = 1;
     for (int64_t d = 0; d < x.dim(); ++d) (d < dim ? outer : inner) *= d == dim ? 1 : x.size(d);
+    NT_CHECK(x.dim() == 0 || x.size(dim) <= INT32_MAX, "{}: on CUDA the softmax dimension must have at most 2^31-1 "
+             "elements, got {}", name, x.size(dim));
     NT_ON_CUDA(name, cuda::softmax_forward(x.dtype(), xc.data_ptr(), out.data_ptr(), outer, x.dim() ? x.size(dim) : 1,
                                            inner, log, stream_of(out)));
   }
@@ -100,6 +102,7 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& target, int64_t ignore_
   autograd::NoGradGuard no_grad;
   const Tensor count = sum(ne(t1, scalar_tensor((double)ignore_index, t1.dtype(), t1.device())).to(stat_t));
   const bool fused = wants_grad && reduction != Reduction::none;
+  NT_CHECK(C <= INT32_MAX, "cross_entropy: on CUDA the number of classes must be at most 2^31-1, got {}", C);
   Tensor dlogits = fused ? empty({N, C}, logits.dtype(), logits.device()) : Tensor();
   {
     DeviceFlag bad(x2);

@@ -2,6 +2,7 @@
 // multiples of any block or vector width.
 #include "cuda_util.h"
 #include "nn/transformer.h"
+#include "ops/moe.h"
 #include "nsa/nsa_attention.h"
 #include "train/adamw.h"
 #if NT_CUDA
@@ -165,6 +166,29 @@ CUDA_TEST("grouped_matmul (MoE experts): uneven and empty groups, one group with
   }
 }
 
+CUDA_TEST("moe_dispatch, moe_permute, moe_unpermute: many chunks, empty experts, every slot on one expert") {
+  // 1001 tokens x 6 choices = 6006 slots (23 chunks of 256 and a partial one); 70 experts, 67..69 never chosen.
+  // D = 203 is no multiple of a vector width; D = 256 takes the 16-byte path.
+  const Tensor spread = randint(0, 67, {1001, 6}, DType::i64), one = full({1001, 6}, 41.0, DType::i64);
+  for (const Tensor& idx : {spread, one})
+    for (DType it : {DType::i64, DType::i32}) {
+      const ExpertDispatch dc = moe_dispatch(idx.to(it), 70), dg = moe_dispatch(idx.to(it).to(cuda_device(0)), 70);
+      CHECK(dg.counts == dc.counts);
+      CHECK(dg.offsets == dc.offsets);
+      REQUIRE(dg.slot_row.device().is_cuda());
+      CHECK(dg.slot_row.to(kCPU).to_vector_as<int64_t>() == dc.slot_row.to_vector_as<int64_t>());
+    }
+  expect_error([] { moe_dispatch(full({3, 2}, 70.0, DType::i64, cuda_device(0)), 70); }, {"moe_dispatch", "0 to 69"});
+  auto on = [&](const Tensor& like) { return moe_dispatch(spread.to(like.device()), 70); };
+  for (DType dt : kFloatTypes)
+    for (int64_t D : {203, 256}) {
+      check_cuda("moe_permute", [&](const std::vector<Tensor>& v) { return moe_permute(v[0], on(v[0])); },
+                 {rnd_grad({1001, D}, 48)}, dt);
+      check_cuda("moe_unpermute", [&](const std::vector<Tensor>& v) { return moe_unpermute(v[0], v[1], on(v[0])); },
+                 {rnd_grad({6006, D}, 49), rnd_grad({1001, 6}, 50)}, dt);
+    }
+}
+
 CUDA_TEST("softmax, log_softmax, cross_entropy") {
   for (DType dt : kFloatTypes) {
     check_cuda("softmax", [](const std::vector<Tensor>& v) { return softmax(v[0] * 3.0, -1); }, {rnd_grad({7, 1037}, 50)}, dt);
@@ -179,6 +203,10 @@ CUDA_TEST("softmax, log_softmax, cross_entropy") {
       return cross_entropy(v[0], v[1], -100, Reduction::none); }, {rnd_grad({2, 9, 5003}, 54), tgt.to(DType::i32)}, dt);
     // Rows of 16-byte multiples take the vectorized chunked scan (8200 = 32 chunks of 256 + a remainder).
     check_cuda("softmax vec", [](const std::vector<Tensor>& v) { return softmax(v[0] * 3.0, -1); }, {rnd_grad({5, 8200}, 57)}, dt);
+    // Rows over 200 KiB in f32/f64 (not held in shared memory: every pass reads global memory).
+    check_cuda("softmax long rows", [](const std::vector<Tensor>& v) { return softmax(v[0] * 3.0, -1); }, {rnd_grad({2, 60000}, 55)}, dt);
+    check_cuda("cross_entropy long rows", [&](const std::vector<Tensor>& v) { return cross_entropy(v[0], v[1]); },
+               {rnd_grad({3, 60001}, 56), randint(0, 60001, {3}, DType::i64)}, dt);
     const Tensor wide_target = randint(0, 8200, {6}, DType::i64);
     check_cuda("cross_entropy vec", [&](const std::vector<Tensor>& v) { return cross_entropy(v[0], v[1]); },
                {rnd_grad({6, 8200}, 58), wide_target}, dt);
