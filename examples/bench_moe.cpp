@@ -8,6 +8,8 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <chrono>
+#include <functional>
 #include <cstdio>
 #include <map>
 #include <numeric>
@@ -29,6 +31,21 @@ namespace {
 const Device kGpu = cuda_device(0);
 
 using bench::time_ms;
+
+// Host time to queue fn (median of 20, the GPU drained before each): when it approaches the GPU time, launches
+// are what limit.
+double host_ms(const std::function<void()>& fn) {
+  std::vector<double> t;
+  for (int i = 0; i < 20; ++i) {
+    NT_CUDA_CHECK(cudaDeviceSynchronize());
+    const auto a = std::chrono::steady_clock::now();
+    fn();
+    t.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - a).count());
+  }
+  NT_CUDA_CHECK(cudaDeviceSynchronize());
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
 
 // Group offsets of tokens * top_k rows over E experts.
 std::vector<int64_t> route(int64_t tokens, int64_t top_k, int64_t E, bool skewed, uint64_t seed) {
@@ -107,8 +124,8 @@ int main(int argc, char** argv) {
       };
       for (const Row& r : rows) {
         const double g = time_ms(r.grouped), d = time_ms(r.dense);
-        std::printf("%-44s %9.2f %9.3f %11.1f %9.3f %7.0f%%  %s\n", r.name, imbalance, g, flops13 / g / 1e9, d,
-                    100 * d / g, skewed ? "skewed" : "balanced");
+        std::printf("%-44s %9.2f %9.3f %11.1f %9.3f %7.0f%%  %s  (host %.3f ms)\n", r.name, imbalance, g,
+                    flops13 / g / 1e9, d, 100 * d / g, skewed ? "skewed" : "balanced", host_ms(r.grouped));
       }
       // Backward of x @ w1: dx (grouped with w^T) and dw (per-expert x_e^T g_e), via autograd.
       Tensor xg = xs.detach().requires_grad_(), wg = w13.detach().requires_grad_();
