@@ -14,29 +14,12 @@ import sys
 import torch
 import torch.nn.functional as F
 
+from torch_timing import ms, out
+
 T, D, E, K, H, S = (int(a) for a in sys.argv[1:7])
 dev = "cuda"
 dt = torch.bfloat16
 torch.manual_seed(0)
-
-
-def ms(fn, iters=10):
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    times.sort()
-    return times[len(times) // 2]
-
-
-def out(name, v):
-    print(f"{name} {v:.4f}", flush=True)
 
 
 def param(*shape, fan_in):
@@ -79,8 +62,8 @@ def dense():
         p.grad = None
 
 
-out("moe_loop_ms", ms(moe_loop))
-out("dense_ms", ms(dense))
+out("moe_loop_ms", ms(moe_loop, 10))
+out("dense_ms", ms(dense, 10))
 
 if hasattr(torch, "_grouped_mm"):
     with torch.no_grad():

@@ -4,6 +4,8 @@ Bytes are counted as in the C++ benchmark (each input read once, each output wri
 import torch
 import torch.nn.functional as F
 
+from torch_timing import ms, out
+
 import sys
 
 dev = "cuda"
@@ -13,25 +15,6 @@ only = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--only=")
 
 def want(part):
     return only in ("", part)
-
-
-def ms(fn, iters=20):
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    times.sort()
-    return times[len(times) // 2]
-
-
-def out(name, v):
-    print(f"{name} {v:.4f}", flush=True)
 
 
 if want("memory"):
