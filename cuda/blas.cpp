@@ -22,11 +22,13 @@
 namespace nt::cuda {
 namespace {
 bool g_tf32 = false;
-// Grouped GEMMs as concurrent per-group GEMMs (default) or one cuBLAS grouped call; NT_GROUPED_GEMM=cublas picks
-// the latter at start-up.
-bool g_grouped_streams = [] {
+GroupedBackend g_grouped = [] {
   const char* v = std::getenv("NT_GROUPED_GEMM");
-  return !(v && std::string(v) == "cublas");
+  const std::string s = v ? v : "";
+  return s == "cublas"    ? GroupedBackend::cublas_grouped
+         : s == "streams" ? GroupedBackend::per_group
+         : s == "kernel"  ? GroupedBackend::kernel
+                          : GroupedBackend::automatic;
 }();
 constexpr size_t kWorkspace = 32u << 20;
 
@@ -95,7 +97,8 @@ cublasLtMatrixLayout_t make_layout(cudaDataType_t t, int64_t rows, int64_t cols,
 }  // namespace
 
 void set_allow_tf32(bool on) { g_tf32 = on; }
-void set_grouped_gemm_streams(bool on) { g_grouped_streams = on; }
+void set_grouped_gemm_backend(GroupedBackend b) { g_grouped = b; }
+GroupedBackend grouped_gemm_backend() { return g_grouped; }
 bool allow_tf32() { return g_tf32; }
 
 namespace {
@@ -231,7 +234,7 @@ void grouped_gemm(DType t, bool ta, bool tb, const std::vector<GemmGroup>& group
   }
   const int count = (int)live.size();
   if (count == 0) return;
-  if (g_grouped_streams && t != DType::f64) {
+  if (g_grouped != GroupedBackend::cublas_grouped && t != DType::f64) {
     // The largest groups first, each to the stream with the least work so far (FLOPs); the side streams start
     // after everything already queued on `stream`, and `stream` waits for all of them at the end.
     std::vector<int> order(count);

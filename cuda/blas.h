@@ -32,6 +32,26 @@ struct GemmGroup {
 void grouped_gemm(DType t, bool ta, bool tb, const std::vector<GemmGroup>& groups, int device, cudaStream_t stream);
 // f32 matmuls may use TF32 (10-bit mantissa) tensor cores; off by default, as PyTorch.
 void set_allow_tf32(bool on);
-void set_grouped_gemm_streams(bool on);
+
+// How grouped_matmul runs on CUDA. kernel: bf16 on sm_90 with K and N multiples of 8 takes the Hopper kernel below
+// (group sizes read on the device, one launch), everything else grouped_gemm() (per-group cuBLASLt over four
+// streams); per_group: always grouped_gemm(); cublas_grouped: grouped_gemm() as one cuBLAS grouped call;
+// automatic (default): kernel while groups average under 1024 rows, else per_group (H100, 2026-11-23: the kernel
+// runs at 450-510 TFLOP/s whatever the group size, per-expert cuBLASLt at 355 with 768-row groups and 690 with
+// 1365-row ones). Start-up default from NT_GROUPED_GEMM (kernel | streams | cublas).
+enum class GroupedBackend { automatic, kernel, per_group, cublas_grouped };
+void set_grouped_gemm_backend(GroupedBackend b);
+GroupedBackend grouped_gemm_backend();
+
+// The Hopper grouped GEMMs (cuda/grouped_gemm.cu), bf16 with f32 accumulation, offsets [G + 1] i32 on the device:
+//   rows:  C[o_g : o_g+1] = A[o_g : o_g+1] @ W[g] (W [G, K, N]) or @ W[g]^T (trans_w, W [G, N, K]); A [M, K], C [M, N]
+//   wgrad: C[g] = A[o_g : o_g+1]^T @ B[o_g : o_g+1], A [M, Kx], B [M, N], C [G, Kx, N] (zero for empty groups).
+// available: the device is sm_90 and this build has sm_90a code; fits: the sizes suit it (N, K multiples of 8).
+bool grouped_gemm_sm90_available(int device);
+bool grouped_gemm_sm90_fits(int64_t G, int64_t M, int64_t N, int64_t K);
+void grouped_gemm_rows_bf16(const void* A, const void* W, bool trans_w, void* C, const int32_t* offsets, int64_t G,
+                            int64_t M, int64_t N, int64_t K, int device, cudaStream_t stream);
+void grouped_gemm_wgrad_bf16(const void* A, const void* B, void* C, const int32_t* offsets, int64_t G, int64_t M,
+                             int64_t Kx, int64_t N, int device, cudaStream_t stream);
 bool allow_tf32();
 }  // namespace nt::cuda

@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cmath>
 #include <chrono>
 #include <functional>
 #include <cstdio>
@@ -112,15 +113,27 @@ int main(int argc, char** argv) {
                      false, D, 0, static_cast<const char*>(w13.data_ptr()) + e * D * H * 2, false, H, 0,
                      static_cast<char*>(out13.data_ptr()) + off[e] * H * 2, H, 0, 0, cuda::current_stream(0));
       };
+      auto with = [](cuda::GroupedBackend b, const std::function<void()>& f) {
+        return [b, f] {
+          cuda::set_grouped_gemm_backend(b);
+          f();
+          cuda::set_grouped_gemm_backend(cuda::GroupedBackend::automatic);
+        };
+      };
+      using B = cuda::GroupedBackend;
+      const bool sm90 = cuda::grouped_gemm_sm90_available(0);
       const std::vector<Row> rows = {
-          {"x @ w1 (grouped [M, D] x [E, D, H])", [&] { grouped_matmul(xs, w13, off); }, [&] { matmul(xs, dense13); }},
-          {"x @ w1 (one cuBLAS grouped call)", [&] {
-             cuda::set_grouped_gemm_streams(false);
-             grouped_matmul(xs, w13, off);
-             cuda::set_grouped_gemm_streams(true);
-           }, [&] { matmul(xs, dense13); }},
+          {sm90 ? "x @ w1 (grouped, our Hopper kernel)" : "x @ w1 (grouped, no sm_90: cuBLASLt)",
+           with(B::kernel, [&] { grouped_matmul(xs, w13, off); }), [&] { matmul(xs, dense13); }},
+          {"x @ w1 (cuBLASLt per expert, 4 streams)", with(B::per_group, [&] { grouped_matmul(xs, w13, off); }),
+           [&] { matmul(xs, dense13); }},
+          {"x @ w1 (one cuBLAS grouped call)", with(B::cublas_grouped, [&] { grouped_matmul(xs, w13, off); }),
+           [&] { matmul(xs, dense13); }},
           {"x @ w1 (cuBLASLt per expert, one stream)", lt_loop, [&] { matmul(xs, dense13); }},
-          {"h @ w2 (grouped [M, H] x [E, H, D])", [&] { grouped_matmul(hs, w2, off); }, [&] { matmul(hs, dense2); }},
+          {"h @ w2 (grouped, our kernel)", with(B::kernel, [&] { grouped_matmul(hs, w2, off); }),
+           [&] { matmul(hs, dense2); }},
+          {"h @ w2 (cuBLASLt per expert, 4 streams)", with(B::per_group, [&] { grouped_matmul(hs, w2, off); }),
+           [&] { matmul(hs, dense2); }},
       };
       for (const Row& r : rows) {
         const double g = time_ms(r.grouped), d = time_ms(r.dense);
@@ -132,16 +145,36 @@ int main(int argc, char** argv) {
       Tensor xd = xs.detach().requires_grad_(), wd = dense13.detach().requires_grad_();
       const Tensor up = rnd({M, H});
       autograd::EnableGradGuard eg;
-      const double gb = time_ms([&] {
+      auto fwd_bwd = [&] {
         grouped_matmul(xg, wg, off).backward(up);
         xg.set_grad(Tensor()), wg.set_grad(Tensor());
-      });
+      };
       const double db = time_ms([&] {
         matmul(xd, wd).backward(up);
         xd.set_grad(Tensor()), wd.set_grad(Tensor());
       });
-      std::printf("%-44s %9.2f %9.3f %11.1f %9.3f %7.0f%%  %s\n", "x @ w1 forward + backward (dx, dw)", imbalance, gb,
-                  3 * flops13 / gb / 1e9, db, 100 * db / gb, skewed ? "skewed" : "balanced");
+      for (bool ours : {true, false}) {
+        const double gb = time_ms(with(ours ? B::kernel : B::per_group, fwd_bwd));
+        std::printf("%-44s %9.2f %9.3f %11.1f %9.3f %7.0f%%  %s\n",
+                    ours ? "x @ w1 fwd + bwd (dx, dw), our kernel" : "x @ w1 fwd + bwd, cuBLASLt per expert", imbalance,
+                    gb, 3 * flops13 / gb / 1e9, db, 100 * db / gb, skewed ? "skewed" : "balanced");
+      }
+      // The kernel against per-expert cuBLASLt on these inputs: output and both gradients.
+      auto run = [&](B b) {
+        cuda::set_grouped_gemm_backend(b);
+        Tensor xa = xs.detach().requires_grad_(), wa = w13.detach().requires_grad_();
+        Tensor y = grouped_matmul(xa, wa, off);
+        y.backward(up);
+        cuda::set_grouped_gemm_backend(B::automatic);
+        return std::vector<Tensor>{y.detach().to(DType::f32), xa.grad().to(DType::f32), wa.grad().to(DType::f32)};
+      };
+      const std::vector<Tensor> ka = run(B::kernel), kb = run(B::per_group);
+      const char* names[] = {"y", "dx", "dw"};
+      std::printf("  ours vs cuBLASLt, max |diff| / max |cuBLASLt|:");
+      for (int i = 0; i < 3; ++i)
+        std::printf(" %s %.2e", names[i],
+                    std::sqrt(amax((ka[i] - kb[i]) * (ka[i] - kb[i])).item() / amax(kb[i] * kb[i]).item()));
+      std::printf("\n");
     }
 
     // The whole layer: DeepSeekMoE forward + backward against a dense SwiGLU MLP of hidden (top_k + shared) * H,

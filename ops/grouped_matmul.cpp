@@ -1,6 +1,8 @@
 // grouped_matmul (MoE experts): rows of x grouped by expert, each group times its own weight matrix. Forward and
 // backward right below: dx = the same grouped product with each w[e] transposed; dw[e] = x_e^T dy_e.
-// CPU: a loop of matmul kernels on views (the reference, f64 too); CUDA: one cuBLAS grouped GEMM per product.
+// CPU: a loop of matmul kernels on views (the reference, f64 too). CUDA: bf16 on Hopper runs each product as one
+// launch of our grouped kernel (cuda/grouped_gemm.cu, group offsets uploaded to the device without a sync); other
+// dtypes and GPUs take per-group cuBLASLt GEMMs (cuda::grouped_gemm).
 #include "autograd/graph.h"
 #include "ops/dispatch.h"
 #include "ops/matmul.h"
@@ -16,6 +18,20 @@ void matmul_forward(const Tensor& a, const Tensor& b, const Tensor& out);
 NT_REGISTER_OP(kGroupedMatmul, "grouped_matmul", true);
 
 namespace {
+#if NT_CUDA
+// The Hopper kernel applies: bf16, sm_90, sizes it supports, and the backend (cuda/blas.h) choosing it: forced, or
+// automatic with groups averaging under 1024 rows (rows: the grouped dim, the reduction of the weight gradient).
+bool use_sm90(const Tensor& t, int64_t G, int64_t rows, int64_t N, int64_t K) {
+  const cuda::GroupedBackend b = cuda::grouped_gemm_backend();
+  const bool wanted = b == cuda::GroupedBackend::kernel || (b == cuda::GroupedBackend::automatic && rows < 1024 * G);
+  return t.dtype() == DType::bf16 && wanted && cuda::grouped_gemm_sm90_fits(G, rows, N, K) &&
+         cuda::grouped_gemm_sm90_available(t.device().index);
+}
+Tensor device_offsets(const std::vector<int64_t>& offsets, Device device) {
+  return from_vector(std::vector<double>(offsets.begin(), offsets.end()), {(int64_t)offsets.size()}, DType::i32, device);
+}
+#endif
+
 // out [M, N] = per group e: x rows [o_e, o_e+1) @ w[e] (w [E, K, N]), or @ w[e]^T when trans_w (w [E, N, K]).
 void grouped_forward(const Tensor& x, const Tensor& w, const std::vector<int64_t>& offsets, bool trans_w,
                      const Tensor& out) {
@@ -31,6 +47,13 @@ void grouped_forward(const Tensor& x, const Tensor& w, const std::vector<int64_t
   }
 #if NT_CUDA
   const int64_t K = x.size(1), es = dtype_size(x.dtype());
+  if (use_sm90(x, E, x.size(0), N, K)) {
+    const Tensor off = device_offsets(offsets, x.device());
+    cuda::grouped_gemm_rows_bf16(x.data_ptr(), w.data_ptr(), trans_w, out.data_ptr(),
+                                 static_cast<const int32_t*>(off.data_ptr()), E, x.size(0), N, K, x.device().index,
+                                 stream_of(out));
+    return;
+  }
   std::vector<cuda::GemmGroup> groups;
   for (int64_t e = 0; e < E; ++e)
     groups.push_back({offsets[e + 1] - offsets[e], N, K, static_cast<const char*>(x.data_ptr()) + offsets[e] * K * es, K,
@@ -56,6 +79,12 @@ Tensor grouped_weight_grad(const Tensor& a, const Tensor& b, const std::vector<i
   }
 #if NT_CUDA
   const int64_t es = dtype_size(a.dtype());
+  if (use_sm90(a, E, a.size(0), N, K)) {
+    const Tensor off = device_offsets(offsets, a.device());
+    cuda::grouped_gemm_wgrad_bf16(a.data_ptr(), b.data_ptr(), dw.data_ptr(), static_cast<const int32_t*>(off.data_ptr()),
+                                  E, a.size(0), K, N, a.device().index, stream_of(dw));
+    return dw;
+  }
   std::vector<cuda::GemmGroup> groups;
   for (int64_t e = 0; e < E; ++e)  // K_g = rows of the group: 0 rows give a zero block
     groups.push_back({K, N, offsets[e + 1] - offsets[e], static_cast<const char*>(a.data_ptr()) + offsets[e] * K * es, K,

@@ -8,6 +8,7 @@
 #if NT_CUDA
 #include "cuda/allocator.h"
 #include "cuda/blas.h"
+#include "cuda/check.h"
 #include "cuda/kernels.h"
 #endif
 
@@ -164,6 +165,37 @@ CUDA_TEST("grouped_matmul (MoE experts): uneven and empty groups, one group with
     check_cuda("grouped_matmul one group", [&](const std::vector<Tensor>& v) { return grouped_matmul(v[0], v[1], one); },
                {rnd_grad({97, 33}, 46), rnd_grad({4, 33, 18}, 47)}, dt, t);
   }
+}
+
+CUDA_TEST("grouped_matmul bf16 on the Hopper kernel: group ends inside tiles, empty groups, both tile widths") {
+  // K and N multiples of 8 (the kernel's condition) but of no tile size: 128-wide column tiles for N = 120 and 264,
+  // 256-wide for N = 200 and 136. 70 groups (more than one warp's scan) of 0 to 300 rows: group ends fall inside
+  // the kernel's 128-row output and 64-row reduction tiles (the weight gradient's tail masking).
+  // On a GPU without the kernel (not sm_90) this runs the cuBLAS path, still against the CPU reference.
+  cuda::set_grouped_gemm_backend(cuda::GroupedBackend::kernel);
+  struct Restore {
+    ~Restore() { cuda::set_grouped_gemm_backend(cuda::GroupedBackend::automatic); }
+  } restore;
+  int major = 0, minor = 0;
+  NT_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0));
+  NT_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, 0));
+  if (major == 9 && minor == 0) CHECK(cuda::grouped_gemm_sm90_available(0));
+  std::vector<int64_t> off{0};
+  for (int e = 0; e < 70; ++e) off.push_back(off.back() + (e % 5 == 0 ? 0 : e == 7 ? 300 : (e * 37) % 131));
+  const int64_t M = off.back();
+  const Tol t{0.15, 3e-2};
+  for (auto [K, N] : {std::pair<int64_t, int64_t>{136, 200}, {200, 120}, {64, 264}}) {
+    INFO("K " << K << " N " << N << " rows " << M);
+    check_cuda("grouped_matmul sm90", [&](const std::vector<Tensor>& v) { return grouped_matmul(v[0], v[1], off); },
+               {rnd_grad({M, K}, 48 + K), rnd_grad({70, K, N}, 49 + N)}, DType::bf16, t);
+  }
+  // All rows in one group of 70 (the others empty), and a batch smaller than one tile.
+  std::vector<int64_t> one(71, 0);
+  for (int e = 40; e < 71; ++e) one[e] = 1000;
+  check_cuda("grouped_matmul sm90 one group", [&](const std::vector<Tensor>& v) { return grouped_matmul(v[0], v[1], one); },
+             {rnd_grad({1000, 72}, 50), rnd_grad({70, 72, 48}, 51)}, DType::bf16, t);
+  check_cuda("grouped_matmul sm90 tiny", [&](const std::vector<Tensor>& v) { return grouped_matmul(v[0], v[1], {0, 3, 5}); },
+             {rnd_grad({5, 16}, 52), rnd_grad({2, 16, 8}, 53)}, DType::bf16, t);
 }
 
 CUDA_TEST("moe_dispatch, moe_permute, moe_unpermute: many chunks, empty experts, every slot on one expert") {
