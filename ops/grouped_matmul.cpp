@@ -24,7 +24,8 @@ namespace {
 bool use_sm90(const Tensor& t, int64_t G, int64_t rows, int64_t N, int64_t K) {
   const cuda::GroupedBackend b = cuda::grouped_gemm_backend();
   const bool wanted = b == cuda::GroupedBackend::kernel || (b == cuda::GroupedBackend::automatic && rows < 1024 * G);
-  return t.dtype() == DType::bf16 && wanted && cuda::grouped_gemm_sm90_fits(G, rows, N, K) &&
+  // No rows: the cuBLAS path writes the zeros without touching the (empty) inputs.
+  return t.dtype() == DType::bf16 && wanted && rows > 0 && cuda::grouped_gemm_sm90_fits(G, rows, N, K) &&
          cuda::grouped_gemm_sm90_available(t.device().index);
 }
 Tensor device_offsets(const std::vector<int64_t>& offsets, Device device) {
