@@ -4,6 +4,11 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <map>
+#include <mutex>
+#include <unordered_map>
+
 #include "cuda/allocator.h"
 #include "cuda/check.h"
 #include "cuda/runtime.h"
@@ -52,5 +57,111 @@ void copy_d2h(void* dst, const void* src, size_t bytes, int device) {
 void copy_d2d(void* dst, const void* src, size_t bytes, int device) {
   NT_CUDA_CHECK(cudaSetDevice(device));
   NT_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, current_stream(device)));
+}
+
+namespace {
+struct PinnedCache {
+  std::mutex m;
+  std::multimap<size_t, void*> free_blocks;  // size -> block
+  std::unordered_map<void*, size_t> size_of;  // every block, live or cached
+  size_t cached = 0;
+};
+PinnedCache& pinned_cache() {
+  static PinnedCache* c = new PinnedCache;  // never destroyed: blocks may be freed during static destruction
+  return *c;
+}
+}  // namespace
+
+void* host_malloc_pinned(size_t bytes) {
+  // Rounded as the device allocator rounds (512 B, or 2 MiB above 1 MiB), so repeated shapes hit the cache.
+  const size_t size = bytes <= (1u << 20) ? std::max<size_t>(512, (bytes + 511) / 512 * 512)
+                                          : (bytes + (2u << 20) - 1) / (2u << 20) * (2u << 20);
+  PinnedCache& c = pinned_cache();
+  {
+    std::lock_guard<std::mutex> lock(c.m);
+    auto it = c.free_blocks.lower_bound(size);
+    if (it != c.free_blocks.end() && it->first <= size + size / 8) {  // at most an eighth wasted
+      void* p = it->second;
+      c.cached -= it->first;
+      c.free_blocks.erase(it);
+      return p;
+    }
+  }
+  void* p = nullptr;
+  NT_CUDA_CHECK(cudaHostAlloc(&p, size, cudaHostAllocPortable));
+  std::lock_guard<std::mutex> lock(c.m);
+  c.size_of[p] = size;
+  return p;
+}
+void host_free_pinned(void* ptr) {
+  if (!ptr) return;
+  PinnedCache& c = pinned_cache();
+  std::lock_guard<std::mutex> lock(c.m);
+  const size_t size = c.size_of.at(ptr);
+  c.free_blocks.emplace(size, ptr);
+  c.cached += size;
+}
+size_t host_pinned_cached_bytes() {
+  PinnedCache& c = pinned_cache();
+  std::lock_guard<std::mutex> lock(c.m);
+  return c.cached;
+}
+
+namespace {
+cudaStream_t copy_stream(int device) {
+  static std::mutex m;
+  static cudaStream_t streams[64] = {};
+  std::lock_guard<std::mutex> lock(m);
+  if (!streams[device]) {
+    NT_CUDA_CHECK(cudaSetDevice(device));
+    NT_CUDA_CHECK(cudaStreamCreateWithFlags(&streams[device], cudaStreamNonBlocking));
+  }
+  return streams[device];
+}
+cudaEvent_t new_event() {
+  cudaEvent_t e;
+  NT_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  return e;
+}
+}  // namespace
+
+Upload::Upload(const std::vector<CopySpan>& spans, int device) : device_(device) {
+  NT_CUDA_CHECK(cudaSetDevice(device));
+  cudaStream_t cs = copy_stream(device);
+  cudaEvent_t before = new_event();
+  NT_CUDA_CHECK(cudaEventRecord(before, current_stream(device)));
+  NT_CUDA_CHECK(cudaStreamWaitEvent(cs, before, 0));
+  NT_CUDA_CHECK(cudaEventDestroy(before));  // released once the wait is done
+  for (const CopySpan& c : spans)
+    if (c.bytes) NT_CUDA_CHECK(cudaMemcpyAsync(c.dst, c.src, c.bytes, cudaMemcpyHostToDevice, cs));
+  cudaEvent_t done = new_event();
+  NT_CUDA_CHECK(cudaEventRecord(done, cs));
+  event_ = done;
+}
+Upload::Upload(Upload&& o) noexcept : event_(o.event_), device_(o.device_) { o.event_ = nullptr; }
+Upload& Upload::operator=(Upload&& o) noexcept {
+  if (this != &o) {
+    try {
+      wait();
+    } catch (...) {
+    }
+    event_ = o.event_, device_ = o.device_;
+    o.event_ = nullptr;
+  }
+  return *this;
+}
+Upload::~Upload() {
+  try {
+    wait();
+  } catch (...) {
+  }
+}
+void Upload::wait() {
+  if (!event_) return;
+  cudaEvent_t e = static_cast<cudaEvent_t>(event_);
+  event_ = nullptr;
+  NT_CUDA_CHECK(cudaSetDevice(device_));
+  NT_CUDA_CHECK(cudaStreamWaitEvent(current_stream(device_), e, 0));
+  NT_CUDA_CHECK(cudaEventDestroy(e));
 }
 }  // namespace nt::cuda

@@ -2,7 +2,10 @@
 // the whole DeepSeekMoE layer (router, dispatch, experts, shared experts, gated sum) forward + backward against a
 // dense SwiGLU MLP with the same active FLOPs, in the same run; and, when python3 has torch, PyTorch's usual
 // loop-over-experts layer and torch._grouped_mm (scripts/bench_moe_torch.py).
-//   build/examples/bench_moe [tokens=8192] [dim=2048] [experts=64] [top_k=6] [hidden=1408] [shared=2]
+// With offload_layers=L (default 4; 0 skips it), a stack of L MoE layers with the experts resident on the GPU against
+// the same stack with them offloaded to pinned host memory (moe/offload.h): time and peak GPU memory of a forward
+// and of a forward + backward, against the time the uploads alone take.
+//   build/examples/bench_moe [tokens=8192] [dim=2048] [experts=64] [top_k=6] [hidden=1408] [shared=2] [offload_layers=4]
 // Routing for the GEMM table: each token's top_k distinct experts drawn uniformly ("balanced") or with expert e
 // drawn in proportion to 1 / (e + 1) ("skewed": the busiest expert gets about 8x the mean load at 64 experts).
 #include <cuda_runtime.h>
@@ -23,7 +26,9 @@
 #include "cuda/profiler.h"
 #include "cuda/memory.h"
 #include "cuda/runtime.h"
+#include "cuda/allocator.h"
 #include "moe/moe_layer.h"
+#include "moe/offload.h"
 #include "ops/ops.h"
 
 using namespace nt;
@@ -66,17 +71,86 @@ std::vector<int64_t> route(int64_t tokens, int64_t top_k, int64_t E, bool skewed
   for (int64_t e = 0; e < E; ++e) off[e + 1] = off[e] + counts[e];
   return off;
 }
+
+// L MoE layers in a row, resident vs offloaded experts: GPU memory held, peak and time of a forward (inference, no
+// autograd) and of a forward + backward; the uploads' own time (one layer's experts through cuda::Upload) is the
+// floor for the offloaded runs, which move every layer's experts once per forward and twice per forward + backward
+// (plus the weight gradients back to the host).
+void offload_table(const moe::MoEConfig& mc, int64_t T, int64_t L) {
+  const double GiB = 1024.0 * 1024.0 * 1024.0;
+  auto allocated = [] { return (double)cuda::allocator_stats(0).allocated; };
+  auto peak = [] { return (double)cuda::allocator_stats(0).peak_allocated; };
+  std::printf("\n%lld MoE layers (bf16, %lld tokens), experts resident vs offloaded to pinned host memory\n",
+              (long long)L, (long long)T);
+  std::printf("%-28s %10s %11s %11s %11s %11s\n", "", "held GiB", "fwd ms", "fwd peak", "fwd+bwd ms", "f+b peak");
+  Generator gen(11);
+  const Tensor x0 = (randn({1, T, mc.dim}, DType::f32, kGpu, &gen) * 0.5).to(DType::bf16).requires_grad_();
+  double expert_bytes = 0;
+  for (bool offloaded : {false, true}) {
+    NT_CUDA_CHECK(cudaDeviceSynchronize());
+    const double base = allocated();
+    std::vector<std::shared_ptr<moe::DeepSeekMoE>> layers;
+    Generator init(3);
+    for (int64_t i = 0; i < L; ++i) layers.push_back(std::make_shared<moe::DeepSeekMoE>(mc, nn::Init{DType::bf16, kGpu, &init}));
+    expert_bytes = 3.0 * (double)layers[0]->experts->w1.numel() * 2.0;
+    if (offloaded) {  // as offload_experts links an LM's layers
+      for (int64_t i = 0; i < L; ++i) layers[i]->experts->offload(kGpu);
+      for (int64_t i = 0; i + 1 < L; ++i)
+        layers[i]->experts->next_offloaded = layers[i + 1]->experts.get(),
+        layers[i + 1]->experts->prev_offloaded = layers[i]->experts.get();
+    }
+    NT_CUDA_CHECK(cudaDeviceSynchronize());
+    const double held = allocated() - base;
+    auto forward = [&] {
+      Tensor y = x0;
+      for (auto& l : layers) y = y + l->forward(y);
+      return y;
+    };
+    double fwd_ms, fwd_peak, fb_ms, fb_peak;
+    {
+      autograd::NoGradGuard ng;
+      fwd_ms = time_ms([&] { forward(); }, 5);
+      NT_CUDA_CHECK(cudaDeviceSynchronize());
+      cuda::reset_peak_stats(0);
+      forward();
+      NT_CUDA_CHECK(cudaDeviceSynchronize());
+      fwd_peak = peak() - base;
+    }
+    auto train_step = [&] {
+      Tensor loss = sum(forward().to(DType::f32));
+      loss.backward();
+      for (auto& l : layers)
+        for (Tensor p : l->parameters()) p.set_grad(Tensor());
+      x0.set_grad(Tensor());
+    };
+    fb_ms = time_ms(train_step, 5);
+    NT_CUDA_CHECK(cudaDeviceSynchronize());
+    cuda::reset_peak_stats(0);
+    train_step();
+    NT_CUDA_CHECK(cudaDeviceSynchronize());
+    fb_peak = peak() - base;
+    std::printf("%-28s %10.2f %11.2f %11.2f %11.2f %11.2f\n", offloaded ? "offloaded experts" : "resident experts",
+                held / GiB, fwd_ms, fwd_peak / GiB, fb_ms, fb_peak / GiB);
+  }
+  // The uploads alone: one layer's experts from pinned memory, as the offloaded layers do them.
+  const int64_t n = (int64_t)(expert_bytes / 2);
+  Tensor host = empty({n}, DType::bf16).pin_memory(), dst = empty({n}, DType::bf16, kGpu);
+  const double up_ms = time_ms([&] { cuda::Upload({{dst.data_ptr(), host.data_ptr(), (size_t)expert_bytes}}, 0).wait(); }, 5);
+  std::printf("upload of one layer's experts (%.2f GiB, pinned): %.2f ms = %.1f GB/s; %lld layers: %.1f ms per forward\n",
+              expert_bytes / GiB, up_ms, expert_bytes / up_ms / 1e6, (long long)L, up_ms * (double)L);
+}
 }  // namespace
 
 int main(int argc, char** argv) {
   try {
     std::map<std::string, int64_t> a{{"tokens", 8192}, {"dim", 2048}, {"experts", 64}, {"top_k", 6}, {"hidden", 1408},
-                                     {"shared", 2}};
+                                     {"shared", 2}, {"offload_layers", 4}};
     for (int i = 1; i < argc; ++i) {
       const std::string s = argv[i];
       const size_t eq = s.find('=');
       NT_CHECK(eq != std::string::npos && a.count(s.substr(0, eq)),
-               "bench_moe: unknown argument '{}'; use tokens=, dim=, experts=, top_k=, hidden=, shared=", s);
+               "bench_moe: unknown argument '{}'; use tokens=, dim=, experts=, top_k=, hidden=, shared=, offload_layers=",
+               s);
       a[s.substr(0, eq)] = std::stoll(s.substr(eq + 1));
     }
     NT_CHECK(cuda::available(), "bench_moe: needs a GPU");
@@ -221,6 +295,7 @@ int main(int argc, char** argv) {
     prof.start();
     for (int i = 0; i < 3; ++i) step(layer);
     std::printf("\nprofile of 3 DeepSeekMoE forward + backward steps:\n%s", prof.stop(25).c_str());
+    if (a["offload_layers"] > 0) offload_table(mc, T, a["offload_layers"]);
   } catch (const Error& e) {
     std::fprintf(stderr, "%s\n", e.what());
     return 1;

@@ -38,6 +38,7 @@
 #include "nn/safetensors.h"
 #include "nn/transformer.h"
 #include "moe/moe_layer.h"
+#include "moe/offload.h"
 #include "nsa/nsa_layer.h"
 #include "train/adamw.h"
 #include "train/checkpoint.h"
@@ -75,6 +76,7 @@ struct Settings {
   std::string mlp;  // dense or moe
   moe::MoEConfig moe;
   int64_t moe_first_dense = 0;
+  bool moe_offload = false;
 };
 
 // Reads every value up front, so check_all_read() reports unknown keys before any work starts.
@@ -95,6 +97,7 @@ Settings read(const train::Config& c) {
   s.moe.n_routed = c.get_int("model.moe.n_routed"), s.moe.top_k = c.get_int("model.moe.top_k");
   s.moe.n_shared = c.get_int("model.moe.n_shared"), s.moe.expert_hidden = c.get_int("model.moe.expert_hidden");
   s.moe_first_dense = c.get_int("model.moe.first_dense");
+  s.moe_offload = c.get_bool("model.moe.offload");
   s.moe.router.affinity = c.get_string("model.moe.affinity", {"softmax", "sigmoid"});
   s.moe.router.normalize_topk = c.get_bool("model.moe.normalize_topk");
   s.moe.router.aux_loss_coef = c.get_double("model.moe.aux_loss_coef");
@@ -279,6 +282,13 @@ int main(int argc, char** argv) {
     lm.to(dev);
     // bf16: the model computes in bf16 and AdamW keeps f32 master weights (train/adamw.h).
     if (s.precision == "bf16") lm.to(DType::bf16);
+    if (s.mlp == "moe" && s.moe_offload) {
+      NT_CHECK(dev.is_cuda() && !distributed, "train_lm: model.moe.offload=true needs one GPU (device {}, {} processes)",
+               dev.str(), distributed ? "several" : "one");
+      const int64_t n = moe::offload_experts(lm);
+      std::printf("offloaded the routed experts of %lld MoE layers to pinned host memory (AdamW updates them on the "
+                  "host)\n", (long long)n);
+    }
     const double peak_tflops = s.peak_tflops > 0 ? s.peak_tflops : default_peak_tflops(dev, s.precision);
     // Training FLOPs per token: 6 per parameter (forward + backward matmuls; the tied embedding counts once, as the
     // output projection) plus causal attention's 6 * layers * T * dim (q.k and p.v over T / 2 keys on average).

@@ -2,6 +2,9 @@
 
 #include <cmath>
 
+#include "autograd/graph.h"
+#include "moe/offload.h"
+
 namespace nt::moe {
 
 RoutedExperts::RoutedExperts(int64_t E, int64_t d, int64_t h, const nn::Init& init) : n_experts(E), dim(d), hidden(h) {
@@ -24,8 +27,49 @@ Tensor RoutedExperts::forward(const Tensor& x, const ExpertDispatch& d) const {
            n_experts, x.size(0));
   if (d.n_tokens == 0) return zeros({0, dim}, x.dtype(), x.device());
   const Tensor xs = moe_permute(x, d);  // [N * top_k, dim] in expert order
-  const Tensor h = swiglu(grouped_matmul(xs, w1, d.offsets), grouped_matmul(xs, w3, d.offsets));
-  return grouped_matmul(h, w2, d.offsets);
+  if (!staged_) return run(xs, w1, w2, w3, d);
+  NT_CHECK(x.device() == staged_->device(), "RoutedExperts: offloaded to {}, but x is on {}", staged_->device().str(),
+           x.device().str());
+  staged_->ready();
+  if (next_offloaded) next_offloaded->prefetch();  // travels while this layer and the next attention compute
+  const std::vector<Tensor> w = staged_->device_tensors();
+  if (!autograd::grad_enabled()) {
+    const Tensor y = run(xs, w[0], w[1], w[2], d);
+    staged_->release();
+    return y;
+  }
+  // As fully sharded training does with a block's weights: the copies are freed after the forward, although
+  // autograd saved them; a hook on the output stages them again before the backward reaches the experts, and one
+  // on the input frees them once the experts' backward is done.
+  auto st = staged_;
+  const Tensor in = autograd::on_backward(xs, [st] { st->release(); });
+  const Tensor y = run(in, w[0], w[1], w[2], d);
+  staged_->release();
+  return autograd::on_backward(y, [st, prev = prev_offloaded] {
+    st->ready();
+    if (prev) prev->prefetch();
+  });
+}
+
+Tensor RoutedExperts::run(const Tensor& xs, const Tensor& a, const Tensor& b, const Tensor& c,
+                          const ExpertDispatch& d) const {
+  const Tensor h = swiglu(grouped_matmul(xs, a, d.offsets), grouped_matmul(xs, c, d.offsets));
+  return grouped_matmul(h, b, d.offsets);
+}
+
+void RoutedExperts::offload(Device device) {
+  NT_CHECK(!staged_, "RoutedExperts::offload: already offloaded");
+  NT_CHECK(device.is_cuda(), "RoutedExperts::offload: the compute device must be a GPU, got {}", device.str());
+  for (Tensor* w : {&w1, &w2, &w3}) {
+    const bool rg = w->requires_grad();
+    *w = w->detach().pin_memory();
+    w->requires_grad_(rg);
+  }
+  staged_ = std::make_shared<HostStagedWeights>(std::vector<Tensor>{w1, w2, w3}, device);
+}
+
+void RoutedExperts::prefetch() const {
+  if (staged_) staged_->stage();
 }
 
 }  // namespace nt::moe

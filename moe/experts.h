@@ -6,10 +6,14 @@
 // the dispatch offsets (grouped_matmul: one cuBLAS grouped GEMM each on the GPU). Exact work, no padding, no
 // per-expert ops; gradients flow through the same ops (empty experts get zero slices).
 #pragma once
+#include <memory>
+
 #include "nn/layers.h"
 #include "ops/moe.h"
 
 namespace nt::moe {
+
+class HostStagedWeights;
 
 class RoutedExperts : public nn::Module {
  public:
@@ -18,8 +22,23 @@ class RoutedExperts : public nn::Module {
   // (ungated; moe_unpermute combines them). Experts without rows get zero gradient slices.
   Tensor forward(const Tensor& x, const ExpertDispatch& d) const;
 
+  // Offloading (moe/offload.h): w1, w2, w3 move to pinned host memory (they become CPU tensors: their gradients and
+  // an optimizer's state for them live on the host) and are uploaded to `device` for each use: before the forward,
+  // again before the backward (the copies autograd saved are freed in between), and freed after each. Uploads run
+  // on a copy stream; prefetch() starts one early. The forward starts next_offloaded's prefetch and the backward
+  // prev_offloaded's (offload_experts links a model's layers).
+  void offload(Device device);
+  bool offloaded() const { return staged_ != nullptr; }
+  void prefetch() const;
+  RoutedExperts* next_offloaded = nullptr;
+  RoutedExperts* prev_offloaded = nullptr;
+
   Tensor w1, w2, w3;
   int64_t n_experts, dim, hidden;
+
+ private:
+  Tensor run(const Tensor& xs, const Tensor& w1, const Tensor& w2, const Tensor& w3, const ExpertDispatch& d) const;
+  std::shared_ptr<HostStagedWeights> staged_;
 };
 
 }  // namespace nt::moe

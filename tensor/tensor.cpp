@@ -64,12 +64,17 @@ int64_t wrap_dim(int64_t dim, int64_t ndim, const char* op) {
   return dim < 0 ? dim + n : dim;
 }
 
-Storage::Storage(size_t n, Device dev) : nbytes(n), device(dev) { reallocate(); }
+Storage::Storage(size_t n, Device dev, bool pin) : nbytes(n), device(dev), pinned(pin) {
+  NT_CHECK(!pin || dev.is_cpu(), "pinned memory is host memory, not {}", dev.str());
+  reallocate();
+}
 void Storage::reallocate() {
   if (data) return;
   const size_t n = nbytes;
   const Device dev = device;
-  if (dev.is_cpu()) {
+  if (pinned) {
+    data = cuda::host_malloc_pinned(n);
+  } else if (dev.is_cpu()) {
     // 64-byte aligned so vectorized loops and BLAS get aligned rows; at least 64 bytes so empty tensors own memory.
     const size_t sz = std::max<size_t>(64, (n + 63) / 64 * 64);
     data = std::aligned_alloc(64, sz);
@@ -82,7 +87,9 @@ void Storage::reallocate() {
 Storage::~Storage() { release(); }
 void Storage::release() {
   if (!data) return;
-  if (device.is_cpu())
+  if (pinned)
+    cuda::host_free_pinned(data);
+  else if (device.is_cpu())
     std::free(data);
   else
     cuda::device_free(data, device.index);
@@ -133,6 +140,24 @@ Tensor full(const Shape& shape, double value, DType dtype, Device device) {
 }
 Tensor zeros(const Shape& shape, DType dtype, Device device) { return full(shape, 0.0, dtype, device); }
 Tensor ones(const Shape& shape, DType dtype, Device device) { return full(shape, 1.0, dtype, device); }
+Tensor empty_pinned(const Shape& shape, DType dtype) {
+  NT_CHECK(cuda::available(), "pin_memory: page-locked memory needs a CUDA device (found none)");
+  for (int64_t d : shape) NT_CHECK(d >= 0, "empty_pinned: negative dimension in shape {}", shape_str(shape));
+  auto impl = std::make_shared<TensorImpl>();
+  impl->storage = std::make_shared<Storage>(shape_numel(shape) * dtype_size(dtype), kCPU, /*pinned=*/true);
+  impl->shape = shape;
+  impl->strides = contiguous_strides(shape);
+  impl->dtype = dtype;
+  return Tensor(impl);
+}
+
+Tensor Tensor::pin_memory() const {
+  Tensor out = empty_pinned(shape(), dtype());
+  autograd::NoGradGuard no_grad;
+  out.copy_(*this);
+  return out;
+}
+
 Tensor empty_like(const Tensor& t) { return empty(t.shape(), t.dtype(), t.device()); }
 Tensor zeros_like(const Tensor& t) { return zeros(t.shape(), t.dtype(), t.device()); }
 Tensor ones_like(const Tensor& t) { return ones(t.shape(), t.dtype(), t.device()); }

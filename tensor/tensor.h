@@ -26,9 +26,10 @@ struct Storage {
   void* data = nullptr;
   size_t nbytes = 0;
   Device device;
+  bool pinned = false;  // CPU storage in page-locked memory (Tensor::pin_memory)
   // Bumped by every in-place write; saved tensors compare it to detect modification before backward.
   std::atomic<uint64_t> version{0};
-  Storage(size_t nbytes, Device device);
+  Storage(size_t nbytes, Device device, bool pinned = false);
   ~Storage();
   // Fully sharded training (dist/fsdp.h) frees a parameter's memory between uses and allocates it again before the
   // next one; every tensor sharing the storage sees the same memory. Reading released memory is an error.
@@ -100,6 +101,10 @@ class Tensor {
   Tensor clone() const;
   Tensor to(DType dtype) const;
   Tensor to(Device device) const;
+  // A contiguous copy in page-locked host memory (as PyTorch's pin_memory; not recorded by autograd), from which
+  // uploads to a GPU run asynchronously (cuda::Upload). Needs a CUDA device.
+  Tensor pin_memory() const;
+  bool is_pinned() const { return impl_->storage->pinned; }
 
   // ---- element access ----
   double item() const;  // one-element tensors only
@@ -141,6 +146,8 @@ inline Tensor arange(int64_t n, DType dtype = DType::i64, Device device = kCPU) 
   return arange(0.0, (double)n, 1.0, dtype, device);
 }
 Tensor empty_like(const Tensor& t);
+// Uninitialized CPU tensor in page-locked memory (see Tensor::pin_memory). Needs a CUDA device.
+Tensor empty_pinned(const Shape& shape, DType dtype = DType::f32);
 Tensor zeros_like(const Tensor& t);
 Tensor ones_like(const Tensor& t);
 // A tensor holding `values` (converted to dtype) with the given shape.

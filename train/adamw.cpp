@@ -98,6 +98,23 @@ double squared_norm(const std::vector<Tensor>& grads) {
 }  // namespace
 
 Tensor sum_of_squares(const std::vector<Tensor>& grads) {
+  // Gradients on several devices (offloaded MoE experts keep theirs on the host): each device's sum, added on the
+  // host.
+  std::vector<Device> devices;
+  for (const Tensor& g : grads)
+    if (g.defined() && std::find(devices.begin(), devices.end(), g.device()) == devices.end())
+      devices.push_back(g.device());
+  if (devices.size() > 1) {
+    Tensor total;
+    for (const Device& dev : devices) {
+      std::vector<Tensor> on;
+      for (const Tensor& g : grads)
+        if (g.defined() && g.device() == dev) on.push_back(g);
+      const Tensor part = sum_of_squares(on).to(kCPU);
+      total = total.defined() ? total + part : part;
+    }
+    return total;
+  }
 #if NT_CUDA
   std::vector<Tensor> dense;
   bool one_gpu = true;

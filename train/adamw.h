@@ -70,7 +70,8 @@ void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, doubl
 
 // The sum of squares of every defined tensor (f64, f32 or bf16) as a [1] f64 tensor on their device, not read
 // back; undefined when none is defined. On one GPU: one kernel over all of them (cuda::sum_squares_chunks), no f32
-// copies of bf16 tensors; elsewhere per tensor in f32 (f64 for f64), summed in f64.
+// copies of bf16 tensors; elsewhere per tensor in f32 (f64 for f64), summed in f64. Tensors on several devices: on
+// the host (each device's sum read back).
 Tensor sum_of_squares(const std::vector<Tensor>& tensors);
 
 // Scales every gradient so that their global L2 norm is at most max_norm; returns the norm before clipping.

@@ -203,7 +203,7 @@ void read_like_train_lm(const Config& c) {
   for (const char* k : {"model.moe.n_routed", "model.moe.top_k", "model.moe.expert_hidden"}) CHECK(c.get_int(k) > 0);
   for (const char* k : {"model.moe.n_shared", "model.moe.first_dense"}) CHECK(c.get_int(k) >= 0);
   c.get_string("model.moe.affinity", {"softmax", "sigmoid"});
-  c.get_bool("model.moe.normalize_topk"), c.get_bool("model.moe.aux_free");
+  c.get_bool("model.moe.normalize_topk"), c.get_bool("model.moe.aux_free"), c.get_bool("model.moe.offload");
   CHECK(c.get_double("model.moe.aux_loss_coef") >= 0);
   CHECK(c.get_double("model.moe.bias_update_speed") >= 0);
   CHECK(c.get_int("model.dim") % c.get_int("model.heads") == 0);
