@@ -1,0 +1,147 @@
+// NSA benchmark (GPU): the nsa_attention op (compressed, selected and window branches with their gates; the
+// paper's l = 32, d = 16, l' = 64, n = 16, w = 512) against dense causal attention on the same shapes in the same
+// run: our flash_attention, and PyTorch's scaled_dot_product_attention when python3 with torch is present
+// (scripts/bench_nsa_torch.py). Forward and forward + backward time and peak GPU memory (caching allocator; torch's
+// max_memory_allocated), batch 1, bf16.
+//   build/examples/bench_nsa [T=8192,16384,32768,65536] [hq=64] [hkv=4] [d=128]
+// The compressed keys and values are inputs of the op (the compression MLP phi is a separate GEMM composite, not
+// timed here); NSA's gate projection and the dense model's projections are not timed either.
+// Long calls are timed fewer times: after one warm-up, up to 5 runs or until 3 s have passed (at least one).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <functional>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "bench_timing.h"
+#include "cuda/allocator.h"
+#include "cuda/check.h"
+#include "cuda/memory.h"
+#include "cuda/runtime.h"
+#include "nsa/nsa_attention.h"
+#include "ops/ops.h"
+
+using namespace nt;
+
+namespace {
+const Device kGpu = cuda_device(0);
+
+// Median ms of fn (CUDA events on the library's stream) and the peak GPU memory above `base` during one call, GiB.
+std::pair<double, double> measure(const std::function<void()>& fn) {
+  cudaStream_t s = cuda::current_stream(0);
+  fn();  // warm-up
+  NT_CUDA_CHECK(cudaDeviceSynchronize());
+  const double base = (double)cuda::allocator_stats(0).allocated;
+  cuda::reset_peak_stats(0);
+  std::vector<float> t;
+  cudaEvent_t a, b;
+  NT_CUDA_CHECK(cudaEventCreate(&a));
+  NT_CUDA_CHECK(cudaEventCreate(&b));
+  const auto start = std::chrono::steady_clock::now();
+  while (t.empty() || (t.size() < 5 && std::chrono::steady_clock::now() - start < std::chrono::seconds(3))) {
+    NT_CUDA_CHECK(cudaEventRecord(a, s));
+    fn();
+    NT_CUDA_CHECK(cudaEventRecord(b, s));
+    NT_CUDA_CHECK(cudaEventSynchronize(b));
+    float ms = 0;
+    NT_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
+    t.push_back(ms);
+  }
+  cudaEventDestroy(a), cudaEventDestroy(b);
+  std::sort(t.begin(), t.end());
+  const double peak = ((double)cuda::allocator_stats(0).peak_allocated - base) / (1024.0 * 1024.0 * 1024.0);
+  return {t[t.size() / 2], peak};
+}
+
+std::vector<int64_t> parse_list(const std::string& s) {
+  std::vector<int64_t> v;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) v.push_back(std::stoll(item));
+  return v;
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // rows appear as they are measured (long runs)
+  try {
+    std::vector<int64_t> Ts = {8192, 16384, 32768, 65536};
+    std::map<std::string, int64_t> a{{"hq", 64}, {"hkv", 4}, {"d", 128}};
+    for (int i = 1; i < argc; ++i) {
+      const std::string s = argv[i];
+      const size_t eq = s.find('=');
+      const std::string key = eq == std::string::npos ? s : s.substr(0, eq);
+      NT_CHECK(eq != std::string::npos && (key == "T" || a.count(key)),
+               "bench_nsa: unknown argument '{}'; use T=8192,16384,..., hq=, hkv=, d=", s);
+      if (key == "T") Ts = parse_list(s.substr(eq + 1));
+      else a[key] = std::stoll(s.substr(eq + 1));
+    }
+    NT_CHECK(cuda::available(), "bench_nsa: needs a GPU");
+    const int64_t HQ = a["hq"], H = a["hkv"], D = a["d"];
+    NT_CHECK(HQ % H == 0, "bench_nsa: hq ({}) must be a multiple of hkv ({})", HQ, H);
+    cudaDeviceProp prop;
+    NT_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+    const NsaOptions opt;  // the paper's sizes
+    std::printf("bench_nsa on %s: batch 1, %lld query heads, %lld kv heads, head dim %lld, bf16; NSA l=%lld d=%lld "
+                "l'=%lld n=%lld w=%lld\n", prop.name, (long long)HQ, (long long)H, (long long)D, (long long)opt.block,
+                (long long)opt.stride, (long long)opt.select_block, (long long)opt.n_select, (long long)opt.window);
+    std::string t_list;
+    for (int64_t T : Ts) t_list += (t_list.empty() ? "" : ",") + std::to_string(T);
+    const auto torch = bench::python_results(fmt::format("python3 scripts/bench_nsa_torch.py {} {} {} {}", t_list, HQ,
+                                                         H, D));
+    std::printf("\n%-7s %-30s %10s %10s %12s %10s\n", "T", "attention", "fwd ms", "fwd GiB", "fwd+bwd ms", "f+b GiB");
+    Generator gen(1);
+    for (int64_t T : Ts) {
+      auto rnd = [&](const Shape& s) { return randn(s, DType::f32, kGpu, &gen).to(DType::bf16); };
+      const int64_t NC = nsa_num_cmp_blocks(T, opt.block, opt.stride);
+      const Tensor q = rnd({T, HQ, D}), kc = rnd({NC, H, D}), vc = rnd({NC, H, D}), ks = rnd({T, H, D}),
+                   vs = rnd({T, H, D}), kw = rnd({T, H, D}), vw = rnd({T, H, D});
+      const Tensor gates = sigmoid(randn({T, HQ, 3}, DType::f32, kGpu, &gen)).to(DType::bf16);
+      const Tensor dout = rnd({T, HQ, D});
+      std::vector<Tensor> nsa_in = {q, kc, vc, ks, vs, kw, vw, gates};
+      for (Tensor& t : nsa_in) t = t.detach().requires_grad_();
+      auto nsa_fwd = [&] {
+        autograd::NoGradGuard ng;
+        nsa_attention(q, kc, vc, ks, vs, kw, vw, gates, opt);
+      };
+      auto nsa_fb = [&] {  // the gradients are freed inside the call, so its peak counts them
+        const NsaOutput r = nsa_attention(nsa_in[0], nsa_in[1], nsa_in[2], nsa_in[3], nsa_in[4], nsa_in[5], nsa_in[6],
+                                          nsa_in[7], opt);
+        r.o.backward(dout);
+        for (Tensor& t : nsa_in) t.set_grad(Tensor());
+      };
+      Tensor qd = q.detach().requires_grad_(), kd = ks.detach().requires_grad_(), vd = vs.detach().requires_grad_();
+      auto dense_fwd = [&] {
+        autograd::NoGradGuard ng;
+        flash_attention(q, ks, vs);
+      };
+      auto dense_fb = [&] {
+        flash_attention(qd, kd, vd).backward(dout);
+        qd.set_grad(Tensor()), kd.set_grad(Tensor()), vd.set_grad(Tensor());
+      };
+      const auto [nf, nfm] = measure(nsa_fwd);
+      const auto [nb, nbm] = measure(nsa_fb);
+      const auto [df, dfm] = measure(dense_fwd);
+      const auto [db, dbm] = measure(dense_fb);
+      std::printf("%-7lld %-30s %10.2f %10.2f %12.2f %10.2f\n", (long long)T, "NSA (nsa_attention)", nf, nfm, nb, nbm);
+      std::printf("%-7s %-30s %10.2f %10.2f %12.2f %10.2f   NSA speedup %.2fx fwd, %.2fx fwd+bwd\n", "",
+                  "dense causal (flash_attention)", df, dfm, db, dbm, df / nf, db / nb);
+      const std::string k = std::to_string(T);
+      if (torch.count("sdpa_fwd_ms_" + k))
+        std::printf("%-7s %-30s %10.2f %10.2f %12.2f %10.2f   NSA speedup %.2fx fwd, %.2fx fwd+bwd\n", "",
+                    "dense causal (torch SDPA)", torch.at("sdpa_fwd_ms_" + k), torch.at("sdpa_fwd_gib_" + k),
+                    torch.at("sdpa_fwdbwd_ms_" + k), torch.at("sdpa_fwdbwd_gib_" + k), torch.at("sdpa_fwd_ms_" + k) / nf,
+                    torch.at("sdpa_fwdbwd_ms_" + k) / nb);
+    }
+    if (torch.empty()) std::printf("(PyTorch comparison skipped: python3 scripts/bench_nsa_torch.py did not run)\n");
+  } catch (const Error& e) {
+    std::fprintf(stderr, "%s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
