@@ -54,7 +54,7 @@ Tensor cu_on_device(const Problem& p, Device dev) {
 }
 }  // namespace
 
-Tensor flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opt) {
+Tensor flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opt, Tensor* lse_out) {
   const char* op = "flash_attention";
   check_floating(op, q, "q");
   check_same_dtype(op, q, "q", k, "k");
@@ -105,6 +105,7 @@ Tensor flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const 
                                            static_cast<float*>(lse.data_ptr()), dims_of(p, cu), stream_of(out)));
   }
   out = out.reshape(out_shape);
+  if (lse_out) *lse_out = lse;
   if (autograd::needs_grad({&q, &k, &v})) {
     autograd::record(kFlashAttention, out, {q, k, v},
                      [p, sq = autograd::Saved(qc), sk = autograd::Saved(kc), sv = autograd::Saved(vc),

@@ -21,6 +21,9 @@ struct AttentionOptions {
 };
 
 // q [B, T, H, D] or [N, H, D]; k and v [.., Hkv, D] with the same leading dims. Returns q's shape.
-Tensor flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opt = {});
+// lse (optional): set to each row's log-sum-exp of the scaled scores, f32 [H, N] (N = all query rows), without
+// history (the forward computes it anyway; NSA's selection reads it).
+Tensor flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opt = {},
+                       Tensor* lse = nullptr);
 
 }  // namespace nt
