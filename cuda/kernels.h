@@ -62,6 +62,10 @@ struct NsaDims {
   double scale = 0;
   const int32_t* cu_seqlens = nullptr;  // device, nseq + 1
   const int32_t* cmp_starts = nullptr;  // device, nseq: each sequence's first row in k_cmp / v_cmp
+  // Optional, accumulation type [N, HQ]: the compressed branch's log-sum-exps computed elsewhere (nsa/branches.h).
+  // Then the kernels skip that branch's attention (its output is 0, its backward is not run) and only score the
+  // selection blocks with p = exp(scale q.k_cmp - lse_cmp).
+  const void* lse_cmp = nullptr;
 };
 size_t nsa_forward_smem(const NsaDims& d, bool f64);
 void nsa_forward(DType t, const void* const in[8], void* out, int32_t* block_indices, void* branch_o, void* lse,

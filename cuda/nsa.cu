@@ -103,13 +103,19 @@ __global__ void __launch_bounds__(1024) nsa_fwd_simt(const T* __restrict__ q, co
   auto bo = [&](int br) { return branch_o + (((int64_t)br * a.N + row) * a.HQ + hq) * a.D; };
   auto ls = [&](int br) { return lse + ((int64_t)br * a.N + row) * a.HQ + hq; };
   A out[kPerLane], L;
-  // Compression branch.
+  // Compression branch (or, with lse_cmp given, only its log-sum-exp for the scores below).
   const int ncmp = t + 1 < a.l ? 0 : (t + 1 - a.l) / a.d + 1;
-  attend<T, A>(qv, kc, vc, a.H, h, a.D, scale, ncmp, [&](int j) { return (int64_t)s.cmp_start + j; }, out, L, lane);
+  if (a.lse_cmp) {
+    L = static_cast<const A*>(a.lse_cmp)[row * a.HQ + hq];
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) out[i] = 0;
+  } else {
+    attend<T, A>(qv, kc, vc, a.H, h, a.D, scale, ncmp, [&](int j) { return (int64_t)s.cmp_start + j; }, out, L, lane);
+  }
 #pragma unroll
   for (int i = 0; i < kPerLane; ++i)
     if (lane + 32 * i < a.D) bo(0)[lane + 32 * i] = out[i];
-  if (lane == 0) *ls(0) = L;
+  if (lane == 0) *ls(0) = a.lse_cmp ? A(-INFINITY) : L;
   // Its probabilities score the selection blocks: this head's row, then the group's sum.
   A* my = score + (size_t)w * a.ncand_max;
   for (int j = lane; j < ncand; j += 32) my[j] = 0;
@@ -240,6 +246,7 @@ __global__ void __launch_bounds__(1024) nsa_bwd_simt(const T* __restrict__ q, co
     for (int o = 16; o > 0; o >>= 1) dg += __shfl_xor_sync(0xffffffffu, dg, o);
     if (lane == 0) dgates[(row * a.HQ + hq) * 3 + br] = T(dg);
     const A L = lse[((int64_t)br * a.N + row) * a.HQ + hq];
+    if (br == 0 && a.lse_cmp) continue;  // computed elsewhere: nothing to differentiate here
     if (br == 0)
       attend_backward<T, A>(qv, kc, vc, a.H, h, a.D, scale, ncmp, [&](int j) { return (int64_t)s.cmp_start + j; }, L, dob,
                             ob, dqv, dkc, dvc, lane);

@@ -1,5 +1,6 @@
 // NSA benchmark (GPU): the nsa_attention op (compressed, selected and window branches with their gates; the
-// paper's l = 32, d = 16, l' = 64, n = 16, w = 512) against dense causal attention on the same shapes in the same
+// paper's l = 32, d = 16, l' = 64, n = 16, w = 512), fused (CUDA-core kernels) and branch-wise (nsa/branches.h),
+// against dense causal attention on the same shapes in the same
 // run: our flash_attention, and PyTorch's scaled_dot_product_attention when python3 with torch is present
 // (scripts/bench_nsa_torch.py). Forward and forward + backward time and peak GPU memory (caching allocator; torch's
 // max_memory_allocated), batch 1, bf16.
@@ -23,6 +24,7 @@
 #include "cuda/check.h"
 #include "cuda/memory.h"
 #include "cuda/runtime.h"
+#include "nsa/branches.h"
 #include "nsa/nsa_attention.h"
 #include "ops/ops.h"
 
@@ -115,6 +117,17 @@ int main(int argc, char** argv) {
         r.o.backward(dout);
         for (Tensor& t : nsa_in) t.set_grad(Tensor());
       };
+      // The branch-wise path (nsa/branches.h): compressed and window branches on flash_attention's kernels.
+      auto br_fwd = [&] {
+        autograd::NoGradGuard ng;
+        nsa_attention_branches(q, kc, vc, ks, vs, kw, vw, gates, opt);
+      };
+      auto br_fb = [&] {
+        const NsaOutput r = nsa_attention_branches(nsa_in[0], nsa_in[1], nsa_in[2], nsa_in[3], nsa_in[4], nsa_in[5],
+                                                   nsa_in[6], nsa_in[7], opt);
+        r.o.backward(dout);
+        for (Tensor& t : nsa_in) t.set_grad(Tensor());
+      };
       Tensor qd = q.detach().requires_grad_(), kd = ks.detach().requires_grad_(), vd = vs.detach().requires_grad_();
       auto dense_fwd = [&] {
         autograd::NoGradGuard ng;
@@ -126,10 +139,13 @@ int main(int argc, char** argv) {
       };
       const auto [nf, nfm] = measure(nsa_fwd);
       const auto [nb, nbm] = measure(nsa_fb);
+      const auto [bf, bfm] = measure(br_fwd);
+      const auto [bb, bbm] = measure(br_fb);
       const auto [df, dfm] = measure(dense_fwd);
       const auto [db, dbm] = measure(dense_fb);
       std::printf("%-7lld %-30s %10.2f %10.2f %12.2f %10.2f\n", (long long)T, "NSA (nsa_attention)", nf, nfm, nb, nbm);
-      std::printf("%-7s %-30s %10.2f %10.2f %12.2f %10.2f   NSA speedup %.2fx fwd, %.2fx fwd+bwd\n", "",
+      std::printf("%-7s %-30s %10.2f %10.2f %12.2f %10.2f\n", "", "NSA branch-wise (branches.h)", bf, bfm, bb, bbm);
+      std::printf("%-7s %-30s %10.2f %10.2f %12.2f %10.2f   NSA speedup %.2fx fwd, %.2fx fwd+bwd (fused op)\n", "",
                   "dense causal (flash_attention)", df, dfm, db, dbm, df / nf, db / nb);
       const std::string k = std::to_string(T);
       if (torch.count("sdpa_fwd_ms_" + k))

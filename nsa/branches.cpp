@@ -95,4 +95,20 @@ NsaBranch nsa_window_branch(const Tensor& q, const Tensor& k_win, const Tensor& 
   return r;
 }
 
+NsaOutput nsa_attention_branches(const Tensor& q, const Tensor& k_cmp, const Tensor& v_cmp, const Tensor& k_slc,
+                                 const Tensor& v_slc, const Tensor& k_win, const Tensor& v_win, const Tensor& gates,
+                                 const NsaOptions& opt) {
+  NT_CHECK(q.dim() == 3 && gates.shape() == Shape({q.size(0), q.size(1), 3}),
+           "nsa_attention_branches: q must be [T, HQ, D] and gates [T, HQ, 3], got {} and {}", shape_str(q.shape()),
+           shape_str(gates.shape()));
+  const NsaBranch cmp = nsa_compressed_branch(q, k_cmp, v_cmp, opt);
+  const NsaOutput slc = nsa_selected_branch(q, k_cmp, k_slc, v_slc, cmp.lse, opt);
+  const NsaBranch win = nsa_window_branch(q, k_win, v_win, opt);
+  const bool low = q.dtype() == DType::bf16;
+  auto f = [&](const Tensor& t) { return low ? t.to(DType::f32) : t; };
+  const Tensor g = f(gates);
+  const Tensor o = g.narrow(2, 0, 1) * f(cmp.o) + g.narrow(2, 1, 1) * f(slc.o) + g.narrow(2, 2, 1) * f(win.o);
+  return {low ? o.to(DType::bf16) : o, slc.block_indices};
+}
+
 }  // namespace nt

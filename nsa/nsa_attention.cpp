@@ -4,19 +4,24 @@
 #include "nsa/nsa_attention.h"
 
 #include <cmath>
+#include <cstdlib>
 #include <string>
 
 #include "autograd/graph.h"
+#include "nsa/branches.h"
 #include "ops/dispatch.h"
 
 namespace nt {
 namespace cpu {
 // in: q, k_cmp, v_cmp, k_slc, v_slc, k_win, v_win, gates, contiguous; opt has cu_seqlens and scale filled in.
+// lse_cmp (optional, f64 [T, HQ]): the compressed branch ran elsewhere; only its probabilities score the selection.
 void nsa_forward(const std::vector<Tensor>& in, const NsaOptions& opt, const Tensor& o, const Tensor& block_indices,
-                 const Tensor& branch_o, const Tensor& lse);
-// dout f64 [T, HQ, D]; grads: one per input, shaped and typed like it, overwritten.
+                 const Tensor& branch_o, const Tensor& lse, const Tensor& lse_cmp);
+// dout f64 [T, HQ, D]; grads: one per input, shaped and typed like it, overwritten (the compressed branch's zero
+// when external_cmp).
 void nsa_backward(const std::vector<Tensor>& in, const NsaOptions& opt, const Tensor& block_indices,
-                  const Tensor& branch_o, const Tensor& lse, const Tensor& dout, const std::vector<Tensor>& grads);
+                  const Tensor& branch_o, const Tensor& lse, const Tensor& dout, const std::vector<Tensor>& grads,
+                  bool external_cmp);
 }  // namespace cpu
 
 NT_REGISTER_OP(kNsaAttention, "nsa_attention", true);
@@ -127,10 +132,12 @@ CudaGeometry cuda_geometry(const Tensor& q, const Tensor& k_cmp, const Tensor& k
 }  // namespace
 #endif
 
-NsaOutput nsa_attention(const Tensor& q, const Tensor& k_cmp, const Tensor& v_cmp, const Tensor& k_slc,
-                        const Tensor& v_slc, const Tensor& k_win, const Tensor& v_win, const Tensor& gates,
-                        const NsaOptions& options) {
-  const std::vector<Tensor> inputs = {q, k_cmp, v_cmp, k_slc, v_slc, k_win, v_win, gates};
+namespace {
+// The op. lse_cmp (undefined, or f32/f64 [T, HQ]): the compressed branch's log-sum-exps from elsewhere; then that
+// branch only scores the selection (its output here is 0 and no gradient flows from it).
+NsaOutput run_nsa(const std::vector<Tensor>& inputs, const NsaOptions& options, const Tensor& lse_cmp_in) {
+  const Tensor& q = inputs[0];
+  const Tensor &k_cmp = inputs[1], &k_slc = inputs[3];
   const NsaOptions opt = resolve(inputs, options);
   const bool on_cpu = q.device().is_cpu();
 
@@ -141,11 +148,21 @@ NsaOutput nsa_attention(const Tensor& q, const Tensor& k_cmp, const Tensor& v_cm
   // Branch outputs and log-sum-exps: f64 on the CPU (the reference), the accumulation type on the GPU.
   const DType acc = on_cpu || q.dtype() == DType::f64 ? DType::f64 : DType::f32;
   const Tensor branch_o = empty({3, T, HQ, D}, acc, q.device()), lse = empty({3, T, HQ}, acc, q.device());
+  Tensor lse_cmp;
+  if (lse_cmp_in.defined()) {
+    NT_CHECK(lse_cmp_in.shape() == Shape({T, HQ}) && lse_cmp_in.device() == q.device(),
+             "{}: lse_cmp must be [T, HQ] = [{}, {}] on {}, got {} on {}", kOp, T, HQ, q.device().str(),
+             shape_str(lse_cmp_in.shape()), lse_cmp_in.device().str());
+    autograd::NoGradGuard ng;
+    lse_cmp = lse_cmp_in.detach().to(acc).contiguous();
+  }
+  const bool external_cmp = lse_cmp.defined();
   if (on_cpu) {
-    cpu::nsa_forward(in, opt, out.o, out.block_indices, branch_o, lse);
+    cpu::nsa_forward(in, opt, out.o, out.block_indices, branch_o, lse, lse_cmp);
   } else {
 #if NT_CUDA
-    const CudaGeometry g = cuda_geometry(q, k_cmp, k_slc, opt);
+    CudaGeometry g = cuda_geometry(q, k_cmp, k_slc, opt);
+    if (external_cmp) g.dims.lse_cmp = lse_cmp.data_ptr();
     const void* ptrs[8];
     for (int i = 0; i < 8; ++i) ptrs[i] = in[i].data_ptr();
     cuda::nsa_forward(q.dtype(), ptrs, out.o.data_ptr(), static_cast<int32_t*>(out.block_indices.data_ptr()),
@@ -160,7 +177,7 @@ NsaOutput nsa_attention(const Tensor& q, const Tensor& k_cmp, const Tensor& v_cm
     for (const Tensor& t : in) saved.emplace_back(t);
     autograd::record(kNsaAttention, out.o, inputs,
                      [opt, saved, sidx = autograd::Saved(out.block_indices), sbo = autograd::Saved(branch_o),
-                      slse = autograd::Saved(lse)](const Tensor& dy, auto&) {
+                      slse = autograd::Saved(lse), external_cmp](const Tensor& dy, auto&) {
                        std::vector<Tensor> in, grads;
                        for (const autograd::Saved& s : saved) {
                          in.push_back(s.get());
@@ -169,10 +186,11 @@ NsaOutput nsa_attention(const Tensor& q, const Tensor& k_cmp, const Tensor& v_cm
                        const Tensor& bo = sbo.get();
                        const Tensor dout = dy.to(bo.dtype()).contiguous();
                        if (bo.device().is_cpu()) {
-                         cpu::nsa_backward(in, opt, sidx.get(), bo, slse.get(), dout, grads);
+                         cpu::nsa_backward(in, opt, sidx.get(), bo, slse.get(), dout, grads, external_cmp);
                        } else {
 #if NT_CUDA
-                         const CudaGeometry g = cuda_geometry(in[0], in[1], in[3], opt);
+                         CudaGeometry g = cuda_geometry(in[0], in[1], in[3], opt);
+                         if (external_cmp) g.dims.lse_cmp = bo.data_ptr();  // only tested for null in the backward
                          const cuda::NsaDims& a = g.dims;
                          const Tensor scratch = empty({2 * (int64_t)a.NC * a.H * a.D + 4 * a.N * a.H * a.D}, bo.dtype(), bo.device());
                          const void* ptrs[8];
@@ -186,6 +204,39 @@ NsaOutput nsa_attention(const Tensor& q, const Tensor& k_cmp, const Tensor& v_cm
                      });
   }
   return out;
+}
+}  // namespace
+
+NsaOutput nsa_attention(const Tensor& q, const Tensor& k_cmp, const Tensor& v_cmp, const Tensor& k_slc,
+                        const Tensor& v_slc, const Tensor& k_win, const Tensor& v_win, const Tensor& gates,
+                        const NsaOptions& opt) {
+  // The branch-wise path (nsa/branches.h: compressed and window branches on flash_attention's kernels) is opt-in on
+  // CUDA until it has been checked there.
+  static const bool branches = [] {
+    const char* v = std::getenv("NT_NSA_BRANCHES");
+    return v && std::string(v) == "1";
+  }();
+  if (branches && q.defined() && q.device().is_cuda())
+    return nsa_attention_branches(q, k_cmp, v_cmp, k_slc, v_slc, k_win, v_win, gates, opt);
+  return run_nsa({q, k_cmp, v_cmp, k_slc, v_slc, k_win, v_win, gates}, opt, Tensor());
+}
+
+NsaOutput nsa_selected_branch(const Tensor& q, const Tensor& k_cmp, const Tensor& k_slc, const Tensor& v_slc,
+                              const Tensor& lse_cmp, const NsaOptions& opt) {
+  NT_CHECK(q.dim() == 3 && k_slc.defined() && k_cmp.defined(), "nsa_selected_branch: q must be [T, HQ, D], got {}",
+           shape_str(q.shape()));
+  // The op with gates (0, 1, 0) and no window: o is the selected branch. k_cmp only scores (no gradient through the
+  // selection); the window's keys are unused placeholders.
+  const int64_t T = q.size(0), HQ = q.size(1);
+  Tensor gates = zeros({T, HQ, 3}, q.dtype(), q.device());
+  {
+    autograd::NoGradGuard ng;
+    gates.narrow(2, 1, 1).fill_(1.0);
+  }
+  NsaOptions o = opt;
+  o.window = 0;
+  const Tensor kc = k_cmp.detach(), unused = k_slc.detach();
+  return run_nsa({q, kc, kc, k_slc, v_slc, unused, unused, gates}, o, lse_cmp);
 }
 
 }  // namespace nt

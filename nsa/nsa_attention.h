@@ -42,4 +42,11 @@ NsaOutput nsa_attention(const Tensor& q, const Tensor& k_cmp, const Tensor& v_cm
                         const Tensor& v_slc, const Tensor& k_win, const Tensor& v_win, const Tensor& gates,
                         const NsaOptions& opt = {});
 
+// The selected branch alone (nsa/branches.h runs the other two through flash_attention): the blocks chosen from the
+// compressed branch's probabilities exp(scale q.k_cmp - lse_cmp) (lse_cmp f32 or f64 [T, HQ], from
+// nsa_compressed_branch), then attention over their keys. o is differentiable w.r.t. q, k_slc and v_slc (k_cmp gets
+// no gradient: the choice of blocks is discrete); block_indices as in nsa_attention.
+NsaOutput nsa_selected_branch(const Tensor& q, const Tensor& k_cmp, const Tensor& k_slc, const Tensor& v_slc,
+                              const Tensor& lse_cmp, const NsaOptions& opt = {});
+
 }  // namespace nt

@@ -6,7 +6,9 @@
 // attend / attend_backward and differ from branch to branch only in which rows they list (the *_rows functions).
 // Rows are global (packed) rows; token and block indices restart at each sequence's first token.
 // Layouts, all contiguous: q, o [N, HQ, D]; k_cmp, v_cmp [NC, H, D]; k/v_slc, k/v_win [N, H, D]; gates [N, HQ, 3];
-// block_indices i32 [N, H, n]; branch_o f64 [3, N, HQ, D]; lse f64 [3, N, HQ]; dout f64 [N, HQ, D].
+// block_indices i32 [N, H, n]; branch_o f64 [3, N, HQ, D]; lse f64 [3, N, HQ]; dout f64 [N, HQ, D]; lse_cmp
+// (optional) f64 [N, HQ]: the compressed branch's log-sum-exps from elsewhere (its branch then adds 0 here and only
+// scores the selection).
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -144,8 +146,21 @@ struct Dims {
 };
 }  // namespace
 
+// The probabilities exp(scale q.k - lse) of the listed key rows under a log-sum-exp computed elsewhere.
+template <class T>
+void probabilities(const T* q, const Rows<T>& K, int64_t h, const std::vector<int64_t>& rows, double scale, double lse,
+                   std::vector<double>& p) {
+  p.assign(rows.size(), 0.0);
+  for (size_t j = 0; j < rows.size(); ++j) {
+    const T* k = K.at(rows[j], h);
+    double dot = 0;
+    for (int64_t d = 0; d < K.D; ++d) dot += to_double(q[d]) * to_double(k[d]);
+    p[j] = std::exp(dot * scale - lse);
+  }
+}
+
 void nsa_forward(const std::vector<Tensor>& in, const NsaOptions& opt, const Tensor& o, const Tensor& block_indices,
-                 const Tensor& branch_o, const Tensor& lse) {
+                 const Tensor& branch_o, const Tensor& lse, const Tensor& lse_cmp) {
   const Dims z(in, opt);
   NT_DISPATCH_FLOAT(in[0].dtype(), "nsa_attention", [&] {
     using T = scalar_t;
@@ -155,6 +170,7 @@ void nsa_forward(const std::vector<Tensor>& in, const NsaOptions& opt, const Ten
     T* O = static_cast<T*>(o.data_ptr());
     int32_t* I = static_cast<int32_t*>(block_indices.data_ptr());
     double *BO = static_cast<double*>(branch_o.data_ptr()), *L = static_cast<double*>(lse.data_ptr());
+    const double* ext = lse_cmp.defined() ? static_cast<const double*>(lse_cmp.data_ptr()) : nullptr;
     auto at = [&](int br, int64_t row, int64_t hq) { return (br * z.N + row) * z.HQ + hq; };
     std::vector<int64_t> rows[3];
     std::vector<double> p, score;
@@ -166,7 +182,13 @@ void nsa_forward(const std::vector<Tensor>& in, const NsaOptions& opt, const Ten
         for (int64_t h = 0; h < z.H; ++h) {
           score.assign(t / opt.select_block + 1, 0.0);  // summed over the group's heads (Eq. 10)
           for (int64_t hq = h * z.G; hq < (h + 1) * z.G; ++hq) {
-            L[at(0, row, hq)] = attend(Q.at(row, hq), K[0], V[0], h, rows[0], opt.scale, p, BO + at(0, row, hq) * z.D);
+            if (ext) {  // only the probabilities, under the given log-sum-exp; the branch itself adds 0 here
+              probabilities(Q.at(row, hq), K[0], h, rows[0], opt.scale, ext[row * z.HQ + hq], p);
+              std::fill(BO + at(0, row, hq) * z.D, BO + at(0, row, hq) * z.D + z.D, 0.0);
+              L[at(0, row, hq)] = -INFINITY;
+            } else {
+              L[at(0, row, hq)] = attend(Q.at(row, hq), K[0], V[0], h, rows[0], opt.scale, p, BO + at(0, row, hq) * z.D);
+            }
             add_block_scores(p, opt, score);
           }
           int32_t* blocks = I + (row * z.H + h) * z.n;
@@ -190,7 +212,8 @@ void nsa_forward(const std::vector<Tensor>& in, const NsaOptions& opt, const Ten
 // o = sum_br g_br o_br: dg_br = dout . o_br, and branch br's attention gets dout scaled by g_br. The saved block
 // indices fix the selected rows, so no gradient reaches the selection scores.
 void nsa_backward(const std::vector<Tensor>& in, const NsaOptions& opt, const Tensor& block_indices,
-                  const Tensor& branch_o, const Tensor& lse, const Tensor& dout, const std::vector<Tensor>& grads) {
+                  const Tensor& branch_o, const Tensor& lse, const Tensor& dout, const std::vector<Tensor>& grads,
+                  bool external_cmp) {
   const Dims z(in, opt);
   NT_DISPATCH_FLOAT(in[0].dtype(), "nsa_attention_backward", [&] {
     using T = scalar_t;
@@ -219,6 +242,7 @@ void nsa_backward(const std::vector<Tensor>& in, const NsaOptions& opt, const Te
               double dg = 0;
               for (int64_t d = 0; d < z.D; ++d) dg += dO[qrow + d] * ob[d], dob[d] = g * dO[qrow + d];
               gg[(row * z.HQ + hq) * 3 + br] = dg;
+              if (br == 0 && external_cmp) continue;  // that branch ran elsewhere
               attend_backward(Q.at(row, hq), K[br], V[br], h, rows[br], opt.scale, L[at(br, row, hq)], dob.data(), ob,
                               gq.data() + qrow, gk[br].data(), gv[br].data());
             }

@@ -138,6 +138,66 @@ TEST_CASE("NSA compressed and window branches through flash_attention equal nsa_
     }
 }
 
+namespace {
+// o, block indices and the gradients of sum(o * w) w.r.t. all eight inputs, through fn.
+struct Full {
+  Tensor o, idx;
+  std::vector<Tensor> grads;
+};
+template <class Fn> Full full_of(const NsaInputs& in, const Tensor& w, Fn fn) {
+  std::vector<Tensor> x;
+  for (const Tensor& t : in.all()) x.push_back(t.detach().requires_grad_());
+  const NsaOutput r = fn(x);
+  sum(r.o.to(DType::f64) * w.to(r.o.device()).to(DType::f64)).backward();
+  Full f{r.o.detach().to(kCPU).to(DType::f64), r.block_indices.to(kCPU), {}};
+  for (const Tensor& t : x)
+    f.grads.push_back(t.grad().defined() ? t.grad().to(kCPU).to(DType::f64) : zeros(t.shape(), DType::f64));
+  return f;
+}
+}  // namespace
+
+TEST_CASE("NSA selected branch and the branch-wise nsa_attention equal the fused op (f64)") {
+  int seed = 700;
+  const char* names[8] = {"q", "k_cmp", "v_cmp", "k_slc", "v_slc", "k_win", "v_win", "gates"};
+  for (const Case& c : cases()) {
+    INFO("T " << c.T << " HQ " << c.HQ << " H " << c.H << " D " << c.D << " l " << c.opt.block << " d "
+              << c.opt.stride << " l' " << c.opt.select_block << " n " << c.opt.n_select << " w " << c.opt.window
+              << " packed " << !c.opt.cu_seqlens.empty());
+    const NsaInputs in = nsa_inputs(c.T, c.HQ, c.H, c.D, total_cmp(c.opt, c.T), seed += 10);
+    const Tensor w = rnd({c.T, c.HQ, c.D}, seed + 9);
+    {  // the selected branch alone: the fused op with gates (0, 1, 0)
+      NsaInputs sel = in;
+      sel.gates = one_gate(c.T, c.HQ, 1);
+      const Full ref = full_of(sel, w, [&](const std::vector<Tensor>& x) {
+        return nsa_attention(x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7], c.opt);
+      });
+      const Full got = full_of(sel, w, [&](const std::vector<Tensor>& x) {
+        const NsaBranch cmp = nsa_compressed_branch(x[0], x[1], x[2], c.opt);
+        return nsa_selected_branch(x[0], x[1], x[3], x[4], cmp.lse, c.opt);
+      });
+      CHECK(got.idx.to_vector() == ref.idx.to_vector());
+      expect_close(got.o, ref.o, 1e-12, 1e-10);
+      for (int i : {0, 3, 4}) {
+        INFO("selected branch, gradient of " << names[i]);
+        expect_close(got.grads[i], ref.grads[i], 1e-12, 1e-10);
+      }
+      CHECK(sum(got.grads[1] * got.grads[1]).item() == 0);  // no gradient through the selection
+    }
+    const Full ref = full_of(in, w, [&](const std::vector<Tensor>& x) {
+      return nsa_attention(x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7], c.opt);
+    });
+    const Full got = full_of(in, w, [&](const std::vector<Tensor>& x) {
+      return nsa_attention_branches(x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7], c.opt);
+    });
+    CHECK(got.idx.to_vector() == ref.idx.to_vector());
+    expect_close(got.o, ref.o, 1e-12, 1e-10);
+    for (int i = 0; i < 8; ++i) {
+      INFO("gradient of " << names[i]);
+      expect_close(got.grads[i], ref.grads[i], 1e-12, 1e-10);
+    }
+  }
+}
+
 TEST_CASE("NSA branches: argument errors") {
   const NsaInputs in = nsa_inputs(20, 4, 2, 8, 4, 1);
   CHECK_THROWS_WITH_AS(nsa_compressed_branch(in.q, in.k_cmp.narrow(0, 0, 3), in.v_cmp.narrow(0, 0, 3), blocks(8, 4, 8, 3, 5)),
@@ -174,4 +234,31 @@ TEST_CASE("NSA branches on CUDA (bf16, tensor-core flash_attention) match the f6
         else CHECK(std::fabs(a[i] - b[i]) < 2e-2);
       }
     }
+}
+
+TEST_CASE("NSA branch-wise path on CUDA (f32) matches the fused CPU op, block indices included" *
+          doctest::skip(!cuda::available())) {
+  for (const Case& c : {Case{300, 16, 1, 64, blocks(32, 16, 64, 16, 128)},
+                        Case{211, 8, 2, 40, blocks(16, 8, 32, 4, 50, {0, 90, 90, 100, 211})},
+                        Case{97, 4, 4, 32, blocks(8, 4, 16, 3, 0)}}) {
+    INFO("T " << c.T << " HQ " << c.HQ << " H " << c.H << " D " << c.D);
+    const NsaInputs in = nsa_inputs(c.T, c.HQ, c.H, c.D, total_cmp(c.opt, c.T), 91);
+    const NsaInputs rounded = nsa_cast(nsa_cast(in, DType::f32), DType::f64);
+    const Tensor w = rnd({c.T, c.HQ, c.D}, 92);
+    const Full ref = full_of(rounded, w, [&](const std::vector<Tensor>& x) {
+      return nsa_attention(x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7], c.opt);
+    });
+    NsaInputs g = nsa_cast(in, DType::f32);
+    for (Tensor* t : {&g.q, &g.k_cmp, &g.v_cmp, &g.k_slc, &g.v_slc, &g.k_win, &g.v_win, &g.gates})
+      *t = t->to(cuda_device(0));
+    const Full got = full_of(g, w, [&](const std::vector<Tensor>& x) {
+      return nsa_attention_branches(x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7], c.opt);
+    });
+    CHECK(got.idx.to_vector() == ref.idx.to_vector());
+    expect_close(got.o, ref.o, 1e-4, 1e-4);
+    for (int i = 0; i < 8; ++i) {
+      INFO("gradient " << i);
+      expect_close(got.grads[i], ref.grads[i], 2e-4, 2e-4);
+    }
+  }
 }
