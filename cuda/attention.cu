@@ -20,10 +20,11 @@
 #include <string>
 
 #include "cuda/common.cuh"
+#include "cuda/mma_sm80.cuh"
 
 namespace nt::cuda {
 namespace {
-constexpr float kLog2e = 1.4426950408889634f;
+using namespace sm80;
 
 __device__ __forceinline__ int first_key(int t, int window) { return window > 0 ? max(0, t - window + 1) : 0; }
 
@@ -38,24 +39,6 @@ __device__ __forceinline__ int seq_of(const int32_t* cu, int nseq, int64_t n) {
 }
 
 // ---------------------------------------------------------------- tensor-core path (bf16)
-__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-// Four 8x8 b16 matrices, transposed: lanes 8i..8i+7 give the row addresses of matrix i; register i of lane t
-// holds elements (2 (t % 4), t / 4) and (2 (t % 4) + 1, t / 4) of matrix i.
-__device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], const uint16_t* p) {
-  const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
-}
-__device__ __forceinline__ uint32_t lds32(const uint16_t* p) { return *reinterpret_cast<const uint32_t*>(p); }
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<uint32_t*>(&v);
-}
 
 // Rows [0, R) of a tile into shared memory [R][DP + 8]; rows >= rows_valid and columns >= D are zeros.
 template <int R, int DP>
@@ -192,25 +175,6 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_tc(const uint16_t* __restri
 // instruction instead of 2 LDS.32 per mma); a warp whose 16 rows see nothing of a tile skips it; the causal/window
 // mask is applied only on tiles that cross an edge; the exponentials are ex2.approx.ftz with the scale folded into
 // an FFMA.
-__device__ __forceinline__ void cp16(void* s, const void* g, bool ok) {  // src-size 0 zero-fills the 16 bytes
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"((uint32_t)__cvta_generic_to_shared(s)), "l"(g),
-               "r"(ok ? 16 : 0)
-               : "memory");
-}
-__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-__device__ __forceinline__ void cp_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
-__device__ __forceinline__ float ex2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
-// Non-transposed ldmatrix: register i of lane t holds elements (t / 4, 2 (t % 4)) and (t / 4, 2 (t % 4) + 1) of
-// matrix i, whose row addresses lanes 8i..8i+7 give.
-__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const uint16_t* p) {
-  const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
-}
 template <int R, int DP>
 __device__ __forceinline__ void cp_tile(uint16_t* s, const uint16_t* g, int64_t row_stride, int rows_valid, int D) {
   constexpr int LD = DP + 8, CH = DP / 8;

@@ -66,8 +66,16 @@ struct NsaDims {
   // Then the kernels skip that branch's attention (its output is 0, its backward is not run) and only score the
   // selection blocks with p = exp(scale q.k_cmp - lse_cmp).
   const void* lse_cmp = nullptr;
+  // The forward reads the blocks from block_indices (filled by nsa_select_tc) instead of choosing them.
+  bool indices_given = false;
 };
 size_t nsa_forward_smem(const NsaDims& d, bool f64);
+// nsa_select.cu: block_indices [N, H, n] from the compressed branch's probabilities on tensor cores (bf16 q, k_cmp;
+// lse_cmp f32 [N, HQ]); max_len: the longest sequence. Supported for D % 8 == 0, D <= 256, G a power of two <= 16,
+// when the scores of 64 / G positions fit in shared memory.
+bool nsa_select_tc_supported(const NsaDims& d);
+void nsa_select_tc(const void* q, const void* k_cmp, const float* lse_cmp, int32_t* block_indices, const NsaDims& d,
+                   int max_len, cudaStream_t stream);
 void nsa_forward(DType t, const void* const in[8], void* out, int32_t* block_indices, void* branch_o, void* lse,
                  const NsaDims& d, cudaStream_t stream);
 // dout [N, HQ, D] in the accumulation type; grads like the inputs; acc scratch of 2 NC H D + 4 N H D accumulation

@@ -116,54 +116,59 @@ __global__ void __launch_bounds__(1024) nsa_fwd_simt(const T* __restrict__ q, co
   for (int i = 0; i < kPerLane; ++i)
     if (lane + 32 * i < a.D) bo(0)[lane + 32 * i] = out[i];
   if (lane == 0) *ls(0) = a.lse_cmp ? A(-INFINITY) : L;
-  // Its probabilities score the selection blocks: this head's row, then the group's sum.
-  A* my = score + (size_t)w * a.ncand_max;
-  for (int j = lane; j < ncand; j += 32) my[j] = 0;
-  __syncwarp();
-  for (int c = 0; c < ncmp; ++c) {
-    const A p = exp(dot_warp<T, A>(kc + (((int64_t)s.cmp_start + c) * a.H + h) * a.D, qv, a.D, lane) * scale - L);
-    if (lane == 0) {
-      const int lo = c * a.d, hi = lo + a.l;
-      for (int j = lo / a.lp; j * a.lp < hi; ++j)
-        my[j] += p * (A)(min(hi, (j + 1) * a.lp) - max(lo, j * a.lp)) / (A)a.d;
-    }
-  }
-  __syncthreads();
-  for (int j = threadIdx.x; j < ncand; j += blockDim.x) {
-    A total = 0;
-    for (int g = 0; g < a.G; ++g) total += score[(size_t)g * a.ncand_max + j];
-    score[j] = total;  // row 0 now holds the group's sums (row 0's own entry was read first, by this thread)
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    const int cur = t / a.lp;
-    int count = 0;
-    if (ncand <= a.n) {
-      for (int j = 0; j < ncand; ++j) chosen[count++] = j;
-    } else {
-      chosen[count++] = 0, chosen[count++] = cur - 1, chosen[count++] = cur;
-      for (int k = 3; k < a.n; ++k) {  // the best remaining block; a strictly greater score wins, so ties go low
-        int best = -1;
-        A best_s = 0;
-        for (int j = 1; j < cur - 1; ++j) {
-          bool taken = false;
-          for (int i = 3; i < count; ++i) taken |= chosen[i] == j;
-          if (taken) continue;
-          const A sj = isnan(score[j]) ? A(-INFINITY) : score[j];
-          if (best < 0 || sj > best_s) best = j, best_s = sj;
-        }
-        chosen[count++] = best;
+  if (a.indices_given) {  // chosen by nsa_select_tc already
+    for (int i = threadIdx.x; i < a.n; i += blockDim.x) chosen[i] = block_indices[(row * a.H + h) * a.n + i];
+    __syncthreads();
+  } else {
+    // Its probabilities score the selection blocks: this head's row, then the group's sum.
+    A* my = score + (size_t)w * a.ncand_max;
+    for (int j = lane; j < ncand; j += 32) my[j] = 0;
+    __syncwarp();
+    for (int c = 0; c < ncmp; ++c) {
+      const A p = exp(dot_warp<T, A>(kc + (((int64_t)s.cmp_start + c) * a.H + h) * a.D, qv, a.D, lane) * scale - L);
+      if (lane == 0) {
+        const int lo = c * a.d, hi = lo + a.l;
+        for (int j = lo / a.lp; j * a.lp < hi; ++j)
+          my[j] += p * (A)(min(hi, (j + 1) * a.lp) - max(lo, j * a.lp)) / (A)a.d;
       }
-      for (int i = 1; i < count; ++i)  // ascending
-        for (int k = i; k > 0 && chosen[k - 1] > chosen[k]; --k) {
-          const int x = chosen[k];
-          chosen[k] = chosen[k - 1], chosen[k - 1] = x;
-        }
     }
-    for (int i = count; i < a.n; ++i) chosen[i] = -1;
-    for (int i = 0; i < a.n; ++i) block_indices[(row * a.H + h) * a.n + i] = chosen[i];
+    __syncthreads();
+    for (int j = threadIdx.x; j < ncand; j += blockDim.x) {
+      A total = 0;
+      for (int g = 0; g < a.G; ++g) total += score[(size_t)g * a.ncand_max + j];
+      score[j] = total;  // row 0 now holds the group's sums (row 0's own entry was read first, by this thread)
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      const int cur = t / a.lp;
+      int count = 0;
+      if (ncand <= a.n) {
+        for (int j = 0; j < ncand; ++j) chosen[count++] = j;
+      } else {
+        chosen[count++] = 0, chosen[count++] = cur - 1, chosen[count++] = cur;
+        for (int k = 3; k < a.n; ++k) {  // the best remaining block; a strictly greater score wins, so ties go low
+          int best = -1;
+          A best_s = 0;
+          for (int j = 1; j < cur - 1; ++j) {
+            bool taken = false;
+            for (int i = 3; i < count; ++i) taken |= chosen[i] == j;
+            if (taken) continue;
+            const A sj = isnan(score[j]) ? A(-INFINITY) : score[j];
+            if (best < 0 || sj > best_s) best = j, best_s = sj;
+          }
+          chosen[count++] = best;
+        }
+        for (int i = 1; i < count; ++i)  // ascending
+          for (int k = i; k > 0 && chosen[k - 1] > chosen[k]; --k) {
+            const int x = chosen[k];
+            chosen[k] = chosen[k - 1], chosen[k - 1] = x;
+          }
+      }
+      for (int i = count; i < a.n; ++i) chosen[i] = -1;
+      for (int i = 0; i < a.n; ++i) block_indices[(row * a.H + h) * a.n + i] = chosen[i];
+    }
+    __syncthreads();
   }
-  __syncthreads();
   // Selected and window branches, then the gated mix.
   const SelectedKeys sel{chosen, a.n, a.lp, t};
   attend<T, A>(qv, ks, vs, a.H, h, a.D, scale, sel.count(), [&](int j) { return (int64_t)s.start + sel.key(j); }, out, L, lane);

@@ -3,6 +3,7 @@
 // the selection nor recomputes the branch outputs that the gate gradients need.
 #include "nsa/nsa_attention.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <string>
@@ -163,6 +164,20 @@ NsaOutput run_nsa(const std::vector<Tensor>& inputs, const NsaOptions& options, 
 #if NT_CUDA
     CudaGeometry g = cuda_geometry(q, k_cmp, k_slc, opt);
     if (external_cmp) g.dims.lse_cmp = lse_cmp.data_ptr();
+    // With the compressed log-sum-exps given (the branch-wise path), bf16 selection runs on tensor cores
+    // (NT_NSA_SELECT=simt keeps the CUDA-core scoring, for comparison).
+    static const bool simt_select = [] {
+      const char* v = std::getenv("NT_NSA_SELECT");
+      return v && std::string(v) == "simt";
+    }();
+    if (external_cmp && q.dtype() == DType::bf16 && !simt_select && cuda::nsa_select_tc_supported(g.dims)) {
+      int max_len = 0;
+      for (size_t b = 0; b + 1 < opt.cu_seqlens.size(); ++b)
+        max_len = std::max(max_len, opt.cu_seqlens[b + 1] - opt.cu_seqlens[b]);
+      cuda::nsa_select_tc(in[0].data_ptr(), in[1].data_ptr(), static_cast<const float*>(lse_cmp.data_ptr()),
+                          static_cast<int32_t*>(out.block_indices.data_ptr()), g.dims, max_len, stream_of(q));
+      g.dims.indices_given = true;
+    }
     const void* ptrs[8];
     for (int i = 0; i < 8; ++i) ptrs[i] = in[i].data_ptr();
     cuda::nsa_forward(q.dtype(), ptrs, out.o.data_ptr(), static_cast<int32_t*>(out.block_indices.data_ptr()),

@@ -262,3 +262,89 @@ TEST_CASE("NSA branch-wise path on CUDA (f32) matches the fused CPU op, block in
     }
   }
 }
+
+TEST_CASE("NSA selection on tensor cores (bf16): a valid top-n of the f64 scores, deterministic; selected branch as "
+          "the CPU where the choice agrees" * doctest::skip(!cuda::available())) {
+  for (const Case& c : {Case{300, 16, 1, 64, blocks(32, 16, 64, 16, 128)},
+                        Case{333, 32, 2, 128, blocks(16, 8, 32, 5, 0, {0, 100, 100, 107, 333})},
+                        Case{150, 4, 4, 64, blocks(8, 4, 16, 4, 0)},
+                        Case{129, 2, 2, 72, blocks(8, 8, 8, 3, 0)}}) {
+    INFO("T " << c.T << " HQ " << c.HQ << " H " << c.H << " D " << c.D << " l " << c.opt.block << " d "
+              << c.opt.stride << " l' " << c.opt.select_block << " n " << c.opt.n_select);
+    const int64_t T = c.T, HQ = c.HQ, H = c.H, G = HQ / H, D = c.D, n = c.opt.n_select;
+    const NsaInputs in = nsa_cast(nsa_cast(nsa_inputs(T, HQ, H, D, total_cmp(c.opt, T), 55), DType::bf16), DType::f64);
+    // f64 reference: the compressed log-sum-exps and the selected branch with the CPU's own choice.
+    const NsaBranch cmp_cpu = nsa_compressed_branch(in.q, in.k_cmp, in.v_cmp, c.opt);
+    const NsaOutput ref = nsa_selected_branch(in.q, in.k_cmp, in.k_slc, in.v_slc, cmp_cpu.lse, c.opt);
+    auto gpu = [&](const Tensor& t) { return t.to(DType::bf16).to(cuda_device(0)); };
+    const Tensor q = gpu(in.q), kc = gpu(in.k_cmp), vc = gpu(in.v_cmp), ks = gpu(in.k_slc), vs = gpu(in.v_slc);
+    const NsaBranch cmp = nsa_compressed_branch(q, kc, vc, c.opt);
+    const NsaOutput a = nsa_selected_branch(q, kc, ks, vs, cmp.lse, c.opt);
+    const NsaOutput b = nsa_selected_branch(q, kc, ks, vs, cmp.lse, c.opt);
+    const auto idx = a.block_indices.to(kCPU).to_vector_as<int32_t>();
+    CHECK(idx == b.block_indices.to(kCPU).to_vector_as<int32_t>());  // deterministic
+    // Scores in f64 from the same bf16 values and the f64 log-sum-exps.
+    const auto Q = in.q.to_vector(), K = in.k_cmp.to_vector(), L = cmp_cpu.lse.to(DType::f64).to_vector();
+    const double scale = 1.0 / std::sqrt((double)D);
+    const auto cu = cu_or_one(c.opt, T);
+    const auto ref_idx = ref.block_indices.to_vector_as<int32_t>();
+    const auto o_gpu = a.o.to(kCPU).to(DType::f64).to_vector(), o_ref = ref.o.to_vector();
+    int64_t rows = 0, agree = 0, c0 = 0;
+    double worst = 0;
+    for (size_t sq = 0; sq + 1 < cu.size(); ++sq) {
+      const int64_t s0 = cu[sq], len = cu[sq + 1] - cu[sq];
+      for (int64_t t = 0; t < len; ++t)
+        for (int64_t h = 0; h < H; ++h) {
+          const int64_t cur = t / c.opt.select_block, ncand = cur + 1;
+          std::vector<double> score(ncand, 0.0);
+          for (int64_t hq = h * G; hq < (h + 1) * G; ++hq)
+            for (int64_t cb = 0; cb * c.opt.stride + c.opt.block - 1 <= t; ++cb) {
+              double dot = 0;
+              for (int64_t e = 0; e < D; ++e) dot += Q[((s0 + t) * HQ + hq) * D + e] * K[((c0 + cb) * H + h) * D + e];
+              const double p = std::exp(dot * scale - L[(s0 + t) * HQ + hq]);
+              const int64_t lo = cb * c.opt.stride, hi = lo + c.opt.block;
+              for (int64_t j = lo / c.opt.select_block; j * c.opt.select_block < hi; ++j)
+                score[j] += p * (double)(std::min(hi, (j + 1) * c.opt.select_block) - std::max(lo, j * c.opt.select_block)) /
+                            (double)c.opt.stride;
+            }
+          const int32_t* got = &idx[((s0 + t) * H + h) * n];
+          ++rows;
+          agree += std::equal(got, got + n, &ref_idx[((s0 + t) * H + h) * n]);
+          std::vector<int32_t> want_forced, chosen(got, got + n);
+          if (ncand <= n) {
+            for (int64_t i = 0; i < n; ++i) CHECK(got[i] == (i < ncand ? i : -1));
+            continue;
+          }
+          for (int64_t i = 0; i + 1 < n; ++i) REQUIRE(got[i] < got[i + 1]);  // ascending, no -1, no repeats
+          CHECK(got[0] == 0);
+          CHECK(std::count(got, got + n, (int32_t)cur) == 1);
+          CHECK(std::count(got, got + n, (int32_t)(cur - 1)) == 1);
+          double min_in = INFINITY, max_out = -INFINITY;
+          for (int64_t j = 1; j < cur - 1; ++j) {
+            const bool in_set = std::count(got, got + n, (int32_t)j) > 0;
+            if (in_set) min_in = std::min(min_in, score[j]);
+            else max_out = std::max(max_out, score[j]);
+          }
+          worst = std::max(worst, max_out - min_in);
+        }
+      c0 += nsa_num_cmp_blocks(len, c.opt.block, c.opt.stride);
+    }
+    INFO("rows " << rows << ", same choice as the CPU in " << agree << ", worst score inversion " << worst);
+    CHECK(worst <= 2e-3);         // any inversion is a near-tie that bf16 rounding of the scores can flip
+    CHECK(agree >= rows * 9 / 10);
+    // Where the choice agrees, the selected branch's output does too.
+    for (int64_t r = 0; r < T; ++r)
+      for (int64_t h = 0; h < H; ++h) {
+        if (!std::equal(&idx[(r * H + h) * n], &idx[(r * H + h) * n] + n, &ref_idx[(r * H + h) * n])) continue;
+        for (int64_t hq = h * G; hq < (h + 1) * G; ++hq)
+          for (int64_t e = 0; e < D; ++e) {
+            const double x = o_gpu[(r * HQ + hq) * D + e], y = o_ref[(r * HQ + hq) * D + e];
+            if (std::fabs(x - y) > 2e-2 + 2e-2 * std::fabs(y)) {
+              FAIL_CHECK("row " << r << " head " << hq << " dim " << e << ": " << x << " vs " << y);
+              r = T, h = H, hq = HQ;
+              break;
+            }
+          }
+      }
+  }
+}
