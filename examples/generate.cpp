@@ -1,15 +1,23 @@
-// Samples text from a model trained by train_lm (byte-level vocabulary).
+// Samples text from a model trained by train_lm: byte-level, or BPE through the tokenizer its data used.
 //   build/examples/generate [model=runs/lm/model.safetensors] [prompt="The jury"] [tokens=300] [temperature=0.8]
-//                           [top_k=40] [top_p=0.95] [seed=1] [device=auto|cpu|cuda]
-// The model's shape comes from the file's metadata, which train_lm writes.
+//                           [top_k=40] [top_p=0.95] [seed=1] [device=auto|cpu|cuda] [tokenizer=PATH]
+//                           [offload_experts=0|1]
+// The model (shape, dense or NSA attention, dense or DeepSeekMoE feed-forward, the MoE balancing biases) comes from
+// the file's metadata, which train_lm writes (train/lm_spec.h); so does the tokenizer's path (tokenizer= overrides
+// it). Dense attention decodes with a KV cache; NSA models run the whole window for each token (no NSA cache yet).
+// offload_experts=1 keeps MoE experts in pinned host memory and uploads them per layer (GPU; moe/offload.h).
 #include <algorithm>
 #include <cstdio>
 #include <map>
+#include <optional>
 
 #include "cuda/memory.h"
 #include "nn/safetensors.h"
 #include "nn/sampling.h"
+#include "moe/offload.h"
 #include "nn/transformer.h"
+#include "train/lm_spec.h"
+#include "train/tokenizer.h"
 
 using namespace nt;
 
@@ -17,45 +25,58 @@ int main(int argc, char** argv) {
   try {
     std::map<std::string, std::string> o = {{"model", "runs/lm/model.safetensors"}, {"prompt", "The jury"}, {"tokens", "300"},
                                             {"temperature", "0.8"}, {"top_k", "40"}, {"top_p", "0.95"}, {"seed", "1"},
-                                            {"device", "auto"}};
+                                            {"device", "auto"}, {"tokenizer", ""}, {"offload_experts", "0"}};
     for (int a = 1; a < argc; ++a) {
       const std::string arg = argv[a];
       const auto eq = arg.find('=');
       NT_CHECK(eq != std::string::npos && o.count(arg.substr(0, eq)),
-               "generate: unknown argument '{}'; valid keys: model, prompt, tokens, temperature, top_k, top_p, seed, device", arg);
+               "generate: unknown argument '{}'; valid keys: model, prompt, tokens, temperature, top_k, top_p, seed, device, "
+               "tokenizer, offload_experts", arg);
       o[arg.substr(0, eq)] = arg.substr(eq + 1);
     }
     const nn::SafetensorsFile f = nn::load_safetensors(o["model"]);
-    auto meta = [&](const char* k) {
-      auto it = f.metadata.find(k);
-      NT_CHECK(it != f.metadata.end(), "generate: '{}' has no '{}' in its metadata (write it with train_lm)", o["model"], k);
-      return std::stod(it->second);
-    };
-    nn::LMConfig c;
-    c.vocab = (int64_t)meta("vocab"), c.dim = (int64_t)meta("dim"), c.n_layers = (int64_t)meta("layers");
-    c.n_heads = (int64_t)meta("heads"), c.n_kv_heads = (int64_t)meta("kv_heads"), c.max_seq = (int64_t)meta("max_seq");
-    c.mlp_hidden = (int64_t)meta("mlp_hidden"), c.rope.theta = meta("rope_theta");
-    if (auto it = f.metadata.find("attention"); it != f.metadata.end() && it->second != "dense")
-      throw Error(fmt::format("generate: '{}' has {} attention; decoding supports dense attention only so far", o["model"], it->second));
-    if (auto it = f.metadata.find("mlp"); it != f.metadata.end() && it->second != "dense")
-      throw Error(fmt::format("generate: '{}' has a {} feed-forward; decoding supports dense models only so far", o["model"], it->second));
+    const train::LMSpec spec = train::LMSpec::from_metadata(f.metadata, o["model"]);
+    const nn::LMConfig c = spec.config();
     const Device dev = (o["device"] == "cuda" || (o["device"] == "auto" && cuda::available())) ? cuda_device(0) : kCPU;
     nn::TransformerLM lm(c);
     lm.to(dev);
     nn::load_parameters(lm, f);
+    train::restore_moe_biases(lm, f.metadata, o["model"]);
+    if (o["offload_experts"] == "1") {
+      NT_CHECK(dev.is_cuda(), "generate: offload_experts=1 needs a GPU (device {})", dev.str());
+      std::fprintf(stderr, "offloaded the experts of %lld MoE layers to pinned host memory\n",
+                   (long long)moe::offload_experts(lm));
+    }
+    // Tokens: bytes for a 256-token vocabulary, else the BPE the model was trained with.
+    std::string tok_path = o["tokenizer"];
+    if (tok_path.empty() && f.metadata.count("tokenizer")) tok_path = f.metadata.at("tokenizer");
+    NT_CHECK(c.vocab == 256 || !tok_path.empty(), "generate: '{}' has a {}-token vocabulary and names no tokenizer; "
+             "pass tokenizer=PATH (the tokenizer.txt of its data directory)", o["model"], c.vocab);
+    std::optional<train::Tokenizer> tok;
+    if (c.vocab != 256) tok = train::Tokenizer::load(tok_path);
+    const bool cached = spec.attention == "dense";
     lm.train(false);
     const nn::SamplingConfig sc{std::stod(o["temperature"]), std::stoll(o["top_k"]), std::stod(o["top_p"])};
     Generator gen((uint64_t)std::stoull(o["seed"]));
     std::vector<int64_t> toks;
-    for (unsigned char ch : o["prompt"]) toks.push_back(ch);
+    if (tok)
+      for (int32_t id : tok->encode(o["prompt"], false)) toks.push_back(id);
+    else
+      for (unsigned char ch : o["prompt"]) toks.push_back(ch);
     NT_CHECK(!toks.empty(), "generate: the prompt must not be empty");
     std::fputs(o["prompt"].c_str(), stdout);
     autograd::NoGradGuard no_grad;
     const int64_t n = std::stoll(o["tokens"]);
     // KV cache: the prompt runs once, then each step runs one token. When the cache is full, the last half of the
     // context is run again into a fresh cache (positions restart, as they did when the model was trained).
-    auto cache = lm.new_cache(1);
+    auto cache = cached ? lm.new_cache(1) : std::vector<nn::LayerCache>{};
     Tensor logits;
+    // Without a cache (NSA): the last max_seq tokens run whole for each new token.
+    auto full = [&] {
+      const int64_t keep = std::min<int64_t>((int64_t)toks.size(), c.max_seq);
+      std::vector<double> window(toks.end() - keep, toks.end());
+      logits = lm.forward(from_vector(window, {1, keep}, DType::i64, dev));
+    };
     auto prefill = [&] {
       const int64_t keep = std::min<int64_t>((int64_t)toks.size(), std::max<int64_t>(1, c.max_seq / 2));
       std::vector<double> window(toks.end() - keep, toks.end());
@@ -63,17 +84,21 @@ int main(int argc, char** argv) {
       logits = lm.forward_cached(from_vector(window, {1, keep}, DType::i64, dev), cache);
     };
     if ((int64_t)toks.size() > c.max_seq) toks.erase(toks.begin(), toks.end() - c.max_seq);
-    {
+    if (cached) {
       std::vector<double> p(toks.begin(), toks.end());
       logits = lm.forward_cached(from_vector(p, {1, (int64_t)p.size()}, DType::i64, dev), cache);
+    } else {
+      full();
     }
     for (int64_t i = 0; i < n; ++i) {
       const int64_t next = nn::sample_token(logits.select(0, 0).select(0, logits.size(1) - 1), sc, gen);
       toks.push_back(next);
-      std::fputc((int)next, stdout);
+      if (tok) std::fputs(tok->decode({(int32_t)next}).c_str(), stdout);
+      else std::fputc((int)next, stdout);
       std::fflush(stdout);
       if (i + 1 == n) break;
-      if (cache[0].length == c.max_seq) prefill();
+      if (!cached) full();
+      else if (cache[0].length == c.max_seq) prefill();
       else logits = lm.forward_cached(from_vector({(double)next}, {1, 1}, DType::i64, dev), cache);
     }
     std::fputc('\n', stdout);

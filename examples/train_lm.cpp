@@ -39,6 +39,7 @@
 #include "nn/transformer.h"
 #include "moe/moe_layer.h"
 #include "moe/offload.h"
+#include "train/lm_spec.h"
 #include "nsa/nsa_layer.h"
 #include "train/adamw.h"
 #include "train/checkpoint.h"
@@ -246,24 +247,12 @@ int main(int argc, char** argv) {
         if (line.find("unigram_entropy_nats") != std::string::npos) unigram = std::stod(line.substr(line.find(':') + 1));
     }
 
-    nn::LMConfig cfg = s.model;
-    if (s.mlp == "moe") {
-      moe::MoEConfig mc = s.moe;
-      mc.dim = cfg.dim;
-      const int64_t first_dense = s.moe_first_dense, hidden = cfg.hidden();
-      cfg.make_mlp = [mc, first_dense, hidden](int64_t layer, const nn::Init& init) -> std::shared_ptr<nn::Layer> {
-        if (layer < first_dense) return std::make_shared<nn::SwiGLUMLP>(mc.dim, hidden, init);
-        return std::make_shared<moe::DeepSeekMoE>(mc, init);
-      };
-    }
-    if (s.attention == "nsa") {
-      nsa::NsaConfig nc = s.nsa;
-      nc.dim = cfg.dim, nc.n_heads = cfg.n_heads, nc.n_kv_heads = cfg.n_kv_heads, nc.head_dim = cfg.dim / cfg.n_heads;
-      cfg.make_attention = [nc](int64_t, std::shared_ptr<const nn::Rotary> r, const nn::Init& init) {
-        return std::make_shared<nsa::NativeSparseAttention>(nc, std::move(r), init);
-      };
-    }
-    cfg.vocab = tr.vocab;
+    // The model: its shape, attention and feed-forward choices (also written into model.safetensors' metadata).
+    train::LMSpec spec;
+    spec.model = s.model, spec.attention = s.attention, spec.nsa = s.nsa, spec.mlp = s.mlp, spec.moe = s.moe;
+    spec.moe_first_dense = s.moe_first_dense;
+    spec.model.vocab = tr.vocab;
+    nn::LMConfig cfg = spec.config();
     const int64_t B = s.batch, T = cfg.max_seq, steps = s.steps, warmup = s.warmup, save_every = s.save_every;
     NT_CHECK(B > 0 && T > 0 && steps > 0 && s.eval_every > 0 && s.log_every > 0 && s.grad_accum > 0,
              "train_lm: training.batch, model.seq, training.steps, training.eval_every, training.log_every and "
@@ -461,12 +450,10 @@ int main(int argc, char** argv) {
       }
     }
     // The model's shape goes into the metadata, so examples/generate can rebuild it from the file alone.
-    const std::map<std::string, std::string> meta = {
-        {"steps", std::to_string(steps)}, {"vocab", std::to_string(cfg.vocab)}, {"dim", std::to_string(cfg.dim)},
-        {"layers", std::to_string(cfg.n_layers)}, {"heads", std::to_string(cfg.n_heads)},
-        {"kv_heads", std::to_string(cfg.n_kv_heads)}, {"max_seq", std::to_string(cfg.max_seq)},
-        {"mlp_hidden", std::to_string(cfg.hidden())}, {"rope_theta", fmt::format("{}", cfg.rope.theta)},
-        {"attention", s.attention}, {"mlp", s.mlp}};
+    std::map<std::string, std::string> meta = spec.metadata(&lm);
+    meta["steps"] = std::to_string(steps);
+    // BPE data directories hold their tokenizer (scripts/prepare_bpe.sh): generate decodes with it.
+    if (std::filesystem::exists(data + "/tokenizer.txt")) meta["tokenizer"] = data + "/tokenizer.txt";
     if (dev.is_cuda())
       say("peak GPU memory (allocator, this rank): {:.2f} GiB\n", (double)cuda::allocator_stats(dev.index).peak_allocated / (1 << 30));
     if (distributed) {
