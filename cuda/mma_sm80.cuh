@@ -49,4 +49,26 @@ __device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const uint16_t* p) {
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
 }
 
+// S = Q K^T for one warp: its 16 query rows (from row q_row0 of Qs) against 64 keys (rows 0..63 of Ks), both bf16
+// tiles in shared memory with leading dimension LD, head dim DP (a multiple of 16). s[j] is the 16 x 8 accumulator
+// block of keys 8j..8j+7 in mma's C layout (zeroed first).
+template <int DP>
+__device__ __forceinline__ void qk_tile64(float (&s)[8][4], const uint16_t* Qs, const uint16_t* Ks, int LD, int q_row0,
+                                          int lane) {
+#pragma unroll
+  for (int j = 0; j < 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+#pragma unroll
+  for (int kk = 0; kk < DP / 16; ++kk) {
+    uint32_t qa[4];
+    ldsm_x4(qa, Qs + (q_row0 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
+#pragma unroll
+    for (int jp = 0; jp < 4; ++jp) {
+      uint32_t kb[4];
+      ldsm_x4(kb, Ks + (jp * 16 + (lane & 7) + (lane >> 4) * 8) * LD + kk * 16 + ((lane >> 3) & 1) * 8);
+      mma16816(s[2 * jp], qa, kb[0], kb[1]);
+      mma16816(s[2 * jp + 1], qa, kb[2], kb[3]);
+    }
+  }
+}
+
 }  // namespace nt::cuda::sm80

@@ -88,20 +88,7 @@ __global__ void __launch_bounds__(kThreadsSel) nsa_select_tc_kernel(const uint16
     }
     __syncthreads();  // K landed; the previous tile's folds are done with colsum
     float s[8][4];
-#pragma unroll
-    for (int j = 0; j < 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < DP / 16; ++kk) {
-      uint32_t qa[4];
-      ldsm_x4(qa, Qs + (warp * 16 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
-#pragma unroll
-      for (int jp = 0; jp < 4; ++jp) {
-        uint32_t kb[4];
-        ldsm_x4(kb, Ks + (jp * 16 + (lane & 7) + (lane >> 4) * 8) * LD + kk * 16 + ((lane >> 3) & 1) * 8);
-        mma16816(s[2 * jp], qa, kb[0], kb[1]);
-        mma16816(s[2 * jp + 1], qa, kb[2], kb[3]);
-      }
-    }
+    qk_tile64<DP>(s, Qs, Ks, LD, warp * 16, lane);
     // Probabilities: element (j, e) is row warp 16 + lane / 4 + 8 (e >> 1), key c0 + 8 j + 2 (lane % 4) + (e & 1).
 #pragma unroll
     for (int j = 0; j < 8; ++j)

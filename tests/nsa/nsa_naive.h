@@ -12,6 +12,17 @@
 
 namespace nt::test {
 
+// A test shape and its NSA options (blocks(l, d, l', n, w, cu_seqlens)).
+struct Case {
+  int64_t T, HQ, H, D;
+  NsaOptions opt;
+};
+inline NsaOptions blocks(int64_t l, int64_t d, int64_t lp, int64_t n, int64_t w, std::vector<int32_t> cu = {}) {
+  NsaOptions o;
+  o.block = l, o.stride = d, o.select_block = lp, o.n_select = n, o.window = w, o.cu_seqlens = std::move(cu);
+  return o;
+}
+
 struct NsaInputs {
   Tensor q, k_cmp, v_cmp, k_slc, v_slc, k_win, v_win, gates;
   std::vector<Tensor> all() const { return {q, k_cmp, v_cmp, k_slc, v_slc, k_win, v_win, gates}; }

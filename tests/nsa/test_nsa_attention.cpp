@@ -9,15 +9,6 @@ using namespace nt;
 using namespace nt::test;
 
 namespace {
-struct Case {
-  int64_t T, HQ, H, D;
-  NsaOptions opt;
-};
-NsaOptions blocks(int64_t l, int64_t d, int64_t lp, int64_t n, int64_t w, std::vector<int32_t> cu = {}) {
-  NsaOptions o;
-  o.block = l, o.stride = d, o.select_block = lp, o.n_select = n, o.window = w, o.cu_seqlens = std::move(cu);
-  return o;
-}
 NsaOutput run(const NsaInputs& in, const NsaOptions& opt) {
   return nsa_attention(in.q, in.k_cmp, in.v_cmp, in.k_slc, in.v_slc, in.k_win, in.v_win, in.gates, opt);
 }

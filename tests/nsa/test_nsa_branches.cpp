@@ -14,15 +14,6 @@ using namespace nt;
 using namespace nt::test;
 
 namespace {
-struct Case {
-  int64_t T, HQ, H, D;
-  NsaOptions opt;
-};
-NsaOptions blocks(int64_t l, int64_t d, int64_t lp, int64_t n, int64_t w, std::vector<int32_t> cu = {}) {
-  NsaOptions o;
-  o.block = l, o.stride = d, o.select_block = lp, o.n_select = n, o.window = w, o.cu_seqlens = std::move(cu);
-  return o;
-}
 std::vector<int32_t> cu_or_one(const NsaOptions& opt, int64_t T) {
   return opt.cu_seqlens.empty() ? std::vector<int32_t>{0, (int32_t)T} : opt.cu_seqlens;
 }
