@@ -57,11 +57,6 @@ __device__ __forceinline__ void load_a(uint32_t (&a)[4], const uint16_t* s, int 
   const uint16_t* p = s + (r0 + lane / 4) * ld + c0 + (lane % 4) * 2;
   a[0] = lds32(p), a[1] = lds32(p + 8 * ld), a[2] = lds32(p + 8), a[3] = lds32(p + 8 * ld + 8);
 }
-// The A fragment of a 16 x 16 product block from accumulators of two adjacent n-tiles (FlashAttention's
-// register reuse: the C layout of S is the A layout of P).
-__device__ __forceinline__ void acc_to_a(uint32_t (&a)[4], const float (&c0)[4], const float (&c1)[4]) {
-  a[0] = pack_bf16(c0[0], c0[1]), a[1] = pack_bf16(c0[2], c0[3]), a[2] = pack_bf16(c1[0], c1[1]), a[3] = pack_bf16(c1[2], c1[3]);
-}
 
 constexpr int kBM = 64, kBN = 64, kThreads = 128;
 

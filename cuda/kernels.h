@@ -68,6 +68,8 @@ struct NsaDims {
   const void* lse_cmp = nullptr;
   // The forward reads the blocks from block_indices (filled by nsa_select_tc) instead of choosing them.
   bool indices_given = false;
+  // The selected branch's output and log-sum-exp are in branch_o[1] / lse[1] already (nsa_selected_forward_tc).
+  bool slc_given = false;
 };
 size_t nsa_forward_smem(const NsaDims& d, bool f64);
 // nsa_select.cu: block_indices [N, H, n] from the compressed branch's probabilities on tensor cores (bf16 q, k_cmp;
@@ -76,6 +78,11 @@ size_t nsa_forward_smem(const NsaDims& d, bool f64);
 bool nsa_select_tc_supported(const NsaDims& d);
 void nsa_select_tc(const void* q, const void* k_cmp, const float* lse_cmp, int32_t* block_indices, const NsaDims& d,
                    int max_len, cudaStream_t stream);
+// nsa_selected.cu: the selected branch's forward on tensor cores (bf16) into branch_o[1] and lse[1] (f32), from
+// block_indices. Supported for D % 8 == 0, D <= 256, G <= 16.
+bool nsa_selected_tc_supported(const NsaDims& d);
+void nsa_selected_forward_tc(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
+                             float* branch_o, float* lse, const NsaDims& d, int max_len, cudaStream_t stream);
 void nsa_forward(DType t, const void* const in[8], void* out, int32_t* block_indices, void* branch_o, void* lse,
                  const NsaDims& d, cudaStream_t stream);
 // dout [N, HQ, D] in the accumulation type; grads like the inputs; acc scratch of 2 NC H D + 4 N H D accumulation

@@ -49,6 +49,12 @@ __device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const uint16_t* p) {
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
 }
 
+// The A fragment of a 16 x 16 product block from accumulators of two adjacent n-tiles (FlashAttention's
+// register reuse: the C layout of S is the A layout of P).
+__device__ __forceinline__ void acc_to_a(uint32_t (&a)[4], const float (&c0)[4], const float (&c1)[4]) {
+  a[0] = pack_bf16(c0[0], c0[1]), a[1] = pack_bf16(c0[2], c0[3]), a[2] = pack_bf16(c1[0], c1[1]), a[3] = pack_bf16(c1[2], c1[3]);
+}
+
 // S = Q K^T for one warp: its 16 query rows (from row q_row0 of Qs) against 64 keys (rows 0..63 of Ks), both bf16
 // tiles in shared memory with leading dimension LD, head dim DP (a multiple of 16). s[j] is the 16 x 8 accumulator
 // block of keys 8j..8j+7 in mma's C layout (zeroed first).

@@ -170,12 +170,15 @@ __global__ void __launch_bounds__(1024) nsa_fwd_simt(const T* __restrict__ q, co
     __syncthreads();
   }
   // Selected and window branches, then the gated mix.
-  const SelectedKeys sel{chosen, a.n, a.lp, t};
-  attend<T, A>(qv, ks, vs, a.H, h, a.D, scale, sel.count(), [&](int j) { return (int64_t)s.start + sel.key(j); }, out, L, lane);
+  if (!a.slc_given) {  // else nsa_selected_forward_tc wrote bo(1) and ls(1)
+    const SelectedKeys sel{chosen, a.n, a.lp, t};
+    attend<T, A>(qv, ks, vs, a.H, h, a.D, scale, sel.count(), [&](int j) { return (int64_t)s.start + sel.key(j); }, out, L,
+                 lane);
 #pragma unroll
-  for (int i = 0; i < kPerLane; ++i)
-    if (lane + 32 * i < a.D) bo(1)[lane + 32 * i] = out[i];
-  if (lane == 0) *ls(1) = L;
+    for (int i = 0; i < kPerLane; ++i)
+      if (lane + 32 * i < a.D) bo(1)[lane + 32 * i] = out[i];
+    if (lane == 0) *ls(1) = L;
+  }
   const int w0 = max(0, t - a.w + 1), nwin = a.w > 0 ? t - w0 + 1 : 0;
   attend<T, A>(qv, kw, vw, a.H, h, a.D, scale, nwin, [&](int j) { return (int64_t)s.start + w0 + j; }, out, L, lane);
 #pragma unroll

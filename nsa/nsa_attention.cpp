@@ -16,8 +16,9 @@ namespace nt {
 namespace cpu {
 // in: q, k_cmp, v_cmp, k_slc, v_slc, k_win, v_win, gates, contiguous; opt has cu_seqlens and scale filled in.
 // lse_cmp (optional, f64 [T, HQ]): the compressed branch ran elsewhere; only its probabilities score the selection.
+// indices_given: block_indices holds the blocks already (no selection).
 void nsa_forward(const std::vector<Tensor>& in, const NsaOptions& opt, const Tensor& o, const Tensor& block_indices,
-                 const Tensor& branch_o, const Tensor& lse, const Tensor& lse_cmp);
+                 const Tensor& branch_o, const Tensor& lse, const Tensor& lse_cmp, bool indices_given);
 // dout f64 [T, HQ, D]; grads: one per input, shaped and typed like it, overwritten (the compressed branch's zero
 // when external_cmp).
 void nsa_backward(const std::vector<Tensor>& in, const NsaOptions& opt, const Tensor& block_indices,
@@ -136,7 +137,9 @@ CudaGeometry cuda_geometry(const Tensor& q, const Tensor& k_cmp, const Tensor& k
 namespace {
 // The op. lse_cmp (undefined, or f32/f64 [T, HQ]): the compressed branch's log-sum-exps from elsewhere; then that
 // branch only scores the selection (its output here is 0 and no gradient flows from it).
-NsaOutput run_nsa(const std::vector<Tensor>& inputs, const NsaOptions& options, const Tensor& lse_cmp_in) {
+// indices_in (undefined, or i32 [T, H, n]): the blocks to attend, checked and used instead of a selection.
+NsaOutput run_nsa(const std::vector<Tensor>& inputs, const NsaOptions& options, const Tensor& lse_cmp_in,
+                  const Tensor& indices_in = Tensor()) {
   const Tensor& q = inputs[0];
   const Tensor &k_cmp = inputs[1], &k_slc = inputs[3];
   const NsaOptions opt = resolve(inputs, options);
@@ -157,9 +160,29 @@ NsaOutput run_nsa(const std::vector<Tensor>& inputs, const NsaOptions& options, 
     autograd::NoGradGuard ng;
     lse_cmp = lse_cmp_in.detach().to(acc).contiguous();
   }
-  const bool external_cmp = lse_cmp.defined();
+  const bool external_cmp = lse_cmp.defined(), indices_given = indices_in.defined();
+  if (indices_given) {
+    NT_CHECK(indices_in.dtype() == DType::i32 && indices_in.shape() == out.block_indices.shape(),
+             "{}: block_indices must be i32 [T, H, n] = {}, got {} {}", kOp, shape_str(out.block_indices.shape()),
+             dtype_name(indices_in.dtype()), shape_str(indices_in.shape()));
+    const std::vector<int32_t> v = indices_in.to_vector_as<int32_t>();
+    for (size_t b = 0; b + 1 < opt.cu_seqlens.size(); ++b)
+      for (int64_t row = opt.cu_seqlens[b]; row < opt.cu_seqlens[b + 1]; ++row)
+        for (int64_t h = 0; h < H; ++h) {
+          const int32_t* r = &v[(row * H + h) * opt.n_select];
+          const int64_t last = (row - opt.cu_seqlens[b]) / opt.select_block;
+          bool ended = false;
+          for (int64_t i = 0; i < opt.n_select; ++i) {
+            const bool ok = r[i] == -1 ? (ended = true) : !ended && r[i] >= 0 && r[i] <= last && (i == 0 || r[i] > r[i - 1]);
+            NT_CHECK(ok, "{}: block_indices[{}, {}] must list distinct ascending blocks <= t / l' = {} and then -1, "
+                     "got {} at slot {}", kOp, row, h, last, r[i], i);
+          }
+        }
+    autograd::NoGradGuard ng;
+    out.block_indices.copy_(indices_in);
+  }
   if (on_cpu) {
-    cpu::nsa_forward(in, opt, out.o, out.block_indices, branch_o, lse, lse_cmp);
+    cpu::nsa_forward(in, opt, out.o, out.block_indices, branch_o, lse, lse_cmp, indices_given);
   } else {
 #if NT_CUDA
     CudaGeometry g = cuda_geometry(q, k_cmp, k_slc, opt);
@@ -170,13 +193,23 @@ NsaOutput run_nsa(const std::vector<Tensor>& inputs, const NsaOptions& options, 
       const char* v = std::getenv("NT_NSA_SELECT");
       return v && std::string(v) == "simt";
     }();
-    if (external_cmp && q.dtype() == DType::bf16 && !simt_select && cuda::nsa_select_tc_supported(g.dims)) {
-      int max_len = 0;
-      for (size_t b = 0; b + 1 < opt.cu_seqlens.size(); ++b)
-        max_len = std::max(max_len, opt.cu_seqlens[b + 1] - opt.cu_seqlens[b]);
-      cuda::nsa_select_tc(in[0].data_ptr(), in[1].data_ptr(), static_cast<const float*>(lse_cmp.data_ptr()),
-                          static_cast<int32_t*>(out.block_indices.data_ptr()), g.dims, max_len, stream_of(q));
+    int max_len = 0;
+    for (size_t b = 0; b + 1 < opt.cu_seqlens.size(); ++b)
+      max_len = std::max(max_len, opt.cu_seqlens[b + 1] - opt.cu_seqlens[b]);
+    if (indices_given) g.dims.indices_given = true;
+    if (external_cmp && q.dtype() == DType::bf16 && (indices_given || (!simt_select && cuda::nsa_select_tc_supported(g.dims)))) {
+      if (!indices_given)
+        cuda::nsa_select_tc(in[0].data_ptr(), in[1].data_ptr(), static_cast<const float*>(lse_cmp.data_ptr()),
+                            static_cast<int32_t*>(out.block_indices.data_ptr()), g.dims, max_len, stream_of(q));
       g.dims.indices_given = true;
+      // The selected branch's forward on tensor cores too (its backward stays on CUDA cores).
+      if (cuda::nsa_selected_tc_supported(g.dims)) {
+        cuda::nsa_selected_forward_tc(in[0].data_ptr(), in[3].data_ptr(), in[4].data_ptr(),
+                                      static_cast<const int32_t*>(out.block_indices.data_ptr()),
+                                      static_cast<float*>(branch_o.data_ptr()), static_cast<float*>(lse.data_ptr()),
+                                      g.dims, max_len, stream_of(q));
+        g.dims.slc_given = true;
+      }
     }
     const void* ptrs[8];
     for (int i = 0; i < 8; ++i) ptrs[i] = in[i].data_ptr();
@@ -252,6 +285,27 @@ NsaOutput nsa_selected_branch(const Tensor& q, const Tensor& k_cmp, const Tensor
   o.window = 0;
   const Tensor kc = k_cmp.detach(), unused = k_slc.detach();
   return run_nsa({q, kc, kc, k_slc, v_slc, unused, unused, gates}, o, lse_cmp);
+}
+
+NsaOutput nsa_selected_attention(const Tensor& q, const Tensor& k_slc, const Tensor& v_slc, const Tensor& block_indices,
+                                 const NsaOptions& opt) {
+  NT_CHECK(q.dim() == 3 && k_slc.dim() == 3, "nsa_selected_attention: q and k_slc must be [T, HQ, D] and [T, H, D], "
+           "got {} and {}", shape_str(q.shape()), shape_str(k_slc.shape()));
+  // The op with the blocks given, gates (0, 1, 0), no window, and a zero compressed branch (placeholders).
+  const int64_t T = q.size(0), HQ = q.size(1), H = k_slc.size(1), D = q.size(2);
+  const std::vector<int32_t> cu = opt.cu_seqlens.empty() ? std::vector<int32_t>{0, (int32_t)T} : opt.cu_seqlens;
+  int64_t NC = 0;
+  for (size_t b = 0; b + 1 < cu.size(); ++b) NC += nsa_num_cmp_blocks(cu[b + 1] - cu[b], opt.block, opt.stride);
+  Tensor gates = zeros({T, HQ, 3}, q.dtype(), q.device());
+  {
+    autograd::NoGradGuard ng;
+    gates.narrow(2, 1, 1).fill_(1.0);
+  }
+  NsaOptions o = opt;
+  o.window = 0;
+  const Tensor kc = zeros({NC, H, D}, q.dtype(), q.device()), unused = k_slc.detach();
+  return run_nsa({q, kc, kc, k_slc, v_slc, unused, unused, gates}, o, zeros({T, HQ}, DType::f32, q.device()),
+                 block_indices.to(q.device()));
 }
 
 }  // namespace nt

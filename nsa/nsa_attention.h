@@ -49,4 +49,10 @@ NsaOutput nsa_attention(const Tensor& q, const Tensor& k_cmp, const Tensor& v_cm
 NsaOutput nsa_selected_branch(const Tensor& q, const Tensor& k_cmp, const Tensor& k_slc, const Tensor& v_slc,
                               const Tensor& lse_cmp, const NsaOptions& opt = {});
 
+// Attention over given blocks: the selected branch with block_indices (i32 [T, H, n], ascending block numbers
+// <= t / l' and then -1; checked) instead of a selection, e.g. another implementation's choice. o is differentiable
+// w.r.t. q, k_slc and v_slc; the returned block_indices are the given ones.
+NsaOutput nsa_selected_attention(const Tensor& q, const Tensor& k_slc, const Tensor& v_slc, const Tensor& block_indices,
+                                 const NsaOptions& opt = {});
+
 }  // namespace nt

@@ -160,7 +160,7 @@ void probabilities(const T* q, const Rows<T>& K, int64_t h, const std::vector<in
 }
 
 void nsa_forward(const std::vector<Tensor>& in, const NsaOptions& opt, const Tensor& o, const Tensor& block_indices,
-                 const Tensor& branch_o, const Tensor& lse, const Tensor& lse_cmp) {
+                 const Tensor& branch_o, const Tensor& lse, const Tensor& lse_cmp, bool indices_given) {
   const Dims z(in, opt);
   NT_DISPATCH_FLOAT(in[0].dtype(), "nsa_attention", [&] {
     using T = scalar_t;
@@ -192,7 +192,7 @@ void nsa_forward(const std::vector<Tensor>& in, const NsaOptions& opt, const Ten
             add_block_scores(p, opt, score);
           }
           int32_t* blocks = I + (row * z.H + h) * z.n;
-          select_blocks(score, t, opt, blocks);
+          if (!indices_given) select_blocks(score, t, opt, blocks);
           slc_rows(s, t, blocks, opt, rows[1]);
           for (int64_t hq = h * z.G; hq < (h + 1) * z.G; ++hq) {
             for (int br = 1; br < 3; ++br)

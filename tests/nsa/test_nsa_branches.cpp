@@ -189,6 +189,45 @@ TEST_CASE("NSA selected branch and the branch-wise nsa_attention equal the fused
   }
 }
 
+TEST_CASE("nsa_selected_attention over given blocks equals the selected branch that chose them (f64); bad blocks "
+          "are errors") {
+  int seed = 900;
+  for (const Case& c : cases()) {
+    INFO("T " << c.T << " HQ " << c.HQ << " H " << c.H << " l' " << c.opt.select_block);
+    const NsaInputs in = nsa_inputs(c.T, c.HQ, c.H, c.D, total_cmp(c.opt, c.T), seed += 10);
+    const Tensor w = rnd({c.T, c.HQ, c.D}, seed + 9);
+    const NsaBranch cmp = nsa_compressed_branch(in.q, in.k_cmp, in.v_cmp, c.opt);
+    const Tensor chosen = nsa_selected_branch(in.q, in.k_cmp, in.k_slc, in.v_slc, cmp.lse, c.opt).block_indices;
+    const Full ref = full_of(in, w, [&](const std::vector<Tensor>& x) {
+      return nsa_selected_branch(x[0], x[1], x[3], x[4], cmp.lse, c.opt);
+    });
+    const Full got = full_of(in, w, [&](const std::vector<Tensor>& x) {
+      return nsa_selected_attention(x[0], x[3], x[4], chosen, c.opt);
+    });
+    CHECK(got.idx.to_vector() == chosen.to_vector());
+    expect_close(got.o, ref.o, 1e-12, 1e-10);
+    for (int i : {0, 3, 4}) expect_close(got.grads[i], ref.grads[i], 1e-12, 1e-10);
+  }
+  const NsaInputs in = nsa_inputs(40, 2, 1, 4, 0, 3);
+  const NsaOptions opt = blocks(8, 4, 8, 3, 0);
+  std::vector<double> idx(40 * 3, -1.0);
+  for (int t = 0; t < 40; ++t) idx[t * 3] = 0;
+  auto with = [&](std::vector<double> v) { return from_vector(v, {40, 1, 3}, DType::i32); };
+  CHECK(nsa_selected_attention(in.q, in.k_slc, in.v_slc, with(idx), opt).o.shape() == Shape{40, 2, 4});
+  auto bad = idx;
+  bad[20 * 3 + 1] = 3;  // t = 20 sees blocks <= 2
+  CHECK_THROWS_WITH_AS(nsa_selected_attention(in.q, in.k_slc, in.v_slc, with(bad), opt),
+                       doctest::Contains("block_indices[20, 0] must list distinct ascending blocks <= t / l' = 2"), Error);
+  bad = idx;
+  bad[30 * 3 + 0] = 2, bad[30 * 3 + 1] = 1;  // descending
+  CHECK_THROWS_WITH_AS(nsa_selected_attention(in.q, in.k_slc, in.v_slc, with(bad), opt),
+                       doctest::Contains("got 1 at slot 1"), Error);
+  bad = idx;
+  bad[30 * 3 + 0] = -1, bad[30 * 3 + 1] = 1;  // a block after -1
+  CHECK_THROWS_WITH_AS(nsa_selected_attention(in.q, in.k_slc, in.v_slc, with(bad), opt),
+                       doctest::Contains("got 1 at slot 1"), Error);
+}
+
 TEST_CASE("NSA branches: argument errors") {
   const NsaInputs in = nsa_inputs(20, 4, 2, 8, 4, 1);
   CHECK_THROWS_WITH_AS(nsa_compressed_branch(in.q, in.k_cmp.narrow(0, 0, 3), in.v_cmp.narrow(0, 0, 3), blocks(8, 4, 8, 3, 5)),
@@ -338,4 +377,31 @@ TEST_CASE("NSA selection on tensor cores (bf16): a valid top-n of the f64 scores
           }
       }
   }
+}
+
+TEST_CASE("NSA selected branch on CUDA over the GPU's choice (bf16: tensor-core forward; f32) matches the f64 CPU "
+          "over the same blocks, values and gradients" * doctest::skip(!cuda::available())) {
+  for (DType dt : {DType::bf16, DType::f32})
+    for (const Case& c : {Case{300, 16, 1, 64, blocks(32, 16, 64, 16, 128)},
+                          Case{333, 32, 2, 128, blocks(16, 8, 32, 5, 0, {0, 100, 100, 107, 333})},
+                          Case{150, 4, 4, 64, blocks(8, 4, 16, 4, 0)}}) {
+      INFO(dtype_name(dt) << " T " << c.T << " HQ " << c.HQ << " H " << c.H << " D " << c.D);
+      const NsaInputs in = nsa_cast(nsa_cast(nsa_inputs(c.T, c.HQ, c.H, c.D, total_cmp(c.opt, c.T), 66), dt), DType::f64);
+      const Tensor w = rnd({c.T, c.HQ, c.D}, 67);
+      NsaInputs g = nsa_cast(in, dt);
+      for (Tensor* t : {&g.q, &g.k_cmp, &g.v_cmp, &g.k_slc, &g.v_slc}) *t = t->to(cuda_device(0));
+      const NsaBranch cmp = nsa_compressed_branch(g.q, g.k_cmp, g.v_cmp, c.opt);
+      const Full got = full_of(g, w, [&](const std::vector<Tensor>& x) {
+        return nsa_selected_branch(x[0], x[1], x[3], x[4], cmp.lse, c.opt);
+      });
+      const Full ref = full_of(in, w, [&](const std::vector<Tensor>& x) {
+        return nsa_selected_attention(x[0], x[3], x[4], got.idx, c.opt);
+      });
+      const double tol = dt == DType::bf16 ? 2e-2 : 1e-4;
+      expect_close(got.o, ref.o, tol, tol);
+      for (int i : {0, 3, 4}) {
+        INFO("gradient " << i);
+        expect_close(got.grads[i], ref.grads[i], 3 * tol, 3 * tol);
+      }
+    }
 }
