@@ -131,20 +131,7 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_tc(const uint16_t* __restri
         s[j][e] = exp2f(s[j][e] - ref[e >> 1]);
         l_run[e >> 1] += s[j][e];
       }
-#pragma unroll
-    for (int i = 0; i < NT; ++i) acc[i][0] *= alpha[0], acc[i][1] *= alpha[0], acc[i][2] *= alpha[1], acc[i][3] *= alpha[1];
-#pragma unroll
-    for (int kk = 0; kk < kBN / 16; ++kk) {
-      uint32_t af[4];
-      acc_to_a(af, s[2 * kk], s[2 * kk + 1]);
-#pragma unroll
-      for (int dt = 0; dt < NT / 2; ++dt) {
-        uint32_t bf[4];
-        ldsm_x4_t(bf, Vs + (kk * 16 + (lane & 15)) * LD + dt * 16 + (lane >> 4) * 8);
-        mma16816(acc[2 * dt], af, bf[0], bf[1]);
-        mma16816(acc[2 * dt + 1], af, bf[2], bf[3]);
-      }
-    }
+    pv_accumulate<NT, 8>(acc, alpha, s, Vs, LD, lane);
   }
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
@@ -216,7 +203,7 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_tc2(const uint16_t* __restr
     float s[8][4];
     float alpha[2] = {1.f, 1.f};
     if (active) {
-      qk_tile64<DP>(s, Qs, Ks, LD, warp * 16, lane);
+      qk_tile<DP, 8>(s, Qs, Ks, LD, warp * 16, lane);
       const bool edge = n0 + kBN - 1 > wrow || n0 + kBN > len || (a.window > 0 && n0 <= wrow + 15 - a.window);
       float mx[2] = {-INFINITY, -INFINITY};  // raw scores (scale > 0, so the max commutes with scaling)
 #pragma unroll
@@ -253,20 +240,7 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_tc2(const uint16_t* __restr
     if (n0 + kBN < n_hi) cp_tile<kBN, DP>(Ks, kg + (int64_t)(n0 + kBN) * ks, ks, len - n0 - kBN, a.D);
     cp_commit();
     if (active) {
-#pragma unroll
-      for (int i = 0; i < NT; ++i) acc[i][0] *= alpha[0], acc[i][1] *= alpha[0], acc[i][2] *= alpha[1], acc[i][3] *= alpha[1];
-#pragma unroll
-      for (int kk = 0; kk < kBN / 16; ++kk) {
-        uint32_t af[4];
-        acc_to_a(af, s[2 * kk], s[2 * kk + 1]);
-#pragma unroll
-        for (int dt = 0; dt < NT / 2; ++dt) {
-          uint32_t bf[4];
-          ldsm_x4_t(bf, Vs + (kk * 16 + (lane & 15)) * LD + dt * 16 + (lane >> 4) * 8);
-          mma16816(acc[2 * dt], af, bf[0], bf[1]);
-          mma16816(acc[2 * dt + 1], af, bf[2], bf[3]);
-        }
-      }
+      pv_accumulate<NT, 8>(acc, alpha, s, Vs, LD, lane);
     }
   }
 #pragma unroll

@@ -3,6 +3,7 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include "cuda/allocator.h"
 #include "cuda/check.h"
 #include "cuda/kernels.h"
 #include "tensor/convert.h"
@@ -21,6 +22,22 @@ __device__ __forceinline__ int64_t offset_of(const Strided& l, int64_t i) {
   }
   return off;
 }
+
+// Temporary device memory from the caching allocator for one launcher call (the current device's; none for 0
+// bytes), returned when it goes out of scope: the library's one stream orders the release after the kernels.
+struct ScratchBuffer {
+  void* p = nullptr;
+  int dev = 0;
+  explicit ScratchBuffer(size_t bytes) {
+    NT_CUDA_CHECK(cudaGetDevice(&dev));
+    if (bytes) p = cached_malloc(bytes, dev);
+  }
+  ~ScratchBuffer() {
+    if (p) cached_free(p, dev);
+  }
+  ScratchBuffer(const ScratchBuffer&) = delete;
+  ScratchBuffer& operator=(const ScratchBuffer&) = delete;
+};
 
 inline int grid_for(int64_t n, int threads, int max_blocks = 65535 * 8) {
   const int64_t b = (n + threads - 1) / threads;

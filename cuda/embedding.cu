@@ -37,15 +37,6 @@ __global__ void embedding_bwd_kernel(const T* __restrict__ dout, const int64_t* 
     dw[v * C + c] = acc;
   }
 }
-struct DeviceBuffer {
-  void* p = nullptr;
-  int dev = 0;
-  explicit DeviceBuffer(size_t bytes) {
-    cudaGetDevice(&dev);
-    p = cached_malloc(bytes, dev);
-  }
-  ~DeviceBuffer() { cached_free(p, dev); }
-};
 }  // namespace
 
 void embedding_forward(DType t, const void* weight, DType idx_t, const void* idx, void* out, int64_t N, int64_t V,
@@ -65,7 +56,7 @@ void embedding_backward(DType t, const void* dout, DType idx_t, const void* idx,
                         int64_t C, cudaStream_t stream) {
   NT_CUDA_CHECK(cudaMemsetAsync(dweight, 0, V * C * (t == DType::f64 ? 8 : 4), stream));
   if (N == 0) return;
-  DeviceBuffer keys(N * 8), pos(N * 8), skeys(N * 8), spos(N * 8);
+  ScratchBuffer keys(N * 8), pos(N * 8), skeys(N * 8), spos(N * 8);
   NT_DISPATCH_INDEX(idx_t, "embedding_backward", [&] {
     iota_keys_kernel<scalar_t><<<grid_for(N, 256), 256, 0, stream>>>(static_cast<const scalar_t*>(idx),
                                                                     (int64_t*)keys.p, (int64_t*)pos.p, N);
@@ -76,7 +67,7 @@ void embedding_backward(DType t, const void* dout, DType idx_t, const void* idx,
   size_t temp_bytes = 0;
   NT_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes, (int64_t*)keys.p, (int64_t*)skeys.p,
                                                 (int64_t*)pos.p, (int64_t*)spos.p, (int)N, 0, end_bit, stream));
-  DeviceBuffer temp(temp_bytes + 1);
+  ScratchBuffer temp(temp_bytes + 1);
   NT_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp.p, temp_bytes, (int64_t*)keys.p, (int64_t*)skeys.p,
                                                 (int64_t*)pos.p, (int64_t*)spos.p, (int)N, 0, end_bit, stream));
   NT_DISPATCH_FLOAT(t, "embedding_backward", [&] {

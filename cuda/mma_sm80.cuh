@@ -55,24 +55,46 @@ __device__ __forceinline__ void acc_to_a(uint32_t (&a)[4], const float (&c0)[4],
   a[0] = pack_bf16(c0[0], c0[1]), a[1] = pack_bf16(c0[2], c0[3]), a[2] = pack_bf16(c1[0], c1[1]), a[3] = pack_bf16(c1[2], c1[3]);
 }
 
-// S = Q K^T for one warp: its 16 query rows (from row q_row0 of Qs) against 64 keys (rows 0..63 of Ks), both bf16
-// tiles in shared memory with leading dimension LD, head dim DP (a multiple of 16). s[j] is the 16 x 8 accumulator
-// block of keys 8j..8j+7 in mma's C layout (zeroed first).
-template <int DP>
-__device__ __forceinline__ void qk_tile64(float (&s)[8][4], const uint16_t* Qs, const uint16_t* Ks, int LD, int q_row0,
-                                          int lane) {
+// S = Q K^T for one warp: its 16 query rows (from row q_row0 of Qs) against 8 NJ keys (rows 0.. of Ks), both
+// bf16 tiles in shared memory with leading dimension LD, head dim DP (a multiple of 16). s[j] is the 16 x 8
+// accumulator block of keys 8j..8j+7 in mma's C layout (zeroed first). NJ even.
+template <int DP, int NJ>
+__device__ __forceinline__ void qk_tile(float (&s)[NJ][4], const uint16_t* Qs, const uint16_t* Ks, int LD, int q_row0,
+                                        int lane) {
 #pragma unroll
-  for (int j = 0; j < 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+  for (int j = 0; j < NJ; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
 #pragma unroll
   for (int kk = 0; kk < DP / 16; ++kk) {
     uint32_t qa[4];
     ldsm_x4(qa, Qs + (q_row0 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
 #pragma unroll
-    for (int jp = 0; jp < 4; ++jp) {
+    for (int jp = 0; jp < NJ / 2; ++jp) {
       uint32_t kb[4];
       ldsm_x4(kb, Ks + (jp * 16 + (lane & 7) + (lane >> 4) * 8) * LD + kk * 16 + ((lane >> 3) & 1) * 8);
       mma16816(s[2 * jp], qa, kb[0], kb[1]);
       mma16816(s[2 * jp + 1], qa, kb[2], kb[3]);
+    }
+  }
+}
+
+// O = alpha O + P V for one warp (FlashAttention's update): P the probabilities of its 16 rows over 8 NJ keys, in
+// the accumulators of qk_tile (rows lane / 4 and lane / 4 + 8 scale by alpha[0] and alpha[1]); V rows 0.. of the
+// shared tile Vs (leading dimension LD); O in NT accumulator blocks of 8 columns.
+template <int NT, int NJ>
+__device__ __forceinline__ void pv_accumulate(float (&acc)[NT][4], const float (&alpha)[2], const float (&p)[NJ][4],
+                                              const uint16_t* Vs, int LD, int lane) {
+#pragma unroll
+  for (int i = 0; i < NT; ++i) acc[i][0] *= alpha[0], acc[i][1] *= alpha[0], acc[i][2] *= alpha[1], acc[i][3] *= alpha[1];
+#pragma unroll
+  for (int kk = 0; kk < NJ / 2; ++kk) {
+    uint32_t af[4];
+    acc_to_a(af, p[2 * kk], p[2 * kk + 1]);
+#pragma unroll
+    for (int dt = 0; dt < NT / 2; ++dt) {
+      uint32_t bf[4];
+      ldsm_x4_t(bf, Vs + (kk * 16 + (lane & 15)) * LD + dt * 16 + (lane >> 4) * 8);
+      mma16816(acc[2 * dt], af, bf[0], bf[1]);
+      mma16816(acc[2 * dt + 1], af, bf[2], bf[3]);
     }
   }
 }

@@ -338,17 +338,6 @@ inline int bwd_threads(int64_t C) {
   const int64_t need = (C + kRegCols - 1) / kRegCols;
   return (int)std::min<int64_t>(256, std::max<int64_t>(64, (need + 31) / 32 * 32));
 }
-struct Scratch {
-  void* p = nullptr;
-  int dev = 0;
-  explicit Scratch(size_t bytes) {
-    cudaGetDevice(&dev);
-    if (bytes) p = cached_malloc(bytes, dev);
-  }
-  ~Scratch() {
-    if (p) cached_free(p, dev);
-  }
-};
 }  // namespace
 
 void norm_forward(bool rms, DType t, const void* x, const void* w, const void* b, double eps, void* y, void* stats,
@@ -397,7 +386,7 @@ void norm_backward(bool rms, DType t, const void* x, const void* w, const void* 
     auto pipe_kernel = db ? norm_bwd_pipe_kernel<T, true> : norm_bwd_pipe_kernel<T, false>;
     auto plain_kernel = db ? norm_bwd_kernel<T, true> : norm_bwd_kernel<T, false>;
     const int nb = pipe ? blocks_for(pipe_kernel) : blocks_for(plain_kernel);
-    Scratch pw(dw ? nb * C * sizeof(A) : 0), pb(db ? nb * C * sizeof(A) : 0);
+    ScratchBuffer pw(dw ? nb * C * sizeof(A) : 0), pb(db ? nb * C * sizeof(A) : 0);
     if (pipe)
       pipe_kernel<<<nb, threads, smem, stream>>>(rms, static_cast<const T*>(x), static_cast<const T*>(w),
                                                  static_cast<const A*>(stats), static_cast<const T*>(dy), static_cast<T*>(dx),

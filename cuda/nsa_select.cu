@@ -88,7 +88,7 @@ __global__ void __launch_bounds__(kThreadsSel) nsa_select_tc_kernel(const uint16
     }
     __syncthreads();  // K landed; the previous tile's folds are done with colsum
     float s[8][4];
-    qk_tile64<DP>(s, Qs, Ks, LD, warp * 16, lane);
+    qk_tile<DP, 8>(s, Qs, Ks, LD, warp * 16, lane);
     // Probabilities: element (j, e) is row warp 16 + lane / 4 + 8 (e >> 1), key c0 + 8 j + 2 (lane % 4) + (e & 1).
 #pragma unroll
     for (int j = 0; j < 8; ++j)

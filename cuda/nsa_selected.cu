@@ -66,20 +66,7 @@ __global__ void __launch_bounds__(kWarpsSlc * 32) nsa_slc_fwd_tc(const uint16_t*
       }
       __syncwarp();
       float s[4][4];
-#pragma unroll
-      for (int j = 0; j < 4; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
-#pragma unroll
-      for (int kk = 0; kk < DP / 16; ++kk) {
-        uint32_t qa[4];
-        ldsm_x4(qa, Qs + (lane & 15) * LD + kk * 16 + (lane >> 4) * 8);
-#pragma unroll
-        for (int jp = 0; jp < 2; ++jp) {
-          uint32_t kb[4];
-          ldsm_x4(kb, Ks + (jp * 16 + (lane & 7) + (lane >> 4) * 8) * LD + kk * 16 + ((lane >> 3) & 1) * 8);
-          mma16816(s[2 * jp], qa, kb[0], kb[1]);
-          mma16816(s[2 * jp + 1], qa, kb[2], kb[3]);
-        }
-      }
+      qk_tile<DP, 4>(s, Qs, Ks, LD, 0, lane);
       // Keys past the block's end or past t; every chunk keeps at least its first key, so no row is empty.
       float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
@@ -107,20 +94,7 @@ __global__ void __launch_bounds__(kWarpsSlc * 32) nsa_slc_fwd_tc(const uint16_t*
           s[j][e] = ex2(fmaf(s[j][e], sl2, -ref[e >> 1]));
           l_run[e >> 1] += s[j][e];
         }
-#pragma unroll
-      for (int i = 0; i < NT; ++i) acc[i][0] *= alpha[0], acc[i][1] *= alpha[0], acc[i][2] *= alpha[1], acc[i][3] *= alpha[1];
-#pragma unroll
-      for (int kk = 0; kk < kChunk / 16; ++kk) {
-        uint32_t af[4];
-        acc_to_a(af, s[2 * kk], s[2 * kk + 1]);
-#pragma unroll
-        for (int dt = 0; dt < NT / 2; ++dt) {
-          uint32_t bf[4];
-          ldsm_x4_t(bf, Vs + (kk * 16 + (lane & 15)) * LD + dt * 16 + (lane >> 4) * 8);
-          mma16816(acc[2 * dt], af, bf[0], bf[1]);
-          mma16816(acc[2 * dt + 1], af, bf[2], bf[3]);
-        }
-      }
+      pv_accumulate<NT, 4>(acc, alpha, s, Vs, LD, lane);
     }
   }
 #pragma unroll
