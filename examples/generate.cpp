@@ -4,7 +4,7 @@
 //                           [offload_experts=0|1]
 // The model (shape, dense or NSA attention, dense or DeepSeekMoE feed-forward, the MoE balancing biases) comes from
 // the file's metadata, which train_lm writes (train/lm_spec.h); so does the tokenizer's path (tokenizer= overrides
-// it). Dense attention decodes with a KV cache; NSA models run the whole window for each token (no NSA cache yet).
+// it). Both attentions decode with a cache (NSA's keeps its branches' keys and values and the compressed blocks).
 // offload_experts=1 keeps MoE experts in pinned host memory and uploads them per layer (GPU; moe/offload.h).
 #include <algorithm>
 #include <cstdio>
@@ -54,7 +54,6 @@ int main(int argc, char** argv) {
              "pass tokenizer=PATH (the tokenizer.txt of its data directory)", o["model"], c.vocab);
     std::optional<train::Tokenizer> tok;
     if (c.vocab != 256) tok = train::Tokenizer::load(tok_path);
-    const bool cached = spec.attention == "dense";
     lm.train(false);
     const nn::SamplingConfig sc{std::stod(o["temperature"]), std::stoll(o["top_k"]), std::stod(o["top_p"])};
     Generator gen((uint64_t)std::stoull(o["seed"]));
@@ -69,14 +68,8 @@ int main(int argc, char** argv) {
     const int64_t n = std::stoll(o["tokens"]);
     // KV cache: the prompt runs once, then each step runs one token. When the cache is full, the last half of the
     // context is run again into a fresh cache (positions restart, as they did when the model was trained).
-    auto cache = cached ? lm.new_cache(1) : std::vector<nn::LayerCache>{};
+    auto cache = lm.new_cache(1);
     Tensor logits;
-    // Without a cache (NSA): the last max_seq tokens run whole for each new token.
-    auto full = [&] {
-      const int64_t keep = std::min<int64_t>((int64_t)toks.size(), c.max_seq);
-      std::vector<double> window(toks.end() - keep, toks.end());
-      logits = lm.forward(from_vector(window, {1, keep}, DType::i64, dev));
-    };
     auto prefill = [&] {
       const int64_t keep = std::min<int64_t>((int64_t)toks.size(), std::max<int64_t>(1, c.max_seq / 2));
       std::vector<double> window(toks.end() - keep, toks.end());
@@ -84,11 +77,9 @@ int main(int argc, char** argv) {
       logits = lm.forward_cached(from_vector(window, {1, keep}, DType::i64, dev), cache);
     };
     if ((int64_t)toks.size() > c.max_seq) toks.erase(toks.begin(), toks.end() - c.max_seq);
-    if (cached) {
+    {
       std::vector<double> p(toks.begin(), toks.end());
       logits = lm.forward_cached(from_vector(p, {1, (int64_t)p.size()}, DType::i64, dev), cache);
-    } else {
-      full();
     }
     for (int64_t i = 0; i < n; ++i) {
       const int64_t next = nn::sample_token(logits.select(0, 0).select(0, logits.size(1) - 1), sc, gen);
@@ -97,8 +88,7 @@ int main(int argc, char** argv) {
       else std::fputc((int)next, stdout);
       std::fflush(stdout);
       if (i + 1 == n) break;
-      if (!cached) full();
-      else if (cache[0].length == c.max_seq) prefill();
+      if (cache[0].length == c.max_seq) prefill();
       else logits = lm.forward_cached(from_vector({(double)next}, {1, 1}, DType::i64, dev), cache);
     }
     std::fputc('\n', stdout);

@@ -29,8 +29,8 @@ class CausalSelfAttention : public Layer {
   Tensor forward(const Tensor& x, const ForwardContext& ctx) override;  // x [B, T, dim]
   // Decoding: x [B, Tn, dim] holds the next Tn positions; their keys and values are appended to the cache and the
   // queries attend to everything cached so far.
-  Tensor forward_cached(const Tensor& x, LayerCache& cache);
-  LayerCache new_cache(int64_t batch, int64_t max_seq, DType dtype, Device device) const;
+  Tensor forward_cached(const Tensor& x, LayerCache& cache) override;
+  LayerCache new_cache(int64_t batch, int64_t max_seq, DType dtype, Device device) const override;
   std::shared_ptr<Linear> wq, wk, wv, wo;
   AttentionConfig cfg;
   std::shared_ptr<const Rotary> rotary;

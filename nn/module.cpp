@@ -49,4 +49,11 @@ void Module::to(DType dtype) {
   });
 }
 
+LayerCache Layer::new_cache(int64_t, int64_t, DType, Device) const {
+  throw Error("this layer does not support decoding with a cache (forward_cached)");
+}
+Tensor Layer::forward_cached(const Tensor&, LayerCache&) {
+  throw Error("this layer does not support decoding with a cache (forward_cached)");
+}
+
 }  // namespace nt::nn

@@ -51,6 +51,15 @@ struct ForwardContext {
   std::vector<int32_t> cu_seqlens;
 };
 
+// Decoding state of one attention layer: keys and values of the positions seen so far, [B, max_seq, Hkv, D]
+// preallocated; `length` positions are filled. more: further state of layers that keep more than one key/value
+// pair per position (NSA: its branches' keys and values and the compressed blocks).
+struct LayerCache {
+  Tensor k, v;
+  int64_t length = 0;
+  std::vector<Tensor> more;
+};
+
 // A module that maps one tensor to one tensor (blocks, attention, MLPs): what a transformer block plugs in.
 // Layers that care about document boundaries (attention) override the two-argument form.
 class Layer : public Module {
@@ -60,13 +69,11 @@ class Layer : public Module {
   // A loss term the layer's last forward adds to the training objective (e.g. an MoE balancing loss); undefined
   // when there is none. TransformerLM::loss adds every block's.
   virtual Tensor aux_loss() const { return Tensor(); }
+  // Decoding (attention layers; TransformerLM::forward_cached): a fresh cache for `batch` sequences of up to
+  // max_seq positions, and a forward of the next positions x [B, Tn, dim] against it. Others throw.
+  virtual LayerCache new_cache(int64_t batch, int64_t max_seq, DType dtype, Device device) const;
+  virtual Tensor forward_cached(const Tensor& x, LayerCache& cache);
 };
 
-// Decoding state of one attention layer: keys and values of the positions seen so far, [B, max_seq, Hkv, D]
-// preallocated; `length` positions are filled.
-struct LayerCache {
-  Tensor k, v;
-  int64_t length = 0;
-};
 
 }  // namespace nt::nn

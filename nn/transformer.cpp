@@ -16,9 +16,7 @@ Tensor Block::forward(const Tensor& x, const ForwardContext& ctx) {
 }
 
 Tensor Block::forward_cached(const Tensor& x, LayerCache& cache) {
-  auto* a = dynamic_cast<CausalSelfAttention*>(attn.get());
-  NT_CHECK(a, "Block: decoding with a KV cache needs CausalSelfAttention layers");
-  const Tensor h = x + a->forward_cached(attn_norm->forward(x), cache);
+  const Tensor h = x + attn->forward_cached(attn_norm->forward(x), cache);
   return h + mlp->forward(mlp_norm->forward(h));
 }
 
@@ -100,11 +98,7 @@ Tensor TransformerLM::aux_loss() const {
 std::vector<LayerCache> TransformerLM::new_cache(int64_t batch) const {
   std::vector<LayerCache> out;
   const Tensor& w = tok_emb->weight;
-  for (const auto& layer : layers) {
-    auto* a = dynamic_cast<CausalSelfAttention*>(layer->attn.get());
-    NT_CHECK(a, "TransformerLM: decoding with a KV cache needs CausalSelfAttention layers");
-    out.push_back(a->new_cache(batch, cfg.max_seq, w.dtype(), w.device()));
-  }
+  for (const auto& layer : layers) out.push_back(layer->attn->new_cache(batch, cfg.max_seq, w.dtype(), w.device()));
   return out;
 }
 

@@ -11,7 +11,7 @@ class Block : public Layer {
   Block(std::shared_ptr<Layer> attn, std::shared_ptr<Layer> mlp, int64_t dim, double eps = 1e-6, const Init& init = {});
   Tensor forward(const Tensor& x) override { return forward(x, ForwardContext{}); }
   Tensor forward(const Tensor& x, const ForwardContext& ctx) override;  // x + attn(norm(x)), then + mlp(norm(.))
-  Tensor forward_cached(const Tensor& x, LayerCache& cache);  // the attention layer must be a CausalSelfAttention
+  Tensor forward_cached(const Tensor& x, LayerCache& cache);  // the attention layer must support it (Layer::new_cache)
   std::shared_ptr<RMSNorm> attn_norm, mlp_norm;
   std::shared_ptr<Layer> attn, mlp;
 };

@@ -26,6 +26,11 @@ class NativeSparseAttention : public nn::Layer {
   // x [B, T, dim] -> [B, T, dim]. ctx.cu_seqlens: documents over the B*T tokens (each row boundary included);
   // empty: each row is one sequence.
   Tensor forward(const Tensor& x, const nn::ForwardContext& ctx) override;
+  // Decoding (nsa/nsa_decode.cpp): the cache keeps each branch's keys and values per position (k, v: the selected
+  // branch's; more: the window's, the uncompressed compression inputs, and the compressed blocks so far); every
+  // new position attends as forward() would (block selection included), one position at a time with ordinary ops.
+  nn::LayerCache new_cache(int64_t batch, int64_t max_seq, DType dtype, Device device) const override;
+  Tensor forward_cached(const Tensor& x, nn::LayerCache& cache) override;
 
   // Full-attention warm-up (the paper trains dense first in some ablations): while true, the layer computes plain
   // causal attention of q over the selected branch's keys and values (flash_attention), and the compression,

@@ -2,6 +2,7 @@
 // composite; NativeSparseAttention's forward and backward, causality, and packed documents against each alone.
 #include <cmath>
 
+#include "nn/transformer.h"
 #include "nsa/nsa_attention.h"
 #include "nsa/nsa_layer.h"
 #include "test_util.h"
@@ -120,5 +121,32 @@ TEST_CASE("NativeSparseAttention on packed documents equals each document alone"
     const int64_t s = cu[b], n = cu[b + 1] - cu[b];
     INFO("document " << b);
     expect_close(y.narrow(0, s, n), layer.forward(xf.narrow(0, s, n).unsqueeze(0)).squeeze(0), 1e-12, 1e-12);
+  }
+}
+
+TEST_CASE("NSA decoding with a cache gives the full forward's logits (selection, compressed blocks, window)") {
+  // Small blocks so that a 30-token sequence has many compressed blocks and more candidates than n_select.
+  for (int64_t window : {0, 5}) {
+    INFO("window " << window);
+    nn::LMConfig c;
+    c.vocab = 29, c.dim = 16, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.max_seq = 40;
+    nsa::NsaConfig nc;
+    nc.dim = 16, nc.n_heads = 4, nc.n_kv_heads = 2, nc.head_dim = 4;
+    nc.block = 4, nc.stride = 2, nc.select_block = 4, nc.n_select = 5, nc.window = window;
+    c.make_attention = [nc](int64_t, std::shared_ptr<const nn::Rotary> r, const nn::Init& init) {
+      return std::make_shared<nsa::NativeSparseAttention>(nc, std::move(r), init);
+    };
+    Generator g(8);
+    nn::TransformerLM lm(c, {DType::f64, kCPU, &g});
+    autograd::NoGradGuard ng;
+    const Tensor x = randint(0, 29, {2, 30}, DType::i64, kCPU, &g);
+    const Tensor full = lm.forward(x);
+    auto cache = lm.new_cache(2);
+    std::vector<Tensor> parts = {lm.forward_cached(x.narrow(1, 0, 6), cache)};  // prefill, then one token at a time
+    for (int64_t t = 6; t < 27; ++t) parts.push_back(lm.forward_cached(x.narrow(1, t, 1), cache));
+    parts.push_back(lm.forward_cached(x.narrow(1, 27, 3), cache));  // several at once again
+    CHECK(cache[0].length == 30);
+    expect_close(cat(parts, 1), full, 1e-10, 1e-10);
+    expect_error([&] { lm.forward_cached(zeros({2, 11}, DType::i64), cache); }, {"holds 40 positions", "30 + 11"});
   }
 }
