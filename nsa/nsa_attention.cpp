@@ -269,18 +269,23 @@ NsaOutput nsa_attention(const Tensor& q, const Tensor& k_cmp, const Tensor& v_cm
   return run_nsa({q, k_cmp, v_cmp, k_slc, v_slc, k_win, v_win, gates}, opt, Tensor());
 }
 
+namespace {
+// Gates (0, 1, 0) for every query: the op's output is then its selected branch.
+Tensor selected_only_gates(const Tensor& q) {
+  Tensor gates = zeros({q.size(0), q.size(1), 3}, q.dtype(), q.device());
+  autograd::NoGradGuard ng;
+  gates.narrow(2, 1, 1).fill_(1.0);
+  return gates;
+}
+}  // namespace
+
 NsaOutput nsa_selected_branch(const Tensor& q, const Tensor& k_cmp, const Tensor& k_slc, const Tensor& v_slc,
                               const Tensor& lse_cmp, const NsaOptions& opt) {
   NT_CHECK(q.dim() == 3 && k_slc.defined() && k_cmp.defined(), "nsa_selected_branch: q must be [T, HQ, D], got {}",
            shape_str(q.shape()));
   // The op with gates (0, 1, 0) and no window: o is the selected branch. k_cmp only scores (no gradient through the
   // selection); the window's keys are unused placeholders.
-  const int64_t T = q.size(0), HQ = q.size(1);
-  Tensor gates = zeros({T, HQ, 3}, q.dtype(), q.device());
-  {
-    autograd::NoGradGuard ng;
-    gates.narrow(2, 1, 1).fill_(1.0);
-  }
+  const Tensor gates = selected_only_gates(q);
   NsaOptions o = opt;
   o.window = 0;
   const Tensor kc = k_cmp.detach(), unused = k_slc.detach();
@@ -296,11 +301,7 @@ NsaOutput nsa_selected_attention(const Tensor& q, const Tensor& k_slc, const Ten
   const std::vector<int32_t> cu = opt.cu_seqlens.empty() ? std::vector<int32_t>{0, (int32_t)T} : opt.cu_seqlens;
   int64_t NC = 0;
   for (size_t b = 0; b + 1 < cu.size(); ++b) NC += nsa_num_cmp_blocks(cu[b + 1] - cu[b], opt.block, opt.stride);
-  Tensor gates = zeros({T, HQ, 3}, q.dtype(), q.device());
-  {
-    autograd::NoGradGuard ng;
-    gates.narrow(2, 1, 1).fill_(1.0);
-  }
+  const Tensor gates = selected_only_gates(q);
   NsaOptions o = opt;
   o.window = 0;
   const Tensor kc = zeros({NC, H, D}, q.dtype(), q.device()), unused = k_slc.detach();

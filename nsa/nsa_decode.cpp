@@ -2,13 +2,14 @@
 // computation as forward() (the fused op) written with ordinary ops for one query row: the compressed branch over
 // the blocks complete so far (its probabilities score the selection blocks, summed over the group), the blocks
 // chosen as nsa_attention chooses them (block 0 and the two local blocks always, the rest by score, ties to the
-// lower index), attention over their keys <= t and over the window, mixed by the gates. The scores come to the
+// lower index: nsa/selection.h), attention over their keys <= t and over the window, mixed by the gates. The scores come to the
 // host for the choice (one small copy per position and layer).
 #include <algorithm>
 #include <cmath>
 
 #include "nsa/nsa_attention.h"
 #include "nsa/nsa_layer.h"
+#include "nsa/selection.h"
 
 namespace nt::nsa {
 
@@ -26,24 +27,6 @@ Tensor attend(const Tensor& q, const Tensor& k, const Tensor& v, double scale, T
   return matmul(p, v.permute({1, 0, 2}));
 }
 
-// nsa_attention's choice (the CPU reference's select_blocks): candidates j <= t / l'; all of them when at most n,
-// else 0, t/l' - 1, t/l' and the best others by score (NaN last, ties to the lower index), ascending.
-std::vector<int64_t> choose(const std::vector<double>& score, int64_t t, const NsaConfig& c) {
-  const int64_t cur = t / c.select_block, n = c.n_select;
-  std::vector<int64_t> chosen;
-  if (cur + 1 <= n) {
-    for (int64_t j = 0; j <= cur; ++j) chosen.push_back(j);
-    return chosen;
-  }
-  chosen = {0, cur - 1, cur};
-  std::vector<int64_t> rest;
-  for (int64_t j = 1; j < cur - 1; ++j) rest.push_back(j);
-  auto key = [&](int64_t j) { return std::isnan(score[j]) ? -INFINITY : score[j]; };
-  std::sort(rest.begin(), rest.end(), [&](int64_t a, int64_t b) { return key(a) > key(b) || (key(a) == key(b) && a < b); });
-  chosen.insert(chosen.end(), rest.begin(), rest.begin() + (n - 3));
-  std::sort(chosen.begin(), chosen.end());
-  return chosen;
-}
 }  // namespace
 
 nn::LayerCache NativeSparseAttention::new_cache(int64_t batch, int64_t max_seq, DType dtype, Device device) const {
@@ -89,6 +72,8 @@ Tensor NativeSparseAttention::forward_cached(const Tensor& x, nn::LayerCache& c)
   }
   c.length = t0 + Tn;
   const double scale = 1.0 / std::sqrt((double)D);
+  NsaOptions opt;  // the selection rule's parameters
+  opt.block = l, opt.stride = d, opt.select_block = lp, opt.n_select = cfg.n_select, opt.window = cfg.window;
   std::vector<Tensor> rows;
   for (int64_t b = 0; b < B; ++b)
     for (int64_t i = 0; i < Tn; ++i) {
@@ -100,10 +85,10 @@ Tensor NativeSparseAttention::forward_cached(const Tensor& x, nn::LayerCache& c)
       const Tensor o_cmp = attend(qt, c.more[kCmpK].select(0, b).narrow(0, 0, ncmp),
                                   c.more[kCmpV].select(0, b).narrow(0, 0, ncmp), scale, &p);
       const int64_t ncand = t / lp + 1;
-      std::vector<double> overlap(ncmp * ncand, 0.0);  // [c, j]: keys shared / d
+      std::vector<double> overlap(ncmp * ncand, 0.0);  // [c, j]: the weight of block c in j's score
       for (int64_t cb = 0; cb < ncmp; ++cb)
         for (int64_t j = cb * d / lp; j * lp < cb * d + l && j < ncand; ++j)
-          overlap[cb * ncand + j] = (double)(std::min(cb * d + l, (j + 1) * lp) - std::max(cb * d, j * lp)) / (double)d;
+          overlap[cb * ncand + j] = (double)nsa_block_overlap(cb, j, opt) / (double)d;
       std::vector<double> score(H * ncand, 0.0);
       if (ncmp > 0) {
         const Tensor w = from_vector(overlap, {ncmp, ncand}, DType::f64).to(p.device());
@@ -114,8 +99,11 @@ Tensor NativeSparseAttention::forward_cached(const Tensor& x, nn::LayerCache& c)
       for (int64_t h = 0; h < H; ++h) {
         std::vector<double> keys;
         const std::vector<double> sh(score.begin() + h * ncand, score.begin() + (h + 1) * ncand);
-        for (int64_t blk : choose(sh, t, cfg))
-          for (int64_t k = blk * lp; k < std::min((blk + 1) * lp, t + 1); ++k) keys.push_back((double)k);
+        std::vector<int32_t> chosen(cfg.n_select);
+        nsa_select_blocks(sh, t, opt, chosen.data());
+        for (int32_t blk : chosen)
+          for (int64_t k = (int64_t)blk * lp; blk >= 0 && k < std::min<int64_t>((blk + 1) * lp, t + 1); ++k)
+            keys.push_back((double)k);
         const Tensor idx = from_vector(keys, {(int64_t)keys.size()}, DType::i64).to(x.device());
         const Tensor kh = index_select(c.k.select(0, b).select(1, h), 0, idx), vh = index_select(c.v.select(0, b).select(1, h), 0, idx);
         o_slc.push_back(attend(qt.narrow(0, h, 1), kh.unsqueeze(1), vh.unsqueeze(1), scale));

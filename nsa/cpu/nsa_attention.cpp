@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "nsa/nsa_attention.h"
+#include "nsa/selection.h"
 #include "tensor/convert.h"
 
 namespace nt::cpu {
@@ -56,38 +57,6 @@ void slc_rows(const Sequence& s, int64_t t, const int32_t* blocks, const NsaOpti
 void win_rows(const Sequence& s, int64_t t, const NsaOptions& opt, std::vector<int64_t>& rows) {
   rows.clear();
   for (int64_t k = std::max<int64_t>(0, t - opt.window + 1); k <= t; ++k) rows.push_back(s.start + k);
-}
-
-// score[j] += p[c] * overlap(c, j) / d for each visible compressed block c (p[c]: its probability) and each
-// selection block j it overlaps; all those j are candidates (<= t / l'), since c's keys are <= t.
-void add_block_scores(const std::vector<double>& p, const NsaOptions& opt, std::vector<double>& score) {
-  for (size_t c = 0; c < p.size(); ++c) {
-    const int64_t lo = (int64_t)c * opt.stride, hi = lo + opt.block;
-    for (int64_t j = lo / opt.select_block; j * opt.select_block < hi; ++j) {
-      const int64_t overlap = std::min(hi, (j + 1) * opt.select_block) - std::max(lo, j * opt.select_block);
-      score[j] += p[c] * (double)overlap / (double)opt.stride;
-    }
-  }
-}
-
-// Blocks 0, t/l' and t/l' - 1 always; the other slots to the highest scores, ties to the lower index. Writes n
-// entries: the chosen blocks ascending, then -1.
-void select_blocks(const std::vector<double>& score, int64_t t, const NsaOptions& opt, int32_t* out) {
-  const int64_t n = opt.n_select, cur = t / opt.select_block, candidates = cur + 1;
-  std::vector<int32_t> chosen;
-  if (candidates <= n) {
-    for (int64_t j = 0; j < candidates; ++j) chosen.push_back((int32_t)j);
-  } else {  // candidates > n >= 3, so cur >= 3 and the forced blocks are distinct
-    chosen = {0, (int32_t)(cur - 1), (int32_t)cur};
-    std::vector<int32_t> rest;
-    for (int64_t j = 1; j < cur - 1; ++j) rest.push_back((int32_t)j);
-    // NaN ranks last, so the order stays strict-weak with broken inputs.
-    auto key = [&](int32_t j) { return std::isnan(score[j]) ? -INFINITY : score[j]; };
-    std::sort(rest.begin(), rest.end(), [&](int32_t a, int32_t b) { return key(a) > key(b) || (key(a) == key(b) && a < b); });
-    chosen.insert(chosen.end(), rest.begin(), rest.begin() + (n - 3));
-    std::sort(chosen.begin(), chosen.end());
-  }
-  for (int64_t i = 0; i < n; ++i) out[i] = i < (int64_t)chosen.size() ? chosen[i] : -1;
 }
 
 // Softmax attention of query q over key rows `rows` of head h: out = sum_j p_j v_j (D doubles), p the
@@ -189,10 +158,10 @@ void nsa_forward(const std::vector<Tensor>& in, const NsaOptions& opt, const Ten
             } else {
               L[at(0, row, hq)] = attend(Q.at(row, hq), K[0], V[0], h, rows[0], opt.scale, p, BO + at(0, row, hq) * z.D);
             }
-            add_block_scores(p, opt, score);
+            nsa_add_block_scores(p, opt, score);
           }
           int32_t* blocks = I + (row * z.H + h) * z.n;
-          if (!indices_given) select_blocks(score, t, opt, blocks);
+          if (!indices_given) nsa_select_blocks(score, t, opt, blocks);
           slc_rows(s, t, blocks, opt, rows[1]);
           for (int64_t hq = h * z.G; hq < (h + 1) * z.G; ++hq) {
             for (int br = 1; br < 3; ++br)

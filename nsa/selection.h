@@ -1,0 +1,20 @@
+// NSA's block selection rule (docs/nsa.md, "The op"), shared by the CPU reference (nsa/cpu/nsa_attention.cpp) and
+// decoding (nsa/nsa_decode.cpp); the CUDA kernels (cuda/nsa.cu, cuda/nsa_select.cu) implement the same rule.
+#pragma once
+#include <vector>
+
+#include "nsa/nsa_attention.h"
+
+namespace nt {
+
+// The keys compressed block c ([c d, c d + l)) and selection block j ([j l', (j+1) l')) share (0 when none); over d,
+// c's weight in j's score.
+int64_t nsa_block_overlap(int64_t c, int64_t j, const NsaOptions& opt);
+// score[j] += p[c] * overlap(c, j) / d for each visible compressed block c (p[c]: its probability) and each selection
+// block j it overlaps; all those j are candidates (<= t / l'), since c's keys are <= t.
+void nsa_add_block_scores(const std::vector<double>& p, const NsaOptions& opt, std::vector<double>& score);
+// Blocks 0, t/l' and t/l' - 1 always; the other slots to the highest scores (NaN last), ties to the lower index.
+// Writes n_select entries: the chosen blocks ascending, then -1.
+void nsa_select_blocks(const std::vector<double>& score, int64_t t, const NsaOptions& opt, int32_t* out);
+
+}  // namespace nt
