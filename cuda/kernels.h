@@ -62,6 +62,10 @@ struct NsaDims {
   double scale = 0;
   const int32_t* cu_seqlens = nullptr;  // device, nseq + 1
   const int32_t* cmp_starts = nullptr;  // device, nseq: each sequence's first row in k_cmp / v_cmp
+  // device, nseq + 1: each sequence's first selection block when the blocks of all sequences are numbered in
+  // order (ceil(len / l') per sequence); NB: their total.
+  const int32_t* slc_starts = nullptr;
+  int NB = 0;
   // Optional, accumulation type [N, HQ]: the compressed branch's log-sum-exps computed elsewhere (nsa/branches.h).
   // Then the kernels skip that branch's attention (its output is 0, its backward is not run) and only score the
   // selection blocks with p = exp(scale q.k_cmp - lse_cmp).
@@ -83,6 +87,15 @@ void nsa_select_tc(const void* q, const void* k_cmp, const float* lse_cmp, int32
 bool nsa_selected_tc_supported(const NsaDims& d);
 void nsa_selected_forward_tc(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
                              float* branch_o, float* lse, const NsaDims& d, int max_len, cudaStream_t stream);
+// The selected branch's backward on tensor cores (bf16), for the branch alone (gate 1, nsa_selected_branch): dq,
+// dk_slc, dv_slc (bf16, overwritten) from dout (bf16 [N, HQ, D]), the branch's output and log-sum-exp (f32
+// [N, HQ, D] and [N, HQ], as nsa_selected_forward_tc wrote them) and block_indices. dk/dv sum over thread blocks
+// with f32 atomics (not bitwise reproducible). Supported for D % 8 == 0, D <= 128,
+// G <= 16, l' a multiple of 16 up to 128.
+bool nsa_selected_backward_tc_supported(const NsaDims& d);
+void nsa_selected_backward_tc(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
+                              const float* o_slc, const float* lse_slc, const void* dout, void* dq, void* dk_slc,
+                              void* dv_slc, const NsaDims& d, int max_len, cudaStream_t stream);
 void nsa_forward(DType t, const void* const in[8], void* out, int32_t* block_indices, void* branch_o, void* lse,
                  const NsaDims& d, cudaStream_t stream);
 // dout [N, HQ, D] in the accumulation type; grads like the inputs; acc scratch of 2 NC H D + 4 N H D accumulation

@@ -77,14 +77,12 @@ __device__ __forceinline__ void qk_tile(float (&s)[NJ][4], const uint16_t* Qs, c
   }
 }
 
-// O = alpha O + P V for one warp (FlashAttention's update): P the probabilities of its 16 rows over 8 NJ keys, in
-// the accumulators of qk_tile (rows lane / 4 and lane / 4 + 8 scale by alpha[0] and alpha[1]); V rows 0.. of the
-// shared tile Vs (leading dimension LD); O in NT accumulator blocks of 8 columns.
+// acc += P V for one warp: P a 16 x 8 NJ block in the accumulators of qk_tile (the C layout of S is the A layout
+// of P), V rows 0.. of the shared tile Vs (leading dimension LD), acc in NT accumulator blocks of 8 columns. Also
+// the backward's products dQ += dS K, dV += P^T dO, dK += dS^T Q (the shared tile is then K, dO or Q).
 template <int NT, int NJ>
-__device__ __forceinline__ void pv_accumulate(float (&acc)[NT][4], const float (&alpha)[2], const float (&p)[NJ][4],
-                                              const uint16_t* Vs, int LD, int lane) {
-#pragma unroll
-  for (int i = 0; i < NT; ++i) acc[i][0] *= alpha[0], acc[i][1] *= alpha[0], acc[i][2] *= alpha[1], acc[i][3] *= alpha[1];
+__device__ __forceinline__ void pv_add(float (&acc)[NT][4], const float (&p)[NJ][4], const uint16_t* Vs, int LD,
+                                       int lane) {
 #pragma unroll
   for (int kk = 0; kk < NJ / 2; ++kk) {
     uint32_t af[4];
@@ -97,6 +95,15 @@ __device__ __forceinline__ void pv_accumulate(float (&acc)[NT][4], const float (
       mma16816(acc[2 * dt + 1], af, bf[2], bf[3]);
     }
   }
+}
+
+// O = alpha O + P V (FlashAttention's update): rows lane / 4 and lane / 4 + 8 of O scale by alpha[0] and alpha[1].
+template <int NT, int NJ>
+__device__ __forceinline__ void pv_accumulate(float (&acc)[NT][4], const float (&alpha)[2], const float (&p)[NJ][4],
+                                              const uint16_t* Vs, int LD, int lane) {
+#pragma unroll
+  for (int i = 0; i < NT; ++i) acc[i][0] *= alpha[0], acc[i][1] *= alpha[0], acc[i][2] *= alpha[1], acc[i][3] *= alpha[1];
+  pv_add<NT, NJ>(acc, p, Vs, LD, lane);
 }
 
 }  // namespace nt::cuda::sm80

@@ -7,6 +7,24 @@
 // Traffic: each chosen key block is read once per (position, key/value head) for all G heads; neighbouring
 // positions mostly choose the same blocks, which L2 serves. Shared memory: per warp, Q (16 rows) and a 32-key
 // chunk of K and V.
+//
+// Backward (the branch alone, gate 1: nsa_selected_branch), also on tensor cores, in three steps:
+// 1. nsa_slc_bwd_dq_tc, query-centric like the forward (one warp per (t, h), the G heads as rows): delta =
+//    rowsum(dO o) (written out for step 3), then over the chosen keys P = exp(scale q.k - lse), dP = dO V^T,
+//    dS = P (dP - delta), dq += dS K; dq = scale dq.
+// 2. The inverse of block_indices: for each (kv head, selection block) the positions that chose it, ascending (a
+//    stable radix sort of the (head, block) keys with the positions as values), cut into pieces of at most
+//    kTilesPerPiece tiles of 32 (position, head) rows, so the blocks every position chooses (the first, the local
+//    ones) are spread over many thread blocks.
+// 3. nsa_slc_bwd_dkv_tc, key-centric: one thread block per piece holds its selection block's l' keys and values
+//    (16 keys per warp) and streams the piece's q and dout rows through shared memory (cp.async, two stages): S^T =
+//    K Q^T, P^T, dP^T = V dO^T, dV += P^T dO, dK += dS^T Q, then adds into f32 accumulators (atomics: the summation
+//    order over a block's pieces varies, so dk/dv are not bitwise reproducible, like FlashAttention's dq).
+// Traffic: step 1 reads each chosen key block once per (t, h) (L2 mostly); step 3 reads the q and dout rows of
+// (t, h) once per chosen block (n times in all, L2 mostly) and each key block once per piece.
+#include <cub/device/device_radix_sort.cuh>
+#include <cub/device/device_scan.cuh>
+
 #include "cuda/common.cuh"
 #include "cuda/mma_sm80.cuh"
 
@@ -116,6 +134,268 @@ __global__ void __launch_bounds__(kWarpsSlc * 32) nsa_slc_fwd_tc(const uint16_t*
 }
 }  // namespace
 
+// ---- Backward ----
+namespace {
+using namespace sm80;
+constexpr int kTileRows = 32, kTilesPerPiece = 64;
+
+template <int DP> constexpr size_t slc_dq_smem() {
+  return (size_t)kWarpsSlc * (32 + 2 * kChunk) * (DP + 8) * 2 + kWarpsSlc * 16 * sizeof(float);
+}
+
+template <int DP>
+__global__ void __launch_bounds__(kWarpsSlc * 32) nsa_slc_bwd_dq_tc(
+    const uint16_t* __restrict__ q, const uint16_t* __restrict__ ks, const uint16_t* __restrict__ vs,
+    const int32_t* __restrict__ block_indices, const float* __restrict__ o_slc, const float* __restrict__ lse_slc,
+    const uint16_t* __restrict__ dout, uint16_t* __restrict__ dq, float* __restrict__ delta, NsaDims a) {
+  constexpr int LD = DP + 8, NT = DP / 8, CH = DP / 8;
+  extern __shared__ __align__(16) uint16_t smem_dq[];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  uint16_t* Qs = smem_dq + warp * (32 + 2 * kChunk) * LD;
+  uint16_t* dOs = Qs + 16 * LD;
+  uint16_t* Ks = dOs + 16 * LD;
+  uint16_t* Vs = Ks + kChunk * LD;
+  float* dl = reinterpret_cast<float*>(smem_dq + kWarpsSlc * (32 + 2 * kChunk) * LD) + warp * 16;
+  const int seq = blockIdx.y, h = blockIdx.z;
+  const int start = a.cu_seqlens[seq], len = a.cu_seqlens[seq + 1] - start;
+  const int t = blockIdx.x * kWarpsSlc + warp;
+  if (t >= len) return;  // warp-uniform
+  const int G = a.G;
+  const int64_t row = start + t, head0 = row * a.HQ + (int64_t)h * G;  // the group's first row of [N HQ, D]
+  for (int i = lane; i < 16 * CH; i += 32) {
+    const int r = i / CH, c = (i % CH) * 8;
+    uint4 qv = make_uint4(0, 0, 0, 0), dv = qv;
+    if (r < G && c < a.D) {
+      qv = *reinterpret_cast<const uint4*>(q + (head0 + r) * a.D + c);
+      dv = *reinterpret_cast<const uint4*>(dout + (head0 + r) * a.D + c);
+    }
+    *reinterpret_cast<uint4*>(Qs + r * LD + c) = qv;
+    *reinterpret_cast<uint4*>(dOs + r * LD + c) = dv;
+  }
+  for (int r = 0; r < 16; ++r) {  // delta = rowsum(dout o), f32 (0 for the padding rows)
+    float sum = 0.f;
+    for (int c = lane * 4; r < G && c < a.D; c += 128) {
+      const float4 o = *reinterpret_cast<const float4*>(o_slc + (head0 + r) * a.D + c);
+      const uint2 d2 = *reinterpret_cast<const uint2*>(dout + (head0 + r) * a.D + c);
+      const float2 d01 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&d2.x));
+      const float2 d23 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&d2.y));
+      sum += d01.x * o.x + d01.y * o.y + d23.x * o.z + d23.y * o.w;
+    }
+#pragma unroll
+    for (int m = 16; m > 0; m /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, m);
+    if (lane == 0) {
+      dl[r] = sum;
+      if (r < G) delta[head0 + r] = sum;
+    }
+  }
+  __syncwarp();
+  float lse2[2], dlt[2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int g = lane / 4 + 8 * i;
+    lse2[i] = g < G ? lse_slc[head0 + g] * kLog2e : INFINITY;  // padding rows: p = 0
+    dlt[i] = dl[g];
+  }
+  const int32_t* blocks = block_indices + (row * a.H + h) * a.n;
+  const float sl2 = (float)a.scale * kLog2e;
+  float acc[NT][4];
+#pragma unroll
+  for (int i = 0; i < NT; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+  for (int bi = 0; bi < a.n; ++bi) {
+    const int b = blocks[bi];
+    if (b < 0) break;
+    const int k_hi = min((b + 1) * a.lp, t + 1);
+    for (int n0 = b * a.lp; n0 < k_hi; n0 += kChunk) {
+      __syncwarp();
+      for (int i = lane; i < kChunk * CH; i += 32) {
+        const int r = i / CH, c = (i % CH) * 8;
+        uint4 kv = make_uint4(0, 0, 0, 0), vv = kv;
+        if (n0 + r < k_hi && c < a.D) {
+          const int64_t off = (((int64_t)start + n0 + r) * a.H + h) * a.D + c;
+          kv = *reinterpret_cast<const uint4*>(ks + off), vv = *reinterpret_cast<const uint4*>(vs + off);
+        }
+        *reinterpret_cast<uint4*>(Ks + r * LD + c) = kv;
+        *reinterpret_cast<uint4*>(Vs + r * LD + c) = vv;
+      }
+      __syncwarp();
+      float s[4][4], dp[4][4];
+      qk_tile<DP, 4>(s, Qs, Ks, LD, 0, lane);
+      qk_tile<DP, 4>(dp, dOs, Vs, LD, 0, lane);
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const bool ok = n0 + j * 8 + (lane % 4) * 2 + (e & 1) < k_hi;
+          const float p = ok ? ex2(fmaf(s[j][e], sl2, -lse2[e >> 1])) : 0.f;
+          s[j][e] = p * (dp[j][e] - dlt[e >> 1]);  // dS
+        }
+      pv_add<NT, 4>(acc, s, Ks, LD, lane);
+    }
+  }
+  const float sc = (float)a.scale;
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int g = lane / 4 + 8 * i;
+    if (g >= G) continue;
+    uint16_t* out = dq + (head0 + g) * a.D;
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      const int c = nt * 8 + (lane % 4) * 2;
+      if (c < a.D) *reinterpret_cast<uint32_t*>(out + c) = pack_bf16(acc[nt][2 * i] * sc, acc[nt][2 * i + 1] * sc);
+    }
+  }
+}
+
+// Step 2: one (key, position) pair per chosen block: key = h NB + the block's global number (H NB: none).
+__global__ void slc_inverse_keys(const int32_t* __restrict__ block_indices, int32_t* __restrict__ keys,
+                                 int32_t* __restrict__ rows, NsaDims a) {
+  const int64_t E = a.N * a.H * a.n;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < E; i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t row = i / ((int64_t)a.H * a.n);
+    const int h = (int)(i / a.n % a.H), b = block_indices[i];
+    int key = a.H * a.NB;
+    if (b >= 0) {
+      int lo = 0, hi = a.nseq;  // cu_seqlens[lo] <= row < cu_seqlens[hi]
+      while (hi - lo > 1) {
+        const int mid = (lo + hi) / 2;
+        if (a.cu_seqlens[mid] <= row) lo = mid;
+        else hi = mid;
+      }
+      key = h * a.NB + a.slc_starts[lo] + b;
+    }
+    keys[i] = key, rows[i] = (int32_t)row;
+  }
+}
+__global__ void slc_count(const int32_t* __restrict__ keys, int32_t* __restrict__ count, int64_t E, int K) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < E; i += (int64_t)gridDim.x * blockDim.x)
+    if (keys[i] < K) atomicAdd(count + keys[i], 1);
+}
+__global__ void slc_pieces(const int32_t* __restrict__ seg_off, int32_t* __restrict__ pieces, int K, int per_piece) {
+  const int k = blockIdx.x * blockDim.x + threadIdx.x;
+  if (k <= K) pieces[k] = k < K ? (seg_off[k + 1] - seg_off[k] + per_piece - 1) / per_piece : 0;
+}
+
+template <int DP> size_t slc_dkv_smem(int lp) {
+  return (size_t)(lp + 2 * kTileRows) * 2 * (DP + 8) * 2 + 2 * kTileRows * 3 * sizeof(float);
+}
+
+template <int DP>
+__global__ void __launch_bounds__(256) nsa_slc_bwd_dkv_tc(
+    const uint16_t* __restrict__ q, const uint16_t* __restrict__ ks, const uint16_t* __restrict__ vs,
+    const uint16_t* __restrict__ dout, const float* __restrict__ lse_slc, const float* __restrict__ delta,
+    const int32_t* __restrict__ rows, const int32_t* __restrict__ seg_off, const int32_t* __restrict__ piece_off,
+    float* __restrict__ dk_acc, float* __restrict__ dv_acc, NsaDims a, int per_piece) {
+  constexpr int LD = DP + 8, NT = DP / 8, CH = DP / 8;
+  extern __shared__ __align__(16) uint16_t smem_kv[];
+  const int K = a.H * a.NB, p = blockIdx.x;
+  if (p >= piece_off[K]) return;  // the grid is an upper bound of the pieces
+  int k = 0;
+  for (int hi = K; hi - k > 1;) {  // piece_off[k] <= p < piece_off[hi]
+    const int mid = (k + hi) / 2;
+    if (piece_off[mid] <= p) k = mid;
+    else hi = mid;
+  }
+  const int h = k / a.NB, gb = k % a.NB;
+  int seq = 0;
+  for (int hi = a.nseq; hi - seq > 1;) {  // slc_starts[seq] <= gb < slc_starts[hi]
+    const int mid = (seq + hi) / 2;
+    if (a.slc_starts[mid] <= gb) seq = mid;
+    else hi = mid;
+  }
+  const int start = a.cu_seqlens[seq], len = a.cu_seqlens[seq + 1] - start;
+  const int key0 = (gb - a.slc_starts[seq]) * a.lp, nk = min(a.lp, len - key0);
+  const int e0 = seg_off[k] + (p - piece_off[k]) * per_piece, e1 = min(seg_off[k + 1], e0 + per_piece);
+  const int G = a.G, ppt = kTileRows / G, tid = threadIdx.x, nthr = blockDim.x;
+  const int warp = tid / 32, lane = tid % 32;
+  uint16_t* Ks = smem_kv;
+  uint16_t* Vs = Ks + a.lp * LD;
+  uint16_t* stage0 = Vs + a.lp * LD;  // per stage: Q rows, then dout rows
+  float* meta0 = reinterpret_cast<float*>(stage0 + 2 * 2 * kTileRows * LD);  // per stage: t, lse * log2 e, delta
+  for (int i = tid; i < a.lp * CH; i += nthr) {
+    const int r = i / CH, c = (i % CH) * 8;
+    const bool ok = r < nk && c < a.D;
+    const int64_t off = ok ? (((int64_t)start + key0 + r) * a.H + h) * a.D + c : 0;
+    cp16(Ks + r * LD + c, ks + off, ok);
+    cp16(Vs + r * LD + c, vs + off, ok);
+  }
+  // Tile e (positions e .. e + ppt - 1 of the piece, G heads each) into stage st.
+  auto load_tile = [&](int st, int e) {
+    uint16_t* Qs = stage0 + st * 2 * kTileRows * LD;
+    uint16_t* dOs = Qs + kTileRows * LD;
+    for (int i = tid; i < kTileRows * CH; i += nthr) {
+      const int r = i / CH, c = (i % CH) * 8, pos = e + r / G;
+      const bool ok = r < ppt * G && pos < e1 && c < a.D;
+      const int64_t off = ok ? ((int64_t)rows[pos] * a.HQ + h * G + r % G) * a.D + c : 0;
+      cp16(Qs + r * LD + c, q + off, ok);
+      cp16(dOs + r * LD + c, dout + off, ok);
+    }
+    float* meta = meta0 + st * 3 * kTileRows;
+    for (int r = tid; r < kTileRows; r += nthr) {
+      const int pos = e + r / G;
+      const bool ok = r < ppt * G && pos < e1;
+      const int64_t hr = ok ? (int64_t)rows[pos] * a.HQ + h * G + r % G : 0;
+      meta[r] = __int_as_float(ok ? rows[pos] - start : -1);  // the row's position in its sequence
+      meta[kTileRows + r] = ok ? lse_slc[hr] * kLog2e : 0.f;
+      meta[2 * kTileRows + r] = ok ? delta[hr] : 0.f;
+    }
+  };
+  float dk[NT][4], dv[NT][4];
+#pragma unroll
+  for (int i = 0; i < NT; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dk[i][e] = dv[i][e] = 0.f;
+  const float sl2 = (float)a.scale * kLog2e;
+  load_tile(0, e0);
+  cp_commit();
+  int st = 0;
+  for (int e = e0; e < e1; e += ppt, st ^= 1) {
+    if (e + ppt < e1) load_tile(st ^ 1, e + ppt);  // that stage was released by the last iteration's barrier
+    cp_commit();
+    cp_async_wait<1>();  // this tile's group (and K, V) landed
+    __syncthreads();
+    const uint16_t* Qs = stage0 + st * 2 * kTileRows * LD;
+    const uint16_t* dOs = Qs + kTileRows * LD;
+    const float* meta = meta0 + st * 3 * kTileRows;
+    float s[4][4], dp[4][4];
+    qk_tile<DP, 4>(s, Ks, Qs, LD, 16 * warp, lane);   // S^T: this warp's 16 keys x 32 rows
+    qk_tile<DP, 4>(dp, Vs, dOs, LD, 16 * warp, lane);  // dP^T
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int x = 0; x < 4; ++x) {
+        const int key = key0 + 16 * warp + lane / 4 + 8 * (x >> 1), col = j * 8 + (lane % 4) * 2 + (x & 1);
+        const float pr = key <= __float_as_int(meta[col]) ? ex2(fmaf(s[j][x], sl2, -meta[kTileRows + col])) : 0.f;
+        s[j][x] = pr;
+        dp[j][x] = pr * (dp[j][x] - meta[2 * kTileRows + col]);  // dS^T
+      }
+    pv_add<NT, 4>(dv, s, dOs, LD, lane);
+    pv_add<NT, 4>(dk, dp, Qs, LD, lane);
+    __syncthreads();  // every warp is done with stage st before it is refilled
+  }
+  const float sc = (float)a.scale;
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int key = 16 * warp + lane / 4 + 8 * i;
+    if (key >= nk) continue;
+    const int64_t base = (((int64_t)start + key0 + key) * a.H + h) * a.D;
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      const int c = nt * 8 + (lane % 4) * 2;
+      if (c >= a.D) continue;
+      atomicAdd(dk_acc + base + c, dk[nt][2 * i] * sc), atomicAdd(dk_acc + base + c + 1, dk[nt][2 * i + 1] * sc);
+      atomicAdd(dv_acc + base + c, dv[nt][2 * i]), atomicAdd(dv_acc + base + c + 1, dv[nt][2 * i + 1]);
+    }
+  }
+}
+
+__global__ void f32_to_bf16(const float* __restrict__ x, uint16_t* __restrict__ y, int64_t n) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    const __nv_bfloat16 b = __float2bfloat16_rn(x[i]);
+    y[i] = *reinterpret_cast<const uint16_t*>(&b);
+  }
+}
+}  // namespace
+
 bool nsa_selected_tc_supported(const NsaDims& a) { return a.D % 8 == 0 && a.D <= 256 && a.G <= 16; }
 
 void nsa_selected_forward_tc(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
@@ -131,6 +411,81 @@ void nsa_selected_forward_tc(const void* q, const void* k_slc, const void* v_slc
   if (a.D <= 64) run(nsa_slc_fwd_tc<64>, slc_smem<64>());
   else if (a.D <= 128) run(nsa_slc_fwd_tc<128>, slc_smem<128>());
   else run(nsa_slc_fwd_tc<256>, slc_smem<256>());
+}
+
+bool nsa_selected_backward_tc_supported(const NsaDims& a) {
+  return a.D % 8 == 0 && a.D <= 128 && a.G <= 16 && a.lp % 16 == 0 && a.lp <= 128 &&
+         a.N * a.H * (int64_t)a.n < (int64_t)1 << 31 && (int64_t)a.H * a.NB < (int64_t)1 << 30;
+}
+
+void nsa_selected_backward_tc(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
+                              const float* o_slc, const float* lse_slc, const void* dout, void* dq, void* dk_slc,
+                              void* dv_slc, const NsaDims& a, int max_len, cudaStream_t stream) {
+  if (a.N == 0) return;
+  auto u16 = [](const void* p) { return static_cast<const uint16_t*>(p); };
+  const int64_t E = a.N * a.H * a.n, kv_elems = a.N * a.H * a.D;
+  const int K = a.H * a.NB;
+  // 1. dq and delta.
+  ScratchBuffer delta(a.N * a.HQ * sizeof(float));
+  {
+    const dim3 grid((unsigned)((max_len + kWarpsSlc - 1) / kWarpsSlc), (unsigned)a.nseq, (unsigned)a.H);
+    auto run = [&](auto kernel, size_t smem) {
+      allow_smem(kernel, smem);
+      kernel<<<grid, kWarpsSlc * 32, smem, stream>>>(u16(q), u16(k_slc), u16(v_slc), block_indices, o_slc, lse_slc,
+                                                      u16(dout), static_cast<uint16_t*>(dq),
+                                                      static_cast<float*>(delta.p), a);
+      NT_CUDA_CHECK(cudaGetLastError());
+    };
+    if (max_len > 0) {
+      if (a.D <= 64) run(nsa_slc_bwd_dq_tc<64>, slc_dq_smem<64>());
+      else run(nsa_slc_bwd_dq_tc<128>, slc_dq_smem<128>());
+    }
+  }
+  // 2. The positions that chose each (head, block), ascending, and the pieces.
+  ScratchBuffer keys(E * 4), rows(E * 4), skeys(E * 4), srows(E * 4), count((K + 1) * 4), seg_off((K + 1) * 4),
+      pieces((K + 1) * 4), piece_off((K + 1) * 4);
+  auto i32 = [](const ScratchBuffer& b) { return static_cast<int32_t*>(b.p); };
+  slc_inverse_keys<<<grid_for(E, 256), 256, 0, stream>>>(block_indices, i32(keys), i32(rows), a);
+  NT_CUDA_CHECK(cudaGetLastError());
+  int end_bit = 1;
+  while (end_bit < 31 && ((int64_t)1 << end_bit) <= K) ++end_bit;
+  size_t sort_bytes = 0, scan_bytes = 0;
+  NT_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, i32(keys), i32(skeys), i32(rows), i32(srows),
+                                                (int)E, 0, end_bit, stream));
+  NT_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(nullptr, scan_bytes, i32(count), i32(seg_off), K + 1, stream));
+  ScratchBuffer temp(std::max(sort_bytes, scan_bytes) + 1);
+  NT_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp.p, sort_bytes, i32(keys), i32(skeys), i32(rows), i32(srows),
+                                                (int)E, 0, end_bit, stream));
+  NT_CUDA_CHECK(cudaMemsetAsync(count.p, 0, (K + 1) * 4, stream));
+  slc_count<<<grid_for(E, 256), 256, 0, stream>>>(i32(skeys), i32(count), E, K);
+  NT_CUDA_CHECK(cudaGetLastError());
+  size_t bytes = scan_bytes;
+  NT_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(temp.p, bytes, i32(count), i32(seg_off), K + 1, stream));
+  const int ppt = kTileRows / a.G, per_piece = kTilesPerPiece * ppt;
+  slc_pieces<<<grid_for(K + 1, 256), 256, 0, stream>>>(i32(seg_off), i32(pieces), K, per_piece);
+  NT_CUDA_CHECK(cudaGetLastError());
+  bytes = scan_bytes;
+  NT_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(temp.p, bytes, i32(pieces), i32(piece_off), K + 1, stream));
+  // 3. dk, dv: one thread block per piece (the grid bounds their number: sum ceil(c / P) <= E / P + K).
+  ScratchBuffer dk_acc(kv_elems * 4), dv_acc(kv_elems * 4);
+  NT_CUDA_CHECK(cudaMemsetAsync(dk_acc.p, 0, kv_elems * 4, stream));
+  NT_CUDA_CHECK(cudaMemsetAsync(dv_acc.p, 0, kv_elems * 4, stream));
+  const int64_t grid = E / per_piece + K + 1;
+  auto run = [&](auto kernel, size_t smem) {
+    allow_smem(kernel, smem);
+    kernel<<<(unsigned)grid, a.lp * 2, smem, stream>>>(u16(q), u16(k_slc), u16(v_slc), u16(dout), lse_slc,
+                                                       static_cast<const float*>(delta.p), i32(srows), i32(seg_off),
+                                                       i32(piece_off), static_cast<float*>(dk_acc.p),
+                                                       static_cast<float*>(dv_acc.p), a, per_piece);
+    NT_CUDA_CHECK(cudaGetLastError());
+  };
+  if (a.D <= 64) run(nsa_slc_bwd_dkv_tc<64>, slc_dkv_smem<64>(a.lp));
+  else run(nsa_slc_bwd_dkv_tc<128>, slc_dkv_smem<128>(a.lp));
+  f32_to_bf16<<<grid_for(kv_elems, 256), 256, 0, stream>>>(static_cast<const float*>(dk_acc.p),
+                                                             static_cast<uint16_t*>(dk_slc), kv_elems);
+  f32_to_bf16<<<grid_for(kv_elems, 256), 256, 0, stream>>>(static_cast<const float*>(dv_acc.p),
+                                                             static_cast<uint16_t*>(dv_slc), kv_elems);
+  NT_CUDA_CHECK(cudaGetLastError());
 }
 
 }  // namespace nt::cuda

@@ -105,7 +105,7 @@ namespace {
 // The kernels' geometry, with cu_seqlens and each sequence's first compressed row uploaded (one small copy).
 struct CudaGeometry {
   cuda::NsaDims dims;
-  Tensor tables;  // i32 [2 nseq + 1]: cu_seqlens, then cmp_starts
+  Tensor tables;  // i32 [3 nseq + 2]: cu_seqlens, cmp_starts, slc_starts
 };
 CudaGeometry cuda_geometry(const Tensor& q, const Tensor& k_cmp, const Tensor& k_slc, const NsaOptions& opt) {
   CudaGeometry g;
@@ -117,18 +117,24 @@ CudaGeometry cuda_geometry(const Tensor& q, const Tensor& k_cmp, const Tensor& k
   NT_CHECK(a.D <= 256, "{}: the CUDA kernels take head dims up to 256, got {}", kOp, a.D);
   std::vector<double> tables(opt.cu_seqlens.begin(), opt.cu_seqlens.end());
   int64_t cmp = 0;
+  std::vector<double> slc{0};
   for (int b = 0; b < a.nseq; ++b) {
     const int64_t len = opt.cu_seqlens[b + 1] - opt.cu_seqlens[b];
     tables.push_back((double)cmp);
     cmp += nsa_num_cmp_blocks(len, opt.block, opt.stride);
-    a.ncand_max = std::max<int>(a.ncand_max, len > 0 ? (int)((len - 1) / opt.select_block + 1) : 0);
+    const int64_t ncand = len > 0 ? (len - 1) / opt.select_block + 1 : 0;
+    a.ncand_max = std::max<int>(a.ncand_max, (int)ncand);
+    slc.push_back(slc.back() + (double)ncand);
   }
+  a.NB = (int)slc.back();
+  tables.insert(tables.end(), slc.begin(), slc.end());
   const size_t smem = cuda::nsa_forward_smem(a, q.dtype() == DType::f64);
   NT_CHECK(smem <= 200 * 1024, "{}: {} query heads per group x {} selection blocks of scores need {} bytes of shared "
            "memory (at most 200 KiB); shorten the sequences or raise select_block", kOp, a.G, a.ncand_max, smem);
   g.tables = from_vector(tables, {(int64_t)tables.size()}, DType::i32).to(q.device());
   a.cu_seqlens = static_cast<const int32_t*>(g.tables.data_ptr());
   a.cmp_starts = a.cu_seqlens + a.nseq + 1;
+  a.slc_starts = a.cmp_starts + a.nseq;
   return g;
 }
 }  // namespace
@@ -138,8 +144,10 @@ namespace {
 // The op. lse_cmp (undefined, or f32/f64 [T, HQ]): the compressed branch's log-sum-exps from elsewhere; then that
 // branch only scores the selection (its output here is 0 and no gradient flows from it).
 // indices_in (undefined, or i32 [T, H, n]): the blocks to attend, checked and used instead of a selection.
+// selected_only: the gates are (0, 1, 0) and the window is off (nsa_selected_branch, nsa_selected_attention), so
+// the backward may run the selected branch's own kernels.
 NsaOutput run_nsa(const std::vector<Tensor>& inputs, const NsaOptions& options, const Tensor& lse_cmp_in,
-                  const Tensor& indices_in = Tensor()) {
+                  const Tensor& indices_in = Tensor(), bool selected_only = false) {
   const Tensor& q = inputs[0];
   const Tensor &k_cmp = inputs[1], &k_slc = inputs[3];
   const NsaOptions opt = resolve(inputs, options);
@@ -225,21 +233,45 @@ NsaOutput run_nsa(const std::vector<Tensor>& inputs, const NsaOptions& options, 
     for (const Tensor& t : in) saved.emplace_back(t);
     autograd::record(kNsaAttention, out.o, inputs,
                      [opt, saved, sidx = autograd::Saved(out.block_indices), sbo = autograd::Saved(branch_o),
-                      slse = autograd::Saved(lse), external_cmp](const Tensor& dy, auto&) {
+                      slse = autograd::Saved(lse), external_cmp, selected_only](const Tensor& dy, auto&) {
                        std::vector<Tensor> in, grads;
                        for (const autograd::Saved& s : saved) {
                          in.push_back(s.get());
                          grads.push_back(empty(s.get().shape(), s.get().dtype(), s.get().device()));
                        }
                        const Tensor& bo = sbo.get();
-                       const Tensor dout = dy.to(bo.dtype()).contiguous();
                        if (bo.device().is_cpu()) {
+                         const Tensor dout = dy.to(bo.dtype()).contiguous();
                          cpu::nsa_backward(in, opt, sidx.get(), bo, slse.get(), dout, grads, external_cmp);
                        } else {
 #if NT_CUDA
                          CudaGeometry g = cuda_geometry(in[0], in[1], in[3], opt);
                          if (external_cmp) g.dims.lse_cmp = bo.data_ptr();  // only tested for null in the backward
                          const cuda::NsaDims& a = g.dims;
+                         // The selected branch alone in bf16: its tensor-core backward (NT_NSA_SLC_BWD=simt keeps
+                         // the CUDA-core one, for comparison).
+                         static const bool simt_bwd = [] {
+                           const char* v = std::getenv("NT_NSA_SLC_BWD");
+                           return v && std::string(v) == "simt";
+                         }();
+                         if (selected_only && !simt_bwd && in[0].dtype() == DType::bf16 &&
+                             cuda::nsa_selected_backward_tc_supported(a)) {
+                           for (int i : {1, 2, 5, 6, 7}) grads[i].fill_(0.0);
+                           const Tensor dob = dy.to(DType::bf16).contiguous();
+                           int max_len = 0;
+                           for (size_t b = 0; b + 1 < opt.cu_seqlens.size(); ++b)
+                             max_len = std::max(max_len, opt.cu_seqlens[b + 1] - opt.cu_seqlens[b]);
+                           const int64_t rows = a.N * a.HQ;
+                           cuda::nsa_selected_backward_tc(
+                               in[0].data_ptr(), in[3].data_ptr(), in[4].data_ptr(),
+                               static_cast<const int32_t*>(sidx.get().data_ptr()),
+                               static_cast<const float*>(bo.data_ptr()) + rows * a.D,
+                               static_cast<const float*>(slse.get().data_ptr()) + rows, dob.data_ptr(),
+                               grads[0].data_ptr(), grads[3].data_ptr(), grads[4].data_ptr(), a, max_len,
+                               stream_of(dob));
+                           return grads;
+                         }
+                         const Tensor dout = dy.to(bo.dtype()).contiguous();
                          const Tensor scratch = empty({2 * (int64_t)a.NC * a.H * a.D + 4 * a.N * a.H * a.D}, bo.dtype(), bo.device());
                          const void* ptrs[8];
                          void* gp[8];
@@ -289,7 +321,7 @@ NsaOutput nsa_selected_branch(const Tensor& q, const Tensor& k_cmp, const Tensor
   NsaOptions o = opt;
   o.window = 0;
   const Tensor kc = k_cmp.detach(), unused = k_slc.detach();
-  return run_nsa({q, kc, kc, k_slc, v_slc, unused, unused, gates}, o, lse_cmp);
+  return run_nsa({q, kc, kc, k_slc, v_slc, unused, unused, gates}, o, lse_cmp, Tensor(), true);
 }
 
 NsaOutput nsa_selected_attention(const Tensor& q, const Tensor& k_slc, const Tensor& v_slc, const Tensor& block_indices,
@@ -306,7 +338,7 @@ NsaOutput nsa_selected_attention(const Tensor& q, const Tensor& k_slc, const Ten
   o.window = 0;
   const Tensor kc = zeros({NC, H, D}, q.dtype(), q.device()), unused = k_slc.detach();
   return run_nsa({q, kc, kc, k_slc, v_slc, unused, unused, gates}, o, zeros({T, HQ}, DType::f32, q.device()),
-                 block_indices.to(q.device()));
+                 block_indices.to(q.device()), true);
 }
 
 }  // namespace nt
