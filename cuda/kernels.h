@@ -82,11 +82,12 @@ size_t nsa_forward_smem(const NsaDims& d, bool f64);
 bool nsa_select_tc_supported(const NsaDims& d);
 void nsa_select_tc(const void* q, const void* k_cmp, const float* lse_cmp, int32_t* block_indices, const NsaDims& d,
                    int max_len, cudaStream_t stream);
-// nsa_selected.cu: the selected branch's forward on tensor cores (bf16) into branch_o[1] and lse[1] (f32), from
-// block_indices. Supported for D % 8 == 0, D <= 256, G <= 16.
+// nsa_selected.cu: the selected branch's forward on tensor cores (bf16) into o_slc [N, HQ, D] and lse_slc [N, HQ]
+// (f32; the fused op's branch_o[1] and lse[1], or tensors of their own), from block_indices. Supported for
+// D % 8 == 0, D <= 256, G <= 16.
 bool nsa_selected_tc_supported(const NsaDims& d);
 void nsa_selected_forward_tc(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
-                             float* branch_o, float* lse, const NsaDims& d, int max_len, cudaStream_t stream);
+                             float* o_slc, float* lse_slc, const NsaDims& d, int max_len, cudaStream_t stream);
 // The selected branch's backward on tensor cores (bf16), for the branch alone (gate 1, nsa_selected_branch): dq,
 // dk_slc, dv_slc (bf16, overwritten) from dout (bf16 [N, HQ, D]), the branch's output and log-sum-exp (f32
 // [N, HQ, D] and [N, HQ], as nsa_selected_forward_tc wrote them) and block_indices. dk/dv sum over thread blocks

@@ -2,8 +2,8 @@
 // key/value head h) holds the group's G query heads as the rows of one 16-row tile (G <= 16; the other rows are
 // zeros), walks the blocks chosen for (t, h) in ascending order, 32 keys at a time (keys <= t only), with
 // FlashAttention's online softmax: S = Q K^T and O += P V by mma.sync, f32 accumulation. It writes the branch's
-// output and log-sum-exp (f32) into the fused op's branch_o[1] / lse[1]; the CUDA-core kernel then mixes the gates,
-// and the backward (still on CUDA cores) reads them as if it had computed them.
+// output and log-sum-exp (f32), e.g. into the fused op's branch_o[1] / lse[1], where the CUDA-core kernel then mixes
+// the gates and its backward reads them as if it had computed them.
 // Traffic: each chosen key block is read once per (position, key/value head) for all G heads; neighbouring
 // positions mostly choose the same blocks, which L2 serves. Shared memory: per warp, Q (16 rows) and a 32-key
 // chunk of K and V.
@@ -40,7 +40,7 @@ __global__ void __launch_bounds__(kWarpsSlc * 32) nsa_slc_fwd_tc(const uint16_t*
                                                                  const uint16_t* __restrict__ ks,
                                                                  const uint16_t* __restrict__ vs,
                                                                  const int32_t* __restrict__ block_indices,
-                                                                 float* __restrict__ branch_o, float* __restrict__ lse,
+                                                                 float* __restrict__ o_slc, float* __restrict__ lse_slc,
                                                                  NsaDims a) {
   constexpr int LD = DP + 8, NT = DP / 8, CH = DP / 8;
   extern __shared__ __align__(16) uint16_t smem_slc[];
@@ -121,15 +121,15 @@ __global__ void __launch_bounds__(kWarpsSlc * 32) nsa_slc_fwd_tc(const uint16_t*
     l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 2);
     const int g = lane / 4 + 8 * i;
     if (g >= G) continue;
-    const int64_t o = ((int64_t)a.N + row) * a.HQ + h * G + g;  // branch 1
+    const int64_t o = row * a.HQ + h * G + g;
     const float inv = 1.f / l_run[i];
-    float* out = branch_o + o * a.D;
+    float* out = o_slc + o * a.D;
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
       const int c = nt * 8 + (lane % 4) * 2;
       if (c < a.D) out[c] = acc[nt][2 * i] * inv, out[c + 1] = acc[nt][2 * i + 1] * inv;
     }
-    if (lane % 4 == 0) lse[o] = (m_run[i] + log2f(l_run[i])) / kLog2e;
+    if (lane % 4 == 0) lse_slc[o] = (m_run[i] + log2f(l_run[i])) / kLog2e;
   }
 }
 }  // namespace
@@ -399,13 +399,13 @@ __global__ void f32_to_bf16(const float* __restrict__ x, uint16_t* __restrict__ 
 bool nsa_selected_tc_supported(const NsaDims& a) { return a.D % 8 == 0 && a.D <= 256 && a.G <= 16; }
 
 void nsa_selected_forward_tc(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
-                             float* branch_o, float* lse, const NsaDims& a, int max_len, cudaStream_t stream) {
+                             float* o_slc, float* lse_slc, const NsaDims& a, int max_len, cudaStream_t stream) {
   if (a.N == 0 || max_len == 0) return;
   const dim3 grid((unsigned)((max_len + kWarpsSlc - 1) / kWarpsSlc), (unsigned)a.nseq, (unsigned)a.H);
   auto run = [&](auto kernel, size_t smem) {
     allow_smem(kernel, smem);
     kernel<<<grid, kWarpsSlc * 32, smem, stream>>>(static_cast<const uint16_t*>(q), static_cast<const uint16_t*>(k_slc),
-                                                    static_cast<const uint16_t*>(v_slc), block_indices, branch_o, lse, a);
+                                                    static_cast<const uint16_t*>(v_slc), block_indices, o_slc, lse_slc, a);
     NT_CUDA_CHECK(cudaGetLastError());
   };
   if (a.D <= 64) run(nsa_slc_fwd_tc<64>, slc_smem<64>());

@@ -107,6 +107,16 @@ struct CudaGeometry {
   cuda::NsaDims dims;
   Tensor tables;  // i32 [3 nseq + 2]: cu_seqlens, cmp_starts, slc_starts
 };
+// The selected branch's backward on tensor cores where supported (NT_NSA_SLC_BWD=simt keeps the CUDA-core one,
+// for comparison).
+bool selected_backward_on_tc(const cuda::NsaDims& a) {
+  static const bool simt = [] {
+    const char* v = std::getenv("NT_NSA_SLC_BWD");
+    return v && std::string(v) == "simt";
+  }();
+  return !simt && cuda::nsa_selected_backward_tc_supported(a);
+}
+
 CudaGeometry cuda_geometry(const Tensor& q, const Tensor& k_cmp, const Tensor& k_slc, const NsaOptions& opt) {
   CudaGeometry g;
   cuda::NsaDims& a = g.dims;
@@ -157,9 +167,13 @@ NsaOutput run_nsa(const std::vector<Tensor>& inputs, const NsaOptions& options, 
   std::vector<Tensor> in;
   for (const Tensor& t : inputs) in.push_back(t.detach().contiguous());
   NsaOutput out{empty({T, HQ, D}, q.dtype(), q.device()), empty({T, H, opt.n_select}, DType::i32, q.device())};
-  // Branch outputs and log-sum-exps: f64 on the CPU (the reference), the accumulation type on the GPU.
+  // Branch outputs and log-sum-exps ([3, T, HQ, D] and [3, T, HQ]; only the selected branch's when it runs on
+  // tensor cores alone): f64 on the CPU (the reference), the accumulation type on the GPU.
   const DType acc = on_cpu || q.dtype() == DType::f64 ? DType::f64 : DType::f32;
-  const Tensor branch_o = empty({3, T, HQ, D}, acc, q.device()), lse = empty({3, T, HQ}, acc, q.device());
+  Tensor branch_o, lse;
+  auto alloc_branches = [&](int64_t nb) {
+    branch_o = empty({nb, T, HQ, D}, acc, q.device()), lse = empty({nb, T, HQ}, acc, q.device());
+  };
   Tensor lse_cmp;
   if (lse_cmp_in.defined()) {
     NT_CHECK(lse_cmp_in.shape() == Shape({T, HQ}) && lse_cmp_in.device() == q.device(),
@@ -190,6 +204,7 @@ NsaOutput run_nsa(const std::vector<Tensor>& inputs, const NsaOptions& options, 
     out.block_indices.copy_(indices_in);
   }
   if (on_cpu) {
+    alloc_branches(3);
     cpu::nsa_forward(in, opt, out.o, out.block_indices, branch_o, lse, lse_cmp, indices_given);
   } else {
 #if NT_CUDA
@@ -210,19 +225,30 @@ NsaOutput run_nsa(const std::vector<Tensor>& inputs, const NsaOptions& options, 
         cuda::nsa_select_tc(in[0].data_ptr(), in[1].data_ptr(), static_cast<const float*>(lse_cmp.data_ptr()),
                             static_cast<int32_t*>(out.block_indices.data_ptr()), g.dims, max_len, stream_of(q));
       g.dims.indices_given = true;
-      // The selected branch's forward on tensor cores too (its backward stays on CUDA cores).
+      // The selected branch's forward on tensor cores too. Alone (nsa_selected_branch) with its backward on tensor
+      // cores as well, only that branch's output and log-sum-exp are kept, and o is its output: no CUDA-core pass.
       if (cuda::nsa_selected_tc_supported(g.dims)) {
+        const bool alone = selected_only && selected_backward_on_tc(g.dims);
+        alloc_branches(alone ? 1 : 3);
+        const int64_t b1 = alone ? 0 : 1;
         cuda::nsa_selected_forward_tc(in[0].data_ptr(), in[3].data_ptr(), in[4].data_ptr(),
                                       static_cast<const int32_t*>(out.block_indices.data_ptr()),
-                                      static_cast<float*>(branch_o.data_ptr()), static_cast<float*>(lse.data_ptr()),
-                                      g.dims, max_len, stream_of(q));
+                                      static_cast<float*>(branch_o.data_ptr()) + b1 * T * HQ * D,
+                                      static_cast<float*>(lse.data_ptr()) + b1 * T * HQ, g.dims, max_len, stream_of(q));
         g.dims.slc_given = true;
+        if (alone) {
+          autograd::NoGradGuard ng;
+          out.o.copy_(branch_o.reshape({T, HQ, D}));
+        }
       }
     }
-    const void* ptrs[8];
-    for (int i = 0; i < 8; ++i) ptrs[i] = in[i].data_ptr();
-    cuda::nsa_forward(q.dtype(), ptrs, out.o.data_ptr(), static_cast<int32_t*>(out.block_indices.data_ptr()),
-                      branch_o.data_ptr(), lse.data_ptr(), g.dims, stream_of(q));
+    if (!branch_o.defined()) alloc_branches(3);
+    if (branch_o.size(0) == 3) {
+      const void* ptrs[8];
+      for (int i = 0; i < 8; ++i) ptrs[i] = in[i].data_ptr();
+      cuda::nsa_forward(q.dtype(), ptrs, out.o.data_ptr(), static_cast<int32_t*>(out.block_indices.data_ptr()),
+                        branch_o.data_ptr(), lse.data_ptr(), g.dims, stream_of(q));
+    }
 #else
     no_cuda_kernel(kOp);
 #endif
@@ -233,7 +259,7 @@ NsaOutput run_nsa(const std::vector<Tensor>& inputs, const NsaOptions& options, 
     for (const Tensor& t : in) saved.emplace_back(t);
     autograd::record(kNsaAttention, out.o, inputs,
                      [opt, saved, sidx = autograd::Saved(out.block_indices), sbo = autograd::Saved(branch_o),
-                      slse = autograd::Saved(lse), external_cmp, selected_only](const Tensor& dy, auto&) {
+                      slse = autograd::Saved(lse), external_cmp](const Tensor& dy, auto&) {
                        std::vector<Tensor> in, grads;
                        for (const autograd::Saved& s : saved) {
                          in.push_back(s.get());
@@ -248,25 +274,17 @@ NsaOutput run_nsa(const std::vector<Tensor>& inputs, const NsaOptions& options, 
                          CudaGeometry g = cuda_geometry(in[0], in[1], in[3], opt);
                          if (external_cmp) g.dims.lse_cmp = bo.data_ptr();  // only tested for null in the backward
                          const cuda::NsaDims& a = g.dims;
-                         // The selected branch alone in bf16: its tensor-core backward (NT_NSA_SLC_BWD=simt keeps
-                         // the CUDA-core one, for comparison).
-                         static const bool simt_bwd = [] {
-                           const char* v = std::getenv("NT_NSA_SLC_BWD");
-                           return v && std::string(v) == "simt";
-                         }();
-                         if (selected_only && !simt_bwd && in[0].dtype() == DType::bf16 &&
-                             cuda::nsa_selected_backward_tc_supported(a)) {
+                         if (bo.size(0) == 1) {  // the selected branch alone, forward on tensor cores
                            for (int i : {1, 2, 5, 6, 7}) grads[i].fill_(0.0);
                            const Tensor dob = dy.to(DType::bf16).contiguous();
                            int max_len = 0;
                            for (size_t b = 0; b + 1 < opt.cu_seqlens.size(); ++b)
                              max_len = std::max(max_len, opt.cu_seqlens[b + 1] - opt.cu_seqlens[b]);
-                           const int64_t rows = a.N * a.HQ;
                            cuda::nsa_selected_backward_tc(
                                in[0].data_ptr(), in[3].data_ptr(), in[4].data_ptr(),
                                static_cast<const int32_t*>(sidx.get().data_ptr()),
-                               static_cast<const float*>(bo.data_ptr()) + rows * a.D,
-                               static_cast<const float*>(slse.get().data_ptr()) + rows, dob.data_ptr(),
+                               static_cast<const float*>(bo.data_ptr()), static_cast<const float*>(slse.get().data_ptr()),
+                               dob.data_ptr(),
                                grads[0].data_ptr(), grads[3].data_ptr(), grads[4].data_ptr(), a, max_len,
                                stream_of(dob));
                            return grads;

@@ -379,12 +379,15 @@ TEST_CASE("NSA selection on tensor cores (bf16): a valid top-n of the f64 scores
   }
 }
 
-TEST_CASE("NSA selected branch on CUDA over the GPU's choice (bf16: tensor-core forward; f32) matches the f64 CPU "
-          "over the same blocks, values and gradients" * doctest::skip(!cuda::available())) {
+// In bf16 both directions run on tensor cores (the backward's key-centric pieces: 128 positions at G = 16, so
+// block 0 of the first case is split over 3 thread blocks); f32 runs the CUDA-core kernels.
+TEST_CASE("NSA selected branch on CUDA over the GPU's choice (bf16: tensor cores; f32) matches the f64 CPU over the "
+          "same blocks, values and gradients" * doctest::skip(!cuda::available())) {
   for (DType dt : {DType::bf16, DType::f32})
     for (const Case& c : {Case{300, 16, 1, 64, blocks(32, 16, 64, 16, 128)},
                           Case{333, 32, 2, 128, blocks(16, 8, 32, 5, 0, {0, 100, 100, 107, 333})},
-                          Case{150, 4, 4, 64, blocks(8, 4, 16, 4, 0)}}) {
+                          Case{150, 4, 4, 64, blocks(8, 4, 16, 4, 0)},
+                          Case{701, 8, 2, 40, blocks(32, 16, 128, 4, 0, {0, 250, 250, 701})}}) {
       INFO(dtype_name(dt) << " T " << c.T << " HQ " << c.HQ << " H " << c.H << " D " << c.D);
       const NsaInputs in = nsa_cast(nsa_cast(nsa_inputs(c.T, c.HQ, c.H, c.D, total_cmp(c.opt, c.T), 66), dt), DType::f64);
       const Tensor w = rnd({c.T, c.HQ, c.D}, 67);
