@@ -1,7 +1,7 @@
 // NSA benchmark (GPU): the nsa_attention op (compressed, selected and window branches with their gates; the
-// paper's l = 32, d = 16, l' = 64, n = 16, w = 512), fused (CUDA-core kernels) and branch-wise (nsa/branches.h),
-// against dense causal attention on the same shapes in the same
-// run: our flash_attention, and PyTorch's scaled_dot_product_attention when python3 with torch is present
+// paper's l = 32, d = 16, l' = 64, n = 16, w = 512), branch-wise (nsa/branches.h; each branch alone too) and fused
+// (CUDA-core kernels), against dense causal attention on the same shapes in the same run: our flash_attention, and
+// PyTorch's scaled_dot_product_attention when python3 with torch is present
 // (scripts/bench_nsa_torch.py). Forward and forward + backward time and peak GPU memory (caching allocator; torch's
 // max_memory_allocated), batch 1, bf16.
 //   build/examples/bench_nsa [T=8192,16384,32768,65536] [hq=64] [hkv=4] [d=128]
@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <functional>
 #include <map>
+#include <memory>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -137,22 +138,50 @@ int main(int argc, char** argv) {
         flash_attention(qd, kd, vd).backward(dout);
         qd.set_grad(Tensor()), kd.set_grad(Tensor()), vd.set_grad(Tensor());
       };
-      const auto [nf, nfm] = measure(nsa_fwd);
-      const auto [nb, nbm] = measure(nsa_fb);
-      const auto [bf, bfm] = measure(br_fwd);
-      const auto [bb, bbm] = measure(br_fb);
-      const auto [df, dfm] = measure(dense_fwd);
-      const auto [db, dbm] = measure(dense_fb);
-      std::printf("%-7lld %-30s %10.2f %10.2f %12.2f %10.2f\n", (long long)T, "NSA (nsa_attention)", nf, nfm, nb, nbm);
-      std::printf("%-7s %-30s %10.2f %10.2f %12.2f %10.2f\n", "", "NSA branch-wise (branches.h)", bf, bfm, bb, bbm);
-      std::printf("%-7s %-30s %10.2f %10.2f %12.2f %10.2f   NSA speedup %.2fx fwd, %.2fx fwd+bwd (fused op)\n", "",
-                  "dense causal (flash_attention)", df, dfm, db, dbm, df / nf, db / nb);
+      // The branch-wise path's parts: each branch alone, forward and forward + backward (the selected branch from
+      // the compressed log-sum-exps, computed once outside the timing).
+      Tensor lse_cmp;
+      {
+        autograd::NoGradGuard ng;
+        lse_cmp = nsa_compressed_branch(q, kc, vc, opt).lse;
+      }
+      auto part = [&](int which, bool grad) {
+        return [&, which, grad] {
+          std::unique_ptr<autograd::NoGradGuard> ng(grad ? nullptr : new autograd::NoGradGuard);
+          const Tensor& qq = grad ? nsa_in[0] : q;
+          Tensor o;
+          if (which == 0) o = nsa_compressed_branch(qq, grad ? nsa_in[1] : kc, grad ? nsa_in[2] : vc, opt).o;
+          else if (which == 1) o = nsa_selected_branch(qq, kc, grad ? nsa_in[3] : ks, grad ? nsa_in[4] : vs, lse_cmp, opt).o;
+          else o = nsa_window_branch(qq, grad ? nsa_in[5] : kw, grad ? nsa_in[6] : vw, opt).o;
+          if (grad) {
+            o.backward(dout);
+            for (Tensor& t : nsa_in) t.set_grad(Tensor());
+          }
+        };
+      };
+      auto row = [](const std::string& t, const char* name, std::pair<double, double> f, std::pair<double, double> b,
+                    const std::string& note) {
+        std::printf("%-7s %-30s %10.2f %10.2f %12.2f %10.2f%s\n", t.c_str(), name, f.first, f.second, b.first, b.second,
+                    note.c_str());
+      };
+      const auto bf = measure(br_fwd), bb = measure(br_fb);
+      row(std::to_string(T), "NSA branch-wise (branches.h)", bf, bb, "");
+      const char* parts[3] = {"  compressed branch", "  selected branch (+ choice)", "  window branch"};
+      for (int i = 0; i < 3; ++i) row("", parts[i], measure(part(i, false)), measure(part(i, true)), "");
+      const auto nf = measure(nsa_fwd), nb = measure(nsa_fb);
+      row("", "NSA fused (CUDA cores)", nf, nb, "");
+      const auto df = measure(dense_fwd), db = measure(dense_fb);
+      row("", "dense causal (flash_attention)", df, db,
+          fmt::format("   NSA (branch-wise) speedup {:.2f}x fwd, {:.2f}x fwd+bwd", df.first / bf.first,
+                      db.first / bb.first));
       const std::string k = std::to_string(T);
-      if (torch.count("sdpa_fwd_ms_" + k))
-        std::printf("%-7s %-30s %10.2f %10.2f %12.2f %10.2f   NSA speedup %.2fx fwd, %.2fx fwd+bwd\n", "",
-                    "dense causal (torch SDPA)", torch.at("sdpa_fwd_ms_" + k), torch.at("sdpa_fwd_gib_" + k),
-                    torch.at("sdpa_fwdbwd_ms_" + k), torch.at("sdpa_fwdbwd_gib_" + k), torch.at("sdpa_fwd_ms_" + k) / nf,
-                    torch.at("sdpa_fwdbwd_ms_" + k) / nb);
+      if (torch.count("sdpa_fwd_ms_" + k)) {
+        const std::pair<double, double> tf{torch.at("sdpa_fwd_ms_" + k), torch.at("sdpa_fwd_gib_" + k)},
+            tb{torch.at("sdpa_fwdbwd_ms_" + k), torch.at("sdpa_fwdbwd_gib_" + k)};
+        row("", "dense causal (torch SDPA)", tf, tb,
+            fmt::format("   NSA (branch-wise) speedup {:.2f}x fwd, {:.2f}x fwd+bwd", tf.first / bf.first,
+                        tb.first / bb.first));
+      }
     }
     if (torch.empty()) std::printf("(PyTorch comparison skipped: python3 scripts/bench_nsa_torch.py did not run)\n");
   } catch (const Error& e) {
