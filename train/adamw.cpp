@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <thread>
+#include <vector>
 
 #include "cuda/memory.h"
 #include "nn/safetensors.h"
@@ -11,8 +13,9 @@
 namespace nt::train {
 namespace cpu {
 template <class T, class A>
-void adamw(T* p, const T* g, A* m, A* v, int64_t n, A lr, A b1, A b2, A eps, A wd, A bc1, A bc2, A gscale) {
-  for (int64_t i = 0; i < n; ++i) {
+void adamw_range(T* p, const T* g, A* m, A* v, int64_t lo, int64_t hi, A lr, A b1, A b2, A eps, A wd, A bc1, A bc2,
+                 A gscale) {
+  for (int64_t i = lo; i < hi; ++i) {
     A x = (A)p[i];
     const A gi = (A)g[i] * gscale;
     x -= lr * wd * x;
@@ -21,6 +24,21 @@ void adamw(T* p, const T* g, A* m, A* v, int64_t n, A lr, A b1, A b2, A eps, A w
     x -= lr * (m[i] / bc1) / (std::sqrt(v[i] / bc2) + eps);
     p[i] = T(x);
   }
+}
+// Host parameters (offloaded experts) can hold hundreds of millions of elements: large updates are split over the
+// cores. Each element's update is independent, so the result does not depend on the split.
+constexpr int64_t kParallelMin = 1 << 20;
+template <class T, class A>
+void adamw(T* p, const T* g, A* m, A* v, int64_t n, A lr, A b1, A b2, A eps, A wd, A bc1, A bc2, A gscale) {
+  const int64_t workers = std::min<int64_t>({(int64_t)std::max(1u, std::thread::hardware_concurrency()), 32,
+                                             n / kParallelMin});
+  if (workers <= 1) return adamw_range(p, g, m, v, 0, n, lr, b1, b2, eps, wd, bc1, bc2, gscale);
+  std::vector<std::thread> pool;
+  const int64_t per = (n + workers - 1) / workers;
+  for (int64_t w = 1; w < workers; ++w)
+    pool.emplace_back([=] { adamw_range(p, g, m, v, w * per, std::min(n, (w + 1) * per), lr, b1, b2, eps, wd, bc1, bc2, gscale); });
+  adamw_range(p, g, m, v, 0, per, lr, b1, b2, eps, wd, bc1, bc2, gscale);
+  for (std::thread& t : pool) t.join();
 }
 }  // namespace cpu
 

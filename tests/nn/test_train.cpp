@@ -39,6 +39,24 @@ TEST_CASE("AdamW: two steps match the formula; decay only on matrices") {
   expect_error([] { train::AdamW({}, {1.0, 0.9, 1e-8, 0}); }, {"AdamW", "betas"});
 }
 
+TEST_CASE("adamw_update on the host: a large tensor (split over threads) equals its slices updated one by one") {
+  // 3 M + 5 elements: above the threading threshold as a whole; each slice of 1 M - 1 is below it.
+  const int64_t n = 3 * (1 << 20) + 5, part = (1 << 20) - 1;
+  Tensor p = rnd({n}, 1).to(DType::f32), g = rnd({n}, 2).to(DType::f32);
+  Tensor m = (rnd({n}, 3) * 0.1).to(DType::f32), v = (rnd({n}, 4) * rnd({n}, 4) * 0.01).to(DType::f32);
+  Tensor p2 = p.clone(), m2 = m.clone(), v2 = v.clone();
+  train::adamw_update(p, g, m, v, 1e-3, 0.9, 0.95, 1e-8, 0.1, 5, 0.5);
+  for (int64_t lo = 0; lo < n; lo += part) {
+    const int64_t len = std::min(part, n - lo);
+    Tensor ps = p2.narrow(0, lo, len), ms = m2.narrow(0, lo, len), vs = v2.narrow(0, lo, len);
+    train::adamw_update(ps, g.narrow(0, lo, len), ms, vs, 1e-3, 0.9, 0.95, 1e-8, 0.1, 5, 0.5);
+  }
+  CHECK(p.to_vector() == p2.to_vector());
+  CHECK(m.to_vector() == m2.to_vector());
+  CHECK(v.to_vector() == v2.to_vector());
+  CHECK(p.to_vector() != rnd({n}, 1).to(DType::f32).to_vector());  // it did update
+}
+
 TEST_CASE("learning-rate schedule: linear warmup, cosine to the floor") {
   CHECK(train::lr_at(0, 10, 100, 1.0, 0.1) == doctest::Approx(0.1));
   CHECK(train::lr_at(9, 10, 100, 1.0, 0.1) == doctest::Approx(1.0));
