@@ -122,7 +122,7 @@ __global__ void __launch_bounds__(kWarpsSlc * 32) nsa_slc_fwd_tc(const uint16_t*
     const int g = lane / 4 + 8 * i;
     if (g >= G) continue;
     const int64_t o = row * a.HQ + h * G + g;
-    const float inv = 1.f / l_run[i];
+    const float inv = l_run[i] > 0.f ? 1.f / l_run[i] : 0.f;  // a row given no blocks: o = 0, lse = -inf
     float* out = o_slc + o * a.D;
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
