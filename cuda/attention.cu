@@ -15,6 +15,7 @@
 //    (dk, dv), D spread over the lanes. Simple and exact in the accumulation type; for tests and small runs.
 #include <cuda_bf16.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
@@ -260,9 +261,12 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_tc2(const uint16_t* __restr
   }
 }
 
-// Backward: a block owns 64 keys of one kv head and walks the query tiles (and heads of the group) that see
-// them. dk and dv accumulate in registers over DC columns at a time (DC = DP up to 128; 256-wide heads take two
-// passes that recompute the probabilities), dq goes to an f32 buffer with atomics.
+// Backward: a block owns 64 keys of one kv head and walks the query tiles (and the heads of the group, or `gs` of
+// them) that see them. dk and dv accumulate in registers over DC columns at a time (DC = DP up to 128; 256-wide
+// heads take two passes that recompute the probabilities), dq goes to an f32 buffer with atomics. Large groups
+// (NSA's compressed branch regroups d x HQ query heads over each kv head) and grids of few blocks are split over
+// blocks of gs heads each (blockIdx.z = kv head x splits + split); those add dk and dv into f32 buffers
+// (dkv_acc: [N, Hkv, D] for dk, then dv), else they write them directly.
 template <int DP> constexpr size_t bwd_smem() { return (size_t)(2 * kBN + 2 * kBM) * (DP + 8) * 2 + kBN * (kBM + 8) * 2 + 2 * kBM * 4; }
 
 template <int DP, int DC>
@@ -270,17 +274,20 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_tc(const uint16_t* __restri
                                                        const uint16_t* __restrict__ v, const uint16_t* __restrict__ dout,
                                                        const float* __restrict__ lse, const float* __restrict__ delta,
                                                        float* __restrict__ dq_acc, uint16_t* __restrict__ dk,
-                                                       uint16_t* __restrict__ dv, AttentionDims a) {
+                                                       uint16_t* __restrict__ dv, float* __restrict__ dkv_acc,
+                                                       int gs, AttentionDims a) {
   constexpr int LD = DP + 8, LDS = kBM + 8, NC = DC / 8;
   extern __shared__ __align__(16) uint16_t smem[];
   uint16_t *Ks = smem, *Vs = Ks + kBN * LD, *Qs = Vs + kBN * LD, *dOs = Qs + kBM * LD, *dSs = dOs + kBM * LD;
   float* lse_s = reinterpret_cast<float*>(dSs + kBN * LDS);
   float* dlt_s = lse_s + kBM;
   // Key tiles near the start of a sequence are seen by the most query tiles: they go first (less tail).
-  const int seq = blockIdx.y, hk = blockIdx.z, n0 = blockIdx.x * kBN;
+  const int G = a.H / a.Hkv, splits = (G + gs - 1) / gs;
+  const int seq = blockIdx.y, hk = blockIdx.z / splits, n0 = blockIdx.x * kBN;
+  const int h_lo = hk * G + (int)(blockIdx.z % splits) * gs, h_hi = min(h_lo + gs, hk * G + G);
   const int start = a.cu_seqlens[seq], len = a.cu_seqlens[seq + 1] - start;
   if (n0 >= len) return;
-  const int G = a.H / a.Hkv, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t qs = (int64_t)a.H * a.D, ks = (int64_t)a.Hkv * a.D;
   const float sl2 = a.scale * kLog2e;
   const int key0 = n0 + warp * 16 + lane / 4;  // this thread's keys: key0 and key0 + 8
@@ -308,8 +315,8 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_tc(const uint16_t* __restri
 #pragma unroll
       for (int e = 0; e < 4; ++e) dka[i][e] = dva[i][e] = 0.f;
     if (c0 > 0) __syncthreads();  // the previous pass's last dQ reads of dSs are done
-    prefetch(hk * G, m_first);
-    for (int h = hk * G; h < hk * G + G; ++h)
+    prefetch(h_lo, m_first);
+    for (int h = h_lo; h < h_hi; ++h)
       for (int m0 = m_first; m0 < q_hi; m0 += kBM) {
         cp_wait_all();
         __syncthreads();  // Q, dO, lse, delta of (h, m0) (and K, V at the first tile) are in shared memory
@@ -381,7 +388,7 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_tc(const uint16_t* __restri
         {
           const bool more_m = m0 + kBM < q_hi;
           if (more_m) prefetch(h, m0 + kBM);
-          else if (h + 1 < hk * G + G) prefetch(h + 1, m_first);
+          else if (h + 1 < h_hi) prefetch(h + 1, m_first);
         }
         uint32_t sf[kBN / 16][4];
 #pragma unroll
@@ -415,11 +422,16 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_tc(const uint16_t* __restri
     for (int i = 0; i < 2; ++i) {
       const int r = key0 + i * 8;
       if (r >= len) continue;
-      uint16_t *krow = dk + ((int64_t)start + r) * ks + hk * a.D, *vrow = dv + ((int64_t)start + r) * ks + hk * a.D;
+      const int64_t off = ((int64_t)start + r) * ks + hk * a.D;
+      uint16_t *krow = dk + off, *vrow = dv + off;
 #pragma unroll
       for (int nt = 0; nt < NC; ++nt) {
         const int col = c0 + nt * 8 + (lane % 4) * 2;
-        if (col < a.D) {
+        if (col < a.D && dkv_acc) {
+          float *ka = dkv_acc + off + col, *va = ka + a.N * ks;
+          atomicAdd(ka, dka[nt][2 * i] * a.scale), atomicAdd(ka + 1, dka[nt][2 * i + 1] * a.scale);
+          atomicAdd(va, dva[nt][2 * i]), atomicAdd(va + 1, dva[nt][2 * i + 1]);
+        } else if (col < a.D) {
           *reinterpret_cast<uint32_t*>(krow + col) = pack_bf16(dka[nt][2 * i] * a.scale, dka[nt][2 * i + 1] * a.scale);
           *reinterpret_cast<uint32_t*>(vrow + col) = pack_bf16(dva[nt][2 * i], dva[nt][2 * i + 1]);
         }
@@ -563,16 +575,43 @@ template <int DP> void launch_fwd_tc(const void* q, const void* k, const void* v
   NT_CUDA_CHECK(cudaGetLastError());
 }
 
+// Heads per backward block: at most 16 (a block walks every query tile of each of its heads, so big groups make
+// long blocks), fewer while the grid has under two blocks per SM.
+int bwd_heads_per_block(const AttentionDims& d) {
+  static const int sms = [] {
+    int dev = 0, n = 0;
+    NT_CUDA_CHECK(cudaGetDevice(&dev));
+    NT_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+    return n;
+  }();
+  const int G = d.H / d.Hkv;
+  const int64_t tiles = (int64_t)(d.max_len + kBN - 1) / kBN * d.nseq * d.Hkv;
+  int gs = std::min(G, 16);
+  while (gs > 1 && tiles * ((G + gs - 1) / gs) < 2 * sms) gs = (gs + 1) / 2;
+  return gs;
+}
+
 template <int DP, int DC>
 void launch_bwd_tc(const void* q, const void* k, const void* v, const void* dout, const float* lse, const float* delta,
                    float* dq_acc, void* dk, void* dv, const AttentionDims& d, cudaStream_t stream) {
   const size_t smem = bwd_smem<DP>();
   allow_smem(attn_bwd_tc<DP, DC>, smem);
-  const dim3 grid((unsigned)((d.max_len + kBN - 1) / kBN), (unsigned)d.nseq, (unsigned)d.Hkv);
+  const int G = d.H / d.Hkv, gs = bwd_heads_per_block(d), splits = (G + gs - 1) / gs;
+  const int64_t kv_elems = d.N * d.Hkv * d.D;
+  ScratchBuffer acc(splits > 1 ? 2 * kv_elems * sizeof(float) : 0);
+  if (splits > 1) NT_CUDA_CHECK(cudaMemsetAsync(acc.p, 0, 2 * kv_elems * sizeof(float), stream));
+  const dim3 grid((unsigned)((d.max_len + kBN - 1) / kBN), (unsigned)d.nseq, (unsigned)(d.Hkv * splits));
   attn_bwd_tc<DP, DC><<<grid, kThreads, smem, stream>>>(
       static_cast<const uint16_t*>(q), static_cast<const uint16_t*>(k), static_cast<const uint16_t*>(v),
-      static_cast<const uint16_t*>(dout), lse, delta, dq_acc, static_cast<uint16_t*>(dk), static_cast<uint16_t*>(dv), d);
+      static_cast<const uint16_t*>(dout), lse, delta, dq_acc, static_cast<uint16_t*>(dk), static_cast<uint16_t*>(dv),
+      static_cast<float*>(acc.p), gs, d);
   NT_CUDA_CHECK(cudaGetLastError());
+  if (splits > 1) {
+    float* a = static_cast<float*>(acc.p);
+    f32_to_bf16<<<grid_for(kv_elems, 256), 256, 0, stream>>>(a, static_cast<uint16_t*>(dk), kv_elems);
+    f32_to_bf16<<<grid_for(kv_elems, 256), 256, 0, stream>>>(a + kv_elems, static_cast<uint16_t*>(dv), kv_elems);
+    NT_CUDA_CHECK(cudaGetLastError());
+  }
 }
 }  // namespace
 

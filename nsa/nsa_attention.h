@@ -25,6 +25,10 @@ struct NsaOptions {
   // at 0, non-decreasing, ends at T); k_cmp/v_cmp hold each sequence's compressed blocks, concatenated in order.
   // Empty: one sequence.
   std::vector<int32_t> cu_seqlens;
+  // On CUDA, nsa_attention runs the branch-wise path (nsa/branches.h: compressed and window branches on
+  // flash_attention, selection and the selected branch on tensor cores in bf16); fused = true runs the one fused
+  // op on CUDA cores instead (as does NT_NSA_BRANCHES=0 in the environment). The CPU always runs the fused reference.
+  bool fused = false;
 };
 
 struct NsaOutput {

@@ -416,12 +416,15 @@ CUDA_TEST("flash_attention: tensor-core (bf16) and CUDA-core kernels against the
     std::vector<int32_t> cu;  // packed: B = 0 and T = N
   };
   // Lengths that are not multiples of the 64-row tiles, group sizes 1, 4 and 16, head dims that are padded
-  // (40, 72, 200), the two-pass 256-wide backward, a dim that is not a multiple of 8 (CUDA-core path in bf16).
+  // (40, 72, 200), the two-pass 256-wide backward, a dim that is not a multiple of 8 (CUDA-core path in bf16);
+  // the backward's head splits: a group of 40 (16 + 16 + 8 heads per block) and a grid of few blocks (12 heads
+  // over 1-head blocks).
   const std::vector<C> cases = {{2, 77, 4, 4, 64, 0, {}},         {1, 130, 8, 2, 72, 33, {}},
                                 {0, 200, 16, 1, 40, 0, {0, 70, 71, 71, 200}}, {1, 65, 2, 1, 256, 0, {}},
                                 {1, 50, 2, 2, 200, 7, {}},        {2, 19, 4, 2, 12, 0, {}},
                                 {1, 300, 4, 4, 128, 100, {}},     {1, 700, 4, 2, 64, 0, {}},
-                                {1, 600, 2, 1, 128, 200, {}},     {0, 900, 4, 2, 64, 0, {0, 17, 600, 900}}};
+                                {1, 600, 2, 1, 128, 200, {}},     {0, 900, 4, 2, 64, 0, {0, 17, 600, 900}},
+                                {1, 150, 40, 1, 64, 0, {}},       {0, 260, 24, 2, 72, 0, {0, 100, 260}}};
   // Forward kernel versions 1 and 2 (2 is opt-in until verified here), then back to the default.
 #if NT_CUDA
   const int default_version = cuda::attention_kernel();
@@ -455,6 +458,7 @@ CUDA_TEST("nsa_attention: CUDA-core kernels against the CPU reference") {
   auto opts = [](int64_t l, int64_t d, int64_t lp, int64_t n, int64_t w) {
     NsaOptions o;
     o.block = l, o.stride = d, o.select_block = lp, o.n_select = n, o.window = w;
+    o.fused = true;  // the CUDA-core kernels (nsa_attention's CUDA default is the branch-wise path)
     return o;
   };
   // Group sizes 1, 4 and 16; lengths that are not multiples of the blocks; more candidates than n (selection by
