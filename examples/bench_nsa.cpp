@@ -4,7 +4,8 @@
 // PyTorch's scaled_dot_product_attention when python3 with torch is present
 // (scripts/bench_nsa_torch.py). Forward and forward + backward time and peak GPU memory (caching allocator; torch's
 // max_memory_allocated), batch 1, bf16.
-//   build/examples/bench_nsa [T=8192,16384,32768,65536] [hq=64] [hkv=4] [d=128] [fused_max_t=16384]
+//   build/examples/bench_nsa [T=8192,16384,32768,65536] [hq=64] [hkv=4] [d=128] [fused_max_t=16384] [profile=0]
+// profile=1: after each T's rows, the kernels of one branch-wise forward + backward (cuda::Profiler, CUPTI).
 // (the fused CUDA-core op takes seconds at 32k and more: it is timed up to fused_max_t tokens)
 // The compressed keys and values are inputs of the op (the compression MLP phi is a separate GEMM composite, not
 // timed here); NSA's gate projection and the dense model's projections are not timed either.
@@ -25,6 +26,7 @@
 #include "cuda/allocator.h"
 #include "cuda/check.h"
 #include "cuda/memory.h"
+#include "cuda/profiler.h"
 #include "cuda/runtime.h"
 #include "nsa/branches.h"
 #include "nsa/nsa_attention.h"
@@ -75,13 +77,13 @@ int main(int argc, char** argv) {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // rows appear as they are measured (long runs)
   try {
     std::vector<int64_t> Ts = {8192, 16384, 32768, 65536};
-    std::map<std::string, int64_t> a{{"hq", 64}, {"hkv", 4}, {"d", 128}, {"fused_max_t", 16384}};
+    std::map<std::string, int64_t> a{{"hq", 64}, {"hkv", 4}, {"d", 128}, {"fused_max_t", 16384}, {"profile", 0}};
     for (int i = 1; i < argc; ++i) {
       const std::string s = argv[i];
       const size_t eq = s.find('=');
       const std::string key = eq == std::string::npos ? s : s.substr(0, eq);
       NT_CHECK(eq != std::string::npos && (key == "T" || a.count(key)),
-               "bench_nsa: unknown argument '{}'; use T=8192,16384,..., hq=, hkv=, d=, fused_max_t=", s);
+               "bench_nsa: unknown argument '{}'; use T=8192,16384,..., hq=, hkv=, d=, fused_max_t=, profile=1", s);
       if (key == "T") Ts = parse_list(s.substr(eq + 1));
       else a[key] = std::stoll(s.substr(eq + 1));
     }
@@ -171,6 +173,12 @@ int main(int argc, char** argv) {
       row(std::to_string(T), "NSA branch-wise (branches.h)", bf, bb, "");
       const char* parts[3] = {"  compressed branch", "  selected branch (+ choice)", "  window branch"};
       for (int i = 0; i < 3; ++i) row("", parts[i], measure(part(i, false)), measure(part(i, true)), "");
+      if (a["profile"]) {
+        cuda::Profiler prof;
+        prof.start();
+        br_fb();
+        std::printf("kernels of one branch-wise forward + backward at T = %lld:\n%s", (long long)T, prof.stop(12).c_str());
+      }
       if (T <= a["fused_max_t"]) row("", "NSA fused (CUDA cores)", measure(nsa_fwd), measure(nsa_fb), "");
       const auto df = measure(dense_fwd), db = measure(dense_fb);
       row("", "dense causal (flash_attention)", df, db,
