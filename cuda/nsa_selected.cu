@@ -4,9 +4,9 @@
 // FlashAttention's online softmax: S = Q K^T and O += P V by mma.sync, f32 accumulation. It writes the branch's
 // output and log-sum-exp (f32), e.g. into the fused op's branch_o[1] / lse[1], where the CUDA-core kernel then mixes
 // the gates and its backward reads them as if it had computed them.
-// Traffic: each chosen key block is read once per (position, key/value head) for all G heads; neighbouring
-// positions mostly choose the same blocks, which L2 serves. Shared memory: per warp, Q (16 rows) and a 32-key
-// chunk of K and V.
+// Traffic: version 1 reads each chosen key block once per (position, key/value head) for all G heads (L2 mostly);
+// version 2 (the default, nsa_slc_fwd_tc2) shares each load among 8 consecutive positions, which mostly choose the
+// same blocks.
 //
 // Backward (the branch alone, gate 1: nsa_selected_branch), also on tensor cores, in three steps:
 // 1. nsa_slc_bwd_dq_tc, query-centric like the forward (one warp per (t, h), the G heads as rows): delta =
@@ -24,6 +24,8 @@
 // (t, h) once per chosen block (n times in all, L2 mostly) and each key block once per piece.
 #include <cub/device/device_radix_sort.cuh>
 #include <cub/device/device_scan.cuh>
+#include <cstdlib>
+#include <string>
 
 #include "cuda/common.cuh"
 #include "cuda/mma_sm80.cuh"
@@ -34,6 +36,77 @@ using namespace sm80;
 constexpr int kWarpsSlc = 4, kChunk = 32;
 
 template <int DP> constexpr size_t slc_smem() { return (size_t)kWarpsSlc * (16 + 2 * kChunk) * (DP + 8) * 2; }
+
+// One warp's online-softmax step over a 32-key chunk (keys n0.. in Ks, Vs; those >= k_hi masked; the chunk's first
+// key is always < k_hi, so no row is empty): S = Q K^T, running max and sum, O = alpha O + P V.
+template <int DP>
+__device__ __forceinline__ void slc_chunk(const uint16_t* Qs, const uint16_t* Ks, const uint16_t* Vs, int LD, int n0,
+                                          int k_hi, float sl2, float (&m_run)[2], float (&l_run)[2],
+                                          float (&acc)[DP / 8][4], int lane) {
+  float s[4][4];
+  qk_tile<DP, 4>(s, Qs, Ks, LD, 0, lane);
+  float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      if (n0 + j * 8 + (lane % 4) * 2 + (e & 1) >= k_hi) s[j][e] = -INFINITY;
+      mx[e >> 1] = fmaxf(mx[e >> 1], s[j][e]);
+    }
+  float alpha[2], ref[2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+    mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+    const float mnew = fmaxf(m_run[i], mx[i] * sl2);
+    ref[i] = mnew == -INFINITY ? 0.f : mnew;
+    alpha[i] = ex2(m_run[i] - ref[i]);
+    m_run[i] = mnew;
+    l_run[i] *= alpha[i];
+  }
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      s[j][e] = ex2(fmaf(s[j][e], sl2, -ref[e >> 1]));
+      l_run[e >> 1] += s[j][e];
+    }
+  pv_accumulate<DP / 8, 4>(acc, alpha, s, Vs, LD, lane);
+}
+
+// The warp's rows g < G (heads h G + g of packed row `row`): o = acc / l and lse (natural log).
+template <int DP>
+__device__ __forceinline__ void slc_write(float (&l_run)[2], const float (&m_run)[2], const float (&acc)[DP / 8][4],
+                                          int64_t row, int h, float* o_slc, float* lse_slc, const NsaDims& a, int lane) {
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 1);
+    l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 2);
+    const int g = lane / 4 + 8 * i;
+    if (g >= a.G) continue;
+    const int64_t o = row * a.HQ + h * a.G + g;
+    const float inv = l_run[i] > 0.f ? 1.f / l_run[i] : 0.f;  // a row given no blocks: o = 0, lse = -inf
+    float* out = o_slc + o * a.D;
+#pragma unroll
+    for (int nt = 0; nt < DP / 8; ++nt) {
+      const int c = nt * 8 + (lane % 4) * 2;
+      if (c < a.D) out[c] = acc[nt][2 * i] * inv, out[c + 1] = acc[nt][2 * i + 1] * inv;
+    }
+    if (lane % 4 == 0) lse_slc[o] = (m_run[i] + log2f(l_run[i])) / kLog2e;
+  }
+}
+
+// The warp's 16 query rows: heads h G + g (g < G) of packed row `row`, zeros below.
+template <int CH>
+__device__ __forceinline__ void slc_load_q(uint16_t* Qs, int LD, const uint16_t* q, int64_t row, int h,
+                                           const NsaDims& a, int lane) {
+  for (int i = lane; i < 16 * CH; i += 32) {
+    const int r = i / CH, c = (i % CH) * 8;
+    uint4 v = make_uint4(0, 0, 0, 0);
+    if (r < a.G && c < a.D) v = *reinterpret_cast<const uint4*>(q + (row * a.HQ + h * a.G + r) * a.D + c);
+    *reinterpret_cast<uint4*>(Qs + r * LD + c) = v;
+  }
+}
 
 template <int DP>
 __global__ void __launch_bounds__(kWarpsSlc * 32) nsa_slc_fwd_tc(const uint16_t* __restrict__ q,
@@ -52,14 +125,8 @@ __global__ void __launch_bounds__(kWarpsSlc * 32) nsa_slc_fwd_tc(const uint16_t*
   const int start = a.cu_seqlens[seq], len = a.cu_seqlens[seq + 1] - start;
   const int t = blockIdx.x * kWarpsSlc + warp;
   if (t >= len) return;  // warp-uniform; the warps never synchronize with each other
-  const int G = a.G;
   const int64_t row = start + t;
-  for (int i = lane; i < 16 * CH; i += 32) {  // rows g < G: heads h G + g of position t (contiguous)
-    const int r = i / CH, c = (i % CH) * 8;
-    uint4 v = make_uint4(0, 0, 0, 0);
-    if (r < G && c < a.D) v = *reinterpret_cast<const uint4*>(q + (row * a.HQ + h * G + r) * a.D + c);
-    *reinterpret_cast<uint4*>(Qs + r * LD + c) = v;
-  }
+  slc_load_q<CH>(Qs, LD, q, row, h, a, lane);
   const int32_t* blocks = block_indices + (row * a.H + h) * a.n;
   const float sl2 = (float)a.scale * kLog2e;
   float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
@@ -83,54 +150,105 @@ __global__ void __launch_bounds__(kWarpsSlc * 32) nsa_slc_fwd_tc(const uint16_t*
         *reinterpret_cast<uint4*>(Vs + r * LD + c) = vv;
       }
       __syncwarp();
-      float s[4][4];
-      qk_tile<DP, 4>(s, Qs, Ks, LD, 0, lane);
-      // Keys past the block's end or past t; every chunk keeps at least its first key, so no row is empty.
-      float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-      for (int j = 0; j < 4; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          if (n0 + j * 8 + (lane % 4) * 2 + (e & 1) >= k_hi) s[j][e] = -INFINITY;
-          mx[e >> 1] = fmaxf(mx[e >> 1], s[j][e]);
-        }
-      float alpha[2], ref[2];
-#pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
-        mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
-        const float mnew = fmaxf(m_run[i], mx[i] * sl2);
-        ref[i] = mnew == -INFINITY ? 0.f : mnew;
-        alpha[i] = ex2(m_run[i] - ref[i]);
-        m_run[i] = mnew;
-        l_run[i] *= alpha[i];
+      slc_chunk<DP>(Qs, Ks, Vs, LD, n0, k_hi, sl2, m_run, l_run, acc, lane);
+    }
+  }
+  slc_write<DP>(l_run, m_run, acc, row, h, o_slc, lse_slc, a, lane);
+}
+
+// Version 2 (default): kPosShared consecutive positions per thread block, one warp each, share the loads of the key
+// blocks they chose. The block walks the union of their (ascending) block lists in 32-key chunks through a
+// two-stage cp.async pipeline; a warp computes only on the chunks of blocks its position chose. Neighbouring
+// positions mostly choose the same blocks, so each key block is read from L2 about once per kPosShared positions
+// instead of once per position (version 1: NT_NSA_SLC_FWD=1).
+constexpr int kPosShared = 8;
+template <int DP> size_t slc2_smem(int n, int lp) {
+  const int chunks = kPosShared * n * ((lp + kChunk - 1) / kChunk);
+  return (size_t)(kPosShared * 16 + 2 * 2 * kChunk) * (DP + 8) * 2 + (size_t)kPosShared * n * 2 * 4 +
+         (size_t)chunks * 2 * 4 + 16;
+}
+
+template <int DP>
+__global__ void __launch_bounds__(kPosShared * 32) nsa_slc_fwd_tc2(const uint16_t* __restrict__ q,
+                                                                   const uint16_t* __restrict__ ks,
+                                                                   const uint16_t* __restrict__ vs,
+                                                                   const int32_t* __restrict__ block_indices,
+                                                                   float* __restrict__ o_slc,
+                                                                   float* __restrict__ lse_slc, NsaDims a) {
+  constexpr int LD = DP + 8, NT = DP / 8, CH = DP / 8;
+  extern __shared__ __align__(16) uint16_t smem_slc2[];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, tid = threadIdx.x;
+  const int seq = blockIdx.y, h = blockIdx.z;
+  const int start = a.cu_seqlens[seq], len = a.cu_seqlens[seq + 1] - start;
+  const int t0 = blockIdx.x * kPosShared;
+  if (t0 >= len) return;  // block-uniform
+  const int t_last = min(t0 + kPosShared, len) - 1, t = t0 + warp;
+  uint16_t* Qs = smem_slc2 + warp * 16 * LD;
+  uint16_t* stage0 = smem_slc2 + kPosShared * 16 * LD;  // per stage: K chunk, then V chunk
+  int* ublk = reinterpret_cast<int*>(stage0 + 2 * 2 * kChunk * LD);  // union: block, mask of warps
+  int* umask = ublk + kPosShared * a.n;
+  int* chunk_n0 = umask + kPosShared * a.n;  // chunks: first key, union entry
+  const int max_chunks = kPosShared * a.n * ((a.lp + kChunk - 1) / kChunk);
+  int* chunk_u = chunk_n0 + max_chunks;
+  int* nchunks_s = chunk_u + max_chunks;
+  if (t <= t_last) slc_load_q<CH>(Qs, LD, q, start + t, h, a, lane);
+  if (tid == 0) {  // merge the positions' ascending lists (n each, -1 terminated)
+    int pos[kPosShared] = {}, nu = 0;
+    const int np = t_last - t0 + 1;
+    const int32_t* lists = block_indices + (((int64_t)start + t0) * a.H + h) * a.n;
+    const int64_t stride = (int64_t)a.H * a.n;
+    for (;;) {
+      int b = 0x7fffffff;
+      for (int p = 0; p < np; ++p) {
+        const int x = pos[p] < a.n ? lists[p * stride + pos[p]] : -1;
+        if (x >= 0) b = min(b, x);
       }
-#pragma unroll
-      for (int j = 0; j < 4; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          s[j][e] = ex2(fmaf(s[j][e], sl2, -ref[e >> 1]));
-          l_run[e >> 1] += s[j][e];
-        }
-      pv_accumulate<NT, 4>(acc, alpha, s, Vs, LD, lane);
+      if (b == 0x7fffffff) break;
+      int mask = 0;
+      for (int p = 0; p < np; ++p)
+        if (pos[p] < a.n && lists[p * stride + pos[p]] == b) mask |= 1 << p, ++pos[p];
+      ublk[nu] = b, umask[nu] = mask, ++nu;
     }
+    int nc = 0;
+    for (int u = 0; u < nu; ++u)
+      for (int n0 = ublk[u] * a.lp; n0 < min((ublk[u] + 1) * a.lp, t_last + 1); n0 += kChunk)
+        chunk_n0[nc] = n0, chunk_u[nc] = u, ++nc;
+    *nchunks_s = nc;
   }
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 1);
-    l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 2);
-    const int g = lane / 4 + 8 * i;
-    if (g >= G) continue;
-    const int64_t o = row * a.HQ + h * G + g;
-    const float inv = l_run[i] > 0.f ? 1.f / l_run[i] : 0.f;  // a row given no blocks: o = 0, lse = -inf
-    float* out = o_slc + o * a.D;
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
-      const int c = nt * 8 + (lane % 4) * 2;
-      if (c < a.D) out[c] = acc[nt][2 * i] * inv, out[c + 1] = acc[nt][2 * i + 1] * inv;
+  __syncthreads();
+  const int nc = *nchunks_s;
+  auto load_chunk = [&](int st, int c) {
+    uint16_t* Ks = stage0 + st * 2 * kChunk * LD;
+    uint16_t* Vs = Ks + kChunk * LD;
+    const int n0 = chunk_n0[c];
+    for (int i = tid; i < kChunk * CH; i += kPosShared * 32) {
+      const int r = i / CH, c8 = (i % CH) * 8;
+      const bool ok = n0 + r < len && c8 < a.D;  // past the sequence: zeros (P = 0 must not meet NaN)
+      const int64_t off = ok ? (((int64_t)start + n0 + r) * a.H + h) * a.D + c8 : 0;
+      cp16(Ks + r * LD + c8, ks + off, ok);
+      cp16(Vs + r * LD + c8, vs + off, ok);
     }
-    if (lane % 4 == 0) lse_slc[o] = (m_run[i] + log2f(l_run[i])) / kLog2e;
+  };
+  const float sl2 = (float)a.scale * kLog2e;
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
+  float acc[NT][4];
+#pragma unroll
+  for (int i = 0; i < NT; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+  if (nc > 0) load_chunk(0, 0);
+  cp_commit();
+  for (int c = 0; c < nc; ++c) {
+    if (c + 1 < nc) load_chunk((c + 1) & 1, c + 1);  // that stage was released by the last iteration's barrier
+    cp_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    const int n0 = chunk_n0[c], u = chunk_u[c];
+    if (t <= t_last && ((umask[u] >> warp) & 1) && n0 <= t) {  // warp-uniform
+      const uint16_t* Ks = stage0 + (c & 1) * 2 * kChunk * LD;
+      slc_chunk<DP>(Qs, Ks, Ks + kChunk * LD, LD, n0, min((ublk[u] + 1) * a.lp, t + 1), sl2, m_run, l_run, acc, lane);
+    }
+    __syncthreads();
   }
+  if (t <= t_last) slc_write<DP>(l_run, m_run, acc, start + t, h, o_slc, lse_slc, a, lane);
 }
 }  // namespace
 
@@ -396,21 +514,34 @@ __global__ void f32_to_bf16(const float* __restrict__ x, uint16_t* __restrict__ 
 }
 }  // namespace
 
-bool nsa_selected_tc_supported(const NsaDims& a) { return a.D % 8 == 0 && a.D <= 256 && a.G <= 16; }
+bool nsa_selected_tc_supported(const NsaDims& a) {
+  return a.D % 8 == 0 && a.D <= 256 && a.G <= 16 && slc2_smem<256>(a.n, a.lp) <= 220 * 1024;
+}
 
 void nsa_selected_forward_tc(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
                              float* o_slc, float* lse_slc, const NsaDims& a, int max_len, cudaStream_t stream) {
   if (a.N == 0 || max_len == 0) return;
-  const dim3 grid((unsigned)((max_len + kWarpsSlc - 1) / kWarpsSlc), (unsigned)a.nseq, (unsigned)a.H);
+  static const bool v1 = [] {
+    const char* e = std::getenv("NT_NSA_SLC_FWD");
+    return e && std::string(e) == "1";
+  }();
+  const int per_block = v1 ? kWarpsSlc : kPosShared;
+  const dim3 grid((unsigned)((max_len + per_block - 1) / per_block), (unsigned)a.nseq, (unsigned)a.H);
   auto run = [&](auto kernel, size_t smem) {
     allow_smem(kernel, smem);
-    kernel<<<grid, kWarpsSlc * 32, smem, stream>>>(static_cast<const uint16_t*>(q), static_cast<const uint16_t*>(k_slc),
+    kernel<<<grid, per_block * 32, smem, stream>>>(static_cast<const uint16_t*>(q), static_cast<const uint16_t*>(k_slc),
                                                     static_cast<const uint16_t*>(v_slc), block_indices, o_slc, lse_slc, a);
     NT_CUDA_CHECK(cudaGetLastError());
   };
-  if (a.D <= 64) run(nsa_slc_fwd_tc<64>, slc_smem<64>());
-  else if (a.D <= 128) run(nsa_slc_fwd_tc<128>, slc_smem<128>());
-  else run(nsa_slc_fwd_tc<256>, slc_smem<256>());
+  if (v1) {
+    if (a.D <= 64) run(nsa_slc_fwd_tc<64>, slc_smem<64>());
+    else if (a.D <= 128) run(nsa_slc_fwd_tc<128>, slc_smem<128>());
+    else run(nsa_slc_fwd_tc<256>, slc_smem<256>());
+  } else {
+    if (a.D <= 64) run(nsa_slc_fwd_tc2<64>, slc2_smem<64>(a.n, a.lp));
+    else if (a.D <= 128) run(nsa_slc_fwd_tc2<128>, slc2_smem<128>(a.n, a.lp));
+    else run(nsa_slc_fwd_tc2<256>, slc2_smem<256>(a.n, a.lp));
+  }
 }
 
 bool nsa_selected_backward_tc_supported(const NsaDims& a) {
