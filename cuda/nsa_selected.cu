@@ -160,39 +160,37 @@ __global__ void __launch_bounds__(kWarpsSlc * 32) nsa_slc_fwd_tc(const uint16_t*
 // blocks they chose. The block walks the union of their (ascending) block lists in 32-key chunks through a
 // two-stage cp.async pipeline; a warp computes only on the chunks of blocks its position chose. Neighbouring
 // positions mostly choose the same blocks, so each key block is read from L2 about once per kPosShared positions
-// instead of once per position (version 1: NT_NSA_SLC_FWD=1).
+// instead of once per position (version 1: NT_NSA_SLC_V1=1). The backward's dq kernel walks the same way.
 constexpr int kPosShared = 8;
-template <int DP> size_t slc2_smem(int n, int lp) {
-  const int chunks = kPosShared * n * ((lp + kChunk - 1) / kChunk);
-  return (size_t)(kPosShared * 16 + 2 * 2 * kChunk) * (DP + 8) * 2 + (size_t)kPosShared * n * 2 * 4 +
-         (size_t)chunks * 2 * 4 + 16;
+bool slc_v1() {
+  static const bool v1 = [] {
+    const char* e = std::getenv("NT_NSA_SLC_V1");
+    return e && std::string(e) == "1";
+  }();
+  return v1;
 }
 
-template <int DP>
-__global__ void __launch_bounds__(kPosShared * 32) nsa_slc_fwd_tc2(const uint16_t* __restrict__ q,
-                                                                   const uint16_t* __restrict__ ks,
-                                                                   const uint16_t* __restrict__ vs,
-                                                                   const int32_t* __restrict__ block_indices,
-                                                                   float* __restrict__ o_slc,
-                                                                   float* __restrict__ lse_slc, NsaDims a) {
-  constexpr int LD = DP + 8, NT = DP / 8, CH = DP / 8;
-  extern __shared__ __align__(16) uint16_t smem_slc2[];
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, tid = threadIdx.x;
-  const int seq = blockIdx.y, h = blockIdx.z;
-  const int start = a.cu_seqlens[seq], len = a.cu_seqlens[seq + 1] - start;
-  const int t0 = blockIdx.x * kPosShared;
-  if (t0 >= len) return;  // block-uniform
-  const int t_last = min(t0 + kPosShared, len) - 1, t = t0 + warp;
-  uint16_t* Qs = smem_slc2 + warp * 16 * LD;
-  uint16_t* stage0 = smem_slc2 + kPosShared * 16 * LD;  // per stage: K chunk, then V chunk
-  int* ublk = reinterpret_cast<int*>(stage0 + 2 * 2 * kChunk * LD);  // union: block, mask of warps
-  int* umask = ublk + kPosShared * a.n;
-  int* chunk_n0 = umask + kPosShared * a.n;  // chunks: first key, union entry
-  const int max_chunks = kPosShared * a.n * ((a.lp + kChunk - 1) / kChunk);
-  int* chunk_u = chunk_n0 + max_chunks;
-  int* nchunks_s = chunk_u + max_chunks;
-  if (t <= t_last) slc_load_q<CH>(Qs, LD, q, start + t, h, a, lane);
-  if (tid == 0) {  // merge the positions' ascending lists (n each, -1 terminated)
+// The union's tables in shared memory (ints after the bf16 tiles): per union entry its block and the mask of the
+// warps whose position chose it; per chunk its first key and union entry; the chunk count.
+struct SlcUnion {
+  int *ublk, *umask, *chunk_n0, *chunk_u, *nc;
+};
+__host__ __device__ inline int slc_union_max_chunks(const NsaDims& a) {
+  return kPosShared * a.n * ((a.lp + kChunk - 1) / kChunk);
+}
+inline size_t slc_union_bytes(const NsaDims& a) {
+  return ((size_t)kPosShared * a.n * 2 + (size_t)slc_union_max_chunks(a) * 2 + 4) * sizeof(int);
+}
+__device__ inline SlcUnion slc_union_carve(int* p, const NsaDims& a) {
+  const int mc = slc_union_max_chunks(a);
+  return {p, p + kPosShared * a.n, p + 2 * kPosShared * a.n, p + 2 * kPosShared * a.n + mc, p + 2 * kPosShared * a.n + 2 * mc};
+}
+
+// Thread 0 merges the ascending lists (n each, -1 after the chosen blocks) of positions t0..t_last of kv head h
+// and lists the chunks (keys < t_last + 1 only); everyone waits.
+__device__ void slc_union_build(const SlcUnion& u, const int32_t* block_indices, int start, int t0, int t_last, int h,
+                                const NsaDims& a) {
+  if (threadIdx.x == 0) {
     int pos[kPosShared] = {}, nu = 0;
     const int np = t_last - t0 + 1;
     const int32_t* lists = block_indices + (((int64_t)start + t0) * a.H + h) * a.n;
@@ -207,21 +205,29 @@ __global__ void __launch_bounds__(kPosShared * 32) nsa_slc_fwd_tc2(const uint16_
       int mask = 0;
       for (int p = 0; p < np; ++p)
         if (pos[p] < a.n && lists[p * stride + pos[p]] == b) mask |= 1 << p, ++pos[p];
-      ublk[nu] = b, umask[nu] = mask, ++nu;
+      u.ublk[nu] = b, u.umask[nu] = mask, ++nu;
     }
     int nc = 0;
-    for (int u = 0; u < nu; ++u)
-      for (int n0 = ublk[u] * a.lp; n0 < min((ublk[u] + 1) * a.lp, t_last + 1); n0 += kChunk)
-        chunk_n0[nc] = n0, chunk_u[nc] = u, ++nc;
-    *nchunks_s = nc;
+    for (int e = 0; e < nu; ++e)
+      for (int n0 = u.ublk[e] * a.lp; n0 < min((u.ublk[e] + 1) * a.lp, t_last + 1); n0 += kChunk)
+        u.chunk_n0[nc] = n0, u.chunk_u[nc] = e, ++nc;
+    *u.nc = nc;
   }
   __syncthreads();
-  const int nc = *nchunks_s;
+}
+
+// Walks the union's chunks through two stages of K and V tiles (stage0: 2 x (K, V) chunks of kChunk rows); calls
+// f(Ks, Vs, n0, k_hi) in each warp whose position t chose the chunk's block (k_hi: min(block end, t + 1)).
+template <int DP, class F>
+__device__ void slc_union_walk(const SlcUnion& u, uint16_t* stage0, const uint16_t* ks, const uint16_t* vs, int start,
+                               int len, int h, int t, bool active, const NsaDims& a, F&& f) {
+  constexpr int LD = DP + 8, CH = DP / 8;
+  const int nc = *u.nc, warp = threadIdx.x / 32;
   auto load_chunk = [&](int st, int c) {
     uint16_t* Ks = stage0 + st * 2 * kChunk * LD;
     uint16_t* Vs = Ks + kChunk * LD;
-    const int n0 = chunk_n0[c];
-    for (int i = tid; i < kChunk * CH; i += kPosShared * 32) {
+    const int n0 = u.chunk_n0[c];
+    for (int i = threadIdx.x; i < kChunk * CH; i += blockDim.x) {
       const int r = i / CH, c8 = (i % CH) * 8;
       const bool ok = n0 + r < len && c8 < a.D;  // past the sequence: zeros (P = 0 must not meet NaN)
       const int64_t off = ok ? (((int64_t)start + n0 + r) * a.H + h) * a.D + c8 : 0;
@@ -229,11 +235,6 @@ __global__ void __launch_bounds__(kPosShared * 32) nsa_slc_fwd_tc2(const uint16_
       cp16(Vs + r * LD + c8, vs + off, ok);
     }
   };
-  const float sl2 = (float)a.scale * kLog2e;
-  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
-  float acc[NT][4];
-#pragma unroll
-  for (int i = 0; i < NT; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
   if (nc > 0) load_chunk(0, 0);
   cp_commit();
   for (int c = 0; c < nc; ++c) {
@@ -241,14 +242,50 @@ __global__ void __launch_bounds__(kPosShared * 32) nsa_slc_fwd_tc2(const uint16_
     cp_commit();
     cp_async_wait<1>();
     __syncthreads();
-    const int n0 = chunk_n0[c], u = chunk_u[c];
-    if (t <= t_last && ((umask[u] >> warp) & 1) && n0 <= t) {  // warp-uniform
+    const int n0 = u.chunk_n0[c], e = u.chunk_u[c];
+    if (active && ((u.umask[e] >> warp) & 1) && n0 <= t) {  // warp-uniform
       const uint16_t* Ks = stage0 + (c & 1) * 2 * kChunk * LD;
-      slc_chunk<DP>(Qs, Ks, Ks + kChunk * LD, LD, n0, min((ublk[u] + 1) * a.lp, t + 1), sl2, m_run, l_run, acc, lane);
+      f(Ks, Ks + kChunk * LD, n0, min((u.ublk[e] + 1) * a.lp, t + 1));
     }
     __syncthreads();
   }
-  if (t <= t_last) slc_write<DP>(l_run, m_run, acc, start + t, h, o_slc, lse_slc, a, lane);
+}
+
+template <int DP> size_t slc2_smem(const NsaDims& a) {
+  return (size_t)(kPosShared * 16 + 2 * 2 * kChunk) * (DP + 8) * 2 + slc_union_bytes(a);
+}
+
+template <int DP>
+__global__ void __launch_bounds__(kPosShared * 32) nsa_slc_fwd_tc2(const uint16_t* __restrict__ q,
+                                                                   const uint16_t* __restrict__ ks,
+                                                                   const uint16_t* __restrict__ vs,
+                                                                   const int32_t* __restrict__ block_indices,
+                                                                   float* __restrict__ o_slc,
+                                                                   float* __restrict__ lse_slc, NsaDims a) {
+  constexpr int LD = DP + 8, NT = DP / 8, CH = DP / 8;
+  extern __shared__ __align__(16) uint16_t smem_slc2[];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int seq = blockIdx.y, h = blockIdx.z;
+  const int start = a.cu_seqlens[seq], len = a.cu_seqlens[seq + 1] - start;
+  const int t0 = blockIdx.x * kPosShared;
+  if (t0 >= len) return;  // block-uniform
+  const int t_last = min(t0 + kPosShared, len) - 1, t = t0 + warp;
+  const bool active = t <= t_last;
+  uint16_t* Qs = smem_slc2 + warp * 16 * LD;
+  uint16_t* stage0 = smem_slc2 + kPosShared * 16 * LD;
+  const SlcUnion u = slc_union_carve(reinterpret_cast<int*>(stage0 + 2 * 2 * kChunk * LD), a);
+  if (active) slc_load_q<CH>(Qs, LD, q, start + t, h, a, lane);
+  slc_union_build(u, block_indices, start, t0, t_last, h, a);
+  const float sl2 = (float)a.scale * kLog2e;
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
+  float acc[NT][4];
+#pragma unroll
+  for (int i = 0; i < NT; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+  slc_union_walk<DP>(u, stage0, ks, vs, start, len, h, t, active, a,
+                     [&](const uint16_t* Ks, const uint16_t* Vs, int n0, int k_hi) {
+                       slc_chunk<DP>(Qs, Ks, Vs, LD, n0, k_hi, sl2, m_run, l_run, acc, lane);
+                     });
+  if (active) slc_write<DP>(l_run, m_run, acc, start + t, h, o_slc, lse_slc, a, lane);
 }
 }  // namespace
 
@@ -261,6 +298,88 @@ template <int DP> constexpr size_t slc_dq_smem() {
   return (size_t)kWarpsSlc * (32 + 2 * kChunk) * (DP + 8) * 2 + kWarpsSlc * 16 * sizeof(float);
 }
 
+// A warp's rows (heads h G + g of one position, from row head0 of [N HQ, D]): q and dout into Qs, dOs (zeros past
+// G), delta = rowsum(dout o) in f32 into dl[16] and delta; then lse2 (lse log2 e; +inf past G, so p = 0 there) and
+// delta of the rows lane / 4 and lane / 4 + 8.
+template <int CH>
+__device__ __forceinline__ void slc_dq_rows(uint16_t* Qs, uint16_t* dOs, float* dl, int LD, const uint16_t* q,
+                                            const uint16_t* dout, const float* o_slc, const float* lse_slc,
+                                            float* delta, int64_t head0, const NsaDims& a, float (&lse2)[2],
+                                            float (&dlt)[2], int lane) {
+  const int G = a.G;
+  for (int i = lane; i < 16 * CH; i += 32) {
+    const int r = i / CH, c = (i % CH) * 8;
+    uint4 qv = make_uint4(0, 0, 0, 0), dv = qv;
+    if (r < G && c < a.D) {
+      qv = *reinterpret_cast<const uint4*>(q + (head0 + r) * a.D + c);
+      dv = *reinterpret_cast<const uint4*>(dout + (head0 + r) * a.D + c);
+    }
+    *reinterpret_cast<uint4*>(Qs + r * LD + c) = qv;
+    *reinterpret_cast<uint4*>(dOs + r * LD + c) = dv;
+  }
+  for (int r = 0; r < 16; ++r) {
+    float sum = 0.f;
+    for (int c = lane * 4; r < G && c < a.D; c += 128) {
+      const float4 o = *reinterpret_cast<const float4*>(o_slc + (head0 + r) * a.D + c);
+      const uint2 d2 = *reinterpret_cast<const uint2*>(dout + (head0 + r) * a.D + c);
+      const float2 d01 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&d2.x));
+      const float2 d23 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&d2.y));
+      sum += d01.x * o.x + d01.y * o.y + d23.x * o.z + d23.y * o.w;
+    }
+#pragma unroll
+    for (int m = 16; m > 0; m /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, m);
+    if (lane == 0) {
+      dl[r] = sum;
+      if (r < G) delta[head0 + r] = sum;
+    }
+  }
+  __syncwarp();
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int g = lane / 4 + 8 * i;
+    lse2[i] = g < G ? lse_slc[head0 + g] * kLog2e : INFINITY;
+    dlt[i] = dl[g];
+  }
+}
+
+// dq += dS K over one 32-key chunk (keys >= k_hi masked): P = exp(scale q.k - lse), dP = dO V^T, dS = P (dP - delta).
+template <int DP>
+__device__ __forceinline__ void slc_dq_chunk(const uint16_t* Qs, const uint16_t* dOs, const uint16_t* Ks,
+                                             const uint16_t* Vs, int LD, int n0, int k_hi, float sl2,
+                                             const float (&lse2)[2], const float (&dlt)[2], float (&acc)[DP / 8][4],
+                                             int lane) {
+  float s[4][4], dp[4][4];
+  qk_tile<DP, 4>(s, Qs, Ks, LD, 0, lane);
+  qk_tile<DP, 4>(dp, dOs, Vs, LD, 0, lane);
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const bool ok = n0 + j * 8 + (lane % 4) * 2 + (e & 1) < k_hi;
+      const float p = ok ? ex2(fmaf(s[j][e], sl2, -lse2[e >> 1])) : 0.f;
+      s[j][e] = p * (dp[j][e] - dlt[e >> 1]);  // dS
+    }
+  pv_add<DP / 8, 4>(acc, s, Ks, LD, lane);
+}
+
+template <int DP>
+__device__ __forceinline__ void slc_dq_write(const float (&acc)[DP / 8][4], uint16_t* dq, int64_t head0,
+                                             const NsaDims& a, int lane) {
+  const float sc = (float)a.scale;
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int g = lane / 4 + 8 * i;
+    if (g >= a.G) continue;
+    uint16_t* out = dq + (head0 + g) * a.D;
+#pragma unroll
+    for (int nt = 0; nt < DP / 8; ++nt) {
+      const int c = nt * 8 + (lane % 4) * 2;
+      if (c < a.D) *reinterpret_cast<uint32_t*>(out + c) = pack_bf16(acc[nt][2 * i] * sc, acc[nt][2 * i + 1] * sc);
+    }
+  }
+}
+
+// Version 1 (NT_NSA_SLC_V1=1): one warp per (t, h), its own loads.
 template <int DP>
 __global__ void __launch_bounds__(kWarpsSlc * 32) nsa_slc_bwd_dq_tc(
     const uint16_t* __restrict__ q, const uint16_t* __restrict__ ks, const uint16_t* __restrict__ vs,
@@ -278,42 +397,9 @@ __global__ void __launch_bounds__(kWarpsSlc * 32) nsa_slc_bwd_dq_tc(
   const int start = a.cu_seqlens[seq], len = a.cu_seqlens[seq + 1] - start;
   const int t = blockIdx.x * kWarpsSlc + warp;
   if (t >= len) return;  // warp-uniform
-  const int G = a.G;
-  const int64_t row = start + t, head0 = row * a.HQ + (int64_t)h * G;  // the group's first row of [N HQ, D]
-  for (int i = lane; i < 16 * CH; i += 32) {
-    const int r = i / CH, c = (i % CH) * 8;
-    uint4 qv = make_uint4(0, 0, 0, 0), dv = qv;
-    if (r < G && c < a.D) {
-      qv = *reinterpret_cast<const uint4*>(q + (head0 + r) * a.D + c);
-      dv = *reinterpret_cast<const uint4*>(dout + (head0 + r) * a.D + c);
-    }
-    *reinterpret_cast<uint4*>(Qs + r * LD + c) = qv;
-    *reinterpret_cast<uint4*>(dOs + r * LD + c) = dv;
-  }
-  for (int r = 0; r < 16; ++r) {  // delta = rowsum(dout o), f32 (0 for the padding rows)
-    float sum = 0.f;
-    for (int c = lane * 4; r < G && c < a.D; c += 128) {
-      const float4 o = *reinterpret_cast<const float4*>(o_slc + (head0 + r) * a.D + c);
-      const uint2 d2 = *reinterpret_cast<const uint2*>(dout + (head0 + r) * a.D + c);
-      const float2 d01 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&d2.x));
-      const float2 d23 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&d2.y));
-      sum += d01.x * o.x + d01.y * o.y + d23.x * o.z + d23.y * o.w;
-    }
-#pragma unroll
-    for (int m = 16; m > 0; m /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, m);
-    if (lane == 0) {
-      dl[r] = sum;
-      if (r < G) delta[head0 + r] = sum;
-    }
-  }
-  __syncwarp();
+  const int64_t row = start + t, head0 = row * a.HQ + (int64_t)h * a.G;  // the group's first row of [N HQ, D]
   float lse2[2], dlt[2];
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    const int g = lane / 4 + 8 * i;
-    lse2[i] = g < G ? lse_slc[head0 + g] * kLog2e : INFINITY;  // padding rows: p = 0
-    dlt[i] = dl[g];
-  }
+  slc_dq_rows<CH>(Qs, dOs, dl, LD, q, dout, o_slc, lse_slc, delta, head0, a, lse2, dlt, lane);
   const int32_t* blocks = block_indices + (row * a.H + h) * a.n;
   const float sl2 = (float)a.scale * kLog2e;
   float acc[NT][4];
@@ -336,32 +422,51 @@ __global__ void __launch_bounds__(kWarpsSlc * 32) nsa_slc_bwd_dq_tc(
         *reinterpret_cast<uint4*>(Vs + r * LD + c) = vv;
       }
       __syncwarp();
-      float s[4][4], dp[4][4];
-      qk_tile<DP, 4>(s, Qs, Ks, LD, 0, lane);
-      qk_tile<DP, 4>(dp, dOs, Vs, LD, 0, lane);
-#pragma unroll
-      for (int j = 0; j < 4; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const bool ok = n0 + j * 8 + (lane % 4) * 2 + (e & 1) < k_hi;
-          const float p = ok ? ex2(fmaf(s[j][e], sl2, -lse2[e >> 1])) : 0.f;
-          s[j][e] = p * (dp[j][e] - dlt[e >> 1]);  // dS
-        }
-      pv_add<NT, 4>(acc, s, Ks, LD, lane);
+      slc_dq_chunk<DP>(Qs, dOs, Ks, Vs, LD, n0, k_hi, sl2, lse2, dlt, acc, lane);
     }
   }
-  const float sc = (float)a.scale;
+  slc_dq_write<DP>(acc, dq, head0, a, lane);
+}
+
+// Version 2 (default): kPosShared positions per thread block walk the union of their blocks, as the forward.
+template <int DP> size_t slc_dq2_smem(const NsaDims& a) {
+  return (size_t)(kPosShared * 32 + 2 * 2 * kChunk) * (DP + 8) * 2 + kPosShared * 16 * sizeof(float) +
+         slc_union_bytes(a);
+}
+
+template <int DP>
+__global__ void __launch_bounds__(kPosShared * 32, 2) nsa_slc_bwd_dq_tc2(
+    const uint16_t* __restrict__ q, const uint16_t* __restrict__ ks, const uint16_t* __restrict__ vs,
+    const int32_t* __restrict__ block_indices, const float* __restrict__ o_slc, const float* __restrict__ lse_slc,
+    const uint16_t* __restrict__ dout, uint16_t* __restrict__ dq, float* __restrict__ delta, NsaDims a) {
+  constexpr int LD = DP + 8, NT = DP / 8, CH = DP / 8;
+  extern __shared__ __align__(16) uint16_t smem_dq2[];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int seq = blockIdx.y, h = blockIdx.z;
+  const int start = a.cu_seqlens[seq], len = a.cu_seqlens[seq + 1] - start;
+  const int t0 = blockIdx.x * kPosShared;
+  if (t0 >= len) return;  // block-uniform
+  const int t_last = min(t0 + kPosShared, len) - 1, t = t0 + warp;
+  const bool active = t <= t_last;
+  uint16_t* Qs = smem_dq2 + warp * 32 * LD;
+  uint16_t* dOs = Qs + 16 * LD;
+  uint16_t* stage0 = smem_dq2 + kPosShared * 32 * LD;
+  float* dl = reinterpret_cast<float*>(stage0 + 2 * 2 * kChunk * LD);
+  const SlcUnion u = slc_union_carve(reinterpret_cast<int*>(dl + kPosShared * 16), a);
+  dl += warp * 16;
+  const int64_t head0 = ((int64_t)start + t) * a.HQ + (int64_t)h * a.G;
+  float lse2[2] = {INFINITY, INFINITY}, dlt[2] = {0.f, 0.f};
+  if (active) slc_dq_rows<CH>(Qs, dOs, dl, LD, q, dout, o_slc, lse_slc, delta, head0, a, lse2, dlt, lane);
+  slc_union_build(u, block_indices, start, t0, t_last, h, a);
+  const float sl2 = (float)a.scale * kLog2e;
+  float acc[NT][4];
 #pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    const int g = lane / 4 + 8 * i;
-    if (g >= G) continue;
-    uint16_t* out = dq + (head0 + g) * a.D;
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
-      const int c = nt * 8 + (lane % 4) * 2;
-      if (c < a.D) *reinterpret_cast<uint32_t*>(out + c) = pack_bf16(acc[nt][2 * i] * sc, acc[nt][2 * i + 1] * sc);
-    }
-  }
+  for (int i = 0; i < NT; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+  slc_union_walk<DP>(u, stage0, ks, vs, start, len, h, t, active, a,
+                     [&](const uint16_t* Ks, const uint16_t* Vs, int n0, int k_hi) {
+                       slc_dq_chunk<DP>(Qs, dOs, Ks, Vs, LD, n0, k_hi, sl2, lse2, dlt, acc, lane);
+                     });
+  if (active) slc_dq_write<DP>(acc, dq, head0, a, lane);
 }
 
 // Step 2: one (key, position) pair per chosen block: key = h NB + the block's global number (H NB: none).
@@ -515,16 +620,13 @@ __global__ void f32_to_bf16(const float* __restrict__ x, uint16_t* __restrict__ 
 }  // namespace
 
 bool nsa_selected_tc_supported(const NsaDims& a) {
-  return a.D % 8 == 0 && a.D <= 256 && a.G <= 16 && slc2_smem<256>(a.n, a.lp) <= 220 * 1024;
+  return a.D % 8 == 0 && a.D <= 256 && a.G <= 16 && slc2_smem<256>(a) <= 220 * 1024;
 }
 
 void nsa_selected_forward_tc(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
                              float* o_slc, float* lse_slc, const NsaDims& a, int max_len, cudaStream_t stream) {
   if (a.N == 0 || max_len == 0) return;
-  static const bool v1 = [] {
-    const char* e = std::getenv("NT_NSA_SLC_FWD");
-    return e && std::string(e) == "1";
-  }();
+  const bool v1 = slc_v1();
   const int per_block = v1 ? kWarpsSlc : kPosShared;
   const dim3 grid((unsigned)((max_len + per_block - 1) / per_block), (unsigned)a.nseq, (unsigned)a.H);
   auto run = [&](auto kernel, size_t smem) {
@@ -538,14 +640,15 @@ void nsa_selected_forward_tc(const void* q, const void* k_slc, const void* v_slc
     else if (a.D <= 128) run(nsa_slc_fwd_tc<128>, slc_smem<128>());
     else run(nsa_slc_fwd_tc<256>, slc_smem<256>());
   } else {
-    if (a.D <= 64) run(nsa_slc_fwd_tc2<64>, slc2_smem<64>(a.n, a.lp));
-    else if (a.D <= 128) run(nsa_slc_fwd_tc2<128>, slc2_smem<128>(a.n, a.lp));
-    else run(nsa_slc_fwd_tc2<256>, slc2_smem<256>(a.n, a.lp));
+    if (a.D <= 64) run(nsa_slc_fwd_tc2<64>, slc2_smem<64>(a));
+    else if (a.D <= 128) run(nsa_slc_fwd_tc2<128>, slc2_smem<128>(a));
+    else run(nsa_slc_fwd_tc2<256>, slc2_smem<256>(a));
   }
 }
 
 bool nsa_selected_backward_tc_supported(const NsaDims& a) {
   return a.D % 8 == 0 && a.D <= 128 && a.G <= 16 && a.lp % 16 == 0 && a.lp <= 128 &&
+         slc_dq2_smem<128>(a) <= 220 * 1024 &&
          a.N * a.H * (int64_t)a.n < (int64_t)1 << 31 && (int64_t)a.H * a.NB < (int64_t)1 << 30;
 }
 
@@ -559,17 +662,21 @@ void nsa_selected_backward_tc(const void* q, const void* k_slc, const void* v_sl
   // 1. dq and delta.
   ScratchBuffer delta(a.N * a.HQ * sizeof(float));
   {
-    const dim3 grid((unsigned)((max_len + kWarpsSlc - 1) / kWarpsSlc), (unsigned)a.nseq, (unsigned)a.H);
+    const int per_block = slc_v1() ? kWarpsSlc : kPosShared;
+    const dim3 grid((unsigned)((max_len + per_block - 1) / per_block), (unsigned)a.nseq, (unsigned)a.H);
     auto run = [&](auto kernel, size_t smem) {
       allow_smem(kernel, smem);
-      kernel<<<grid, kWarpsSlc * 32, smem, stream>>>(u16(q), u16(k_slc), u16(v_slc), block_indices, o_slc, lse_slc,
+      kernel<<<grid, per_block * 32, smem, stream>>>(u16(q), u16(k_slc), u16(v_slc), block_indices, o_slc, lse_slc,
                                                       u16(dout), static_cast<uint16_t*>(dq),
                                                       static_cast<float*>(delta.p), a);
       NT_CUDA_CHECK(cudaGetLastError());
     };
-    if (max_len > 0) {
+    if (max_len > 0 && slc_v1()) {
       if (a.D <= 64) run(nsa_slc_bwd_dq_tc<64>, slc_dq_smem<64>());
       else run(nsa_slc_bwd_dq_tc<128>, slc_dq_smem<128>());
+    } else if (max_len > 0) {
+      if (a.D <= 64) run(nsa_slc_bwd_dq_tc2<64>, slc_dq2_smem<64>(a));
+      else run(nsa_slc_bwd_dq_tc2<128>, slc_dq2_smem<128>(a));
     }
   }
   // 2. The positions that chose each (head, block), ascending, and the pieces.
