@@ -108,6 +108,35 @@ __device__ __forceinline__ void slc_load_q(uint16_t* Qs, int LD, const uint16_t*
   }
 }
 
+// Version 1's walk: one warp loads the 32-key chunks of the blocks its position t chose (ascending, -1 after them;
+// keys < min(block end, t + 1), zeros past them) into its own Ks, Vs and calls f(n0, k_hi) on each.
+template <int DP, class F>
+__device__ __forceinline__ void slc_warp_walk(const int32_t* blocks, uint16_t* Ks, uint16_t* Vs, const uint16_t* ks,
+                                              const uint16_t* vs, int start, int h, int t, const NsaDims& a, int lane,
+                                              F&& f) {
+  constexpr int LD = DP + 8, CH = DP / 8;
+  for (int bi = 0; bi < a.n; ++bi) {
+    const int b = blocks[bi];
+    if (b < 0) break;
+    const int k_hi = min((b + 1) * a.lp, t + 1);
+    for (int n0 = b * a.lp; n0 < k_hi; n0 += kChunk) {
+      __syncwarp();  // every lane is done with the previous chunk (and the rows are stored)
+      for (int i = lane; i < kChunk * CH; i += 32) {
+        const int r = i / CH, c = (i % CH) * 8;
+        uint4 kv = make_uint4(0, 0, 0, 0), vv = kv;
+        if (n0 + r < k_hi && c < a.D) {
+          const int64_t off = (((int64_t)start + n0 + r) * a.H + h) * a.D + c;
+          kv = *reinterpret_cast<const uint4*>(ks + off), vv = *reinterpret_cast<const uint4*>(vs + off);
+        }
+        *reinterpret_cast<uint4*>(Ks + r * LD + c) = kv;
+        *reinterpret_cast<uint4*>(Vs + r * LD + c) = vv;
+      }
+      __syncwarp();
+      f(n0, k_hi);
+    }
+  }
+}
+
 template <int DP>
 __global__ void __launch_bounds__(kWarpsSlc * 32) nsa_slc_fwd_tc(const uint16_t* __restrict__ q,
                                                                  const uint16_t* __restrict__ ks,
@@ -133,26 +162,9 @@ __global__ void __launch_bounds__(kWarpsSlc * 32) nsa_slc_fwd_tc(const uint16_t*
   float acc[NT][4];
 #pragma unroll
   for (int i = 0; i < NT; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
-  for (int bi = 0; bi < a.n; ++bi) {
-    const int b = blocks[bi];
-    if (b < 0) break;  // -1 only after the chosen blocks
-    const int k_hi = min((b + 1) * a.lp, t + 1);
-    for (int n0 = b * a.lp; n0 < k_hi; n0 += kChunk) {
-      __syncwarp();  // every lane is done with the previous chunk (and Q is stored)
-      for (int i = lane; i < kChunk * CH; i += 32) {
-        const int r = i / CH, c = (i % CH) * 8;
-        uint4 kv = make_uint4(0, 0, 0, 0), vv = kv;
-        if (n0 + r < k_hi && c < a.D) {
-          const int64_t off = (((int64_t)start + n0 + r) * a.H + h) * a.D + c;
-          kv = *reinterpret_cast<const uint4*>(ks + off), vv = *reinterpret_cast<const uint4*>(vs + off);
-        }
-        *reinterpret_cast<uint4*>(Ks + r * LD + c) = kv;
-        *reinterpret_cast<uint4*>(Vs + r * LD + c) = vv;
-      }
-      __syncwarp();
-      slc_chunk<DP>(Qs, Ks, Vs, LD, n0, k_hi, sl2, m_run, l_run, acc, lane);
-    }
-  }
+  slc_warp_walk<DP>(blocks, Ks, Vs, ks, vs, start, h, t, a, lane, [&](int n0, int k_hi) {
+    slc_chunk<DP>(Qs, Ks, Vs, LD, n0, k_hi, sl2, m_run, l_run, acc, lane);
+  });
   slc_write<DP>(l_run, m_run, acc, row, h, o_slc, lse_slc, a, lane);
 }
 
@@ -405,26 +417,9 @@ __global__ void __launch_bounds__(kWarpsSlc * 32) nsa_slc_bwd_dq_tc(
   float acc[NT][4];
 #pragma unroll
   for (int i = 0; i < NT; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
-  for (int bi = 0; bi < a.n; ++bi) {
-    const int b = blocks[bi];
-    if (b < 0) break;
-    const int k_hi = min((b + 1) * a.lp, t + 1);
-    for (int n0 = b * a.lp; n0 < k_hi; n0 += kChunk) {
-      __syncwarp();
-      for (int i = lane; i < kChunk * CH; i += 32) {
-        const int r = i / CH, c = (i % CH) * 8;
-        uint4 kv = make_uint4(0, 0, 0, 0), vv = kv;
-        if (n0 + r < k_hi && c < a.D) {
-          const int64_t off = (((int64_t)start + n0 + r) * a.H + h) * a.D + c;
-          kv = *reinterpret_cast<const uint4*>(ks + off), vv = *reinterpret_cast<const uint4*>(vs + off);
-        }
-        *reinterpret_cast<uint4*>(Ks + r * LD + c) = kv;
-        *reinterpret_cast<uint4*>(Vs + r * LD + c) = vv;
-      }
-      __syncwarp();
-      slc_dq_chunk<DP>(Qs, dOs, Ks, Vs, LD, n0, k_hi, sl2, lse2, dlt, acc, lane);
-    }
-  }
+  slc_warp_walk<DP>(blocks, Ks, Vs, ks, vs, start, h, t, a, lane, [&](int n0, int k_hi) {
+    slc_dq_chunk<DP>(Qs, dOs, Ks, Vs, LD, n0, k_hi, sl2, lse2, dlt, acc, lane);
+  });
   slc_dq_write<DP>(acc, dq, head0, a, lane);
 }
 
