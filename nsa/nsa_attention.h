@@ -2,8 +2,10 @@
 // branches of one layer, gated per query head. Index conventions (block visibility, selection scores, forced blocks,
 // tie breaking) are exactly those of /work/shared/NSA-CONVENTIONS.md; docs/nsa.md summarizes them.
 //
-// The CPU path is the reference (double accumulation); on CUDA, cuda/nsa.cu runs the same loops on CUDA cores
-// (one block per token and key/value head), checked against it in the CUDA suite.
+// The CPU path is the reference (double accumulation). On CUDA the op runs branch-wise by default (nsa/branches.h:
+// the compressed and window branches on flash_attention, selection and the selected branch on tensor cores in
+// bf16); NsaOptions::fused runs cuda/nsa.cu instead, the same loops as the CPU on CUDA cores. Both are checked
+// against the CPU on the GPU.
 // Gradients flow to q, the six key/value tensors and the gates; the choice of blocks is held fixed (no gradient
 // through it), while the compressed probabilities that drive it still get their gradient through the compression
 // branch's output.
