@@ -106,6 +106,7 @@ namespace {
 struct CudaGeometry {
   cuda::NsaDims dims;
   Tensor tables;  // i32 [3 nseq + 2]: cu_seqlens, cmp_starts, slc_starts
+  int max_len = 0;  // the longest sequence
 };
 // The selected branch's backward on tensor cores where supported (NT_NSA_SLC_BWD=simt keeps the CUDA-core one,
 // for comparison).
@@ -132,6 +133,7 @@ CudaGeometry cuda_geometry(const Tensor& q, const Tensor& k_cmp, const Tensor& k
     const int64_t len = opt.cu_seqlens[b + 1] - opt.cu_seqlens[b];
     tables.push_back((double)cmp);
     cmp += nsa_num_cmp_blocks(len, opt.block, opt.stride);
+    g.max_len = std::max<int>(g.max_len, (int)len);
     const int64_t ncand = len > 0 ? (len - 1) / opt.select_block + 1 : 0;
     a.ncand_max = std::max<int>(a.ncand_max, (int)ncand);
     slc.push_back(slc.back() + (double)ncand);
@@ -216,9 +218,7 @@ NsaOutput run_nsa(const std::vector<Tensor>& inputs, const NsaOptions& options, 
       const char* v = std::getenv("NT_NSA_SELECT");
       return v && std::string(v) == "simt";
     }();
-    int max_len = 0;
-    for (size_t b = 0; b + 1 < opt.cu_seqlens.size(); ++b)
-      max_len = std::max(max_len, opt.cu_seqlens[b + 1] - opt.cu_seqlens[b]);
+    const int max_len = g.max_len;
     if (indices_given) g.dims.indices_given = true;
     if (external_cmp && q.dtype() == DType::bf16 && (indices_given || (!simt_select && cuda::nsa_select_tc_supported(g.dims)))) {
       if (!indices_given)
@@ -277,15 +277,12 @@ NsaOutput run_nsa(const std::vector<Tensor>& inputs, const NsaOptions& options, 
                          if (bo.size(0) == 1) {  // the selected branch alone, forward on tensor cores
                            for (int i : {1, 2, 5, 6, 7}) grads[i].fill_(0.0);
                            const Tensor dob = dy.to(DType::bf16).contiguous();
-                           int max_len = 0;
-                           for (size_t b = 0; b + 1 < opt.cu_seqlens.size(); ++b)
-                             max_len = std::max(max_len, opt.cu_seqlens[b + 1] - opt.cu_seqlens[b]);
                            cuda::nsa_selected_backward_tc(
                                in[0].data_ptr(), in[3].data_ptr(), in[4].data_ptr(),
                                static_cast<const int32_t*>(sidx.get().data_ptr()),
                                static_cast<const float*>(bo.data_ptr()), static_cast<const float*>(slse.get().data_ptr()),
                                dob.data_ptr(),
-                               grads[0].data_ptr(), grads[3].data_ptr(), grads[4].data_ptr(), a, max_len,
+                               grads[0].data_ptr(), grads[3].data_ptr(), grads[4].data_ptr(), a, g.max_len,
                                stream_of(dob));
                            return grads;
                          }
