@@ -104,6 +104,18 @@ void nsa_forward(DType t, const void* const in[8], void* out, int32_t* block_ind
 void nsa_backward(DType t, const void* const in[8], const int32_t* block_indices, const void* branch_o, const void* lse,
                   const void* dout, void* const grads[8], void* acc, const NsaDims& d, cudaStream_t stream);
 
+// nsa_branches.cu: the branch-wise path's glue (nsa/branches.h). nsa_regroup copies D-element vectors between
+// [T, HQ, D] and the compressed branch's [NC, HQ d, D]: to_regrouped, out row j = c d + r of head hq from x row
+// idx[j] (idx [rows_out = NC d]); else out row t of head hq from x's regrouped row idx[t] (idx [rows_out = T]);
+// idx == limit writes zeros. nsa_mix: out = sum_b gates[:, b] o_b over rows [rows, D], gates [rows, 3]; the
+// backward writes do_b = gates[:, b] dy and dgates[:, b] = sum_D dy o_b. All contiguous, one dtype.
+void nsa_regroup(size_t elem_bytes, const void* x, void* out, const int32_t* idx, int64_t rows_out, int64_t HQ,
+                 int64_t d, int64_t D, int64_t limit, bool to_regrouped, cudaStream_t stream);
+void nsa_mix_forward(DType t, const void* o0, const void* o1, const void* o2, const void* gates, void* out,
+                     int64_t rows, int64_t D, cudaStream_t stream);
+void nsa_mix_backward(DType t, const void* o0, const void* o1, const void* o2, const void* gates, const void* dy,
+                      void* d0, void* d1, void* d2, void* dgates, int64_t rows, int64_t D, cudaStream_t stream);
+
 // swiglu.cu: y = silu(gate) * up over n contiguous elements, and both gradients in one pass.
 void swiglu_forward(DType t, const void* gate, const void* up, void* out, int64_t n, cudaStream_t stream);
 void swiglu_backward(DType t, const void* gate, const void* up, const void* dy, void* dgate, void* dup, int64_t n,

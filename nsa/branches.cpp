@@ -1,11 +1,26 @@
+// nsa/branches.h: the compressed and window branches on flash_attention, the query regrouping and the gate mix
+// as ops of their own (forward, backward right below; CPU loops in nsa/cpu/branches.cpp, kernels in
+// cuda/nsa_branches.cu).
 #include "nsa/branches.h"
 
 #include <cmath>
 #include <limits>
 
+#include "autograd/graph.h"
+#include "ops/dispatch.h"
 #include "ops/ops.h"
 
 namespace nt {
+namespace cpu {
+void nsa_regroup(const Tensor& x, const Tensor& idx, int64_t d, bool to_regrouped, const Tensor& out);
+void nsa_mix_forward(const Tensor& o0, const Tensor& o1, const Tensor& o2, const Tensor& gates, const Tensor& out);
+void nsa_mix_backward(const Tensor& o0, const Tensor& o1, const Tensor& o2, const Tensor& gates, const Tensor& dy,
+                      const Tensor& d0, const Tensor& d1, const Tensor& d2, const Tensor& dgates);
+}  // namespace cpu
+
+NT_REGISTER_OP(kNsaRegroup, "nsa_regroup_queries", true);
+NT_REGISTER_OP(kNsaUngroup, "nsa_ungroup_queries", true);
+NT_REGISTER_OP(kNsaMix, "nsa_mix_branches", true);
 
 namespace {
 std::vector<int32_t> cu_of(const NsaOptions& opt, int64_t T) {
@@ -19,36 +34,135 @@ void check_qkv(const char* what, const Tensor& q, const Tensor& k, const Tensor&
            shape_str(k.shape()), shape_str(v.shape()));
   NT_CHECK(k.size(0) == rows, "{}: keys must have {} rows ({}), got {}", what, rows, rows_is, k.size(0));
 }
-}  // namespace
 
-NsaBranch nsa_compressed_branch(const Tensor& q, const Tensor& k_cmp, const Tensor& v_cmp, const NsaOptions& opt) {
-  const char* what = "nsa_compressed_branch";
+// The compressed branch's query layout for T queries: row (c, r) of the regrouped queries takes query
+// t = l - 1 + d c + r of its sequence (take = T past a sequence's end: zeros); query t takes back row (c, r)
+// (back = NC d when it sees no block: zeros). i32 on the device.
+struct RegroupMaps {
+  std::vector<int32_t> cu_cmp{0};
+  int64_t T = 0, NC = 0, d = 1;
+  Tensor take, back;
+};
+RegroupMaps regroup_maps(const char* what, int64_t T, const NsaOptions& opt, Device dev) {
   NT_CHECK(opt.block > 0 && opt.stride > 0, "{}: block ({}) and stride ({}) must be positive", what, opt.block,
            opt.stride);
-  const int64_t T = q.dim() == 3 ? q.size(0) : 0;
   const std::vector<int32_t> cu = cu_of(opt, T);
   NT_CHECK(cu.size() >= 2 && cu.front() == 0 && cu.back() == T, "{}: cu_seqlens must run from 0 to T = {}", what, T);
-  // Compressed rows per sequence, and the gather tables: row (c, r) of the regrouped queries takes query
-  // t = l - 1 + d c + r of its sequence (or the zero row T past a sequence's end); query t takes back row (c, r)
-  // (or the zero row past the regrouped rows when it sees no block).
+  RegroupMaps m;
   const int64_t l = opt.block, d = opt.stride;
-  std::vector<int32_t> cu_cmp{0};
-  for (size_t b = 0; b + 1 < cu.size(); ++b)
-    cu_cmp.push_back(cu_cmp.back() + (int32_t)nsa_num_cmp_blocks(cu[b + 1] - cu[b], l, d));
-  const int64_t NC = cu_cmp.back();
-  check_qkv(what, q, k_cmp, v_cmp, NC, "the compressed blocks of all sequences");
-  const int64_t HQ = q.size(1), D = q.size(2);
-  std::vector<double> take(NC * d), back(T);
+  for (size_t b = 0; b + 1 < cu.size(); ++b) {
+    NT_CHECK(cu[b + 1] >= cu[b], "{}: cu_seqlens must not decrease, got {} after {}", what, cu[b + 1], cu[b]);
+    m.cu_cmp.push_back(m.cu_cmp.back() + (int32_t)nsa_num_cmp_blocks(cu[b + 1] - cu[b], l, d));
+  }
+  m.T = T, m.NC = m.cu_cmp.back(), m.d = d;
+  std::vector<double> take(m.NC * d), back(T);
   for (size_t b = 0; b + 1 < cu.size(); ++b) {
     const int64_t start = cu[b], len = cu[b + 1] - cu[b];
-    for (int64_t c = cu_cmp[b]; c < cu_cmp[b + 1]; ++c)
+    for (int64_t c = m.cu_cmp[b]; c < m.cu_cmp[b + 1]; ++c)
       for (int64_t r = 0; r < d; ++r) {
-        const int64_t t = l - 1 + d * (c - cu_cmp[b]) + r;
+        const int64_t t = l - 1 + d * (c - m.cu_cmp[b]) + r;
         take[c * d + r] = t < len ? (double)(start + t) : (double)T;
       }
     for (int64_t t = 0; t < len; ++t)
-      back[start + t] = t < l - 1 ? (double)(NC * d) : (double)(cu_cmp[b] * d + (t - (l - 1)));
+      back[start + t] = t < l - 1 ? (double)(m.NC * d) : (double)(m.cu_cmp[b] * d + (t - (l - 1)));
   }
+  m.take = from_vector(take, {m.NC * d}, DType::i32).to(dev);
+  m.back = from_vector(back, {T}, DType::i32).to(dev);
+  return m;
+}
+
+// to_regrouped: x [T, HQ, D] -> [NC, HQ d, D]; else x [NC, HQ d, D] -> [T, HQ, D]. No history.
+Tensor regroup_raw(const Tensor& x, const RegroupMaps& m, bool to_regrouped) {
+  const Tensor xc = x.detach().contiguous();
+  const int64_t D = x.size(2), HQ = to_regrouped ? x.size(1) : x.size(1) / m.d;
+  Tensor out = to_regrouped ? empty({m.NC, HQ * m.d, D}, x.dtype(), x.device()) : empty({m.T, HQ, D}, x.dtype(), x.device());
+  const Tensor& idx = to_regrouped ? m.take : m.back;
+  if (x.device().is_cpu()) {
+    cpu::nsa_regroup(xc, idx, m.d, to_regrouped, out);
+  } else {
+    NT_ON_CUDA("nsa_regroup_queries",
+               cuda::nsa_regroup(x.element_size(), xc.data_ptr(), out.data_ptr(), idx.data<int32_t>(), idx.numel(), HQ,
+                                 m.d, D, to_regrouped ? m.T : m.NC * m.d, to_regrouped, stream_of(out)));
+  }
+  return out;
+}
+
+// The op: each direction's backward is the other direction (take and back are inverse on the rows that exist).
+Tensor regroup(const Tensor& x, const RegroupMaps& m, bool to_regrouped) {
+  Tensor out = regroup_raw(x, m, to_regrouped);
+  if (autograd::needs_grad({&x}))
+    autograd::record(to_regrouped ? kNsaRegroup : kNsaUngroup, out, {x}, [m, to_regrouped](const Tensor& g, auto&) {
+      return std::vector<Tensor>{regroup_raw(g, m, !to_regrouped)};
+    });
+  return out;
+}
+}  // namespace
+
+Tensor nsa_regroup_queries(const Tensor& q, const NsaOptions& opt) {
+  const char* what = "nsa_regroup_queries";
+  NT_CHECK(q.dim() == 3, "{}: q must be [T, HQ, D], got {}", what, shape_str(q.shape()));
+  check_floating(what, q, "q");
+  return regroup(q, regroup_maps(what, q.size(0), opt, q.device()), true);
+}
+
+Tensor nsa_ungroup_queries(const Tensor& qr, int64_t T, const NsaOptions& opt) {
+  const char* what = "nsa_ungroup_queries";
+  check_floating(what, qr, "qr");
+  const RegroupMaps m = regroup_maps(what, T, opt, qr.device());
+  NT_CHECK(qr.dim() == 3 && qr.size(0) == m.NC && qr.size(1) % m.d == 0,
+           "{}: qr must be [NC, HQ * d, D] with NC = {} compressed rows and d = {}, got {}", what, m.NC, m.d,
+           shape_str(qr.shape()));
+  return regroup(qr, m, false);
+}
+
+Tensor nsa_mix_branches(const Tensor& o_cmp, const Tensor& o_slc, const Tensor& o_win, const Tensor& gates) {
+  const char* what = "nsa_mix_branches";
+  NT_CHECK(o_cmp.dim() == 3, "{}: o_cmp must be [T, HQ, D], got {}", what, shape_str(o_cmp.shape()));
+  for (auto [t, name] : {std::pair{&o_slc, "o_slc"}, std::pair{&o_win, "o_win"}})
+    NT_CHECK(t->shape() == o_cmp.shape(), "{}: {} must have o_cmp's shape {}, got {}", what, name,
+             shape_str(o_cmp.shape()), shape_str(t->shape()));
+  const Shape gshape{o_cmp.size(0), o_cmp.size(1), 3};
+  NT_CHECK(gates.shape() == gshape, "{}: gates must be {}, got {}", what, shape_str(gshape), shape_str(gates.shape()));
+  for (auto [t, name] : {std::pair{&o_cmp, "o_cmp"}, std::pair{&o_slc, "o_slc"}, std::pair{&o_win, "o_win"},
+                         std::pair{&gates, "gates"}}) {
+    check_floating(what, *t, name);
+    check_same_device(what, o_cmp, *t);
+    NT_CHECK(t->dtype() == o_cmp.dtype(), "{}: {} must have o_cmp's dtype {}, got {}", what, name,
+             dtype_name(o_cmp.dtype()), dtype_name(t->dtype()));
+  }
+  const Tensor a = o_cmp.detach().contiguous(), b = o_slc.detach().contiguous(), c = o_win.detach().contiguous(),
+               g = gates.detach().contiguous();
+  Tensor out = empty(o_cmp.shape(), o_cmp.dtype(), o_cmp.device());
+  const int64_t D = o_cmp.size(2), rows = o_cmp.size(0) * o_cmp.size(1);
+  if (out.device().is_cpu()) cpu::nsa_mix_forward(a, b, c, g, out);
+  else NT_ON_CUDA(what, cuda::nsa_mix_forward(out.dtype(), a.data_ptr(), b.data_ptr(), c.data_ptr(), g.data_ptr(),
+                                              out.data_ptr(), rows, D, stream_of(out)));
+  if (autograd::needs_grad({&o_cmp, &o_slc, &o_win, &gates}))
+    autograd::record(kNsaMix, out, {o_cmp, o_slc, o_win, gates},
+                     [sa = autograd::Saved(a), sb = autograd::Saved(b), sc = autograd::Saved(c),
+                      sg = autograd::Saved(g), rows, D](const Tensor& dy_in, auto&) {
+                       const Tensor &a = sa.get(), &b = sb.get(), &c = sc.get(), &g = sg.get();
+                       const Tensor dy = dy_in.to(a.dtype()).contiguous();
+                       std::vector<Tensor> d{empty_like(a), empty_like(b), empty_like(c), empty_like(g)};
+                       if (a.device().is_cpu()) cpu::nsa_mix_backward(a, b, c, g, dy, d[0], d[1], d[2], d[3]);
+                       else NT_ON_CUDA("nsa_mix_branches",
+                                       cuda::nsa_mix_backward(a.dtype(), a.data_ptr(), b.data_ptr(), c.data_ptr(),
+                                                              g.data_ptr(), dy.data_ptr(), d[0].data_ptr(),
+                                                              d[1].data_ptr(), d[2].data_ptr(), d[3].data_ptr(), rows,
+                                                              D, stream_of(dy)));
+                       return d;
+                     });
+  return out;
+}
+
+NsaBranch nsa_compressed_branch(const Tensor& q, const Tensor& k_cmp, const Tensor& v_cmp, const NsaOptions& opt) {
+  const char* what = "nsa_compressed_branch";
+  NT_CHECK(q.dim() == 3, "{}: q must be [T, HQ, D], got {}", what, shape_str(q.shape()));
+  const int64_t T = q.size(0);
+  const RegroupMaps m = regroup_maps(what, T, opt, q.device());
+  const int64_t NC = m.NC, d = m.d;
+  check_qkv(what, q, k_cmp, v_cmp, NC, "the compressed blocks of all sequences");
+  const int64_t HQ = q.size(1);
   const Device dev = q.device();
   if (NC == 0) {  // every sequence shorter than a block: nothing is visible anywhere
     NsaBranch r;
@@ -56,22 +170,17 @@ NsaBranch nsa_compressed_branch(const Tensor& q, const Tensor& k_cmp, const Tens
     r.lse = full({T, HQ}, -std::numeric_limits<double>::infinity(), DType::f32, dev);
     return r;
   }
-  const Tensor take_idx = from_vector(take, {NC * d}, DType::i64).to(dev), back_idx = from_vector(back, {T}, DType::i64).to(dev);
-  const Tensor q_pad = cat({q, zeros({1, HQ, D}, q.dtype(), dev)}, 0);
-  // [NC * d, HQ, D] -> [NC, d, HQ, D] -> [NC, HQ, d, D] -> [NC, HQ * d, D]: head hq * d + r.
-  const Tensor qr = index_select(q_pad, 0, take_idx).reshape({NC, d, HQ, D}).permute({0, 2, 1, 3}).reshape({NC, HQ * d, D});
   AttentionOptions ao;
-  ao.scale = opt.scale, ao.cu_seqlens = cu_cmp;
+  ao.scale = opt.scale, ao.cu_seqlens = m.cu_cmp;
   Tensor lse_r;
-  const Tensor orr = flash_attention(qr, k_cmp, v_cmp, ao, &lse_r);  // [NC, HQ * d, D]; lse [HQ * d, NC]
-  const Tensor o_flat = orr.reshape({NC, HQ, d, D}).permute({0, 2, 1, 3}).reshape({NC * d, HQ, D});
+  const Tensor orr = flash_attention(regroup(q, m, true), k_cmp, v_cmp, ao, &lse_r);  // [NC, HQ d, D]; lse [HQ d, NC]
   NsaBranch r;
-  r.o = index_select(cat({o_flat, zeros({1, HQ, D}, q.dtype(), dev)}, 0), 0, back_idx);
+  r.o = regroup(orr, m, false);
   {
     autograd::NoGradGuard ng;
     const Tensor lse_flat = lse_r.reshape({HQ, d, NC}).permute({2, 1, 0}).reshape({NC * d, HQ});
     r.lse = index_select(cat({lse_flat, full({1, HQ}, -std::numeric_limits<double>::infinity(), DType::f32, dev)}, 0), 0,
-                         back_idx);
+                         m.back.to(DType::i64));
   }
   return r;
 }
@@ -104,11 +213,7 @@ NsaOutput nsa_attention_branches(const Tensor& q, const Tensor& k_cmp, const Ten
   const NsaBranch cmp = nsa_compressed_branch(q, k_cmp, v_cmp, opt);
   const NsaOutput slc = nsa_selected_branch(q, k_cmp, k_slc, v_slc, cmp.lse, opt);
   const NsaBranch win = nsa_window_branch(q, k_win, v_win, opt);
-  const bool low = q.dtype() == DType::bf16;
-  auto f = [&](const Tensor& t) { return low ? t.to(DType::f32) : t; };
-  const Tensor g = f(gates);
-  const Tensor o = g.narrow(2, 0, 1) * f(cmp.o) + g.narrow(2, 1, 1) * f(slc.o) + g.narrow(2, 2, 1) * f(win.o);
-  return {low ? o.to(DType::bf16) : o, slc.block_indices};
+  return {nsa_mix_branches(cmp.o, slc.o, win.o, gates.to(q.dtype())), slc.block_indices};
 }
 
 }  // namespace nt

@@ -7,7 +7,8 @@
 // t = l - 1 + d c + r (0 <= r < d) see exactly blocks 0..c, and queries t < l - 1 see none. Regrouped as NC query
 // rows (row c of a sequence holds its d queries as d * HQ heads, head hq * d + r, which GQA still maps to key/value
 // head hq / G), it is causal attention of NC rows over the NC compressed keys: one flash_attention call over all
-// sequences (cu_seqlens of the compressed rows). Costs a gathered copy of q and of the output.
+// sequences (cu_seqlens of the compressed rows). Costs a copy of q into that layout and of the output out of it
+// (nsa_regroup_queries / nsa_ungroup_queries, one kernel each way).
 // Window branch: flash_attention with window w (keys t - w < s <= t); w = 0 sees nothing.
 #pragma once
 #include "nsa/nsa_attention.h"
@@ -22,9 +23,20 @@ struct NsaBranch {
 NsaBranch nsa_compressed_branch(const Tensor& q, const Tensor& k_cmp, const Tensor& v_cmp, const NsaOptions& opt = {});
 NsaBranch nsa_window_branch(const Tensor& q, const Tensor& k_win, const Tensor& v_win, const NsaOptions& opt = {});
 
+// The compressed branch's query layout: [T, HQ, D] -> [NC, HQ d, D] (row c holds the d queries
+// t = l - 1 + d c + r of its sequence as heads hq d + r; zeros past a sequence's end), and back (zeros for the
+// queries t < l - 1 of each sequence, which see no block). Each is the other's backward; cu_seqlens, block and
+// stride from opt.
+Tensor nsa_regroup_queries(const Tensor& q, const NsaOptions& opt = {});
+Tensor nsa_ungroup_queries(const Tensor& qr, int64_t T, const NsaOptions& opt = {});
+
+// o = g0 o_cmp + g1 o_slc + g2 o_win with gates [T, HQ, 3] (one dtype for all four), in f32 for bf16 (f64 for f64)
+// with one rounding: one pass forward, one backward (do_b = g_b dy, dg_b = sum over D of dy o_b).
+Tensor nsa_mix_branches(const Tensor& o_cmp, const Tensor& o_slc, const Tensor& o_win, const Tensor& gates);
+
 // nsa_attention through the branches: the compressed branch (its log-sum-exps drive nsa_selected_branch's choice),
 // the selected branch, the window branch; o = g0 o_cmp + g1 o_slc + g2 o_win, mixed in f32 for bf16 (one rounding
-// per branch more than the fused op). Equal to nsa_attention (tested in f64, block indices included); gradients
+// per branch more than the fused op; nsa_mix_branches). Equal to nsa_attention (tested in f64, block indices included); gradients
 // flow to all eight inputs, k_cmp's only through the compressed branch's output, as in nsa_attention.
 // nsa_attention takes this path on CUDA (unless NsaOptions::fused or NT_NSA_BRANCHES=0).
 NsaOutput nsa_attention_branches(const Tensor& q, const Tensor& k_cmp, const Tensor& v_cmp, const Tensor& k_slc,

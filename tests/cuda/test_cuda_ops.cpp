@@ -3,6 +3,7 @@
 #include "cuda_util.h"
 #include "nn/transformer.h"
 #include "ops/moe.h"
+#include "nsa/branches.h"
 #include "nsa/nsa_attention.h"
 #include "train/adamw.h"
 #if NT_CUDA
@@ -493,5 +494,29 @@ CUDA_TEST("nsa_attention: CUDA-core kernels against the CPU reference") {
       for (Tensor& t : in) t = t.to(cuda_device(0));
       const Tensor got = nsa_attention(in[0], in[1], in[2], in[3], in[4], in[5], in[6], gates.to(dt).to(cuda_device(0)), opt).block_indices;
       expect_close(got.to(kCPU).to(DType::f64), ref.to(DType::f64), 0, 0);
+    }
+}
+
+CUDA_TEST("nsa_regroup_queries, nsa_ungroup_queries, nsa_mix_branches against the CPU reference") {
+  // Vector widths 16, 8, 4 and 2 bytes (D 8, 12, 6, 5 in bf16), packed sequences with an empty and a short one.
+  for (DType dt : kFloatTypes)
+    for (int64_t D : {8, 12, 6, 5, 128}) {
+      INFO("D " << D);
+      NsaOptions opt;
+      opt.block = 8, opt.stride = 4, opt.cu_seqlens = {0, 37, 37, 43, 101};
+      int64_t NC = 0;
+      for (size_t b = 0; b + 1 < opt.cu_seqlens.size(); ++b)
+        NC += nsa_num_cmp_blocks(opt.cu_seqlens[b + 1] - opt.cu_seqlens[b], opt.block, opt.stride);
+      check_cuda("nsa_regroup_queries", [&](const std::vector<Tensor>& v) { return nsa_regroup_queries(v[0], opt); },
+                 {rnd_grad({101, 3, D}, 40)}, dt, {0, 0});
+      check_cuda("nsa_ungroup_queries", [&](const std::vector<Tensor>& v) { return nsa_ungroup_queries(v[0], 101, opt); },
+                 {rnd_grad({NC, 3 * opt.stride, D}, 41)}, dt, {0, 0});
+    }
+  for (DType dt : kFloatTypes)
+    for (const Shape& s : {Shape{37, 5, 128}, Shape{29, 3, 40}, Shape{11, 2, 7}, Shape{9, 3, 300}}) {
+      INFO(shape_str(s));
+      check_cuda("nsa_mix_branches",
+                 [](const std::vector<Tensor>& v) { return nsa_mix_branches(v[0], v[1], v[2], v[3]); },
+                 {rnd_grad(s, 42), rnd_grad(s, 43), rnd_grad(s, 44), rnd_grad({s[0], s[1], 3}, 45)}, dt);
     }
 }

@@ -240,6 +240,98 @@ TEST_CASE("NSA branches: argument errors") {
                        Error);
 }
 
+// The regrouped layout by direct loops: row c, head hq d + r holds query t = l - 1 + d c' + r of the sequence of
+// compressed row c (c' its index there), zeros past the sequence's end.
+Tensor regrouped_loops(const Tensor& q, const NsaOptions& opt) {
+  const int64_t T = q.size(0), HQ = q.size(1), D = q.size(2), l = opt.block, d = opt.stride;
+  const auto cu = cu_or_one(opt, T);
+  const auto Q = q.to_vector();
+  std::vector<double> out;
+  for (size_t b = 0; b + 1 < cu.size(); ++b)
+    for (int64_t c = 0; c < nsa_num_cmp_blocks(cu[b + 1] - cu[b], l, d); ++c)
+      for (int64_t hq = 0; hq < HQ; ++hq)
+        for (int64_t r = 0; r < d; ++r) {
+          const int64_t t = l - 1 + d * c + r;
+          for (int64_t i = 0; i < D; ++i)
+            out.push_back(t < cu[b + 1] - cu[b] ? Q[((cu[b] + t) * HQ + hq) * D + i] : 0.0);
+        }
+  return from_vector(out, {total_cmp(opt, T), HQ * d, D}, DType::f64);
+}
+
+TEST_CASE("nsa_regroup_queries / nsa_ungroup_queries: the layout by direct loops, inverse on the queries that see "
+          "a block, every dtype") {
+  for (const Case& c : cases())
+    for (DType dt : {DType::f64, DType::f32, DType::bf16}) {
+      INFO("T " << c.T << " HQ " << c.HQ << " D " << c.D << " cu_seqlens " << c.opt.cu_seqlens.size() << " "
+                << dtype_name(dt));
+      const Tensor q = rnd({c.T, c.HQ, c.D}, 7).to(dt);
+      const Tensor qr = nsa_regroup_queries(q, c.opt);
+      CHECK(qr.dtype() == dt);
+      expect_close(qr.to(DType::f64), regrouped_loops(q.to(DType::f64), c.opt), 0, 0);
+      // Back: every query that sees a block (t >= l - 1 in its sequence) returns, the others are zero.
+      const Tensor back = nsa_ungroup_queries(qr, c.T, c.opt).to(DType::f64);
+      const auto cu = cu_or_one(c.opt, c.T);
+      std::vector<double> keep(c.T * c.HQ * c.D, 0.0);
+      for (size_t b = 0; b + 1 < cu.size(); ++b)
+        for (int64_t t = cu[b] + c.opt.block - 1; t < cu[b + 1]; ++t)
+          for (int64_t i = t * c.HQ * c.D; i < (t + 1) * c.HQ * c.D; ++i) keep[i] = 1.0;
+      expect_close(back, q.to(DType::f64) * from_vector(keep, q.shape(), DType::f64), 0, 0);
+    }
+  const Tensor q = rnd({20, 4, 8}, 1);
+  CHECK_THROWS_WITH_AS(nsa_ungroup_queries(rnd({4, 10, 8}, 2), 20, blocks(8, 4, 8, 3, 5)),
+                       doctest::Contains("qr must be [NC, HQ * d, D] with NC = 4 compressed rows and d = 4, got [4, 10, 8]"),
+                       Error);
+  CHECK_THROWS_WITH_AS(nsa_regroup_queries(q, blocks(8, 0, 8, 3, 5)), doctest::Contains("stride (0) must be positive"),
+                       Error);
+  CHECK_THROWS_WITH_AS(nsa_regroup_queries(q.to(DType::i32), blocks(8, 4, 8, 3, 5)), doctest::Contains("q"), Error);
+}
+
+GRADCHECK_TEST("nsa_regroup_queries") {
+  for (const Case& c : {cases()[0], cases()[2]}) {
+    const NsaOptions opt = c.opt;
+    check_grad("nsa_regroup_queries", [opt](const std::vector<Tensor>& x) { return nsa_regroup_queries(x[0], opt); },
+               {rnd_grad({c.T, c.HQ, 3}, 3)});
+  }
+}
+
+GRADCHECK_TEST("nsa_ungroup_queries") {
+  for (const Case& c : {cases()[0], cases()[2]}) {
+    const NsaOptions opt = c.opt;
+    const int64_t T = c.T;
+    check_grad("nsa_ungroup_queries",
+               [opt, T](const std::vector<Tensor>& x) { return nsa_ungroup_queries(x[0], T, opt); },
+               {rnd_grad({total_cmp(opt, T), c.HQ * opt.stride, 3}, 4)});
+  }
+}
+
+TEST_CASE("nsa_mix_branches: the gated sum, one rounding, every dtype; argument errors") {
+  for (const Shape& s : {Shape{7, 3, 5}, Shape{4, 2, 16}, Shape{3, 1, 300}, Shape{0, 2, 4}})
+    for (DType dt : {DType::f64, DType::f32, DType::bf16}) {
+      INFO(shape_str(s) << " " << dtype_name(dt));
+      const Tensor a = rnd(s, 1).to(dt), b = rnd(s, 2).to(dt), c = rnd(s, 3).to(dt);
+      const Tensor g = uniform({s[0], s[1], 3}, 4, 0, 1, dt);
+      const Tensor gf = g.to(DType::f64);
+      const Tensor want = gf.narrow(2, 0, 1) * a.to(DType::f64) + gf.narrow(2, 1, 1) * b.to(DType::f64) +
+                          gf.narrow(2, 2, 1) * c.to(DType::f64);
+      const Tensor o = nsa_mix_branches(a, b, c, g);
+      CHECK(o.dtype() == dt);
+      expect_close(o.to(DType::f64), want.to(dt).to(DType::f64), 0, 0);  // one rounding of the exact sum
+    }
+  const Tensor a = rnd({4, 2, 3}, 1);
+  CHECK_THROWS_WITH_AS(nsa_mix_branches(a, a.narrow(2, 0, 2), a, rnd({4, 2, 3}, 2)),
+                       doctest::Contains("o_slc must have o_cmp's shape [4, 2, 3], got [4, 2, 2]"), Error);
+  CHECK_THROWS_WITH_AS(nsa_mix_branches(a, a, a, rnd({4, 2, 2}, 2)),
+                       doctest::Contains("gates must be [4, 2, 3], got [4, 2, 2]"), Error);
+  CHECK_THROWS_WITH_AS(nsa_mix_branches(a, a, a.to(DType::f32), rnd({4, 2, 3}, 2)),
+                       doctest::Contains("o_win must have o_cmp's dtype f64, got f32"), Error);
+}
+
+GRADCHECK_TEST("nsa_mix_branches") {
+  check_grad("nsa_mix_branches",
+             [](const std::vector<Tensor>& x) { return nsa_mix_branches(x[0], x[1], x[2], x[3]); },
+             {rnd_grad({5, 3, 7}, 1), rnd_grad({5, 3, 7}, 2), rnd_grad({5, 3, 7}, 3), rnd_grad({5, 3, 3}, 4)});
+}
+
 TEST_CASE("NSA branches on CUDA (bf16, tensor-core flash_attention) match the f64 CPU result" *
           doctest::skip(!cuda::available())) {
   for (const Case& c : {Case{300, 16, 1, 64, blocks(32, 16, 64, 16, 128)},

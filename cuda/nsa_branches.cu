@@ -1,0 +1,163 @@
+// The glue of the branch-wise NSA path (nsa/branches.h), one pass each instead of chains of generic ops.
+//
+// nsa_regroup: vectors of D elements between q's layout [T, HQ, D] and the compressed branch's regrouped layout
+//   [NC, HQ d, D] (row c, head hq d + r holds query t = take[c d + r] of head hq).
+//   to_regrouped: out[c, hq d + r] = x[take[c d + r], hq], zeros where take = T (past a sequence's end);
+//   else:         out[t, hq] = x[j / d, hq d + j % d] with j = back[t], zeros where j = NC d (t < l - 1).
+//   Each direction is the other's adjoint. Traffic: one read and one write of the tensor, 16-byte chunks.
+// nsa_mix: o = g0 o_cmp + g1 o_slc + g2 o_win over rows [N, D] with gates [N, 3], in f32 (f64 for f64), one
+//   rounding; backward do_b = g_b dy and dg_b = sum_D dy o_b, a group of lanes per row. Traffic: forward reads 3 and
+//   writes 1 tensor of [N, D], backward reads 4 and writes 3 (before, the f32 mix cost 84 ms at 64k tokens on the
+//   H100, mostly dtype copies).
+#include <algorithm>
+#include <type_traits>
+
+#include "cuda/common.cuh"
+
+namespace nt::cuda {
+namespace {
+
+template <class V>
+__global__ void regroup_kernel(const V* __restrict__ x, V* __restrict__ out, const int32_t* __restrict__ idx,
+                               int64_t rows_out, int HQ, int d, int chunks, int64_t limit, bool to_regrouped) {
+  const int64_t total = rows_out * HQ * chunks;
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+    const int ch = (int)(i % chunks);
+    const int64_t vec = i / chunks, j = vec / HQ;
+    const int hq = (int)(vec % HQ);
+    const int64_t s = idx[j];
+    int64_t dst, src;
+    if (to_regrouped) {
+      dst = ((j / d) * HQ + hq) * d + j % d, src = s * HQ + hq;
+    } else {
+      dst = j * HQ + hq, src = ((s / d) * HQ + hq) * d + s % d;
+    }
+    out[dst * chunks + ch] = s == limit ? V{} : x[src * chunks + ch];
+  }
+}
+
+template <class T, int V> struct alignas(sizeof(T) * V) Pack {
+  T v[V];
+};
+template <class T> using Acc = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+template <class T, int V>
+__global__ void mix_forward_kernel(const T* __restrict__ o0, const T* __restrict__ o1, const T* __restrict__ o2,
+                                   const T* __restrict__ g, T* __restrict__ out, int64_t rows, int D) {
+  using A = Acc<T>;
+  using P = Pack<T, V>;
+  const int packs = D / V;
+  const int64_t total = rows * packs;
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t row = i / packs;
+    const A g0 = (A)g[3 * row], g1 = (A)g[3 * row + 1], g2 = (A)g[3 * row + 2];
+    const P a = reinterpret_cast<const P*>(o0)[i], b = reinterpret_cast<const P*>(o1)[i],
+            c = reinterpret_cast<const P*>(o2)[i];
+    P r;
+#pragma unroll
+    for (int k = 0; k < V; ++k) r.v[k] = T(g0 * (A)a.v[k] + g1 * (A)b.v[k] + g2 * (A)c.v[k]);
+    reinterpret_cast<P*>(out)[i] = r;
+  }
+}
+
+// R lanes per row (a power of two <= 32), 256 / R rows per block.
+template <class T, int V>
+__global__ void mix_backward_kernel(const T* __restrict__ o0, const T* __restrict__ o1, const T* __restrict__ o2,
+                                    const T* __restrict__ g, const T* __restrict__ dy, T* __restrict__ d0,
+                                    T* __restrict__ d1, T* __restrict__ d2, T* __restrict__ dg, int64_t rows, int D,
+                                    int R) {
+  using A = Acc<T>;
+  using P = Pack<T, V>;
+  const int packs = D / V, lane = threadIdx.x % R;
+  const int64_t row = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / R;
+  const bool live = row < rows;  // every lane stays for the shuffles
+  A s0 = 0, s1 = 0, s2 = 0;
+  if (live) {
+    const A g0 = (A)g[3 * row], g1 = (A)g[3 * row + 1], g2 = (A)g[3 * row + 2];
+    for (int p = lane; p < packs; p += R) {
+      const int64_t i = row * packs + p;
+      const P y = reinterpret_cast<const P*>(dy)[i], a = reinterpret_cast<const P*>(o0)[i],
+              b = reinterpret_cast<const P*>(o1)[i], c = reinterpret_cast<const P*>(o2)[i];
+      P ra, rb, rc;
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        const A yk = (A)y.v[k];
+        s0 += yk * (A)a.v[k], s1 += yk * (A)b.v[k], s2 += yk * (A)c.v[k];
+        ra.v[k] = T(g0 * yk), rb.v[k] = T(g1 * yk), rc.v[k] = T(g2 * yk);
+      }
+      reinterpret_cast<P*>(d0)[i] = ra, reinterpret_cast<P*>(d1)[i] = rb, reinterpret_cast<P*>(d2)[i] = rc;
+    }
+  }
+  for (int o = R / 2; o > 0; o >>= 1) {
+    s0 += __shfl_xor_sync(0xffffffffu, s0, o, R);
+    s1 += __shfl_xor_sync(0xffffffffu, s1, o, R);
+    s2 += __shfl_xor_sync(0xffffffffu, s2, o, R);
+  }
+  if (live && lane == 0) dg[3 * row] = T(s0), dg[3 * row + 1] = T(s1), dg[3 * row + 2] = T(s2);
+}
+
+// Elements per pack: 16 bytes when D allows it, else one element (row starts stay aligned: rows are D long).
+template <class T> int pack_of(int64_t D) {
+  const int v = (int)(16 / sizeof(T));
+  return D % v == 0 ? v : 1;
+}
+}  // namespace
+
+void nsa_regroup(size_t elem_bytes, const void* x, void* out, const int32_t* idx, int64_t rows_out, int64_t HQ,
+                 int64_t d, int64_t D, int64_t limit, bool to_regrouped, cudaStream_t stream) {
+  const int64_t bytes = D * (int64_t)elem_bytes;
+  if (rows_out * HQ * bytes == 0) return;
+  auto run = [&](auto zero) {
+    using V = decltype(zero);
+    const int chunks = (int)(bytes / sizeof(V));
+    regroup_kernel<V><<<grid_for(rows_out * HQ * chunks, 256), 256, 0, stream>>>(
+        static_cast<const V*>(x), static_cast<V*>(out), idx, rows_out, (int)HQ, (int)d, chunks, limit, to_regrouped);
+  };
+  if (bytes % 16 == 0) run(uint4{});
+  else if (bytes % 8 == 0) run(uint2{});
+  else if (bytes % 4 == 0) run(uint32_t{});
+  else if (bytes % 2 == 0) run(uint16_t{});
+  else run(uint8_t{});
+  NT_CUDA_CHECK_LAUNCH();
+}
+
+void nsa_mix_forward(DType t, const void* o0, const void* o1, const void* o2, const void* gates, void* out,
+                     int64_t rows, int64_t D, cudaStream_t stream) {
+  if (rows * D == 0) return;
+  NT_DISPATCH_FLOAT(t, "nsa_mix_forward", [&] {
+    using T = scalar_t;
+    auto go = [&](auto v) {
+      constexpr int V = decltype(v)::value;
+      mix_forward_kernel<T, V><<<grid_for(rows * (D / V), 256), 256, 0, stream>>>(
+          static_cast<const T*>(o0), static_cast<const T*>(o1), static_cast<const T*>(o2), static_cast<const T*>(gates),
+          static_cast<T*>(out), rows, (int)D);
+    };
+    if (pack_of<T>(D) > 1) go(std::integral_constant<int, (int)(16 / sizeof(T))>{});
+    else go(std::integral_constant<int, 1>{});
+  });
+  NT_CUDA_CHECK_LAUNCH();
+}
+
+void nsa_mix_backward(DType t, const void* o0, const void* o1, const void* o2, const void* gates, const void* dy,
+                      void* d0, void* d1, void* d2, void* dgates, int64_t rows, int64_t D, cudaStream_t stream) {
+  if (rows == 0) return;
+  NT_DISPATCH_FLOAT(t, "nsa_mix_backward", [&] {
+    using T = scalar_t;
+    auto go = [&](auto v) {
+      constexpr int V = decltype(v)::value;
+      const int64_t packs = D / V;
+      int R = 1;
+      while (R < 32 && R < packs) R *= 2;
+      const int64_t per_block = 256 / R;
+      mix_backward_kernel<T, V><<<(unsigned)((rows + per_block - 1) / per_block), 256, 0, stream>>>(
+          static_cast<const T*>(o0), static_cast<const T*>(o1), static_cast<const T*>(o2), static_cast<const T*>(gates),
+          static_cast<const T*>(dy), static_cast<T*>(d0), static_cast<T*>(d1), static_cast<T*>(d2),
+          static_cast<T*>(dgates), rows, (int)D, R);
+    };
+    if (pack_of<T>(D) > 1) go(std::integral_constant<int, (int)(16 / sizeof(T))>{});
+    else go(std::integral_constant<int, 1>{});
+  });
+  NT_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace nt::cuda
