@@ -10,8 +10,7 @@
 //    shared memory to DP in {64, 128, 256}. Shared-memory rows are padded by 8 elements so the fragment loads of
 //    8 consecutive rows hit distinct banks.
 //    Forward traffic: q and out once, k and v once per 64-query tile that sees them. Backward: k, v once per block,
-//    q and dout once per (64-key tile, query tile, head of the group); dq accumulated in f32 with atomics
-//    (f32x4 reductions on Hopper).
+//    q and dout once per (64-key tile, query tile, head of the group); dq accumulated in f32 with atomics.
 //  - CUDA cores (f32, f64, and bf16 that does not fit the above): one warp per query row (forward, dq) or key row
 //    (dk, dv), D spread over the lanes. Simple and exact in the accumulation type; for tests and small runs.
 #include <cuda_bf16.h>
@@ -406,28 +405,6 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_tc(const uint16_t* __restri
             mma16816(c[0], sf[kk], bf[0], bf[1]);
             mma16816(c[1], sf[kk], bf[2], bf[3]);
           }
-#if __CUDA_ARCH__ >= 900
-          {
-            // Hopper: one 16-byte f32x4 reduction per 4 columns instead of four scalar ones (a dQ atomic per
-            // element of every 64 x 64 tile is about what the L2's atomic units sustain: the dense and NSA
-            // backward times of 2026-12-05 match ~190 G scalar atomics/s). Lane pairs swap halves so the even
-            // lane holds row qa, the odd one row qa + 8, both on columns 4 (lane % 4 / 2) .. + 3.
-            const bool odd = lane & 1;
-            const int r = qa + (odd ? 8 : 0);
-#pragma unroll
-            for (int half = 0; half < 2; ++half) {
-              const float s0 = odd ? c[half][0] : c[half][2], s1 = odd ? c[half][1] : c[half][3];
-              const float g0 = __shfl_xor_sync(0xffffffffu, s0, 1), g1 = __shfl_xor_sync(0xffffffffu, s1, 1);
-              const int col = c0 + dt * 16 + half * 8 + (lane % 4 / 2) * 4;
-              if (r < len && col < a.D) {
-                const float4 v = odd ? make_float4(g0, g1, c[half][2], c[half][3]) : make_float4(c[half][0], c[half][1], g0, g1);
-                atomicAdd(reinterpret_cast<float4*>(dq_acc + ((int64_t)start + r) * qs + h * a.D + col),
-                          make_float4(v.x * a.scale, v.y * a.scale, v.z * a.scale, v.w * a.scale));
-              }
-            }
-            continue;
-          }
-#endif
 #pragma unroll
           for (int half = 0; half < 2; ++half)
 #pragma unroll
