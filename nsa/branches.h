@@ -36,8 +36,9 @@ Tensor nsa_mix_branches(const Tensor& o_cmp, const Tensor& o_slc, const Tensor& 
 
 // nsa_attention through the branches: the compressed branch (its log-sum-exps drive nsa_selected_branch's choice),
 // the selected branch, the window branch; o = g0 o_cmp + g1 o_slc + g2 o_win, mixed in f32 for bf16 (one rounding
-// per branch more than the fused op; nsa_mix_branches). Equal to nsa_attention (tested in f64, block indices included); gradients
-// flow to all eight inputs, k_cmp's only through the compressed branch's output, as in nsa_attention.
+// per branch more than the fused op; nsa_mix_branches). Equal to nsa_attention (tested in f64, block indices
+// included); gradients flow to all eight inputs, k_cmp's only through the compressed branch's output, as in
+// nsa_attention.
 // nsa_attention takes this path on CUDA (unless NsaOptions::fused or NT_NSA_BRANCHES=0).
 NsaOutput nsa_attention_branches(const Tensor& q, const Tensor& k_cmp, const Tensor& v_cmp, const Tensor& k_slc,
                                  const Tensor& v_slc, const Tensor& k_win, const Tensor& v_win, const Tensor& gates,
