@@ -10,7 +10,8 @@
 //    shared memory to DP in {64, 128, 256}. Shared-memory rows are padded by 8 elements so the fragment loads of
 //    8 consecutive rows hit distinct banks.
 //    Forward traffic: q and out once, k and v once per 64-query tile that sees them. Backward: k, v once per block,
-//    q and dout once per (64-key tile, query tile, head of the group); dq accumulated in f32 with atomics.
+//    q and dout once per (64-key tile, query tile, head of the group); dq accumulated in f32 with atomics
+//    (f32x4 reductions on Hopper).
 //  - CUDA cores (f32, f64, and bf16 that does not fit the above): one warp per query row (forward, dq) or key row
 //    (dk, dv), D spread over the lanes. Simple and exact in the accumulation type; for tests and small runs.
 #include <cuda_bf16.h>
@@ -158,13 +159,13 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_tc(const uint16_t* __restri
 // instruction instead of 2 LDS.32 per mma); a warp whose 16 rows see nothing of a tile skips it; the causal/window
 // mask is applied only on tiles that cross an edge; the exponentials are ex2.approx.ftz with the scale folded into
 // an FFMA.
-template <int R, int DP>
+template <int R, int DP, int NTH = kThreads>
 __device__ __forceinline__ void cp_tile(uint16_t* s, const uint16_t* g, int64_t row_stride, int rows_valid, int D) {
   constexpr int LD = DP + 8, CH = DP / 8;
-  static_assert(R * CH % kThreads == 0, "whole copies per thread");
+  static_assert(R * CH % NTH == 0, "whole copies per thread");
 #pragma unroll
-  for (int it = 0; it < R * CH / kThreads; ++it) {
-    const int i = threadIdx.x + it * kThreads, r = i / CH, c = (i % CH) * 8;
+  for (int it = 0; it < R * CH / NTH; ++it) {
+    const int i = threadIdx.x + it * NTH, r = i / CH, c = (i % CH) * 8;
     const bool ok = r < rows_valid && c < D;
     cp16(s + r * LD + c, ok ? g + r * row_stride + c : g, ok);  // row 0 is valid at every call
   }
@@ -261,29 +262,29 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_tc2(const uint16_t* __restr
   }
 }
 
-// Backward: a block owns 64 keys of one kv head and walks the query tiles (and the heads of the group, or `gs` of
+// Backward: a block owns BN (128 or 64) keys of one kv head (BN / 16 warps) and walks the query tiles (and the heads of the group, or `gs` of
 // them) that see them. dk and dv accumulate in registers over DC columns at a time (DC = DP up to 128; 256-wide
 // heads take two passes that recompute the probabilities), dq goes to an f32 buffer with atomics. Large groups
 // (NSA's compressed branch regroups d x HQ query heads over each kv head) and grids of few blocks are split over
 // blocks of gs heads each (blockIdx.z = kv head x splits + split); those add dk and dv into f32 buffers
 // (dkv_acc: [N, Hkv, D] for dk, then dv), else they write them directly.
-template <int DP> constexpr size_t bwd_smem() { return (size_t)(2 * kBN + 2 * kBM) * (DP + 8) * 2 + kBN * (kBM + 8) * 2 + 2 * kBM * 4; }
+template <int DP, int BN> constexpr size_t bwd_smem() { return (size_t)(2 * BN + 2 * kBM) * (DP + 8) * 2 + BN * (kBM + 8) * 2 + 2 * kBM * 4; }
 
-template <int DP, int DC>
-__global__ void __launch_bounds__(kThreads) attn_bwd_tc(const uint16_t* __restrict__ q, const uint16_t* __restrict__ k,
+template <int DP, int DC, int BN>
+__global__ void __launch_bounds__(2 * BN) attn_bwd_tc(const uint16_t* __restrict__ q, const uint16_t* __restrict__ k,
                                                        const uint16_t* __restrict__ v, const uint16_t* __restrict__ dout,
                                                        const float* __restrict__ lse, const float* __restrict__ delta,
                                                        float* __restrict__ dq_acc, uint16_t* __restrict__ dk,
                                                        uint16_t* __restrict__ dv, float* __restrict__ dkv_acc,
                                                        int gs, AttentionDims a) {
-  constexpr int LD = DP + 8, LDS = kBM + 8, NC = DC / 8;
+  constexpr int LD = DP + 8, LDS = kBM + 8, NC = DC / 8, NTH = 2 * BN, WC = BN / 64;
   extern __shared__ __align__(16) uint16_t smem[];
-  uint16_t *Ks = smem, *Vs = Ks + kBN * LD, *Qs = Vs + kBN * LD, *dOs = Qs + kBM * LD, *dSs = dOs + kBM * LD;
-  float* lse_s = reinterpret_cast<float*>(dSs + kBN * LDS);
+  uint16_t *Ks = smem, *Vs = Ks + BN * LD, *Qs = Vs + BN * LD, *dOs = Qs + kBM * LD, *dSs = dOs + kBM * LD;
+  float* lse_s = reinterpret_cast<float*>(dSs + BN * LDS);
   float* dlt_s = lse_s + kBM;
   // Key tiles near the start of a sequence are seen by the most query tiles: they go first (less tail).
   const int G = a.H / a.Hkv, splits = (G + gs - 1) / gs;
-  const int seq = blockIdx.y, hk = blockIdx.z / splits, n0 = blockIdx.x * kBN;
+  const int seq = blockIdx.y, hk = blockIdx.z / splits, n0 = blockIdx.x * BN;
   const int h_lo = hk * G + (int)(blockIdx.z % splits) * gs, h_hi = min(h_lo + gs, hk * G + G);
   const int start = a.cu_seqlens[seq], len = a.cu_seqlens[seq + 1] - start;
   if (n0 >= len) return;
@@ -292,12 +293,12 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_tc(const uint16_t* __restri
   const float sl2 = a.scale * kLog2e;
   const int key0 = n0 + warp * 16 + lane / 4;  // this thread's keys: key0 and key0 + 8
   const int wkey = n0 + warp * 16;             // the warp's first key
-  const int q_hi = a.window > 0 ? min(len, n0 + kBN - 1 + a.window) : len;
+  const int q_hi = a.window > 0 ? min(len, n0 + BN - 1 + a.window) : len;
   const int m_first = n0 / kBM * kBM;
   // Q, dO (and the rows' lse, delta) of tile (h, m0) start loading while the previous tile's dQ is computed.
   auto prefetch = [&](int h, int m0) {
-    cp_tile<kBM, DP>(Qs, q + ((int64_t)start + m0) * qs + h * a.D, qs, len - m0, a.D);
-    cp_tile<kBM, DP>(dOs, dout + ((int64_t)start + m0) * qs + h * a.D, qs, len - m0, a.D);
+    cp_tile<kBM, DP, NTH>(Qs, q + ((int64_t)start + m0) * qs + h * a.D, qs, len - m0, a.D);
+    cp_tile<kBM, DP, NTH>(dOs, dout + ((int64_t)start + m0) * qs + h * a.D, qs, len - m0, a.D);
     cp_commit();
     if (threadIdx.x < kBM) {
       const bool ok = m0 + (int)threadIdx.x < len;
@@ -306,8 +307,8 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_tc(const uint16_t* __restri
       dlt_s[threadIdx.x] = ok ? delta[idx] : 0.f;
     }
   };
-  cp_tile<kBN, DP>(Ks, k + ((int64_t)start + n0) * ks + hk * a.D, ks, len - n0, a.D);
-  cp_tile<kBN, DP>(Vs, v + ((int64_t)start + n0) * ks + hk * a.D, ks, len - n0, a.D);
+  cp_tile<BN, DP, NTH>(Ks, k + ((int64_t)start + n0) * ks + hk * a.D, ks, len - n0, a.D);
+  cp_tile<BN, DP, NTH>(Vs, v + ((int64_t)start + n0) * ks + hk * a.D, ks, len - n0, a.D);
   for (int c0 = 0; c0 < DP; c0 += DC) {
     float dka[NC][4], dva[NC][4];
 #pragma unroll
@@ -390,26 +391,52 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_tc(const uint16_t* __restri
           if (more_m) prefetch(h, m0 + kBM);
           else if (h + 1 < h_hi) prefetch(h + 1, m_first);
         }
-        uint32_t sf[kBN / 16][4];
+        // Warp w computes queries 16 (w % 4).. over column group w / 4 (BN = 128: 8 warps as 4 x 2).
+        const int wq = WC == 1 ? warp : warp % 4, wc = WC == 1 ? 0 : warp / 4;
+        uint32_t sf[BN / 16][4];
 #pragma unroll
-        for (int kk = 0; kk < kBN / 16; ++kk)
-          ldsm_x4_t(sf[kk], dSs + (kk * 16 + (lane & 7) + ((lane >> 4) & 1) * 8) * LDS + warp * 16 + ((lane >> 3) & 1) * 8);
-        const int qa = m0 + warp * 16 + lane / 4;
+        for (int kk = 0; kk < BN / 16; ++kk)
+          ldsm_x4_t(sf[kk], dSs + (kk * 16 + (lane & 7) + ((lane >> 4) & 1) * 8) * LDS + wq * 16 + ((lane >> 3) & 1) * 8);
+        const int qa = m0 + wq * 16 + lane / 4;
+        const int cw = c0 + (WC == 1 ? 0 : wc * (DC / WC));  // the warp's first column
+        const uint16_t* Kw = Ks + cw;
 #pragma unroll
-        for (int dt = 0; dt < NC / 2; ++dt) {
+        for (int dt = 0; dt < NC / 2 / WC; ++dt) {
           float c[2][4] = {};
 #pragma unroll
-          for (int kk = 0; kk < kBN / 16; ++kk) {
+          for (int kk = 0; kk < BN / 16; ++kk) {
             uint32_t bf[4];
-            ldsm_x4_t(bf, Ks + (kk * 16 + (lane & 15)) * LD + c0 + dt * 16 + (lane >> 4) * 8);
+            ldsm_x4_t(bf, Kw + (kk * 16 + (lane & 15)) * LD + dt * 16 + (lane >> 4) * 8);
             mma16816(c[0], sf[kk], bf[0], bf[1]);
             mma16816(c[1], sf[kk], bf[2], bf[3]);
           }
+#if __CUDA_ARCH__ >= 900
+          {
+            // Hopper: one 16-byte f32x4 reduction per 4 columns instead of four scalar ones (a dQ atomic per
+            // element of every 64 x 64 tile is about what the L2's atomic units sustain: the dense and NSA
+            // backward times of 2026-12-05 match ~190 G scalar atomics/s). Lane pairs swap halves so the even
+            // lane holds row qa, the odd one row qa + 8, both on columns 4 (lane % 4 / 2) .. + 3.
+            const bool odd = lane & 1;
+            const int r = qa + (odd ? 8 : 0);
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+              const float s0 = odd ? c[half][0] : c[half][2], s1 = odd ? c[half][1] : c[half][3];
+              const float g0 = __shfl_xor_sync(0xffffffffu, s0, 1), g1 = __shfl_xor_sync(0xffffffffu, s1, 1);
+              const int col = cw + dt * 16 + half * 8 + (lane % 4 / 2) * 4;
+              if (r < len && col < a.D) {
+                const float4 v = odd ? make_float4(g0, g1, c[half][2], c[half][3]) : make_float4(c[half][0], c[half][1], g0, g1);
+                atomicAdd(reinterpret_cast<float4*>(dq_acc + ((int64_t)start + r) * qs + h * a.D + col),
+                          make_float4(v.x * a.scale, v.y * a.scale, v.z * a.scale, v.w * a.scale));
+              }
+            }
+            continue;
+          }
+#endif
 #pragma unroll
           for (int half = 0; half < 2; ++half)
 #pragma unroll
             for (int i = 0; i < 2; ++i) {
-              const int r = qa + i * 8, col = c0 + dt * 16 + half * 8 + (lane % 4) * 2;
+              const int r = qa + i * 8, col = cw + dt * 16 + half * 8 + (lane % 4) * 2;
               if (r < len && col < a.D) {
                 float* d = dq_acc + ((int64_t)start + r) * qs + h * a.D + col;
                 atomicAdd(d, c[half][2 * i] * a.scale);
@@ -575,9 +602,16 @@ template <int DP> void launch_fwd_tc(const void* q, const void* k, const void* v
   NT_CUDA_CHECK(cudaGetLastError());
 }
 
+// Keys per backward block: 128 (8 warps) by default: each block adds its dQ tile once per 128 keys instead of 64,
+// half the L2 atomics per FLOP. NT_ATTENTION_BWD_KEYS=64 keeps 4-warp blocks of 64 keys.
+int g_bwd_keys = [] {
+  const char* e = std::getenv("NT_ATTENTION_BWD_KEYS");
+  return e && std::string(e) == "64" ? 64 : 128;
+}();
+
 // Heads per backward block: at most 16 (a block walks every query tile of each of its heads, so big groups make
-// long blocks), fewer while the grid has under two blocks per SM.
-int bwd_heads_per_block(const AttentionDims& d) {
+// long blocks), fewer while the grid has under 8 warps per SM.
+int bwd_heads_per_block(const AttentionDims& d, int bn) {
   static const int sms = [] {
     int dev = 0, n = 0;
     NT_CUDA_CHECK(cudaGetDevice(&dev));
@@ -585,23 +619,23 @@ int bwd_heads_per_block(const AttentionDims& d) {
     return n;
   }();
   const int G = d.H / d.Hkv;
-  const int64_t tiles = (int64_t)(d.max_len + kBN - 1) / kBN * d.nseq * d.Hkv;
+  const int64_t tiles = (int64_t)(d.max_len + bn - 1) / bn * d.nseq * d.Hkv;
   int gs = std::min(G, 16);
-  while (gs > 1 && tiles * ((G + gs - 1) / gs) < 2 * sms) gs = (gs + 1) / 2;
+  while (gs > 1 && tiles * ((G + gs - 1) / gs) * (bn / 16) < 8 * sms) gs = (gs + 1) / 2;
   return gs;
 }
 
-template <int DP, int DC>
+template <int DP, int DC, int BN>
 void launch_bwd_tc(const void* q, const void* k, const void* v, const void* dout, const float* lse, const float* delta,
                    float* dq_acc, void* dk, void* dv, const AttentionDims& d, cudaStream_t stream) {
-  const size_t smem = bwd_smem<DP>();
-  allow_smem(attn_bwd_tc<DP, DC>, smem);
-  const int G = d.H / d.Hkv, gs = bwd_heads_per_block(d), splits = (G + gs - 1) / gs;
+  const size_t smem = bwd_smem<DP, BN>();
+  allow_smem(attn_bwd_tc<DP, DC, BN>, smem);
+  const int G = d.H / d.Hkv, gs = bwd_heads_per_block(d, BN), splits = (G + gs - 1) / gs;
   const int64_t kv_elems = d.N * d.Hkv * d.D;
   ScratchBuffer acc(splits > 1 ? 2 * kv_elems * sizeof(float) : 0);
   if (splits > 1) NT_CUDA_CHECK(cudaMemsetAsync(acc.p, 0, 2 * kv_elems * sizeof(float), stream));
-  const dim3 grid((unsigned)((d.max_len + kBN - 1) / kBN), (unsigned)d.nseq, (unsigned)(d.Hkv * splits));
-  attn_bwd_tc<DP, DC><<<grid, kThreads, smem, stream>>>(
+  const dim3 grid((unsigned)((d.max_len + BN - 1) / BN), (unsigned)d.nseq, (unsigned)(d.Hkv * splits));
+  attn_bwd_tc<DP, DC, BN><<<grid, 2 * BN, smem, stream>>>(
       static_cast<const uint16_t*>(q), static_cast<const uint16_t*>(k), static_cast<const uint16_t*>(v),
       static_cast<const uint16_t*>(dout), lse, delta, dq_acc, static_cast<uint16_t*>(dk), static_cast<uint16_t*>(dv),
       static_cast<float*>(acc.p), gs, d);
@@ -620,6 +654,12 @@ void set_attention_kernel(int version) {
   g_attention_kernel = version;
 }
 int attention_kernel() { return g_attention_kernel; }
+
+void set_attention_bwd_keys(int keys) {
+  if (keys != 64 && keys != 128) throw std::invalid_argument("set_attention_bwd_keys: keys must be 64 or 128");
+  g_bwd_keys = keys;
+}
+int attention_bwd_keys() { return g_bwd_keys; }
 
 void attention_forward(DType t, const void* q, const void* k, const void* v, void* out, float* lse, const AttentionDims& d,
                        cudaStream_t stream) {
@@ -650,9 +690,12 @@ void attention_backward(DType t, const void* q, const void* k, const void* v, co
   });
   if (use_tensor_cores(t, d, {q, k, v, dout, dk, dv})) {
     NT_CUDA_CHECK(cudaMemsetAsync(dq_acc, 0, (size_t)d.N * d.H * d.D * sizeof(float), stream));
-    if (d.D <= 64) launch_bwd_tc<64, 64>(q, k, v, dout, lse, delta, dq_acc, dk, dv, d, stream);
-    else if (d.D <= 128) launch_bwd_tc<128, 128>(q, k, v, dout, lse, delta, dq_acc, dk, dv, d, stream);
-    else launch_bwd_tc<256, 128>(q, k, v, dout, lse, delta, dq_acc, dk, dv, d, stream);
+    const bool wide = g_bwd_keys == 128;  // 256-wide heads keep 64 keys (the 128-key tile's smem would not fit twice)
+    if (d.D <= 64 && wide) launch_bwd_tc<64, 64, 128>(q, k, v, dout, lse, delta, dq_acc, dk, dv, d, stream);
+    else if (d.D <= 64) launch_bwd_tc<64, 64, 64>(q, k, v, dout, lse, delta, dq_acc, dk, dv, d, stream);
+    else if (d.D <= 128 && wide) launch_bwd_tc<128, 128, 128>(q, k, v, dout, lse, delta, dq_acc, dk, dv, d, stream);
+    else if (d.D <= 128) launch_bwd_tc<128, 128, 64>(q, k, v, dout, lse, delta, dq_acc, dk, dv, d, stream);
+    else launch_bwd_tc<256, 128, 64>(q, k, v, dout, lse, delta, dq_acc, dk, dv, d, stream);
     const int64_t n = d.N * d.H * d.D;
     f32_to_bf16<<<grid_for(n, 256), 256, 0, stream>>>(dq_acc, static_cast<uint16_t*>(dq), n);
     NT_CUDA_CHECK(cudaGetLastError());

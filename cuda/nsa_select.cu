@@ -5,10 +5,11 @@
 //
 // A block of 4 warps owns PB = 64 / G consecutive positions of one sequence and one key/value head: its 64 query
 // rows are (position, head of the group), row p G + g, so one warp's 16 rows cover 16 / G positions (G <= 16, a
-// power of two). It walks the compressed keys that its last position sees, 64 at a time: S = Q K^T by mma.sync
-// (m16n8k16, f32 accumulation), p = exp(scale s - lse) where the block is visible to the row's position, summed over
-// the group's heads by shuffles in a fixed order into per-position column sums; one thread per (position,
-// selection block) folds those columns into the block's score with weights overlap / d, in shared memory. Then one
+// power of two). It walks the compressed keys that its last position sees, 64 at a time (K tiles double-buffered by
+// cp.async, each warp's Q rows held in registers): S = Q K^T by mma.sync (m16n8k16, f32 accumulation),
+// p = exp(scale s - lse) where the block is visible to the row's position, summed over the group's heads by
+// shuffles in a fixed order into per-position column sums; one thread per (position, selection block) folds the
+// columns of the keys that overlap the block into its score with weights overlap / d, in shared memory. Then one
 // warp per position chooses: blocks 0, t/l' - 1 and t/l' always, the rest by score, ties to the lower index, NaN
 // last (the CPU reference's rule). Every sum runs in a fixed order, so the choice is deterministic.
 // Traffic: q once; each compressed key once per block of positions that sees it (neighbouring blocks share them in
@@ -25,6 +26,8 @@ constexpr int kRows = 64, kKeys = 64, kThreadsSel = 128;
 struct SelectSmem {
   size_t q_k, colsum, score, lse, taken, chosen, total;
 };
+// Two tile buffers (Q first, then K tiles alternating with the other buffer), column sums, scores, log-sum-exps,
+// the top-n's marks and choices.
 SelectSmem select_smem(const NsaDims& a, int DP) {
   const int PB = kRows / a.G;
   SelectSmem s;
@@ -46,8 +49,8 @@ __global__ void __launch_bounds__(kThreadsSel) nsa_select_tc_kernel(const uint16
                                                                    SelectSmem off) {
   constexpr int LD = DP + 8, CH = DP / 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  uint16_t* Qs = reinterpret_cast<uint16_t*>(smem_raw + off.q_k);
-  uint16_t* Ks = Qs + kRows * LD;
+  uint16_t* buf[2] = {reinterpret_cast<uint16_t*>(smem_raw + off.q_k),
+                      reinterpret_cast<uint16_t*>(smem_raw + off.q_k) + kRows * LD};
   float* colsum = reinterpret_cast<float*>(smem_raw + off.colsum);  // [PB][64]
   float* score = reinterpret_cast<float*>(smem_raw + off.score);    // [PB][ncand_max]
   float* lse_s = reinterpret_cast<float*>(smem_raw + off.lse);      // [64]
@@ -59,46 +62,82 @@ __global__ void __launch_bounds__(kThreadsSel) nsa_select_tc_kernel(const uint16
   const int t0 = blockIdx.x * PB;
   if (t0 >= len) return;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, npos = min(PB, len - t0);
+  const int t_last = t0 + npos - 1;
+  const int nvis_max = t_last + 1 < a.l ? 0 : (t_last + 1 - a.l) / a.d + 1;
+  const int ntiles = (nvis_max + kKeys - 1) / kKeys;
+  // K tile i (64 compressed keys from c0 = 64 i) into buf[(i + 1) % 2] by cp.async, zeros past the visible keys.
+  auto load_k = [&](int i) {
+    uint16_t* Ks = buf[(i + 1) % 2];
+    const int c0 = i * kKeys;
+    for (int e = threadIdx.x; e < kKeys * CH; e += kThreadsSel) {
+      const int r = e / CH, c = (e % CH) * 8;
+      const bool ok = c0 + r < nvis_max && c < a.D;
+      cp16(Ks + r * LD + c, ok ? kc + ((int64_t)(cs + c0 + r) * a.H + h) * a.D + c : kc, ok);
+    }
+    cp_commit();
+  };
 
-  // Q rows (position p, head g) -> q[start + t0 + p][h G + g]: a position's G heads are contiguous.
+  // Q rows (position p, head g) -> q[start + t0 + p][h G + g] into buf[0]: a position's G heads are contiguous.
   for (int i = threadIdx.x; i < kRows * CH; i += kThreadsSel) {
     const int r = i / CH, c = (i % CH) * 8, p = r / G, g = r % G;
     uint4 v = make_uint4(0, 0, 0, 0);
     if (p < npos && c < a.D)
       v = *reinterpret_cast<const uint4*>(q + ((int64_t)(start + t0 + p) * a.HQ + h * G + g) * a.D + c);
-    *reinterpret_cast<uint4*>(Qs + r * LD + c) = v;
+    *reinterpret_cast<uint4*>(buf[0] + r * LD + c) = v;
   }
+  if (ntiles > 0) load_k(0);
   if (threadIdx.x < kRows) {
     const int p = threadIdx.x / G, g = threadIdx.x % G;
     lse_s[threadIdx.x] = p < npos ? lse_cmp[(int64_t)(start + t0 + p) * a.HQ + h * G + g] : -INFINITY;
   }
   for (int i = threadIdx.x; i < PB * a.ncand_max; i += kThreadsSel) score[i] = 0.f;
-  const int t_last = t0 + npos - 1;
-  const int nvis_max = t_last + 1 < a.l ? 0 : (t_last + 1 - a.l) / a.d + 1;
-  const float sl2 = (float)a.scale * kLog2e;
   __syncthreads();
+  // The warp's 16 Q rows stay in registers (A fragments), which frees buf[0] for K tiles.
+  uint32_t qf[DP / 16][4];
+#pragma unroll
+  for (int kk = 0; kk < DP / 16; ++kk) ldsm_x4(qf[kk], buf[0] + (warp * 16 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
+  // This thread's two rows (lane / 4 and + 8 of the warp's 16): keys visible to the row's position, its log-sum-exp.
+  int nv[2];
+  float lse2[2];
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    const int row = warp * 16 + lane / 4 + 8 * hh, p = row / G, t = t0 + p;
+    const float L = lse_s[row];
+    nv[hh] = (p >= npos || L == -INFINITY || t + 1 < a.l) ? 0 : (t + 1 - a.l) / a.d + 1;
+    lse2[hh] = L * kLog2e;
+  }
+  const float sl2 = (float)a.scale * kLog2e;
+  __syncthreads();  // every warp holds its Q fragments: buf[0] may take K tile 1
 
-  for (int c0 = 0; c0 < nvis_max; c0 += kKeys) {
-    for (int i = threadIdx.x; i < kKeys * CH; i += kThreadsSel) {
-      const int r = i / CH, c = (i % CH) * 8;
-      uint4 v = make_uint4(0, 0, 0, 0);
-      if (c0 + r < nvis_max && c < a.D)
-        v = *reinterpret_cast<const uint4*>(kc + ((int64_t)(cs + c0 + r) * a.H + h) * a.D + c);
-      *reinterpret_cast<uint4*>(Ks + r * LD + c) = v;
+  for (int i = 0; i < ntiles; ++i) {
+    const int c0 = i * kKeys;
+    if (i + 1 < ntiles) {
+      load_k(i + 1);
+      asm volatile("cp.async.wait_group 1;\n" ::: "memory");
+    } else {
+      cp_wait_all();
     }
-    __syncthreads();  // K landed; the previous tile's folds are done with colsum
+    __syncthreads();  // K tile i landed for every thread; the previous tile's folds are done with colsum
+    const uint16_t* Ks = buf[(i + 1) % 2];
     float s[8][4];
-    qk_tile<DP, 8>(s, Qs, Ks, LD, warp * 16, lane);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < DP / 16; ++kk)
+#pragma unroll
+      for (int jp = 0; jp < 4; ++jp) {
+        uint32_t kb[4];
+        ldsm_x4(kb, Ks + (jp * 16 + (lane & 7) + (lane >> 4) * 8) * LD + kk * 16 + ((lane >> 3) & 1) * 8);
+        mma16816(s[2 * jp], qf[kk], kb[0], kb[1]);
+        mma16816(s[2 * jp + 1], qf[kk], kb[2], kb[3]);
+      }
     // Probabilities: element (j, e) is row warp 16 + lane / 4 + 8 (e >> 1), key c0 + 8 j + 2 (lane % 4) + (e & 1).
 #pragma unroll
     for (int j = 0; j < 8; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int row = warp * 16 + lane / 4 + 8 * (e >> 1), p = row / G, t = t0 + p;
         const int c = c0 + 8 * j + 2 * (lane % 4) + (e & 1);
-        const int nv = t + 1 < a.l ? 0 : (t + 1 - a.l) / a.d + 1;
-        const float L = lse_s[row];
-        s[j][e] = (p < npos && c < nv && L != -INFINITY) ? exp2f(s[j][e] * sl2 - L * kLog2e) : 0.f;
+        s[j][e] = c < nv[e >> 1] ? exp2f(s[j][e] * sl2 - lse2[e >> 1]) : 0.f;
       }
     // Sums over each position's G heads (G consecutive rows), in a fixed order.
     if (G == 16) {  // the warp's 16 rows are one position: add the two row halves, then across lanes
@@ -123,16 +162,19 @@ __global__ void __launch_bounds__(kThreadsSel) nsa_select_tc_kernel(const uint16
             if ((lane / 4) % G == 0) colsum[(row / G) * kKeys + 8 * j + 2 * (lane % 4) + b] = x;
           }
     }
-    __syncthreads();  // colsum complete; every warp is done with Ks
-    // Fold the columns into the selection blocks they overlap: block j gets p * overlap / d.
+    __syncthreads();  // colsum complete; every warp is done with this K tile
+    // Fold the columns into the selection blocks they overlap: block j gets p * overlap / d from the keys c with
+    // [c d, c d + l) meeting [j l', (j + 1) l'), in ascending c (a fixed order).
     const int j_lo = c0 * a.d / a.lp;
     const int j_hi = min(a.ncand_max - 1, ((c0 + kKeys - 1) * a.d + a.l - 1) / a.lp);
     const int nj = j_hi - j_lo + 1;
-    for (int i = threadIdx.x; i < PB * nj; i += kThreadsSel) {
-      const int p = i / nj, j = j_lo + i % nj;
+    for (int e = threadIdx.x; e < PB * nj; e += kThreadsSel) {
+      const int p = e / nj, j = j_lo + e % nj;
       if (p >= npos) continue;
+      const int first = j * a.lp - a.l < 0 ? 0 : (j * a.lp - a.l) / a.d + 1;  // the first key ending past j l'
+      const int cc_lo = max(first, c0) - c0, cc_hi = min(((j + 1) * a.lp - 1) / a.d, c0 + kKeys - 1) - c0;
       float acc = 0.f;
-      for (int cc = 0; cc < kKeys; ++cc) {
+      for (int cc = cc_lo; cc <= cc_hi; ++cc) {
         const int lo = (c0 + cc) * a.d, hi = lo + a.l;
         const int ov = min(hi, (j + 1) * a.lp) - max(lo, j * a.lp);
         if (ov > 0) acc += colsum[p * kKeys + cc] * ((float)ov / (float)a.d);

@@ -426,19 +426,19 @@ CUDA_TEST("flash_attention: tensor-core (bf16) and CUDA-core kernels against the
                                 {1, 300, 4, 4, 128, 100, {}},     {1, 700, 4, 2, 64, 0, {}},
                                 {1, 600, 2, 1, 128, 200, {}},     {0, 900, 4, 2, 64, 0, {0, 17, 600, 900}},
                                 {1, 150, 40, 1, 64, 0, {}},       {0, 260, 24, 2, 72, 0, {0, 100, 260}}};
-  // Forward kernel versions 1 and 2 (2 is opt-in until verified here), then back to the default.
+  // Forward kernel versions 1 and 2, paired with the backward's 64- and 128-key blocks, then back to the defaults.
 #if NT_CUDA
-  const int default_version = cuda::attention_kernel();
-  auto set_version = [](int v) { cuda::set_attention_kernel(v); };
+  const int default_version = cuda::attention_kernel(), default_keys = cuda::attention_bwd_keys();
+  auto set_version = [](int v) { cuda::set_attention_kernel(v), cuda::set_attention_bwd_keys(v == 1 ? 64 : 128); };
 #else
-  const int default_version = 1;
+  const int default_version = 1, default_keys = 64;
   auto set_version = [](int) {};
 #endif
   for (int version : {1, 2})
   for (const C& c : cases)
     for (DType dt : kFloatTypes) {
       set_version(version);
-      INFO("forward kernel " << version << " B " << c.B << " T " << c.T << " H " << c.H << "/" << c.Hkv << " D " << c.D << " window " << c.window
+      INFO("forward kernel " << version << " (backward keys " << (version == 1 ? 64 : 128) << ") B " << c.B << " T " << c.T << " H " << c.H << "/" << c.Hkv << " D " << c.D << " window " << c.window
                 << " packed " << !c.cu.empty());
       const Shape qs = c.B ? Shape{c.B, c.T, c.H, c.D} : Shape{c.T, c.H, c.D}, ks = c.B ? Shape{c.B, c.T, c.Hkv, c.D} : Shape{c.T, c.Hkv, c.D};
       const AttentionOptions opt{c.window, 0, c.cu};
@@ -448,6 +448,11 @@ CUDA_TEST("flash_attention: tensor-core (bf16) and CUDA-core kernels against the
                  {rnd_grad(qs, 90), rnd_grad(ks, 91), rnd_grad(ks, 92)}, dt, tol);
     }
   set_version(default_version);
+#if NT_CUDA
+  cuda::set_attention_bwd_keys(default_keys);
+#else
+  (void)default_keys;
+#endif
 }
 
 CUDA_TEST("nsa_attention: CUDA-core kernels against the CPU reference") {
