@@ -6,11 +6,12 @@
 //
 // Two paths:
 //  - Tensor cores (bf16, D % 8 == 0, D <= 256, 16-byte aligned): mma.sync m16n8k16 with f32 accumulation. A block
-//    of 4 warps owns 64 queries (forward) or 64 keys (backward); each warp 16 rows. Head dims are zero-padded in
+//    of 4 warps owns 64 queries (forward); one of 8 (or 4) warps owns 128 (or 64) keys (backward); each warp 16
+//    rows. Head dims are zero-padded in
 //    shared memory to DP in {64, 128, 256}. Shared-memory rows are padded by 8 elements so the fragment loads of
 //    8 consecutive rows hit distinct banks.
 //    Forward traffic: q and out once, k and v once per 64-query tile that sees them. Backward: k, v once per block,
-//    q and dout once per (64-key tile, query tile, head of the group); dq accumulated in f32 with atomics
+//    q and dout once per (key tile, query tile, head of the group); dq accumulated in f32 with atomics
 //    (f32x4 reductions on Hopper).
 //  - CUDA cores (f32, f64, and bf16 that does not fit the above): one warp per query row (forward, dq) or key row
 //    (dk, dv), D spread over the lanes. Simple and exact in the accumulation type; for tests and small runs.
