@@ -22,6 +22,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "cuda/attention_sm90.h"
 #include "cuda/common.cuh"
 #include "cuda/mma_sm80.cuh"
 
@@ -172,95 +173,158 @@ __device__ __forceinline__ void cp_tile(uint16_t* s, const uint16_t* g, int64_t 
   }
 }
 
-template <int DP>
+// Version 3 (MT = 2): each warp owns 32 rows as two m-tiles, so every K and V fragment read from shared memory
+// feeds two mma instead of one (version 2, MT = 1, reads one ldmatrix.x4 per two mma in P V: bound by shared-memory
+// bandwidth); the block holds 128 queries. MT-wide versions of qk_tile / pv_accumulate:
+template <int DP, int NJ, int MT>
+__device__ __forceinline__ void qk_tile_mt(float (&s)[MT][NJ][4], const uint16_t* Qs, const uint16_t* Ks, int LD,
+                                           int q_row0, int lane) {
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int j = 0; j < NJ; ++j) s[mt][j][0] = s[mt][j][1] = s[mt][j][2] = s[mt][j][3] = 0.f;
+#pragma unroll 2
+  for (int kk = 0; kk < DP / 16; ++kk) {
+#pragma unroll
+    for (int jp = 0; jp < NJ / 2; ++jp) {
+      uint32_t kb[4];
+      ldsm_x4(kb, Ks + (jp * 16 + (lane & 7) + (lane >> 4) * 8) * LD + kk * 16 + ((lane >> 3) & 1) * 8);
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        uint32_t qa[4];
+        ldsm_x4(qa, Qs + (q_row0 + mt * 16 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
+        mma16816(s[mt][2 * jp], qa, kb[0], kb[1]);
+        mma16816(s[mt][2 * jp + 1], qa, kb[2], kb[3]);
+      }
+    }
+  }
+}
+
+template <int NT, int NJ, int MT>
+__device__ __forceinline__ void pv_accumulate_mt(float (&acc)[MT][NT][4], const float (&alpha)[MT][2],
+                                                 const float (&p)[MT][NJ][4], const uint16_t* Vs, int LD, int lane) {
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int i = 0; i < NT; ++i)
+      acc[mt][i][0] *= alpha[mt][0], acc[mt][i][1] *= alpha[mt][0], acc[mt][i][2] *= alpha[mt][1], acc[mt][i][3] *= alpha[mt][1];
+#pragma unroll
+  for (int kk = 0; kk < NJ / 2; ++kk) {
+    uint32_t af[MT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) acc_to_a(af[mt], p[mt][2 * kk], p[mt][2 * kk + 1]);
+#pragma unroll
+    for (int dt = 0; dt < NT / 2; ++dt) {
+      uint32_t bf[4];
+      ldsm_x4_t(bf, Vs + (kk * 16 + (lane & 15)) * LD + dt * 16 + (lane >> 4) * 8);
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        mma16816(acc[mt][2 * dt], af[mt], bf[0], bf[1]);
+        mma16816(acc[mt][2 * dt + 1], af[mt], bf[2], bf[3]);
+      }
+    }
+  }
+}
+
+template <int DP, int MT, int BN> constexpr size_t fwd2_smem() { return (size_t)(MT * kBM + 2 * BN) * (DP + 8) * 2; }
+
+template <int DP, int MT, int BN>
 __global__ void __launch_bounds__(kThreads) attn_fwd_tc2(const uint16_t* __restrict__ q, const uint16_t* __restrict__ k,
                                                         const uint16_t* __restrict__ v, uint16_t* __restrict__ o,
                                                         float* __restrict__ lse, AttentionDims a) {
-  constexpr int LD = DP + 8, NT = DP / 8;
+  constexpr int LD = DP + 8, NT = DP / 8, NJ = BN / 8, BM = MT * kBM, WR = MT * 16;  // rows per block, per warp
   extern __shared__ __align__(16) uint16_t smem[];
-  uint16_t *Qs = smem, *Ks = Qs + kBM * LD, *Vs = Ks + kBN * LD;
-  const int seq = blockIdx.y, h = blockIdx.z, m0 = (gridDim.x - 1 - blockIdx.x) * kBM;
+  uint16_t *Qs = smem, *Ks = Qs + BM * LD, *Vs = Ks + BN * LD;
+  const int seq = blockIdx.y, h = blockIdx.z, m0 = (gridDim.x - 1 - blockIdx.x) * BM;
   const int start = a.cu_seqlens[seq], len = a.cu_seqlens[seq + 1] - start;
   if (m0 >= len) return;
   const int hk = h / (a.H / a.Hkv), warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t qs = (int64_t)a.H * a.D, ks = (int64_t)a.Hkv * a.D;
   const uint16_t *kg = k + (int64_t)start * ks + hk * a.D, *vg = v + (int64_t)start * ks + hk * a.D;
-  const int n_lo = first_key(m0, a.window) / kBN * kBN, n_hi = min(len, m0 + kBM);
-  cp_tile<kBM, DP>(Qs, q + ((int64_t)start + m0) * qs + h * a.D, qs, len - m0, a.D);
-  cp_tile<kBN, DP>(Ks, kg + (int64_t)n_lo * ks, ks, len - n_lo, a.D);
+  const int n_lo = first_key(m0, a.window) / BN * BN, n_hi = min(len, m0 + BM);
+  cp_tile<BM, DP>(Qs, q + ((int64_t)start + m0) * qs + h * a.D, qs, len - m0, a.D);
+  cp_tile<BN, DP>(Ks, kg + (int64_t)n_lo * ks, ks, len - n_lo, a.D);
   cp_commit();
   const float sl2 = a.scale * kLog2e;
-  const int wrow = m0 + warp * 16, row0 = wrow + lane / 4;
-  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
-  float acc[NT][4];
+  const int wrow = m0 + warp * WR;  // the warp's first row; its rows are wrow + 16 mt + lane / 4 (+ 8)
+  float m_run[MT][2], l_run[MT][2], acc[MT][NT][4];
 #pragma unroll
-  for (int i = 0; i < NT; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
-  for (int n0 = n_lo; n0 < n_hi; n0 += kBN) {
+  for (int mt = 0; mt < MT; ++mt) {
+    m_run[mt][0] = m_run[mt][1] = -INFINITY, l_run[mt][0] = l_run[mt][1] = 0.f;
+#pragma unroll
+    for (int i = 0; i < NT; ++i) acc[mt][i][0] = acc[mt][i][1] = acc[mt][i][2] = acc[mt][i][3] = 0.f;
+  }
+  for (int n0 = n_lo; n0 < n_hi; n0 += BN) {
     cp_wait_all();
     __syncthreads();  // K(n0) (and Q) landed; every warp is done with P V on the previous V
-    cp_tile<kBN, DP>(Vs, vg + (int64_t)n0 * ks, ks, len - n0, a.D);
+    cp_tile<BN, DP>(Vs, vg + (int64_t)n0 * ks, ks, len - n0, a.D);
     cp_commit();
-    // Some row r of the warp's 16 sees some key of the tile: n0 <= r (causal, widest for the last row) and
-    // n0 + kBN - 1 > r - window (window, widest for the first row).
-    const bool active = n0 <= wrow + 15 && (a.window <= 0 || n0 + kBN - 1 > wrow - a.window);
-    float s[8][4];
-    float alpha[2] = {1.f, 1.f};
+    // Some row r of the warp's WR sees some key of the tile: n0 <= r (causal, widest for the last row) and
+    // n0 + BN - 1 > r - window (window, widest for the first row).
+    const bool active = n0 <= wrow + WR - 1 && (a.window <= 0 || n0 + BN - 1 > wrow - a.window);
+    float s[MT][NJ][4];
+    float alpha[MT][2];
     if (active) {
-      qk_tile<DP, 8>(s, Qs, Ks, LD, warp * 16, lane);
-      const bool edge = n0 + kBN - 1 > wrow || n0 + kBN > len || (a.window > 0 && n0 <= wrow + 15 - a.window);
-      float mx[2] = {-INFINITY, -INFINITY};  // raw scores (scale > 0, so the max commutes with scaling)
+      qk_tile_mt<DP, NJ, MT>(s, Qs, Ks, LD, warp * WR, lane);
+      const bool edge = n0 + BN - 1 > wrow || n0 + BN > len || (a.window > 0 && n0 <= wrow + WR - 1 - a.window);
 #pragma unroll
-      for (int j = 0; j < 8; ++j)
+      for (int mt = 0; mt < MT; ++mt) {
+        const int row0 = wrow + mt * 16 + lane / 4;
+        float mx[2] = {-INFINITY, -INFINITY};  // raw scores (scale > 0, so the max commutes with scaling)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          if (edge) {
-            const int kp = n0 + j * 8 + (lane % 4) * 2 + (e & 1), qp = row0 + (e >> 1) * 8;
-            if (kp > qp || kp >= len || (a.window > 0 && kp <= qp - a.window)) s[j][e] = -INFINITY;
+        for (int j = 0; j < NJ; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            if (edge) {
+              const int kp = n0 + j * 8 + (lane % 4) * 2 + (e & 1), qp = row0 + (e >> 1) * 8;
+              if (kp > qp || kp >= len || (a.window > 0 && kp <= qp - a.window)) s[mt][j][e] = -INFINITY;
+            }
+            mx[e >> 1] = fmaxf(mx[e >> 1], s[mt][j][e]);
           }
-          mx[e >> 1] = fmaxf(mx[e >> 1], s[j][e]);
-        }
-      float ref[2];
+        float ref[2];
 #pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
-        mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
-        const float mnew = fmaxf(m_run[i], mx[i] * sl2);
-        ref[i] = mnew == -INFINITY ? 0.f : mnew;  // nothing visible yet in this row: keep it 0, not NaN
-        alpha[i] = ex2(m_run[i] - ref[i]);
-        m_run[i] = mnew;
-        l_run[i] *= alpha[i];
+        for (int i = 0; i < 2; ++i) {
+          mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+          mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+          const float mnew = fmaxf(m_run[mt][i], mx[i] * sl2);
+          ref[i] = mnew == -INFINITY ? 0.f : mnew;  // nothing visible yet in this row: keep it 0, not NaN
+          alpha[mt][i] = ex2(m_run[mt][i] - ref[i]);
+          m_run[mt][i] = mnew;
+          l_run[mt][i] *= alpha[mt][i];
+        }
+#pragma unroll
+        for (int j = 0; j < NJ; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            s[mt][j][e] = ex2(fmaf(s[mt][j][e], sl2, -ref[e >> 1]));
+            l_run[mt][e >> 1] += s[mt][j][e];
+          }
       }
-#pragma unroll
-      for (int j = 0; j < 8; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          s[j][e] = ex2(fmaf(s[j][e], sl2, -ref[e >> 1]));
-          l_run[e >> 1] += s[j][e];
-        }
     }
     cp_wait_all();
     __syncthreads();  // V(n0) landed; every warp is done reading Ks
-    if (n0 + kBN < n_hi) cp_tile<kBN, DP>(Ks, kg + (int64_t)(n0 + kBN) * ks, ks, len - n0 - kBN, a.D);
+    if (n0 + BN < n_hi) cp_tile<BN, DP>(Ks, kg + (int64_t)(n0 + BN) * ks, ks, len - n0 - BN, a.D);
     cp_commit();
-    if (active) {
-      pv_accumulate<NT, 8>(acc, alpha, s, Vs, LD, lane);
-    }
+    if (active) pv_accumulate_mt<NT, NJ, MT>(acc, alpha, s, Vs, LD, lane);
   }
 #pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 1);
-    l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 2);
-    const int r = row0 + i * 8;
-    if (r >= len) continue;
-    const float inv = 1.f / l_run[i];
-    uint16_t* orow = o + ((int64_t)start + r) * qs + h * a.D;
+  for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
-      const int c = nt * 8 + (lane % 4) * 2;
-      if (c < a.D) *reinterpret_cast<uint32_t*>(orow + c) = pack_bf16(acc[nt][2 * i] * inv, acc[nt][2 * i + 1] * inv);
+    for (int i = 0; i < 2; ++i) {
+      float l = l_run[mt][i];
+      l += __shfl_xor_sync(0xffffffffu, l, 1);
+      l += __shfl_xor_sync(0xffffffffu, l, 2);
+      const int r = wrow + mt * 16 + lane / 4 + i * 8;
+      if (r >= len) continue;
+      const float inv = 1.f / l;
+      uint16_t* orow = o + ((int64_t)start + r) * qs + h * a.D;
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        const int c = nt * 8 + (lane % 4) * 2;
+        if (c < a.D) *reinterpret_cast<uint32_t*>(orow + c) = pack_bf16(acc[mt][nt][2 * i] * inv, acc[mt][nt][2 * i + 1] * inv);
+      }
+      if (lane % 4 == 0) lse[(int64_t)h * a.N + start + r] = (m_run[mt][i] + log2f(l)) / kLog2e;
     }
-    if (lane % 4 == 0) lse[(int64_t)h * a.N + start + r] = (m_run[i] + log2f(l_run[i])) / kLog2e;
-  }
 }
 
 // Backward: a block owns BN (128 or 64) keys of one kv head (BN / 16 warps) and walks the query tiles (and the heads of the group, or `gs` of
@@ -430,9 +494,8 @@ __global__ void __launch_bounds__(2 * BN) attn_bwd_tc(const uint16_t* __restrict
                           make_float4(v.x * a.scale, v.y * a.scale, v.z * a.scale, v.w * a.scale));
               }
             }
-            continue;
           }
-#endif
+#else
 #pragma unroll
           for (int half = 0; half < 2; ++half)
 #pragma unroll
@@ -444,6 +507,7 @@ __global__ void __launch_bounds__(2 * BN) attn_bwd_tc(const uint16_t* __restrict
                 atomicAdd(d + 1, c[half][2 * i + 1] * a.scale);
               }
             }
+#endif
         }
       }
 #pragma unroll
@@ -588,19 +652,27 @@ bool use_tensor_cores(DType t, const AttentionDims& d, std::initializer_list<con
 
 int g_attention_kernel = [] {
   const char* e = std::getenv("NT_ATTENTION_KERNEL");
-  return e && std::string(e) == "1" ? 1 : 2;
+  const std::string v = e ? e : "";
+  return v.size() == 1 && v[0] >= '1' && v[0] <= '4' ? v[0] - '0' : 5;
 }();
 
 template <int DP> void launch_fwd_tc(const void* q, const void* k, const void* v, void* out, float* lse, const AttentionDims& d,
                                      cudaStream_t stream) {
-  const size_t smem = fwd_smem<DP>();
-  const dim3 grid((unsigned)((d.max_len + kBM - 1) / kBM), (unsigned)d.nseq, (unsigned)d.H);
-  // Version 2 at DP = 256 spills (255 registers, 100 bytes): that width stays on version 1.
-  auto kernel = g_attention_kernel == 2 && DP <= 128 ? attn_fwd_tc2<DP> : attn_fwd_tc<DP>;
-  allow_smem(kernel, smem);
-  kernel<<<grid, kThreads, smem, stream>>>(static_cast<const uint16_t*>(q), static_cast<const uint16_t*>(k),
-                                           static_cast<const uint16_t*>(v), static_cast<uint16_t*>(out), lse, d);
-  NT_CUDA_CHECK(cudaGetLastError());
+  // Versions 2-4 spill at DP = 256; version 5 (wgmma) lands here on GPUs other than sm_90a and runs version 3.
+  const int version = DP > 128 ? 1 : g_attention_kernel == 5 ? 3 : g_attention_kernel;
+  auto run = [&](auto kernel, int rows, size_t smem) {
+    const dim3 grid((unsigned)((d.max_len + rows - 1) / rows), (unsigned)d.nseq, (unsigned)d.H);
+    allow_smem(kernel, smem);
+    kernel<<<grid, kThreads, smem, stream>>>(static_cast<const uint16_t*>(q), static_cast<const uint16_t*>(k),
+                                             static_cast<const uint16_t*>(v), static_cast<uint16_t*>(out), lse, d);
+    NT_CUDA_CHECK(cudaGetLastError());
+  };
+  if constexpr (DP <= 128) {
+    if (version == 2) return run(attn_fwd_tc2<DP, 1, 64>, kBM, fwd2_smem<DP, 1, 64>());
+    if (version == 3) return run(attn_fwd_tc2<DP, 2, 64>, 2 * kBM, fwd2_smem<DP, 2, 64>());
+    if (version == 4) return run(attn_fwd_tc2<DP, 2, 32>, 2 * kBM, fwd2_smem<DP, 2, 32>());
+  }
+  run(attn_fwd_tc<DP>, kBM, fwd_smem<DP>());
 }
 
 // Keys per backward block: 128 (8 warps) by default: each block adds its dQ tile once per 128 keys instead of 64,
@@ -651,13 +723,15 @@ void launch_bwd_tc(const void* q, const void* k, const void* v, const void* dout
 }  // namespace
 
 void set_attention_kernel(int version) {
-  if (version != 1 && version != 2) throw std::invalid_argument("set_attention_kernel: version must be 1 or 2");
+  if (version < 1 || version > 5)
+    throw std::invalid_argument("set_attention_kernel: version must be 1..5, got " + std::to_string(version));
   g_attention_kernel = version;
 }
 int attention_kernel() { return g_attention_kernel; }
 
 void set_attention_bwd_keys(int keys) {
-  if (keys != 64 && keys != 128) throw std::invalid_argument("set_attention_bwd_keys: keys must be 64 or 128");
+  if (keys != 64 && keys != 128)
+    throw std::invalid_argument("set_attention_bwd_keys: keys must be 64 or 128, got " + std::to_string(keys));
   g_bwd_keys = keys;
 }
 int attention_bwd_keys() { return g_bwd_keys; }
@@ -666,6 +740,7 @@ void attention_forward(DType t, const void* q, const void* k, const void* v, voi
                        cudaStream_t stream) {
   if (d.N == 0 || d.max_len == 0) return;
   if (use_tensor_cores(t, d, {q, k, v, out})) {
+    if (g_attention_kernel == 5 && attention_forward_wgmma(q, k, v, out, lse, d, stream)) return;
     if (d.D <= 64) launch_fwd_tc<64>(q, k, v, out, lse, d, stream);
     else if (d.D <= 128) launch_fwd_tc<128>(q, k, v, out, lse, d, stream);
     else launch_fwd_tc<256>(q, k, v, out, lse, d, stream);

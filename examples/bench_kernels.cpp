@@ -11,6 +11,8 @@
 #include <cstring>
 #include <map>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "bench_timing.h"
 #include "cuda/check.h"
@@ -166,10 +168,14 @@ int main(int argc, char** argv) {
     for (int64_t t = 0; t < c.T; ++t) pairs += (double)(c.window > 0 ? std::min(t + 1, c.window) : t + 1);
     const double fwd_flop = 4.0 * c.B * c.H * c.D * pairs;
     const AttentionOptions opt{c.window};
-    // Forward kernel version 1 (cuda::set_attention_kernel) timed next to the default (2).
+    // The other forward kernel versions (cuda::set_attention_kernel) timed next to the default.
     const int default_version = cuda::attention_kernel();
-    cuda::set_attention_kernel(1);
-    const double fwd1 = time_ms([&] { flash_attention(q, k, v, opt); });
+    std::vector<std::pair<int, double>> others;
+    for (int ver = 1; ver <= 5; ++ver) {
+      if (ver == default_version) continue;
+      cuda::set_attention_kernel(ver);
+      others.emplace_back(ver, time_ms([&] { flash_attention(q, k, v, opt); }));
+    }
     cuda::set_attention_kernel(default_version);
     const double fwd = time_ms([&] { flash_attention(q, k, v, opt); });
     double fb = 0, fb64 = 0;
@@ -188,8 +194,10 @@ int main(int argc, char** argv) {
       fb = time_ms(fwd_bwd);
     }
     const std::string shape = fmt::format("{}x{}x{}x{}x{}x{}", c.B, c.T, c.H, c.Hkv, c.D, c.window);
-    std::printf("%-42s %10.3f %10.1f %14s %8s\n", fmt::format("  fwd, kernel v1 (v2 is {:.2f}x faster)", fwd1 / fwd).c_str(), fwd1,
-                fwd_flop / fwd1 / 1e9, "", "");
+    for (const auto& [ver, ms] : others)
+      std::printf("%-42s %10.3f %10.1f %14s %8s\n",
+                  fmt::format("  fwd, kernel v{} (v{} is {:.2f}x faster)", ver, default_version, ms / fwd).c_str(), ms,
+                  fwd_flop / ms / 1e9, "", "");
     std::printf("%-42s %10.3f %10.1f %14s %8s\n", fmt::format("  fwd+bwd, 64-key bwd ({:.2f}x the default)", fb64 / fb).c_str(),
                 fb64, 3.5 * fwd_flop / fb64 / 1e9, "", "");
     for (int pass = 0; pass < 2; ++pass) {

@@ -1,0 +1,198 @@
+// Fused causal attention forward on Hopper's warpgroup MMA (wgmma; flash_attention's forward kernel version 5, the
+// default on sm_90a for bf16 head dims up to 128). Same function and layout as cuda/attention.cu: q, out [N, H, D],
+// k, v [N, Hkv, D] packed by cu_seqlens; lse [H, N] f32.
+//
+// A block is one warpgroup (4 warps, 128 threads) owning 64 queries of one head; it walks 128-key tiles. S = Q K^T
+// is one m64n128 wgmma per 16 head dims with both operands in shared memory (Q and K K-major); the online softmax
+// runs on the accumulators in registers (each warp owns 16 rows, in mma.sync's C layout); O += P V takes P from
+// registers (repacked to bf16, mma.sync's A layout) and V from shared memory (MN-major, the transpose flag). Unlike
+// the mma.sync kernels, no operand passes through ldmatrix: those kernels read one 512-byte ldmatrix per two mma
+// and are bound by shared-memory bandwidth. Tiles arrive by cp.async in the 128-byte swizzle wgmma reads (V of tile
+// n during S of tile n, K of tile n + 1 during P V of tile n). 81 KB of shared memory at D = 128: two blocks per SM,
+// whose softmax and MMAs overlap each other.
+// Traffic: q and out once, k and v once per 64-query tile that sees them.
+#include <cuda_bf16.h>
+
+#include "cuda/attention_sm90.h"
+#include "cuda/blas.h"
+#include "cuda/check.h"
+#include "cuda/common.cuh"
+#include "cuda/hopper.cuh"
+#include "cuda/mma_sm80.cuh"
+
+namespace nt::cuda {
+namespace {
+using namespace sm80;
+using namespace sm90;
+
+constexpr int kRows = 64, kKeys = 128, kThreads = 128;
+
+template <int DP> struct FwdTiles {  // DP / 64 column halves of [rows][64] bf16 (128-byte rows) per tile
+  static constexpr int kQ = DP / 64 * kRows * 128, kK = DP / 64 * kKeys * 128;
+  static constexpr size_t kSmem = 1024 + kQ + 2 * kK;  // + alignment slack
+};
+
+// Rows [0, R) of a [rows][D] bf16 tile into shared memory as DP / 64 column halves of [R][64], each 16-byte chunk c
+// of row r at chunk c ^ (r % 8) (the 128-byte swizzle); rows >= rows_valid and columns >= D are zeros.
+template <int R, int DP>
+__device__ __forceinline__ void cp_tile_swizzled(unsigned char* s, const uint16_t* g, int64_t row_stride, int rows_valid,
+                                                 int D) {
+  constexpr int CH = DP / 8;
+  static_assert(R * CH % kThreads == 0, "whole copies per thread");
+#pragma unroll
+  for (int it = 0; it < R * CH / kThreads; ++it) {
+    const int i = threadIdx.x + it * kThreads, r = i / CH, c = i % CH;
+    const bool ok = r < rows_valid && c * 8 < D;
+    cp16(s + (c / 8) * (R * 128) + r * 128 + (((c % 8) ^ (r % 8)) << 4), ok ? g + (int64_t)r * row_stride + c * 8 : g, ok);
+  }
+}
+
+template <int DP>
+__global__ void __launch_bounds__(kThreads) attn_fwd_wgmma(const uint16_t* __restrict__ q, const uint16_t* __restrict__ k,
+                                                          const uint16_t* __restrict__ v, uint16_t* __restrict__ o,
+                                                          float* __restrict__ lse, AttentionDims a) {
+#if NT_SM90A
+  constexpr int NJ = kKeys / 8, NO = DP / 8;  // accumulator n-tiles of 8 columns: S (keys) and O (head dims)
+  using Tiles = FwdTiles<DP>;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  unsigned char* smem = (unsigned char*)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
+  unsigned char *Qs = smem, *Ks = Qs + Tiles::kQ, *Vs = Ks + Tiles::kK;
+  const int seq = blockIdx.y, h = blockIdx.z, m0 = (gridDim.x - 1 - blockIdx.x) * kRows;
+  const int start = a.cu_seqlens[seq], len = a.cu_seqlens[seq + 1] - start;
+  if (m0 >= len) return;
+  const int hk = h / (a.H / a.Hkv), warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t qs = (int64_t)a.H * a.D, ks = (int64_t)a.Hkv * a.D;
+  const uint16_t *kg = k + (int64_t)start * ks + hk * a.D, *vg = v + (int64_t)start * ks + hk * a.D;
+  const int first = a.window > 0 ? max(0, m0 - a.window + 1) : 0;
+  const int n_lo = first / kKeys * kKeys, n_hi = min(len, m0 + kRows);
+  cp_tile_swizzled<kRows, DP>(Qs, q + ((int64_t)start + m0) * qs + h * a.D, qs, len - m0, a.D);
+  cp_tile_swizzled<kKeys, DP>(Ks, kg + (int64_t)n_lo * ks, ks, len - n_lo, a.D);
+  cp_commit();
+  const uint32_t q_addr = smem_addr(Qs), k_addr = smem_addr(Ks), v_addr = smem_addr(Vs);
+  const float sl2 = a.scale * kLog2e;
+  const int wrow = m0 + warp * 16, row0 = wrow + lane / 4;  // this thread's rows: row0 and row0 + 8
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
+  float s[NJ * 4], acc[NO * 4];  // s[4 j + e], acc[4 j + e]: mma.sync's C layout per 8-column n-tile j
+#pragma unroll
+  for (int i = 0; i < NO * 4; ++i) acc[i] = 0.f;
+  for (int n0 = n_lo; n0 < n_hi; n0 += kKeys) {
+    cp_wait_all();
+    fence_async_smem();
+    __syncthreads();  // K(n0) (and Q) landed, visible to wgmma; every warp is done with P V on the previous V
+    cp_tile_swizzled<kKeys, DP>(Vs, vg + (int64_t)n0 * ks, ks, len - n0, a.D);
+    cp_commit();
+    // wgmma is warpgroup-wide, so the skip test is the block's: some of its 64 rows sees some key of the tile.
+    const bool active = n0 <= m0 + kRows - 1 && (a.window <= 0 || n0 + kKeys - 1 > m0 - a.window);
+    float alpha[2] = {1.f, 1.f};
+    if (active) {
+#pragma unroll
+      for (int i = 0; i < NJ * 4; ++i) s[i] = 0.f;
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < DP / 16; ++kk)
+        wgmma_m64n128<0, 0>(s, smem_desc(q_addr + (kk / 4) * (kRows * 128) + (kk % 4) * 32, 16, 1024),
+                            smem_desc(k_addr + (kk / 4) * (kKeys * 128) + (kk % 4) * 32, 16, 1024));
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_regs(s);
+      const bool edge = n0 + kKeys - 1 > wrow || n0 + kKeys > len || (a.window > 0 && n0 <= wrow + 15 - a.window);
+      float mx[2] = {-INFINITY, -INFINITY};  // raw scores (scale > 0, so the max commutes with scaling)
+#pragma unroll
+      for (int j = 0; j < NJ; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          if (edge) {
+            const int kp = n0 + j * 8 + (lane % 4) * 2 + (e & 1), qp = row0 + (e >> 1) * 8;
+            if (kp > qp || kp >= len || (a.window > 0 && kp <= qp - a.window)) s[4 * j + e] = -INFINITY;
+          }
+          mx[e >> 1] = fmaxf(mx[e >> 1], s[4 * j + e]);
+        }
+      float ref[2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+        mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+        const float mnew = fmaxf(m_run[i], mx[i] * sl2);
+        ref[i] = mnew == -INFINITY ? 0.f : mnew;  // nothing visible yet in this row: keep it 0, not NaN
+        alpha[i] = ex2(m_run[i] - ref[i]);
+        m_run[i] = mnew;
+        l_run[i] *= alpha[i];
+      }
+#pragma unroll
+      for (int j = 0; j < NJ; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          s[4 * j + e] = ex2(fmaf(s[4 * j + e], sl2, -ref[e >> 1]));
+          l_run[e >> 1] += s[4 * j + e];
+        }
+    }
+    cp_wait_all();
+    fence_async_smem();
+    __syncthreads();  // V(n0) landed; every warp is done reading Ks
+    if (n0 + kKeys < n_hi) cp_tile_swizzled<kKeys, DP>(Ks, kg + (int64_t)(n0 + kKeys) * ks, ks, len - n0 - kKeys, a.D);
+    cp_commit();
+    if (active) {
+#pragma unroll
+      for (int j = 0; j < NO; ++j)
+        acc[4 * j] *= alpha[0], acc[4 * j + 1] *= alpha[0], acc[4 * j + 2] *= alpha[1], acc[4 * j + 3] *= alpha[1];
+      uint32_t pa[kKeys / 16][4];  // P as the A fragments of 16 keys each (the C layout of S is the A layout of P)
+#pragma unroll
+      for (int kk = 0; kk < kKeys / 16; ++kk) {
+        const float* c = s + 8 * kk;
+        pa[kk][0] = pack_bf16(c[0], c[1]), pa[kk][1] = pack_bf16(c[2], c[3]);
+        pa[kk][2] = pack_bf16(c[4], c[5]), pa[kk][3] = pack_bf16(c[6], c[7]);
+      }
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kKeys / 16; ++kk) {
+        // V [keys][head dims] is MN-major for this product: 16 keys are 2048 bytes on; the column halves kK / 2 apart.
+        const uint64_t dv = smem_desc(v_addr + kk * 2048, kKeys * 128, 1024);
+        if constexpr (DP == 128) wgmma_m64n128_rs<1>(acc, pa[kk], dv);
+        else wgmma_m64n64_rs<1>(acc, pa[kk], dv);
+      }
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_regs(acc);
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 1);
+    l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 2);
+    const int r = row0 + i * 8;
+    if (r >= len) continue;
+    const float inv = 1.f / l_run[i];
+    uint16_t* orow = o + ((int64_t)start + r) * qs + h * a.D;
+#pragma unroll
+    for (int j = 0; j < NO; ++j) {
+      const int c = j * 8 + (lane % 4) * 2;
+      if (c < a.D) *reinterpret_cast<uint32_t*>(orow + c) = pack_bf16(acc[4 * j + 2 * i] * inv, acc[4 * j + 2 * i + 1] * inv);
+    }
+    if (lane % 4 == 0) lse[(int64_t)h * a.N + start + r] = (m_run[i] + log2f(l_run[i])) / kLog2e;
+  }
+#endif
+}
+
+template <int DP>
+void launch_fwd_wgmma(const void* q, const void* k, const void* v, void* out, float* lse, const AttentionDims& d,
+                      cudaStream_t stream) {
+  const size_t smem = FwdTiles<DP>::kSmem;
+  allow_smem(attn_fwd_wgmma<DP>, smem);
+  const dim3 grid((unsigned)((d.max_len + kRows - 1) / kRows), (unsigned)d.nseq, (unsigned)d.H);
+  attn_fwd_wgmma<DP><<<grid, kThreads, smem, stream>>>(static_cast<const uint16_t*>(q), static_cast<const uint16_t*>(k),
+                                                       static_cast<const uint16_t*>(v), static_cast<uint16_t*>(out), lse, d);
+  NT_CUDA_CHECK(cudaGetLastError());
+}
+}  // namespace
+
+bool attention_forward_wgmma(const void* q, const void* k, const void* v, void* out, float* lse, const AttentionDims& d,
+                             cudaStream_t stream) {
+  int device = 0;
+  NT_CUDA_CHECK(cudaGetDevice(&device));
+  if (d.D > 128 || !grouped_gemm_sm90_available(device)) return false;
+  if (d.D <= 64) launch_fwd_wgmma<64>(q, k, v, out, lse, d, stream);
+  else launch_fwd_wgmma<128>(q, k, v, out, lse, d, stream);
+  return true;
+}
+
+}  // namespace nt::cuda

@@ -1,0 +1,11 @@
+// flash_attention's forward on Hopper's warpgroup MMA (cuda/attention_sm90.cu): bf16, head dims multiple of 8 up to
+// 128, 16-byte aligned (the caller checks these). Returns false without launching when the device is not sm_90a.
+#pragma once
+#include <cuda_runtime.h>
+
+#include "cuda/kernels.h"
+
+namespace nt::cuda {
+bool attention_forward_wgmma(const void* q, const void* k, const void* v, void* out, float* lse, const AttentionDims& d,
+                             cudaStream_t stream);
+}  // namespace nt::cuda
