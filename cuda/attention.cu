@@ -154,8 +154,8 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_tc(const uint16_t* __restri
   }
 }
 
-// ---- forward, version 2 (the default since its H100 check of 2026-11-23; NT_ATTENTION_KERNEL=1 or
-// set_attention_kernel(1) selects version 1, which head dims over 128 always use) ----
+// ---- forward, versions 2 and 3 (version 1 above: head dims over 128; version 4, the default, on wgmma in
+// cuda/attention_sm90.cu; the choice: launch_fwd_tc) ----
 // Same tiling and numerics as attn_fwd_tc, plus: K/V tiles arrive by cp.async while the tensor cores work (V of
 // tile n loads during S = Q K^T, K of tile n+1 during P V); Q and K fragments come through ldmatrix (4 matrices per
 // instruction instead of 2 LDS.32 per mma); a warp whose 16 rows see nothing of a tile skips it; the causal/window
@@ -173,9 +173,10 @@ __device__ __forceinline__ void cp_tile(uint16_t* s, const uint16_t* g, int64_t 
   }
 }
 
-// Version 3 (MT = 2): each warp owns 32 rows as two m-tiles, so every K and V fragment read from shared memory
-// feeds two mma instead of one (version 2, MT = 1, reads one ldmatrix.x4 per two mma in P V: bound by shared-memory
-// bandwidth); the block holds 128 queries. MT-wide versions of qk_tile / pv_accumulate:
+// Version 3 (MT = 2, BN = 32): each warp owns 32 rows as two m-tiles, so every K and V fragment read from shared
+// memory feeds two mma instead of one (version 2, MT = 1, BN = 64, reads one ldmatrix.x4 per two mma in P V: bound
+// by shared-memory bandwidth); the block holds 128 queries over 32-key tiles (64-key tiles need more than 255
+// registers at D = 128). MT-wide versions of qk_tile / pv_accumulate:
 template <int DP, int NJ, int MT>
 __device__ __forceinline__ void qk_tile_mt(float (&s)[MT][NJ][4], const uint16_t* Qs, const uint16_t* Ks, int LD,
                                            int q_row0, int lane) {
@@ -653,13 +654,15 @@ bool use_tensor_cores(DType t, const AttentionDims& d, std::initializer_list<con
 int g_attention_kernel = [] {
   const char* e = std::getenv("NT_ATTENTION_KERNEL");
   const std::string v = e ? e : "";
-  return v.size() == 1 && v[0] >= '1' && v[0] <= '4' ? v[0] - '0' : 5;
+  return v.size() == 1 && v[0] >= '1' && v[0] <= '3' ? v[0] - '0' : 4;
 }();
 
 template <int DP> void launch_fwd_tc(const void* q, const void* k, const void* v, void* out, float* lse, const AttentionDims& d,
                                      cudaStream_t stream) {
-  // Versions 2-4 spill at DP = 256; version 5 (wgmma) lands here on GPUs other than sm_90a and runs version 3.
-  const int version = DP > 128 ? 1 : g_attention_kernel == 5 ? 3 : g_attention_kernel;
+  // Versions 2 and 3 spill at DP = 256. Version 4 (wgmma) lands here for head dims up to 64 and on GPUs other than
+  // sm_90a: it then runs the mma.sync kernel that was fastest at that width (H100, 2026-12-06: version 2 at D = 64,
+  // 3 at D = 128).
+  const int version = DP > 128 ? 1 : g_attention_kernel == 4 ? (DP <= 64 ? 2 : 3) : g_attention_kernel;
   auto run = [&](auto kernel, int rows, size_t smem) {
     const dim3 grid((unsigned)((d.max_len + rows - 1) / rows), (unsigned)d.nseq, (unsigned)d.H);
     allow_smem(kernel, smem);
@@ -669,8 +672,7 @@ template <int DP> void launch_fwd_tc(const void* q, const void* k, const void* v
   };
   if constexpr (DP <= 128) {
     if (version == 2) return run(attn_fwd_tc2<DP, 1, 64>, kBM, fwd2_smem<DP, 1, 64>());
-    if (version == 3) return run(attn_fwd_tc2<DP, 2, 64>, 2 * kBM, fwd2_smem<DP, 2, 64>());
-    if (version == 4) return run(attn_fwd_tc2<DP, 2, 32>, 2 * kBM, fwd2_smem<DP, 2, 32>());
+    if (version == 3) return run(attn_fwd_tc2<DP, 2, 32>, 2 * kBM, fwd2_smem<DP, 2, 32>());
   }
   run(attn_fwd_tc<DP>, kBM, fwd_smem<DP>());
 }
@@ -723,8 +725,8 @@ void launch_bwd_tc(const void* q, const void* k, const void* v, const void* dout
 }  // namespace
 
 void set_attention_kernel(int version) {
-  if (version < 1 || version > 5)
-    throw std::invalid_argument("set_attention_kernel: version must be 1..5, got " + std::to_string(version));
+  if (version < 1 || version > 4)
+    throw std::invalid_argument("set_attention_kernel: version must be 1..4, got " + std::to_string(version));
   g_attention_kernel = version;
 }
 int attention_kernel() { return g_attention_kernel; }
@@ -740,7 +742,9 @@ void attention_forward(DType t, const void* q, const void* k, const void* v, voi
                        cudaStream_t stream) {
   if (d.N == 0 || d.max_len == 0) return;
   if (use_tensor_cores(t, d, {q, k, v, out})) {
-    if (g_attention_kernel == 5 && attention_forward_wgmma(q, k, v, out, lse, d, stream)) return;
+    // wgmma only above D = 64: at D = 64 version 2 was 1.25x faster (H100, 2026-12-06, B4 T2048 H12: 0.162 against
+    // 0.203 ms), at D = 128 wgmma 1.5x faster than version 2 and 1.1-1.2x than version 3.
+    if (g_attention_kernel == 4 && d.D > 64 && attention_forward_wgmma(q, k, v, out, lse, d, stream)) return;
     if (d.D <= 64) launch_fwd_tc<64>(q, k, v, out, lse, d, stream);
     else if (d.D <= 128) launch_fwd_tc<128>(q, k, v, out, lse, d, stream);
     else launch_fwd_tc<256>(q, k, v, out, lse, d, stream);

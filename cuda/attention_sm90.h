@@ -1,5 +1,6 @@
-// flash_attention's forward on Hopper's warpgroup MMA (cuda/attention_sm90.cu): bf16, head dims multiple of 8 up to
-// 128, 16-byte aligned (the caller checks these). Returns false without launching when the device is not sm_90a.
+// flash_attention's forward on Hopper's warpgroup MMA (cuda/attention_sm90.cu): bf16, head dims a multiple of 8, 16-byte
+// aligned (the caller checks these). Returns false without launching when the device is not sm_90a or the head dim is
+// not in 72..128.
 #pragma once
 #include <cuda_runtime.h>
 

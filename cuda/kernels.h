@@ -42,10 +42,10 @@ struct AttentionDims {
   float scale = 0;
   const int32_t* cu_seqlens = nullptr;  // device memory, nseq + 1 entries
 };
-// Forward kernel version: 5 (default: Hopper wgmma, head dims up to 128; version 3 on other GPUs), 3 and 4 (mma.sync,
-// cp.async + ldmatrix, 32 rows per warp over 64- and 32-key tiles), 2 (the same with 16 rows per warp) or 1 (the
-// first kernel; head dims over 128 always use it); also NT_ATTENTION_KERNEL=N in the environment. All compute the
-// same function.
+// Forward kernel version: 4 (default: Hopper wgmma for head dims 72..128, else the fastest below for the width), 3
+// (mma.sync, cp.async + ldmatrix, 32 rows per warp over 32-key tiles), 2 (the same with 16 rows per warp over 64-key
+// tiles) or 1 (the first kernel; head dims over 128 always use it); also NT_ATTENTION_KERNEL=N in the environment.
+// All compute the same function.
 void set_attention_kernel(int version);
 int attention_kernel();
 // Keys per block of the tensor-core backward: 128 (default; 8 warps) or 64 (4 warps; also NT_ATTENTION_BWD_KEYS=64).
