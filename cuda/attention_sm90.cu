@@ -1,6 +1,6 @@
 // Fused causal attention forward on Hopper's warpgroup MMA (wgmma; flash_attention's forward kernel version 4, the
-// default on sm_90a for bf16 head dims 72..128, zero-padded to 128). Same function and layout as cuda/attention.cu: q, out [N, H, D],
-// k, v [N, Hkv, D] packed by cu_seqlens; lse [H, N] f32.
+// default on sm_90a for bf16 head dims 72..128, zero-padded to 128). Same function and layout as cuda/attention.cu:
+// q, out [N, H, D], k, v [N, Hkv, D] packed by cu_seqlens; lse [H, N] f32.
 //
 // A block is one warpgroup (4 warps, 128 threads) owning 64 queries of one head; it walks 128-key tiles. S = Q K^T
 // is one m64n128 wgmma per 16 head dims with both operands in shared memory (Q and K K-major); the online softmax
