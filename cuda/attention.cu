@@ -5,11 +5,11 @@
 // delta [H, N] f32. Query head h reads kv head h / (H / Hkv).
 //
 // Two paths:
-//  - Tensor cores (bf16, D % 8 == 0, D <= 256, 16-byte aligned): mma.sync m16n8k16 with f32 accumulation. A block
-//    of 4 warps owns 64 queries (forward); one of 8 (or 4) warps owns 128 (or 64) keys (backward); each warp 16
-//    rows. Head dims are zero-padded in
-//    shared memory to DP in {64, 128, 256}. Shared-memory rows are padded by 8 elements so the fragment loads of
-//    8 consecutive rows hit distinct banks.
+//  - Tensor cores (bf16, D % 8 == 0, D <= 256, 16-byte aligned): mma.sync m16n8k16 with f32 accumulation. A
+//    forward block of 4 warps owns 64 queries (16 rows per warp; version 3: 128, 32 per warp); a backward block of
+//    8 (or 4) warps owns 128 (or 64) keys, 16 per warp. Head dims are zero-padded in shared memory to DP in
+//    {64, 128, 256}. Shared-memory rows are padded by 8 elements so the fragment loads of 8 consecutive rows hit
+//    distinct banks. The default forward for head dims 72..128 on Hopper is cuda/attention_sm90.cu (wgmma).
 //    Forward traffic: q and out once, k and v once per 64-query tile that sees them. Backward: k, v once per block,
 //    q and dout once per (key tile, query tile, head of the group); dq accumulated in f32 with atomics
 //    (f32x4 reductions on Hopper).
