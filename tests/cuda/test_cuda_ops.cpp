@@ -431,9 +431,10 @@ CUDA_TEST("flash_attention: tensor-core (bf16) and CUDA-core kernels against the
 #if NT_CUDA
   const int default_version = cuda::attention_kernel(), default_keys = cuda::attention_bwd_keys();
   auto set_version = [](int v) { cuda::set_attention_kernel(v), cuda::set_attention_bwd_keys(v == 1 ? 64 : 128); };
+  auto restore = [&] { cuda::set_attention_kernel(default_version), cuda::set_attention_bwd_keys(default_keys); };
 #else
-  const int default_version = 1, default_keys = 64;
   auto set_version = [](int) {};
+  auto restore = [] {};
 #endif
   for (int version : {1, 2, 3, 4})
   for (const C& c : cases)
@@ -448,12 +449,7 @@ CUDA_TEST("flash_attention: tensor-core (bf16) and CUDA-core kernels against the
       check_cuda("flash_attention", [&](const std::vector<Tensor>& v) { return flash_attention(v[0], v[1], v[2], opt); },
                  {rnd_grad(qs, 90), rnd_grad(ks, 91), rnd_grad(ks, 92)}, dt, tol);
     }
-  set_version(default_version);
-#if NT_CUDA
-  cuda::set_attention_bwd_keys(default_keys);
-#else
-  (void)default_keys;
-#endif
+  restore();
 }
 
 CUDA_TEST("nsa_attention: CUDA-core kernels against the CPU reference") {
