@@ -228,9 +228,12 @@ __device__ void slc_union_build(const SlcUnion& u, const int32_t* block_indices,
   __syncthreads();
 }
 
-// Walks the union's chunks through two stages of K and V tiles (stage0: 2 x (K, V) chunks of kChunk rows); calls
-// f(Ks, Vs, n0, k_hi) in each warp whose position t chose the chunk's block (k_hi: min(block end, t + 1)).
-template <int DP, class F>
+// Walks the union's chunks through S stages of K and V tiles (stage0: S x (K, V) chunks of kChunk rows; S - 1
+// chunks in flight while one is computed; one barrier per chunk: it also frees the stage the next load overwrites);
+// calls f(Ks, Vs, n0, k_hi) in each warp whose position t chose the chunk's block (k_hi: min(block end, t + 1)).
+// Why several stages: the forward at 64k (2 stages, two barriers per chunk) was latency-bound (Nsight Compute,
+// H100, 2026-12-06: L2 at 45% of its throughput, no eligible warp in 70% of cycles).
+template <int DP, int S, class F>
 __device__ void slc_union_walk(const SlcUnion& u, uint16_t* stage0, const uint16_t* ks, const uint16_t* vs, int start,
                                int len, int h, int t, bool active, const NsaDims& a, F&& f) {
   constexpr int LD = DP + 8, CH = DP / 8;
@@ -247,27 +250,39 @@ __device__ void slc_union_walk(const SlcUnion& u, uint16_t* stage0, const uint16
       cp16(Vs + r * LD + c8, vs + off, ok);
     }
   };
-  if (nc > 0) load_chunk(0, 0);
-  cp_commit();
-  for (int c = 0; c < nc; ++c) {
-    if (c + 1 < nc) load_chunk((c + 1) & 1, c + 1);  // that stage was released by the last iteration's barrier
+#pragma unroll
+  for (int c = 0; c < S - 1; ++c) {
+    if (c < nc) load_chunk(c, c);
     cp_commit();
-    cp_async_wait<1>();
-    __syncthreads();
+  }
+  for (int c = 0; c < nc; ++c) {
+    cp_async_wait<S - 2>();  // chunk c landed (one commit group per chunk, chunks c + 1.. may be in flight)
+    __syncthreads();         // ... for every thread; and every warp is done with chunk c - 1
+    if (c + S - 1 < nc) load_chunk((c + S - 1) % S, c + S - 1);  // into chunk c - 1's stage
+    cp_commit();
     const int n0 = u.chunk_n0[c], e = u.chunk_u[c];
     if (active && ((u.umask[e] >> warp) & 1) && n0 <= t) {  // warp-uniform
-      const uint16_t* Ks = stage0 + (c & 1) * 2 * kChunk * LD;
+      const uint16_t* Ks = stage0 + (c % S) * 2 * kChunk * LD;
       f(Ks, Ks + kChunk * LD, n0, min((u.ublk[e] + 1) * a.lp, t + 1));
     }
-    __syncthreads();
   }
 }
 
-template <int DP> size_t slc2_smem(const NsaDims& a) {
-  return (size_t)(kPosShared * 16 + 2 * 2 * kChunk) * (DP + 8) * 2 + slc_union_bytes(a);
+template <int DP, int S> size_t slc2_smem(const NsaDims& a) {
+  return (size_t)(kPosShared * 16 + S * 2 * kChunk) * (DP + 8) * 2 + slc_union_bytes(a);
 }
 
-template <int DP>
+// Stages of the forward's walk: 4 (two blocks of 8 warps per SM at D = 128: 2 x 107 KB of shared memory), 2 at
+// D = 256 or where 4 would not leave two blocks per SM, or with NT_NSA_SLC_STAGES=2 (for comparison).
+bool slc_two_stages() {
+  static const bool two = [] {
+    const char* e = std::getenv("NT_NSA_SLC_STAGES");
+    return e && std::string(e) == "2";
+  }();
+  return two;
+}
+
+template <int DP, int S>
 __global__ void __launch_bounds__(kPosShared * 32) nsa_slc_fwd_tc2(const uint16_t* __restrict__ q,
                                                                    const uint16_t* __restrict__ ks,
                                                                    const uint16_t* __restrict__ vs,
@@ -285,7 +300,7 @@ __global__ void __launch_bounds__(kPosShared * 32) nsa_slc_fwd_tc2(const uint16_
   const bool active = t <= t_last;
   uint16_t* Qs = smem_slc2 + warp * 16 * LD;
   uint16_t* stage0 = smem_slc2 + kPosShared * 16 * LD;
-  const SlcUnion u = slc_union_carve(reinterpret_cast<int*>(stage0 + 2 * 2 * kChunk * LD), a);
+  const SlcUnion u = slc_union_carve(reinterpret_cast<int*>(stage0 + S * 2 * kChunk * LD), a);
   if (active) slc_load_q<CH>(Qs, LD, q, start + t, h, a, lane);
   slc_union_build(u, block_indices, start, t0, t_last, h, a);
   const float sl2 = (float)a.scale * kLog2e;
@@ -293,9 +308,9 @@ __global__ void __launch_bounds__(kPosShared * 32) nsa_slc_fwd_tc2(const uint16_
   float acc[NT][4];
 #pragma unroll
   for (int i = 0; i < NT; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
-  slc_union_walk<DP>(u, stage0, ks, vs, start, len, h, t, active, a,
-                     [&](const uint16_t* Ks, const uint16_t* Vs, int n0, int k_hi) {
-                       slc_chunk<DP>(Qs, Ks, Vs, LD, n0, k_hi, sl2, m_run, l_run, acc, lane);
+  slc_union_walk<DP, S>(u, stage0, ks, vs, start, len, h, t, active, a,
+                        [&](const uint16_t* Ks, const uint16_t* Vs, int n0, int k_hi) {
+                          slc_chunk<DP>(Qs, Ks, Vs, LD, n0, k_hi, sl2, m_run, l_run, acc, lane);
                      });
   if (active) slc_write<DP>(l_run, m_run, acc, start + t, h, o_slc, lse_slc, a, lane);
 }
@@ -457,9 +472,9 @@ __global__ void __launch_bounds__(kPosShared * 32, 2) nsa_slc_bwd_dq_tc2(
   float acc[NT][4];
 #pragma unroll
   for (int i = 0; i < NT; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
-  slc_union_walk<DP>(u, stage0, ks, vs, start, len, h, t, active, a,
-                     [&](const uint16_t* Ks, const uint16_t* Vs, int n0, int k_hi) {
-                       slc_dq_chunk<DP>(Qs, dOs, Ks, Vs, LD, n0, k_hi, sl2, lse2, dlt, acc, lane);
+  slc_union_walk<DP, 2>(u, stage0, ks, vs, start, len, h, t, active, a,
+                        [&](const uint16_t* Ks, const uint16_t* Vs, int n0, int k_hi) {
+                          slc_dq_chunk<DP>(Qs, dOs, Ks, Vs, LD, n0, k_hi, sl2, lse2, dlt, acc, lane);
                      });
   if (active) slc_dq_write<DP>(acc, dq, head0, a, lane);
 }
@@ -615,7 +630,7 @@ __global__ void f32_to_bf16(const float* __restrict__ x, uint16_t* __restrict__ 
 }  // namespace
 
 bool nsa_selected_tc_supported(const NsaDims& a) {
-  return a.D % 8 == 0 && a.D <= 256 && a.G <= 16 && slc2_smem<256>(a) <= 220 * 1024;
+  return a.D % 8 == 0 && a.D <= 256 && a.G <= 16 && slc2_smem<256, 2>(a) <= 220 * 1024;
 }
 
 void nsa_selected_forward_tc(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
@@ -635,9 +650,13 @@ void nsa_selected_forward_tc(const void* q, const void* k_slc, const void* v_slc
     else if (a.D <= 128) run(nsa_slc_fwd_tc<128>, slc_smem<128>());
     else run(nsa_slc_fwd_tc<256>, slc_smem<256>());
   } else {
-    if (a.D <= 64) run(nsa_slc_fwd_tc2<64>, slc2_smem<64>(a));
-    else if (a.D <= 128) run(nsa_slc_fwd_tc2<128>, slc2_smem<128>(a));
-    else run(nsa_slc_fwd_tc2<256>, slc2_smem<256>(a));
+    // 4 stages while two blocks still fit an SM (113 KB each), else 2.
+    const bool two = slc_two_stages() || (a.D <= 64 ? slc2_smem<64, 4>(a) : slc2_smem<128, 4>(a)) > 113 * 1024;
+    if (a.D <= 64 && two) run(nsa_slc_fwd_tc2<64, 2>, slc2_smem<64, 2>(a));
+    else if (a.D <= 64) run(nsa_slc_fwd_tc2<64, 4>, slc2_smem<64, 4>(a));
+    else if (a.D <= 128 && two) run(nsa_slc_fwd_tc2<128, 2>, slc2_smem<128, 2>(a));
+    else if (a.D <= 128) run(nsa_slc_fwd_tc2<128, 4>, slc2_smem<128, 4>(a));
+    else run(nsa_slc_fwd_tc2<256, 2>, slc2_smem<256, 2>(a));
   }
 }
 
