@@ -654,7 +654,7 @@ bool use_tensor_cores(DType t, const AttentionDims& d, std::initializer_list<con
 int g_attention_kernel = [] {
   const char* e = std::getenv("NT_ATTENTION_KERNEL");
   const std::string v = e ? e : "";
-  return v.size() == 1 && v[0] >= '1' && v[0] <= '3' ? v[0] - '0' : 4;
+  return v.size() == 1 && v[0] >= '1' && v[0] <= '5' ? v[0] - '0' : 4;
 }();
 
 template <int DP> void launch_fwd_tc(const void* q, const void* k, const void* v, void* out, float* lse, const AttentionDims& d,
@@ -662,7 +662,7 @@ template <int DP> void launch_fwd_tc(const void* q, const void* k, const void* v
   // Versions 2 and 3 spill at DP = 256. Version 4 (wgmma) lands here for head dims up to 64 and on GPUs other than
   // sm_90a: it then runs the mma.sync kernel that was fastest at that width (H100, 2026-12-06: version 2 at D = 64,
   // 3 at D = 128).
-  const int version = DP > 128 ? 1 : g_attention_kernel == 4 ? (DP <= 64 ? 2 : 3) : g_attention_kernel;
+  const int version = DP > 128 ? 1 : g_attention_kernel >= 4 ? (DP <= 64 ? 2 : 3) : g_attention_kernel;
   auto run = [&](auto kernel, int rows, size_t smem) {
     const dim3 grid((unsigned)((d.max_len + rows - 1) / rows), (unsigned)d.nseq, (unsigned)d.H);
     allow_smem(kernel, smem);
@@ -725,8 +725,8 @@ void launch_bwd_tc(const void* q, const void* k, const void* v, const void* dout
 }  // namespace
 
 void set_attention_kernel(int version) {
-  if (version < 1 || version > 4)
-    throw std::invalid_argument("set_attention_kernel: version must be 1..4, got " + std::to_string(version));
+  if (version < 1 || version > 5)
+    throw std::invalid_argument("set_attention_kernel: version must be 1..5, got " + std::to_string(version));
   g_attention_kernel = version;
 }
 int attention_kernel() { return g_attention_kernel; }
@@ -744,7 +744,9 @@ void attention_forward(DType t, const void* q, const void* k, const void* v, voi
   if (use_tensor_cores(t, d, {q, k, v, out})) {
     // wgmma only above D = 64: at D = 64 version 2 was 1.25x faster (H100, 2026-12-06, B4 T2048 H12: 0.162 against
     // 0.203 ms), at D = 128 wgmma 1.5x faster than version 2 and 1.1-1.2x than version 3.
-    if (g_attention_kernel == 4 && d.D > 64 && attention_forward_wgmma(q, k, v, out, lse, d, stream)) return;
+    if (g_attention_kernel >= 4 && d.D > 64 &&
+        attention_forward_wgmma(q, k, v, out, lse, d, g_attention_kernel == 5 ? 2 : 1, stream))
+      return;
     if (d.D <= 64) launch_fwd_tc<64>(q, k, v, out, lse, d, stream);
     else if (d.D <= 128) launch_fwd_tc<128>(q, k, v, out, lse, d, stream);
     else launch_fwd_tc<256>(q, k, v, out, lse, d, stream);

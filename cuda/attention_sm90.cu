@@ -2,7 +2,8 @@
 // default on sm_90a for bf16 head dims 72..128, zero-padded to 128). Same function and layout as cuda/attention.cu:
 // q, out [N, H, D], k, v [N, Hkv, D] packed by cu_seqlens; lse [H, N] f32.
 //
-// A block is one warpgroup (4 warps, 128 threads) owning 64 queries of one head; it walks 128-key tiles. S = Q K^T
+// A block is one warpgroup (4 warps, 128 threads) owning 64 queries of one head, or (WG = 2, version 5,
+// experimental) two warpgroups owning 128 queries that share each K/V tile; it walks 128-key tiles. S = Q K^T
 // is one m64n128 wgmma per 16 head dims with both operands in shared memory (Q and K K-major); the online softmax
 // runs on the accumulators in registers (each warp owns 16 rows, in mma.sync's C layout); O += P V takes P from
 // registers (repacked to bf16, mma.sync's A layout) and V from shared memory (MN-major, the transpose flag). Unlike
@@ -26,35 +27,38 @@ namespace {
 using namespace sm80;
 using namespace sm90;
 
-constexpr int kRows = 64, kKeys = 128, kThreads = 128;
+constexpr int kKeys = 128;
 
-template <int DP> struct FwdTiles {  // DP / 64 column halves of [rows][64] bf16 (128-byte rows) per tile
+// WG warpgroups per block, 64 queries each, sharing the K and V tiles (WG = 2 halves their traffic per FLOP).
+template <int DP, int WG> struct FwdTiles {  // DP / 64 column halves of [rows][64] bf16 (128-byte rows) per tile
+  static constexpr int kRows = 64 * WG, kThreads = 128 * WG;
   static constexpr int kQ = DP / 64 * kRows * 128, kK = DP / 64 * kKeys * 128;
   static constexpr size_t kSmem = 1024 + kQ + 2 * kK;  // + alignment slack
 };
 
 // Rows [0, R) of a [rows][D] bf16 tile into shared memory as DP / 64 column halves of [R][64], each 16-byte chunk c
 // of row r at chunk c ^ (r % 8) (the 128-byte swizzle); rows >= rows_valid and columns >= D are zeros.
-template <int R, int DP>
+template <int R, int DP, int NTH>
 __device__ __forceinline__ void cp_tile_swizzled(unsigned char* s, const uint16_t* g, int64_t row_stride, int rows_valid,
                                                  int D) {
   constexpr int CH = DP / 8;
-  static_assert(R * CH % kThreads == 0, "whole copies per thread");
+  static_assert(R * CH % NTH == 0, "whole copies per thread");
 #pragma unroll
-  for (int it = 0; it < R * CH / kThreads; ++it) {
-    const int i = threadIdx.x + it * kThreads, r = i / CH, c = i % CH;
+  for (int it = 0; it < R * CH / NTH; ++it) {
+    const int i = threadIdx.x + it * NTH, r = i / CH, c = i % CH;
     const bool ok = r < rows_valid && c * 8 < D;
     cp16(s + (c / 8) * (R * 128) + r * 128 + (((c % 8) ^ (r % 8)) << 4), ok ? g + (int64_t)r * row_stride + c * 8 : g, ok);
   }
 }
 
-template <int DP>  // 128 (the P V product is one m64n128 wgmma per 16 keys)
-__global__ void __launch_bounds__(kThreads) attn_fwd_wgmma(const uint16_t* __restrict__ q, const uint16_t* __restrict__ k,
+template <int DP, int WG>  // DP 128 (the P V product is one m64n128 wgmma per 16 keys)
+__global__ void __launch_bounds__(128 * WG) attn_fwd_wgmma(const uint16_t* __restrict__ q, const uint16_t* __restrict__ k,
                                                           const uint16_t* __restrict__ v, uint16_t* __restrict__ o,
                                                           float* __restrict__ lse, AttentionDims a) {
 #if NT_SM90A
   constexpr int NJ = kKeys / 8, NO = DP / 8;  // accumulator n-tiles of 8 columns: S (keys) and O (head dims)
-  using Tiles = FwdTiles<DP>;
+  using Tiles = FwdTiles<DP, WG>;
+  constexpr int kRows = Tiles::kRows, kThreads = Tiles::kThreads;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   unsigned char* smem = (unsigned char*)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
   unsigned char *Qs = smem, *Ks = Qs + Tiles::kQ, *Vs = Ks + Tiles::kK;
@@ -62,14 +66,15 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_wgmma(const uint16_t* __res
   const int start = a.cu_seqlens[seq], len = a.cu_seqlens[seq + 1] - start;
   if (m0 >= len) return;
   const int hk = h / (a.H / a.Hkv), warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int wg = WG == 1 ? 0 : threadIdx.x / 128, wm0 = m0 + wg * 64;  // this warpgroup and its first row
   const int64_t qs = (int64_t)a.H * a.D, ks = (int64_t)a.Hkv * a.D;
   const uint16_t *kg = k + (int64_t)start * ks + hk * a.D, *vg = v + (int64_t)start * ks + hk * a.D;
   const int first = a.window > 0 ? max(0, m0 - a.window + 1) : 0;
   const int n_lo = first / kKeys * kKeys, n_hi = min(len, m0 + kRows);
-  cp_tile_swizzled<kRows, DP>(Qs, q + ((int64_t)start + m0) * qs + h * a.D, qs, len - m0, a.D);
-  cp_tile_swizzled<kKeys, DP>(Ks, kg + (int64_t)n_lo * ks, ks, len - n_lo, a.D);
+  cp_tile_swizzled<kRows, DP, kThreads>(Qs, q + ((int64_t)start + m0) * qs + h * a.D, qs, len - m0, a.D);
+  cp_tile_swizzled<kKeys, DP, kThreads>(Ks, kg + (int64_t)n_lo * ks, ks, len - n_lo, a.D);
   cp_commit();
-  const uint32_t q_addr = smem_addr(Qs), k_addr = smem_addr(Ks), v_addr = smem_addr(Vs);
+  const uint32_t q_addr = smem_addr(Qs) + wg * 64 * 128, k_addr = smem_addr(Ks), v_addr = smem_addr(Vs);
   const float sl2 = a.scale * kLog2e;
   const int wrow = m0 + warp * 16, row0 = wrow + lane / 4;  // this thread's rows: row0 and row0 + 8
   float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
@@ -80,10 +85,10 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_wgmma(const uint16_t* __res
     cp_wait_all();
     fence_async_smem();
     __syncthreads();  // K(n0) (and Q) landed, visible to wgmma; every warp is done with P V on the previous V
-    cp_tile_swizzled<kKeys, DP>(Vs, vg + (int64_t)n0 * ks, ks, len - n0, a.D);
+    cp_tile_swizzled<kKeys, DP, kThreads>(Vs, vg + (int64_t)n0 * ks, ks, len - n0, a.D);
     cp_commit();
-    // wgmma is warpgroup-wide, so the skip test is the block's: some of its 64 rows sees some key of the tile.
-    const bool active = n0 <= m0 + kRows - 1 && (a.window <= 0 || n0 + kKeys - 1 > m0 - a.window);
+    // wgmma is warpgroup-wide, so the skip test is the warpgroup's: some of its 64 rows sees some key of the tile.
+    const bool active = n0 <= wm0 + 63 && (a.window <= 0 || n0 + kKeys - 1 > wm0 - a.window);
     float alpha[2] = {1.f, 1.f};
     if (active) {
 #pragma unroll
@@ -130,7 +135,7 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_wgmma(const uint16_t* __res
     cp_wait_all();
     fence_async_smem();
     __syncthreads();  // V(n0) landed; every warp is done reading Ks
-    if (n0 + kKeys < n_hi) cp_tile_swizzled<kKeys, DP>(Ks, kg + (int64_t)(n0 + kKeys) * ks, ks, len - n0 - kKeys, a.D);
+    if (n0 + kKeys < n_hi) cp_tile_swizzled<kKeys, DP, kThreads>(Ks, kg + (int64_t)(n0 + kKeys) * ks, ks, len - n0 - kKeys, a.D);
     cp_commit();
     if (active) {
 #pragma unroll
@@ -173,24 +178,25 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_wgmma(const uint16_t* __res
 #endif
 }
 
-template <int DP>
+template <int DP, int WG>
 void launch_fwd_wgmma(const void* q, const void* k, const void* v, void* out, float* lse, const AttentionDims& d,
                       cudaStream_t stream) {
-  const size_t smem = FwdTiles<DP>::kSmem;
-  allow_smem(attn_fwd_wgmma<DP>, smem);
-  const dim3 grid((unsigned)((d.max_len + kRows - 1) / kRows), (unsigned)d.nseq, (unsigned)d.H);
-  attn_fwd_wgmma<DP><<<grid, kThreads, smem, stream>>>(static_cast<const uint16_t*>(q), static_cast<const uint16_t*>(k),
+  using Tiles = FwdTiles<DP, WG>;
+  allow_smem(attn_fwd_wgmma<DP, WG>, Tiles::kSmem);
+  const dim3 grid((unsigned)((d.max_len + Tiles::kRows - 1) / Tiles::kRows), (unsigned)d.nseq, (unsigned)d.H);
+  attn_fwd_wgmma<DP, WG><<<grid, Tiles::kThreads, Tiles::kSmem, stream>>>(static_cast<const uint16_t*>(q), static_cast<const uint16_t*>(k),
                                                        static_cast<const uint16_t*>(v), static_cast<uint16_t*>(out), lse, d);
   NT_CUDA_CHECK(cudaGetLastError());
 }
 }  // namespace
 
 bool attention_forward_wgmma(const void* q, const void* k, const void* v, void* out, float* lse, const AttentionDims& d,
-                             cudaStream_t stream) {
+                             int warpgroups, cudaStream_t stream) {
   int device = 0;
   NT_CUDA_CHECK(cudaGetDevice(&device));
   if (d.D <= 64 || d.D > 128 || !grouped_gemm_sm90_available(device)) return false;
-  launch_fwd_wgmma<128>(q, k, v, out, lse, d, stream);
+  if (warpgroups == 2) launch_fwd_wgmma<128, 2>(q, k, v, out, lse, d, stream);
+  else launch_fwd_wgmma<128, 1>(q, k, v, out, lse, d, stream);
   return true;
 }
 

@@ -7,6 +7,7 @@
 #include "cuda/kernels.h"
 
 namespace nt::cuda {
+// warpgroups: 1 (64 queries per block) or 2 (128 queries per block sharing each K/V tile).
 bool attention_forward_wgmma(const void* q, const void* k, const void* v, void* out, float* lse, const AttentionDims& d,
-                             cudaStream_t stream);
+                             int warpgroups, cudaStream_t stream);
 }  // namespace nt::cuda
