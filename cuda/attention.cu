@@ -271,35 +271,10 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_tc2(const uint16_t* __restr
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
         const int row0 = wrow + mt * 16 + lane / 4;
-        float mx[2] = {-INFINITY, -INFINITY};  // raw scores (scale > 0, so the max commutes with scaling)
-#pragma unroll
-        for (int j = 0; j < NJ; ++j)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            if (edge) {
-              const int kp = n0 + j * 8 + (lane % 4) * 2 + (e & 1), qp = row0 + (e >> 1) * 8;
-              if (kp > qp || kp >= len || (a.window > 0 && kp <= qp - a.window)) s[mt][j][e] = -INFINITY;
-            }
-            mx[e >> 1] = fmaxf(mx[e >> 1], s[mt][j][e]);
-          }
-        float ref[2];
-#pragma unroll
-        for (int i = 0; i < 2; ++i) {
-          mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
-          mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
-          const float mnew = fmaxf(m_run[mt][i], mx[i] * sl2);
-          ref[i] = mnew == -INFINITY ? 0.f : mnew;  // nothing visible yet in this row: keep it 0, not NaN
-          alpha[mt][i] = ex2(m_run[mt][i] - ref[i]);
-          m_run[mt][i] = mnew;
-          l_run[mt][i] *= alpha[mt][i];
-        }
-#pragma unroll
-        for (int j = 0; j < NJ; ++j)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            s[mt][j][e] = ex2(fmaf(s[mt][j][e], sl2, -ref[e >> 1]));
-            l_run[mt][e >> 1] += s[mt][j][e];
-          }
+        online_softmax<NJ>(s[mt], edge, [&](int j, int e) {
+          const int kp = n0 + j * 8 + (lane % 4) * 2 + (e & 1), qp = row0 + (e >> 1) * 8;
+          return kp > qp || kp >= len || (a.window > 0 && kp <= qp - a.window);
+        }, sl2, m_run[mt], l_run[mt], alpha[mt]);
       }
     }
     cp_wait_all();

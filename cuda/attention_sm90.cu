@@ -78,7 +78,8 @@ __global__ void __launch_bounds__(128 * WG) attn_fwd_wgmma(const uint16_t* __res
   const float sl2 = a.scale * kLog2e;
   const int wrow = m0 + warp * 16, row0 = wrow + lane / 4;  // this thread's rows: row0 and row0 + 8
   float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
-  float s[NJ * 4], acc[NO * 4];  // s[4 j + e], acc[4 j + e]: mma.sync's C layout per 8-column n-tile j
+  float s[NJ][4], acc[NO * 4];  // s[j][e], acc[4 j + e]: mma.sync's C layout per 8-column n-tile j
+  float(&s_flat)[NJ * 4] = reinterpret_cast<float(&)[NJ * 4]>(s);  // the same registers as wgmma's fragment
 #pragma unroll
   for (int i = 0; i < NO * 4; ++i) acc[i] = 0.f;
   for (int n0 = n_lo; n0 < n_hi; n0 += kKeys) {
@@ -92,45 +93,20 @@ __global__ void __launch_bounds__(128 * WG) attn_fwd_wgmma(const uint16_t* __res
     float alpha[2] = {1.f, 1.f};
     if (active) {
 #pragma unroll
-      for (int i = 0; i < NJ * 4; ++i) s[i] = 0.f;
+      for (int i = 0; i < NJ * 4; ++i) s_flat[i] = 0.f;
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < DP / 16; ++kk)
-        wgmma_m64n128<0, 0>(s, smem_desc(q_addr + (kk / 4) * (kRows * 128) + (kk % 4) * 32, 16, 1024),
+        wgmma_m64n128<0, 0>(s_flat, smem_desc(q_addr + (kk / 4) * (kRows * 128) + (kk % 4) * 32, 16, 1024),
                             smem_desc(k_addr + (kk / 4) * (kKeys * 128) + (kk % 4) * 32, 16, 1024));
       wgmma_commit();
       wgmma_wait<0>();
-      fence_regs(s);
+      fence_regs(s_flat);
       const bool edge = n0 + kKeys - 1 > wrow || n0 + kKeys > len || (a.window > 0 && n0 <= wrow + 15 - a.window);
-      float mx[2] = {-INFINITY, -INFINITY};  // raw scores (scale > 0, so the max commutes with scaling)
-#pragma unroll
-      for (int j = 0; j < NJ; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          if (edge) {
-            const int kp = n0 + j * 8 + (lane % 4) * 2 + (e & 1), qp = row0 + (e >> 1) * 8;
-            if (kp > qp || kp >= len || (a.window > 0 && kp <= qp - a.window)) s[4 * j + e] = -INFINITY;
-          }
-          mx[e >> 1] = fmaxf(mx[e >> 1], s[4 * j + e]);
-        }
-      float ref[2];
-#pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
-        mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
-        const float mnew = fmaxf(m_run[i], mx[i] * sl2);
-        ref[i] = mnew == -INFINITY ? 0.f : mnew;  // nothing visible yet in this row: keep it 0, not NaN
-        alpha[i] = ex2(m_run[i] - ref[i]);
-        m_run[i] = mnew;
-        l_run[i] *= alpha[i];
-      }
-#pragma unroll
-      for (int j = 0; j < NJ; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          s[4 * j + e] = ex2(fmaf(s[4 * j + e], sl2, -ref[e >> 1]));
-          l_run[e >> 1] += s[4 * j + e];
-        }
+      online_softmax<NJ>(s, edge, [&](int j, int e) {
+        const int kp = n0 + j * 8 + (lane % 4) * 2 + (e & 1), qp = row0 + (e >> 1) * 8;
+        return kp > qp || kp >= len || (a.window > 0 && kp <= qp - a.window);
+      }, sl2, m_run, l_run, alpha);
     }
     cp_wait_all();
     fence_async_smem();
@@ -143,11 +119,7 @@ __global__ void __launch_bounds__(128 * WG) attn_fwd_wgmma(const uint16_t* __res
         acc[4 * j] *= alpha[0], acc[4 * j + 1] *= alpha[0], acc[4 * j + 2] *= alpha[1], acc[4 * j + 3] *= alpha[1];
       uint32_t pa[kKeys / 16][4];  // P as the A fragments of 16 keys each (the C layout of S is the A layout of P)
 #pragma unroll
-      for (int kk = 0; kk < kKeys / 16; ++kk) {
-        const float* c = s + 8 * kk;
-        pa[kk][0] = pack_bf16(c[0], c[1]), pa[kk][1] = pack_bf16(c[2], c[3]);
-        pa[kk][2] = pack_bf16(c[4], c[5]), pa[kk][3] = pack_bf16(c[6], c[7]);
-      }
+      for (int kk = 0; kk < kKeys / 16; ++kk) acc_to_a(pa[kk], s[2 * kk], s[2 * kk + 1]);
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < kKeys / 16; ++kk) {

@@ -77,6 +77,41 @@ __device__ __forceinline__ void qk_tile(float (&s)[NJ][4], const uint16_t* Qs, c
   }
 }
 
+// FlashAttention's online-softmax step for one warp's 16 rows (lane / 4 and lane / 4 + 8) over a score tile of 8 NJ
+// keys in mma's C layout: where `mask`, the entries with masked(j, e) become -inf; the running max and sum (log2
+// domain, the scale folded into sl2) advance; alpha gets the factor the output accumulated so far must be scaled by;
+// s becomes the tile's unnormalized probabilities. A row with nothing visible yet keeps reference 0, not NaN.
+template <int NJ, class Masked>
+__device__ __forceinline__ void online_softmax(float (&s)[NJ][4], bool mask, Masked&& masked, float sl2,
+                                               float (&m_run)[2], float (&l_run)[2], float (&alpha)[2]) {
+  float mx[2] = {-INFINITY, -INFINITY};  // raw scores (scale > 0, so the max commutes with scaling)
+#pragma unroll
+  for (int j = 0; j < NJ; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      if (mask && masked(j, e)) s[j][e] = -INFINITY;
+      mx[e >> 1] = fmaxf(mx[e >> 1], s[j][e]);
+    }
+  float ref[2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+    mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+    const float mnew = fmaxf(m_run[i], mx[i] * sl2);
+    ref[i] = mnew == -INFINITY ? 0.f : mnew;
+    alpha[i] = ex2(m_run[i] - ref[i]);
+    m_run[i] = mnew;
+    l_run[i] *= alpha[i];
+  }
+#pragma unroll
+  for (int j = 0; j < NJ; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      s[j][e] = ex2(fmaf(s[j][e], sl2, -ref[e >> 1]));
+      l_run[e >> 1] += s[j][e];
+    }
+}
+
 // acc += P V for one warp: P a 16 x 8 NJ block in the accumulators of qk_tile (the C layout of S is the A layout
 // of P), V rows 0.. of the shared tile Vs (leading dimension LD), acc in NT accumulator blocks of 8 columns. Also
 // the backward's products dQ += dS K, dV += P^T dO, dK += dS^T Q (the shared tile is then K, dO or Q).
