@@ -16,11 +16,11 @@
 #include <cuda_bf16.h>
 
 #include "cuda/attention_sm90.h"
-#include "cuda/blas.h"
 #include "cuda/check.h"
 #include "cuda/common.cuh"
 #include "cuda/hopper.cuh"
 #include "cuda/mma_sm80.cuh"
+#include "cuda/runtime.h"
 
 namespace nt::cuda {
 namespace {
@@ -166,7 +166,7 @@ bool attention_forward_wgmma(const void* q, const void* k, const void* v, void* 
                              int warpgroups, cudaStream_t stream) {
   int device = 0;
   NT_CUDA_CHECK(cudaGetDevice(&device));
-  if (d.D <= 64 || d.D > 128 || !grouped_gemm_sm90_available(device)) return false;
+  if (d.D <= 64 || d.D > 128 || !sm90a_available(device)) return false;
   if (warpgroups == 2) launch_fwd_wgmma<128, 2>(q, k, v, out, lse, d, stream);
   else launch_fwd_wgmma<128, 1>(q, k, v, out, lse, d, stream);
   return true;

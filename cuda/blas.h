@@ -46,8 +46,7 @@ GroupedBackend grouped_gemm_backend();
 // The Hopper grouped GEMMs (cuda/grouped_gemm.cu), bf16 with f32 accumulation, offsets [G + 1] i32 on the device:
 //   rows:  C[o_g : o_g+1] = A[o_g : o_g+1] @ W[g] (W [G, K, N]) or @ W[g]^T (trans_w, W [G, N, K]); A [M, K], C [M, N]
 //   wgrad: C[g] = A[o_g : o_g+1]^T @ B[o_g : o_g+1], A [M, Kx], B [M, N], C [G, Kx, N] (zero for empty groups).
-// available: the device is sm_90 and this build has sm_90a code; fits: the sizes suit it (N, K multiples of 8).
-bool grouped_gemm_sm90_available(int device);
+// fits: the sizes suit it (N, K multiples of 8); cuda::sm90a_available (cuda/runtime.h) says whether the device runs it.
 bool grouped_gemm_sm90_fits(int64_t G, int64_t M, int64_t N, int64_t K);
 void grouped_gemm_rows_bf16(const void* A, const void* W, bool trans_w, void* C, const int32_t* offsets, int64_t G,
                             int64_t M, int64_t N, int64_t K, int device, cudaStream_t stream);

@@ -26,6 +26,7 @@
 #include "cuda/blas.h"
 #include "cuda/check.h"
 #include "cuda/hopper.cuh"
+#include "cuda/runtime.h"
 
 namespace nt::cuda {
 namespace {
@@ -232,15 +233,6 @@ __global__ void __launch_bounds__(kThreads, 1)
 #endif
 }
 
-// Does this build carry sm_90a code for the kernel (asked once per process by a one-thread probe)?
-__global__ void probe_sm90a(int* out) {
-#ifdef NT_SM90A
-  *out = 1;
-#else
-  *out = 0;
-#endif
-}
-
 PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
   static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
     void* f = nullptr;
@@ -292,30 +284,6 @@ int pick_bn(int64_t N) {
   return (N + 255) / 256 * 256 <= (N + 127) / 128 * 128 ? 256 : 128;
 }
 }  // namespace
-
-bool grouped_gemm_sm90_available(int device) {
-  static int known[64] = {};  // 0 unknown, 1 yes, 2 no
-  if (!known[device]) {
-    int major = 0, minor = 0;
-    NT_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-    NT_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
-    int ok = 0;
-    if (major == 9 && minor == 0) {
-      int prev = 0;
-      NT_CUDA_CHECK(cudaGetDevice(&prev));
-      NT_CUDA_CHECK(cudaSetDevice(device));
-      int* flag = nullptr;
-      NT_CUDA_CHECK(cudaMalloc(&flag, sizeof(int)));
-      probe_sm90a<<<1, 1>>>(flag);
-      NT_CUDA_CHECK_LAUNCH();
-      NT_CUDA_CHECK(cudaMemcpy(&ok, flag, sizeof(int), cudaMemcpyDeviceToHost));
-      NT_CUDA_CHECK(cudaFree(flag));
-      NT_CUDA_CHECK(cudaSetDevice(prev));
-    }
-    known[device] = ok ? 1 : 2;
-  }
-  return known[device] == 1;
-}
 
 bool grouped_gemm_sm90_fits(int64_t G, int64_t M, int64_t N, int64_t K) {
   return G >= 1 && G <= kMaxGroups && M < INT32_MAX && N < INT32_MAX && K < INT32_MAX && N % 8 == 0 && K % 8 == 0;

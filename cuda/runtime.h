@@ -11,4 +11,6 @@ cudaStream_t current_stream(int device);
 void set_current_stream(int device, cudaStream_t stream);
 void synchronize(int device);
 int multiprocessor_count(int device);
+// The device is compute 9.0 and this build carries sm_90a code (wgmma, TMA) for it (cuda/hopper.cu).
+bool sm90a_available(int device);
 }  // namespace nt::cuda

@@ -195,7 +195,7 @@ int main(int argc, char** argv) {
         };
       };
       using B = cuda::GroupedBackend;
-      const bool sm90 = cuda::grouped_gemm_sm90_available(0);
+      const bool sm90 = cuda::sm90a_available(0);
       const std::vector<Row> rows = {
           {sm90 ? "x @ w1 (grouped, our Hopper kernel)" : "x @ w1 (grouped, no sm_90: cuBLASLt)",
            with(B::kernel, [&] { grouped_matmul(xs, w13, off); }), [&] { matmul(xs, dense13); }},

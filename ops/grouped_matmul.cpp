@@ -8,6 +8,7 @@
 #include "ops/matmul.h"
 #if NT_CUDA
 #include "cuda/blas.h"
+#include "cuda/runtime.h"
 #endif
 
 namespace nt {
@@ -26,7 +27,7 @@ bool use_sm90(const Tensor& t, int64_t G, int64_t rows, int64_t N, int64_t K) {
   const bool wanted = b == cuda::GroupedBackend::kernel || (b == cuda::GroupedBackend::automatic && rows < 1024 * G);
   // No rows: the cuBLAS path writes the zeros without touching the (empty) inputs.
   return t.dtype() == DType::bf16 && wanted && rows > 0 && cuda::grouped_gemm_sm90_fits(G, rows, N, K) &&
-         cuda::grouped_gemm_sm90_available(t.device().index);
+         cuda::sm90a_available(t.device().index);
 }
 Tensor device_offsets(const std::vector<int64_t>& offsets, Device device) {
   return from_vector(std::vector<double>(offsets.begin(), offsets.end()), {(int64_t)offsets.size()}, DType::i32, device);

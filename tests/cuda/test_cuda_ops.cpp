@@ -11,6 +11,7 @@
 #include "cuda/blas.h"
 #include "cuda/check.h"
 #include "cuda/kernels.h"
+#include "cuda/runtime.h"
 #endif
 
 using namespace nt;
@@ -180,7 +181,7 @@ CUDA_TEST("grouped_matmul bf16 on the Hopper kernel: group ends inside tiles, em
   int major = 0, minor = 0;
   NT_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0));
   NT_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, 0));
-  if (major == 9 && minor == 0) CHECK(cuda::grouped_gemm_sm90_available(0));
+  if (major == 9 && minor == 0) CHECK(cuda::sm90a_available(0));
   std::vector<int64_t> off{0};
   for (int e = 0; e < 70; ++e) off.push_back(off.back() + (e % 5 == 0 ? 0 : e == 7 ? 300 : (e * 37) % 131));
   const int64_t M = off.back();
