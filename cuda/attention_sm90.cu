@@ -16,10 +16,9 @@
 #include <cuda_bf16.h>
 
 #include "cuda/attention_sm90.h"
+#include "cuda/attention_sm90.cuh"
 #include "cuda/check.h"
 #include "cuda/common.cuh"
-#include "cuda/hopper.cuh"
-#include "cuda/mma_sm80.cuh"
 #include "cuda/runtime.h"
 
 namespace nt::cuda {
@@ -27,7 +26,7 @@ namespace {
 using namespace sm80;
 using namespace sm90;
 
-constexpr int kKeys = 128;
+constexpr int kKeys = kAttnKeys;
 
 // WG warpgroups per block, 64 queries each, sharing the K and V tiles (WG = 2 halves their traffic per FLOP).
 template <int DP, int WG> struct FwdTiles {  // DP / 64 column halves of [rows][64] bf16 (128-byte rows) per tile
@@ -35,21 +34,6 @@ template <int DP, int WG> struct FwdTiles {  // DP / 64 column halves of [rows][
   static constexpr int kQ = DP / 64 * kRows * 128, kK = DP / 64 * kKeys * 128;
   static constexpr size_t kSmem = 1024 + kQ + 2 * kK;  // + alignment slack
 };
-
-// Rows [0, R) of a [rows][D] bf16 tile into shared memory as DP / 64 column halves of [R][64], each 16-byte chunk c
-// of row r at chunk c ^ (r % 8) (the 128-byte swizzle); rows >= rows_valid and columns >= D are zeros.
-template <int R, int DP, int NTH>
-__device__ __forceinline__ void cp_tile_swizzled(unsigned char* s, const uint16_t* g, int64_t row_stride, int rows_valid,
-                                                 int D) {
-  constexpr int CH = DP / 8;
-  static_assert(R * CH % NTH == 0, "whole copies per thread");
-#pragma unroll
-  for (int it = 0; it < R * CH / NTH; ++it) {
-    const int i = threadIdx.x + it * NTH, r = i / CH, c = i % CH;
-    const bool ok = r < rows_valid && c * 8 < D;
-    cp16(s + (c / 8) * (R * 128) + r * 128 + (((c % 8) ^ (r % 8)) << 4), ok ? g + (int64_t)r * row_stride + c * 8 : g, ok);
-  }
-}
 
 template <int DP, int WG>  // DP 128 (the P V product is one m64n128 wgmma per 16 keys)
 __global__ void __launch_bounds__(128 * WG) attn_fwd_wgmma(const uint16_t* __restrict__ q, const uint16_t* __restrict__ k,
@@ -71,37 +55,31 @@ __global__ void __launch_bounds__(128 * WG) attn_fwd_wgmma(const uint16_t* __res
   const uint16_t *kg = k + (int64_t)start * ks + hk * a.D, *vg = v + (int64_t)start * ks + hk * a.D;
   const int first = a.window > 0 ? max(0, m0 - a.window + 1) : 0;
   const int n_lo = first / kKeys * kKeys, n_hi = min(len, m0 + kRows);
-  cp_tile_swizzled<kRows, DP, kThreads>(Qs, q + ((int64_t)start + m0) * qs + h * a.D, qs, len - m0, a.D);
-  cp_tile_swizzled<kKeys, DP, kThreads>(Ks, kg + (int64_t)n_lo * ks, ks, len - n_lo, a.D);
+  // Rows r0.. of a [rows][D] matrix with row stride `stride` into a tile: rows past the sequence are zeros.
+  auto rows_from = [&](const uint16_t* g, int64_t stride, int r0) {
+    return [=](int r) { return r0 + r < len ? g + (int64_t)(r0 + r) * stride : nullptr; };
+  };
+  cp_rows_swizzled<kRows, DP, kThreads>(Qs, rows_from(q + (int64_t)start * qs + h * a.D, qs, m0), a.D, q);
+  cp_rows_swizzled<kKeys, DP, kThreads>(Ks, rows_from(kg, ks, n_lo), a.D, k);
   cp_commit();
   const uint32_t q_addr = smem_addr(Qs) + wg * 64 * 128, k_addr = smem_addr(Ks), v_addr = smem_addr(Vs);
   const float sl2 = a.scale * kLog2e;
   const int wrow = m0 + warp * 16, row0 = wrow + lane / 4;  // this thread's rows: row0 and row0 + 8
   float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
   float s[NJ][4], acc[NO * 4];  // s[j][e], acc[4 j + e]: mma.sync's C layout per 8-column n-tile j
-  float(&s_flat)[NJ * 4] = reinterpret_cast<float(&)[NJ * 4]>(s);  // the same registers as wgmma's fragment
 #pragma unroll
   for (int i = 0; i < NO * 4; ++i) acc[i] = 0.f;
   for (int n0 = n_lo; n0 < n_hi; n0 += kKeys) {
     cp_wait_all();
     fence_async_smem();
     __syncthreads();  // K(n0) (and Q) landed, visible to wgmma; every warp is done with P V on the previous V
-    cp_tile_swizzled<kKeys, DP, kThreads>(Vs, vg + (int64_t)n0 * ks, ks, len - n0, a.D);
+    cp_rows_swizzled<kKeys, DP, kThreads>(Vs, rows_from(vg, ks, n0), a.D, v);
     cp_commit();
     // wgmma is warpgroup-wide, so the skip test is the warpgroup's: some of its 64 rows sees some key of the tile.
     const bool active = n0 <= wm0 + 63 && (a.window <= 0 || n0 + kKeys - 1 > wm0 - a.window);
     float alpha[2] = {1.f, 1.f};
     if (active) {
-#pragma unroll
-      for (int i = 0; i < NJ * 4; ++i) s_flat[i] = 0.f;
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < DP / 16; ++kk)
-        wgmma_m64n128<0, 0>(s_flat, smem_desc(q_addr + (kk / 4) * (kRows * 128) + (kk % 4) * 32, 16, 1024),
-                            smem_desc(k_addr + (kk / 4) * (kKeys * 128) + (kk % 4) * 32, 16, 1024));
-      wgmma_commit();
-      wgmma_wait<0>();
-      fence_regs(s_flat);
+      attn_qk_wgmma<kRows>(s, q_addr, k_addr);
       const bool edge = n0 + kKeys - 1 > wrow || n0 + kKeys > len || (a.window > 0 && n0 <= wrow + 15 - a.window);
       online_softmax<NJ>(s, edge, [&](int j, int e) {
         const int kp = n0 + j * 8 + (lane % 4) * 2 + (e & 1), qp = row0 + (e >> 1) * 8;
@@ -111,26 +89,9 @@ __global__ void __launch_bounds__(128 * WG) attn_fwd_wgmma(const uint16_t* __res
     cp_wait_all();
     fence_async_smem();
     __syncthreads();  // V(n0) landed; every warp is done reading Ks
-    if (n0 + kKeys < n_hi) cp_tile_swizzled<kKeys, DP, kThreads>(Ks, kg + (int64_t)(n0 + kKeys) * ks, ks, len - n0 - kKeys, a.D);
+    if (n0 + kKeys < n_hi) cp_rows_swizzled<kKeys, DP, kThreads>(Ks, rows_from(kg, ks, n0 + kKeys), a.D, k);
     cp_commit();
-    if (active) {
-#pragma unroll
-      for (int j = 0; j < NO; ++j)
-        acc[4 * j] *= alpha[0], acc[4 * j + 1] *= alpha[0], acc[4 * j + 2] *= alpha[1], acc[4 * j + 3] *= alpha[1];
-      uint32_t pa[kKeys / 16][4];  // P as the A fragments of 16 keys each (the C layout of S is the A layout of P)
-#pragma unroll
-      for (int kk = 0; kk < kKeys / 16; ++kk) acc_to_a(pa[kk], s[2 * kk], s[2 * kk + 1]);
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < kKeys / 16; ++kk) {
-        // V [keys][head dims] is MN-major for this product: 16 keys are 2048 bytes on; the column halves kK / 2 apart.
-        const uint64_t dv = smem_desc(v_addr + kk * 2048, kKeys * 128, 1024);
-        wgmma_m64n128_rs<1>(acc, pa[kk], dv);
-      }
-      wgmma_commit();
-      wgmma_wait<0>();
-      fence_regs(acc);
-    }
+    if (active) attn_pv_wgmma(acc, s, alpha, v_addr);
   }
 #pragma unroll
   for (int i = 0; i < 2; ++i) {

@@ -100,6 +100,16 @@ void nsa_selected_forward_tc(const void* q, const void* k_slc, const void* v_slc
 // [N, HQ, D] and [N, HQ], as nsa_selected_forward_tc wrote them) and block_indices. dk/dv sum over thread blocks
 // with f32 atomics (not bitwise reproducible). Supported for D % 8 == 0, D <= 128,
 // G <= 16, l' a multiple of 16 up to 128.
+// Version 3 of that forward (cuda/nsa_selected_sm90.cu, wgmma): false without launching where it does not apply
+// (not sm_90a, l' != 64, D > 128, G outside 2..16).
+bool nsa_selected_forward_wgmma(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
+                                float* o_slc, float* lse_slc, const NsaDims& d, int max_len, cudaStream_t stream);
+// The selected forward's kernel: 0 automatic (3 where it applies, else 2), 1 one warp per position, 2 eight
+// positions per block sharing their blocks' loads (mma.sync), 3 wgmma (falls back to 2 where it does not apply);
+// also NT_NSA_SLC_KERNEL=N. The backward's dq kernel follows: one warp per position for 1, shared loads otherwise.
+// All compute the same function.
+void set_nsa_selected_kernel(int version);
+int nsa_selected_kernel();
 bool nsa_selected_backward_tc_supported(const NsaDims& d);
 void nsa_selected_backward_tc(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
                               const float* o_slc, const float* lse_slc, const void* dout, void* dq, void* dk_slc,

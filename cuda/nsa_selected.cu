@@ -5,8 +5,8 @@
 // output and log-sum-exp (f32), e.g. into the fused op's branch_o[1] / lse[1], where the CUDA-core kernel then mixes
 // the gates and its backward reads them as if it had computed them.
 // Traffic: version 1 reads each chosen key block once per (position, key/value head) for all G heads (L2 mostly);
-// version 2 (the default, nsa_slc_fwd_tc2) shares each load among 8 consecutive positions, which mostly choose the
-// same blocks.
+// version 2 (nsa_slc_fwd_tc2) shares each load among 8 consecutive positions, which mostly choose the same blocks.
+// Version 3 (cuda/nsa_selected_sm90.cu, wgmma) is the default on sm_90a where it applies, version 2 elsewhere.
 //
 // Backward (the branch alone, gate 1: nsa_selected_branch), also on tensor cores, in three steps:
 // 1. nsa_slc_bwd_dq_tc, query-centric like the forward (one warp per (t, h), the G heads as rows): delta =
@@ -25,6 +25,7 @@
 #include <cub/device/device_radix_sort.cuh>
 #include <cub/device/device_scan.cuh>
 #include <cstdlib>
+#include <stdexcept>
 #include <string>
 
 #include "cuda/common.cuh"
@@ -168,19 +169,19 @@ __global__ void __launch_bounds__(kWarpsSlc * 32) nsa_slc_fwd_tc(const uint16_t*
   slc_write<DP>(l_run, m_run, acc, row, h, o_slc, lse_slc, a, lane);
 }
 
-// Version 2 (default): kPosShared consecutive positions per thread block, one warp each, share the loads of the key
-// blocks they chose. The block walks the union of their (ascending) block lists in 32-key chunks through a
-// two-stage cp.async pipeline; a warp computes only on the chunks of blocks its position chose. Neighbouring
-// positions mostly choose the same blocks, so each key block is read from L2 about once per kPosShared positions
-// instead of once per position (version 1: NT_NSA_SLC_V1=1). The backward's dq kernel walks the same way.
+// Version 2: kPosShared consecutive positions per thread block, one warp each, share the loads of the key blocks
+// they chose. The block walks the union of their (ascending) block lists in 32-key chunks through a cp.async
+// pipeline; a warp computes only on the chunks of blocks its position chose. Neighbouring positions mostly choose
+// the same blocks, so each key block is read from L2 about once per kPosShared positions instead of once per
+// position (version 1). The backward's dq kernel walks the same way. Version 3 (cuda/nsa_selected_sm90.cu) is
+// the default where it applies.
 constexpr int kPosShared = 8;
-bool slc_v1() {
-  static const bool v1 = [] {
-    const char* e = std::getenv("NT_NSA_SLC_V1");
-    return e && std::string(e) == "1";
-  }();
-  return v1;
-}
+int g_slc_kernel = [] {  // 0: automatic (3 where it applies, else 2)
+  const char* e = std::getenv("NT_NSA_SLC_KERNEL");
+  const std::string v = e ? e : "";
+  return v.size() == 1 && v[0] >= '1' && v[0] <= '3' ? v[0] - '0' : 0;
+}();
+bool slc_v1() { return g_slc_kernel == 1; }
 
 // The union's tables in shared memory (ints after the bf16 tiles): per union entry its block and the mask of the
 // warps whose position chose it; per chunk its first key and union entry; the chunk count.
@@ -406,7 +407,7 @@ __device__ __forceinline__ void slc_dq_write(const float (&acc)[DP / 8][4], uint
   }
 }
 
-// Version 1 (NT_NSA_SLC_V1=1): one warp per (t, h), its own loads.
+// Version 1 (set_nsa_selected_kernel(1)): one warp per (t, h), its own loads.
 template <int DP>
 __global__ void __launch_bounds__(kWarpsSlc * 32) nsa_slc_bwd_dq_tc(
     const uint16_t* __restrict__ q, const uint16_t* __restrict__ ks, const uint16_t* __restrict__ vs,
@@ -636,6 +637,9 @@ bool nsa_selected_tc_supported(const NsaDims& a) {
 void nsa_selected_forward_tc(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
                              float* o_slc, float* lse_slc, const NsaDims& a, int max_len, cudaStream_t stream) {
   if (a.N == 0 || max_len == 0) return;
+  if ((g_slc_kernel == 0 || g_slc_kernel == 3) &&
+      nsa_selected_forward_wgmma(q, k_slc, v_slc, block_indices, o_slc, lse_slc, a, max_len, stream))
+    return;
   const bool v1 = slc_v1();
   const int per_block = v1 ? kWarpsSlc : kPosShared;
   const dim3 grid((unsigned)((max_len + per_block - 1) / per_block), (unsigned)a.nseq, (unsigned)a.H);
@@ -659,6 +663,13 @@ void nsa_selected_forward_tc(const void* q, const void* k_slc, const void* v_slc
     else run(nsa_slc_fwd_tc2<256, 2>, slc2_smem<256, 2>(a));
   }
 }
+
+void set_nsa_selected_kernel(int version) {
+  if (version < 0 || version > 3)
+    throw std::invalid_argument("set_nsa_selected_kernel: version must be 0..3, got " + std::to_string(version));
+  g_slc_kernel = version;
+}
+int nsa_selected_kernel() { return g_slc_kernel; }
 
 bool nsa_selected_backward_tc_supported(const NsaDims& a) {
   return a.D % 8 == 0 && a.D <= 128 && a.G <= 16 && a.lp % 16 == 0 && a.lp <= 128 &&

@@ -1,5 +1,8 @@
 // Every op on the GPU against the CPU reference, forward and gradient, f32 / bf16 / f64, at sizes that are not
 // multiples of any block or vector width.
+#include <algorithm>
+#include <random>
+
 #include "cuda_util.h"
 #include "nn/transformer.h"
 #include "ops/moe.h"
@@ -499,6 +502,70 @@ CUDA_TEST("nsa_attention: CUDA-core kernels against the CPU reference") {
       const Tensor got = nsa_attention(in[0], in[1], in[2], in[3], in[4], in[5], in[6], gates.to(dt).to(cuda_device(0)), opt).block_indices;
       expect_close(got.to(kCPU).to(DType::f64), ref.to(DType::f64), 0, 0);
     }
+}
+
+// Blocks for nsa_selected_attention: position t takes its own block t / l' and up to n - 1 earlier ones, drawn
+// from a generator shared by runs of 4 positions (neighbours mostly choose alike, as trained models do), except
+// every 7th position (its own draw: the union of a thread block's positions has blocks only some of them chose);
+// every 5th position takes one block fewer (a -1 after its list).
+static Tensor random_block_indices(const std::vector<int32_t>& cu, int64_t H, int64_t n, int64_t lp) {
+  const int64_t T = cu.back();
+  std::vector<double> idx(T * H * n, -1.0);
+  for (size_t b = 0; b + 1 < cu.size(); ++b)
+    for (int64_t t = 0; t < cu[b + 1] - cu[b]; ++t)
+      for (int64_t h = 0; h < H; ++h) {
+        const int64_t cur = t / lp, want = std::min(n, cur + 1) - (t % 5 == 4 && cur > 0 ? 1 : 0);
+        std::mt19937 rng(t % 7 == 3 ? (uint32_t)(1000003 * t + h) : (uint32_t)(7919 * (t / 4) + 31 * h + 17 * (int64_t)b));
+        std::vector<int64_t> set{cur};
+        while ((int64_t)set.size() < want) {
+          const int64_t x = (int64_t)(rng() % (uint32_t)cur);
+          if (std::find(set.begin(), set.end(), x) == set.end()) set.push_back(x);
+        }
+        std::sort(set.begin(), set.end());
+        for (size_t i = 0; i < set.size(); ++i) idx[((cu[b] + t) * H + h) * n + i] = (double)set[i];
+      }
+  return from_vector(idx, {T, H, n}, DType::i32, kCPU);
+}
+
+CUDA_TEST("nsa_selected_attention on tensor cores (bf16): forward kernels 1-3 against the CPU reference") {
+  struct C {
+    int64_t HQ, H, D, n, lp;
+    std::vector<int32_t> cu;
+  };
+  // Version 3 (wgmma, sm_90a) takes l' = 64, D <= 128, 2 <= G <= 16: group sizes 16, 4, 3 (padded to 4), 2 (32
+  // positions per block), 12 (padded to 16), 8; head dims padded to 128 (72, 96, 64, 40); lengths that are not
+  // multiples of the positions per block or of l'; varlen with an empty sequence. The last two fall back to
+  // version 2 under 3 (G = 1; l' = 32).
+  const std::vector<C> cases = {{16, 1, 128, 5, 64, {0, 300}},
+                                {8, 2, 72, 4, 64, {0, 100, 100, 229, 420}},
+                                {6, 2, 96, 6, 64, {0, 333}},
+                                {4, 2, 128, 3, 64, {0, 200}},
+                                {12, 1, 64, 4, 64, {0, 190}},
+                                {8, 1, 40, 16, 64, {0, 70, 150}},
+                                {4, 4, 64, 4, 64, {0, 130}},
+                                {8, 2, 128, 5, 32, {0, 150}}};
+#if NT_CUDA
+  const int default_version = cuda::nsa_selected_kernel();
+#endif
+  for (int version : {1, 2, 3})
+    for (const C& c : cases) {
+#if NT_CUDA
+      cuda::set_nsa_selected_kernel(version);
+#endif
+      const int64_t T = c.cu.back();
+      INFO("forward kernel " << version << " HQ " << c.HQ << " H " << c.H << " D " << c.D << " n " << c.n << " l' " << c.lp
+                             << " T " << T);
+      NsaOptions opt;
+      opt.select_block = c.lp, opt.n_select = c.n, opt.cu_seqlens = c.cu;
+      const Tensor idx = random_block_indices(c.cu, c.H, c.n, c.lp);
+      check_cuda("nsa_selected_attention",
+                 [&](const std::vector<Tensor>& v) { return nsa_selected_attention(v[0], v[1], v[2], v[3], opt).o; },
+                 {rnd_grad({T, c.HQ, c.D}, 120), rnd_grad({T, c.H, c.D}, 121), rnd_grad({T, c.H, c.D}, 122), idx},
+                 DType::bf16, Tol{2e-2, 5e-2});
+    }
+#if NT_CUDA
+  cuda::set_nsa_selected_kernel(default_version);
+#endif
 }
 
 CUDA_TEST("nsa_regroup_queries, nsa_ungroup_queries, nsa_mix_branches against the CPU reference") {

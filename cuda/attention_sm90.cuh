@@ -1,0 +1,65 @@
+// Device pieces of the wgmma attention kernels (cuda/attention_sm90.cu, cuda/nsa_selected_sm90.cu): one warpgroup
+// multiplies 64 query rows by 128-key tiles, head dims zero-padded to 128, operands in shared memory in the 128-byte
+// swizzle (cuda/hopper.cuh): a tile of R rows is two column halves of [R][64] bf16 (128-byte rows), 16-byte chunk c of
+// row r at chunk c ^ (r % 8), each half 1024-byte aligned. S and O stay in registers in mma.sync's C layout per warp
+// (16 rows each), so the online softmax of cuda/mma_sm80.cuh runs on them unchanged.
+#pragma once
+#include "cuda/hopper.cuh"
+#include "cuda/mma_sm80.cuh"
+
+namespace nt::cuda::sm90 {
+using namespace sm80;
+constexpr int kAttnKeys = 128;  // keys per tile
+constexpr int kAttnDim = 128;   // padded head dim
+
+// Rows [0, R) of a bf16 tile into shared memory (the layout above, DP / 64 halves) by cp.async from NTH threads:
+// row r from src(r) (nullptr: zeros), columns >= D zeros. `any` is a valid global address for the zero copies.
+template <int R, int DP, int NTH, class Src>
+__device__ __forceinline__ void cp_rows_swizzled(unsigned char* s, Src&& src, int D, const uint16_t* any) {
+  constexpr int CH = DP / 8;
+  static_assert(R * CH % NTH == 0, "whole copies per thread");
+#pragma unroll
+  for (int it = 0; it < R * CH / NTH; ++it) {
+    const int i = threadIdx.x % NTH + it * NTH, r = i / CH, c = i % CH;
+    const uint16_t* g = src(r);
+    const bool ok = g != nullptr && c * 8 < D;
+    cp16(s + (c / 8) * (R * 128) + r * 128 + (((c % 8) ^ (r % 8)) << 4), ok ? g + c * 8 : any, ok);
+  }
+}
+
+// s = Q K^T for the warpgroup's 64 rows: Q's tile (QR rows per column half) at q_addr, K's 128-key tile at k_addr,
+// both K-major. Returns with the result in registers.
+template <int QR>
+__device__ __forceinline__ void attn_qk_wgmma(float (&s)[kAttnKeys / 8][4], uint32_t q_addr, uint32_t k_addr) {
+  float(&flat)[kAttnKeys / 2] = reinterpret_cast<float(&)[kAttnKeys / 2]>(s);  // wgmma's fragment, the same registers
+#pragma unroll
+  for (int i = 0; i < kAttnKeys / 2; ++i) flat[i] = 0.f;
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < kAttnDim / 16; ++kk)
+    wgmma_m64n128<0, 0>(flat, smem_desc(q_addr + (kk / 4) * (QR * 128) + (kk % 4) * 32, 16, 1024),
+                        smem_desc(k_addr + (kk / 4) * (kAttnKeys * 128) + (kk % 4) * 32, 16, 1024));
+  wgmma_commit();
+  wgmma_wait<0>();
+  fence_regs(flat);
+}
+
+// acc = alpha acc + P V: P the probabilities in s (after online_softmax), V's 128-key tile at v_addr, read MN-major
+// (the transpose flag). Returns with the result in registers.
+__device__ __forceinline__ void attn_pv_wgmma(float (&acc)[kAttnDim / 2], const float (&s)[kAttnKeys / 8][4],
+                                              const float (&alpha)[2], uint32_t v_addr) {
+#pragma unroll
+  for (int j = 0; j < kAttnDim / 8; ++j)
+    acc[4 * j] *= alpha[0], acc[4 * j + 1] *= alpha[0], acc[4 * j + 2] *= alpha[1], acc[4 * j + 3] *= alpha[1];
+  uint32_t pa[kAttnKeys / 16][4];  // P as the A fragments of 16 keys each (the C layout of S is the A layout of P)
+#pragma unroll
+  for (int kk = 0; kk < kAttnKeys / 16; ++kk) acc_to_a(pa[kk], s[2 * kk], s[2 * kk + 1]);
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < kAttnKeys / 16; ++kk)  // 16 keys are 2048 bytes on; the column halves kAttnKeys x 128 apart
+    wgmma_m64n128_rs<1>(acc, pa[kk], smem_desc(v_addr + kk * 2048, kAttnKeys * 128, 1024));
+  wgmma_commit();
+  wgmma_wait<0>();
+  fence_regs(acc);
+}
+}  // namespace nt::cuda::sm90

@@ -1,0 +1,227 @@
+// NSA's selected branch, forward, on Hopper's warpgroup MMA: nsa_selected_forward_tc's version 3, the default on
+// sm_90a where it applies (l' = 64, head dims up to 128 (zero-padded to 128), 2 <= G <= 16). Same function and
+// outputs as the mma.sync kernels of cuda/nsa_selected.cu: o_slc [N, HQ, D] and lse_slc [N, HQ], f32.
+//
+// A block is one warpgroup (128 threads) owning 64 query rows: P = 64 / GP consecutive positions x the GP heads of
+// key/value head h's group (GP: G rounded up to a power of two; rows g >= G are zeros and never written). It walks
+// the union of the blocks its positions chose, two 64-key blocks per 128-key tile, as attn_fwd_wgmma walks a row
+// of tiles (cuda/attention_sm90.cuh): S = Q K^T by wgmma from shared memory, a mask per row (its position chose the
+// block, key <= position), the online softmax in registers, O += P V with P from registers; tiles arrive by
+// cp.async in the 128-byte swizzle (V of tile i during S of tile i, K of tile i + 1 during P V of tile i).
+// Why: the mma.sync kernel (one position's 16 heads per warp) ran at ~60 TFLOP/s at 64k, latency-bound (Nsight
+// Compute: no eligible warp in 70% of cycles), and four cp.async stages instead of two did not change it (H200,
+// 2026-12-06); here each warp's 16 rows get 128 keys per wgmma and no operand passes through ldmatrix.
+// Traffic: q and o once; each union block's keys and values once per P positions (mostly from L2).
+#include <climits>
+
+#include "cuda/attention_sm90.cuh"
+#include "cuda/check.h"
+#include "cuda/common.cuh"
+#include "cuda/kernels.h"
+#include "cuda/runtime.h"
+
+namespace nt::cuda {
+namespace {
+using namespace sm80;
+using namespace sm90;
+
+constexpr int kSlcBlock = 64;  // l' this kernel takes: two blocks per 128-key tile
+
+// The union of np <= P ascending block lists (n entries each, -1 after the chosen blocks; list p at lists + p
+// stride): ublk[e] ascending, umask[e] the bits of the lists that hold it. Returns its size. Every thread takes
+// part; vals (P n ints) and pre (P (n + 1)) are scratch in shared memory. An entry is the union's copy of its block
+// if no earlier list holds the block; its place in the union is the number of such entries below it, summed over
+// the lists (a prefix count per list and a binary search in each).
+template <int P, int NTH>
+__device__ int slc_union_merge(const int32_t* lists, int64_t stride, int np, int n, int* vals, int* pre, int* ublk,
+                               unsigned* umask) {
+  const int E = P * n;
+  for (int k = threadIdx.x; k < E; k += NTH) {
+    const int p = k / n, x = p < np ? lists[p * stride + k % n] : -1;
+    vals[k] = x < 0 ? INT_MAX : x;  // ascending with the empty entries last
+  }
+  __syncthreads();
+  auto lower_bound = [&](int p, int x) {  // entries of list p below x
+    int lo = 0, hi = n;
+    while (lo < hi) {
+      const int mid = (lo + hi) / 2;
+      if (vals[p * n + mid] < x) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  };
+  for (int k = threadIdx.x; k < E; k += NTH) {
+    const int p = k / n, x = vals[k];
+    bool first = x != INT_MAX;
+    for (int q = 0; q < p && first; ++q) {
+      const int c = lower_bound(q, x);
+      first = !(c < n && vals[q * n + c] == x);
+    }
+    pre[p * (n + 1) + k % n + 1] = first;
+  }
+  __syncthreads();
+  if (threadIdx.x < P) {  // per-list prefix counts of the first copies
+    int* c = pre + threadIdx.x * (n + 1);
+    c[0] = 0;
+    for (int i = 1; i <= n; ++i) c[i] += c[i - 1];
+  }
+  __syncthreads();
+  for (int k = threadIdx.x; k < E; k += NTH) {
+    const int p = k / n, x = vals[k];
+    if (pre[p * (n + 1) + k % n + 1] == pre[p * (n + 1) + k % n]) continue;  // not a first copy
+    int rank = 0;
+    unsigned mask = 0;
+    for (int q = 0; q < P; ++q) {
+      const int c = lower_bound(q, x);
+      rank += pre[q * (n + 1) + c];
+      if (c < n && vals[q * n + c] == x) mask |= 1u << q;
+    }
+    ublk[rank] = x, umask[rank] = mask;
+  }
+  int nu = 0;
+  for (int q = 0; q < P; ++q) nu += pre[q * (n + 1) + n];
+  __syncthreads();
+  return nu;
+}
+
+template <int P> size_t slc_wgmma_smem(int n) {
+  return 1024 + 64 * 256 + 2 * kAttnKeys * 256 + (size_t)P * (4 * n + 1) * sizeof(int);
+}
+
+template <int GP>
+__global__ void __launch_bounds__(128) nsa_slc_fwd_wgmma(const uint16_t* __restrict__ q,
+                                                         const uint16_t* __restrict__ ks,
+                                                         const uint16_t* __restrict__ vs,
+                                                         const int32_t* __restrict__ block_indices,
+                                                         float* __restrict__ o_slc, float* __restrict__ lse_slc,
+                                                         NsaDims a) {
+#if NT_SM90A
+  constexpr int P = 64 / GP, NJ = kAttnKeys / 8, NO = kAttnDim / 8;
+  constexpr int kQ = 64 * 2 * kAttnDim, kKV = kAttnKeys * 2 * kAttnDim;  // bytes
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  unsigned char* smem = (unsigned char*)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
+  unsigned char *Qs = smem, *Ks = Qs + kQ, *Vs = Ks + kKV;
+  int* vals = reinterpret_cast<int*>(Vs + kKV);
+  int* pre = vals + P * a.n;
+  int* ublk = pre + P * (a.n + 1);
+  unsigned* umask = reinterpret_cast<unsigned*>(ublk + P * a.n);
+  const int seq = blockIdx.y, h = blockIdx.z;
+  const int start = a.cu_seqlens[seq], len = a.cu_seqlens[seq + 1] - start;
+  const int t0 = blockIdx.x * P;
+  if (t0 >= len) return;  // block-uniform
+  const int np = min(P, len - t0), t_last = t0 + np - 1;
+  const int64_t qs = (int64_t)a.HQ * a.D, kvs = (int64_t)a.H * a.D;
+  const uint16_t *kg = ks + (int64_t)start * kvs + h * a.D, *vg = vs + (int64_t)start * kvs + h * a.D;
+  cp_rows_swizzled<64, kAttnDim, 128>(Qs, [&](int r) -> const uint16_t* {
+    const int t = t0 + r / GP, g = r % GP;
+    return t <= t_last && g < a.G ? q + ((int64_t)start + t) * qs + (int64_t)(h * a.G + g) * a.D : nullptr;
+  }, a.D, q);
+  cp_commit();
+  const int nu = slc_union_merge<P, 128>(block_indices + (((int64_t)start + t0) * a.H + h) * a.n, (int64_t)a.H * a.n,
+                                         np, a.n, vals, pre, ublk, umask);
+  const int ntiles = (nu + 1) / 2;
+  // Tile i: the keys of union blocks 2i and 2i + 1, 64 rows each (zeros past the sequence or the union).
+  auto tile_rows = [&](const uint16_t* g, int i) {
+    return [=](int r) -> const uint16_t* {
+      const int e = 2 * i + r / kSlcBlock;
+      if (e >= nu) return nullptr;
+      const int key = ublk[e] * kSlcBlock + r % kSlcBlock;
+      return key < len ? g + (int64_t)key * kvs : nullptr;
+    };
+  };
+  if (ntiles > 0) cp_rows_swizzled<kAttnKeys, kAttnDim, 128>(Ks, tile_rows(kg, 0), a.D, ks);
+  cp_commit();
+  const uint32_t q_addr = smem_addr(Qs), k_addr = smem_addr(Ks), v_addr = smem_addr(Vs);
+  const float sl2 = (float)a.scale * kLog2e;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  int pos[2], tq[2];  // this thread's rows (warp 16 + lane / 4, + 8): their position's index and the position
+  bool valid[2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int r = warp * 16 + lane / 4 + 8 * i;
+    pos[i] = r / GP, tq[i] = t0 + pos[i], valid[i] = tq[i] <= t_last && r % GP < a.G;
+  }
+  const unsigned all = np == 32 ? 0xffffffffu : (1u << np) - 1;
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
+  float s[NJ][4], acc[NO * 4];
+#pragma unroll
+  for (int i = 0; i < NO * 4; ++i) acc[i] = 0.f;
+  for (int it = 0; it < ntiles; ++it) {
+    cp_wait_all();
+    fence_async_smem();
+    __syncthreads();  // K(it) (and Q) landed, visible to wgmma; every warp is done with P V on the previous V
+    cp_rows_swizzled<kAttnKeys, kAttnDim, 128>(Vs, tile_rows(vg, it), a.D, vs);
+    cp_commit();
+    attn_qk_wgmma<64>(s, q_addr, k_addr);
+    // Per half of the tile: its first key and which of this thread's rows chose it. No masking where every
+    // position chose both blocks and they end before the first position.
+    int base[2];
+    bool chose[2][2], edge = false;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int e = 2 * it + half;
+      const unsigned m = e < nu ? umask[e] : 0u;
+      base[half] = e < nu ? ublk[e] * kSlcBlock : 0;
+      chose[half][0] = (m >> pos[0]) & 1, chose[half][1] = (m >> pos[1]) & 1;
+      edge |= m != all || base[half] + kSlcBlock - 1 > t0;
+    }
+    float alpha[2];
+    online_softmax<NJ>(s, edge, [&](int j, int e) {
+      const int half = j / (kSlcBlock / 8), i = e >> 1;
+      const int key = base[half] + (j % (kSlcBlock / 8)) * 8 + (lane % 4) * 2 + (e & 1);
+      return !chose[half][i] || key > tq[i];
+    }, sl2, m_run, l_run, alpha);
+    cp_wait_all();
+    fence_async_smem();
+    __syncthreads();  // V(it) landed; every warp is done reading Ks
+    if (it + 1 < ntiles) cp_rows_swizzled<kAttnKeys, kAttnDim, 128>(Ks, tile_rows(kg, it + 1), a.D, ks);
+    cp_commit();
+    attn_pv_wgmma(acc, s, alpha, v_addr);
+  }
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 1);
+    l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 2);
+    if (!valid[i]) continue;
+    const int g = (warp * 16 + lane / 4 + 8 * i) % GP;
+    const int64_t o = ((int64_t)start + tq[i]) * a.HQ + h * a.G + g;
+    const float inv = l_run[i] > 0.f ? 1.f / l_run[i] : 0.f;  // a row given no blocks: o = 0, lse = -inf
+    float* out = o_slc + o * a.D;
+#pragma unroll
+    for (int j = 0; j < NO; ++j) {
+      const int c = j * 8 + (lane % 4) * 2;
+      if (c < a.D) *reinterpret_cast<float2*>(out + c) = make_float2(acc[4 * j + 2 * i] * inv, acc[4 * j + 2 * i + 1] * inv);
+    }
+    if (lane % 4 == 0) lse_slc[o] = (m_run[i] + log2f(l_run[i])) / kLog2e;
+  }
+#endif
+}
+
+template <int GP>
+void launch_slc_wgmma(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices, float* o_slc,
+                      float* lse_slc, const NsaDims& a, int max_len, cudaStream_t stream) {
+  constexpr int P = 64 / GP;
+  const size_t smem = slc_wgmma_smem<P>(a.n);
+  allow_smem(nsa_slc_fwd_wgmma<GP>, smem);
+  const dim3 grid((unsigned)((max_len + P - 1) / P), (unsigned)a.nseq, (unsigned)a.H);
+  nsa_slc_fwd_wgmma<GP><<<grid, 128, smem, stream>>>(static_cast<const uint16_t*>(q), static_cast<const uint16_t*>(k_slc),
+                                                     static_cast<const uint16_t*>(v_slc), block_indices, o_slc, lse_slc, a);
+  NT_CUDA_CHECK(cudaGetLastError());
+}
+}  // namespace
+
+bool nsa_selected_forward_wgmma(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
+                                float* o_slc, float* lse_slc, const NsaDims& a, int max_len, cudaStream_t stream) {
+  if (a.lp != kSlcBlock || a.D > kAttnDim || a.D % 8 != 0 || a.G < 2 || a.G > 16 || a.n < 1) return false;
+  if (slc_wgmma_smem<32>(a.n) > 200 * 1024) return false;
+  int device = 0;
+  NT_CUDA_CHECK(cudaGetDevice(&device));
+  if (!sm90a_available(device)) return false;
+  if (a.N == 0 || max_len == 0) return true;
+  if (a.G <= 2) launch_slc_wgmma<2>(q, k_slc, v_slc, block_indices, o_slc, lse_slc, a, max_len, stream);
+  else if (a.G <= 4) launch_slc_wgmma<4>(q, k_slc, v_slc, block_indices, o_slc, lse_slc, a, max_len, stream);
+  else if (a.G <= 8) launch_slc_wgmma<8>(q, k_slc, v_slc, block_indices, o_slc, lse_slc, a, max_len, stream);
+  else launch_slc_wgmma<16>(q, k_slc, v_slc, block_indices, o_slc, lse_slc, a, max_len, stream);
+  return true;
+}
+}  // namespace nt::cuda
