@@ -104,9 +104,13 @@ void nsa_selected_forward_tc(const void* q, const void* k_slc, const void* v_slc
 // (not sm_90a, l' != 64, D > 128, G outside 2..16).
 bool nsa_selected_forward_wgmma(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
                                 float* o_slc, float* lse_slc, const NsaDims& d, int max_len, cudaStream_t stream);
+// Version 3 of the backward's dq step (the same kernel file): dq and delta = rowsum(dout o) [N, HQ] f32.
+bool nsa_selected_dq_wgmma(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
+                           const float* o_slc, const float* lse_slc, const void* dout, void* dq, float* delta,
+                           const NsaDims& d, int max_len, cudaStream_t stream);
 // The selected forward's kernel: 0 automatic (3 where it applies, else 2), 1 one warp per position, 2 eight
 // positions per block sharing their blocks' loads (mma.sync), 3 wgmma (falls back to 2 where it does not apply);
-// also NT_NSA_SLC_KERNEL=N. The backward's dq kernel follows: one warp per position for 1, shared loads otherwise.
+// also NT_NSA_SLC_KERNEL=N. The backward's dq step follows (1, 2, 3 alike); its key-centric dk/dv step is one kernel.
 // All compute the same function.
 void set_nsa_selected_kernel(int version);
 int nsa_selected_kernel();

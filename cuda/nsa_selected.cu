@@ -696,12 +696,12 @@ void nsa_selected_backward_tc(const void* q, const void* k_slc, const void* v_sl
                                                       static_cast<float*>(delta.p), a);
       NT_CUDA_CHECK(cudaGetLastError());
     };
-    if (max_len > 0 && slc_v1()) {
-      if (a.D <= 64) run(nsa_slc_bwd_dq_tc<64>, slc_dq_smem<64>());
-      else run(nsa_slc_bwd_dq_tc<128>, slc_dq_smem<128>());
-    } else if (max_len > 0) {
-      if (a.D <= 64) run(nsa_slc_bwd_dq_tc2<64>, slc_dq2_smem<64>(a));
-      else run(nsa_slc_bwd_dq_tc2<128>, slc_dq2_smem<128>(a));
+    const bool on_wgmma = (g_slc_kernel == 0 || g_slc_kernel == 3) && max_len > 0 &&
+                          nsa_selected_dq_wgmma(q, k_slc, v_slc, block_indices, o_slc, lse_slc, dout, dq,
+                                                static_cast<float*>(delta.p), a, max_len, stream);
+    if (max_len > 0 && !on_wgmma) {
+      if (slc_v1()) run(a.D <= 64 ? nsa_slc_bwd_dq_tc<64> : nsa_slc_bwd_dq_tc<128>, a.D <= 64 ? slc_dq_smem<64>() : slc_dq_smem<128>());
+      else run(a.D <= 64 ? nsa_slc_bwd_dq_tc2<64> : nsa_slc_bwd_dq_tc2<128>, a.D <= 64 ? slc_dq2_smem<64>(a) : slc_dq2_smem<128>(a));
     }
   }
   // 2. The positions that chose each (head, block), ascending, and the pieces.

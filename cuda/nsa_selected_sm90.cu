@@ -12,6 +12,8 @@
 // Compute: no eligible warp in 70% of cycles), and four cp.async stages instead of two did not change it (H200,
 // 2026-12-06); here each warp's 16 rows get 128 keys per wgmma and no operand passes through ldmatrix.
 // Traffic: q and o once; each union block's keys and values once per P positions (mostly from L2).
+#include <cuda_bf16.h>
+
 #include <climits>
 
 #include "cuda/attention_sm90.cuh"
@@ -208,20 +210,199 @@ void launch_slc_wgmma(const void* q, const void* k_slc, const void* v_slc, const
                                                      static_cast<const uint16_t*>(v_slc), block_indices, o_slc, lse_slc, a);
   NT_CUDA_CHECK(cudaGetLastError());
 }
+
+// The backward's first step (nsa_selected_backward_tc's dq, version 3): the same blocks, rows and walk as the
+// forward, with dout's rows next to q's: S = Q K^T and dP = dO V^T by wgmma from shared memory, P = exp(scale S -
+// lse), dS = P (dP - delta), dq += dS K with dS from registers and K read MN-major (as V in the forward); delta =
+// rowsum(dout o) is computed first and written out for the key-centric step. V of tile i + 1 loads during dS and
+// dq of tile i, K of tile i + 1 after them.
+template <int P> size_t slc_dq_wgmma_smem(int n) {
+  return 1024 + 2 * 64 * 256 + 2 * kAttnKeys * 256 + 64 * sizeof(float) + (size_t)P * (4 * n + 1) * sizeof(int);
+}
+
+template <int GP>
+__global__ void __launch_bounds__(128) nsa_slc_bwd_dq_wgmma(
+    const uint16_t* __restrict__ q, const uint16_t* __restrict__ ks, const uint16_t* __restrict__ vs,
+    const int32_t* __restrict__ block_indices, const float* __restrict__ o_slc, const float* __restrict__ lse_slc,
+    const uint16_t* __restrict__ dout, uint16_t* __restrict__ dq, float* __restrict__ delta, NsaDims a) {
+#if NT_SM90A
+  constexpr int P = 64 / GP, NJ = kAttnKeys / 8, NO = kAttnDim / 8;
+  constexpr int kQ = 64 * 2 * kAttnDim, kKV = kAttnKeys * 2 * kAttnDim;  // bytes
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  unsigned char* smem = (unsigned char*)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
+  unsigned char *Qs = smem, *dOs = Qs + kQ, *Ks = dOs + kQ, *Vs = Ks + kKV;
+  float* dl = reinterpret_cast<float*>(Vs + kKV);
+  int* vals = reinterpret_cast<int*>(dl + 64);
+  int* pre = vals + P * a.n;
+  int* ublk = pre + P * (a.n + 1);
+  unsigned* umask = reinterpret_cast<unsigned*>(ublk + P * a.n);
+  const int seq = blockIdx.y, h = blockIdx.z;
+  const int start = a.cu_seqlens[seq], len = a.cu_seqlens[seq + 1] - start;
+  const int t0 = blockIdx.x * P;
+  if (t0 >= len) return;  // block-uniform
+  const int np = min(P, len - t0), t_last = t0 + np - 1;
+  const int64_t kvs = (int64_t)a.H * a.D;
+  const uint16_t *kg = ks + (int64_t)start * kvs + h * a.D, *vg = vs + (int64_t)start * kvs + h * a.D;
+  auto row_of = [&](int r) -> int64_t {  // tile row r's row of [N HQ, D], -1 for padding
+    const int t = t0 + r / GP, g = r % GP;
+    return t <= t_last && g < a.G ? ((int64_t)start + t) * a.HQ + h * a.G + g : -1;
+  };
+  cp_rows_swizzled<64, kAttnDim, 128>(Qs, [&](int r) -> const uint16_t* {
+    const int64_t o = row_of(r);
+    return o >= 0 ? q + o * a.D : nullptr;
+  }, a.D, q);
+  cp_rows_swizzled<64, kAttnDim, 128>(dOs, [&](int r) -> const uint16_t* {
+    const int64_t o = row_of(r);
+    return o >= 0 ? dout + o * a.D : nullptr;
+  }, a.D, dout);
+  cp_commit();
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int rr = 0; rr < 16; ++rr) {  // delta of the warp's 16 rows
+    const int r = warp * 16 + rr;
+    const int64_t o = row_of(r);
+    float sum = 0.f;
+    for (int c = lane * 4; o >= 0 && c < a.D; c += 128) {
+      const float4 ov = *reinterpret_cast<const float4*>(o_slc + o * a.D + c);
+      const uint2 d2 = *reinterpret_cast<const uint2*>(dout + o * a.D + c);
+      const float2 d01 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&d2.x));
+      const float2 d23 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&d2.y));
+      sum += d01.x * ov.x + d01.y * ov.y + d23.x * ov.z + d23.y * ov.w;
+    }
+#pragma unroll
+    for (int m = 16; m > 0; m /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, m);
+    if (lane == 0) {
+      dl[r] = sum;
+      if (o >= 0) delta[o] = sum;
+    }
+  }
+  // (the merge's barriers also publish dl)
+  const int nu = slc_union_merge<P, 128>(block_indices + (((int64_t)start + t0) * a.H + h) * a.n, (int64_t)a.H * a.n,
+                                         np, a.n, vals, pre, ublk, umask);
+  const int ntiles = (nu + 1) / 2;
+  auto tile_rows = [&](const uint16_t* g, int i) {
+    return [=](int r) -> const uint16_t* {
+      const int e = 2 * i + r / kSlcBlock;
+      if (e >= nu) return nullptr;
+      const int key = ublk[e] * kSlcBlock + r % kSlcBlock;
+      return key < len ? g + (int64_t)key * kvs : nullptr;
+    };
+  };
+  if (ntiles > 0) {
+    cp_rows_swizzled<kAttnKeys, kAttnDim, 128>(Ks, tile_rows(kg, 0), a.D, ks);
+    cp_rows_swizzled<kAttnKeys, kAttnDim, 128>(Vs, tile_rows(vg, 0), a.D, vs);
+  }
+  cp_commit();
+  const uint32_t q_addr = smem_addr(Qs), do_addr = smem_addr(dOs), k_addr = smem_addr(Ks), v_addr = smem_addr(Vs);
+  const float sl2 = (float)a.scale * kLog2e;
+  int pos[2], tq[2];
+  float lse2[2], dlt[2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int r = warp * 16 + lane / 4 + 8 * i;
+    const int64_t o = row_of(r);
+    pos[i] = r / GP, tq[i] = t0 + pos[i];
+    lse2[i] = o >= 0 ? lse_slc[o] * kLog2e : INFINITY;  // padding rows: p = 0
+    dlt[i] = dl[r];
+  }
+  const unsigned all = np == 32 ? 0xffffffffu : (1u << np) - 1;
+  const float one[2] = {1.f, 1.f};
+  float acc[NO * 4];
+#pragma unroll
+  for (int i = 0; i < NO * 4; ++i) acc[i] = 0.f;
+  for (int it = 0; it < ntiles; ++it) {
+    cp_wait_all();
+    fence_async_smem();
+    __syncthreads();  // K(it), V(it) (and Q, dO) landed, visible to wgmma
+    float s[NJ][4], dp[NJ][4];
+    attn_qk_wgmma<64>(s, q_addr, k_addr);
+    attn_qk_wgmma<64>(dp, do_addr, v_addr);
+    __syncthreads();  // every warp is done reading Vs
+    if (it + 1 < ntiles) cp_rows_swizzled<kAttnKeys, kAttnDim, 128>(Vs, tile_rows(vg, it + 1), a.D, vs);
+    cp_commit();
+    int base[2];
+    bool chose[2][2], edge = false;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int e = 2 * it + half;
+      const unsigned m = e < nu ? umask[e] : 0u;
+      base[half] = e < nu ? ublk[e] * kSlcBlock : 0;
+      chose[half][0] = (m >> pos[0]) & 1, chose[half][1] = (m >> pos[1]) & 1;
+      edge |= m != all || base[half] + kSlcBlock - 1 > t0;
+    }
+#pragma unroll
+    for (int j = 0; j < NJ; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int half = j / (kSlcBlock / 8), i = e >> 1;
+        const int key = base[half] + (j % (kSlcBlock / 8)) * 8 + (lane % 4) * 2 + (e & 1);
+        const bool ok = !edge || (chose[half][i] && key <= tq[i]);
+        const float p = ok ? ex2(fmaf(s[j][e], sl2, -lse2[i])) : 0.f;
+        s[j][e] = p * (dp[j][e] - dlt[i]);  // dS
+      }
+    attn_pv_wgmma(acc, s, one, k_addr);  // dq += dS K
+    __syncthreads();                     // every warp is done reading Ks
+    if (it + 1 < ntiles) cp_rows_swizzled<kAttnKeys, kAttnDim, 128>(Ks, tile_rows(kg, it + 1), a.D, ks);
+    cp_commit();
+  }
+  const float sc = (float)a.scale;
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int64_t o = row_of(warp * 16 + lane / 4 + 8 * i);
+    if (o < 0) continue;
+    uint16_t* out = dq + o * a.D;
+#pragma unroll
+    for (int j = 0; j < NO; ++j) {
+      const int c = j * 8 + (lane % 4) * 2;
+      if (c < a.D) *reinterpret_cast<uint32_t*>(out + c) = pack_bf16(acc[4 * j + 2 * i] * sc, acc[4 * j + 2 * i + 1] * sc);
+    }
+  }
+#endif
+}
+
+template <int GP>
+void launch_slc_dq_wgmma(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
+                         const float* o_slc, const float* lse_slc, const void* dout, void* dq, float* delta,
+                         const NsaDims& a, int max_len, cudaStream_t stream) {
+  constexpr int P = 64 / GP;
+  const size_t smem = slc_dq_wgmma_smem<P>(a.n);
+  allow_smem(nsa_slc_bwd_dq_wgmma<GP>, smem);
+  const dim3 grid((unsigned)((max_len + P - 1) / P), (unsigned)a.nseq, (unsigned)a.H);
+  auto u16 = [](const void* p) { return static_cast<const uint16_t*>(p); };
+  nsa_slc_bwd_dq_wgmma<GP><<<grid, 128, smem, stream>>>(u16(q), u16(k_slc), u16(v_slc), block_indices, o_slc, lse_slc,
+                                                        u16(dout), static_cast<uint16_t*>(dq), delta, a);
+  NT_CUDA_CHECK(cudaGetLastError());
+}
+
+bool slc_wgmma_applies(const NsaDims& a) {
+  if (a.lp != kSlcBlock || a.D > kAttnDim || a.D % 8 != 0 || a.G < 2 || a.G > 16 || a.n < 1) return false;
+  if (slc_dq_wgmma_smem<32>(a.n) > 200 * 1024) return false;
+  int device = 0;
+  NT_CUDA_CHECK(cudaGetDevice(&device));
+  return sm90a_available(device);
+}
 }  // namespace
 
 bool nsa_selected_forward_wgmma(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
                                 float* o_slc, float* lse_slc, const NsaDims& a, int max_len, cudaStream_t stream) {
-  if (a.lp != kSlcBlock || a.D > kAttnDim || a.D % 8 != 0 || a.G < 2 || a.G > 16 || a.n < 1) return false;
-  if (slc_wgmma_smem<32>(a.n) > 200 * 1024) return false;
-  int device = 0;
-  NT_CUDA_CHECK(cudaGetDevice(&device));
-  if (!sm90a_available(device)) return false;
+  if (!slc_wgmma_applies(a)) return false;
   if (a.N == 0 || max_len == 0) return true;
   if (a.G <= 2) launch_slc_wgmma<2>(q, k_slc, v_slc, block_indices, o_slc, lse_slc, a, max_len, stream);
   else if (a.G <= 4) launch_slc_wgmma<4>(q, k_slc, v_slc, block_indices, o_slc, lse_slc, a, max_len, stream);
   else if (a.G <= 8) launch_slc_wgmma<8>(q, k_slc, v_slc, block_indices, o_slc, lse_slc, a, max_len, stream);
   else launch_slc_wgmma<16>(q, k_slc, v_slc, block_indices, o_slc, lse_slc, a, max_len, stream);
+  return true;
+}
+
+bool nsa_selected_dq_wgmma(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
+                           const float* o_slc, const float* lse_slc, const void* dout, void* dq, float* delta,
+                           const NsaDims& a, int max_len, cudaStream_t stream) {
+  if (!slc_wgmma_applies(a)) return false;
+  if (a.N == 0 || max_len == 0) return true;
+  auto run = [&](auto launch) { launch(q, k_slc, v_slc, block_indices, o_slc, lse_slc, dout, dq, delta, a, max_len, stream); };
+  if (a.G <= 2) run(launch_slc_dq_wgmma<2>);
+  else if (a.G <= 4) run(launch_slc_dq_wgmma<4>);
+  else if (a.G <= 8) run(launch_slc_dq_wgmma<8>);
+  else run(launch_slc_dq_wgmma<16>);
   return true;
 }
 }  // namespace nt::cuda
