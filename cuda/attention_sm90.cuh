@@ -27,37 +27,43 @@ __device__ __forceinline__ void cp_rows_swizzled(unsigned char* s, Src&& src, in
   }
 }
 
-// s = Q K^T for the warpgroup's 64 rows: Q's tile (QR rows per column half) at q_addr, K's 128-key tile at k_addr,
-// both K-major. Returns with the result in registers.
-template <int QR>
-__device__ __forceinline__ void attn_qk_wgmma(float (&s)[kAttnKeys / 8][4], uint32_t q_addr, uint32_t k_addr) {
-  float(&flat)[kAttnKeys / 2] = reinterpret_cast<float(&)[kAttnKeys / 2]>(s);  // wgmma's fragment, the same registers
+// s = Q K^T for the warpgroup's 64 rows against N = 128 or 64 keys: Q's tile (QR rows per column half) at q_addr,
+// K's tile (N rows) at k_addr, both K-major. Returns with the result in registers.
+template <int QR, int N = kAttnKeys>
+__device__ __forceinline__ void attn_qk_wgmma(float (&s)[N / 8][4], uint32_t q_addr, uint32_t k_addr) {
+  static_assert(N == 128 || N == 64, "m64n128 or m64n64");
+  float(&flat)[N / 2] = reinterpret_cast<float(&)[N / 2]>(s);  // wgmma's fragment, the same registers
 #pragma unroll
-  for (int i = 0; i < kAttnKeys / 2; ++i) flat[i] = 0.f;
+  for (int i = 0; i < N / 2; ++i) flat[i] = 0.f;
   wgmma_fence();
 #pragma unroll
-  for (int kk = 0; kk < kAttnDim / 16; ++kk)
-    wgmma_m64n128<0, 0>(flat, smem_desc(q_addr + (kk / 4) * (QR * 128) + (kk % 4) * 32, 16, 1024),
-                        smem_desc(k_addr + (kk / 4) * (kAttnKeys * 128) + (kk % 4) * 32, 16, 1024));
+  for (int kk = 0; kk < kAttnDim / 16; ++kk) {
+    const uint64_t da = smem_desc(q_addr + (kk / 4) * (QR * 128) + (kk % 4) * 32, 16, 1024);
+    const uint64_t db = smem_desc(k_addr + (kk / 4) * (N * 128) + (kk % 4) * 32, 16, 1024);
+    if constexpr (N == 128) wgmma_m64n128<0, 0>(flat, da, db);
+    else wgmma_m64n64<0, 0>(flat, da, db);
+  }
   wgmma_commit();
   wgmma_wait<0>();
   fence_regs(flat);
 }
 
-// acc = alpha acc + P V: P the probabilities in s (after online_softmax), V's 128-key tile at v_addr, read MN-major
-// (the transpose flag). Returns with the result in registers.
-__device__ __forceinline__ void attn_pv_wgmma(float (&acc)[kAttnDim / 2], const float (&s)[kAttnKeys / 8][4],
+// acc = alpha acc + P V: P the probabilities in s (after online_softmax) over NK keys, V's tile of NK rows at
+// v_addr, read MN-major (the transpose flag). Also the backward's dQ += dS K, dV += P^T dO, dK += dS^T Q. Returns
+// with the result in registers.
+template <int NK = kAttnKeys>
+__device__ __forceinline__ void attn_pv_wgmma(float (&acc)[kAttnDim / 2], const float (&s)[NK / 8][4],
                                               const float (&alpha)[2], uint32_t v_addr) {
 #pragma unroll
   for (int j = 0; j < kAttnDim / 8; ++j)
     acc[4 * j] *= alpha[0], acc[4 * j + 1] *= alpha[0], acc[4 * j + 2] *= alpha[1], acc[4 * j + 3] *= alpha[1];
-  uint32_t pa[kAttnKeys / 16][4];  // P as the A fragments of 16 keys each (the C layout of S is the A layout of P)
+  uint32_t pa[NK / 16][4];  // P as the A fragments of 16 keys each (the C layout of S is the A layout of P)
 #pragma unroll
-  for (int kk = 0; kk < kAttnKeys / 16; ++kk) acc_to_a(pa[kk], s[2 * kk], s[2 * kk + 1]);
+  for (int kk = 0; kk < NK / 16; ++kk) acc_to_a(pa[kk], s[2 * kk], s[2 * kk + 1]);
   wgmma_fence();
 #pragma unroll
-  for (int kk = 0; kk < kAttnKeys / 16; ++kk)  // 16 keys are 2048 bytes on; the column halves kAttnKeys x 128 apart
-    wgmma_m64n128_rs<1>(acc, pa[kk], smem_desc(v_addr + kk * 2048, kAttnKeys * 128, 1024));
+  for (int kk = 0; kk < NK / 16; ++kk)  // 16 keys are 2048 bytes on; the column halves NK x 128 apart
+    wgmma_m64n128_rs<1>(acc, pa[kk], smem_desc(v_addr + kk * 2048, NK * 128, 1024));
   wgmma_commit();
   wgmma_wait<0>();
   fence_regs(acc);

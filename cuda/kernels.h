@@ -108,9 +108,16 @@ bool nsa_selected_forward_wgmma(const void* q, const void* k_slc, const void* v_
 bool nsa_selected_dq_wgmma(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
                            const float* o_slc, const float* lse_slc, const void* dout, void* dq, float* delta,
                            const NsaDims& d, int max_len, cudaStream_t stream);
+// ... and of its key-centric dk/dv step: one warpgroup per piece of the positions that chose one block (the tables
+// nsa_selected_backward_tc builds), adding into f32 accumulators.
+bool nsa_selected_dkv_wgmma(const void* q, const void* k_slc, const void* v_slc, const void* dout, const float* lse_slc,
+                            const float* delta, const int32_t* rows, const int32_t* seg_off, const int32_t* piece_off,
+                            float* dk_acc, float* dv_acc, const NsaDims& d, int per_piece, int64_t grid,
+                            cudaStream_t stream);
 // The selected forward's kernel: 0 automatic (3 where it applies, else 2), 1 one warp per position, 2 eight
 // positions per block sharing their blocks' loads (mma.sync), 3 wgmma (falls back to 2 where it does not apply);
-// also NT_NSA_SLC_KERNEL=N. The backward's dq step follows (1, 2, 3 alike); its key-centric dk/dv step is one kernel.
+// also NT_NSA_SLC_KERNEL=N. The backward follows: its dq step (1, 2, 3 alike) and its dk/dv step (3 on wgmma, else
+// the mma.sync kernel).
 // All compute the same function.
 void set_nsa_selected_kernel(int version);
 int nsa_selected_kernel();

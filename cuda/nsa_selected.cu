@@ -30,6 +30,7 @@
 
 #include "cuda/common.cuh"
 #include "cuda/mma_sm80.cuh"
+#include "cuda/nsa_selected.cuh"
 
 namespace nt::cuda {
 namespace {
@@ -521,24 +522,9 @@ __global__ void __launch_bounds__(256) nsa_slc_bwd_dkv_tc(
     float* __restrict__ dk_acc, float* __restrict__ dv_acc, NsaDims a, int per_piece) {
   constexpr int LD = DP + 8, NT = DP / 8, CH = DP / 8;
   extern __shared__ __align__(16) uint16_t smem_kv[];
-  const int K = a.H * a.NB, p = blockIdx.x;
-  if (p >= piece_off[K]) return;  // the grid is an upper bound of the pieces
-  int k = 0;
-  for (int hi = K; hi - k > 1;) {  // piece_off[k] <= p < piece_off[hi]
-    const int mid = (k + hi) / 2;
-    if (piece_off[mid] <= p) k = mid;
-    else hi = mid;
-  }
-  const int h = k / a.NB, gb = k % a.NB;
-  int seq = 0;
-  for (int hi = a.nseq; hi - seq > 1;) {  // slc_starts[seq] <= gb < slc_starts[hi]
-    const int mid = (seq + hi) / 2;
-    if (a.slc_starts[mid] <= gb) seq = mid;
-    else hi = mid;
-  }
-  const int start = a.cu_seqlens[seq], len = a.cu_seqlens[seq + 1] - start;
-  const int key0 = (gb - a.slc_starts[seq]) * a.lp, nk = min(a.lp, len - key0);
-  const int e0 = seg_off[k] + (p - piece_off[k]) * per_piece, e1 = min(seg_off[k + 1], e0 + per_piece);
+  SlcPiece pc;
+  if (!slc_piece(blockIdx.x, seg_off, piece_off, a, per_piece, pc)) return;
+  const int h = pc.h, start = pc.start, key0 = pc.key0, nk = pc.nk, e0 = pc.e0, e1 = pc.e1;
   const int G = a.G, ppt = kTileRows / G, tid = threadIdx.x, nthr = blockDim.x;
   const int warp = tid / 32, lane = tid % 32;
   uint16_t* Ks = smem_kv;
@@ -724,6 +710,7 @@ void nsa_selected_backward_tc(const void* q, const void* k_slc, const void* v_sl
   NT_CUDA_CHECK(cudaGetLastError());
   size_t bytes = scan_bytes;
   NT_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(temp.p, bytes, i32(count), i32(seg_off), K + 1, stream));
+  const bool dkv_wgmma = g_slc_kernel == 0 || g_slc_kernel == 3;  // falls back below where it does not apply
   const int ppt = kTileRows / a.G, per_piece = kTilesPerPiece * ppt;
   slc_pieces<<<grid_for(K + 1, 256), 256, 0, stream>>>(i32(seg_off), i32(pieces), K, per_piece);
   NT_CUDA_CHECK(cudaGetLastError());
@@ -742,8 +729,12 @@ void nsa_selected_backward_tc(const void* q, const void* k_slc, const void* v_sl
                                                        static_cast<float*>(dv_acc.p), a, per_piece);
     NT_CUDA_CHECK(cudaGetLastError());
   };
-  if (a.D <= 64) run(nsa_slc_bwd_dkv_tc<64>, slc_dkv_smem<64>(a.lp));
-  else run(nsa_slc_bwd_dkv_tc<128>, slc_dkv_smem<128>(a.lp));
+  if (!(dkv_wgmma && nsa_selected_dkv_wgmma(q, k_slc, v_slc, dout, lse_slc, static_cast<const float*>(delta.p),
+                                             i32(srows), i32(seg_off), i32(piece_off), static_cast<float*>(dk_acc.p),
+                                             static_cast<float*>(dv_acc.p), a, per_piece, grid, stream))) {
+    if (a.D <= 64) run(nsa_slc_bwd_dkv_tc<64>, slc_dkv_smem<64>(a.lp));
+    else run(nsa_slc_bwd_dkv_tc<128>, slc_dkv_smem<128>(a.lp));
+  }
   f32_to_bf16<<<grid_for(kv_elems, 256), 256, 0, stream>>>(static_cast<const float*>(dk_acc.p),
                                                              static_cast<uint16_t*>(dk_slc), kv_elems);
   f32_to_bf16<<<grid_for(kv_elems, 256), 256, 0, stream>>>(static_cast<const float*>(dv_acc.p),

@@ -20,6 +20,7 @@
 #include "cuda/check.h"
 #include "cuda/common.cuh"
 #include "cuda/kernels.h"
+#include "cuda/nsa_selected.cuh"
 #include "cuda/runtime.h"
 
 namespace nt::cuda {
@@ -373,6 +374,108 @@ void launch_slc_dq_wgmma(const void* q, const void* k_slc, const void* v_slc, co
   NT_CUDA_CHECK(cudaGetLastError());
 }
 
+// The backward's key-centric step (version 3): one warpgroup per piece holds its block's 64 keys and values as
+// the 64 rows of every product and streams the piece's positions in tiles of 64 rows (64 / G positions x G heads,
+// two cp.async stages): S^T = K Q^T and dP^T = V dO^T by wgmma m64n64 from shared memory, P^T, dS^T = P^T (dP^T -
+// delta), then dV += P^T dO and dK += dS^T Q with P^T, dS^T from registers and dO, Q read MN-major; dk, dv are
+// added into f32 accumulators at the end (float2 atomics). Why: the mma.sync kernel ran at ~170 TFLOP/s (H100,
+// 2026-12-06); here nothing is computed twice and nothing is padded (the keys fill wgmma's 64 rows).
+constexpr int kDkvRows = 64;
+size_t slc_dkv_wgmma_smem() { return 1024 + 2 * kSlcBlock * 256 + 2 * 2 * kDkvRows * 256 + 2 * 3 * kDkvRows * sizeof(float); }
+
+__global__ void __launch_bounds__(128) nsa_slc_bwd_dkv_wgmma(
+    const uint16_t* __restrict__ q, const uint16_t* __restrict__ ks, const uint16_t* __restrict__ vs,
+    const uint16_t* __restrict__ dout, const float* __restrict__ lse_slc, const float* __restrict__ delta,
+    const int32_t* __restrict__ rows, const int32_t* __restrict__ seg_off, const int32_t* __restrict__ piece_off,
+    float* __restrict__ dk_acc, float* __restrict__ dv_acc, NsaDims a, int per_piece) {
+#if NT_SM90A
+  constexpr int NO = kAttnDim / 8, kT = kDkvRows * 2 * kAttnDim;  // a 64-row tile's bytes
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  unsigned char* smem = (unsigned char*)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
+  unsigned char *Ks = smem, *Vs = Ks + kT, *stage0 = Vs + kT;  // per stage: Q rows, then dout rows
+  float* meta0 = reinterpret_cast<float*>(stage0 + 2 * 2 * kT);  // per stage: position, lse log2 e, delta
+  SlcPiece pc;
+  if (!slc_piece(blockIdx.x, seg_off, piece_off, a, per_piece, pc)) return;
+  const int G = a.G, ppt = kDkvRows / G, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t kvs = (int64_t)a.H * a.D;
+  auto key_rows = [&](const uint16_t* g) {
+    return [=](int r) -> const uint16_t* {
+      return r < pc.nk ? g + ((int64_t)pc.start + pc.key0 + r) * kvs + pc.h * a.D : nullptr;
+    };
+  };
+  cp_rows_swizzled<kSlcBlock, kAttnDim, 128>(Ks, key_rows(ks), a.D, ks);
+  cp_rows_swizzled<kSlcBlock, kAttnDim, 128>(Vs, key_rows(vs), a.D, vs);
+  // Tile e (positions e .. e + ppt - 1 of the piece, G heads each) into stage st.
+  auto load_tile = [&](int st, int e) {
+    auto head_row = [&](int r) -> int64_t {  // tile row r's row of [N HQ, D], -1 for padding
+      const int pos = e + r / G;
+      return r < ppt * G && pos < pc.e1 ? (int64_t)rows[pos] * a.HQ + pc.h * G + r % G : -1;
+    };
+    unsigned char* Qs = stage0 + st * 2 * kT;
+    cp_rows_swizzled<kDkvRows, kAttnDim, 128>(Qs, [&](int r) -> const uint16_t* {
+      const int64_t o = head_row(r);
+      return o >= 0 ? q + o * a.D : nullptr;
+    }, a.D, q);
+    cp_rows_swizzled<kDkvRows, kAttnDim, 128>(Qs + kT, [&](int r) -> const uint16_t* {
+      const int64_t o = head_row(r);
+      return o >= 0 ? dout + o * a.D : nullptr;
+    }, a.D, dout);
+    float* meta = meta0 + st * 3 * kDkvRows;
+    for (int r = threadIdx.x; r < kDkvRows; r += 128) {
+      const int64_t o = head_row(r);
+      meta[r] = __int_as_float(o >= 0 ? rows[e + r / G] - pc.start : -1);  // the row's position in its sequence
+      meta[kDkvRows + r] = o >= 0 ? lse_slc[o] * kLog2e : 0.f;
+      meta[2 * kDkvRows + r] = o >= 0 ? delta[o] : 0.f;
+    }
+  };
+  const float sl2 = (float)a.scale * kLog2e, one[2] = {1.f, 1.f};
+  float dk[NO * 4], dv[NO * 4];
+#pragma unroll
+  for (int i = 0; i < NO * 4; ++i) dk[i] = dv[i] = 0.f;
+  load_tile(0, pc.e0);
+  cp_commit();
+  int st = 0;
+  for (int e = pc.e0; e < pc.e1; e += ppt, st ^= 1) {
+    if (e + ppt < pc.e1) load_tile(st ^ 1, e + ppt);  // that stage was released by the last iteration's barrier
+    cp_commit();
+    cp_async_wait<1>();  // this tile's group (and K, V) landed
+    fence_async_smem();
+    __syncthreads();
+    const uint32_t q_addr = smem_addr(stage0 + st * 2 * kT), do_addr = q_addr + kT;
+    const float* meta = meta0 + st * 3 * kDkvRows;
+    float s[kDkvRows / 8][4], dp[kDkvRows / 8][4];
+    attn_qk_wgmma<kSlcBlock, kDkvRows>(s, smem_addr(Ks), q_addr);    // S^T: 64 keys x 64 rows
+    attn_qk_wgmma<kSlcBlock, kDkvRows>(dp, smem_addr(Vs), do_addr);  // dP^T
+#pragma unroll
+    for (int j = 0; j < kDkvRows / 8; ++j)
+#pragma unroll
+      for (int x = 0; x < 4; ++x) {
+        const int key = pc.key0 + 16 * warp + lane / 4 + 8 * (x >> 1), col = j * 8 + (lane % 4) * 2 + (x & 1);
+        const float pr = key <= __float_as_int(meta[col]) ? ex2(fmaf(s[j][x], sl2, -meta[kDkvRows + col])) : 0.f;
+        s[j][x] = pr;
+        dp[j][x] = pr * (dp[j][x] - meta[2 * kDkvRows + col]);  // dS^T
+      }
+    attn_pv_wgmma<kDkvRows>(dv, s, one, do_addr);  // dV += P^T dO
+    attn_pv_wgmma<kDkvRows>(dk, dp, one, q_addr);  // dK += dS^T Q
+    __syncthreads();  // every warp is done with stage st before it is refilled
+  }
+  const float sc = (float)a.scale;
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int key = 16 * warp + lane / 4 + 8 * i;
+    if (key >= pc.nk) continue;
+    const int64_t base = ((int64_t)pc.start + pc.key0 + key) * kvs + pc.h * a.D;
+#pragma unroll
+    for (int j = 0; j < NO; ++j) {
+      const int c = j * 8 + (lane % 4) * 2;
+      if (c >= a.D) continue;
+      atomicAdd(reinterpret_cast<float2*>(dk_acc + base + c), make_float2(dk[4 * j + 2 * i] * sc, dk[4 * j + 2 * i + 1] * sc));
+      atomicAdd(reinterpret_cast<float2*>(dv_acc + base + c), make_float2(dv[4 * j + 2 * i], dv[4 * j + 2 * i + 1]));
+    }
+  }
+#endif
+}
+
 bool slc_wgmma_applies(const NsaDims& a) {
   if (a.lp != kSlcBlock || a.D > kAttnDim || a.D % 8 != 0 || a.G < 2 || a.G > 16 || a.n < 1) return false;
   if (slc_dq_wgmma_smem<32>(a.n) > 200 * 1024) return false;
@@ -403,6 +506,19 @@ bool nsa_selected_dq_wgmma(const void* q, const void* k_slc, const void* v_slc, 
   else if (a.G <= 4) run(launch_slc_dq_wgmma<4>);
   else if (a.G <= 8) run(launch_slc_dq_wgmma<8>);
   else run(launch_slc_dq_wgmma<16>);
+  return true;
+}
+bool nsa_selected_dkv_wgmma(const void* q, const void* k_slc, const void* v_slc, const void* dout, const float* lse_slc,
+                            const float* delta, const int32_t* rows, const int32_t* seg_off, const int32_t* piece_off,
+                            float* dk_acc, float* dv_acc, const NsaDims& a, int per_piece, int64_t grid,
+                            cudaStream_t stream) {
+  if (!slc_wgmma_applies(a)) return false;
+  if (grid == 0) return true;
+  auto u16 = [](const void* p) { return static_cast<const uint16_t*>(p); };
+  allow_smem(nsa_slc_bwd_dkv_wgmma, slc_dkv_wgmma_smem());
+  nsa_slc_bwd_dkv_wgmma<<<(unsigned)grid, 128, slc_dkv_wgmma_smem(), stream>>>(
+      u16(q), u16(k_slc), u16(v_slc), u16(dout), lse_slc, delta, rows, seg_off, piece_off, dk_acc, dv_acc, a, per_piece);
+  NT_CUDA_CHECK(cudaGetLastError());
   return true;
 }
 }  // namespace nt::cuda

@@ -1,0 +1,35 @@
+// Device pieces shared by the selected branch's kernels (cuda/nsa_selected.cu, cuda/nsa_selected_sm90.cu).
+#pragma once
+#include "cuda/kernels.h"
+
+namespace nt::cuda {
+// The backward's key-centric step works on pieces: the positions (packed rows, ascending) that chose one (kv head,
+// selection block), cut into runs of at most per_piece. Piece p's block and its rows [e0, e1) of the sorted rows.
+struct SlcPiece {
+  int h, start, len, key0, nk, e0, e1;  // kv head, the sequence's first row and length, the block's first key, keys
+};
+// False for a thread block past the last piece (the grid is an upper bound).
+__device__ inline bool slc_piece(int p, const int32_t* seg_off, const int32_t* piece_off, const NsaDims& a,
+                                 int per_piece, SlcPiece& pc) {
+  const int K = a.H * a.NB;
+  if (p >= piece_off[K]) return false;
+  int k = 0;
+  for (int hi = K; hi - k > 1;) {  // piece_off[k] <= p < piece_off[hi]
+    const int mid = (k + hi) / 2;
+    if (piece_off[mid] <= p) k = mid;
+    else hi = mid;
+  }
+  const int gb = k % a.NB;
+  int seq = 0;
+  for (int hi = a.nseq; hi - seq > 1;) {  // slc_starts[seq] <= gb < slc_starts[hi]
+    const int mid = (seq + hi) / 2;
+    if (a.slc_starts[mid] <= gb) seq = mid;
+    else hi = mid;
+  }
+  pc.h = k / a.NB;
+  pc.start = a.cu_seqlens[seq], pc.len = a.cu_seqlens[seq + 1] - pc.start;
+  pc.key0 = (gb - a.slc_starts[seq]) * a.lp, pc.nk = min(a.lp, pc.len - pc.key0);
+  pc.e0 = seg_off[k] + (p - piece_off[k]) * per_piece, pc.e1 = min(seg_off[k + 1], pc.e0 + per_piece);
+  return true;
+}
+}  // namespace nt::cuda
