@@ -113,7 +113,7 @@ __global__ void __launch_bounds__(kThreadsSel) nsa_select_tc_kernel(const uint16
     const int c0 = i * kKeys;
     if (i + 1 < ntiles) {
       load_k(i + 1);
-      asm volatile("cp.async.wait_group 1;\n" ::: "memory");
+      cp_async_wait<1>();
     } else {
       cp_wait_all();
     }

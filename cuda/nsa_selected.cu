@@ -45,34 +45,10 @@ template <int DP>
 __device__ __forceinline__ void slc_chunk(const uint16_t* Qs, const uint16_t* Ks, const uint16_t* Vs, int LD, int n0,
                                           int k_hi, float sl2, float (&m_run)[2], float (&l_run)[2],
                                           float (&acc)[DP / 8][4], int lane) {
-  float s[4][4];
+  float s[4][4], alpha[2];
   qk_tile<DP, 4>(s, Qs, Ks, LD, 0, lane);
-  float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-  for (int j = 0; j < 4; ++j)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      if (n0 + j * 8 + (lane % 4) * 2 + (e & 1) >= k_hi) s[j][e] = -INFINITY;
-      mx[e >> 1] = fmaxf(mx[e >> 1], s[j][e]);
-    }
-  float alpha[2], ref[2];
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
-    mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
-    const float mnew = fmaxf(m_run[i], mx[i] * sl2);
-    ref[i] = mnew == -INFINITY ? 0.f : mnew;
-    alpha[i] = ex2(m_run[i] - ref[i]);
-    m_run[i] = mnew;
-    l_run[i] *= alpha[i];
-  }
-#pragma unroll
-  for (int j = 0; j < 4; ++j)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      s[j][e] = ex2(fmaf(s[j][e], sl2, -ref[e >> 1]));
-      l_run[e >> 1] += s[j][e];
-    }
+  online_softmax<4>(s, true, [&](int j, int e) { return n0 + j * 8 + (lane % 4) * 2 + (e & 1) >= k_hi; }, sl2, m_run,
+                    l_run, alpha);
   pv_accumulate<DP / 8, 4>(acc, alpha, s, Vs, LD, lane);
 }
 
@@ -347,16 +323,7 @@ __device__ __forceinline__ void slc_dq_rows(uint16_t* Qs, uint16_t* dOs, float* 
     *reinterpret_cast<uint4*>(dOs + r * LD + c) = dv;
   }
   for (int r = 0; r < 16; ++r) {
-    float sum = 0.f;
-    for (int c = lane * 4; r < G && c < a.D; c += 128) {
-      const float4 o = *reinterpret_cast<const float4*>(o_slc + (head0 + r) * a.D + c);
-      const uint2 d2 = *reinterpret_cast<const uint2*>(dout + (head0 + r) * a.D + c);
-      const float2 d01 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&d2.x));
-      const float2 d23 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&d2.y));
-      sum += d01.x * o.x + d01.y * o.y + d23.x * o.z + d23.y * o.w;
-    }
-#pragma unroll
-    for (int m = 16; m > 0; m /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, m);
+    const float sum = r < G ? slc_row_delta(o_slc + (head0 + r) * a.D, dout + (head0 + r) * a.D, a.D, lane) : 0.f;
     if (lane == 0) {
       dl[r] = sum;
       if (r < G) delta[head0 + r] = sum;

@@ -1,5 +1,7 @@
 // Device pieces shared by the selected branch's kernels (cuda/nsa_selected.cu, cuda/nsa_selected_sm90.cu).
 #pragma once
+#include <cuda_bf16.h>
+
 #include "cuda/kernels.h"
 
 namespace nt::cuda {
@@ -31,5 +33,21 @@ __device__ inline bool slc_piece(int p, const int32_t* seg_off, const int32_t* p
   pc.key0 = (gb - a.slc_starts[seq]) * a.lp, pc.nk = min(a.lp, pc.len - pc.key0);
   pc.e0 = seg_off[k] + (p - piece_off[k]) * per_piece, pc.e1 = min(seg_off[k + 1], pc.e0 + per_piece);
   return true;
+}
+
+// delta = rowsum(dout o) of one (position, head) row, by a whole warp (4 columns per lane; D a multiple of 4): o f32,
+// dout bf16. Every lane gets the sum.
+__device__ inline float slc_row_delta(const float* o, const uint16_t* dout, int D, int lane) {
+  float sum = 0.f;
+  for (int c = lane * 4; c < D; c += 128) {
+    const float4 ov = *reinterpret_cast<const float4*>(o + c);
+    const uint2 d2 = *reinterpret_cast<const uint2*>(dout + c);
+    const float2 d01 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&d2.x));
+    const float2 d23 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&d2.y));
+    sum += d01.x * ov.x + d01.y * ov.y + d23.x * ov.z + d23.y * ov.w;
+  }
+#pragma unroll
+  for (int m = 16; m > 0; m /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, m);
+  return sum;
 }
 }  // namespace nt::cuda

@@ -87,6 +87,53 @@ __device__ int slc_union_merge(const int32_t* lists, int64_t stride, int np, int
   return nu;
 }
 
+// The union as 128-key tiles of two blocks each (the forward's and the dq step's walk).
+struct SlcUnionTiles {
+  const int* ublk;
+  const unsigned* umask;
+  int nu, len, t0;
+  unsigned all;  // the bits of every position
+  int64_t kvs;   // row stride of k and v
+  __device__ int count() const { return (nu + 1) / 2; }
+  // Tile i's row r: key r % 64 of union block 2i + r / 64, from g (the sequence's first row of k or v, this kv
+  // head); nullptr (zeros) past the union or the sequence.
+  __device__ auto rows(const uint16_t* g, int i) const {
+    const SlcUnionTiles u = *this;
+    return [=](int r) -> const uint16_t* {
+      const int e = 2 * i + r / kSlcBlock;
+      if (e >= u.nu) return nullptr;
+      const int key = u.ublk[e] * kSlcBlock + r % kSlcBlock;
+      return key < u.len ? g + (int64_t)key * u.kvs : nullptr;
+    };
+  }
+  // Tile i's first key per half and whether each of this thread's rows (their positions' indices pos) chose that
+  // block. Returns whether masks are needed: not where every position chose both blocks and they end before t0.
+  __device__ bool masks(int i, const int (&pos)[2], int (&base)[2], bool (&chose)[2][2]) const {
+    bool edge = false;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int e = 2 * i + half;
+      const unsigned m = e < nu ? umask[e] : 0u;
+      base[half] = e < nu ? ublk[e] * kSlcBlock : 0;
+      chose[half][0] = (m >> pos[0]) & 1, chose[half][1] = (m >> pos[1]) & 1;
+      edge |= m != all || base[half] + kSlcBlock - 1 > t0;
+    }
+    return edge;
+  }
+};
+
+// Positions t0 .. t0 + np - 1 of kv head h: merges their lists (every thread takes part) into tables in shared
+// memory at `scratch` (P (4 n + 1) ints).
+template <int P>
+__device__ SlcUnionTiles slc_union_tiles(const int32_t* block_indices, const NsaDims& a, int start, int len, int t0,
+                                         int np, int h, int* scratch) {
+  int *vals = scratch, *pre = vals + P * a.n, *ublk = pre + P * (a.n + 1);
+  unsigned* umask = reinterpret_cast<unsigned*>(ublk + P * a.n);
+  const int nu = slc_union_merge<P, 128>(block_indices + (((int64_t)start + t0) * a.H + h) * a.n, (int64_t)a.H * a.n,
+                                         np, a.n, vals, pre, ublk, umask);
+  return {ublk, umask, nu, len, t0, np == 32 ? 0xffffffffu : (1u << np) - 1, (int64_t)a.H * a.D};
+}
+
 template <int P> size_t slc_wgmma_smem(int n) {
   return 1024 + 64 * 256 + 2 * kAttnKeys * 256 + (size_t)P * (4 * n + 1) * sizeof(int);
 }
@@ -104,10 +151,7 @@ __global__ void __launch_bounds__(128) nsa_slc_fwd_wgmma(const uint16_t* __restr
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   unsigned char* smem = (unsigned char*)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
   unsigned char *Qs = smem, *Ks = Qs + kQ, *Vs = Ks + kKV;
-  int* vals = reinterpret_cast<int*>(Vs + kKV);
-  int* pre = vals + P * a.n;
-  int* ublk = pre + P * (a.n + 1);
-  unsigned* umask = reinterpret_cast<unsigned*>(ublk + P * a.n);
+  int* scratch = reinterpret_cast<int*>(Vs + kKV);  // the union's tables
   const int seq = blockIdx.y, h = blockIdx.z;
   const int start = a.cu_seqlens[seq], len = a.cu_seqlens[seq + 1] - start;
   const int t0 = blockIdx.x * P;
@@ -120,19 +164,9 @@ __global__ void __launch_bounds__(128) nsa_slc_fwd_wgmma(const uint16_t* __restr
     return t <= t_last && g < a.G ? q + ((int64_t)start + t) * qs + (int64_t)(h * a.G + g) * a.D : nullptr;
   }, a.D, q);
   cp_commit();
-  const int nu = slc_union_merge<P, 128>(block_indices + (((int64_t)start + t0) * a.H + h) * a.n, (int64_t)a.H * a.n,
-                                         np, a.n, vals, pre, ublk, umask);
-  const int ntiles = (nu + 1) / 2;
-  // Tile i: the keys of union blocks 2i and 2i + 1, 64 rows each (zeros past the sequence or the union).
-  auto tile_rows = [&](const uint16_t* g, int i) {
-    return [=](int r) -> const uint16_t* {
-      const int e = 2 * i + r / kSlcBlock;
-      if (e >= nu) return nullptr;
-      const int key = ublk[e] * kSlcBlock + r % kSlcBlock;
-      return key < len ? g + (int64_t)key * kvs : nullptr;
-    };
-  };
-  if (ntiles > 0) cp_rows_swizzled<kAttnKeys, kAttnDim, 128>(Ks, tile_rows(kg, 0), a.D, ks);
+  const SlcUnionTiles u = slc_union_tiles<P>(block_indices, a, start, len, t0, np, h, scratch);
+  const int ntiles = u.count();
+  if (ntiles > 0) cp_rows_swizzled<kAttnKeys, kAttnDim, 128>(Ks, u.rows(kg, 0), a.D, ks);
   cp_commit();
   const uint32_t q_addr = smem_addr(Qs), k_addr = smem_addr(Ks), v_addr = smem_addr(Vs);
   const float sl2 = (float)a.scale * kLog2e;
@@ -144,7 +178,6 @@ __global__ void __launch_bounds__(128) nsa_slc_fwd_wgmma(const uint16_t* __restr
     const int r = warp * 16 + lane / 4 + 8 * i;
     pos[i] = r / GP, tq[i] = t0 + pos[i], valid[i] = tq[i] <= t_last && r % GP < a.G;
   }
-  const unsigned all = np == 32 ? 0xffffffffu : (1u << np) - 1;
   float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
   float s[NJ][4], acc[NO * 4];
 #pragma unroll
@@ -153,21 +186,12 @@ __global__ void __launch_bounds__(128) nsa_slc_fwd_wgmma(const uint16_t* __restr
     cp_wait_all();
     fence_async_smem();
     __syncthreads();  // K(it) (and Q) landed, visible to wgmma; every warp is done with P V on the previous V
-    cp_rows_swizzled<kAttnKeys, kAttnDim, 128>(Vs, tile_rows(vg, it), a.D, vs);
+    cp_rows_swizzled<kAttnKeys, kAttnDim, 128>(Vs, u.rows(vg, it), a.D, vs);
     cp_commit();
     attn_qk_wgmma<64>(s, q_addr, k_addr);
-    // Per half of the tile: its first key and which of this thread's rows chose it. No masking where every
-    // position chose both blocks and they end before the first position.
     int base[2];
-    bool chose[2][2], edge = false;
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int e = 2 * it + half;
-      const unsigned m = e < nu ? umask[e] : 0u;
-      base[half] = e < nu ? ublk[e] * kSlcBlock : 0;
-      chose[half][0] = (m >> pos[0]) & 1, chose[half][1] = (m >> pos[1]) & 1;
-      edge |= m != all || base[half] + kSlcBlock - 1 > t0;
-    }
+    bool chose[2][2];
+    const bool edge = u.masks(it, pos, base, chose);
     float alpha[2];
     online_softmax<NJ>(s, edge, [&](int j, int e) {
       const int half = j / (kSlcBlock / 8), i = e >> 1;
@@ -177,7 +201,7 @@ __global__ void __launch_bounds__(128) nsa_slc_fwd_wgmma(const uint16_t* __restr
     cp_wait_all();
     fence_async_smem();
     __syncthreads();  // V(it) landed; every warp is done reading Ks
-    if (it + 1 < ntiles) cp_rows_swizzled<kAttnKeys, kAttnDim, 128>(Ks, tile_rows(kg, it + 1), a.D, ks);
+    if (it + 1 < ntiles) cp_rows_swizzled<kAttnKeys, kAttnDim, 128>(Ks, u.rows(kg, it + 1), a.D, ks);
     cp_commit();
     attn_pv_wgmma(acc, s, alpha, v_addr);
   }
@@ -233,10 +257,7 @@ __global__ void __launch_bounds__(128) nsa_slc_bwd_dq_wgmma(
   unsigned char* smem = (unsigned char*)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
   unsigned char *Qs = smem, *dOs = Qs + kQ, *Ks = dOs + kQ, *Vs = Ks + kKV;
   float* dl = reinterpret_cast<float*>(Vs + kKV);
-  int* vals = reinterpret_cast<int*>(dl + 64);
-  int* pre = vals + P * a.n;
-  int* ublk = pre + P * (a.n + 1);
-  unsigned* umask = reinterpret_cast<unsigned*>(ublk + P * a.n);
+  int* scratch = reinterpret_cast<int*>(dl + 64);  // the union's tables
   const int seq = blockIdx.y, h = blockIdx.z;
   const int start = a.cu_seqlens[seq], len = a.cu_seqlens[seq + 1] - start;
   const int t0 = blockIdx.x * P;
@@ -261,36 +282,18 @@ __global__ void __launch_bounds__(128) nsa_slc_bwd_dq_wgmma(
   for (int rr = 0; rr < 16; ++rr) {  // delta of the warp's 16 rows
     const int r = warp * 16 + rr;
     const int64_t o = row_of(r);
-    float sum = 0.f;
-    for (int c = lane * 4; o >= 0 && c < a.D; c += 128) {
-      const float4 ov = *reinterpret_cast<const float4*>(o_slc + o * a.D + c);
-      const uint2 d2 = *reinterpret_cast<const uint2*>(dout + o * a.D + c);
-      const float2 d01 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&d2.x));
-      const float2 d23 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&d2.y));
-      sum += d01.x * ov.x + d01.y * ov.y + d23.x * ov.z + d23.y * ov.w;
-    }
-#pragma unroll
-    for (int m = 16; m > 0; m /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, m);
+    const float sum = o >= 0 ? slc_row_delta(o_slc + o * a.D, dout + o * a.D, a.D, lane) : 0.f;
     if (lane == 0) {
       dl[r] = sum;
       if (o >= 0) delta[o] = sum;
     }
   }
   // (the merge's barriers also publish dl)
-  const int nu = slc_union_merge<P, 128>(block_indices + (((int64_t)start + t0) * a.H + h) * a.n, (int64_t)a.H * a.n,
-                                         np, a.n, vals, pre, ublk, umask);
-  const int ntiles = (nu + 1) / 2;
-  auto tile_rows = [&](const uint16_t* g, int i) {
-    return [=](int r) -> const uint16_t* {
-      const int e = 2 * i + r / kSlcBlock;
-      if (e >= nu) return nullptr;
-      const int key = ublk[e] * kSlcBlock + r % kSlcBlock;
-      return key < len ? g + (int64_t)key * kvs : nullptr;
-    };
-  };
+  const SlcUnionTiles u = slc_union_tiles<P>(block_indices, a, start, len, t0, np, h, scratch);
+  const int ntiles = u.count();
   if (ntiles > 0) {
-    cp_rows_swizzled<kAttnKeys, kAttnDim, 128>(Ks, tile_rows(kg, 0), a.D, ks);
-    cp_rows_swizzled<kAttnKeys, kAttnDim, 128>(Vs, tile_rows(vg, 0), a.D, vs);
+    cp_rows_swizzled<kAttnKeys, kAttnDim, 128>(Ks, u.rows(kg, 0), a.D, ks);
+    cp_rows_swizzled<kAttnKeys, kAttnDim, 128>(Vs, u.rows(vg, 0), a.D, vs);
   }
   cp_commit();
   const uint32_t q_addr = smem_addr(Qs), do_addr = smem_addr(dOs), k_addr = smem_addr(Ks), v_addr = smem_addr(Vs);
@@ -305,7 +308,6 @@ __global__ void __launch_bounds__(128) nsa_slc_bwd_dq_wgmma(
     lse2[i] = o >= 0 ? lse_slc[o] * kLog2e : INFINITY;  // padding rows: p = 0
     dlt[i] = dl[r];
   }
-  const unsigned all = np == 32 ? 0xffffffffu : (1u << np) - 1;
   const float one[2] = {1.f, 1.f};
   float acc[NO * 4];
 #pragma unroll
@@ -318,18 +320,11 @@ __global__ void __launch_bounds__(128) nsa_slc_bwd_dq_wgmma(
     attn_qk_wgmma<64>(s, q_addr, k_addr);
     attn_qk_wgmma<64>(dp, do_addr, v_addr);
     __syncthreads();  // every warp is done reading Vs
-    if (it + 1 < ntiles) cp_rows_swizzled<kAttnKeys, kAttnDim, 128>(Vs, tile_rows(vg, it + 1), a.D, vs);
+    if (it + 1 < ntiles) cp_rows_swizzled<kAttnKeys, kAttnDim, 128>(Vs, u.rows(vg, it + 1), a.D, vs);
     cp_commit();
     int base[2];
-    bool chose[2][2], edge = false;
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int e = 2 * it + half;
-      const unsigned m = e < nu ? umask[e] : 0u;
-      base[half] = e < nu ? ublk[e] * kSlcBlock : 0;
-      chose[half][0] = (m >> pos[0]) & 1, chose[half][1] = (m >> pos[1]) & 1;
-      edge |= m != all || base[half] + kSlcBlock - 1 > t0;
-    }
+    bool chose[2][2];
+    const bool edge = u.masks(it, pos, base, chose);
 #pragma unroll
     for (int j = 0; j < NJ; ++j)
 #pragma unroll
@@ -342,7 +337,7 @@ __global__ void __launch_bounds__(128) nsa_slc_bwd_dq_wgmma(
       }
     attn_pv_wgmma(acc, s, one, k_addr);  // dq += dS K
     __syncthreads();                     // every warp is done reading Ks
-    if (it + 1 < ntiles) cp_rows_swizzled<kAttnKeys, kAttnDim, 128>(Ks, tile_rows(kg, it + 1), a.D, ks);
+    if (it + 1 < ntiles) cp_rows_swizzled<kAttnKeys, kAttnDim, 128>(Ks, u.rows(kg, it + 1), a.D, ks);
     cp_commit();
   }
   const float sc = (float)a.scale;
