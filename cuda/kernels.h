@@ -101,7 +101,8 @@ void nsa_selected_forward_tc(const void* q, const void* k_slc, const void* v_slc
 // with f32 atomics (not bitwise reproducible). Supported for D % 8 == 0, D <= 128,
 // G <= 16, l' a multiple of 16 up to 128.
 // Version 3 of that forward (cuda/nsa_selected_sm90.cu, wgmma): false without launching where it does not apply
-// (not sm_90a, l' != 64, D > 128, G outside 2..16).
+// (not sm_90a, l' != 64, D > 128 or not a multiple of 8, G outside 2..16, or n so large (over ~200) that the
+// union's tables would not fit in shared memory).
 bool nsa_selected_forward_wgmma(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
                                 float* o_slc, float* lse_slc, const NsaDims& d, int max_len, cudaStream_t stream);
 // Version 3 of the backward's dq step (the same kernel file): dq and delta = rowsum(dout o) [N, HQ] f32.

@@ -374,7 +374,9 @@ void launch_slc_dq_wgmma(const void* q, const void* k_slc, const void* v_slc, co
 // two cp.async stages): S^T = K Q^T and dP^T = V dO^T by wgmma m64n64 from shared memory, P^T, dS^T = P^T (dP^T -
 // delta), then dV += P^T dO and dK += dS^T Q with P^T, dS^T from registers and dO, Q read MN-major; dk, dv are
 // added into f32 accumulators at the end (float2 atomics). Why: the mma.sync kernel ran at ~170 TFLOP/s (H100,
-// 2026-12-06); here nothing is computed twice and nothing is padded (the keys fill wgmma's 64 rows).
+// 2026-12-06); here the block's keys fill wgmma's 64 rows. The pieces are still cut for the mma.sync kernel's
+// 32-row tiles (64 x 32 / G positions), so at G = 16 a piece is 32 of these tiles; where G does not divide 64
+// (G = 3: 63 rows) or a piece's length is not a multiple of 64 / G, the last tile or rows are padding.
 constexpr int kDkvRows = 64;
 size_t slc_dkv_wgmma_smem() { return 1024 + 2 * kSlcBlock * 256 + 2 * 2 * kDkvRows * 256 + 2 * 3 * kDkvRows * sizeof(float); }
 
