@@ -210,7 +210,8 @@ __device__ void slc_union_build(const SlcUnion& u, const int32_t* block_indices,
 // chunks in flight while one is computed; one barrier per chunk: it also frees the stage the next load overwrites);
 // calls f(Ks, Vs, n0, k_hi) in each warp whose position t chose the chunk's block (k_hi: min(block end, t + 1)).
 // Why several stages: the forward at 64k (2 stages, two barriers per chunk) was latency-bound (Nsight Compute,
-// H100, 2026-12-06: L2 at 45% of its throughput, no eligible warp in 70% of cycles).
+// H100, 2026-12-06: L2 at 45% of its throughput, no eligible warp in 70% of cycles); 4 stages measured the same
+// as 2 (H200, same day: 36.9 ms), so the latency is not the loads' (version 3 replaced the MMAs instead).
 template <int DP, int S, class F>
 __device__ void slc_union_walk(const SlcUnion& u, uint16_t* stage0, const uint16_t* ks, const uint16_t* vs, int start,
                                int len, int h, int t, bool active, const NsaDims& a, F&& f) {
