@@ -675,27 +675,37 @@ int bwd_heads_per_block(const AttentionDims& d, int bn) {
   return gs;
 }
 
-template <int DP, int DC, int BN>
-void launch_bwd_tc(const void* q, const void* k, const void* v, const void* dout, const float* lse, const float* delta,
-                   float* dq_acc, void* dk, void* dv, const AttentionDims& d, cudaStream_t stream) {
-  const size_t smem = bwd_smem<DP, BN>();
-  allow_smem(attn_bwd_tc<DP, DC, BN>, smem);
-  const int G = d.H / d.Hkv, gs = bwd_heads_per_block(d, BN), splits = (G + gs - 1) / gs;
+// Runs a backward kernel over the head splits of bwd_heads_per_block: launch(gs, dkv_acc) with dkv_acc an f32
+// buffer for dk then dv when the group is split (then converted into dk, dv), else nullptr.
+template <class Launch>
+void run_bwd_split(const AttentionDims& d, int bn, void* dk, void* dv, cudaStream_t stream, Launch&& launch) {
+  const int G = d.H / d.Hkv, gs = bwd_heads_per_block(d, bn), splits = (G + gs - 1) / gs;
   const int64_t kv_elems = d.N * d.Hkv * d.D;
   ScratchBuffer acc(splits > 1 ? 2 * kv_elems * sizeof(float) : 0);
   if (splits > 1) NT_CUDA_CHECK(cudaMemsetAsync(acc.p, 0, 2 * kv_elems * sizeof(float), stream));
-  const dim3 grid((unsigned)((d.max_len + BN - 1) / BN), (unsigned)d.nseq, (unsigned)(d.Hkv * splits));
-  attn_bwd_tc<DP, DC, BN><<<grid, 2 * BN, smem, stream>>>(
-      static_cast<const uint16_t*>(q), static_cast<const uint16_t*>(k), static_cast<const uint16_t*>(v),
-      static_cast<const uint16_t*>(dout), lse, delta, dq_acc, static_cast<uint16_t*>(dk), static_cast<uint16_t*>(dv),
-      static_cast<float*>(acc.p), gs, d);
-  NT_CUDA_CHECK(cudaGetLastError());
+  launch(gs, static_cast<float*>(acc.p));
   if (splits > 1) {
     float* a = static_cast<float*>(acc.p);
     f32_to_bf16<<<grid_for(kv_elems, 256), 256, 0, stream>>>(a, static_cast<uint16_t*>(dk), kv_elems);
     f32_to_bf16<<<grid_for(kv_elems, 256), 256, 0, stream>>>(a + kv_elems, static_cast<uint16_t*>(dv), kv_elems);
     NT_CUDA_CHECK(cudaGetLastError());
   }
+}
+
+template <int DP, int DC, int BN>
+void launch_bwd_tc(const void* q, const void* k, const void* v, const void* dout, const float* lse, const float* delta,
+                   float* dq_acc, void* dk, void* dv, const AttentionDims& d, cudaStream_t stream) {
+  const size_t smem = bwd_smem<DP, BN>();
+  allow_smem(attn_bwd_tc<DP, DC, BN>, smem);
+  run_bwd_split(d, BN, dk, dv, stream, [&](int gs, float* dkv_acc) {
+    const int splits = (d.H / d.Hkv + gs - 1) / gs;
+    const dim3 grid((unsigned)((d.max_len + BN - 1) / BN), (unsigned)d.nseq, (unsigned)(d.Hkv * splits));
+    attn_bwd_tc<DP, DC, BN><<<grid, 2 * BN, smem, stream>>>(
+        static_cast<const uint16_t*>(q), static_cast<const uint16_t*>(k), static_cast<const uint16_t*>(v),
+        static_cast<const uint16_t*>(dout), lse, delta, dq_acc, static_cast<uint16_t*>(dk), static_cast<uint16_t*>(dv),
+        dkv_acc, gs, d);
+    NT_CUDA_CHECK(cudaGetLastError());
+  });
 }
 }  // namespace
 
@@ -748,7 +758,11 @@ void attention_backward(DType t, const void* q, const void* k, const void* v, co
   if (use_tensor_cores(t, d, {q, k, v, dout, dk, dv})) {
     NT_CUDA_CHECK(cudaMemsetAsync(dq_acc, 0, (size_t)d.N * d.H * d.D * sizeof(float), stream));
     const bool wide = g_bwd_keys == 128;  // 256-wide heads keep 64 keys (the 128-key tile's smem would not fit twice)
-    if (d.D <= 64 && wide) launch_bwd_tc<64, 64, 128>(q, k, v, dout, lse, delta, dq_acc, dk, dv, d, stream);
+    if (g_attention_kernel >= 4 && attention_wgmma_available(d))  // versions 4 and 5: Hopper kernels both ways
+      run_bwd_split(d, 128, dk, dv, stream, [&](int gs, float* dkv_acc) {
+        attention_backward_wgmma(q, k, v, dout, lse, delta, dq_acc, dk, dv, dkv_acc, gs, d, stream);
+      });
+    else if (d.D <= 64 && wide) launch_bwd_tc<64, 64, 128>(q, k, v, dout, lse, delta, dq_acc, dk, dv, d, stream);
     else if (d.D <= 64) launch_bwd_tc<64, 64, 64>(q, k, v, dout, lse, delta, dq_acc, dk, dv, d, stream);
     else if (d.D <= 128 && wide) launch_bwd_tc<128, 128, 128>(q, k, v, dout, lse, delta, dq_acc, dk, dv, d, stream);
     else if (d.D <= 128) launch_bwd_tc<128, 128, 64>(q, k, v, dout, lse, delta, dq_acc, dk, dv, d, stream);

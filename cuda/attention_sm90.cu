@@ -121,16 +121,194 @@ void launch_fwd_wgmma(const void* q, const void* k, const void* v, void* out, fl
                                                        static_cast<const uint16_t*>(v), static_cast<uint16_t*>(out), lse, d);
   NT_CUDA_CHECK(cudaGetLastError());
 }
+
+// Backward (kernel versions 4 and 5): a block of two warpgroups owns 128 keys of one kv head (warpgroup w keys
+// 64 w ..) and walks the query tiles of 64 rows (and the heads of the group, or `gs` of them) that see them, as
+// attn_bwd_tc does (cuda/attention.cu), with every product on wgmma:
+//   S^T = K_w Q^T and dP^T = V_w dO^T (m64n64, both operands in shared memory), P^T = exp(scale S^T - lse),
+//   dS^T = P^T (dP^T - delta); dV_w += P^T dO and dK_w += dS^T Q (m64n128, P^T / dS^T from registers, dO and Q
+//   read MN-major); dS^T goes to shared memory (bf16, keys as rows in the 128-byte swizzle) and warpgroup w
+//   computes dQ[:, 64 w .. 64 w + 63] = dS K[:, 64 w ..] (m64n64, dS read MN-major from it, K MN-major), added to
+//   the f32 buffer with 16-byte reductions.
+// dK and dV stay in registers over the whole walk (128 per thread); a warpgroup whose 64 keys no query of the tile
+// sees skips its products and writes zeros for its dS^T rows. Shared memory: K, V 32 KB each, Q, dO 16 KB each,
+// dS^T 16 KB: one block per SM. Traffic: K, V once; Q, dO, lse, delta once per 128-key block that sees them; dQ
+// as f32 reductions once per (query tile, key block).
+constexpr int kBwdKeys = 128, kBwdRows = 64;
+constexpr size_t kBwdSmem = 1024 + 2 * kBwdKeys * 256 + 2 * kBwdRows * 256 + kBwdKeys * 128 + 2 * kBwdRows * sizeof(float);
+
+__global__ void __launch_bounds__(256) attn_bwd_wgmma(const uint16_t* __restrict__ q, const uint16_t* __restrict__ k,
+                                                      const uint16_t* __restrict__ v, const uint16_t* __restrict__ dout,
+                                                      const float* __restrict__ lse, const float* __restrict__ delta,
+                                                      float* __restrict__ dq_acc, uint16_t* __restrict__ dk,
+                                                      uint16_t* __restrict__ dv, float* __restrict__ dkv_acc, int gs,
+                                                      AttentionDims a) {
+#if NT_SM90A
+  constexpr int NO = kAttnDim / 8, kKV = kBwdKeys * 2 * kAttnDim, kQ = kBwdRows * 2 * kAttnDim;  // bytes
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  unsigned char* smem = (unsigned char*)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
+  unsigned char *Ks = smem, *Vs = Ks + kKV, *Qs = Vs + kKV, *dOs = Qs + kQ, *dSs = dOs + kQ;
+  float* lse_s = reinterpret_cast<float*>(dSs + kBwdKeys * 128);
+  float* dlt_s = lse_s + kBwdRows;
+  const int G = a.H / a.Hkv, splits = (G + gs - 1) / gs;
+  const int seq = blockIdx.y, hk = blockIdx.z / splits, n0 = blockIdx.x * kBwdKeys;
+  const int h_lo = hk * G + (int)(blockIdx.z % splits) * gs, h_hi = min(h_lo + gs, hk * G + G);
+  const int start = a.cu_seqlens[seq], len = a.cu_seqlens[seq + 1] - start;
+  if (n0 >= len) return;
+  const int wg = threadIdx.x / 128, warp = threadIdx.x % 128 / 32, lane = threadIdx.x % 32;
+  const int64_t qs = (int64_t)a.H * a.D, ks = (int64_t)a.Hkv * a.D;
+  const float sl2 = a.scale * kLog2e, one[2] = {1.f, 1.f};
+  const int wk0 = n0 + wg * 64;                        // this warpgroup's first key
+  const int key0 = wk0 + warp * 16 + lane / 4;         // this thread's keys: key0 and key0 + 8
+  const int q_hi = a.window > 0 ? min(len, n0 + kBwdKeys - 1 + a.window) : len;
+  const int m_first = n0 / kBwdRows * kBwdRows;
+  auto rows_from = [&](const uint16_t* g, int64_t stride, int r0) {
+    return [=](int r) { return r0 + r < len ? g + (int64_t)(r0 + r) * stride : nullptr; };
+  };
+  // Q, dO (and the rows' lse, delta) of tile (h, m0) start loading while the previous tile's dQ is computed.
+  auto prefetch = [&](int h, int m0) {
+    cp_rows_swizzled<kBwdRows, kAttnDim, 256>(Qs, rows_from(q + (int64_t)start * qs + h * a.D, qs, m0), a.D, q);
+    cp_rows_swizzled<kBwdRows, kAttnDim, 256>(dOs, rows_from(dout + (int64_t)start * qs + h * a.D, qs, m0), a.D, dout);
+    cp_commit();
+    if (threadIdx.x < kBwdRows) {
+      const bool ok = m0 + (int)threadIdx.x < len;
+      const int64_t idx = (int64_t)h * a.N + start + m0 + threadIdx.x;
+      lse_s[threadIdx.x] = ok ? lse[idx] * kLog2e : 0.f;
+      dlt_s[threadIdx.x] = ok ? delta[idx] : 0.f;
+    }
+  };
+  cp_rows_swizzled<kBwdKeys, kAttnDim, 256>(Ks, rows_from(k + (int64_t)start * ks + hk * a.D, ks, n0), a.D, k);
+  cp_rows_swizzled<kBwdKeys, kAttnDim, 256>(Vs, rows_from(v + (int64_t)start * ks + hk * a.D, ks, n0), a.D, v);
+  const uint32_t k_addr = smem_addr(Ks), v_addr = smem_addr(Vs), q_addr = smem_addr(Qs), do_addr = smem_addr(dOs);
+  const uint32_t ds_addr = smem_addr(dSs);
+  float dka[NO * 4], dva[NO * 4];
+#pragma unroll
+  for (int i = 0; i < NO * 4; ++i) dka[i] = dva[i] = 0.f;
+  prefetch(h_lo, m_first);
+  for (int h = h_lo; h < h_hi; ++h)
+    for (int m0 = m_first; m0 < q_hi; m0 += kBwdRows) {
+      cp_wait_all();
+      fence_async_smem();
+      __syncthreads();  // Q, dO, lse, delta of (h, m0) (and K, V at the first tile) are in shared memory
+      // Does some query of the tile see some key of this warpgroup? (wgmma is warpgroup-wide.)
+      const bool active = wk0 <= m0 + kBwdRows - 1 && wk0 < len && !(a.window > 0 && wk0 + 63 <= m0 - a.window);
+      float p[kBwdRows / 8][4], ds[kBwdRows / 8][4];
+      if (active) {
+        attn_qk_wgmma<kBwdKeys, kBwdRows>(p, k_addr + wg * 64 * 128, q_addr);   // S^T: 64 keys x 64 queries
+        attn_qk_wgmma<kBwdKeys, kBwdRows>(ds, v_addr + wg * 64 * 128, do_addr);  // dP^T
+        const bool edge = wk0 + 63 > m0 || m0 + kBwdRows > len || wk0 + 63 >= len ||
+                          (a.window > 0 && wk0 <= m0 + kBwdRows - 1 - a.window);
+#pragma unroll
+        for (int j = 0; j < kBwdRows / 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int qr = j * 8 + (lane % 4) * 2 + (e & 1);
+            float pe = ex2(fmaf(p[j][e], sl2, -lse_s[qr]));
+            if (edge) {
+              const int qp = m0 + qr, kp = key0 + (e >> 1) * 8;
+              const bool vis = kp <= qp && qp < len && kp < len && !(a.window > 0 && kp <= qp - a.window);
+              pe = vis ? pe : 0.f;
+            }
+            p[j][e] = pe;
+            ds[j][e] = pe * (ds[j][e] - dlt_s[qr]);
+          }
+        attn_pv_wgmma<kBwdRows>(dva, p, one, do_addr);  // dV += P^T dO
+        attn_pv_wgmma<kBwdRows>(dka, ds, one, q_addr);  // dK += dS^T Q
+      } else {
+#pragma unroll
+        for (int j = 0; j < kBwdRows / 8; ++j) ds[j][0] = ds[j][1] = ds[j][2] = ds[j][3] = 0.f;
+      }
+      // dS^T into shared memory: row = key (of the block's 128), 64 queries = one 128-byte swizzled row.
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const int r = wg * 64 + warp * 16 + lane / 4 + 8 * i;
+#pragma unroll
+        for (int j = 0; j < kBwdRows / 8; ++j)  // queries j 8 + (lane % 4) 2, + 1: 4 bytes of 16-byte chunk j
+          *reinterpret_cast<uint32_t*>(dSs + r * 128 + ((j ^ (r % 8)) << 4) + (lane % 4) * 4) =
+              pack_bf16(ds[j][2 * i], ds[j][2 * i + 1]);
+      }
+      fence_async_smem();
+      __syncthreads();  // dS^T complete and visible to wgmma; every warp is done with Q, dO, lse and delta
+      if (m0 + kBwdRows < q_hi) prefetch(h, m0 + kBwdRows);
+      else if (h + 1 < h_hi) prefetch(h + 1, m_first);
+      // dQ[:, 64 wg ..] = dS K[:, 64 wg ..]: A = dS (64 queries x 128 keys) MN-major from dSs (16 keys = 2048 bytes
+      // on), B = K's column half wg (128 keys x 64 dims) MN-major.
+      float dq[8][4];
+      float(&dqf)[32] = reinterpret_cast<float(&)[32]>(dq);
+#pragma unroll
+      for (int i = 0; i < 32; ++i) dqf[i] = 0.f;
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kBwdKeys / 16; ++kk)
+        wgmma_m64n64<1, 1>(dqf, smem_desc(ds_addr + kk * 2048, kBwdKeys * 128, 1024),
+                           smem_desc(k_addr + wg * (kBwdKeys * 128) + kk * 2048, kBwdKeys * 128, 1024));
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_regs(dqf);
+      // 16-byte reductions: lane pairs swap halves so the even lane holds row r0, the odd one row r0 + 8, both on
+      // 4 consecutive columns.
+      const bool odd = lane & 1;
+      const int r = m0 + warp * 16 + lane / 4 + (odd ? 8 : 0);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const float s0 = odd ? dq[j][0] : dq[j][2], s1 = odd ? dq[j][1] : dq[j][3];
+        const float g0 = __shfl_xor_sync(0xffffffffu, s0, 1), g1 = __shfl_xor_sync(0xffffffffu, s1, 1);
+        const int col = wg * 64 + j * 8 + (lane % 4 / 2) * 4;
+        if (r < len && col < a.D) {
+          const float4 x = odd ? make_float4(g0, g1, dq[j][2], dq[j][3]) : make_float4(dq[j][0], dq[j][1], g0, g1);
+          atomicAdd(reinterpret_cast<float4*>(dq_acc + ((int64_t)start + r) * qs + h * a.D + col),
+                    make_float4(x.x * a.scale, x.y * a.scale, x.z * a.scale, x.w * a.scale));
+        }
+      }
+    }
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int r = key0 + i * 8;
+    if (r >= len) continue;
+    const int64_t off = ((int64_t)start + r) * ks + hk * a.D;
+#pragma unroll
+    for (int j = 0; j < NO; ++j) {
+      const int col = j * 8 + (lane % 4) * 2;
+      if (col >= a.D) continue;
+      const float k0 = dka[4 * j + 2 * i] * a.scale, k1 = dka[4 * j + 2 * i + 1] * a.scale;
+      const float v0 = dva[4 * j + 2 * i], v1 = dva[4 * j + 2 * i + 1];
+      if (dkv_acc) {
+        atomicAdd(reinterpret_cast<float2*>(dkv_acc + off + col), make_float2(k0, k1));
+        atomicAdd(reinterpret_cast<float2*>(dkv_acc + a.N * ks + off + col), make_float2(v0, v1));
+      } else {
+        *reinterpret_cast<uint32_t*>(dk + off + col) = pack_bf16(k0, k1);
+        *reinterpret_cast<uint32_t*>(dv + off + col) = pack_bf16(v0, v1);
+      }
+    }
+  }
+#endif
+}
 }  // namespace
+
+bool attention_wgmma_available(const AttentionDims& d) {
+  int device = 0;
+  NT_CUDA_CHECK(cudaGetDevice(&device));
+  return d.D > 64 && d.D <= 128 && sm90a_available(device);
+}
 
 bool attention_forward_wgmma(const void* q, const void* k, const void* v, void* out, float* lse, const AttentionDims& d,
                              int warpgroups, cudaStream_t stream) {
-  int device = 0;
-  NT_CUDA_CHECK(cudaGetDevice(&device));
-  if (d.D <= 64 || d.D > 128 || !sm90a_available(device)) return false;
+  if (!attention_wgmma_available(d)) return false;
   if (warpgroups == 2) launch_fwd_wgmma<128, 2>(q, k, v, out, lse, d, stream);
   else launch_fwd_wgmma<128, 1>(q, k, v, out, lse, d, stream);
   return true;
 }
 
+void attention_backward_wgmma(const void* q, const void* k, const void* v, const void* dout, const float* lse,
+                              const float* delta, float* dq_acc, void* dk, void* dv, float* dkv_acc, int gs,
+                              const AttentionDims& d, cudaStream_t stream) {
+  const int G = d.H / d.Hkv, splits = (G + gs - 1) / gs;
+  allow_smem(attn_bwd_wgmma, kBwdSmem);
+  const dim3 grid((unsigned)((d.max_len + kBwdKeys - 1) / kBwdKeys), (unsigned)d.nseq, (unsigned)(d.Hkv * splits));
+  attn_bwd_wgmma<<<grid, 256, kBwdSmem, stream>>>(
+      static_cast<const uint16_t*>(q), static_cast<const uint16_t*>(k), static_cast<const uint16_t*>(v),
+      static_cast<const uint16_t*>(dout), lse, delta, dq_acc, static_cast<uint16_t*>(dk), static_cast<uint16_t*>(dv),
+      dkv_acc, gs, d);
+  NT_CUDA_CHECK(cudaGetLastError());
+}
 }  // namespace nt::cuda

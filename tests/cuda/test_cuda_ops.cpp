@@ -430,9 +430,9 @@ CUDA_TEST("flash_attention: tensor-core (bf16) and CUDA-core kernels against the
                                 {1, 300, 4, 4, 128, 100, {}},     {1, 700, 4, 2, 64, 0, {}},
                                 {1, 600, 2, 1, 128, 200, {}},     {0, 900, 4, 2, 64, 0, {0, 17, 600, 900}},
                                 {1, 150, 40, 1, 64, 0, {}},       {0, 260, 24, 2, 72, 0, {0, 100, 260}}};
-  // Forward kernel versions 1-5 (4 and 5: wgmma on sm_90a for D > 64, one or two warpgroups per block; 3: 32 rows
-  // per warp; 2: 16), version 1 paired with the backward's 64-key blocks and the others with its 128-key blocks,
-  // then back to the defaults.
+  // Forward kernel versions 1-5 (4 and 5: wgmma on sm_90a for D 72..128, one or two warpgroups per block, and the
+  // wgmma backward there; 3: 32 rows per warp; 2: 16), version 1 paired with the mma.sync backward's 64-key blocks
+  // and the others with its 128-key blocks, then back to the defaults.
 #if NT_CUDA
   const int default_version = cuda::attention_kernel(), default_keys = cuda::attention_bwd_keys();
   auto set_version = [](int v) { cuda::set_attention_kernel(v), cuda::set_attention_bwd_keys(v == 1 ? 64 : 128); };
