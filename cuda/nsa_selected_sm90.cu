@@ -205,6 +205,7 @@ __global__ void __launch_bounds__(128) nsa_slc_fwd_wgmma(const uint16_t* __restr
     cp_commit();
     attn_pv_wgmma(acc, s, alpha, v_addr);
   }
+  cp_wait_all();  // with no tiles (positions that chose no block) the Q copies are still in flight
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 1);
@@ -340,6 +341,7 @@ __global__ void __launch_bounds__(128) nsa_slc_bwd_dq_wgmma(
     if (it + 1 < ntiles) cp_rows_swizzled<kAttnKeys, kAttnDim, 128>(Ks, u.rows(kg, it + 1), a.D, ks);
     cp_commit();
   }
+  cp_wait_all();  // with no tiles the Q and dO copies are still in flight
   const float sc = (float)a.scale;
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
