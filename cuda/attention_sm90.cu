@@ -1,6 +1,6 @@
-// Fused causal attention forward on Hopper's warpgroup MMA (wgmma; flash_attention's forward kernel version 4, the
-// default on sm_90a for bf16 head dims 72..128, zero-padded to 128). Same function and layout as cuda/attention.cu:
-// q, out [N, H, D], k, v [N, Hkv, D] packed by cu_seqlens; lse [H, N] f32.
+// Fused causal attention on Hopper's warpgroup MMA (wgmma): the forward (flash_attention's kernel version 4, the
+// default on sm_90a for bf16 head dims 72..128, zero-padded to 128) and, further down, the backward. Same function
+// and layout as cuda/attention.cu: q, out [N, H, D], k, v [N, Hkv, D] packed by cu_seqlens; lse [H, N] f32.
 //
 // A block is one warpgroup (4 warps, 128 threads) owning 64 queries of one head, or (WG = 2, version 5,
 // experimental) two warpgroups owning 128 queries that share each K/V tile; it walks 128-key tiles. S = Q K^T
@@ -14,6 +14,8 @@
 // per warp) at D = 128, 271 TFLOP/s at 8k tokens, 0.45x cuDNN; slower than it at D = 64 (not used there).
 // Traffic: q and out once, k and v once per 64-query tile that sees them.
 #include <cuda_bf16.h>
+
+#include <stdexcept>
 
 #include "cuda/attention_sm90.h"
 #include "cuda/attention_sm90.cuh"
@@ -302,6 +304,8 @@ bool attention_forward_wgmma(const void* q, const void* k, const void* v, void* 
 void attention_backward_wgmma(const void* q, const void* k, const void* v, const void* dout, const float* lse,
                               const float* delta, float* dq_acc, void* dk, void* dv, float* dkv_acc, int gs,
                               const AttentionDims& d, cudaStream_t stream) {
+  if (!attention_wgmma_available(d))  // the kernel body is empty without sm_90a code
+    throw std::logic_error("attention_backward_wgmma: called where attention_wgmma_available is false");
   const int G = d.H / d.Hkv, splits = (G + gs - 1) / gs;
   allow_smem(attn_bwd_wgmma, kBwdSmem);
   const dim3 grid((unsigned)((d.max_len + kBwdKeys - 1) / kBwdKeys), (unsigned)d.nseq, (unsigned)(d.Hkv * splits));

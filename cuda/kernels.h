@@ -50,8 +50,9 @@ struct AttentionDims {
 // All compute the same function.
 void set_attention_kernel(int version);
 int attention_kernel();
-// Keys per block of the tensor-core backward: 128 (default; 8 warps) or 64 (4 warps; also NT_ATTENTION_BWD_KEYS=64).
-// Both compute the same function; 256-wide heads always use 64.
+// Keys per block of the mma.sync backward: 128 (default; 8 warps) or 64 (4 warps; also NT_ATTENTION_BWD_KEYS=64).
+// Both compute the same function; 256-wide heads always use 64. Where versions 4 and 5 run the wgmma backward this
+// setting does not apply.
 void set_attention_bwd_keys(int keys);
 int attention_bwd_keys();
 void attention_forward(DType t, const void* q, const void* k, const void* v, void* out, float* lse,
