@@ -5,6 +5,10 @@
 // (scripts/bench_nsa_torch.py). Forward and forward + backward time and peak GPU memory (caching allocator; torch's
 // max_memory_allocated), batch 1, bf16.
 //   build/examples/bench_nsa [T=8192,16384,32768,65536] [hq=64] [hkv=4] [d=128] [fused_max_t=16384] [profile=0]
+//                            [qrun=1]
+// qrun=R: the queries of R consecutive positions share a random base vector (plus noise of half its size), so
+// neighbouring positions choose alike, as the selected-branch kernels' shared loads assume of a trained model;
+// qrun=1 (default) draws every query independently (neighbours choose nearly independent blocks).
 // profile=1: after each T's rows, the kernels of one branch-wise forward + backward (cuda::Profiler, CUPTI).
 // (the fused CUDA-core op takes seconds at 32k and more: it is timed up to fused_max_t tokens)
 // The compressed keys and values are inputs of the op (the compression MLP phi is a separate GEMM composite, not
@@ -77,25 +81,30 @@ int main(int argc, char** argv) {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // rows appear as they are measured (long runs)
   try {
     std::vector<int64_t> Ts = {8192, 16384, 32768, 65536};
-    std::map<std::string, int64_t> a{{"hq", 64}, {"hkv", 4}, {"d", 128}, {"fused_max_t", 16384}, {"profile", 0}};
+    std::map<std::string, int64_t> a{{"hq", 64}, {"hkv", 4}, {"d", 128}, {"fused_max_t", 16384}, {"profile", 0},
+                                       {"qrun", 1}};
     for (int i = 1; i < argc; ++i) {
       const std::string s = argv[i];
       const size_t eq = s.find('=');
       const std::string key = eq == std::string::npos ? s : s.substr(0, eq);
       NT_CHECK(eq != std::string::npos && (key == "T" || a.count(key)),
-               "bench_nsa: unknown argument '{}'; use T=8192,16384,..., hq=, hkv=, d=, fused_max_t=, profile=1", s);
+               "bench_nsa: unknown argument '{}'; use T=8192,16384,..., hq=, hkv=, d=, fused_max_t=, profile=1, qrun=",
+               s);
       if (key == "T") Ts = parse_list(s.substr(eq + 1));
       else a[key] = std::stoll(s.substr(eq + 1));
     }
     NT_CHECK(cuda::available(), "bench_nsa: needs a GPU");
     const int64_t HQ = a["hq"], H = a["hkv"], D = a["d"];
     NT_CHECK(HQ % H == 0, "bench_nsa: hq ({}) must be a multiple of hkv ({})", HQ, H);
+    const int64_t qrun = a["qrun"];
+    NT_CHECK(qrun >= 1, "bench_nsa: qrun must be >= 1, got {}", qrun);
     cudaDeviceProp prop;
     NT_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
     const NsaOptions opt;  // the paper's sizes
     std::printf("bench_nsa on %s: batch 1, %lld query heads, %lld kv heads, head dim %lld, bf16; NSA l=%lld d=%lld "
                 "l'=%lld n=%lld w=%lld\n", prop.name, (long long)HQ, (long long)H, (long long)D, (long long)opt.block,
                 (long long)opt.stride, (long long)opt.select_block, (long long)opt.n_select, (long long)opt.window);
+    if (qrun > 1) std::printf("queries: runs of %lld positions share a base vector (qrun)\n", (long long)qrun);
     std::string t_list;
     for (int64_t T : Ts) t_list += (t_list.empty() ? "" : ",") + std::to_string(T);
     const auto torch = bench::python_results(fmt::format("python3 scripts/bench_nsa_torch.py {} {} {} {}", t_list, HQ,
@@ -105,7 +114,15 @@ int main(int argc, char** argv) {
     for (int64_t T : Ts) {
       auto rnd = [&](const Shape& s) { return randn(s, DType::f32, kGpu, &gen).to(DType::bf16); };
       const int64_t NC = nsa_num_cmp_blocks(T, opt.block, opt.stride);
-      const Tensor q = rnd({T, HQ, D}), kc = rnd({NC, H, D}), vc = rnd({NC, H, D}), ks = rnd({T, H, D}),
+      // qrun > 1: base[t / qrun] + noise / 2 (the base rows repeated by a broadcast view, then cut to T rows).
+      auto queries = [&] {
+        if (qrun == 1) return rnd({T, HQ, D});
+        const int64_t runs = (T + qrun - 1) / qrun;
+        const Tensor base = randn({runs, 1, HQ, D}, DType::f32, kGpu, &gen).expand({runs, qrun, HQ, D})
+                                .reshape({runs * qrun, HQ, D}).narrow(0, 0, T);
+        return (base + randn({T, HQ, D}, DType::f32, kGpu, &gen) * 0.5).to(DType::bf16);
+      };
+      const Tensor q = queries(), kc = rnd({NC, H, D}), vc = rnd({NC, H, D}), ks = rnd({T, H, D}),
                    vs = rnd({T, H, D}), kw = rnd({T, H, D}), vw = rnd({T, H, D});
       const Tensor gates = sigmoid(randn({T, HQ, 3}, DType::f32, kGpu, &gen)).to(DType::bf16);
       const Tensor dout = rnd({T, HQ, D});
