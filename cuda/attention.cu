@@ -137,21 +137,8 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_tc(const uint16_t* __restri
       }
     pv_accumulate<NT, 8>(acc, alpha, s, Vs, LD, lane);
   }
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 1);
-    l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 2);
-    const int r = row0 + i * 8;
-    if (r >= len) continue;
-    const float inv = 1.f / l_run[i];
-    uint16_t* orow = o + (start + r) * qs + h * a.D;
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
-      const int c = nt * 8 + (lane % 4) * 2;
-      if (c < a.D) *reinterpret_cast<uint32_t*>(orow + c) = pack_bf16(acc[nt][2 * i] * inv, acc[nt][2 * i + 1] * inv);
-    }
-    if (lane % 4 == 0) lse[(int64_t)h * a.N + start + r] = (m_run[i] + log2f(l_run[i])) / kLog2e;
-  }
+  attn_write_rows<NT>(acc, l_run, m_run, o + (int64_t)start * qs + h * a.D, qs, lse + (int64_t)h * a.N + start, row0,
+                      len, a.D, lane);
 }
 
 // ---- forward, versions 2 and 3 (version 1 above: head dims over 128; version 4, the default, on wgmma in
@@ -285,22 +272,8 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_tc2(const uint16_t* __restr
   }
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      float l = l_run[mt][i];
-      l += __shfl_xor_sync(0xffffffffu, l, 1);
-      l += __shfl_xor_sync(0xffffffffu, l, 2);
-      const int r = wrow + mt * 16 + lane / 4 + i * 8;
-      if (r >= len) continue;
-      const float inv = 1.f / l;
-      uint16_t* orow = o + ((int64_t)start + r) * qs + h * a.D;
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt) {
-        const int c = nt * 8 + (lane % 4) * 2;
-        if (c < a.D) *reinterpret_cast<uint32_t*>(orow + c) = pack_bf16(acc[mt][nt][2 * i] * inv, acc[mt][nt][2 * i + 1] * inv);
-      }
-      if (lane % 4 == 0) lse[(int64_t)h * a.N + start + r] = (m_run[mt][i] + log2f(l)) / kLog2e;
-    }
+    attn_write_rows<NT>(acc[mt], l_run[mt], m_run[mt], o + (int64_t)start * qs + h * a.D, qs,
+                        lse + (int64_t)h * a.N + start, wrow + mt * 16 + lane / 4, len, a.D, lane);
 }
 
 // Backward: a block owns BN (128 or 64) keys of one kv head (BN / 16 warps) and walks the query tiles (and the heads of the group, or `gs` of

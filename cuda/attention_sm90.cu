@@ -95,21 +95,8 @@ __global__ void __launch_bounds__(128 * WG) attn_fwd_wgmma(const uint16_t* __res
     cp_commit();
     if (active) attn_pv_wgmma(acc, s, alpha, v_addr);
   }
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 1);
-    l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 2);
-    const int r = row0 + i * 8;
-    if (r >= len) continue;
-    const float inv = 1.f / l_run[i];
-    uint16_t* orow = o + ((int64_t)start + r) * qs + h * a.D;
-#pragma unroll
-    for (int j = 0; j < NO; ++j) {
-      const int c = j * 8 + (lane % 4) * 2;
-      if (c < a.D) *reinterpret_cast<uint32_t*>(orow + c) = pack_bf16(acc[4 * j + 2 * i] * inv, acc[4 * j + 2 * i + 1] * inv);
-    }
-    if (lane % 4 == 0) lse[(int64_t)h * a.N + start + r] = (m_run[i] + log2f(l_run[i])) / kLog2e;
-  }
+  attn_write_rows<NO>(reinterpret_cast<const float(&)[NO][4]>(acc), l_run, m_run, o + (int64_t)start * qs + h * a.D, qs,
+                      lse + (int64_t)h * a.N + start, row0, len, a.D, lane);
 #endif
 }
 

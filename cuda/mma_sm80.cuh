@@ -112,6 +112,31 @@ __device__ __forceinline__ void online_softmax(float (&s)[NJ][4], bool mask, Mas
     }
 }
 
+// The end of a forward's online softmax for one warp's 16 rows (this thread's: row0 and row0 + 8, rows >= len
+// skipped): out = acc / l as bf16 into o_rows + r row_stride (columns < D) and lse = m + log l (natural log) into
+// lse_rows[r]. l_run is summed over the row's 4 lanes here.
+template <int NT>
+__device__ __forceinline__ void attn_write_rows(const float (&acc)[NT][4], const float (&l_run)[2],
+                                                const float (&m_run)[2], uint16_t* o_rows, int64_t row_stride,
+                                                float* lse_rows, int row0, int len, int D, int lane) {
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    float l = l_run[i];
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    const int r = row0 + i * 8;
+    if (r >= len) continue;
+    const float inv = 1.f / l;
+    uint16_t* orow = o_rows + (int64_t)r * row_stride;
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      const int c = nt * 8 + (lane % 4) * 2;
+      if (c < D) *reinterpret_cast<uint32_t*>(orow + c) = pack_bf16(acc[nt][2 * i] * inv, acc[nt][2 * i + 1] * inv);
+    }
+    if (lane % 4 == 0) lse_rows[r] = (m_run[i] + log2f(l)) / kLog2e;
+  }
+}
+
 // acc += P V for one warp: P a 16 x 8 NJ block in the accumulators of qk_tile (the C layout of S is the A layout
 // of P), V rows 0.. of the shared tile Vs (leading dimension LD), acc in NT accumulator blocks of 8 columns. Also
 // the backward's products dQ += dS K, dV += P^T dO, dK += dS^T Q (the shared tile is then K, dO or Q).
