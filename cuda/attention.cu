@@ -361,20 +361,7 @@ __global__ void __launch_bounds__(2 * BN) attn_bwd_tc(const uint16_t* __restrict
         // Masks only where the tile crosses the diagonal, the sequence end or the window edge (per warp).
         const bool edge = wkey + 15 > m0 || m0 + kBM > len || wkey + 15 >= len ||
                           (a.window > 0 && wkey <= m0 + kBM - 1 - a.window);
-#pragma unroll
-        for (int j = 0; j < 8; ++j)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int qr = j * 8 + (lane % 4) * 2 + (e & 1);
-            float pe = ex2(fmaf(p[j][e], sl2, -lse_s[qr]));
-            if (edge) {
-              const int qp = m0 + qr, kp = key0 + (e >> 1) * 8;
-              const bool vis = kp <= qp && qp < len && kp < len && !(a.window > 0 && kp <= qp - a.window);
-              pe = vis ? pe : 0.f;
-            }
-            p[j][e] = pe;
-            ds[j][e] = pe * (ds[j][e] - dlt_s[qr]);
-          }
+        attn_bwd_probs(p, ds, edge, lse_s, dlt_s, sl2, m0, key0, len, a.window, lane);
         // dV += P^T dO and dK += dS^T Q over this pass's columns.
 #pragma unroll
         for (int kk = 0; kk < kBM / 16; ++kk) {

@@ -187,20 +187,7 @@ __global__ void __launch_bounds__(256) attn_bwd_wgmma(const uint16_t* __restrict
         attn_qk_wgmma<kBwdKeys, kBwdRows>(ds, v_addr + wg * 64 * 128, do_addr);  // dP^T
         const bool edge = wk0 + 63 > m0 || m0 + kBwdRows > len || wk0 + 63 >= len ||
                           (a.window > 0 && wk0 <= m0 + kBwdRows - 1 - a.window);
-#pragma unroll
-        for (int j = 0; j < kBwdRows / 8; ++j)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int qr = j * 8 + (lane % 4) * 2 + (e & 1);
-            float pe = ex2(fmaf(p[j][e], sl2, -lse_s[qr]));
-            if (edge) {
-              const int qp = m0 + qr, kp = key0 + (e >> 1) * 8;
-              const bool vis = kp <= qp && qp < len && kp < len && !(a.window > 0 && kp <= qp - a.window);
-              pe = vis ? pe : 0.f;
-            }
-            p[j][e] = pe;
-            ds[j][e] = pe * (ds[j][e] - dlt_s[qr]);
-          }
+        attn_bwd_probs(p, ds, edge, lse_s, dlt_s, sl2, m0, key0, len, a.window, lane);
         attn_pv_wgmma<kBwdRows>(dva, p, one, do_addr);  // dV += P^T dO
         attn_pv_wgmma<kBwdRows>(dka, ds, one, q_addr);  // dK += dS^T Q
       } else {

@@ -137,6 +137,29 @@ __device__ __forceinline__ void attn_write_rows(const float (&acc)[NT][4], const
   }
 }
 
+// The flash backward's P^T and dS^T for one warp's 16 keys (this thread's: key0 and key0 + 8) x 64 queries m0..:
+// p holds S^T and ds holds dP^T (mma's C layout, query = column); afterwards p = exp(scale S - lse) and
+// ds = p (dP - delta), with lse2 (lse log2 e) and delta per query column. Where `edge`, entries outside the causal
+// (and window, if > 0) range or past len are 0.
+__device__ __forceinline__ void attn_bwd_probs(float (&p)[8][4], float (&ds)[8][4], bool edge, const float* lse2,
+                                               const float* delta, float sl2, int m0, int key0, int len, int window,
+                                               int lane) {
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int qr = j * 8 + (lane % 4) * 2 + (e & 1);
+      float pe = ex2(fmaf(p[j][e], sl2, -lse2[qr]));
+      if (edge) {
+        const int qp = m0 + qr, kp = key0 + (e >> 1) * 8;
+        const bool vis = kp <= qp && qp < len && kp < len && !(window > 0 && kp <= qp - window);
+        pe = vis ? pe : 0.f;
+      }
+      p[j][e] = pe;
+      ds[j][e] = pe * (ds[j][e] - delta[qr]);
+    }
+}
+
 // acc += P V for one warp: P a 16 x 8 NJ block in the accumulators of qk_tile (the C layout of S is the A layout
 // of P), V rows 0.. of the shared tile Vs (leading dimension LD), acc in NT accumulator blocks of 8 columns. Also
 // the backward's products dQ += dS K, dV += P^T dO, dK += dS^T Q (the shared tile is then K, dO or Q).
