@@ -297,10 +297,8 @@ __global__ void __launch_bounds__(2 * BN) attn_bwd_tc(const uint16_t* __restrict
   float* lse_s = reinterpret_cast<float*>(dSs + BN * LDS);
   float* dlt_s = lse_s + kBM;
   // Key tiles near the start of a sequence are seen by the most query tiles: they go first (less tail).
-  const int G = a.H / a.Hkv, splits = (G + gs - 1) / gs;
-  const int seq = blockIdx.y, hk = blockIdx.z / splits, n0 = blockIdx.x * BN;
-  const int h_lo = hk * G + (int)(blockIdx.z % splits) * gs, h_hi = min(h_lo + gs, hk * G + G);
-  const int start = a.cu_seqlens[seq], len = a.cu_seqlens[seq + 1] - start;
+  const AttnBwdBlock blk = attn_bwd_block(a, gs, BN);
+  const int hk = blk.hk, n0 = blk.n0, h_lo = blk.h_lo, h_hi = blk.h_hi, start = blk.start, len = blk.len;
   if (n0 >= len) return;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t qs = (int64_t)a.H * a.D, ks = (int64_t)a.Hkv * a.D;

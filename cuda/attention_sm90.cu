@@ -139,10 +139,8 @@ __global__ void __launch_bounds__(256) attn_bwd_wgmma(const uint16_t* __restrict
   unsigned char *Ks = smem, *Vs = Ks + kKV, *Qs = Vs + kKV, *dOs = Qs + kQ, *dSs = dOs + kQ;
   float* lse_s = reinterpret_cast<float*>(dSs + kBwdKeys * 128);
   float* dlt_s = lse_s + kBwdRows;
-  const int G = a.H / a.Hkv, splits = (G + gs - 1) / gs;
-  const int seq = blockIdx.y, hk = blockIdx.z / splits, n0 = blockIdx.x * kBwdKeys;
-  const int h_lo = hk * G + (int)(blockIdx.z % splits) * gs, h_hi = min(h_lo + gs, hk * G + G);
-  const int start = a.cu_seqlens[seq], len = a.cu_seqlens[seq + 1] - start;
+  const AttnBwdBlock blk = attn_bwd_block(a, gs, kBwdKeys);
+  const int hk = blk.hk, n0 = blk.n0, h_lo = blk.h_lo, h_hi = blk.h_hi, start = blk.start, len = blk.len;
   if (n0 >= len) return;
   const int wg = threadIdx.x / 128, warp = threadIdx.x % 128 / 32, lane = threadIdx.x % 32;
   const int64_t qs = (int64_t)a.H * a.D, ks = (int64_t)a.Hkv * a.D;

@@ -137,6 +137,21 @@ __device__ __forceinline__ void attn_write_rows(const float (&acc)[NT][4], const
   }
 }
 
+// The flash backward's thread block (either kernel): keys n0 .. n0 + keys - 1 of sequence blockIdx.y, kv head hk,
+// query heads [h_lo, h_hi) (the group's heads, or gs of them when it is split: blockIdx.z = hk x splits + split).
+struct AttnBwdBlock {
+  int seq, hk, n0, h_lo, h_hi, start, len;
+};
+template <class Dims>
+__device__ __forceinline__ AttnBwdBlock attn_bwd_block(const Dims& a, int gs, int keys) {
+  const int G = a.H / a.Hkv, splits = (G + gs - 1) / gs;
+  AttnBwdBlock b;
+  b.seq = blockIdx.y, b.hk = blockIdx.z / splits, b.n0 = blockIdx.x * keys;
+  b.h_lo = b.hk * G + (int)(blockIdx.z % splits) * gs, b.h_hi = min(b.h_lo + gs, b.hk * G + G);
+  b.start = a.cu_seqlens[b.seq], b.len = a.cu_seqlens[b.seq + 1] - b.start;
+  return b;
+}
+
 // The flash backward's P^T and dS^T for one warp's 16 keys (this thread's: key0 and key0 + 8) x 64 queries m0..:
 // p holds S^T and ds holds dP^T (mma's C layout, query = column); afterwards p = exp(scale S - lse) and
 // ds = p (dP - delta), with lse2 (lse log2 e) and delta per query column. Where `edge`, entries outside the causal
