@@ -5,17 +5,19 @@
 //          its weight gradient (the reduction runs over a group's rows; a group without rows gets C[g] = 0).
 // o = offsets [G + 1], i32 on the device. f32 accumulation, bf16 out.
 //
-// One persistent block per SM walks 128 x BN output tiles (BN = 128 or 256), groups one after another, n fastest.
-// Warp 0 of warpgroup 0 is the producer: TMA copies the 128 x 64 A tile and the BN x 64 B tile into a ring of
-// shared-memory stages (full/empty mbarriers; it runs ahead into the next tile). Warpgroups 1 and 2 each multiply 64
-// rows of the tile with wgmma m64nBNk16 (f32 accumulators in registers, one k-tile's products kept in flight) and
-// store bf16 from registers, masking rows past the group's end and columns past N. A tile that runs past its group's
-// rows reads the next group's rows: in `rows` those outputs are never stored, in `wgrad` they are zeroed in shared
-// memory before the multiply (they would add to the sum). Traffic: every output tile reads its A rows and B columns
-// once (L2 serves the re-reads across a group's tiles); C is written once. Needs K, N (and Kx) multiples of 8 (TMA's
-// 16-byte strides); the host falls back to cuBLAS otherwise.
-// Measured (H100, docs/moe.md): 450-510 TFLOP/s, L2-throughput-bound (Nsight: L2 80-84%, DRAM 68%, tensor pipe
-// 61%). Pairing CTAs in 2-clusters that multicast the shared B tile was tried and ran at half the speed (not kept).
+// One persistent block per SM walks BM x BN output tiles (128 x 128, 128 x 256 or 256 x 128: pick_tiles), groups one
+// after another, n fastest. Warp 0 of warpgroup 0 is the producer: TMA copies the BM x 64 A tile and the BN x 64 B
+// tile into a ring of shared-memory stages (full/empty mbarriers; it runs ahead into the next tile). Warpgroups 1 ..
+// BM / 64 each multiply 64 rows of the tile with wgmma m64nBNk16 (f32 accumulators in registers, one k-tile's
+// products kept in flight) and store bf16 from registers, masking rows past the group's end and columns past N
+// (with four consumer warpgroups, 640 threads, the compiler keeps every thread under 96 registers: no setmaxnreg).
+// A tile that runs past its group's rows reads the next group's rows: in `rows` those outputs are never stored, in
+// `wgrad` they are zeroed in shared memory before the multiply (they would add to the sum). Traffic: every output
+// tile reads its A rows and B columns once (L2 serves the re-reads across a group's tiles); C is written once. Needs
+// K, N (and Kx) multiples of 8 (TMA's 16-byte strides); the host falls back to cuBLAS otherwise.
+// Measured (H100, docs/moe.md): 450-510 TFLOP/s with 128-row tiles, L2-throughput-bound (Nsight: L2 80-88%, hit
+// rate 67-70%, consumers mostly waiting on the full barriers); 256 x 128 tiles reach ~510. Pairing CTAs in
+// 2-clusters that multicast the shared B tile was tried and ran at half the speed (not kept).
 #include <cuda_bf16.h>
 #include <cudaTypedefs.h>
 
@@ -32,12 +34,14 @@ namespace nt::cuda {
 namespace {
 using namespace sm90;
 
-constexpr int kBM = 128, kBK = 64, kThreads = 384, kMaxGroups = 1024;
+constexpr int kBK = 64, kMaxGroups = 1024;
 constexpr int kAtom = 64 * 128;  // bytes of one 64-row x 128-byte swizzle atom column
 
-template <int BN> struct Tiles {
-  static constexpr int kStages = BN == 256 ? 4 : 6;
-  static constexpr int kABytes = kBM * kBK * 2, kBBytes = BN * kBK * 2, kStageBytes = kABytes + kBBytes;
+// BM = 128 (two consumer warpgroups) or 256 (four; BN = 128 only: 64 accumulators per thread fit 640 threads).
+template <int BM, int BN> struct Tiles {
+  static constexpr int kConsumers = BM / 64, kThreads = 128 * (1 + kConsumers);
+  static constexpr int kStages = BM * BN >= 32768 ? 4 : 6;
+  static constexpr int kABytes = BM * kBK * 2, kBBytes = BN * kBK * 2, kStageBytes = kABytes + kBBytes;
   // stages, then full/empty barriers, then the offsets and each group's first tile
   static constexpr int kSmem = 1024 + kStages * kStageBytes + 2 * kStages * 8 + 2 * (kMaxGroups + 1) * 4;
 };
@@ -55,7 +59,7 @@ struct Tile {
 
 // Tile t in group order: rows has ceil(count_g / 128) * n_tiles tiles per group (a group's first tile in start[]),
 // wgrad ceil(Kx / 128) * n_tiles in every group; n fastest.
-template <bool kWgrad>
+template <int kBM, bool kWgrad>
 __device__ __forceinline__ Tile decode(int t, const Problem& p, const int32_t* off, const int32_t* start, int n_tiles,
                                        int BN) {
   Tile tl;
@@ -86,11 +90,12 @@ __device__ __forceinline__ Tile decode(int t, const Problem& p, const int32_t* o
 }
 
 // kBKMajor: B's tile is K-major (rows with W transposed); otherwise MN-major. A is K-major in rows, MN-major in wgrad.
-template <int BN, bool kWgrad, bool kBKMajor>
-__global__ void __launch_bounds__(kThreads, 1)
+template <int BM, int BN, bool kWgrad, bool kBKMajor>
+__global__ void __launch_bounds__(Tiles<BM, BN>::kThreads, 1)
     grouped_gemm_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b, Problem p) {
 #ifdef NT_SM90A
-  using T = Tiles<BN>;
+  using T = Tiles<BM, BN>;
+  constexpr int kBM = BM, kC = T::kConsumers;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   unsigned char* smem = (unsigned char*)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
   uint64_t* full = (uint64_t*)(smem + T::kStages * T::kStageBytes);
@@ -104,7 +109,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int n_tiles = (p.N + BN - 1) / BN;
   for (int i = threadIdx.x; i <= p.G; i += blockDim.x) off[i] = p.offsets[i];
   if (threadIdx.x == 0) {
-    for (int s = 0; s < T::kStages; ++s) mbar_init(&full[s], 1), mbar_init(&empty[s], 8);
+    for (int s = 0; s < T::kStages; ++s) mbar_init(&full[s], 1), mbar_init(&empty[s], 4 * kC);
     mbar_fence_init();
   }
   __syncthreads();
@@ -132,21 +137,21 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
 
   if (wg == 0) {
-    setmaxnreg_dec<40>();
+    if constexpr (kC == 2) setmaxnreg_dec<40>();
     if (threadIdx.x == 0) {
       tma_prefetch_map(&map_a), tma_prefetch_map(&map_b);
       int s = 0;
       uint32_t phase = 0;
       for (int t = blockIdx.x; t < total; t += gridDim.x) {
-        const Tile tl = decode<kWgrad>(t, p, off, start, n_tiles, BN);
+        const Tile tl = decode<kBM, kWgrad>(t, p, off, start, n_tiles, BN);
         for (int kt = 0; kt < tl.k_tiles; ++kt) {
           mbar_wait(&empty[s], phase ^ 1);
           mbar_expect_tx(&full[s], T::kStageBytes);
           unsigned char *a = stage_a(s), *b = stage_b(s);
           if constexpr (kWgrad) {  // A = rows of [M, Kx] (MN-major atoms), B = rows of [M, N]
             const int r0 = tl.red0 + kt * kBK;
-            tma_load_2d(a, &map_a, &full[s], tl.row0, r0);
-            tma_load_2d(a + kAtom, &map_a, &full[s], tl.row0 + 64, r0);
+#pragma unroll
+            for (int i = 0; i < kC; ++i) tma_load_2d(a + i * kAtom, &map_a, &full[s], tl.row0 + 64 * i, r0);
 #pragma unroll
             for (int i = 0; i < BN / 64; ++i) tma_load_2d(b + i * kAtom, &map_b, &full[s], tl.n0 + 64 * i, r0);
           } else {
@@ -164,7 +169,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
   } else {
     // Consumers: warpgroup c = wg - 1 owns rows [64 c, 64 c + 64) of the tile.
-    setmaxnreg_inc<232>();
+    if constexpr (kC == 2) setmaxnreg_inc<232>();
     const int c = wg - 1, tid = threadIdx.x - 128;
     float acc[BN / 2];
     int s = 0;
@@ -174,7 +179,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       if (lane == 0) mbar_arrive(&empty[stage]);
     };
     for (int t = blockIdx.x; t < total; t += gridDim.x) {
-      const Tile tl = decode<kWgrad>(t, p, off, start, n_tiles, BN);
+      const Tile tl = decode<kBM, kWgrad>(t, p, off, start, n_tiles, BN);
 #pragma unroll
       for (int i = 0; i < BN / 2; ++i) acc[i] = 0.f;
       int prev = -1;
@@ -184,13 +189,13 @@ __global__ void __launch_bounds__(kThreads, 1)
         if constexpr (kWgrad) {
           const int valid = tl.red_len - kt * kBK;
           if (valid < kBK) {  // the group ends inside this tile: zero rows [valid, 64) of every atom
-            const int atoms = 2 + BN / 64, per_atom = (kBK - valid) * 8;
-            for (int i = tid; i < atoms * per_atom; i += 256) {
+            const int atoms = kC + BN / 64, per_atom = (kBK - valid) * 8;
+            for (int i = tid; i < atoms * per_atom; i += 128 * kC) {
               const int atom = i / per_atom, r = valid + (i % per_atom) / 8, chunk = i % 8;
               *(uint4*)(a + atom * kAtom + r * 128 + chunk * 16) = make_uint4(0, 0, 0, 0);
             }
             fence_async_smem();
-            named_barrier(1, 256);
+            named_barrier(1, 128 * kC);
           }
         }
         fence_regs(acc);
@@ -261,27 +266,42 @@ int sm_count(int device) {
   return counts[device];
 }
 
-template <int BN, bool kWgrad, bool kBKMajor>
+template <int BM, int BN, bool kWgrad, bool kBKMajor>
 void launch(const CUtensorMap& a, const CUtensorMap& b, const Problem& p, int64_t max_tiles, int device,
             cudaStream_t stream) {
-  auto kernel = grouped_gemm_kernel<BN, kWgrad, kBKMajor>;
+  using T = Tiles<BM, BN>;
+  auto kernel = grouped_gemm_kernel<BM, BN, kWgrad, kBKMajor>;
   static std::once_flag once[64];
   std::call_once(once[device], [&] {
-    NT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tiles<BN>::kSmem));
+    NT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, T::kSmem));
   });
   const int grid = (int)std::max<int64_t>(1, std::min<int64_t>(sm_count(device), max_tiles));
-  kernel<<<grid, kThreads, Tiles<BN>::kSmem, stream>>>(a, b, p);
+  kernel<<<grid, T::kThreads, T::kSmem, stream>>>(a, b, p);
   NT_CUDA_CHECK_LAUNCH();
 }
 
-int pick_bn(int64_t N) {
-  static const int forced = [] {
-    const char* v = std::getenv("NT_GROUPED_BN");
-    return v ? std::atoi(v) : 0;
-  }();
-  if (forced == 128 || forced == 256) return forced;
-  // 256-wide tiles unless they would compute more padding columns than 128-wide ones.
-  return (N + 255) / 256 * 256 <= (N + 127) / 128 * 128 ? 256 : 128;
+int env_int(const char* name) {
+  const char* v = std::getenv(name);
+  return v ? std::atoi(v) : 0;
+}
+
+struct TileShape {
+  int BM, BN;
+};
+
+// Output tiles: 128 x 256 where N pads no further to 256 than to 128 columns; otherwise 256 x 128 where the rows
+// allow it (tall256: the weight gradient's Kx pads no further to 256 than to 128, or in `rows` the groups average
+// 512 rows or more, so the last tile of a group wastes little), else 128 x 128. Per k-step a 128 x 128 tile reads
+// 32 KB from L2 for 2.1 MFLOP, the larger ones 48 KB for 4.2: the kernel is bound by L2 throughput (docs/moe.md),
+// so the larger tiles win where their padding is small. H100, 8192 tokens x top-6, 64 experts, N = 1408: x @ w1
+// 0.622 -> 0.557 ms with 256 x 128 instead of 128 x 128.
+// NT_GROUPED_BM=128|256 and NT_GROUPED_BN=128|256 (with BM 128) force a shape, for comparisons.
+TileShape pick_tiles(int64_t N, bool tall256) {
+  static const int forced_bm = env_int("NT_GROUPED_BM"), forced_bn = env_int("NT_GROUPED_BN");
+  if (forced_bm == 256) return {256, 128};
+  if (forced_bn == 128 || forced_bn == 256) return {128, forced_bn};
+  if ((N + 255) / 256 * 256 <= (N + 127) / 128 * 128) return {128, 256};
+  return {tall256 && forced_bm != 128 ? 256 : 128, 128};
 }
 }  // namespace
 
@@ -292,9 +312,9 @@ bool grouped_gemm_sm90_fits(int64_t G, int64_t M, int64_t N, int64_t K) {
 void grouped_gemm_rows_bf16(const void* A, const void* W, bool trans_w, void* C, const int32_t* offsets, int64_t G,
                             int64_t M, int64_t N, int64_t K, int device, cudaStream_t stream) {
   if (M == 0 || N == 0) return;
-  const int BN = pick_bn(N);
+  const auto [BM, BN] = pick_tiles(N, M >= 512 * G);
   const uint64_t a_dims[2] = {(uint64_t)K, (uint64_t)M}, a_strides[1] = {(uint64_t)K * 2};
-  const uint32_t a_box[2] = {64, 128};
+  const uint32_t a_box[2] = {64, (uint32_t)BM};
   const CUtensorMap ma = tensor_map(A, 2, a_dims, a_strides, a_box);
   // W [G, K, N]: boxes of 64 n x 64 k; W [G, N, K] (trans_w): boxes of 64 k x BN n.
   const uint64_t w_dims[3] = {(uint64_t)(trans_w ? K : N), (uint64_t)(trans_w ? N : K), (uint64_t)G};
@@ -302,28 +322,32 @@ void grouped_gemm_rows_bf16(const void* A, const void* W, bool trans_w, void* C,
   const uint32_t w_box[3] = {64, trans_w ? (uint32_t)BN : 64u, 1};
   const CUtensorMap mb = tensor_map(W, 3, w_dims, w_strides, w_box);
   const Problem p{(int)G, (int)M, (int)N, (int)K, offsets, (__nv_bfloat16*)C};
-  const int64_t max_tiles = (M / kBM + G) * ((N + BN - 1) / BN);
-  if (BN == 256) {
-    if (trans_w) launch<256, false, true>(ma, mb, p, max_tiles, device, stream);
-    else launch<256, false, false>(ma, mb, p, max_tiles, device, stream);
+  const int64_t max_tiles = (M / BM + G) * ((N + BN - 1) / BN);
+  if (BM == 256) {
+    if (trans_w) launch<256, 128, false, true>(ma, mb, p, max_tiles, device, stream);
+    else launch<256, 128, false, false>(ma, mb, p, max_tiles, device, stream);
+  } else if (BN == 256) {
+    if (trans_w) launch<128, 256, false, true>(ma, mb, p, max_tiles, device, stream);
+    else launch<128, 256, false, false>(ma, mb, p, max_tiles, device, stream);
   } else {
-    if (trans_w) launch<128, false, true>(ma, mb, p, max_tiles, device, stream);
-    else launch<128, false, false>(ma, mb, p, max_tiles, device, stream);
+    if (trans_w) launch<128, 128, false, true>(ma, mb, p, max_tiles, device, stream);
+    else launch<128, 128, false, false>(ma, mb, p, max_tiles, device, stream);
   }
 }
 
 void grouped_gemm_wgrad_bf16(const void* A, const void* B, void* C, const int32_t* offsets, int64_t G, int64_t M,
                              int64_t Kx, int64_t N, int device, cudaStream_t stream) {
   if (Kx == 0 || N == 0) return;
-  const int BN = pick_bn(N);
+  const auto [BM, BN] = pick_tiles(N, (Kx + 255) / 256 * 256 <= (Kx + 127) / 128 * 128);
   const uint64_t a_dims[2] = {(uint64_t)Kx, (uint64_t)std::max<int64_t>(M, 1)}, a_strides[1] = {(uint64_t)Kx * 2};
   const uint64_t b_dims[2] = {(uint64_t)N, (uint64_t)std::max<int64_t>(M, 1)}, b_strides[1] = {(uint64_t)N * 2};
   const uint32_t box[2] = {64, 64};
   const CUtensorMap ma = tensor_map(A, 2, a_dims, a_strides, box), mb = tensor_map(B, 2, b_dims, b_strides, box);
   const Problem p{(int)G, (int)Kx, (int)N, 0, offsets, (__nv_bfloat16*)C};
-  const int64_t max_tiles = G * ((Kx + kBM - 1) / kBM) * ((N + BN - 1) / BN);
-  if (BN == 256) launch<256, true, false>(ma, mb, p, max_tiles, device, stream);
-  else launch<128, true, false>(ma, mb, p, max_tiles, device, stream);
+  const int64_t max_tiles = G * ((Kx + BM - 1) / BM) * ((N + BN - 1) / BN);
+  if (BM == 256) launch<256, 128, true, false>(ma, mb, p, max_tiles, device, stream);
+  else if (BN == 256) launch<128, 256, true, false>(ma, mb, p, max_tiles, device, stream);
+  else launch<128, 128, true, false>(ma, mb, p, max_tiles, device, stream);
 }
 
 }  // namespace nt::cuda

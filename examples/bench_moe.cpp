@@ -214,6 +214,23 @@ int main(int argc, char** argv) {
         std::printf("%-44s %9.2f %9.3f %11.1f %9.3f %7.0f%%  %s  (host %.3f ms)\n", r.name, imbalance, g,
                     flops13 / g / 1e9, d, 100 * d / g, skewed ? "skewed" : "balanced", host_ms(r.grouped));
       }
+      if (sm90) {  // the backward's two products alone on our kernel: dx = g @ w1[e]^T and dw[e] = x_e^T g_e
+        const Tensor offd = from_vector(std::vector<double>(off.begin(), off.end()), {E + 1}, DType::i32, kGpu);
+        const auto* o = static_cast<const int32_t*>(offd.data_ptr());
+        const Tensor g = rnd({M, H}), dx = empty({M, D}, DType::bf16, kGpu), dw = empty({E, D, H}, DType::bf16, kGpu);
+        const cudaStream_t st = cuda::current_stream(0);
+        const double tdx = time_ms([&] {
+          cuda::grouped_gemm_rows_bf16(g.data_ptr(), w13.data_ptr(), true, dx.data_ptr(), o, E, M, D, H, 0, st);
+        });
+        const double tdw = time_ms([&] {
+          cuda::grouped_gemm_wgrad_bf16(xs.data_ptr(), g.data_ptr(), dw.data_ptr(), o, E, M, D, H, 0, st);
+        });
+        const double ddx = time_ms([&] { matmul(g, dense13.mT()); }), ddw = time_ms([&] { matmul(xs.mT(), g); });
+        std::printf("%-44s %9.2f %9.3f %11.1f %9.3f %7.0f%%  %s\n", "dx = g @ w1^T alone (grouped, our kernel)",
+                    imbalance, tdx, flops13 / tdx / 1e9, ddx, 100 * ddx / tdx, skewed ? "skewed" : "balanced");
+        std::printf("%-44s %9.2f %9.3f %11.1f %9.3f %7.0f%%  %s\n", "dw = x^T g alone (grouped, our kernel)",
+                    imbalance, tdw, flops13 / tdw / 1e9, ddw, 100 * ddw / tdw, skewed ? "skewed" : "balanced");
+      }
       // Backward of x @ w1: dx (grouped with w^T) and dw (per-expert x_e^T g_e), via autograd.
       Tensor xg = xs.detach().requires_grad_(), wg = w13.detach().requires_grad_();
       Tensor xd = xs.detach().requires_grad_(), wd = dense13.detach().requires_grad_();

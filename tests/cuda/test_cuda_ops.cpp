@@ -174,8 +174,9 @@ CUDA_TEST("grouped_matmul (MoE experts): uneven and empty groups, one group with
 
 CUDA_TEST("grouped_matmul bf16 on the Hopper kernel: group ends inside tiles, empty groups, both tile widths") {
   // K and N multiples of 8 (the kernel's condition) but of no tile size: 128-wide column tiles for N = 120 and 264,
-  // 256-wide for N = 200 and 136. 70 groups (more than one warp's scan) of 0 to 300 rows: group ends fall inside
-  // the kernel's 128-row output and 64-row reduction tiles (the weight gradient's tail masking).
+  // 256-wide for N = 200 and 136; the weight gradient of K = 200 takes 256-row tiles. 70 groups (more than one warp's
+  // scan) of 0 to 300 rows: group ends fall inside the kernel's 128-row output and 64-row reduction tiles (the weight
+  // gradient's tail masking).
   // On a GPU without the kernel (not sm_90) this runs the cuBLAS path, still against the CPU reference.
   cuda::set_grouped_gemm_backend(cuda::GroupedBackend::kernel);
   struct Restore {
@@ -194,6 +195,12 @@ CUDA_TEST("grouped_matmul bf16 on the Hopper kernel: group ends inside tiles, em
     check_cuda("grouped_matmul sm90", [&](const std::vector<Tensor>& v) { return grouped_matmul(v[0], v[1], off); },
                {rnd_grad({M, K}, 48 + K), rnd_grad({70, K, N}, 49 + N)}, DType::bf16, t);
   }
+  // 256 x 128 tiles (four consumer warpgroups): N pads further to 256 than to 128 and the groups average >= 512 rows
+  // (cuda/grouped_gemm.cu's pick_tiles). Group ends fall in the first and the second 128-row half of a tile.
+  const std::vector<int64_t> tall{0, 700, 700, 2000, 2333};
+  check_cuda("grouped_matmul sm90 256-row tiles",
+             [&](const std::vector<Tensor>& v) { return grouped_matmul(v[0], v[1], tall); },
+             {rnd_grad({2333, 72}, 54), rnd_grad({4, 72, 120}, 55)}, DType::bf16, t);
   // All rows in one group of 70 (the others empty), and a batch smaller than one tile.
   std::vector<int64_t> one(71, 0);
   for (int e = 40; e < 71; ++e) one[e] = 1000;
