@@ -6,6 +6,9 @@
 // the same stack with them offloaded to pinned host memory (moe/offload.h): time and peak GPU memory of a forward
 // and of a forward + backward, against the time the uploads alone take.
 //   build/examples/bench_moe [tokens=8192] [dim=2048] [experts=64] [top_k=6] [hidden=1408] [shared=2] [offload_layers=4]
+//                            [layer=1]
+// layer=0: the expert GEMM table only (no layer, PyTorch, profile or offload tables: quick, and no CUPTI, so it runs
+// under Nsight Compute).
 // Routing for the GEMM table: each token's top_k distinct experts drawn uniformly ("balanced") or with expert e
 // drawn in proportion to 1 / (e + 1) ("skewed": the busiest expert gets about 8x the mean load at 64 experts).
 #include <cuda_runtime.h>
@@ -144,12 +147,13 @@ void offload_table(const moe::MoEConfig& mc, int64_t T, int64_t L) {
 int main(int argc, char** argv) {
   try {
     std::map<std::string, int64_t> a{{"tokens", 8192}, {"dim", 2048}, {"experts", 64}, {"top_k", 6}, {"hidden", 1408},
-                                     {"shared", 2}, {"offload_layers", 4}};
+                                     {"shared", 2}, {"offload_layers", 4}, {"layer", 1}};
     for (int i = 1; i < argc; ++i) {
       const std::string s = argv[i];
       const size_t eq = s.find('=');
       NT_CHECK(eq != std::string::npos && a.count(s.substr(0, eq)),
-               "bench_moe: unknown argument '{}'; use tokens=, dim=, experts=, top_k=, hidden=, shared=, offload_layers=",
+               "bench_moe: unknown argument '{}'; use tokens=, dim=, experts=, top_k=, hidden=, shared=, "
+               "offload_layers=, layer=",
                s);
       a[s.substr(0, eq)] = std::stoll(s.substr(eq + 1));
     }
@@ -268,6 +272,7 @@ int main(int argc, char** argv) {
       std::printf("\n");
     }
 
+    if (a["layer"] == 0) return 0;
     // The whole layer: DeepSeekMoE forward + backward against a dense SwiGLU MLP of hidden (top_k + shared) * H,
     // the same FLOPs per token as the MoE's active experts.
     moe::MoEConfig mc;
