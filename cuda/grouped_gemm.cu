@@ -57,8 +57,8 @@ struct Tile {
   int n0, k_tiles, red0, red_len;  // wgrad: the group's reduction rows [red0, red0 + red_len)
 };
 
-// Tile t in group order: rows has ceil(count_g / 128) * n_tiles tiles per group (a group's first tile in start[]),
-// wgrad ceil(Kx / 128) * n_tiles in every group; n fastest.
+// Tile t in group order: rows has ceil(count_g / BM) * n_tiles tiles per group (a group's first tile in start[]),
+// wgrad ceil(Kx / BM) * n_tiles in every group; n fastest.
 template <int kBM, bool kWgrad>
 __device__ __forceinline__ Tile decode(int t, const Problem& p, const int32_t* off, const int32_t* start, int n_tiles,
                                        int BN) {
