@@ -101,6 +101,7 @@ Settings read(const train::Config& c) {
   s.moe_offload = c.get_bool("model.moe.offload");
   s.moe.router.affinity = c.get_string("model.moe.affinity", {"softmax", "sigmoid"});
   s.moe.router.normalize_topk = c.get_bool("model.moe.normalize_topk");
+  s.moe.router.routed_scaling_factor = c.get_double("model.moe.routed_scaling_factor");
   s.moe.router.aux_loss_coef = c.get_double("model.moe.aux_loss_coef");
   s.moe.router.aux_free = c.get_bool("model.moe.aux_free");
   s.moe.router.bias_update_speed = c.get_double("model.moe.bias_update_speed");

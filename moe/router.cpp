@@ -14,6 +14,8 @@ Router::Router(int64_t dim, const RouterConfig& c, const nn::Init& init) : cfg(c
            "Router: affinity must be \"softmax\" or \"sigmoid\", got \"{}\"", cfg.affinity);
   NT_CHECK(cfg.aux_loss_coef >= 0, "Router: aux_loss_coef must be >= 0, got {}", cfg.aux_loss_coef);
   NT_CHECK(cfg.bias_update_speed >= 0, "Router: bias_update_speed must be >= 0, got {}", cfg.bias_update_speed);
+  NT_CHECK(cfg.routed_scaling_factor > 0 && std::isfinite(cfg.routed_scaling_factor),
+           "Router: routed_scaling_factor must be a positive finite number, got {}", cfg.routed_scaling_factor);
   // nn::Linear's initialization, U(-1/sqrt(dim), 1/sqrt(dim)); the weight lives here so its name is router.weight.
   const double bound = 1.0 / std::sqrt((double)dim);
   const Tensor w = rand({cfg.n_routed, dim}, DType::f64, kCPU, init.gen) * (2 * bound) - bound;
@@ -38,6 +40,7 @@ RouterOutput Router::forward(const Tensor& x) {
   const Tensor idx = topk(chooser, cfg.top_k, -1).indices;
   Tensor g = gather(s, 1, idx);
   if (cfg.normalize_topk) g = g / sum(g, {1}, true);
+  if (cfg.routed_scaling_factor != 1) g = g * cfg.routed_scaling_factor;
   return {s, g.dtype() == x.dtype() ? g : g.to(x.dtype()), idx};
 }
 

@@ -3,7 +3,7 @@
 //
 // Affinities s = softmax(x W^T) (DeepSeekMoE) or sigmoid(x W^T) (V3), W [n_routed, dim]. Selection picks the top_k
 // of s + b, b the per-expert bias, which only counts when aux_free; gates are s (never s + b) at the chosen experts,
-// divided by their sum when normalize_topk. Selection is discrete (indices carry no gradient); gates are
+// divided by their sum when normalize_topk, then times routed_scaling_factor (V3: 2.5). Selection is discrete (indices carry no gradient); gates are
 // differentiable. For bf16/fp8 inputs the router computes in f32: a rounding flip changes which expert runs.
 #pragma once
 #include <string>
@@ -17,6 +17,7 @@ struct RouterConfig {
   int64_t n_routed = 0, top_k = 0;  // 0 inside MoEConfig: taken from MoEConfig's n_routed and top_k
   std::string affinity = "softmax";  // or "sigmoid" (V3)
   bool normalize_topk = false;       // V3 normalizes (with sigmoid affinities)
+  double routed_scaling_factor = 1;  // V3's: the gates are multiplied by it (after normalize_topk); > 0
   double aux_loss_coef = 0.001;      // alpha of the expert-level balance loss; 0 disables it
   bool aux_free = false;             // V3's bias-based balancing instead of the loss
   double bias_update_speed = 0.001;  // gamma of V3

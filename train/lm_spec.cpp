@@ -47,6 +47,7 @@ std::map<std::string, std::string> LMSpec::metadata(const nn::TransformerLM* lm)
     m["moe.n_shared"] = std::to_string(moe.n_shared), m["moe.expert_hidden"] = std::to_string(moe.expert_hidden);
     m["moe.first_dense"] = std::to_string(moe_first_dense), m["moe.affinity"] = moe.router.affinity;
     m["moe.normalize_topk"] = moe.router.normalize_topk ? "1" : "0", m["moe.aux_free"] = moe.router.aux_free ? "1" : "0";
+    m["moe.routed_scaling_factor"] = fmt::format("{:.17g}", moe.router.routed_scaling_factor);
     if (lm)
       for (size_t i = 0; i < lm->layers.size(); ++i)
         if (auto* l = dynamic_cast<const moe::DeepSeekMoE*>(lm->layers[i]->mlp.get()); l && l->cfg.router.aux_free) {
@@ -96,6 +97,8 @@ LMSpec LMSpec::from_metadata(const std::map<std::string, std::string>& meta, con
     s.moe_first_dense = integer("moe.first_dense");
     s.moe.router.affinity = str("moe.affinity");
     s.moe.router.normalize_topk = str("moe.normalize_topk") == "1", s.moe.router.aux_free = str("moe.aux_free") == "1";
+    // checkpoints from before the factor existed ran without it
+    s.moe.router.routed_scaling_factor = meta.count("moe.routed_scaling_factor") ? num("moe.routed_scaling_factor") : 1.0;
   }
   return s;
 }

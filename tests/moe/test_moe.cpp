@@ -74,6 +74,7 @@ Reference reference(const moe::DeepSeekMoE& m, const Tensor& x) {
     for (int64_t j = 0; j < K; ++j) g[j] = s[pick[j]], gsum += g[j];
     if (rc.normalize_topk)
       for (double& v : g) v /= gsum;
+    for (double& v : g) v *= rc.routed_scaling_factor;
     for (int64_t j = 0; j < K; ++j) {
       const int64_t e = pick[j];
       std::vector<double> h(H);
@@ -128,14 +129,17 @@ double min_gap(const Reference& r, int64_t K) {
 
 }  // namespace
 
-TEST_CASE("DeepSeekMoE matches direct loops: softmax/sigmoid, normalized or not, V3 bias or not, the grouped experts") {
+TEST_CASE("DeepSeekMoE matches direct loops: softmax/sigmoid, normalized or not, V3 bias or not, V3's routed scaling "
+          "factor or not, the grouped experts") {
   for (const char* aff : {"softmax", "sigmoid"})
     for (bool norm : {false, true})
       for (bool aux_free : {false, true})
-        {
-          INFO(aff << " normalize " << norm << " aux_free " << aux_free);
+        for (double scale : {1.0, 2.5}) {
+          INFO(aff << " normalize " << norm << " aux_free " << aux_free << " routed_scaling_factor " << scale);
           Generator gen(11);
-          moe::DeepSeekMoE m(small_config(aff, norm, aux_free), {DType::f64, kCPU, &gen});
+          moe::MoEConfig cfg = small_config(aff, norm, aux_free);
+          cfg.router.routed_scaling_factor = scale;
+          moe::DeepSeekMoE m(cfg, {DType::f64, kCPU, &gen});
           m.router->set_bias({0.05, -0.1, 0.0, 0.2, -0.03});  // ignored unless aux_free
           const Tensor x = rnd({2, 7, 6}, 12);
           const Tensor y = m.forward(x);
@@ -199,7 +203,9 @@ TEST_CASE("DeepSeekMoE gradients w.r.t. x and every parameter, routing held fixe
     {
       INFO(aff);
       Generator gen(17);
-      moe::DeepSeekMoE m(small_config(aff, std::string(aff) == "sigmoid", false), {DType::f64, kCPU, &gen});
+      moe::MoEConfig cfg = small_config(aff, std::string(aff) == "sigmoid", false);
+      if (std::string(aff) == "sigmoid") cfg.router.routed_scaling_factor = 2.5;  // V3's combination
+      moe::DeepSeekMoE m(cfg, {DType::f64, kCPU, &gen});
       const Tensor x = rnd({2, 4, 6}, 18);
       // A 1e-6 perturbation moves a score by well under 1e-4; a smaller gap could flip the top-k mid-check.
       const double gap = min_gap(reference(m, x), 2);
@@ -373,6 +379,8 @@ TEST_CASE("DeepSeekMoE argument errors") {
                {"router.n_routed (7)", "n_routed (5)"});
   expect_error([&] { build([](moe::MoEConfig& c) { c.expert_hidden = 0; }); }, {"expert_hidden (0)"});
   expect_error([&] { build([](moe::MoEConfig& c) { c.router.aux_loss_coef = -1; }); }, {"aux_loss_coef", ">= 0"});
+  expect_error([&] { build([](moe::MoEConfig& c) { c.router.routed_scaling_factor = 0; }); },
+               {"routed_scaling_factor", "positive", "got 0"});
   moe::DeepSeekMoE m(small_config(), {DType::f64});
   expect_error([&] { m.forward(rnd({4, 6}, 1)); }, {"DeepSeekMoE", "[B, T, 6]", "[4, 6]"});
   expect_error([&] { m.forward(rnd({2, 3, 5}, 1)); }, {"[B, T, 6]", "[2, 3, 5]"});

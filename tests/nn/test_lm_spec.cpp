@@ -41,6 +41,7 @@ TEST_CASE("LMSpec: an NSA + MoE model with balancing biases rebuilds into the sa
   s.mlp = "moe";
   s.moe.n_routed = 5, s.moe.top_k = 2, s.moe.n_shared = 1, s.moe.expert_hidden = 8;
   s.moe.router.affinity = "sigmoid", s.moe.router.normalize_topk = true, s.moe.router.aux_free = true;
+  s.moe.router.routed_scaling_factor = 2.5;
   s.moe_first_dense = 1;
   Generator g1(5);
   nn::TransformerLM a(s.config(), {DType::f64, kCPU, &g1});
@@ -57,7 +58,11 @@ TEST_CASE("LMSpec: an NSA + MoE model with balancing biases rebuilds into the sa
   CHECK(r.nsa.select_block == 8);
   CHECK(r.moe.router.affinity == "sigmoid");
   CHECK(r.moe.router.normalize_topk);
+  CHECK(r.moe.router.routed_scaling_factor == 2.5);
   CHECK(r.moe_first_dense == 1);
+  auto old = meta;  // written before the factor existed: those models ran without it
+  old.erase("moe.routed_scaling_factor");
+  CHECK(train::LMSpec::from_metadata(old, "old.safetensors").moe.router.routed_scaling_factor == 1.0);
   Generator g2(99);  // other weights: they are copied below
   nn::TransformerLM b(r.config(), {DType::f64, kCPU, &g2});
   const auto pa = a.named_parameters(), pb = b.named_parameters();
