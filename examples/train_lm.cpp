@@ -105,6 +105,7 @@ Settings read(const train::Config& c) {
   s.moe.router.aux_loss_coef = c.get_double("model.moe.aux_loss_coef");
   s.moe.router.aux_free = c.get_bool("model.moe.aux_free");
   s.moe.router.bias_update_speed = c.get_double("model.moe.bias_update_speed");
+  s.moe.router.seq_aux_loss_coef = c.get_double("model.moe.seq_aux_loss_coef");
   s.steps = c.get_int("training.steps"), s.batch = c.get_int("training.batch"), s.warmup = c.get_int("training.warmup");
   s.eval_every = c.get_int("training.eval_every"), s.eval_batches = c.get_int("training.eval_batches");
   s.log_every = c.get_int("training.log_every"), s.save_every = c.get_int("training.save_every"), s.seed = c.get_int("training.seed");

@@ -45,6 +45,8 @@ Tensor DeepSeekMoE::forward(const Tensor& x) {
     for (int64_t e = 0; e < cfg.n_routed; ++e) load_since_update_[e] += d.counts[e];
   }
   aux_ = router->aux_loss(r.scores, d.counts);
+  if (const Tensor seq = router->seq_aux_loss(r.scores, r.indices, x.size(0), x.size(1)); seq.defined())
+    aux_ = aux_.defined() ? aux_ + seq : seq;
   // Combine: each token gathers its top_k expert outputs and adds them weighted by their gates (no atomics: the
   // GPU result is deterministic).
   Tensor y = moe_unpermute(experts->forward(xf, d), r.gates, d);

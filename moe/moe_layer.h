@@ -27,8 +27,9 @@ class DeepSeekMoE : public nn::Layer {
   Tensor forward(const Tensor& x) override;
 
   // Hooks for the training loop.
-  // The last forward's balance loss (nn::Layer::aux_loss: TransformerLM::loss adds it), differentiable w.r.t. the
-  // router and x; f32 for bf16 layers. Undefined when aux_loss_coef is 0 or aux_free.
+  // The last forward's balance losses (nn::Layer::aux_loss: TransformerLM::loss adds it): the expert-level one
+  // (aux_loss_coef, not with aux_free) plus V3's sequence-wise one (seq_aux_loss_coef), differentiable w.r.t. the
+  // router and x; f32 for bf16 layers. Undefined when both are off.
   Tensor aux_loss() const override { return aux_; }
   // Tokens per routed expert in the last forward (host).
   const std::vector<int64_t>& last_load() const { return last_load_; }

@@ -14,6 +14,7 @@ Router::Router(int64_t dim, const RouterConfig& c, const nn::Init& init) : cfg(c
            "Router: affinity must be \"softmax\" or \"sigmoid\", got \"{}\"", cfg.affinity);
   NT_CHECK(cfg.aux_loss_coef >= 0, "Router: aux_loss_coef must be >= 0, got {}", cfg.aux_loss_coef);
   NT_CHECK(cfg.bias_update_speed >= 0, "Router: bias_update_speed must be >= 0, got {}", cfg.bias_update_speed);
+  NT_CHECK(cfg.seq_aux_loss_coef >= 0, "Router: seq_aux_loss_coef must be >= 0, got {}", cfg.seq_aux_loss_coef);
   NT_CHECK(cfg.routed_scaling_factor > 0 && std::isfinite(cfg.routed_scaling_factor),
            "Router: routed_scaling_factor must be a positive finite number, got {}", cfg.routed_scaling_factor);
   // nn::Linear's initialization, U(-1/sqrt(dim), 1/sqrt(dim)); the weight lives here so its name is router.weight.
@@ -56,6 +57,22 @@ Tensor Router::aux_loss(const Tensor& s, const std::vector<int64_t>& load) const
     w[i] = cfg.aux_loss_coef * (double)E / (double)(cfg.top_k * N) * (double)load[i] / (double)N;
   const Tensor sn = cfg.affinity == "softmax" ? s : s / sum(s, {1}, true);
   return sum(sum(sn, {0}) * from_vector(w, {E}, s.dtype(), s.device()));
+}
+
+Tensor Router::seq_aux_loss(const Tensor& s, const Tensor& idx, int64_t B, int64_t T) const {
+  if (cfg.seq_aux_loss_coef == 0 || B * T == 0) return Tensor();
+  const int64_t E = cfg.n_routed, K = cfg.top_k;
+  NT_CHECK(s.dim() == 2 && s.size(0) == B * T && s.size(1) == E, "Router::seq_aux_loss: scores must be [{}, {}], got {}",
+           B * T, E, shape_str(s.shape()));
+  NT_CHECK(idx.dim() == 2 && idx.size(0) == B * T && idx.size(1) == K,
+           "Router::seq_aux_loss: indices must be [{}, {}], got {}", B * T, K, shape_str(idx.shape()));
+  const Tensor sn = cfg.affinity == "softmax" ? s : s / sum(s, {1}, true);
+  const Tensor colsum = sum(sn.reshape({B, T, E}), {1});  // [B, E]; the 1 / T is in w
+  // Tokens per (sequence, expert), on the scores' device; constants (selection carries no gradient).
+  const Tensor counts = scatter_add(zeros({B, E}, s.dtype(), s.device()), 1, idx.reshape({B, T * K}),
+                                    ones({B, T * K}, s.dtype(), s.device()));
+  const double w = cfg.seq_aux_loss_coef * (double)E / ((double)K * (double)T * (double)T * (double)B);
+  return sum(counts * colsum) * w;
 }
 
 void Router::update_bias(const std::vector<int64_t>& load) {

@@ -21,6 +21,8 @@ struct RouterConfig {
   double aux_loss_coef = 0.001;      // alpha of the expert-level balance loss; 0 disables it
   bool aux_free = false;             // V3's bias-based balancing instead of the loss
   double bias_update_speed = 0.001;  // gamma of V3
+  double seq_aux_loss_coef = 0;      // V3's complementary sequence-wise balance loss (its alpha; 0: off), which
+                                     // also applies with aux_free
 };
 
 struct RouterOutput {
@@ -38,6 +40,11 @@ class Router : public nn::Module {
   // s'_t = s_t / sum_j s_tj (s itself for softmax; V3's normalized affinities for sigmoid). load: tokens per
   // expert from the same forward. Undefined when aux_loss_coef is 0 or aux_free.
   Tensor aux_loss(const Tensor& scores, const std::vector<int64_t>& load) const;
+  // V3's sequence-wise balance loss, the same formula per sequence and averaged over the B sequences:
+  // seq_aux_loss_coef / B * sum_b sum_i f_bi P_bi, f_bi = n_routed / (top_k T) * (tokens of sequence b that chose
+  // expert i), P_bi = (1/T) sum_{t in b} s'_ti. scores [B T, n_routed], indices [B T, top_k] (on the device: no
+  // host copy). Undefined when seq_aux_loss_coef is 0 or there is no token.
+  Tensor seq_aux_loss(const Tensor& scores, const Tensor& indices, int64_t B, int64_t T) const;
   // V3: b_i += speed * sign(mean load - load_i). Under-loaded experts become more likely to be chosen.
   void update_bias(const std::vector<int64_t>& load);
 

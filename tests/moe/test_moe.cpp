@@ -30,7 +30,8 @@ struct Reference {
   std::vector<std::vector<int64_t>> chosen;          // per token, best first
   std::vector<std::vector<double>> gates;
   std::vector<int64_t> load;
-  double aux = 0;
+  double aux = 0;      // the expert-level loss (with aux_loss_coef; the caller decides whether it is on)
+  double seq_aux = 0;  // V3's sequence-wise loss (with seq_aux_loss_coef)
 };
 
 double silu(double a) { return a / (1 + std::exp(-a)); }
@@ -114,6 +115,19 @@ Reference reference(const moe::DeepSeekMoE& m, const Tensor& x) {
     }
     r.aux += rc.aux_loss_coef * (double)E / (double)(K * N) * (double)r.load[i] * P;
   }
+  // Sequence-wise: the same per sequence of x [B, T, dim], averaged over the sequences.
+  const int64_t B = x.dim() == 3 ? x.size(0) : 1, T = N / B;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t i = 0; i < E; ++i) {
+      double P = 0, count = 0;
+      for (int64_t t = b * T; t < (b + 1) * T; ++t) {
+        double z = 0;
+        for (double v : r.scores[t]) z += v;
+        P += r.scores[t][i] / z / (double)T;
+        for (int64_t e : r.chosen[t]) count += e == i;
+      }
+      r.seq_aux += rc.seq_aux_loss_coef * (double)E / (double)(K * T) * count * P / (double)B;
+    }
   return r;
 }
 
@@ -139,6 +153,7 @@ TEST_CASE("DeepSeekMoE matches direct loops: softmax/sigmoid, normalized or not,
           Generator gen(11);
           moe::MoEConfig cfg = small_config(aff, norm, aux_free);
           cfg.router.routed_scaling_factor = scale;
+          cfg.router.seq_aux_loss_coef = scale == 1.0 ? 0.0 : 0.03;  // V3's sequence-wise loss in half the cases
           moe::DeepSeekMoE m(cfg, {DType::f64, kCPU, &gen});
           m.router->set_bias({0.05, -0.1, 0.0, 0.2, -0.03});  // ignored unless aux_free
           const Tensor x = rnd({2, 7, 6}, 12);
@@ -155,8 +170,10 @@ TEST_CASE("DeepSeekMoE matches direct loops: softmax/sigmoid, normalized or not,
               CHECK(idx[t * 2 + j] == r.chosen[t][j]);
               CHECK(gates[t * 2 + j] == doctest::Approx(r.gates[t][j]).epsilon(1e-12));
             }
-          if (aux_free) CHECK_FALSE(m.aux_loss().defined());
-          else CHECK(m.aux_loss().item() == doctest::Approx(r.aux).epsilon(1e-12));
+          const bool seq = cfg.router.seq_aux_loss_coef > 0;
+          if (aux_free && !seq) CHECK_FALSE(m.aux_loss().defined());
+          else CHECK(m.aux_loss().item() == doctest::Approx((aux_free ? 0 : r.aux) + r.seq_aux).epsilon(1e-12));
+          if (seq) CHECK(r.seq_aux > 0);
         }
 }
 
@@ -301,6 +318,62 @@ TEST_CASE("DeepSeekMoE aux loss: a hand-computed value, the formula, and its gra
   CHECK_FALSE(m3.aux_loss().defined());
 }
 
+TEST_CASE("DeepSeekMoE: V3's sequence-wise balance loss, a hand-computed value, per sequence, its gradient") {
+  // Uniform scores (zero router weight): every token of every sequence picks experts 0 and 1, f_b = 4 / (2 T) *
+  // (T, T, 0, 0) = (2, 2, 0, 0), P_b = 1/4 each: L = 0.02 * (2/4 + 2/4) = 0.02 whatever B and T.
+  moe::MoEConfig c = small_config();
+  c.n_routed = 4, c.router.aux_loss_coef = 0, c.router.seq_aux_loss_coef = 0.02;
+  Generator gen(31);
+  moe::DeepSeekMoE m(c, {DType::f64, kCPU, &gen});
+  m.router->weight = zeros({4, 6}, DType::f64).requires_grad_();
+  m.forward(rnd({3, 2, 6}, 32));
+  CHECK(m.aux_loss().item() == doctest::Approx(0.02).epsilon(1e-14));
+
+  // Per sequence, not over the batch: sequence 0's tokens all go to experts {0, 1}, sequence 1's to {2, 3} (router
+  // rows 0, 1 read feature 0, rows 2, 3 feature 1; the sequences differ in their sign). The batch is balanced
+  // (the batch-level formula gives ~1 x coef) but each sequence is not: ~1.9 x coef. V3's setting: sigmoid,
+  // normalized, aux_free (the expert-level loss is off, the sequence-wise one stays).
+  moe::MoEConfig v3 = small_config("sigmoid", true, true);
+  v3.n_routed = 4, v3.router.seq_aux_loss_coef = 0.02;
+  moe::DeepSeekMoE m2(v3, {DType::f64, kCPU, &gen});
+  m2.router->weight = from_vector({3, 0, 0, 0, 0, 0, 2.9, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 2.9, 0, 0, 0, 0}, {4, 6},
+                                  DType::f64);
+  std::vector<double> xv;
+  for (int b = 0; b < 2; ++b)
+    for (int t = 0; t < 5; ++t)
+      for (double v : {b == 0 ? 1.0 : -1.0, b == 0 ? -1.0 : 1.0, 0.1 * t, -0.2, 0.3, 0.05 * t}) xv.push_back(v);
+  const Tensor x = from_vector(xv, {2, 5, 6}, DType::f64);
+  m2.forward(x);
+  CHECK(m2.last_load() == std::vector<int64_t>{5, 5, 5, 5});
+  const Reference r = reference(m2, x);
+  for (int t = 0; t < 10; ++t) CHECK(r.chosen[t] == (t < 5 ? std::vector<int64_t>{0, 1} : std::vector<int64_t>{2, 3}));
+  CHECK(m2.aux_loss().item() == doctest::Approx(r.seq_aux).epsilon(1e-12));
+  CHECK(r.seq_aux > 1.8 * 0.02);
+
+  // Its gradient w.r.t. x and the router weight (routing held fixed), both affinities.
+  for (const char* aff : {"softmax", "sigmoid"}) {
+    INFO(aff);
+    moe::MoEConfig cs = small_config(aff);
+    cs.router.aux_loss_coef = 0, cs.router.seq_aux_loss_coef = 0.05;
+    Generator g2(34);
+    moe::DeepSeekMoE m3(cs, {DType::f64, kCPU, &g2});
+    const Tensor x3 = rnd({2, 5, 6}, 35);
+    m3.forward(x3);
+    const Reference r3 = reference(m3, x3);
+    CHECK(m3.aux_loss().item() == doctest::Approx(r3.seq_aux).epsilon(1e-12));
+    REQUIRE(min_gap(r3, 2) > 1e-3);
+    auto f = [&m3](const std::vector<Tensor>& in) {
+      m3.router->weight = in[1];
+      m3.forward(in[0]);
+      return m3.aux_loss();
+    };
+    check_grad(aff, f, {x3.detach().clone().requires_grad_(), m3.router->weight.detach().clone().requires_grad_()});
+  }
+  moe::MoEConfig bad = small_config();
+  bad.router.seq_aux_loss_coef = -1;
+  expect_error([&] { moe::DeepSeekMoE(bad, {DType::f64}); }, {"seq_aux_loss_coef", ">= 0", "-1"});
+}
+
 TEST_CASE("DeepSeekMoE update_bias: under-loaded experts up, over-loaded down, balanced ones stay") {
   moe::RouterConfig rc;
   rc.n_routed = 4, rc.top_k = 1, rc.aux_free = true, rc.bias_update_speed = 0.01;
@@ -432,6 +505,8 @@ TEST_CASE("DeepSeekMoE on CUDA matches the CPU, forward and every gradient" * do
         const double tol = dt == DType::f32 ? 1e-4 : 6e-2;
         moe::MoEConfig c = small_config(aff, std::string(aff) == "sigmoid", std::string(aff) == "sigmoid");
         c.n_routed = 8, c.top_k = 3, c.dim = 16, c.expert_hidden = 12;
+        if (std::string(aff) == "sigmoid")  // V3: its scaling factor and sequence-wise loss along with aux_free
+          c.router.routed_scaling_factor = 2.5, c.router.seq_aux_loss_coef = 0.01;
         Generator g1(41), g2(41);
         moe::DeepSeekMoE cpu(c, {dt, kCPU, &g1}), gpu(c, {dt, cuda_device(0), &g2});
         cpu.to(DType::f64);  // the reference sees the rounded weights
@@ -448,7 +523,11 @@ TEST_CASE("DeepSeekMoE on CUDA matches the CPU, forward and every gradient" * do
         expect_close(yg.to(kCPU).to(DType::f64), yc, tol, tol);
         const Tensor up = rnd(yc.shape(), 43).to(DType::f32);
         Tensor lc = sum(yc * up.to(DType::f64)), lg = sum(yg.to(DType::f32) * up.to(cuda_device(0)));
-        if (cpu.aux_loss().defined()) lc = lc + cpu.aux_loss() * 100.0, lg = lg + gpu.aux_loss().to(DType::f32) * 100.0;
+        REQUIRE(cpu.aux_loss().defined() == gpu.aux_loss().defined());
+        if (cpu.aux_loss().defined()) {
+          CHECK(gpu.aux_loss().item() == doctest::Approx(cpu.aux_loss().item()).epsilon(1e-4));
+          lc = lc + cpu.aux_loss() * 100.0, lg = lg + gpu.aux_loss().to(DType::f32) * 100.0;
+        }
         lc.backward(), lg.backward();
         expect_close(xg.grad().to(kCPU).to(DType::f64), xc.grad(), tol, tol);
         const auto pc = cpu.named_parameters(), pg = gpu.named_parameters();

@@ -207,6 +207,7 @@ void read_like_train_lm(const Config& c) {
   CHECK(c.get_double("model.moe.aux_loss_coef") >= 0);
   CHECK(c.get_double("model.moe.bias_update_speed") >= 0);
   CHECK(c.get_double("model.moe.routed_scaling_factor") > 0);
+  CHECK(c.get_double("model.moe.seq_aux_loss_coef") >= 0);
   CHECK(c.get_int("model.dim") % c.get_int("model.heads") == 0);
   CHECK(c.get_int("model.heads") % c.get_int("model.kv_heads") == 0);
   c.check_all_read();
