@@ -14,6 +14,7 @@
 // The compressed keys and values are inputs of the op (the compression MLP phi is a separate GEMM composite, not
 // timed here); NSA's gate projection and the dense model's projections are not timed either.
 // Long calls are timed fewer times: after one warm-up, up to 5 runs or until 3 s have passed (at least one).
+// The last column: TFLOP/s of the attention products each row needs (branch_pairs), not of what its kernels do.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -68,6 +69,26 @@ std::pair<double, double> measure(const std::function<void()>& fn) {
   return {t[t.size() / 2], peak};
 }
 
+// Key-query pairs each branch attends at T positions (one head), for its useful FLOPs: forward 4 D per pair (S and
+// P V), forward + backward 14 D (the backward recomputes S and computes dP, dV, dK, dQ). The selected branch's rows
+// see n blocks (block 0, the local ones and the rest by score): every full block but the current one, which is cut
+// at t; before n blocks exist, every key <= t. Its selection re-scores the compressed keys: 2 D per pair, once.
+struct BranchPairs {
+  double cmp = 0, slc = 0, win = 0, dense = 0;
+};
+BranchPairs branch_pairs(int64_t T, const NsaOptions& o) {
+  BranchPairs p;
+  for (int64_t t = 0; t < T; ++t) {
+    p.cmp += t + 1 < o.block ? 0 : (double)((t + 1 - o.block) / o.stride + 1);
+    const int64_t cur = t / o.select_block;
+    p.slc += cur + 1 <= o.n_select ? (double)(t + 1)
+                                   : (double)((o.n_select - 1) * o.select_block + t % o.select_block + 1);
+    p.win += (double)std::min<int64_t>(t + 1, o.window);
+    p.dense += (double)(t + 1);
+  }
+  return p;
+}
+
 std::vector<int64_t> parse_list(const std::string& s) {
   std::vector<int64_t> v;
   std::stringstream ss(s);
@@ -109,7 +130,8 @@ int main(int argc, char** argv) {
     for (int64_t T : Ts) t_list += (t_list.empty() ? "" : ",") + std::to_string(T);
     const auto torch = bench::python_results(fmt::format("python3 scripts/bench_nsa_torch.py {} {} {} {}", t_list, HQ,
                                                          H, D));
-    std::printf("\n%-7s %-30s %10s %10s %12s %10s\n", "T", "attention", "fwd ms", "fwd GiB", "fwd+bwd ms", "f+b GiB");
+    std::printf("\n%-7s %-30s %10s %10s %12s %10s   %s\n", "T", "attention", "fwd ms", "fwd GiB", "fwd+bwd ms",
+                "f+b GiB", "useful TFLOP/s fwd, f+b (attention products only)");
     Generator gen(1);
     for (int64_t T : Ts) {
       auto rnd = [&](const Shape& s) { return randn(s, DType::f32, kGpu, &gen).to(DType::bf16); };
@@ -186,10 +208,22 @@ int main(int argc, char** argv) {
         std::printf("%-7s %-30s %10.2f %10.2f %12.2f %10.2f%s\n", t.c_str(), name, f.first, f.second, b.first, b.second,
                     note.c_str());
       };
+      // Useful FLOPs per branch (HQ heads, D wide), and the TFLOP/s they give at the measured times.
+      const BranchPairs pairs = branch_pairs(T, opt);
+      const double hd = (double)HQ * (double)D, sel = 2 * hd * pairs.cmp;
+      const double fw[3] = {4 * hd * pairs.cmp, 4 * hd * pairs.slc + sel, 4 * hd * pairs.win};
+      const double fb[3] = {14 * hd * pairs.cmp, 14 * hd * pairs.slc + sel, 14 * hd * pairs.win};
+      auto rate = [](double flop_f, double flop_b, std::pair<double, double> f, std::pair<double, double> b) {
+        return fmt::format("   {:.0f}, {:.0f}", flop_f / f.first / 1e9, flop_b / b.first / 1e9);
+      };
       const auto bf = measure(br_fwd), bb = measure(br_fb);
-      row(std::to_string(T), "NSA branch-wise (branches.h)", bf, bb, "");
+      row(std::to_string(T), "NSA branch-wise (branches.h)", bf, bb,
+          rate(fw[0] + fw[1] + fw[2], fb[0] + fb[1] + fb[2], bf, bb));
       const char* parts[3] = {"  compressed branch", "  selected branch (+ choice)", "  window branch"};
-      for (int i = 0; i < 3; ++i) row("", parts[i], measure(part(i, false)), measure(part(i, true)), "");
+      for (int i = 0; i < 3; ++i) {
+        const auto pf = measure(part(i, false)), pb = measure(part(i, true));
+        row("", parts[i], pf, pb, rate(fw[i], fb[i], pf, pb));
+      }
       if (a["profile"]) {
         cuda::Profiler prof;
         prof.start();
@@ -199,15 +233,17 @@ int main(int argc, char** argv) {
       if (T <= a["fused_max_t"]) row("", "NSA fused (CUDA cores)", measure(nsa_fwd), measure(nsa_fb), "");
       const auto df = measure(dense_fwd), db = measure(dense_fb);
       row("", "dense causal (flash_attention)", df, db,
-          fmt::format("   NSA (branch-wise) speedup {:.2f}x fwd, {:.2f}x fwd+bwd", df.first / bf.first,
-                      db.first / bb.first));
+          rate(4 * hd * pairs.dense, 14 * hd * pairs.dense, df, db) +
+              fmt::format("   NSA (branch-wise) speedup {:.2f}x fwd, {:.2f}x fwd+bwd", df.first / bf.first,
+                          db.first / bb.first));
       const std::string k = std::to_string(T);
       if (torch.count("sdpa_fwd_ms_" + k)) {
         const std::pair<double, double> tf{torch.at("sdpa_fwd_ms_" + k), torch.at("sdpa_fwd_gib_" + k)},
             tb{torch.at("sdpa_fwdbwd_ms_" + k), torch.at("sdpa_fwdbwd_gib_" + k)};
         row("", "dense causal (torch SDPA)", tf, tb,
-            fmt::format("   NSA (branch-wise) speedup {:.2f}x fwd, {:.2f}x fwd+bwd", tf.first / bf.first,
-                        tb.first / bb.first));
+            rate(4 * hd * pairs.dense, 14 * hd * pairs.dense, tf, tb) +
+                fmt::format("   NSA (branch-wise) speedup {:.2f}x fwd, {:.2f}x fwd+bwd", tf.first / bf.first,
+                            tb.first / bb.first));
       }
     }
     if (torch.empty()) std::printf("(PyTorch comparison skipped: python3 scripts/bench_nsa_torch.py did not run)\n");
