@@ -62,8 +62,8 @@ Tensor Router::aux_loss(const Tensor& s, const std::vector<int64_t>& load) const
 Tensor Router::seq_aux_loss(const Tensor& s, const Tensor& idx, int64_t B, int64_t T) const {
   if (cfg.seq_aux_loss_coef == 0 || B * T == 0) return Tensor();
   const int64_t E = cfg.n_routed, K = cfg.top_k;
-  NT_CHECK(s.dim() == 2 && s.size(0) == B * T && s.size(1) == E, "Router::seq_aux_loss: scores must be [{}, {}], got {}",
-           B * T, E, shape_str(s.shape()));
+  NT_CHECK(s.dim() == 2 && s.size(0) == B * T && s.size(1) == E,
+           "Router::seq_aux_loss: scores must be [{}, {}], got {}", B * T, E, shape_str(s.shape()));
   NT_CHECK(idx.dim() == 2 && idx.size(0) == B * T && idx.size(1) == K,
            "Router::seq_aux_loss: indices must be [{}, {}], got {}", B * T, K, shape_str(idx.shape()));
   const Tensor sn = cfg.affinity == "softmax" ? s : s / sum(s, {1}, true);

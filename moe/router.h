@@ -3,8 +3,8 @@
 //
 // Affinities s = softmax(x W^T) (DeepSeekMoE) or sigmoid(x W^T) (V3), W [n_routed, dim]. Selection picks the top_k
 // of s + b, b the per-expert bias, which only counts when aux_free; gates are s (never s + b) at the chosen experts,
-// divided by their sum when normalize_topk, then times routed_scaling_factor (V3: 2.5). Selection is discrete (indices carry no gradient); gates are
-// differentiable. For bf16/fp8 inputs the router computes in f32: a rounding flip changes which expert runs.
+// divided by their sum when normalize_topk, then times routed_scaling_factor (V3: 2.5). Selection is discrete
+// (indices carry no gradient); gates are differentiable. For bf16/fp8 inputs the router computes in f32: a rounding flip changes which expert runs.
 #pragma once
 #include <string>
 #include <vector>

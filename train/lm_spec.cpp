@@ -98,7 +98,8 @@ LMSpec LMSpec::from_metadata(const std::map<std::string, std::string>& meta, con
     s.moe.router.affinity = str("moe.affinity");
     s.moe.router.normalize_topk = str("moe.normalize_topk") == "1", s.moe.router.aux_free = str("moe.aux_free") == "1";
     // checkpoints from before the factor existed ran without it
-    s.moe.router.routed_scaling_factor = meta.count("moe.routed_scaling_factor") ? num("moe.routed_scaling_factor") : 1.0;
+    const char* scaling = "moe.routed_scaling_factor";
+    s.moe.router.routed_scaling_factor = meta.count(scaling) ? num(scaling) : 1.0;
   }
   return s;
 }
