@@ -141,6 +141,22 @@ double min_gap(const Reference& r, int64_t K) {
   return gap;
 }
 
+// After a forward of x, the layer's aux_loss() against the direct loops (the expert-level loss, or with seq the
+// sequence-wise one: the other must be off), and its f64 gradient w.r.t. x and the router weight, routing held
+// fixed (the top-k margin is asserted first).
+void check_aux_loss(moe::DeepSeekMoE& m, const Tensor& x, bool seq, const char* what) {
+  m.forward(x);
+  const Reference r = reference(m, x);
+  CHECK(m.aux_loss().item() == doctest::Approx(seq ? r.seq_aux : r.aux).epsilon(1e-12));
+  REQUIRE(min_gap(r, m.cfg.top_k) > 1e-3);
+  auto f = [&m](const std::vector<Tensor>& in) {
+    m.router->weight = in[1];
+    m.forward(in[0]);
+    return m.aux_loss();
+  };
+  check_grad(what, f, {x.detach().clone().requires_grad_(), m.router->weight.detach().clone().requires_grad_()});
+}
+
 }  // namespace
 
 TEST_CASE("DeepSeekMoE matches direct loops: softmax/sigmoid, normalized or not, V3 bias or not, V3's routed scaling "
@@ -298,17 +314,7 @@ TEST_CASE("DeepSeekMoE aux loss: a hand-computed value, the formula, and its gra
     INFO(aff);
     Generator g2(27);
     moe::DeepSeekMoE m2(small_config(aff), {DType::f64, kCPU, &g2});
-    const Tensor x = rnd({2, 5, 6}, 28);
-    m2.forward(x);
-    const Reference r = reference(m2, x);
-    CHECK(m2.aux_loss().item() == doctest::Approx(r.aux).epsilon(1e-12));
-    REQUIRE(min_gap(r, 2) > 1e-3);
-    auto f = [&m2](const std::vector<Tensor>& in) {
-      m2.router->weight = in[1];
-      m2.forward(in[0]);
-      return m2.aux_loss();
-    };
-    check_grad(aff, f, {x.detach().clone().requires_grad_(), m2.router->weight.detach().clone().requires_grad_()});
+    check_aux_loss(m2, rnd({2, 5, 6}, 28), false, aff);
   }
 
   moe::MoEConfig off = small_config();
@@ -357,17 +363,7 @@ TEST_CASE("DeepSeekMoE: V3's sequence-wise balance loss, a hand-computed value, 
     cs.router.aux_loss_coef = 0, cs.router.seq_aux_loss_coef = 0.05;
     Generator g2(34);
     moe::DeepSeekMoE m3(cs, {DType::f64, kCPU, &g2});
-    const Tensor x3 = rnd({2, 5, 6}, 35);
-    m3.forward(x3);
-    const Reference r3 = reference(m3, x3);
-    CHECK(m3.aux_loss().item() == doctest::Approx(r3.seq_aux).epsilon(1e-12));
-    REQUIRE(min_gap(r3, 2) > 1e-3);
-    auto f = [&m3](const std::vector<Tensor>& in) {
-      m3.router->weight = in[1];
-      m3.forward(in[0]);
-      return m3.aux_loss();
-    };
-    check_grad(aff, f, {x3.detach().clone().requires_grad_(), m3.router->weight.detach().clone().requires_grad_()});
+    check_aux_loss(m3, rnd({2, 5, 6}, 35), true, aff);
   }
   moe::MoEConfig bad = small_config();
   bad.router.seq_aux_loss_coef = -1;
