@@ -156,7 +156,7 @@ constexpr int kPosShared = 8;
 int g_slc_kernel = [] {  // 0: automatic (3 where it applies, else 2)
   const char* e = std::getenv("NT_NSA_SLC_KERNEL");
   const std::string v = e ? e : "";
-  return v.size() == 1 && v[0] >= '1' && v[0] <= '3' ? v[0] - '0' : 0;
+  return v.size() == 1 && v[0] >= '1' && v[0] <= '4' ? v[0] - '0' : 0;
 }();
 bool slc_v1() { return g_slc_kernel == 1; }
 
@@ -478,6 +478,17 @@ __global__ void slc_pieces(const int32_t* __restrict__ seg_off, int32_t* __restr
   if (k <= K) pieces[k] = k < K ? (seg_off[k + 1] - seg_off[k] + per_piece - 1) / per_piece : 0;
 }
 
+// delta = rowsum(dout o) of every (position, head) row, a warp per row (version 4's backward, which has no dq kernel
+// to compute it on the way).
+__global__ void slc_delta(const float* __restrict__ o_slc, const uint16_t* __restrict__ dout, float* __restrict__ delta,
+                          int64_t rows, int D) {
+  const int lane = threadIdx.x % 32, wpb = blockDim.x / 32;
+  for (int64_t r = (int64_t)blockIdx.x * wpb + threadIdx.x / 32; r < rows; r += (int64_t)gridDim.x * wpb) {
+    const float sum = slc_row_delta(o_slc + r * D, dout + r * D, D, lane);
+    if (lane == 0) delta[r] = sum;
+  }
+}
+
 template <int DP> size_t slc_dkv_smem(int lp) {
   return (size_t)(lp + 2 * kTileRows) * 2 * (DP + 8) * 2 + 2 * kTileRows * 3 * sizeof(float);
 }
@@ -591,7 +602,7 @@ bool nsa_selected_tc_supported(const NsaDims& a) {
 void nsa_selected_forward_tc(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
                              float* o_slc, float* lse_slc, const NsaDims& a, int max_len, cudaStream_t stream) {
   if (a.N == 0 || max_len == 0) return;
-  if ((g_slc_kernel == 0 || g_slc_kernel == 3) &&
+  if ((g_slc_kernel == 0 || g_slc_kernel >= 3) &&
       nsa_selected_forward_wgmma(q, k_slc, v_slc, block_indices, o_slc, lse_slc, a, max_len, stream))
     return;
   const bool v1 = slc_v1();
@@ -619,8 +630,8 @@ void nsa_selected_forward_tc(const void* q, const void* k_slc, const void* v_slc
 }
 
 void set_nsa_selected_kernel(int version) {
-  if (version < 0 || version > 3)
-    throw std::invalid_argument("set_nsa_selected_kernel: version must be 0..3, got " + std::to_string(version));
+  if (version < 0 || version > 4)
+    throw std::invalid_argument("set_nsa_selected_kernel: version must be 0..4, got " + std::to_string(version));
   g_slc_kernel = version;
 }
 int nsa_selected_kernel() { return g_slc_kernel; }
@@ -638,9 +649,17 @@ void nsa_selected_backward_tc(const void* q, const void* k_slc, const void* v_sl
   auto u16 = [](const void* p) { return static_cast<const uint16_t*>(p); };
   const int64_t E = a.N * a.H * a.n, kv_elems = a.N * a.H * a.D;
   const int K = a.H * a.NB;
-  // 1. dq and delta.
+  // 1. dq and delta; under version 4 delta alone (dq comes with dk/dv in step 3).
   ScratchBuffer delta(a.N * a.HQ * sizeof(float));
-  {
+  const bool fused_dq = g_slc_kernel == 4 && max_len > 0 && nsa_selected_wgmma_applies(a);
+  const int64_t q_elems = a.N * a.HQ * a.D;
+  ScratchBuffer dq_acc(fused_dq ? q_elems * 4 : 0);
+  if (fused_dq) {
+    slc_delta<<<grid_for(a.N * a.HQ, 8), 256, 0, stream>>>(o_slc, u16(dout), static_cast<float*>(delta.p),
+                                                            a.N * a.HQ, a.D);
+    NT_CUDA_CHECK(cudaGetLastError());
+    NT_CUDA_CHECK(cudaMemsetAsync(dq_acc.p, 0, q_elems * 4, stream));
+  } else {
     const int per_block = slc_v1() ? kWarpsSlc : kPosShared;
     const dim3 grid((unsigned)((max_len + per_block - 1) / per_block), (unsigned)a.nseq, (unsigned)a.H);
     auto run = [&](auto kernel, size_t smem) {
@@ -650,7 +669,7 @@ void nsa_selected_backward_tc(const void* q, const void* k_slc, const void* v_sl
                                                       static_cast<float*>(delta.p), a);
       NT_CUDA_CHECK(cudaGetLastError());
     };
-    const bool on_wgmma = (g_slc_kernel == 0 || g_slc_kernel == 3) && max_len > 0 &&
+    const bool on_wgmma = (g_slc_kernel == 0 || g_slc_kernel >= 3) && max_len > 0 &&
                           nsa_selected_dq_wgmma(q, k_slc, v_slc, block_indices, o_slc, lse_slc, dout, dq,
                                                 static_cast<float*>(delta.p), a, max_len, stream);
     if (max_len > 0 && !on_wgmma) {
@@ -678,7 +697,7 @@ void nsa_selected_backward_tc(const void* q, const void* k_slc, const void* v_sl
   NT_CUDA_CHECK(cudaGetLastError());
   size_t bytes = scan_bytes;
   NT_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(temp.p, bytes, i32(count), i32(seg_off), K + 1, stream));
-  const bool dkv_wgmma = g_slc_kernel == 0 || g_slc_kernel == 3;  // falls back below where it does not apply
+  const bool dkv_wgmma = g_slc_kernel == 0 || g_slc_kernel >= 3;  // falls back below where it does not apply
   const int ppt = kTileRows / a.G, per_piece = kTilesPerPiece * ppt;
   slc_pieces<<<grid_for(K + 1, 256), 256, 0, stream>>>(i32(seg_off), i32(pieces), K, per_piece);
   NT_CUDA_CHECK(cudaGetLastError());
@@ -699,7 +718,9 @@ void nsa_selected_backward_tc(const void* q, const void* k_slc, const void* v_sl
   };
   if (!(dkv_wgmma && nsa_selected_dkv_wgmma(q, k_slc, v_slc, dout, lse_slc, static_cast<const float*>(delta.p),
                                              i32(srows), i32(seg_off), i32(piece_off), static_cast<float*>(dk_acc.p),
-                                             static_cast<float*>(dv_acc.p), a, per_piece, grid, stream))) {
+                                             static_cast<float*>(dv_acc.p), static_cast<float*>(dq_acc.p), a,
+                                             per_piece, grid, stream))) {
+    if (fused_dq) throw std::logic_error("nsa_selected_backward_tc: version 4's dk/dv/dq kernel did not run");
     if (a.D <= 64) run(nsa_slc_bwd_dkv_tc<64>, slc_dkv_smem<64>(a.lp));
     else run(nsa_slc_bwd_dkv_tc<128>, slc_dkv_smem<128>(a.lp));
   }
@@ -707,6 +728,9 @@ void nsa_selected_backward_tc(const void* q, const void* k_slc, const void* v_sl
                                                              static_cast<uint16_t*>(dk_slc), kv_elems);
   f32_to_bf16<<<grid_for(kv_elems, 256), 256, 0, stream>>>(static_cast<const float*>(dv_acc.p),
                                                              static_cast<uint16_t*>(dv_slc), kv_elems);
+  if (fused_dq)
+    f32_to_bf16<<<grid_for(q_elems, 256), 256, 0, stream>>>(static_cast<const float*>(dq_acc.p),
+                                                            static_cast<uint16_t*>(dq), q_elems);
   NT_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -379,20 +379,83 @@ void launch_slc_dq_wgmma(const void* q, const void* k_slc, const void* v_slc, co
 // 2026-12-06); here the block's keys fill wgmma's 64 rows. The pieces are still cut for the mma.sync kernel's
 // 32-row tiles (64 x 32 / G positions), so at G = 16 a piece is 32 of these tiles; where G does not divide 64
 // (G = 3: 63 rows) or a piece's length is not a multiple of 64 / G, the last tile or rows are padding.
+// kDq (version 4, experimental): the same walk also computes dq, as attn_bwd_wgmma does: dS^T goes to shared memory
+// (bf16, keys as rows) and dQ = dS K (m64n64 per 64 columns, both operands MN-major) is added to an f32 [N, HQ, D]
+// buffer with 16-byte reductions, once per (row, chosen block): no separate dq kernel (which re-walks every row's
+// blocks), at the price of N HQ n D / 4 reductions (~2.1 G at 64k, 64 query heads, n = 16).
 constexpr int kDkvRows = 64;
-size_t slc_dkv_wgmma_smem() { return 1024 + 2 * kSlcBlock * 256 + 2 * 2 * kDkvRows * 256 + 2 * 3 * kDkvRows * sizeof(float); }
 
+// kDq's step: dS^T (this thread's keys 16 warp + lane / 4 (+ 8), rows j 8 + 2 (lane % 4) (+ 1)) into dSs, then
+// dQ[row, :] += scale dS K for the tile's 64 rows, column halves of 64 one after the other (32 accumulators each).
+// orow: each tile row's row of [N HQ] (int bits, -1 for padding). Ends with every wgmma done reading dSs.
+__device__ __forceinline__ void slc_dq_from_ds(const float (&ds)[kDkvRows / 8][4], unsigned char* dSs,
+                                               uint32_t k_addr, const float* orow, float* dq_acc, const NsaDims& a,
+                                               int warp, int lane) {
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int r = warp * 16 + lane / 4 + 8 * i;  // a key of the block: a row of dS^T
+#pragma unroll
+    for (int j = 0; j < kDkvRows / 8; ++j)  // tile rows j 8 + (lane % 4) 2, + 1: 4 bytes of 16-byte chunk j
+      *reinterpret_cast<uint32_t*>(dSs + r * 128 + ((j ^ (r % 8)) << 4) + (lane % 4) * 4) =
+          pack_bf16(ds[j][2 * i], ds[j][2 * i + 1]);
+  }
+  fence_async_smem();
+  __syncthreads();  // dS^T complete and visible to wgmma
+  const uint32_t ds_addr = smem_addr(dSs);
+  // 16-byte reductions: lane pairs swap halves so the even lane holds tile row r0, the odd one r0 + 8, each on 4
+  // consecutive columns.
+  const bool odd = lane & 1;
+  const int o = __float_as_int(orow[warp * 16 + lane / 4 + (odd ? 8 : 0)]);
+  const float sc = (float)a.scale;
+#pragma unroll
+  for (int half = 0; half < kAttnDim / 64; ++half) {
+    if (half * 64 >= a.D) break;  // uniform
+    float dq[8][4];
+    float(&dqf)[32] = reinterpret_cast<float(&)[32]>(dq);
+#pragma unroll
+    for (int i = 0; i < 32; ++i) dqf[i] = 0.f;
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kSlcBlock / 16; ++kk)  // A = dS (64 rows x 64 keys), B = K's column half (64 keys x 64)
+      wgmma_m64n64<1, 1>(dqf, smem_desc(ds_addr + kk * 2048, kSlcBlock * 128, 1024),
+                         smem_desc(k_addr + half * (kSlcBlock * 128) + kk * 2048, kSlcBlock * 128, 1024));
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_regs(dqf);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const float s0 = odd ? dq[j][0] : dq[j][2], s1 = odd ? dq[j][1] : dq[j][3];
+      const float g0 = __shfl_xor_sync(0xffffffffu, s0, 1), g1 = __shfl_xor_sync(0xffffffffu, s1, 1);
+      const int col = half * 64 + j * 8 + (lane % 4 / 2) * 4;
+      if (o >= 0 && col < a.D) {
+        const float4 x = odd ? make_float4(g0, g1, dq[j][2], dq[j][3]) : make_float4(dq[j][0], dq[j][1], g0, g1);
+        atomicAdd(reinterpret_cast<float4*>(dq_acc + (int64_t)o * a.D + col),
+                  make_float4(x.x * sc, x.y * sc, x.z * sc, x.w * sc));
+      }
+    }
+  }
+}
+
+template <bool kDq>
+size_t slc_dkv_wgmma_smem() {
+  return 1024 + 2 * kSlcBlock * 256 + 2 * 2 * kDkvRows * 256 + (kDq ? kSlcBlock * 128 : 0) +
+         2 * 4 * kDkvRows * sizeof(float);
+}
+
+template <bool kDq>
 __global__ void __launch_bounds__(128) nsa_slc_bwd_dkv_wgmma(
     const uint16_t* __restrict__ q, const uint16_t* __restrict__ ks, const uint16_t* __restrict__ vs,
     const uint16_t* __restrict__ dout, const float* __restrict__ lse_slc, const float* __restrict__ delta,
     const int32_t* __restrict__ rows, const int32_t* __restrict__ seg_off, const int32_t* __restrict__ piece_off,
-    float* __restrict__ dk_acc, float* __restrict__ dv_acc, NsaDims a, int per_piece) {
+    float* __restrict__ dk_acc, float* __restrict__ dv_acc, float* __restrict__ dq_acc, NsaDims a, int per_piece) {
 #if NT_SM90A
   constexpr int NO = kAttnDim / 8, kT = kDkvRows * 2 * kAttnDim;  // a 64-row tile's bytes
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   unsigned char* smem = (unsigned char*)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
   unsigned char *Ks = smem, *Vs = Ks + kT, *stage0 = Vs + kT;  // per stage: Q rows, then dout rows
-  float* meta0 = reinterpret_cast<float*>(stage0 + 2 * 2 * kT);  // per stage: position, lse log2 e, delta
+  unsigned char* dSs = stage0 + 2 * 2 * kT;                     // kDq: dS^T, 64 keys x 64 rows (1024-aligned)
+  // per stage: position, lse log2 e, delta, the row of [N HQ] (as int bits; -1 for padding)
+  float* meta0 = reinterpret_cast<float*>(dSs + (kDq ? kSlcBlock * 128 : 0));
   SlcPiece pc;
   if (!slc_piece(blockIdx.x, seg_off, piece_off, a, per_piece, pc)) return;
   const int G = a.G, ppt = kDkvRows / G, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -419,12 +482,13 @@ __global__ void __launch_bounds__(128) nsa_slc_bwd_dkv_wgmma(
       const int64_t o = head_row(r);
       return o >= 0 ? dout + o * a.D : nullptr;
     }, a.D, dout);
-    float* meta = meta0 + st * 3 * kDkvRows;
+    float* meta = meta0 + st * 4 * kDkvRows;
     for (int r = threadIdx.x; r < kDkvRows; r += 128) {
       const int64_t o = head_row(r);
       meta[r] = __int_as_float(o >= 0 ? rows[e + r / G] - pc.start : -1);  // the row's position in its sequence
       meta[kDkvRows + r] = o >= 0 ? lse_slc[o] * kLog2e : 0.f;
       meta[2 * kDkvRows + r] = o >= 0 ? delta[o] : 0.f;
+      meta[3 * kDkvRows + r] = __int_as_float((int)o);
     }
   };
   const float sl2 = (float)a.scale * kLog2e, one[2] = {1.f, 1.f};
@@ -441,7 +505,7 @@ __global__ void __launch_bounds__(128) nsa_slc_bwd_dkv_wgmma(
     fence_async_smem();
     __syncthreads();
     const uint32_t q_addr = smem_addr(stage0 + st * 2 * kT), do_addr = q_addr + kT;
-    const float* meta = meta0 + st * 3 * kDkvRows;
+    const float* meta = meta0 + st * 4 * kDkvRows;
     float s[kDkvRows / 8][4], dp[kDkvRows / 8][4];
     attn_qk_wgmma<kSlcBlock, kDkvRows>(s, smem_addr(Ks), q_addr);    // S^T: 64 keys x 64 rows
     attn_qk_wgmma<kSlcBlock, kDkvRows>(dp, smem_addr(Vs), do_addr);  // dP^T
@@ -456,7 +520,8 @@ __global__ void __launch_bounds__(128) nsa_slc_bwd_dkv_wgmma(
       }
     attn_pv_wgmma<kDkvRows>(dv, s, one, do_addr);  // dV += P^T dO
     attn_pv_wgmma<kDkvRows>(dk, dp, one, q_addr);  // dK += dS^T Q
-    __syncthreads();  // every warp is done with stage st before it is refilled
+    if constexpr (kDq) slc_dq_from_ds(dp, dSs, smem_addr(Ks), meta + 3 * kDkvRows, dq_acc, a, warp, lane);
+    __syncthreads();  // every warp is done with stage st (and dS^T) before it is refilled
   }
   const float sc = (float)a.scale;
 #pragma unroll
@@ -507,17 +572,23 @@ bool nsa_selected_dq_wgmma(const void* q, const void* k_slc, const void* v_slc, 
   else run(launch_slc_dq_wgmma<16>);
   return true;
 }
+bool nsa_selected_wgmma_applies(const NsaDims& a) { return slc_wgmma_applies(a); }
+
 bool nsa_selected_dkv_wgmma(const void* q, const void* k_slc, const void* v_slc, const void* dout, const float* lse_slc,
                             const float* delta, const int32_t* rows, const int32_t* seg_off, const int32_t* piece_off,
-                            float* dk_acc, float* dv_acc, const NsaDims& a, int per_piece, int64_t grid,
+                            float* dk_acc, float* dv_acc, float* dq_acc, const NsaDims& a, int per_piece, int64_t grid,
                             cudaStream_t stream) {
   if (!slc_wgmma_applies(a)) return false;
   if (grid == 0) return true;
   auto u16 = [](const void* p) { return static_cast<const uint16_t*>(p); };
-  allow_smem(nsa_slc_bwd_dkv_wgmma, slc_dkv_wgmma_smem());
-  nsa_slc_bwd_dkv_wgmma<<<(unsigned)grid, 128, slc_dkv_wgmma_smem(), stream>>>(
-      u16(q), u16(k_slc), u16(v_slc), u16(dout), lse_slc, delta, rows, seg_off, piece_off, dk_acc, dv_acc, a, per_piece);
-  NT_CUDA_CHECK(cudaGetLastError());
+  auto run = [&](auto kernel, size_t smem) {
+    allow_smem(kernel, smem);
+    kernel<<<(unsigned)grid, 128, smem, stream>>>(u16(q), u16(k_slc), u16(v_slc), u16(dout), lse_slc, delta, rows,
+                                                   seg_off, piece_off, dk_acc, dv_acc, dq_acc, a, per_piece);
+    NT_CUDA_CHECK(cudaGetLastError());
+  };
+  if (dq_acc) run(nsa_slc_bwd_dkv_wgmma<true>, slc_dkv_wgmma_smem<true>());
+  else run(nsa_slc_bwd_dkv_wgmma<false>, slc_dkv_wgmma_smem<false>());
   return true;
 }
 }  // namespace nt::cuda
