@@ -391,6 +391,7 @@ constexpr int kDkvRows = 64;
 __device__ __forceinline__ void slc_dq_from_ds(const float (&ds)[kDkvRows / 8][4], unsigned char* dSs,
                                                uint32_t k_addr, const float* orow, float* dq_acc, const NsaDims& a,
                                                int warp, int lane) {
+#if NT_SM90A  // float4 atomics exist from sm_90 on
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     const int r = warp * 16 + lane / 4 + 8 * i;  // a key of the block: a row of dS^T
@@ -434,12 +435,13 @@ __device__ __forceinline__ void slc_dq_from_ds(const float (&ds)[kDkvRows / 8][4
       }
     }
   }
+#endif
 }
 
 template <bool kDq>
 size_t slc_dkv_wgmma_smem() {
   return 1024 + 2 * kSlcBlock * 256 + 2 * 2 * kDkvRows * 256 + (kDq ? kSlcBlock * 128 : 0) +
-         2 * 4 * kDkvRows * sizeof(float);
+         2 * (kDq ? 4 : 3) * kDkvRows * sizeof(float);
 }
 
 template <bool kDq>
@@ -450,11 +452,12 @@ __global__ void __launch_bounds__(128) nsa_slc_bwd_dkv_wgmma(
     float* __restrict__ dk_acc, float* __restrict__ dv_acc, float* __restrict__ dq_acc, NsaDims a, int per_piece) {
 #if NT_SM90A
   constexpr int NO = kAttnDim / 8, kT = kDkvRows * 2 * kAttnDim;  // a 64-row tile's bytes
+  constexpr int kMeta = kDq ? 4 : 3;                                  // per-row values per stage
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   unsigned char* smem = (unsigned char*)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
   unsigned char *Ks = smem, *Vs = Ks + kT, *stage0 = Vs + kT;  // per stage: Q rows, then dout rows
   unsigned char* dSs = stage0 + 2 * 2 * kT;                     // kDq: dS^T, 64 keys x 64 rows (1024-aligned)
-  // per stage: position, lse log2 e, delta, the row of [N HQ] (as int bits; -1 for padding)
+  // per stage: position, lse log2 e, delta, and under kDq the row of [N HQ] (as int bits; -1 for padding)
   float* meta0 = reinterpret_cast<float*>(dSs + (kDq ? kSlcBlock * 128 : 0));
   SlcPiece pc;
   if (!slc_piece(blockIdx.x, seg_off, piece_off, a, per_piece, pc)) return;
@@ -482,13 +485,13 @@ __global__ void __launch_bounds__(128) nsa_slc_bwd_dkv_wgmma(
       const int64_t o = head_row(r);
       return o >= 0 ? dout + o * a.D : nullptr;
     }, a.D, dout);
-    float* meta = meta0 + st * 4 * kDkvRows;
+    float* meta = meta0 + st * kMeta * kDkvRows;
     for (int r = threadIdx.x; r < kDkvRows; r += 128) {
       const int64_t o = head_row(r);
       meta[r] = __int_as_float(o >= 0 ? rows[e + r / G] - pc.start : -1);  // the row's position in its sequence
       meta[kDkvRows + r] = o >= 0 ? lse_slc[o] * kLog2e : 0.f;
       meta[2 * kDkvRows + r] = o >= 0 ? delta[o] : 0.f;
-      meta[3 * kDkvRows + r] = __int_as_float((int)o);
+      if constexpr (kDq) meta[3 * kDkvRows + r] = __int_as_float((int)o);
     }
   };
   const float sl2 = (float)a.scale * kLog2e, one[2] = {1.f, 1.f};
@@ -505,7 +508,7 @@ __global__ void __launch_bounds__(128) nsa_slc_bwd_dkv_wgmma(
     fence_async_smem();
     __syncthreads();
     const uint32_t q_addr = smem_addr(stage0 + st * 2 * kT), do_addr = q_addr + kT;
-    const float* meta = meta0 + st * 4 * kDkvRows;
+    const float* meta = meta0 + st * kMeta * kDkvRows;
     float s[kDkvRows / 8][4], dp[kDkvRows / 8][4];
     attn_qk_wgmma<kSlcBlock, kDkvRows>(s, smem_addr(Ks), q_addr);    // S^T: 64 keys x 64 rows
     attn_qk_wgmma<kSlcBlock, kDkvRows>(dp, smem_addr(Vs), do_addr);  // dP^T
