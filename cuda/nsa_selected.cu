@@ -156,7 +156,7 @@ constexpr int kPosShared = 8;
 int g_slc_kernel = [] {  // 0: automatic (3 where it applies, else 2)
   const char* e = std::getenv("NT_NSA_SLC_KERNEL");
   const std::string v = e ? e : "";
-  return v.size() == 1 && v[0] >= '1' && v[0] <= '4' ? v[0] - '0' : 0;
+  return v.size() == 1 && v[0] >= '1' && v[0] <= '5' ? v[0] - '0' : 0;
 }();
 bool slc_v1() { return g_slc_kernel == 1; }
 
@@ -593,6 +593,67 @@ __global__ void f32_to_bf16(const float* __restrict__ x, uint16_t* __restrict__ 
     y[i] = *reinterpret_cast<const uint16_t*>(&b);
   }
 }
+// The positions that chose each (kv head, block), ascending, cut into pieces of at most per_piece (the backward's
+// key-centric step and version 5's forward walk them): a stable radix sort of (head, block) keys, the counts, their
+// prefix sums, the pieces per segment and theirs. grid bounds the number of pieces (sum ceil(c / P) <= E / P + K).
+struct SlcPieces {
+  int64_t E, grid;
+  int K, per_piece;
+  ScratchBuffer srows, seg_off, piece_off;
+  SlcPieces(const int32_t* block_indices, const NsaDims& a, cudaStream_t stream)
+      : E(a.N * a.H * a.n), grid(0), K(a.H * a.NB), per_piece(kTilesPerPiece * (kTileRows / a.G)), srows(E * 4),
+        seg_off((K + 1) * 4), piece_off((K + 1) * 4) {
+    ScratchBuffer keys(E * 4), rows(E * 4), skeys(E * 4), count((K + 1) * 4), pieces((K + 1) * 4);
+    slc_inverse_keys<<<grid_for(E, 256), 256, 0, stream>>>(block_indices, i32(keys), i32(rows), a);
+    NT_CUDA_CHECK(cudaGetLastError());
+    int end_bit = 1;
+    while (end_bit < 31 && ((int64_t)1 << end_bit) <= K) ++end_bit;
+    size_t sort_bytes = 0, scan_bytes = 0;
+    NT_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, i32(keys), i32(skeys), i32(rows), i32(srows),
+                                                  (int)E, 0, end_bit, stream));
+    NT_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(nullptr, scan_bytes, i32(count), i32(seg_off), K + 1, stream));
+    ScratchBuffer temp(std::max(sort_bytes, scan_bytes) + 1);
+    NT_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp.p, sort_bytes, i32(keys), i32(skeys), i32(rows), i32(srows),
+                                                  (int)E, 0, end_bit, stream));
+    NT_CUDA_CHECK(cudaMemsetAsync(count.p, 0, (K + 1) * 4, stream));
+    slc_count<<<grid_for(E, 256), 256, 0, stream>>>(i32(skeys), i32(count), E, K);
+    NT_CUDA_CHECK(cudaGetLastError());
+    size_t bytes = scan_bytes;
+    NT_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(temp.p, bytes, i32(count), i32(seg_off), K + 1, stream));
+    slc_pieces<<<grid_for(K + 1, 256), 256, 0, stream>>>(i32(seg_off), i32(pieces), K, per_piece);
+    NT_CUDA_CHECK(cudaGetLastError());
+    bytes = scan_bytes;
+    NT_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(temp.p, bytes, i32(pieces), i32(piece_off), K + 1, stream));
+    grid = E / per_piece + K + 1;
+  }
+  static int32_t* i32(const ScratchBuffer& b) { return static_cast<int32_t*>(b.p); }
+  SlcWalkArgs walk() const {
+    SlcWalkArgs w;
+    w.rows = i32(srows), w.seg_off = i32(seg_off), w.piece_off = i32(piece_off);
+    return w;
+  }
+};
+
+// Version 5's forward between its two passes: each row's log-sum-exp (natural log, -inf without a visible key)
+// from the per-block maxima and sums [N HQ, n] (log2 units) of its chosen blocks (ascending, -1 after them).
+__global__ void slc_fwd_lse(const float* __restrict__ stat_m, const float* __restrict__ stat_l,
+                            const int32_t* __restrict__ block_indices, float* __restrict__ lse, NsaDims a) {
+  const int64_t rows = (int64_t)a.N * a.HQ;
+  for (int64_t r = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; r < rows; r += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t pos = r / a.HQ;
+    const int h = (int)(r % a.HQ) / a.G;
+    const int32_t* bi = block_indices + (pos * a.H + h) * a.n;
+    const float* m = stat_m + r * a.n;
+    const float* l = stat_l + r * a.n;
+    float M = -INFINITY;
+    for (int i = 0; i < a.n && bi[i] >= 0; ++i) M = fmaxf(M, m[i]);
+    float L = 0.f;
+    if (M != -INFINITY)
+      for (int i = 0; i < a.n && bi[i] >= 0; ++i)
+        if (m[i] != -INFINITY) L += l[i] * exp2f(m[i] - M);
+    lse[r] = L > 0.f ? (M + log2f(L)) * 0.69314718055994531f : -INFINITY;
+  }
+}
 }  // namespace
 
 bool nsa_selected_tc_supported(const NsaDims& a) {
@@ -602,6 +663,23 @@ bool nsa_selected_tc_supported(const NsaDims& a) {
 void nsa_selected_forward_tc(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
                              float* o_slc, float* lse_slc, const NsaDims& a, int max_len, cudaStream_t stream) {
   if (a.N == 0 || max_len == 0) return;
+  if (g_slc_kernel == 5 && nsa_selected_wgmma_applies(a)) {  // block-major: stats, log-sum-exps, output
+    const SlcPieces pcs(block_indices, a, stream);
+    const int64_t stat_elems = a.N * a.HQ * a.n;
+    ScratchBuffer stat_m(stat_elems * 4), stat_l(stat_elems * 4);
+    NT_CUDA_CHECK(cudaMemsetAsync(o_slc, 0, a.N * a.HQ * a.D * sizeof(float), stream));
+    SlcWalkArgs w = pcs.walk();
+    w.q = static_cast<const uint16_t*>(q), w.ks = static_cast<const uint16_t*>(k_slc);
+    w.vs = static_cast<const uint16_t*>(v_slc), w.block_indices = block_indices;
+    w.stat_m = static_cast<float*>(stat_m.p), w.stat_l = static_cast<float*>(stat_l.p);
+    if (!nsa_selected_walk_wgmma(kWalkFwdStats, w, a, pcs.per_piece, pcs.grid, stream))
+      throw std::logic_error("nsa_selected_forward_tc: version 5's walk did not run");
+    slc_fwd_lse<<<grid_for(a.N * a.HQ, 256), 256, 0, stream>>>(w.stat_m, w.stat_l, block_indices, lse_slc, a);
+    NT_CUDA_CHECK(cudaGetLastError());
+    w.lse = lse_slc, w.row_acc = o_slc;
+    nsa_selected_walk_wgmma(kWalkFwdOut, w, a, pcs.per_piece, pcs.grid, stream);
+    return;
+  }
   if ((g_slc_kernel == 0 || g_slc_kernel >= 3) &&
       nsa_selected_forward_wgmma(q, k_slc, v_slc, block_indices, o_slc, lse_slc, a, max_len, stream))
     return;
@@ -630,8 +708,8 @@ void nsa_selected_forward_tc(const void* q, const void* k_slc, const void* v_slc
 }
 
 void set_nsa_selected_kernel(int version) {
-  if (version < 0 || version > 4)
-    throw std::invalid_argument("set_nsa_selected_kernel: version must be 0..4, got " + std::to_string(version));
+  if (version < 0 || version > 5)
+    throw std::invalid_argument("set_nsa_selected_kernel: version must be 0..5, got " + std::to_string(version));
   g_slc_kernel = version;
 }
 int nsa_selected_kernel() { return g_slc_kernel; }
@@ -647,11 +725,10 @@ void nsa_selected_backward_tc(const void* q, const void* k_slc, const void* v_sl
                               void* dv_slc, const NsaDims& a, int max_len, cudaStream_t stream) {
   if (a.N == 0) return;
   auto u16 = [](const void* p) { return static_cast<const uint16_t*>(p); };
-  const int64_t E = a.N * a.H * a.n, kv_elems = a.N * a.H * a.D;
-  const int K = a.H * a.NB;
-  // 1. dq and delta; under version 4 delta alone (dq comes with dk/dv in step 3).
+  const int64_t kv_elems = a.N * a.H * a.D;
+  // 1. dq and delta; under versions 4 and 5 delta alone (dq comes with dk/dv in step 3).
   ScratchBuffer delta(a.N * a.HQ * sizeof(float));
-  const bool fused_dq = g_slc_kernel == 4 && max_len > 0 && nsa_selected_wgmma_applies(a);
+  const bool fused_dq = g_slc_kernel >= 4 && max_len > 0 && nsa_selected_wgmma_applies(a);
   const int64_t q_elems = a.N * a.HQ * a.D;
   ScratchBuffer dq_acc(fused_dq ? q_elems * 4 : 0);
   if (fused_dq) {
@@ -678,49 +755,28 @@ void nsa_selected_backward_tc(const void* q, const void* k_slc, const void* v_sl
     }
   }
   // 2. The positions that chose each (head, block), ascending, and the pieces.
-  ScratchBuffer keys(E * 4), rows(E * 4), skeys(E * 4), srows(E * 4), count((K + 1) * 4), seg_off((K + 1) * 4),
-      pieces((K + 1) * 4), piece_off((K + 1) * 4);
-  auto i32 = [](const ScratchBuffer& b) { return static_cast<int32_t*>(b.p); };
-  slc_inverse_keys<<<grid_for(E, 256), 256, 0, stream>>>(block_indices, i32(keys), i32(rows), a);
-  NT_CUDA_CHECK(cudaGetLastError());
-  int end_bit = 1;
-  while (end_bit < 31 && ((int64_t)1 << end_bit) <= K) ++end_bit;
-  size_t sort_bytes = 0, scan_bytes = 0;
-  NT_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, i32(keys), i32(skeys), i32(rows), i32(srows),
-                                                (int)E, 0, end_bit, stream));
-  NT_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(nullptr, scan_bytes, i32(count), i32(seg_off), K + 1, stream));
-  ScratchBuffer temp(std::max(sort_bytes, scan_bytes) + 1);
-  NT_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp.p, sort_bytes, i32(keys), i32(skeys), i32(rows), i32(srows),
-                                                (int)E, 0, end_bit, stream));
-  NT_CUDA_CHECK(cudaMemsetAsync(count.p, 0, (K + 1) * 4, stream));
-  slc_count<<<grid_for(E, 256), 256, 0, stream>>>(i32(skeys), i32(count), E, K);
-  NT_CUDA_CHECK(cudaGetLastError());
-  size_t bytes = scan_bytes;
-  NT_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(temp.p, bytes, i32(count), i32(seg_off), K + 1, stream));
-  const bool dkv_wgmma = g_slc_kernel == 0 || g_slc_kernel >= 3;  // falls back below where it does not apply
-  const int ppt = kTileRows / a.G, per_piece = kTilesPerPiece * ppt;
-  slc_pieces<<<grid_for(K + 1, 256), 256, 0, stream>>>(i32(seg_off), i32(pieces), K, per_piece);
-  NT_CUDA_CHECK(cudaGetLastError());
-  bytes = scan_bytes;
-  NT_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(temp.p, bytes, i32(pieces), i32(piece_off), K + 1, stream));
-  // 3. dk, dv: one thread block per piece (the grid bounds their number: sum ceil(c / P) <= E / P + K).
+  const SlcPieces pcs(block_indices, a, stream);
+  const auto i32 = SlcPieces::i32;
+  // 3. dk, dv (and under versions 4, 5 dq): one thread block per piece.
   ScratchBuffer dk_acc(kv_elems * 4), dv_acc(kv_elems * 4);
   NT_CUDA_CHECK(cudaMemsetAsync(dk_acc.p, 0, kv_elems * 4, stream));
   NT_CUDA_CHECK(cudaMemsetAsync(dv_acc.p, 0, kv_elems * 4, stream));
-  const int64_t grid = E / per_piece + K + 1;
+  const bool dkv_wgmma = g_slc_kernel == 0 || g_slc_kernel >= 3;  // falls back below where it does not apply
+  SlcWalkArgs w = pcs.walk();
+  w.q = u16(q), w.ks = u16(k_slc), w.vs = u16(v_slc), w.dout = u16(dout), w.lse = lse_slc;
+  w.delta = static_cast<const float*>(delta.p);
+  w.dk_acc = static_cast<float*>(dk_acc.p), w.dv_acc = static_cast<float*>(dv_acc.p);
+  w.row_acc = static_cast<float*>(dq_acc.p);
   auto run = [&](auto kernel, size_t smem) {
     allow_smem(kernel, smem);
-    kernel<<<(unsigned)grid, a.lp * 2, smem, stream>>>(u16(q), u16(k_slc), u16(v_slc), u16(dout), lse_slc,
-                                                       static_cast<const float*>(delta.p), i32(srows), i32(seg_off),
-                                                       i32(piece_off), static_cast<float*>(dk_acc.p),
-                                                       static_cast<float*>(dv_acc.p), a, per_piece);
+    kernel<<<(unsigned)pcs.grid, a.lp * 2, smem, stream>>>(u16(q), u16(k_slc), u16(v_slc), u16(dout), lse_slc,
+                                                           w.delta, i32(pcs.srows), i32(pcs.seg_off),
+                                                           i32(pcs.piece_off), w.dk_acc, w.dv_acc, a, pcs.per_piece);
     NT_CUDA_CHECK(cudaGetLastError());
   };
-  if (!(dkv_wgmma && nsa_selected_dkv_wgmma(q, k_slc, v_slc, dout, lse_slc, static_cast<const float*>(delta.p),
-                                             i32(srows), i32(seg_off), i32(piece_off), static_cast<float*>(dk_acc.p),
-                                             static_cast<float*>(dv_acc.p), static_cast<float*>(dq_acc.p), a,
-                                             per_piece, grid, stream))) {
-    if (fused_dq) throw std::logic_error("nsa_selected_backward_tc: version 4's dk/dv/dq kernel did not run");
+  if (!(dkv_wgmma && nsa_selected_walk_wgmma(fused_dq ? kWalkDkvDq : kWalkDkv, w, a, pcs.per_piece, pcs.grid,
+                                              stream))) {
+    if (fused_dq) throw std::logic_error("nsa_selected_backward_tc: the dk/dv/dq walk did not run");
     if (a.D <= 64) run(nsa_slc_bwd_dkv_tc<64>, slc_dkv_smem<64>(a.lp));
     else run(nsa_slc_bwd_dkv_tc<128>, slc_dkv_smem<128>(a.lp));
   }
