@@ -663,7 +663,8 @@ bool nsa_selected_tc_supported(const NsaDims& a) {
 void nsa_selected_forward_tc(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
                              float* o_slc, float* lse_slc, const NsaDims& a, int max_len, cudaStream_t stream) {
   if (a.N == 0 || max_len == 0) return;
-  if (g_slc_kernel == 5 && nsa_selected_wgmma_applies(a)) {  // block-major: stats, log-sum-exps, output
+  const bool pieces_fit = a.N * a.H * (int64_t)a.n < (int64_t)1 << 31 && (int64_t)a.H * a.NB < (int64_t)1 << 30;
+  if (g_slc_kernel == 5 && pieces_fit && nsa_selected_wgmma_applies(a)) {  // block-major: stats, lse, output
     const SlcPieces pcs(block_indices, a, stream);
     const int64_t stat_elems = a.N * a.HQ * a.n;
     ScratchBuffer stat_m(stat_elems * 4), stat_l(stat_elems * 4);
