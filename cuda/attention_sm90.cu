@@ -219,21 +219,8 @@ __global__ void __launch_bounds__(256) attn_bwd_wgmma(const uint16_t* __restrict
       wgmma_commit();
       wgmma_wait<0>();
       fence_regs(dqf);
-      // 16-byte reductions: lane pairs swap halves so the even lane holds row r0, the odd one row r0 + 8, both on
-      // 4 consecutive columns.
-      const bool odd = lane & 1;
-      const int r = m0 + warp * 16 + lane / 4 + (odd ? 8 : 0);
-#pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        const float s0 = odd ? dq[j][0] : dq[j][2], s1 = odd ? dq[j][1] : dq[j][3];
-        const float g0 = __shfl_xor_sync(0xffffffffu, s0, 1), g1 = __shfl_xor_sync(0xffffffffu, s1, 1);
-        const int col = wg * 64 + j * 8 + (lane % 4 / 2) * 4;
-        if (r < len && col < a.D) {
-          const float4 x = odd ? make_float4(g0, g1, dq[j][2], dq[j][3]) : make_float4(dq[j][0], dq[j][1], g0, g1);
-          atomicAdd(reinterpret_cast<float4*>(dq_acc + ((int64_t)start + r) * qs + h * a.D + col),
-                    make_float4(x.x * a.scale, x.y * a.scale, x.z * a.scale, x.w * a.scale));
-        }
-      }
+      const int r = m0 + warp * 16 + lane / 4 + ((lane & 1) ? 8 : 0);  // this lane's row in red_add_m64n64
+      red_add_m64n64(dq, r < len ? dq_acc + ((int64_t)start + r) * qs + h * a.D : nullptr, wg * 64, a.D, a.scale, lane);
     }
 #pragma unroll
   for (int i = 0; i < 2; ++i) {

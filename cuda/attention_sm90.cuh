@@ -68,4 +68,24 @@ __device__ __forceinline__ void attn_pv_wgmma(float (&acc)[kAttnDim / 2], const 
   wgmma_wait<0>();
   fence_regs(acc);
 }
+// Adds sc * acc (a warpgroup's m64n64 f32 result, mma.sync's C layout per warp) to global memory with 16-byte
+// reductions: lane pairs swap halves so the even lane holds row lane / 4 of the warp's 16 and the odd one row
+// lane / 4 + 8, each on 4 consecutive columns col0 + 8j + 4 (lane % 4 / 2). out: this lane's row (nullptr: skip it);
+// columns >= D are skipped (D a multiple of 4). Every lane must take part (shuffles).
+__device__ __forceinline__ void red_add_m64n64(const float (&acc)[8][4], float* out, int col0, int D, float sc,
+                                               int lane) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900  // float4 atomics
+  const bool odd = lane & 1;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    const float s0 = odd ? acc[j][0] : acc[j][2], s1 = odd ? acc[j][1] : acc[j][3];
+    const float g0 = __shfl_xor_sync(0xffffffffu, s0, 1), g1 = __shfl_xor_sync(0xffffffffu, s1, 1);
+    const int col = col0 + j * 8 + (lane % 4 / 2) * 4;
+    if (out != nullptr && col < D) {
+      const float4 x = odd ? make_float4(g0, g1, acc[j][2], acc[j][3]) : make_float4(acc[j][0], acc[j][1], g0, g1);
+      atomicAdd(reinterpret_cast<float4*>(out + col), make_float4(x.x * sc, x.y * sc, x.z * sc, x.w * sc));
+    }
+  }
+#endif
+}
 }  // namespace nt::cuda::sm90

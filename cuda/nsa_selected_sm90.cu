@@ -415,10 +415,7 @@ __device__ __forceinline__ void slc_rows_times_block(const float (&pt)[kDkvRows 
   fence_async_smem();
   __syncthreads();  // P^T complete and visible to wgmma
   const uint32_t rs_addr = smem_addr(rs);
-  // 16-byte reductions: lane pairs swap halves so the even lane holds tile row r0, the odd one r0 + 8, each on 4
-  // consecutive columns.
-  const bool odd = lane & 1;
-  const int o = __float_as_int(orow[warp * 16 + lane / 4 + (odd ? 8 : 0)]);
+  const int o = __float_as_int(orow[warp * 16 + lane / 4 + ((lane & 1) ? 8 : 0)]);  // this lane's row (red_add_m64n64)
 #pragma unroll
   for (int half = 0; half < kAttnDim / 64; ++half) {
     if (half * 64 >= a.D) break;  // uniform
@@ -434,17 +431,7 @@ __device__ __forceinline__ void slc_rows_times_block(const float (&pt)[kDkvRows 
     wgmma_commit();
     wgmma_wait<0>();
     fence_regs(flat);
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      const float s0 = odd ? acc[j][0] : acc[j][2], s1 = odd ? acc[j][1] : acc[j][3];
-      const float g0 = __shfl_xor_sync(0xffffffffu, s0, 1), g1 = __shfl_xor_sync(0xffffffffu, s1, 1);
-      const int col = half * 64 + j * 8 + (lane % 4 / 2) * 4;
-      if (o >= 0 && col < a.D) {
-        const float4 x = odd ? make_float4(g0, g1, acc[j][2], acc[j][3]) : make_float4(acc[j][0], acc[j][1], g0, g1);
-        atomicAdd(reinterpret_cast<float4*>(out + (int64_t)o * a.D + col),
-                  make_float4(x.x * sc, x.y * sc, x.z * sc, x.w * sc));
-      }
-    }
+    red_add_m64n64(acc, o >= 0 ? out + (int64_t)o * a.D : nullptr, half * 64, a.D, sc, lane);
   }
 #endif
 }
