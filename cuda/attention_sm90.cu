@@ -208,17 +208,7 @@ __global__ void __launch_bounds__(256) attn_bwd_wgmma(const uint16_t* __restrict
       // dQ[:, 64 wg ..] = dS K[:, 64 wg ..]: A = dS (64 queries x 128 keys) MN-major from dSs (16 keys = 2048 bytes
       // on), B = K's column half wg (128 keys x 64 dims) MN-major.
       float dq[8][4];
-      float(&dqf)[32] = reinterpret_cast<float(&)[32]>(dq);
-#pragma unroll
-      for (int i = 0; i < 32; ++i) dqf[i] = 0.f;
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < kBwdKeys / 16; ++kk)
-        wgmma_m64n64<1, 1>(dqf, smem_desc(ds_addr + kk * 2048, kBwdKeys * 128, 1024),
-                           smem_desc(k_addr + wg * (kBwdKeys * 128) + kk * 2048, kBwdKeys * 128, 1024));
-      wgmma_commit();
-      wgmma_wait<0>();
-      fence_regs(dqf);
+      attn_mn_m64n64<kBwdKeys>(dq, ds_addr, k_addr + wg * (kBwdKeys * 128), kBwdKeys * 128);
       const int r = m0 + warp * 16 + lane / 4 + ((lane & 1) ? 8 : 0);  // this lane's row in red_add_m64n64
       red_add_m64n64(dq, r < len ? dq_acc + ((int64_t)start + r) * qs + h * a.D : nullptr, wg * 64, a.D, a.scale, lane);
     }

@@ -419,18 +419,8 @@ __device__ __forceinline__ void slc_rows_times_block(const float (&pt)[kDkvRows 
 #pragma unroll
   for (int half = 0; half < kAttnDim / 64; ++half) {
     if (half * 64 >= a.D) break;  // uniform
-    float acc[8][4];
-    float(&flat)[32] = reinterpret_cast<float(&)[32]>(acc);
-#pragma unroll
-    for (int i = 0; i < 32; ++i) flat[i] = 0.f;
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < kSlcBlock / 16; ++kk)  // A = P (64 rows x 64 keys), B = the block's column half
-      wgmma_m64n64<1, 1>(flat, smem_desc(rs_addr + kk * 2048, kSlcBlock * 128, 1024),
-                         smem_desc(b_addr + half * (kSlcBlock * 128) + kk * 2048, kSlcBlock * 128, 1024));
-    wgmma_commit();
-    wgmma_wait<0>();
-    fence_regs(flat);
+    float acc[8][4];  // A = P (64 rows x 64 keys), B = the block's column half
+    attn_mn_m64n64<kSlcBlock>(acc, rs_addr, b_addr + half * (kSlcBlock * 128), kSlcBlock * 128);
     red_add_m64n64(acc, o >= 0 ? out + (int64_t)o * a.D : nullptr, half * 64, a.D, sc, lane);
   }
 #endif
