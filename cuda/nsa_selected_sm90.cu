@@ -432,6 +432,9 @@ __device__ __forceinline__ void slc_rows_times_block(const float (&pt)[kDkvRows 
 __device__ __forceinline__ void slc_column_stats(const float (&s)[kDkvRows / 8][4], float* red, const float* meta,
                                                  int key0, float sl2, float* stat_m, float* stat_l, int n, int warp,
                                                  int lane) {
+  auto max4 = [&](int col) {  // over the 4 warps' values in red[0 .. 4 kDkvRows)
+    return fmaxf(fmaxf(red[col], red[kDkvRows + col]), fmaxf(red[2 * kDkvRows + col], red[3 * kDkvRows + col]));
+  };
   float v[kDkvRows / 8][4];
 #pragma unroll
   for (int j = 0; j < kDkvRows / 8; ++j)
@@ -454,7 +457,7 @@ __device__ __forceinline__ void slc_column_stats(const float (&s)[kDkvRows / 8][
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
       const int col = j * 8 + (lane % 4) * 2 + e;
-      const float m = fmaxf(fmaxf(red[col], red[kDkvRows + col]), fmaxf(red[2 * kDkvRows + col], red[3 * kDkvRows + col]));
+      const float m = max4(col);
       float l = m == -INFINITY ? 0.f : ex2(v[j][e] - m) + ex2(v[j][e + 2] - m);
       for (int o = 4; o < 32; o <<= 1) l += __shfl_xor_sync(0xffffffffu, l, o);
       if (lane < 4) red[(4 + warp) * kDkvRows + col] = l;
@@ -464,8 +467,8 @@ __device__ __forceinline__ void slc_column_stats(const float (&s)[kDkvRows / 8][
     const int col = threadIdx.x, o = __float_as_int(meta[3 * kDkvRows + col]);
     const int slot = __float_as_int(meta[2 * kDkvRows + col]);
     if (o >= 0 && slot >= 0) {
-      const float m = fmaxf(fmaxf(red[col], red[kDkvRows + col]), fmaxf(red[2 * kDkvRows + col], red[3 * kDkvRows + col]));
-      const float l = red[4 * kDkvRows + col] + red[5 * kDkvRows + col] + red[6 * kDkvRows + col] + red[7 * kDkvRows + col];
+      const float* ls = red + 4 * kDkvRows + col;
+      const float m = max4(col), l = ls[0] + ls[kDkvRows] + ls[2 * kDkvRows] + ls[3 * kDkvRows];
       stat_m[(int64_t)o * n + slot] = m;
       stat_l[(int64_t)o * n + slot] = l;
     }
@@ -602,7 +605,8 @@ __global__ void __launch_bounds__(128) nsa_slc_walk_wgmma(SlcWalkArgs w, NsaDims
         if (c >= a.D) continue;
         atomicAdd(reinterpret_cast<float2*>(w.dk_acc + base + c),
                   make_float2(dk[4 * j + 2 * i] * sc, dk[4 * j + 2 * i + 1] * sc));
-        atomicAdd(reinterpret_cast<float2*>(w.dv_acc + base + c), make_float2(dv[4 * j + 2 * i], dv[4 * j + 2 * i + 1]));
+        atomicAdd(reinterpret_cast<float2*>(w.dv_acc + base + c),
+                  make_float2(dv[4 * j + 2 * i], dv[4 * j + 2 * i + 1]));
       }
     }
   }

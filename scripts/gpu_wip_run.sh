@@ -45,7 +45,7 @@ ncu --import "$OUT/wgrad.ncu-rep" --page source --print-source sass --csv >"$OUT
 rm -f "$OUT/wgrad.ncu-rep"
 grep -E "Duration|Throughput|Hit Rate|Warp Cycles" "$OUT/ncu.log" | head -20
 # Mutations (the selected case must fail): version 5 with every slot 0; version 4 without dq's scale.
-sed -i 's/        meta\[2 \* kDkvRows + r\] = __int_as_float(slot);/        meta[2 * kDkvRows + r] = __int_as_float(slot >= 0 ? 0 : -1);/' cuda/nsa_selected_sm90.cu
+sed -i 's/= __int_as_float(slot);/= __int_as_float(slot >= 0 ? 0 : -1);/' cuda/nsa_selected_sm90.cu
 step mutation 120 ninja -C build-gpu -j16 tests/nt_cuda_tests
 step mutation 90 env NT_NSA_SLC_KERNEL=5 build-gpu/tests/nt_cuda_tests --no-colors -tc="nsa_selected_attention*"
 git checkout cuda/nsa_selected_sm90.cu

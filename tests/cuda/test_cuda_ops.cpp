@@ -573,7 +573,8 @@ CUDA_TEST("nsa_selected_attention on tensor cores (bf16): kernel versions 1-5 ag
       cuda::set_nsa_selected_kernel(version);
 #endif
       const int64_t T = c.cu.back();
-      INFO("kernel version " << version << " HQ " << c.HQ << " H " << c.H << " D " << c.D << " n " << c.n << " l' " << c.lp
+      INFO("kernel version " << version << " HQ " << c.HQ << " H " << c.H << " D " << c.D << " n " << c.n
+                             << " l' " << c.lp
                              << " T " << T);
       NsaOptions opt;
       opt.select_block = c.lp, opt.n_select = c.n, opt.cu_seqlens = c.cu;
