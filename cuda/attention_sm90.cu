@@ -157,12 +157,7 @@ __global__ void __launch_bounds__(256) attn_bwd_wgmma(const uint16_t* __restrict
     cp_rows_swizzled<kBwdRows, kAttnDim, 256>(Qs, rows_from(q + (int64_t)start * qs + h * a.D, qs, m0), a.D, q);
     cp_rows_swizzled<kBwdRows, kAttnDim, 256>(dOs, rows_from(dout + (int64_t)start * qs + h * a.D, qs, m0), a.D, dout);
     cp_commit();
-    if (threadIdx.x < kBwdRows) {
-      const bool ok = m0 + (int)threadIdx.x < len;
-      const int64_t idx = (int64_t)h * a.N + start + m0 + threadIdx.x;
-      lse_s[threadIdx.x] = ok ? lse[idx] * kLog2e : 0.f;
-      dlt_s[threadIdx.x] = ok ? delta[idx] : 0.f;
-    }
+    attn_bwd_row_stats(lse_s, dlt_s, lse, delta, a.N, blk, h, m0, kBwdRows);
   };
   cp_rows_swizzled<kBwdKeys, kAttnDim, 256>(Ks, rows_from(k + (int64_t)start * ks + hk * a.D, ks, n0), a.D, k);
   cp_rows_swizzled<kBwdKeys, kAttnDim, 256>(Vs, rows_from(v + (int64_t)start * ks + hk * a.D, ks, n0), a.D, v);
