@@ -111,16 +111,15 @@ bool nsa_selected_forward_wgmma(const void* q, const void* k_slc, const void* v_
 bool nsa_selected_dq_wgmma(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
                            const float* o_slc, const float* lse_slc, const void* dout, void* dq, float* delta,
                            const NsaDims& d, int max_len, cudaStream_t stream);
-// Its key-centric dk/dv step (and the block-major forward of version 5) are internal to the two kernel files
+// Its key-centric dk/dv step is internal to the two kernel files
 // (cuda/nsa_selected.cuh: nsa_selected_walk_wgmma).
-// Whether the wgmma kernels (versions 3-5) run for these sizes on the current device.
+// Whether the wgmma kernels (versions 3, 4) run for these sizes on the current device.
 bool nsa_selected_wgmma_applies(const NsaDims& d);
-// The selected forward's kernel: 0 automatic (3 where it applies, else 2), 1 one warp per position, 2 eight
+// The selected forward's kernel: 0 automatic (4 where it applies, else 2), 1 one warp per position, 2 eight
 // positions per block sharing their blocks' loads (mma.sync), 3 wgmma (falls back to 2 where it does not apply),
-// 4 (experimental) the forward of 3 with dq computed inside the dk/dv step, 5 (experimental) as 4 with a
-// block-major forward (two passes over the blocks' chosen rows, no product wasted on unchosen blocks); also
-// NT_NSA_SLC_KERNEL=N. The backward follows: its dq step (1, 2, 3 alike; none under 4, 5) and its dk/dv step (3-5
-// on wgmma, else the mma.sync kernel).
+// 4 the forward of 3 with the backward's dq computed inside its dk/dv step; also NT_NSA_SLC_KERNEL=N. The
+// backward follows: its dq step (1, 2, 3 alike; none under 4) and its dk/dv step (3, 4 on wgmma, else the
+// mma.sync kernel).
 // All compute the same function.
 void set_nsa_selected_kernel(int version);
 int nsa_selected_kernel();

@@ -153,10 +153,10 @@ __global__ void __launch_bounds__(kWarpsSlc * 32) nsa_slc_fwd_tc(const uint16_t*
 // position (version 1). The backward's dq kernel walks the same way. Version 3 (cuda/nsa_selected_sm90.cu) is
 // the default where it applies.
 constexpr int kPosShared = 8;
-int g_slc_kernel = [] {  // 0: automatic (3 where it applies, else 2)
+int g_slc_kernel = [] {  // 0: automatic (4 where it applies, else 2)
   const char* e = std::getenv("NT_NSA_SLC_KERNEL");
   const std::string v = e ? e : "";
-  return v.size() == 1 && v[0] >= '1' && v[0] <= '5' ? v[0] - '0' : 0;
+  return v.size() == 1 && v[0] >= '1' && v[0] <= '4' ? v[0] - '0' : 0;
 }();
 bool slc_v1() { return g_slc_kernel == 1; }
 
@@ -594,7 +594,7 @@ __global__ void f32_to_bf16(const float* __restrict__ x, uint16_t* __restrict__ 
   }
 }
 // The positions that chose each (kv head, block), ascending, cut into pieces of at most per_piece (the backward's
-// key-centric step and version 5's forward walk them): a stable radix sort of (head, block) keys, the counts, their
+// key-centric step walks them): a stable radix sort of (head, block) keys, the counts, their
 // prefix sums, the pieces per segment and theirs. grid bounds the number of pieces (sum ceil(c / P) <= E / P + K).
 struct SlcPieces {
   int64_t E, grid;
@@ -634,26 +634,6 @@ struct SlcPieces {
   }
 };
 
-// Version 5's forward between its two passes: each row's log-sum-exp (natural log, -inf without a visible key)
-// from the per-block maxima and sums [N HQ, n] (log2 units) of its chosen blocks (ascending, -1 after them).
-__global__ void slc_fwd_lse(const float* __restrict__ stat_m, const float* __restrict__ stat_l,
-                            const int32_t* __restrict__ block_indices, float* __restrict__ lse, NsaDims a) {
-  const int64_t rows = (int64_t)a.N * a.HQ;
-  for (int64_t r = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; r < rows; r += (int64_t)gridDim.x * blockDim.x) {
-    const int64_t pos = r / a.HQ;
-    const int h = (int)(r % a.HQ) / a.G;
-    const int32_t* bi = block_indices + (pos * a.H + h) * a.n;
-    const float* m = stat_m + r * a.n;
-    const float* l = stat_l + r * a.n;
-    float M = -INFINITY;
-    for (int i = 0; i < a.n && bi[i] >= 0; ++i) M = fmaxf(M, m[i]);
-    float L = 0.f;
-    if (M != -INFINITY)
-      for (int i = 0; i < a.n && bi[i] >= 0; ++i)
-        if (m[i] != -INFINITY) L += l[i] * exp2f(m[i] - M);
-    lse[r] = L > 0.f ? (M + log2f(L)) * 0.69314718055994531f : -INFINITY;
-  }
-}
 }  // namespace
 
 bool nsa_selected_tc_supported(const NsaDims& a) {
@@ -663,24 +643,6 @@ bool nsa_selected_tc_supported(const NsaDims& a) {
 void nsa_selected_forward_tc(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
                              float* o_slc, float* lse_slc, const NsaDims& a, int max_len, cudaStream_t stream) {
   if (a.N == 0 || max_len == 0) return;
-  const bool pieces_fit = a.N * a.H * (int64_t)a.n < (int64_t)1 << 31 && (int64_t)a.H * a.NB < (int64_t)1 << 30;
-  if (g_slc_kernel == 5 && pieces_fit && nsa_selected_wgmma_applies(a)) {  // block-major: stats, lse, output
-    const SlcPieces pcs(block_indices, a, stream);
-    const int64_t stat_elems = a.N * a.HQ * a.n;
-    ScratchBuffer stat_m(stat_elems * 4), stat_l(stat_elems * 4);
-    NT_CUDA_CHECK(cudaMemsetAsync(o_slc, 0, a.N * a.HQ * a.D * sizeof(float), stream));
-    SlcWalkArgs w = pcs.walk();
-    w.q = static_cast<const uint16_t*>(q), w.ks = static_cast<const uint16_t*>(k_slc);
-    w.vs = static_cast<const uint16_t*>(v_slc), w.block_indices = block_indices;
-    w.stat_m = static_cast<float*>(stat_m.p), w.stat_l = static_cast<float*>(stat_l.p);
-    if (!nsa_selected_walk_wgmma(kWalkFwdStats, w, a, pcs.per_piece, pcs.grid, stream))
-      throw std::logic_error("nsa_selected_forward_tc: version 5's walk did not run");
-    slc_fwd_lse<<<grid_for(a.N * a.HQ, 256), 256, 0, stream>>>(w.stat_m, w.stat_l, block_indices, lse_slc, a);
-    NT_CUDA_CHECK(cudaGetLastError());
-    w.lse = lse_slc, w.row_acc = o_slc;
-    nsa_selected_walk_wgmma(kWalkFwdOut, w, a, pcs.per_piece, pcs.grid, stream);
-    return;
-  }
   if ((g_slc_kernel == 0 || g_slc_kernel >= 3) &&
       nsa_selected_forward_wgmma(q, k_slc, v_slc, block_indices, o_slc, lse_slc, a, max_len, stream))
     return;
@@ -709,8 +671,8 @@ void nsa_selected_forward_tc(const void* q, const void* k_slc, const void* v_slc
 }
 
 void set_nsa_selected_kernel(int version) {
-  if (version < 0 || version > 5)
-    throw std::invalid_argument("set_nsa_selected_kernel: version must be 0..5, got " + std::to_string(version));
+  if (version < 0 || version > 4)
+    throw std::invalid_argument("set_nsa_selected_kernel: version must be 0..4, got " + std::to_string(version));
   g_slc_kernel = version;
 }
 int nsa_selected_kernel() { return g_slc_kernel; }
@@ -727,9 +689,9 @@ void nsa_selected_backward_tc(const void* q, const void* k_slc, const void* v_sl
   if (a.N == 0) return;
   auto u16 = [](const void* p) { return static_cast<const uint16_t*>(p); };
   const int64_t kv_elems = a.N * a.H * a.D;
-  // 1. dq and delta; under versions 4 and 5 delta alone (dq comes with dk/dv in step 3).
+  // 1. dq and delta; under version 4 (the default where it applies) delta alone (dq comes with dk/dv in step 3).
   ScratchBuffer delta(a.N * a.HQ * sizeof(float));
-  const bool fused_dq = g_slc_kernel >= 4 && max_len > 0 && nsa_selected_wgmma_applies(a);
+  const bool fused_dq = (g_slc_kernel == 0 || g_slc_kernel == 4) && max_len > 0 && nsa_selected_wgmma_applies(a);
   const int64_t q_elems = a.N * a.HQ * a.D;
   ScratchBuffer dq_acc(fused_dq ? q_elems * 4 : 0);
   if (fused_dq) {
@@ -758,7 +720,7 @@ void nsa_selected_backward_tc(const void* q, const void* k_slc, const void* v_sl
   // 2. The positions that chose each (head, block), ascending, and the pieces.
   const SlcPieces pcs(block_indices, a, stream);
   const auto i32 = SlcPieces::i32;
-  // 3. dk, dv (and under versions 4, 5 dq): one thread block per piece.
+  // 3. dk, dv (and under version 4 dq): one thread block per piece.
   ScratchBuffer dk_acc(kv_elems * 4), dv_acc(kv_elems * 4);
   NT_CUDA_CHECK(cudaMemsetAsync(dk_acc.p, 0, kv_elems * 4, stream));
   NT_CUDA_CHECK(cudaMemsetAsync(dv_acc.p, 0, kv_elems * 4, stream));

@@ -35,17 +35,14 @@ __device__ inline bool slc_piece(int p, const int32_t* seg_off, const int32_t* p
   return true;
 }
 
-// The block-major walk over the pieces (cuda/nsa_selected_sm90.cu): what it computes, and its operands. Unused
-// pointers stay null.
-enum SlcWalkMode : int { kWalkDkv = 0, kWalkDkvDq = 1, kWalkFwdStats = 2, kWalkFwdOut = 3 };
+// The backward's block-major walk over the pieces (cuda/nsa_selected_sm90.cu): what it computes, and its operands.
+enum SlcWalkMode : int { kWalkDkv = 0, kWalkDkvDq = 1 };
 struct SlcWalkArgs {
-  const uint16_t *q = nullptr, *ks = nullptr, *vs = nullptr, *dout = nullptr;  // dout: the backward's
-  const float *lse = nullptr, *delta = nullptr;  // lse [N HQ] natural log (not kWalkFwdStats); delta: backward
+  const uint16_t *q = nullptr, *ks = nullptr, *vs = nullptr, *dout = nullptr;
+  const float *lse = nullptr, *delta = nullptr;  // [N HQ]; lse in natural log
   const int32_t *rows = nullptr, *seg_off = nullptr, *piece_off = nullptr;  // the pieces (SlcPieces)
-  const int32_t* block_indices = nullptr;                                   // kWalkFwdStats: the slots
-  float *dk_acc = nullptr, *dv_acc = nullptr;                               // backward, f32 [N, H, D]
-  float* row_acc = nullptr;                     // kWalkDkvDq: dq, kWalkFwdOut: o (f32 [N, HQ, D], zeroed)
-  float *stat_m = nullptr, *stat_l = nullptr;   // kWalkFwdStats: [N HQ, n], log2 units
+  float *dk_acc = nullptr, *dv_acc = nullptr;  // f32 [N, H, D], zeroed
+  float* row_acc = nullptr;                    // kWalkDkvDq: dq, f32 [N, HQ, D], zeroed
 };
 // False without launching where the wgmma kernels do not apply (nsa_selected_wgmma_applies).
 bool nsa_selected_walk_wgmma(int mode, const SlcWalkArgs& w, const NsaDims& a, int per_piece, int64_t grid,

@@ -373,7 +373,7 @@ void launch_slc_dq_wgmma(const void* q, const void* k_slc, const void* v_slc, co
   NT_CUDA_CHECK(cudaGetLastError());
 }
 
-// The block-major walk (versions 3-5): one warpgroup per piece (the positions that chose one (kv head, block),
+// The block-major walk of the backward (versions 3, 4): one warpgroup per piece (the positions that chose one (kv head, block),
 // cuda/nsa_selected.cuh) holds the block's 64 keys and values as the 64 rows of every product and streams the
 // piece's rows in tiles of 64 (64 / G positions x G heads, two cp.async stages), S^T = K Q^T by wgmma m64n64 from
 // shared memory, masked key <= position. What it does with S^T, by mode:
@@ -381,16 +381,13 @@ void launch_slc_dq_wgmma(const void* q, const void* k_slc, const void* v_slc, co
 //     dK += dS^T Q (P^T, dS^T from registers, dO and Q read MN-major); dk, dv go into f32 accumulators at the end
 //     (float2 atomics). The mma.sync kernel ran at ~170 TFLOP/s (H100, 2026-12-06); here the block's keys fill
 //     wgmma's 64 rows and the measured rate was 210.
-//   kWalkDkvDq (versions 4, 5, experimental): the same, and dq as attn_bwd_wgmma computes it: dS^T to shared memory
+//   kWalkDkvDq (version 4, the default): the same, and dq as attn_bwd_wgmma computes it: dS^T to shared memory
 //     (bf16, keys as rows), dQ = dS K (m64n64 per 64 columns, both operands MN-major) added to an f32 [N, HQ, D]
 //     buffer with 16-byte reductions, once per (row, chosen block): no separate dq kernel re-walking every row's
-//     blocks, at the price of N HQ n D / 4 reductions (~2.1 G at 64k, 64 query heads, n = 16).
-//   kWalkFwdStats (version 5's forward, pass 1): per row of the tile, the maximum m of its visible scores over the
-//     block and l = sum 2^(s - m) (log2 units), into [N HQ, n] at the row's slot for this block.
-//   kWalkFwdOut (pass 2, after slc_fwd_lse turned the stats into each row's log-sum-exp): P^T = 2^(s - lse), final,
-//     so O = P V adds up over the row's blocks in f32 (16-byte reductions into the zeroed output), as dq does.
-//     No product is spent on blocks a row did not choose (the union walk of version 3 spends ~3.4x under random
-//     selection), at the price of computing S twice and of the output's reductions.
+//     blocks, at the price of N HQ n D / 4 reductions (~2.1 G at 64k, 64 query heads, n = 16). H100, 2026-12-06,
+//     bench_nsa 64k: this kernel 43.8 ms against version 3's dq + dk/dv 42.5 + 22.5 ms.
+// (A block-major forward over the same pieces, two passes: per-(row, block) max and sum, then O = P V with
+// reductions, was tried as version 5: 17.7 + 42.1 ms against the union walk's 31.3; removed.)
 // The pieces are cut for the mma.sync kernel's 32-row tiles (64 x 32 / G positions), so at G = 16 a piece is 32 of
 // these tiles; where G does not divide 64 (G = 3: 63 rows) or a piece's length is not a multiple of 64 / G, the
 // last tile or rows are padding.
@@ -426,79 +423,27 @@ __device__ __forceinline__ void slc_rows_times_block(const float (&pt)[kDkvRows 
 #endif
 }
 
-// kWalkFwdStats' step: per tile row (a column of S^T), m = the maximum of sl2 s over its visible keys of this block
-// and l = sum 2^(sl2 s - m), over the 64 keys (2 per thread, then the lanes of a warp, then the 4 warps through
-// red, 512 floats of shared memory), written at [row n + slot] (meta: position, -, slot, row as int bits).
-__device__ __forceinline__ void slc_column_stats(const float (&s)[kDkvRows / 8][4], float* red, const float* meta,
-                                                 int key0, float sl2, float* stat_m, float* stat_l, int n, int warp,
-                                                 int lane) {
-  auto max4 = [&](int col) {  // over the 4 warps' values in red[0 .. 4 kDkvRows)
-    return fmaxf(fmaxf(red[col], red[kDkvRows + col]), fmaxf(red[2 * kDkvRows + col], red[3 * kDkvRows + col]));
-  };
-  float v[kDkvRows / 8][4];
-#pragma unroll
-  for (int j = 0; j < kDkvRows / 8; ++j)
-#pragma unroll
-    for (int x = 0; x < 4; ++x) {
-      const int key = key0 + 16 * warp + lane / 4 + 8 * (x >> 1), col = j * 8 + (lane % 4) * 2 + (x & 1);
-      v[j][x] = key <= __float_as_int(meta[col]) ? s[j][x] * sl2 : -INFINITY;
-    }
-#pragma unroll
-  for (int j = 0; j < kDkvRows / 8; ++j)
-#pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      float m = fmaxf(v[j][e], v[j][e + 2]);
-      for (int o = 4; o < 32; o <<= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-      if (lane < 4) red[warp * kDkvRows + j * 8 + lane * 2 + e] = m;
-    }
-  __syncthreads();
-#pragma unroll
-  for (int j = 0; j < kDkvRows / 8; ++j)
-#pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      const int col = j * 8 + (lane % 4) * 2 + e;
-      const float m = max4(col);
-      float l = m == -INFINITY ? 0.f : ex2(v[j][e] - m) + ex2(v[j][e + 2] - m);
-      for (int o = 4; o < 32; o <<= 1) l += __shfl_xor_sync(0xffffffffu, l, o);
-      if (lane < 4) red[(4 + warp) * kDkvRows + col] = l;
-    }
-  __syncthreads();
-  if (threadIdx.x < kDkvRows) {
-    const int col = threadIdx.x, o = __float_as_int(meta[3 * kDkvRows + col]);
-    const int slot = __float_as_int(meta[2 * kDkvRows + col]);
-    if (o >= 0 && slot >= 0) {
-      const float* ls = red + 4 * kDkvRows + col;
-      const float m = max4(col), l = ls[0] + ls[kDkvRows] + ls[2 * kDkvRows] + ls[3 * kDkvRows];
-      stat_m[(int64_t)o * n + slot] = m;
-      stat_l[(int64_t)o * n + slot] = l;
-    }
-  }
-}
-
-template <int kMode>
-constexpr bool walk_bwd() { return kMode == kWalkDkv || kMode == kWalkDkvDq; }
 template <int kMode>
 constexpr int walk_meta() { return kMode == kWalkDkv ? 3 : 4; }
 
 template <int kMode>
 size_t slc_walk_smem() {
-  return 1024 + 2 * kSlcBlock * 256 + 2 * (walk_bwd<kMode>() ? 2 : 1) * kDkvRows * 256 +
-         (kMode != kWalkDkv ? kSlcBlock * 128 : 0) + 2 * walk_meta<kMode>() * kDkvRows * sizeof(float);
+  return 1024 + 2 * kSlcBlock * 256 + 2 * 2 * kDkvRows * 256 + (kMode == kWalkDkvDq ? kSlcBlock * 128 : 0) +
+         2 * walk_meta<kMode>() * kDkvRows * sizeof(float);
 }
 
 template <int kMode>
 __global__ void __launch_bounds__(128) nsa_slc_walk_wgmma(SlcWalkArgs w, NsaDims a, int per_piece) {
 #if NT_SM90A
-  constexpr bool kBwd = walk_bwd<kMode>();
   constexpr int NO = kAttnDim / 8, kT = kDkvRows * 2 * kAttnDim;  // a 64-row tile's bytes
-  constexpr int kStage = (kBwd ? 2 : 1) * kT, kMeta = walk_meta<kMode>();
+  constexpr int kStage = 2 * kT, kMeta = walk_meta<kMode>();
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   unsigned char* smem = (unsigned char*)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
-  unsigned char *Ks = smem, *Vs = Ks + kT, *stage0 = Vs + kT;  // per stage: Q rows, then (backward) dout rows
-  unsigned char* rs = stage0 + 2 * kStage;  // P^T / dS^T, 64 keys x 64 rows (1024-aligned), or the stats' sums
-  // per stage and row: position (int bits), lse log2 e, delta (backward) or slot (kWalkFwdStats, int bits), and
-  // except in kWalkDkv the row of [N HQ] (int bits; -1 for padding)
-  float* meta0 = reinterpret_cast<float*>(rs + (kMode != kWalkDkv ? kSlcBlock * 128 : 0));
+  unsigned char *Ks = smem, *Vs = Ks + kT, *stage0 = Vs + kT;  // per stage: Q rows, then dout rows
+  unsigned char* rs = stage0 + 2 * kStage;  // kWalkDkvDq: dS^T, 64 keys x 64 rows (1024-aligned)
+  // per stage and row: position (int bits), lse log2 e, delta, and in kWalkDkvDq the row of [N HQ] (int bits; -1
+  // for padding)
+  float* meta0 = reinterpret_cast<float*>(rs + (kMode == kWalkDkvDq ? kSlcBlock * 128 : 0));
   SlcPiece pc;
   if (!slc_piece(blockIdx.x, w.seg_off, w.piece_off, a, per_piece, pc)) return;
   const int G = a.G, ppt = kDkvRows / G, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -509,7 +454,7 @@ __global__ void __launch_bounds__(128) nsa_slc_walk_wgmma(SlcWalkArgs w, NsaDims
     };
   };
   cp_rows_swizzled<kSlcBlock, kAttnDim, 128>(Ks, key_rows(w.ks), a.D, w.ks);
-  if constexpr (kMode != kWalkFwdStats) cp_rows_swizzled<kSlcBlock, kAttnDim, 128>(Vs, key_rows(w.vs), a.D, w.vs);
+  cp_rows_swizzled<kSlcBlock, kAttnDim, 128>(Vs, key_rows(w.vs), a.D, w.vs);
   // Tile e (positions e .. e + ppt - 1 of the piece, G heads each) into stage st.
   auto load_tile = [&](int st, int e) {
     auto head_row = [&](int r) -> int64_t {  // tile row r's row of [N HQ, D], -1 for padding
@@ -521,34 +466,23 @@ __global__ void __launch_bounds__(128) nsa_slc_walk_wgmma(SlcWalkArgs w, NsaDims
       const int64_t o = head_row(r);
       return o >= 0 ? w.q + o * a.D : nullptr;
     }, a.D, w.q);
-    if constexpr (kBwd)
-      cp_rows_swizzled<kDkvRows, kAttnDim, 128>(Qs + kT, [&](int r) -> const uint16_t* {
-        const int64_t o = head_row(r);
-        return o >= 0 ? w.dout + o * a.D : nullptr;
-      }, a.D, w.dout);
+    cp_rows_swizzled<kDkvRows, kAttnDim, 128>(Qs + kT, [&](int r) -> const uint16_t* {
+      const int64_t o = head_row(r);
+      return o >= 0 ? w.dout + o * a.D : nullptr;
+    }, a.D, w.dout);
     float* meta = meta0 + st * kMeta * kDkvRows;
     for (int r = threadIdx.x; r < kDkvRows; r += 128) {
       const int64_t o = head_row(r);
       meta[r] = __int_as_float(o >= 0 ? w.rows[e + r / G] - pc.start : -1);  // the row's position in its sequence
-      if constexpr (kMode != kWalkFwdStats) meta[kDkvRows + r] = o >= 0 ? w.lse[o] * kLog2e : 0.f;
-      if constexpr (kBwd) meta[2 * kDkvRows + r] = o >= 0 ? w.delta[o] : 0.f;
-      if constexpr (kMode == kWalkFwdStats) {  // this block's slot in the row's list (-1: not found)
-        int slot = -1;
-        if (o >= 0) {
-          const int32_t* bi = w.block_indices + ((int64_t)w.rows[e + r / G] * a.H + pc.h) * a.n;
-          const int blk = pc.key0 / a.lp;
-          for (int i = 0; i < a.n && slot < 0; ++i)
-            if (bi[i] == blk) slot = i;
-        }
-        meta[2 * kDkvRows + r] = __int_as_float(slot);
-      }
-      if constexpr (kMode != kWalkDkv) meta[3 * kDkvRows + r] = __int_as_float((int)o);
+      meta[kDkvRows + r] = o >= 0 ? w.lse[o] * kLog2e : 0.f;
+      meta[2 * kDkvRows + r] = o >= 0 ? w.delta[o] : 0.f;
+      if constexpr (kMode == kWalkDkvDq) meta[3 * kDkvRows + r] = __int_as_float((int)o);
     }
   };
   const float sl2 = (float)a.scale * kLog2e, one[2] = {1.f, 1.f};
-  float dk[kBwd ? NO * 4 : 1], dv[kBwd ? NO * 4 : 1];
+  float dk[NO * 4], dv[NO * 4];
 #pragma unroll
-  for (int i = 0; i < (kBwd ? NO * 4 : 1); ++i) dk[i] = dv[i] = 0.f;
+  for (int i = 0; i < NO * 4; ++i) dk[i] = dv[i] = 0.f;
   load_tile(0, pc.e0);
   cp_commit();
   int st = 0;
@@ -562,52 +496,37 @@ __global__ void __launch_bounds__(128) nsa_slc_walk_wgmma(SlcWalkArgs w, NsaDims
     const float* meta = meta0 + st * kMeta * kDkvRows;
     float s[kDkvRows / 8][4];
     attn_qk_wgmma<kSlcBlock, kDkvRows>(s, smem_addr(Ks), q_addr);  // S^T: 64 keys x 64 rows
-    if constexpr (kMode == kWalkFwdStats) {
-      slc_column_stats(s, reinterpret_cast<float*>(rs), meta, pc.key0, sl2, w.stat_m, w.stat_l, a.n, warp, lane);
-    } else if constexpr (kMode == kWalkFwdOut) {
+    float dp[kDkvRows / 8][4];
+    attn_qk_wgmma<kSlcBlock, kDkvRows>(dp, smem_addr(Vs), do_addr);  // dP^T
 #pragma unroll
-      for (int j = 0; j < kDkvRows / 8; ++j)
+    for (int j = 0; j < kDkvRows / 8; ++j)
 #pragma unroll
-        for (int x = 0; x < 4; ++x) {
-          const int key = pc.key0 + 16 * warp + lane / 4 + 8 * (x >> 1), col = j * 8 + (lane % 4) * 2 + (x & 1);
-          s[j][x] = key <= __float_as_int(meta[col]) ? ex2(fmaf(s[j][x], sl2, -meta[kDkvRows + col])) : 0.f;
-        }
-      slc_rows_times_block(s, rs, smem_addr(Vs), meta + 3 * kDkvRows, w.row_acc, 1.f, a, warp, lane);  // O += P V
-    } else {
-      float dp[kDkvRows / 8][4];
-      attn_qk_wgmma<kSlcBlock, kDkvRows>(dp, smem_addr(Vs), do_addr);  // dP^T
-#pragma unroll
-      for (int j = 0; j < kDkvRows / 8; ++j)
-#pragma unroll
-        for (int x = 0; x < 4; ++x) {
-          const int key = pc.key0 + 16 * warp + lane / 4 + 8 * (x >> 1), col = j * 8 + (lane % 4) * 2 + (x & 1);
-          const float pr = key <= __float_as_int(meta[col]) ? ex2(fmaf(s[j][x], sl2, -meta[kDkvRows + col])) : 0.f;
-          s[j][x] = pr;
-          dp[j][x] = pr * (dp[j][x] - meta[2 * kDkvRows + col]);  // dS^T
-        }
-      attn_pv_wgmma<kDkvRows>(dv, s, one, do_addr);  // dV += P^T dO
-      attn_pv_wgmma<kDkvRows>(dk, dp, one, q_addr);  // dK += dS^T Q
-      if constexpr (kMode == kWalkDkvDq)  // dQ += scale dS K
-        slc_rows_times_block(dp, rs, smem_addr(Ks), meta + 3 * kDkvRows, w.row_acc, (float)a.scale, a, warp, lane);
-    }
+      for (int x = 0; x < 4; ++x) {
+        const int key = pc.key0 + 16 * warp + lane / 4 + 8 * (x >> 1), col = j * 8 + (lane % 4) * 2 + (x & 1);
+        const float pr = key <= __float_as_int(meta[col]) ? ex2(fmaf(s[j][x], sl2, -meta[kDkvRows + col])) : 0.f;
+        s[j][x] = pr;
+        dp[j][x] = pr * (dp[j][x] - meta[2 * kDkvRows + col]);  // dS^T
+      }
+    attn_pv_wgmma<kDkvRows>(dv, s, one, do_addr);  // dV += P^T dO
+    attn_pv_wgmma<kDkvRows>(dk, dp, one, q_addr);  // dK += dS^T Q
+    if constexpr (kMode == kWalkDkvDq)  // dQ += scale dS K
+      slc_rows_times_block(dp, rs, smem_addr(Ks), meta + 3 * kDkvRows, w.row_acc, (float)a.scale, a, warp, lane);
     __syncthreads();  // every warp is done with stage st (and rs) before it is refilled
   }
-  if constexpr (kBwd) {
-    const float sc = (float)a.scale;
+  const float sc = (float)a.scale;
 #pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      const int key = 16 * warp + lane / 4 + 8 * i;
-      if (key >= pc.nk) continue;
-      const int64_t base = ((int64_t)pc.start + pc.key0 + key) * kvs + pc.h * a.D;
+  for (int i = 0; i < 2; ++i) {
+    const int key = 16 * warp + lane / 4 + 8 * i;
+    if (key >= pc.nk) continue;
+    const int64_t base = ((int64_t)pc.start + pc.key0 + key) * kvs + pc.h * a.D;
 #pragma unroll
-      for (int j = 0; j < NO; ++j) {
-        const int c = j * 8 + (lane % 4) * 2;
-        if (c >= a.D) continue;
-        atomicAdd(reinterpret_cast<float2*>(w.dk_acc + base + c),
-                  make_float2(dk[4 * j + 2 * i] * sc, dk[4 * j + 2 * i + 1] * sc));
-        atomicAdd(reinterpret_cast<float2*>(w.dv_acc + base + c),
-                  make_float2(dv[4 * j + 2 * i], dv[4 * j + 2 * i + 1]));
-      }
+    for (int j = 0; j < NO; ++j) {
+      const int c = j * 8 + (lane % 4) * 2;
+      if (c >= a.D) continue;
+      atomicAdd(reinterpret_cast<float2*>(w.dk_acc + base + c),
+                make_float2(dk[4 * j + 2 * i] * sc, dk[4 * j + 2 * i + 1] * sc));
+      atomicAdd(reinterpret_cast<float2*>(w.dv_acc + base + c),
+                make_float2(dv[4 * j + 2 * i], dv[4 * j + 2 * i + 1]));
     }
   }
 #endif
@@ -659,8 +578,6 @@ bool nsa_selected_walk_wgmma(int mode, const SlcWalkArgs& w, const NsaDims& a, i
   switch (mode) {
     case kWalkDkv: run(nsa_slc_walk_wgmma<kWalkDkv>, slc_walk_smem<kWalkDkv>()); break;
     case kWalkDkvDq: run(nsa_slc_walk_wgmma<kWalkDkvDq>, slc_walk_smem<kWalkDkvDq>()); break;
-    case kWalkFwdStats: run(nsa_slc_walk_wgmma<kWalkFwdStats>, slc_walk_smem<kWalkFwdStats>()); break;
-    case kWalkFwdOut: run(nsa_slc_walk_wgmma<kWalkFwdOut>, slc_walk_smem<kWalkFwdOut>()); break;
     default: throw std::logic_error("nsa_selected_walk_wgmma: unknown mode " + std::to_string(mode));
   }
   return true;
