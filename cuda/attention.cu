@@ -312,12 +312,7 @@ __global__ void __launch_bounds__(2 * BN) attn_bwd_tc(const uint16_t* __restrict
     cp_tile<kBM, DP, NTH>(Qs, q + ((int64_t)start + m0) * qs + h * a.D, qs, len - m0, a.D);
     cp_tile<kBM, DP, NTH>(dOs, dout + ((int64_t)start + m0) * qs + h * a.D, qs, len - m0, a.D);
     cp_commit();
-    if (threadIdx.x < kBM) {
-      const bool ok = m0 + (int)threadIdx.x < len;
-      const int64_t idx = (int64_t)h * a.N + start + m0 + threadIdx.x;
-      lse_s[threadIdx.x] = ok ? lse[idx] * kLog2e : 0.f;
-      dlt_s[threadIdx.x] = ok ? delta[idx] : 0.f;
-    }
+    attn_bwd_row_stats(lse_s, dlt_s, lse, delta, a.N, blk, h, m0, kBM);
   };
   cp_tile<BN, DP, NTH>(Ks, k + ((int64_t)start + n0) * ks + hk * a.D, ks, len - n0, a.D);
   cp_tile<BN, DP, NTH>(Vs, v + ((int64_t)start + n0) * ks + hk * a.D, ks, len - n0, a.D);

@@ -157,12 +157,7 @@ __global__ void __launch_bounds__(256) attn_bwd_wgmma(const uint16_t* __restrict
     cp_rows_swizzled<kBwdRows, kAttnDim, 256>(Qs, rows_from(q + (int64_t)start * qs + h * a.D, qs, m0), a.D, q);
     cp_rows_swizzled<kBwdRows, kAttnDim, 256>(dOs, rows_from(dout + (int64_t)start * qs + h * a.D, qs, m0), a.D, dout);
     cp_commit();
-    if (threadIdx.x < kBwdRows) {
-      const bool ok = m0 + (int)threadIdx.x < len;
-      const int64_t idx = (int64_t)h * a.N + start + m0 + threadIdx.x;
-      lse_s[threadIdx.x] = ok ? lse[idx] * kLog2e : 0.f;
-      dlt_s[threadIdx.x] = ok ? delta[idx] : 0.f;
-    }
+    attn_bwd_row_stats(lse_s, dlt_s, lse, delta, a.N, blk, h, m0, kBwdRows);
   };
   cp_rows_swizzled<kBwdKeys, kAttnDim, 256>(Ks, rows_from(k + (int64_t)start * ks + hk * a.D, ks, n0), a.D, k);
   cp_rows_swizzled<kBwdKeys, kAttnDim, 256>(Vs, rows_from(v + (int64_t)start * ks + hk * a.D, ks, n0), a.D, v);
@@ -208,32 +203,9 @@ __global__ void __launch_bounds__(256) attn_bwd_wgmma(const uint16_t* __restrict
       // dQ[:, 64 wg ..] = dS K[:, 64 wg ..]: A = dS (64 queries x 128 keys) MN-major from dSs (16 keys = 2048 bytes
       // on), B = K's column half wg (128 keys x 64 dims) MN-major.
       float dq[8][4];
-      float(&dqf)[32] = reinterpret_cast<float(&)[32]>(dq);
-#pragma unroll
-      for (int i = 0; i < 32; ++i) dqf[i] = 0.f;
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < kBwdKeys / 16; ++kk)
-        wgmma_m64n64<1, 1>(dqf, smem_desc(ds_addr + kk * 2048, kBwdKeys * 128, 1024),
-                           smem_desc(k_addr + wg * (kBwdKeys * 128) + kk * 2048, kBwdKeys * 128, 1024));
-      wgmma_commit();
-      wgmma_wait<0>();
-      fence_regs(dqf);
-      // 16-byte reductions: lane pairs swap halves so the even lane holds row r0, the odd one row r0 + 8, both on
-      // 4 consecutive columns.
-      const bool odd = lane & 1;
-      const int r = m0 + warp * 16 + lane / 4 + (odd ? 8 : 0);
-#pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        const float s0 = odd ? dq[j][0] : dq[j][2], s1 = odd ? dq[j][1] : dq[j][3];
-        const float g0 = __shfl_xor_sync(0xffffffffu, s0, 1), g1 = __shfl_xor_sync(0xffffffffu, s1, 1);
-        const int col = wg * 64 + j * 8 + (lane % 4 / 2) * 4;
-        if (r < len && col < a.D) {
-          const float4 x = odd ? make_float4(g0, g1, dq[j][2], dq[j][3]) : make_float4(dq[j][0], dq[j][1], g0, g1);
-          atomicAdd(reinterpret_cast<float4*>(dq_acc + ((int64_t)start + r) * qs + h * a.D + col),
-                    make_float4(x.x * a.scale, x.y * a.scale, x.z * a.scale, x.w * a.scale));
-        }
-      }
+      attn_mn_m64n64<kBwdKeys>(dq, ds_addr, k_addr + wg * (kBwdKeys * 128), kBwdKeys * 128);
+      const int r = m0 + warp * 16 + lane / 4 + ((lane & 1) ? 8 : 0);  // this lane's row in red_add_m64n64
+      red_add_m64n64(dq, r < len ? dq_acc + ((int64_t)start + r) * qs + h * a.D : nullptr, wg * 64, a.D, a.scale, lane);
     }
 #pragma unroll
   for (int i = 0; i < 2; ++i) {

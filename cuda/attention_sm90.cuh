@@ -68,4 +68,41 @@ __device__ __forceinline__ void attn_pv_wgmma(float (&acc)[kAttnDim / 2], const 
   wgmma_wait<0>();
   fence_regs(acc);
 }
+// acc = A B, A (64 rows x NK) and B (NK x 64) both MN-major in the 128-byte swizzle (16 of the NK = 2048 bytes on,
+// lbo the stride of their column halves): the backward's dQ = dS K (dS^T stored keys as rows), the selected walk's
+// P V and dS K. Returns with the result in registers.
+template <int NK>
+__device__ __forceinline__ void attn_mn_m64n64(float (&acc)[8][4], uint32_t a_addr, uint32_t b_addr, uint32_t lbo) {
+  float(&flat)[32] = reinterpret_cast<float(&)[32]>(acc);  // wgmma's fragment, the same registers
+#pragma unroll
+  for (int i = 0; i < 32; ++i) flat[i] = 0.f;
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < NK / 16; ++kk)
+    wgmma_m64n64<1, 1>(flat, smem_desc(a_addr + kk * 2048, lbo, 1024), smem_desc(b_addr + kk * 2048, lbo, 1024));
+  wgmma_commit();
+  wgmma_wait<0>();
+  fence_regs(flat);
+}
+
+// Adds sc * acc (a warpgroup's m64n64 f32 result, mma.sync's C layout per warp) to global memory with 16-byte
+// reductions: lane pairs swap halves so the even lane holds row lane / 4 of the warp's 16 and the odd one row
+// lane / 4 + 8, each on 4 consecutive columns col0 + 8j + 4 (lane % 4 / 2). out: this lane's row (nullptr: skip it);
+// columns >= D are skipped (D a multiple of 4). Every lane must take part (shuffles).
+__device__ __forceinline__ void red_add_m64n64(const float (&acc)[8][4], float* out, int col0, int D, float sc,
+                                               int lane) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900  // float4 atomics
+  const bool odd = lane & 1;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    const float s0 = odd ? acc[j][0] : acc[j][2], s1 = odd ? acc[j][1] : acc[j][3];
+    const float g0 = __shfl_xor_sync(0xffffffffu, s0, 1), g1 = __shfl_xor_sync(0xffffffffu, s1, 1);
+    const int col = col0 + j * 8 + (lane % 4 / 2) * 4;
+    if (out != nullptr && col < D) {
+      const float4 x = odd ? make_float4(g0, g1, acc[j][2], acc[j][3]) : make_float4(acc[j][0], acc[j][1], g0, g1);
+      atomicAdd(reinterpret_cast<float4*>(out + col), make_float4(x.x * sc, x.y * sc, x.z * sc, x.w * sc));
+    }
+  }
+#endif
+}
 }  // namespace nt::cuda::sm90

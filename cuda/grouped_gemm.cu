@@ -50,7 +50,42 @@ struct Problem {
   int G, M, N, K;  // rows: C [M, N], reduction K. wgrad: M = Kx (C [G, Kx, N]); group rows are the reduction
   const int32_t* offsets;
   __nv_bfloat16* C;
+  int store16;  // the epilogue's 16-byte stores (store_rows_16b) instead of 4-byte ones (experimental)
 };
+
+// The epilogue with 16-byte stores: a thread's accumulators hold rows r and r + 8, columns 8j + 2q (+1) (q = lane
+// % 4). Two exchanges in each group of 4 lanes (xor 1: rows; xor 2: column segments j, j + 1) leave each lane with
+// 8 consecutive columns of one row (lanes q = 0, 2: row r, segments 2m and 2m + 1; q = 1, 3: row r + 8), so a warp's
+// store writes 16 whole 32-byte sectors instead of 8 half ones: a quarter of the store instructions and no
+// partial-sector merges in L2. Every lane takes part in the shuffles; the masks come after them.
+template <int BN>
+__device__ __forceinline__ void store_rows_16b(const float (&acc)[BN / 2], __nv_bfloat16* base, int row0, int r,
+                                               int rows, int n0, int N, int lane) {
+  const int q = lane % 4, hi = q >> 1;
+  const int row = r + ((q & 1) ? 8 : 0);
+  __nv_bfloat16* out = base + (size_t)(row0 + row) * N + n0;
+  auto pack = [](float a, float b) {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(a, b);
+    return *reinterpret_cast<const uint32_t*>(&v);
+  };
+#pragma unroll
+  for (int m = 0; m < BN / 16; ++m) {
+    uint32_t w[2][2];  // after the first exchange: segment 2m + jj, row `row`, columns 4 hi .. 4 hi + 3
+#pragma unroll
+    for (int jj = 0; jj < 2; ++jj) {
+      const int j = 2 * m + jj;
+      const uint32_t lo = pack(acc[4 * j], acc[4 * j + 1]), up = pack(acc[4 * j + 2], acc[4 * j + 3]);  // rows r, r + 8
+      const uint32_t got = __shfl_xor_sync(0xffffffffu, (q & 1) ? lo : up, 1);
+      w[jj][0] = (q & 1) ? got : lo;
+      w[jj][1] = (q & 1) ? up : got;
+    }
+    const uint32_t s0 = hi ? w[0][0] : w[1][0], s1 = hi ? w[0][1] : w[1][1];
+    const uint32_t g0 = __shfl_xor_sync(0xffffffffu, s0, 2), g1 = __shfl_xor_sync(0xffffffffu, s1, 2);
+    const uint4 v = hi ? make_uint4(g0, g1, w[1][0], w[1][1]) : make_uint4(w[0][0], w[0][1], g0, g1);
+    const int col = 8 * (2 * m + hi);
+    if (row < rows && n0 + col < N) *reinterpret_cast<uint4*>(out + col) = v;
+  }
+}
 
 struct Tile {
   int g, row0, rows;  // rows: first A/C row and valid rows; wgrad: first row of C[g] and valid rows (of Kx)
@@ -223,6 +258,10 @@ __global__ void __launch_bounds__(Tiles<BM, BN>::kThreads, 1)
       // Store: this thread's rows r and r + 8 of the warpgroup's 64, columns n0 + 8j + 2 (lane % 4) (+1).
       const int r = 64 * c + 16 * (warp % 4) + lane / 4;
       __nv_bfloat16* base = p.C + (kWgrad ? (size_t)tl.g * p.M * p.N : 0);
+      if (p.store16) {
+        store_rows_16b<BN>(acc, base, tl.row0, r, tl.rows, tl.n0, p.N, lane);
+        continue;
+      }
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int row = r + 8 * h;
@@ -289,6 +328,15 @@ struct TileShape {
   int BM, BN;
 };
 
+// NT_GROUPED_STORE16=0: the 4-byte-store epilogue, for comparison (not yet measured which is faster).
+int store16() {
+  static const int v = [] {
+    const char* e = std::getenv("NT_GROUPED_STORE16");
+    return e && e[0] == '0' ? 0 : 1;
+  }();
+  return v;
+}
+
 // Output tiles: 128 x 256 where N pads no further to 256 than to 128 columns; otherwise 256 x 128 where the rows
 // allow it (tall256: the weight gradient's Kx pads no further to 256 than to 128, or in `rows` the groups average
 // 512 rows or more, so the last tile of a group wastes little), else 128 x 128. Per k-step a 128 x 128 tile reads
@@ -321,7 +369,7 @@ void grouped_gemm_rows_bf16(const void* A, const void* W, bool trans_w, void* C,
   const uint64_t w_strides[2] = {w_dims[0] * 2, w_dims[0] * w_dims[1] * 2};
   const uint32_t w_box[3] = {64, trans_w ? (uint32_t)BN : 64u, 1};
   const CUtensorMap mb = tensor_map(W, 3, w_dims, w_strides, w_box);
-  const Problem p{(int)G, (int)M, (int)N, (int)K, offsets, (__nv_bfloat16*)C};
+  const Problem p{(int)G, (int)M, (int)N, (int)K, offsets, (__nv_bfloat16*)C, store16()};
   const int64_t max_tiles = (M / BM + G) * ((N + BN - 1) / BN);
   if (BM == 256) {
     if (trans_w) launch<256, 128, false, true>(ma, mb, p, max_tiles, device, stream);
@@ -343,7 +391,7 @@ void grouped_gemm_wgrad_bf16(const void* A, const void* B, void* C, const int32_
   const uint64_t b_dims[2] = {(uint64_t)N, (uint64_t)std::max<int64_t>(M, 1)}, b_strides[1] = {(uint64_t)N * 2};
   const uint32_t box[2] = {64, 64};
   const CUtensorMap ma = tensor_map(A, 2, a_dims, a_strides, box), mb = tensor_map(B, 2, b_dims, b_strides, box);
-  const Problem p{(int)G, (int)Kx, (int)N, 0, offsets, (__nv_bfloat16*)C};
+  const Problem p{(int)G, (int)Kx, (int)N, 0, offsets, (__nv_bfloat16*)C, store16()};
   const int64_t max_tiles = G * ((Kx + BM - 1) / BM) * ((N + BN - 1) / BN);
   if (BM == 256) launch<256, 128, true, false>(ma, mb, p, max_tiles, device, stream);
   else if (BN == 256) launch<128, 256, true, false>(ma, mb, p, max_tiles, device, stream);

@@ -111,16 +111,15 @@ bool nsa_selected_forward_wgmma(const void* q, const void* k_slc, const void* v_
 bool nsa_selected_dq_wgmma(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
                            const float* o_slc, const float* lse_slc, const void* dout, void* dq, float* delta,
                            const NsaDims& d, int max_len, cudaStream_t stream);
-// ... and of its key-centric dk/dv step: one warpgroup per piece of the positions that chose one block (the tables
-// nsa_selected_backward_tc builds), adding into f32 accumulators.
-bool nsa_selected_dkv_wgmma(const void* q, const void* k_slc, const void* v_slc, const void* dout, const float* lse_slc,
-                            const float* delta, const int32_t* rows, const int32_t* seg_off, const int32_t* piece_off,
-                            float* dk_acc, float* dv_acc, const NsaDims& d, int per_piece, int64_t grid,
-                            cudaStream_t stream);
-// The selected forward's kernel: 0 automatic (3 where it applies, else 2), 1 one warp per position, 2 eight
-// positions per block sharing their blocks' loads (mma.sync), 3 wgmma (falls back to 2 where it does not apply);
-// also NT_NSA_SLC_KERNEL=N. The backward follows: its dq step (1, 2, 3 alike) and its dk/dv step (3 on wgmma, else
-// the mma.sync kernel).
+// Its key-centric dk/dv step is internal to the two kernel files
+// (cuda/nsa_selected.cuh: nsa_selected_walk_wgmma).
+// Whether the wgmma kernels (versions 3, 4) run for these sizes on the current device.
+bool nsa_selected_wgmma_applies(const NsaDims& d);
+// The selected forward's kernel: 0 automatic (4 where it applies, else 2), 1 one warp per position, 2 eight
+// positions per block sharing their blocks' loads (mma.sync), 3 wgmma (falls back to 2 where it does not apply),
+// 4 the forward of 3 with the backward's dq computed inside its dk/dv step; also NT_NSA_SLC_KERNEL=N. The
+// backward follows: its dq step (1, 2, 3 alike; none under 4) and its dk/dv step (3, 4 on wgmma, else the
+// mma.sync kernel).
 // All compute the same function.
 void set_nsa_selected_kernel(int version);
 int nsa_selected_kernel();

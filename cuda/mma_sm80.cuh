@@ -152,6 +152,18 @@ __device__ __forceinline__ AttnBwdBlock attn_bwd_block(const Dims& a, int gs, in
   return b;
 }
 
+// The flash backward's per-query values of rows m0 .. m0 + rows - 1 of head h (block b) into shared memory, by the
+// block's first `rows` threads: lse log2 e and delta ([H, N] each), 0 past the sequence's end.
+__device__ __forceinline__ void attn_bwd_row_stats(float* lse2_s, float* delta_s, const float* lse, const float* delta,
+                                                   int64_t N, const AttnBwdBlock& b, int h, int m0, int rows) {
+  if ((int)threadIdx.x < rows) {
+    const bool ok = m0 + (int)threadIdx.x < b.len;
+    const int64_t idx = (int64_t)h * N + b.start + m0 + threadIdx.x;
+    lse2_s[threadIdx.x] = ok ? lse[idx] * kLog2e : 0.f;
+    delta_s[threadIdx.x] = ok ? delta[idx] : 0.f;
+  }
+}
+
 // The flash backward's P^T and dS^T for one warp's 16 keys (this thread's: key0 and key0 + 8) x 64 queries m0..:
 // p holds S^T and ds holds dP^T (mma's C layout, query = column); afterwards p = exp(scale S - lse) and
 // ds = p (dP - delta), with lse2 (lse log2 e) and delta per query column. Where `edge`, entries outside the causal

@@ -153,10 +153,10 @@ __global__ void __launch_bounds__(kWarpsSlc * 32) nsa_slc_fwd_tc(const uint16_t*
 // position (version 1). The backward's dq kernel walks the same way. Version 3 (cuda/nsa_selected_sm90.cu) is
 // the default where it applies.
 constexpr int kPosShared = 8;
-int g_slc_kernel = [] {  // 0: automatic (3 where it applies, else 2)
+int g_slc_kernel = [] {  // 0: automatic (4 where it applies, else 2)
   const char* e = std::getenv("NT_NSA_SLC_KERNEL");
   const std::string v = e ? e : "";
-  return v.size() == 1 && v[0] >= '1' && v[0] <= '3' ? v[0] - '0' : 0;
+  return v.size() == 1 && v[0] >= '1' && v[0] <= '4' ? v[0] - '0' : 0;
 }();
 bool slc_v1() { return g_slc_kernel == 1; }
 
@@ -478,6 +478,17 @@ __global__ void slc_pieces(const int32_t* __restrict__ seg_off, int32_t* __restr
   if (k <= K) pieces[k] = k < K ? (seg_off[k + 1] - seg_off[k] + per_piece - 1) / per_piece : 0;
 }
 
+// delta = rowsum(dout o) of every (position, head) row, a warp per row (version 4's backward, which has no dq kernel
+// to compute it on the way).
+__global__ void slc_delta(const float* __restrict__ o_slc, const uint16_t* __restrict__ dout, float* __restrict__ delta,
+                          int64_t rows, int D) {
+  const int lane = threadIdx.x % 32, wpb = blockDim.x / 32;
+  for (int64_t r = (int64_t)blockIdx.x * wpb + threadIdx.x / 32; r < rows; r += (int64_t)gridDim.x * wpb) {
+    const float sum = slc_row_delta(o_slc + r * D, dout + r * D, D, lane);
+    if (lane == 0) delta[r] = sum;
+  }
+}
+
 template <int DP> size_t slc_dkv_smem(int lp) {
   return (size_t)(lp + 2 * kTileRows) * 2 * (DP + 8) * 2 + 2 * kTileRows * 3 * sizeof(float);
 }
@@ -582,6 +593,47 @@ __global__ void f32_to_bf16(const float* __restrict__ x, uint16_t* __restrict__ 
     y[i] = *reinterpret_cast<const uint16_t*>(&b);
   }
 }
+// The positions that chose each (kv head, block), ascending, cut into pieces of at most per_piece (the backward's
+// key-centric step walks them): a stable radix sort of (head, block) keys, the counts, their
+// prefix sums, the pieces per segment and theirs. grid bounds the number of pieces (sum ceil(c / P) <= E / P + K).
+struct SlcPieces {
+  int64_t E, grid;
+  int K, per_piece;
+  ScratchBuffer srows, seg_off, piece_off;
+  SlcPieces(const int32_t* block_indices, const NsaDims& a, cudaStream_t stream)
+      : E(a.N * a.H * a.n), grid(0), K(a.H * a.NB), per_piece(kTilesPerPiece * (kTileRows / a.G)), srows(E * 4),
+        seg_off((K + 1) * 4), piece_off((K + 1) * 4) {
+    ScratchBuffer keys(E * 4), rows(E * 4), skeys(E * 4), count((K + 1) * 4), pieces((K + 1) * 4);
+    slc_inverse_keys<<<grid_for(E, 256), 256, 0, stream>>>(block_indices, i32(keys), i32(rows), a);
+    NT_CUDA_CHECK(cudaGetLastError());
+    int end_bit = 1;
+    while (end_bit < 31 && ((int64_t)1 << end_bit) <= K) ++end_bit;
+    size_t sort_bytes = 0, scan_bytes = 0;
+    NT_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, i32(keys), i32(skeys), i32(rows), i32(srows),
+                                                  (int)E, 0, end_bit, stream));
+    NT_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(nullptr, scan_bytes, i32(count), i32(seg_off), K + 1, stream));
+    ScratchBuffer temp(std::max(sort_bytes, scan_bytes) + 1);
+    NT_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp.p, sort_bytes, i32(keys), i32(skeys), i32(rows), i32(srows),
+                                                  (int)E, 0, end_bit, stream));
+    NT_CUDA_CHECK(cudaMemsetAsync(count.p, 0, (K + 1) * 4, stream));
+    slc_count<<<grid_for(E, 256), 256, 0, stream>>>(i32(skeys), i32(count), E, K);
+    NT_CUDA_CHECK(cudaGetLastError());
+    size_t bytes = scan_bytes;
+    NT_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(temp.p, bytes, i32(count), i32(seg_off), K + 1, stream));
+    slc_pieces<<<grid_for(K + 1, 256), 256, 0, stream>>>(i32(seg_off), i32(pieces), K, per_piece);
+    NT_CUDA_CHECK(cudaGetLastError());
+    bytes = scan_bytes;
+    NT_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(temp.p, bytes, i32(pieces), i32(piece_off), K + 1, stream));
+    grid = E / per_piece + K + 1;
+  }
+  static int32_t* i32(const ScratchBuffer& b) { return static_cast<int32_t*>(b.p); }
+  SlcWalkArgs walk() const {
+    SlcWalkArgs w;
+    w.rows = i32(srows), w.seg_off = i32(seg_off), w.piece_off = i32(piece_off);
+    return w;
+  }
+};
+
 }  // namespace
 
 bool nsa_selected_tc_supported(const NsaDims& a) {
@@ -591,7 +643,7 @@ bool nsa_selected_tc_supported(const NsaDims& a) {
 void nsa_selected_forward_tc(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
                              float* o_slc, float* lse_slc, const NsaDims& a, int max_len, cudaStream_t stream) {
   if (a.N == 0 || max_len == 0) return;
-  if ((g_slc_kernel == 0 || g_slc_kernel == 3) &&
+  if ((g_slc_kernel == 0 || g_slc_kernel >= 3) &&
       nsa_selected_forward_wgmma(q, k_slc, v_slc, block_indices, o_slc, lse_slc, a, max_len, stream))
     return;
   const bool v1 = slc_v1();
@@ -619,8 +671,8 @@ void nsa_selected_forward_tc(const void* q, const void* k_slc, const void* v_slc
 }
 
 void set_nsa_selected_kernel(int version) {
-  if (version < 0 || version > 3)
-    throw std::invalid_argument("set_nsa_selected_kernel: version must be 0..3, got " + std::to_string(version));
+  if (version < 0 || version > 4)
+    throw std::invalid_argument("set_nsa_selected_kernel: version must be 0..4, got " + std::to_string(version));
   g_slc_kernel = version;
 }
 int nsa_selected_kernel() { return g_slc_kernel; }
@@ -636,11 +688,18 @@ void nsa_selected_backward_tc(const void* q, const void* k_slc, const void* v_sl
                               void* dv_slc, const NsaDims& a, int max_len, cudaStream_t stream) {
   if (a.N == 0) return;
   auto u16 = [](const void* p) { return static_cast<const uint16_t*>(p); };
-  const int64_t E = a.N * a.H * a.n, kv_elems = a.N * a.H * a.D;
-  const int K = a.H * a.NB;
-  // 1. dq and delta.
+  const int64_t kv_elems = a.N * a.H * a.D;
+  // 1. dq and delta; under version 4 (the default where it applies) delta alone (dq comes with dk/dv in step 3).
   ScratchBuffer delta(a.N * a.HQ * sizeof(float));
-  {
+  const bool fused_dq = (g_slc_kernel == 0 || g_slc_kernel == 4) && max_len > 0 && nsa_selected_wgmma_applies(a);
+  const int64_t q_elems = a.N * a.HQ * a.D;
+  ScratchBuffer dq_acc(fused_dq ? q_elems * 4 : 0);
+  if (fused_dq) {
+    slc_delta<<<grid_for(a.N * a.HQ, 8), 256, 0, stream>>>(o_slc, u16(dout), static_cast<float*>(delta.p),
+                                                            a.N * a.HQ, a.D);
+    NT_CUDA_CHECK(cudaGetLastError());
+    NT_CUDA_CHECK(cudaMemsetAsync(dq_acc.p, 0, q_elems * 4, stream));
+  } else {
     const int per_block = slc_v1() ? kWarpsSlc : kPosShared;
     const dim3 grid((unsigned)((max_len + per_block - 1) / per_block), (unsigned)a.nseq, (unsigned)a.H);
     auto run = [&](auto kernel, size_t smem) {
@@ -650,7 +709,7 @@ void nsa_selected_backward_tc(const void* q, const void* k_slc, const void* v_sl
                                                       static_cast<float*>(delta.p), a);
       NT_CUDA_CHECK(cudaGetLastError());
     };
-    const bool on_wgmma = (g_slc_kernel == 0 || g_slc_kernel == 3) && max_len > 0 &&
+    const bool on_wgmma = (g_slc_kernel == 0 || g_slc_kernel >= 3) && max_len > 0 &&
                           nsa_selected_dq_wgmma(q, k_slc, v_slc, block_indices, o_slc, lse_slc, dout, dq,
                                                 static_cast<float*>(delta.p), a, max_len, stream);
     if (max_len > 0 && !on_wgmma) {
@@ -659,47 +718,28 @@ void nsa_selected_backward_tc(const void* q, const void* k_slc, const void* v_sl
     }
   }
   // 2. The positions that chose each (head, block), ascending, and the pieces.
-  ScratchBuffer keys(E * 4), rows(E * 4), skeys(E * 4), srows(E * 4), count((K + 1) * 4), seg_off((K + 1) * 4),
-      pieces((K + 1) * 4), piece_off((K + 1) * 4);
-  auto i32 = [](const ScratchBuffer& b) { return static_cast<int32_t*>(b.p); };
-  slc_inverse_keys<<<grid_for(E, 256), 256, 0, stream>>>(block_indices, i32(keys), i32(rows), a);
-  NT_CUDA_CHECK(cudaGetLastError());
-  int end_bit = 1;
-  while (end_bit < 31 && ((int64_t)1 << end_bit) <= K) ++end_bit;
-  size_t sort_bytes = 0, scan_bytes = 0;
-  NT_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, i32(keys), i32(skeys), i32(rows), i32(srows),
-                                                (int)E, 0, end_bit, stream));
-  NT_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(nullptr, scan_bytes, i32(count), i32(seg_off), K + 1, stream));
-  ScratchBuffer temp(std::max(sort_bytes, scan_bytes) + 1);
-  NT_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp.p, sort_bytes, i32(keys), i32(skeys), i32(rows), i32(srows),
-                                                (int)E, 0, end_bit, stream));
-  NT_CUDA_CHECK(cudaMemsetAsync(count.p, 0, (K + 1) * 4, stream));
-  slc_count<<<grid_for(E, 256), 256, 0, stream>>>(i32(skeys), i32(count), E, K);
-  NT_CUDA_CHECK(cudaGetLastError());
-  size_t bytes = scan_bytes;
-  NT_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(temp.p, bytes, i32(count), i32(seg_off), K + 1, stream));
-  const bool dkv_wgmma = g_slc_kernel == 0 || g_slc_kernel == 3;  // falls back below where it does not apply
-  const int ppt = kTileRows / a.G, per_piece = kTilesPerPiece * ppt;
-  slc_pieces<<<grid_for(K + 1, 256), 256, 0, stream>>>(i32(seg_off), i32(pieces), K, per_piece);
-  NT_CUDA_CHECK(cudaGetLastError());
-  bytes = scan_bytes;
-  NT_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(temp.p, bytes, i32(pieces), i32(piece_off), K + 1, stream));
-  // 3. dk, dv: one thread block per piece (the grid bounds their number: sum ceil(c / P) <= E / P + K).
+  const SlcPieces pcs(block_indices, a, stream);
+  const auto i32 = SlcPieces::i32;
+  // 3. dk, dv (and under version 4 dq): one thread block per piece.
   ScratchBuffer dk_acc(kv_elems * 4), dv_acc(kv_elems * 4);
   NT_CUDA_CHECK(cudaMemsetAsync(dk_acc.p, 0, kv_elems * 4, stream));
   NT_CUDA_CHECK(cudaMemsetAsync(dv_acc.p, 0, kv_elems * 4, stream));
-  const int64_t grid = E / per_piece + K + 1;
+  const bool dkv_wgmma = g_slc_kernel == 0 || g_slc_kernel >= 3;  // falls back below where it does not apply
+  SlcWalkArgs w = pcs.walk();
+  w.q = u16(q), w.ks = u16(k_slc), w.vs = u16(v_slc), w.dout = u16(dout), w.lse = lse_slc;
+  w.delta = static_cast<const float*>(delta.p);
+  w.dk_acc = static_cast<float*>(dk_acc.p), w.dv_acc = static_cast<float*>(dv_acc.p);
+  w.row_acc = static_cast<float*>(dq_acc.p);
   auto run = [&](auto kernel, size_t smem) {
     allow_smem(kernel, smem);
-    kernel<<<(unsigned)grid, a.lp * 2, smem, stream>>>(u16(q), u16(k_slc), u16(v_slc), u16(dout), lse_slc,
-                                                       static_cast<const float*>(delta.p), i32(srows), i32(seg_off),
-                                                       i32(piece_off), static_cast<float*>(dk_acc.p),
-                                                       static_cast<float*>(dv_acc.p), a, per_piece);
+    kernel<<<(unsigned)pcs.grid, a.lp * 2, smem, stream>>>(u16(q), u16(k_slc), u16(v_slc), u16(dout), lse_slc,
+                                                           w.delta, i32(pcs.srows), i32(pcs.seg_off),
+                                                           i32(pcs.piece_off), w.dk_acc, w.dv_acc, a, pcs.per_piece);
     NT_CUDA_CHECK(cudaGetLastError());
   };
-  if (!(dkv_wgmma && nsa_selected_dkv_wgmma(q, k_slc, v_slc, dout, lse_slc, static_cast<const float*>(delta.p),
-                                             i32(srows), i32(seg_off), i32(piece_off), static_cast<float*>(dk_acc.p),
-                                             static_cast<float*>(dv_acc.p), a, per_piece, grid, stream))) {
+  if (!(dkv_wgmma && nsa_selected_walk_wgmma(fused_dq ? kWalkDkvDq : kWalkDkv, w, a, pcs.per_piece, pcs.grid,
+                                              stream))) {
+    if (fused_dq) throw std::logic_error("nsa_selected_backward_tc: the dk/dv/dq walk did not run");
     if (a.D <= 64) run(nsa_slc_bwd_dkv_tc<64>, slc_dkv_smem<64>(a.lp));
     else run(nsa_slc_bwd_dkv_tc<128>, slc_dkv_smem<128>(a.lp));
   }
@@ -707,6 +747,9 @@ void nsa_selected_backward_tc(const void* q, const void* k_slc, const void* v_sl
                                                              static_cast<uint16_t*>(dk_slc), kv_elems);
   f32_to_bf16<<<grid_for(kv_elems, 256), 256, 0, stream>>>(static_cast<const float*>(dv_acc.p),
                                                              static_cast<uint16_t*>(dv_slc), kv_elems);
+  if (fused_dq)
+    f32_to_bf16<<<grid_for(q_elems, 256), 256, 0, stream>>>(static_cast<const float*>(dq_acc.p),
+                                                            static_cast<uint16_t*>(dq), q_elems);
   NT_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -35,6 +35,19 @@ __device__ inline bool slc_piece(int p, const int32_t* seg_off, const int32_t* p
   return true;
 }
 
+// The backward's block-major walk over the pieces (cuda/nsa_selected_sm90.cu): what it computes, and its operands.
+enum SlcWalkMode : int { kWalkDkv = 0, kWalkDkvDq = 1 };
+struct SlcWalkArgs {
+  const uint16_t *q = nullptr, *ks = nullptr, *vs = nullptr, *dout = nullptr;
+  const float *lse = nullptr, *delta = nullptr;  // [N HQ]; lse in natural log
+  const int32_t *rows = nullptr, *seg_off = nullptr, *piece_off = nullptr;  // the pieces (SlcPieces)
+  float *dk_acc = nullptr, *dv_acc = nullptr;  // f32 [N, H, D], zeroed
+  float* row_acc = nullptr;                    // kWalkDkvDq: dq, f32 [N, HQ, D], zeroed
+};
+// False without launching where the wgmma kernels do not apply (nsa_selected_wgmma_applies).
+bool nsa_selected_walk_wgmma(int mode, const SlcWalkArgs& w, const NsaDims& a, int per_piece, int64_t grid,
+                             cudaStream_t stream);
+
 // delta = rowsum(dout o) of one (position, head) row, by a whole warp (4 columns per lane; D a multiple of 4): o f32,
 // dout bf16. Every lane gets the sum.
 __device__ inline float slc_row_delta(const float* o, const uint16_t* dout, int D, int lane) {

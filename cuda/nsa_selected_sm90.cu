@@ -15,6 +15,8 @@
 #include <cuda_bf16.h>
 
 #include <climits>
+#include <stdexcept>
+#include <string>
 
 #include "cuda/attention_sm90.cuh"
 #include "cuda/check.h"
@@ -371,30 +373,79 @@ void launch_slc_dq_wgmma(const void* q, const void* k_slc, const void* v_slc, co
   NT_CUDA_CHECK(cudaGetLastError());
 }
 
-// The backward's key-centric step (version 3): one warpgroup per piece holds its block's 64 keys and values as
-// the 64 rows of every product and streams the piece's positions in tiles of 64 rows (64 / G positions x G heads,
-// two cp.async stages): S^T = K Q^T and dP^T = V dO^T by wgmma m64n64 from shared memory, P^T, dS^T = P^T (dP^T -
-// delta), then dV += P^T dO and dK += dS^T Q with P^T, dS^T from registers and dO, Q read MN-major; dk, dv are
-// added into f32 accumulators at the end (float2 atomics). Why: the mma.sync kernel ran at ~170 TFLOP/s (H100,
-// 2026-12-06); here the block's keys fill wgmma's 64 rows. The pieces are still cut for the mma.sync kernel's
-// 32-row tiles (64 x 32 / G positions), so at G = 16 a piece is 32 of these tiles; where G does not divide 64
-// (G = 3: 63 rows) or a piece's length is not a multiple of 64 / G, the last tile or rows are padding.
+// The block-major walk of the backward (versions 3, 4): one warpgroup per piece (the positions that chose one (kv head, block),
+// cuda/nsa_selected.cuh) holds the block's 64 keys and values as the 64 rows of every product and streams the
+// piece's rows in tiles of 64 (64 / G positions x G heads, two cp.async stages), S^T = K Q^T by wgmma m64n64 from
+// shared memory, masked key <= position. What it does with S^T, by mode:
+//   kWalkDkv (the backward, version 3): dP^T = V dO^T, P^T, dS^T = P^T (dP^T - delta), dV += P^T dO and
+//     dK += dS^T Q (P^T, dS^T from registers, dO and Q read MN-major); dk, dv go into f32 accumulators at the end
+//     (float2 atomics). The mma.sync kernel ran at ~170 TFLOP/s (H100, 2026-12-06); here the block's keys fill
+//     wgmma's 64 rows and the measured rate was 210.
+//   kWalkDkvDq (version 4, the default): the same, and dq as attn_bwd_wgmma computes it: dS^T to shared memory
+//     (bf16, keys as rows), dQ = dS K (m64n64 per 64 columns, both operands MN-major) added to an f32 [N, HQ, D]
+//     buffer with 16-byte reductions, once per (row, chosen block): no separate dq kernel re-walking every row's
+//     blocks, at the price of N HQ n D / 4 reductions (~2.1 G at 64k, 64 query heads, n = 16). H100, 2026-12-06,
+//     bench_nsa 64k: this kernel 43.8 ms against version 3's dq + dk/dv 42.5 + 22.5 ms.
+// (A block-major forward over the same pieces, two passes: per-(row, block) max and sum, then O = P V with
+// reductions, was tried as version 5: 17.7 + 42.1 ms against the union walk's 31.3; removed.)
+// The pieces are cut for the mma.sync kernel's 32-row tiles (64 x 32 / G positions), so at G = 16 a piece is 32 of
+// these tiles; where G does not divide 64 (G = 3: 63 rows) or a piece's length is not a multiple of 64 / G, the
+// last tile or rows are padding.
 constexpr int kDkvRows = 64;
-size_t slc_dkv_wgmma_smem() { return 1024 + 2 * kSlcBlock * 256 + 2 * 2 * kDkvRows * 256 + 2 * 3 * kDkvRows * sizeof(float); }
 
-__global__ void __launch_bounds__(128) nsa_slc_bwd_dkv_wgmma(
-    const uint16_t* __restrict__ q, const uint16_t* __restrict__ ks, const uint16_t* __restrict__ vs,
-    const uint16_t* __restrict__ dout, const float* __restrict__ lse_slc, const float* __restrict__ delta,
-    const int32_t* __restrict__ rows, const int32_t* __restrict__ seg_off, const int32_t* __restrict__ piece_off,
-    float* __restrict__ dk_acc, float* __restrict__ dv_acc, NsaDims a, int per_piece) {
+// P^T or dS^T (this thread's keys 16 warp + lane / 4 (+ 8), tile rows 8j + 2 (lane % 4) (+ 1)) into rs (bf16, keys
+// as rows, the 128-byte swizzle), then out[row, :] += sc P V (or dS K: b_addr is V's or K's tile) for the tile's 64
+// rows, column halves of 64 one after the other (32 accumulators each). orow: each tile row's row of [N HQ] (int
+// bits, -1 for padding). Ends with every wgmma done reading rs.
+__device__ __forceinline__ void slc_rows_times_block(const float (&pt)[kDkvRows / 8][4], unsigned char* rs,
+                                                     uint32_t b_addr, const float* orow, float* out, float sc,
+                                                     const NsaDims& a, int warp, int lane) {
+#if NT_SM90A  // float4 atomics exist from sm_90 on
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int r = warp * 16 + lane / 4 + 8 * i;  // a key of the block: a row of P^T
+#pragma unroll
+    for (int j = 0; j < kDkvRows / 8; ++j)  // tile rows j 8 + (lane % 4) 2, + 1: 4 bytes of 16-byte chunk j
+      *reinterpret_cast<uint32_t*>(rs + r * 128 + ((j ^ (r % 8)) << 4) + (lane % 4) * 4) =
+          pack_bf16(pt[j][2 * i], pt[j][2 * i + 1]);
+  }
+  fence_async_smem();
+  __syncthreads();  // P^T complete and visible to wgmma
+  const uint32_t rs_addr = smem_addr(rs);
+  const int o = __float_as_int(orow[warp * 16 + lane / 4 + ((lane & 1) ? 8 : 0)]);  // this lane's row (red_add_m64n64)
+#pragma unroll
+  for (int half = 0; half < kAttnDim / 64; ++half) {
+    if (half * 64 >= a.D) break;  // uniform
+    float acc[8][4];  // A = P (64 rows x 64 keys), B = the block's column half
+    attn_mn_m64n64<kSlcBlock>(acc, rs_addr, b_addr + half * (kSlcBlock * 128), kSlcBlock * 128);
+    red_add_m64n64(acc, o >= 0 ? out + (int64_t)o * a.D : nullptr, half * 64, a.D, sc, lane);
+  }
+#endif
+}
+
+template <int kMode>
+constexpr int walk_meta() { return kMode == kWalkDkv ? 3 : 4; }
+
+template <int kMode>
+size_t slc_walk_smem() {
+  return 1024 + 2 * kSlcBlock * 256 + 2 * 2 * kDkvRows * 256 + (kMode == kWalkDkvDq ? kSlcBlock * 128 : 0) +
+         2 * walk_meta<kMode>() * kDkvRows * sizeof(float);
+}
+
+template <int kMode>
+__global__ void __launch_bounds__(128) nsa_slc_walk_wgmma(SlcWalkArgs w, NsaDims a, int per_piece) {
 #if NT_SM90A
   constexpr int NO = kAttnDim / 8, kT = kDkvRows * 2 * kAttnDim;  // a 64-row tile's bytes
+  constexpr int kStage = 2 * kT, kMeta = walk_meta<kMode>();
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   unsigned char* smem = (unsigned char*)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
   unsigned char *Ks = smem, *Vs = Ks + kT, *stage0 = Vs + kT;  // per stage: Q rows, then dout rows
-  float* meta0 = reinterpret_cast<float*>(stage0 + 2 * 2 * kT);  // per stage: position, lse log2 e, delta
+  unsigned char* rs = stage0 + 2 * kStage;  // kWalkDkvDq: dS^T, 64 keys x 64 rows (1024-aligned)
+  // per stage and row: position (int bits), lse log2 e, delta, and in kWalkDkvDq the row of [N HQ] (int bits; -1
+  // for padding)
+  float* meta0 = reinterpret_cast<float*>(rs + (kMode == kWalkDkvDq ? kSlcBlock * 128 : 0));
   SlcPiece pc;
-  if (!slc_piece(blockIdx.x, seg_off, piece_off, a, per_piece, pc)) return;
+  if (!slc_piece(blockIdx.x, w.seg_off, w.piece_off, a, per_piece, pc)) return;
   const int G = a.G, ppt = kDkvRows / G, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t kvs = (int64_t)a.H * a.D;
   auto key_rows = [&](const uint16_t* g) {
@@ -402,29 +453,30 @@ __global__ void __launch_bounds__(128) nsa_slc_bwd_dkv_wgmma(
       return r < pc.nk ? g + ((int64_t)pc.start + pc.key0 + r) * kvs + pc.h * a.D : nullptr;
     };
   };
-  cp_rows_swizzled<kSlcBlock, kAttnDim, 128>(Ks, key_rows(ks), a.D, ks);
-  cp_rows_swizzled<kSlcBlock, kAttnDim, 128>(Vs, key_rows(vs), a.D, vs);
+  cp_rows_swizzled<kSlcBlock, kAttnDim, 128>(Ks, key_rows(w.ks), a.D, w.ks);
+  cp_rows_swizzled<kSlcBlock, kAttnDim, 128>(Vs, key_rows(w.vs), a.D, w.vs);
   // Tile e (positions e .. e + ppt - 1 of the piece, G heads each) into stage st.
   auto load_tile = [&](int st, int e) {
     auto head_row = [&](int r) -> int64_t {  // tile row r's row of [N HQ, D], -1 for padding
       const int pos = e + r / G;
-      return r < ppt * G && pos < pc.e1 ? (int64_t)rows[pos] * a.HQ + pc.h * G + r % G : -1;
+      return r < ppt * G && pos < pc.e1 ? (int64_t)w.rows[pos] * a.HQ + pc.h * G + r % G : -1;
     };
-    unsigned char* Qs = stage0 + st * 2 * kT;
+    unsigned char* Qs = stage0 + st * kStage;
     cp_rows_swizzled<kDkvRows, kAttnDim, 128>(Qs, [&](int r) -> const uint16_t* {
       const int64_t o = head_row(r);
-      return o >= 0 ? q + o * a.D : nullptr;
-    }, a.D, q);
+      return o >= 0 ? w.q + o * a.D : nullptr;
+    }, a.D, w.q);
     cp_rows_swizzled<kDkvRows, kAttnDim, 128>(Qs + kT, [&](int r) -> const uint16_t* {
       const int64_t o = head_row(r);
-      return o >= 0 ? dout + o * a.D : nullptr;
-    }, a.D, dout);
-    float* meta = meta0 + st * 3 * kDkvRows;
+      return o >= 0 ? w.dout + o * a.D : nullptr;
+    }, a.D, w.dout);
+    float* meta = meta0 + st * kMeta * kDkvRows;
     for (int r = threadIdx.x; r < kDkvRows; r += 128) {
       const int64_t o = head_row(r);
-      meta[r] = __int_as_float(o >= 0 ? rows[e + r / G] - pc.start : -1);  // the row's position in its sequence
-      meta[kDkvRows + r] = o >= 0 ? lse_slc[o] * kLog2e : 0.f;
-      meta[2 * kDkvRows + r] = o >= 0 ? delta[o] : 0.f;
+      meta[r] = __int_as_float(o >= 0 ? w.rows[e + r / G] - pc.start : -1);  // the row's position in its sequence
+      meta[kDkvRows + r] = o >= 0 ? w.lse[o] * kLog2e : 0.f;
+      meta[2 * kDkvRows + r] = o >= 0 ? w.delta[o] : 0.f;
+      if constexpr (kMode == kWalkDkvDq) meta[3 * kDkvRows + r] = __int_as_float((int)o);
     }
   };
   const float sl2 = (float)a.scale * kLog2e, one[2] = {1.f, 1.f};
@@ -440,10 +492,11 @@ __global__ void __launch_bounds__(128) nsa_slc_bwd_dkv_wgmma(
     cp_async_wait<1>();  // this tile's group (and K, V) landed
     fence_async_smem();
     __syncthreads();
-    const uint32_t q_addr = smem_addr(stage0 + st * 2 * kT), do_addr = q_addr + kT;
-    const float* meta = meta0 + st * 3 * kDkvRows;
-    float s[kDkvRows / 8][4], dp[kDkvRows / 8][4];
-    attn_qk_wgmma<kSlcBlock, kDkvRows>(s, smem_addr(Ks), q_addr);    // S^T: 64 keys x 64 rows
+    const uint32_t q_addr = smem_addr(stage0 + st * kStage), do_addr = q_addr + kT;
+    const float* meta = meta0 + st * kMeta * kDkvRows;
+    float s[kDkvRows / 8][4];
+    attn_qk_wgmma<kSlcBlock, kDkvRows>(s, smem_addr(Ks), q_addr);  // S^T: 64 keys x 64 rows
+    float dp[kDkvRows / 8][4];
     attn_qk_wgmma<kSlcBlock, kDkvRows>(dp, smem_addr(Vs), do_addr);  // dP^T
 #pragma unroll
     for (int j = 0; j < kDkvRows / 8; ++j)
@@ -456,7 +509,9 @@ __global__ void __launch_bounds__(128) nsa_slc_bwd_dkv_wgmma(
       }
     attn_pv_wgmma<kDkvRows>(dv, s, one, do_addr);  // dV += P^T dO
     attn_pv_wgmma<kDkvRows>(dk, dp, one, q_addr);  // dK += dS^T Q
-    __syncthreads();  // every warp is done with stage st before it is refilled
+    if constexpr (kMode == kWalkDkvDq)  // dQ += scale dS K
+      slc_rows_times_block(dp, rs, smem_addr(Ks), meta + 3 * kDkvRows, w.row_acc, (float)a.scale, a, warp, lane);
+    __syncthreads();  // every warp is done with stage st (and rs) before it is refilled
   }
   const float sc = (float)a.scale;
 #pragma unroll
@@ -468,8 +523,10 @@ __global__ void __launch_bounds__(128) nsa_slc_bwd_dkv_wgmma(
     for (int j = 0; j < NO; ++j) {
       const int c = j * 8 + (lane % 4) * 2;
       if (c >= a.D) continue;
-      atomicAdd(reinterpret_cast<float2*>(dk_acc + base + c), make_float2(dk[4 * j + 2 * i] * sc, dk[4 * j + 2 * i + 1] * sc));
-      atomicAdd(reinterpret_cast<float2*>(dv_acc + base + c), make_float2(dv[4 * j + 2 * i], dv[4 * j + 2 * i + 1]));
+      atomicAdd(reinterpret_cast<float2*>(w.dk_acc + base + c),
+                make_float2(dk[4 * j + 2 * i] * sc, dk[4 * j + 2 * i + 1] * sc));
+      atomicAdd(reinterpret_cast<float2*>(w.dv_acc + base + c),
+                make_float2(dv[4 * j + 2 * i], dv[4 * j + 2 * i + 1]));
     }
   }
 #endif
@@ -507,17 +564,22 @@ bool nsa_selected_dq_wgmma(const void* q, const void* k_slc, const void* v_slc, 
   else run(launch_slc_dq_wgmma<16>);
   return true;
 }
-bool nsa_selected_dkv_wgmma(const void* q, const void* k_slc, const void* v_slc, const void* dout, const float* lse_slc,
-                            const float* delta, const int32_t* rows, const int32_t* seg_off, const int32_t* piece_off,
-                            float* dk_acc, float* dv_acc, const NsaDims& a, int per_piece, int64_t grid,
-                            cudaStream_t stream) {
+bool nsa_selected_wgmma_applies(const NsaDims& a) { return slc_wgmma_applies(a); }
+
+bool nsa_selected_walk_wgmma(int mode, const SlcWalkArgs& w, const NsaDims& a, int per_piece, int64_t grid,
+                             cudaStream_t stream) {
   if (!slc_wgmma_applies(a)) return false;
   if (grid == 0) return true;
-  auto u16 = [](const void* p) { return static_cast<const uint16_t*>(p); };
-  allow_smem(nsa_slc_bwd_dkv_wgmma, slc_dkv_wgmma_smem());
-  nsa_slc_bwd_dkv_wgmma<<<(unsigned)grid, 128, slc_dkv_wgmma_smem(), stream>>>(
-      u16(q), u16(k_slc), u16(v_slc), u16(dout), lse_slc, delta, rows, seg_off, piece_off, dk_acc, dv_acc, a, per_piece);
-  NT_CUDA_CHECK(cudaGetLastError());
+  auto run = [&](auto kernel, size_t smem) {
+    allow_smem(kernel, smem);
+    kernel<<<(unsigned)grid, 128, smem, stream>>>(w, a, per_piece);
+    NT_CUDA_CHECK(cudaGetLastError());
+  };
+  switch (mode) {
+    case kWalkDkv: run(nsa_slc_walk_wgmma<kWalkDkv>, slc_walk_smem<kWalkDkv>()); break;
+    case kWalkDkvDq: run(nsa_slc_walk_wgmma<kWalkDkvDq>, slc_walk_smem<kWalkDkvDq>()); break;
+    default: throw std::logic_error("nsa_selected_walk_wgmma: unknown mode " + std::to_string(mode));
+  }
   return true;
 }
 }  // namespace nt::cuda
