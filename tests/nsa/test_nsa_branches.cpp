@@ -398,7 +398,10 @@ TEST_CASE("NSA selection on tensor cores (bf16): a valid top-n of the f64 scores
   for (const Case& c : {Case{300, 16, 1, 64, blocks(32, 16, 64, 16, 128)},
                         Case{333, 32, 2, 128, blocks(16, 8, 32, 5, 0, {0, 100, 100, 107, 333})},
                         Case{150, 4, 4, 64, blocks(8, 4, 16, 4, 0)},
-                        Case{129, 2, 2, 72, blocks(8, 8, 8, 3, 0)}}) {
+                        Case{129, 2, 2, 72, blocks(8, 8, 8, 3, 0)},
+                        // up to 85 candidates for 37 free picks: lanes of the top-n warp hold several candidates
+                        // and win more than twice (its rescans)
+                        Case{2000, 8, 2, 64, blocks(16, 8, 16, 40, 0, {0, 600, 2000})}}) {
     INFO("T " << c.T << " HQ " << c.HQ << " H " << c.H << " D " << c.D << " l " << c.opt.block << " d "
               << c.opt.stride << " l' " << c.opt.select_block << " n " << c.opt.n_select);
     const int64_t T = c.T, HQ = c.HQ, H = c.H, G = HQ / H, D = c.D, n = c.opt.n_select;
