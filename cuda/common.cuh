@@ -12,6 +12,17 @@ namespace nt::cuda {
 
 // Element offset of linear index i (row-major over l's sizes) in layout l.
 __device__ __forceinline__ int64_t offset_of(const Strided& l, int64_t i) {
+  if (l.fast) {  // 32-bit (prepare_fast_offsets): a multiply-high and a shift per dim instead of 64-bit divisions
+    uint32_t u = (uint32_t)i, off = 0;
+#pragma unroll
+    for (int d = kMaxDims - 1; d >= 0; --d) {
+      if (d >= l.nd) continue;
+      const uint32_t q = fast_div(u, l.div[d]);
+      off += (u - q * (uint32_t)l.size[d]) * (uint32_t)l.stride[d];
+      u = q;
+    }
+    return off;
+  }
   int64_t off = 0;
 #pragma unroll
   for (int d = kMaxDims - 1; d >= 0; --d) {
@@ -21,6 +32,14 @@ __device__ __forceinline__ int64_t offset_of(const Strided& l, int64_t i) {
     i /= s;
   }
   return off;
+}
+
+// l with 32-bit offsets prepared where they fit (unless set_fast_offsets(false)): every launcher passes its
+// layouts through this right before launching, so the dividers always match the extents.
+inline Strided with_fast_offsets(Strided l) {
+  if (fast_offsets()) prepare_fast_offsets(l);
+  else l.fast = false;
+  return l;
 }
 
 // Temporary device memory from the caching allocator for one launcher call (the current device's; none for 0

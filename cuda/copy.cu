@@ -17,9 +17,9 @@ template <class D, class S> __device__ __forceinline__ D convert(S v) {
 
 template <class D, class S>
 __global__ void copy_kernel(D* __restrict__ dst, Strided dl, const S* __restrict__ src, Strided sl, int64_t n,
-                            bool dst_contig) {
+                            bool dst_contig, bool src_contig) {
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
-    dst[dst_contig ? i : offset_of(dl, i)] = convert<D, S>(src[offset_of(sl, i)]);
+    dst[dst_contig ? i : offset_of(dl, i)] = convert<D, S>(src[src_contig ? i : offset_of(sl, i)]);
 }
 
 template <class T> __global__ void fill_kernel(T* __restrict__ dst, Strided l, int64_t n, T v, bool contig) {
@@ -36,15 +36,20 @@ bool is_contiguous(const Strided& l) {
   }
   return true;
 }
+bool g_fast_offsets = true;
 }  // namespace
 
-void copy(DType dst_t, void* dst, const Strided& dl, DType src_t, const void* src, const Strided& sl, int64_t n,
+void set_fast_offsets(bool on) { g_fast_offsets = on; }
+bool fast_offsets() { return g_fast_offsets; }
+
+void copy(DType dst_t, void* dst, const Strided& dst_l, DType src_t, const void* src, const Strided& src_l, int64_t n,
           cudaStream_t stream) {
   if (n == 0) return;
-  const bool dc = is_contiguous(dl);
+  const Strided dl = with_fast_offsets(dst_l), sl = with_fast_offsets(src_l);
+  const bool dc = is_contiguous(dl), sc = is_contiguous(sl);  // contiguous: element i at offset i
   bool same_shape = sl.nd == dl.nd;
   for (int d = 0; same_shape && d < dl.nd; ++d) same_shape = sl.size[d] == dl.size[d];
-  if (dst_t == src_t && dc && same_shape && is_contiguous(sl)) {
+  if (dst_t == src_t && dc && same_shape && sc) {
     NT_CUDA_CHECK(cudaMemcpyAsync(dst, src, n * dtype_size(dst_t), cudaMemcpyDeviceToDevice, stream));
     return;
   }
@@ -52,14 +57,15 @@ void copy(DType dst_t, void* dst, const Strided& dl, DType src_t, const void* sr
     using D = scalar_t;
     NT_DISPATCH_ALL(src_t, "copy", [&] {
       copy_kernel<D, scalar_t><<<grid_for(n, 256), 256, 0, stream>>>(static_cast<D*>(dst), dl,
-                                                                     static_cast<const scalar_t*>(src), sl, n, dc);
+                                                                     static_cast<const scalar_t*>(src), sl, n, dc, sc);
     });
   });
   NT_CUDA_CHECK_LAUNCH();
 }
 
-void fill(DType t, void* dst, const Strided& l, int64_t n, double value, cudaStream_t stream) {
+void fill(DType t, void* dst, const Strided& dst_l, int64_t n, double value, cudaStream_t stream) {
   if (n == 0) return;
+  const Strided l = with_fast_offsets(dst_l);
   NT_DISPATCH_ALL(t, "fill", [&] {
     fill_kernel<scalar_t><<<grid_for(n, 256), 256, 0, stream>>>(static_cast<scalar_t*>(dst), l, n,
                                                                 from_double<scalar_t>(value), is_contiguous(l));

@@ -128,9 +128,10 @@ void unary_backward(UnaryOp op, DType t, const void* x, const void* y, const voi
   NT_CUDA_CHECK_LAUNCH();
 }
 
-void binary_forward(BinaryOp op, DType t, const void* a, const Strided& al, const void* b, const Strided& bl, void* out,
-                    int64_t n, cudaStream_t stream) {
+void binary_forward(BinaryOp op, DType t, const void* a, const Strided& a_l, const void* b, const Strided& b_l,
+                    void* out, int64_t n, cudaStream_t stream) {
   if (n == 0) return;
+  const Strided al = with_fast_offsets(a_l), bl = with_fast_offsets(b_l);
   const bool contig = contiguous_full(al) && contiguous_full(bl);
   NT_DISPATCH_ARITH(t, "binary", [&] {
     using T = scalar_t;
@@ -149,9 +150,10 @@ void binary_forward(BinaryOp op, DType t, const void* a, const Strided& al, cons
   NT_CUDA_CHECK_LAUNCH();
 }
 
-void where_forward(DType t, const bool* cond, const Strided& cl, const void* a, const Strided& al, const void* b,
-                   const Strided& bl, void* out, int64_t n, cudaStream_t stream) {
+void where_forward(DType t, const bool* cond, const Strided& c_l, const void* a, const Strided& a_l, const void* b,
+                   const Strided& b_l, void* out, int64_t n, cudaStream_t stream) {
   if (n == 0) return;
+  const Strided cl = with_fast_offsets(c_l), al = with_fast_offsets(a_l), bl = with_fast_offsets(b_l);
   NT_DISPATCH_ARITH(t, "where", [&] {
     using T = scalar_t;
     where_kernel<T><<<grid_for(n, 256), 256, 0, stream>>>(cond, cl, static_cast<const T*>(a), al,

@@ -111,9 +111,10 @@ void index_select(DType t, const void* x, DType idx_t, const void* idx, void* ou
   NT_CUDA_CHECK_LAUNCH();
 }
 
-void gather(DType t, const void* x, const Strided& xl, int dim, int64_t dim_size, DType idx_t, const void* idx,
-            const Strided& il, void* out, int64_t n, int* bad_index, cudaStream_t stream) {
+void gather(DType t, const void* x, const Strided& x_l, int dim, int64_t dim_size, DType idx_t, const void* idx,
+            const Strided& i_l, void* out, int64_t n, int* bad_index, cudaStream_t stream) {
   if (n == 0) return;
+  const Strided xl = with_fast_offsets(x_l), il = with_fast_offsets(i_l);
   NT_DISPATCH_ALL(t, "gather", [&] {
     using T = scalar_t;
     NT_DISPATCH_INDEX(idx_t, "gather", [&] {
@@ -125,9 +126,10 @@ void gather(DType t, const void* x, const Strided& xl, int dim, int64_t dim_size
   NT_CUDA_CHECK_LAUNCH();
 }
 
-void scatter_add(DType t, void* x, const Strided& xl, int dim, int64_t dim_size, DType idx_t, const void* idx,
-                 const Strided& il, const void* src, int64_t n, int* bad_index, cudaStream_t stream) {
+void scatter_add(DType t, void* x, const Strided& x_l, int dim, int64_t dim_size, DType idx_t, const void* idx,
+                 const Strided& i_l, const void* src, int64_t n, int* bad_index, cudaStream_t stream) {
   if (n == 0) return;
+  const Strided xl = with_fast_offsets(x_l), il = with_fast_offsets(i_l);
   auto launch = [&](auto* typed) {
     using T = std::remove_pointer_t<decltype(typed)>;
     NT_DISPATCH_INDEX(idx_t, "scatter_add", [&] {

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 
+#include "cuda/fast_div.h"
 #include "ops/elementwise_math.h"
 #include "tensor/dtype.h"
 
@@ -17,7 +18,31 @@ struct Strided {
   int nd = 0;
   int64_t size[kMaxDims] = {};
   int64_t stride[kMaxDims] = {};
+  // Set by the launchers (with_fast_offsets, cuda/common.cuh) right before a launch: offset_of in 32-bit
+  // arithmetic, dividing by the extents through div. Callers fill only nd, size and stride.
+  bool fast = false;
+  FastDiv div[kMaxDims] = {};
 };
+// Sets l.fast where the element count and the largest offset are below 2^31 and no stride is negative (so the
+// 32-bit offsets are exact), with each extent's divider; otherwise clears it (64-bit offsets).
+inline void prepare_fast_offsets(Strided& l) {
+  constexpr int64_t kLimit = (int64_t)1 << 31;
+  l.fast = false;
+  int64_t count = 1, last = 0;
+  for (int d = 0; d < l.nd; ++d) {
+    if (l.size[d] <= 0 || l.stride[d] < 0 || l.stride[d] >= kLimit || count > (kLimit - 1) / l.size[d]) return;
+    count *= l.size[d];
+    last += (l.size[d] - 1) * l.stride[d];
+    if (last >= kLimit) return;
+  }
+  for (int d = 0; d < l.nd; ++d) l.div[d] = fast_div_for((uint32_t)l.size[d]);
+  l.fast = true;
+}
+
+// Whether the launchers use 32-bit offsets where they fit (default on); off keeps every strided kernel on 64-bit
+// offsets (the CUDA tests run both, bench_kernels times both). In copy.cu.
+void set_fast_offsets(bool on);
+bool fast_offsets();
 
 // copy.cu: dst[i] = convert(src[i]) over n elements of dst's shape (src broadcast to it); fill with a value.
 void copy(DType dst_t, void* dst, const Strided& dst_l, DType src_t, const void* src, const Strided& src_l, int64_t n,

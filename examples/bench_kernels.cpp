@@ -84,6 +84,23 @@ int main(int argc, char** argv) {
     rows.push_back({"swiglu fwd bf16 16384x4096", "swiglu_gbps", ms, gbps(3 * n * 2, ms)});
     ms = time_ms([&] { rms_norm(x, w); });
     rows.push_back({"rms_norm fwd bf16 16384x4096", "rms_norm_gbps", ms, gbps(2 * n * 2, ms)});
+    {  // the strided copy kernels: casts (contiguous), a permuted copy, a broadcast add over a permuted view
+      const Tensor xf = x.to(DType::f32), x3 = x.reshape({4096, 128, 128}), w128 = w.narrow(0, 0, 128);
+      ms = time_ms([&] { xf.to(DType::bf16); });
+      rows.push_back({"cast f32 -> bf16 16384x4096", "cast_f32_bf16_gbps", ms, gbps(n * 6, ms)});
+      ms = time_ms([&] { x.to(DType::f32); });
+      rows.push_back({"cast bf16 -> f32 16384x4096", "cast_bf16_f32_gbps", ms, gbps(n * 6, ms)});
+      ms = time_ms([&] { x3.permute({1, 0, 2}).contiguous(); });
+      rows.push_back({"permute(1,0,2) copy bf16 4096x128x128", "permute_bf16_gbps", ms, gbps(n * 4, ms)});
+      ms = time_ms([&] { add(x3.permute({1, 0, 2}), w128); });
+      rows.push_back({"add bf16, permuted + broadcast row", "add_bcast_bf16_gbps", ms, gbps(n * 4, ms)});
+      cuda::set_fast_offsets(false);  // the same two with 64-bit offsets (the path before 2026-12-06, and above 2^31)
+      ms = time_ms([&] { x3.permute({1, 0, 2}).contiguous(); });
+      rows.push_back({"  permute copy, 64-bit offsets", "", ms, gbps(n * 4, ms)});
+      ms = time_ms([&] { add(x3.permute({1, 0, 2}), w128); });
+      rows.push_back({"  permuted add, 64-bit offsets", "", ms, gbps(n * 4, ms)});
+      cuda::set_fast_offsets(true);
+    }
     {
       autograd::EnableGradGuard grad;
       Tensor xg = x.detach().requires_grad_(), wg = w.detach().requires_grad_();

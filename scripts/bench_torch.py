@@ -33,6 +33,13 @@ if want("memory"):
         out("gelu_tanh_gbps", 2 * n * 2 / ms(lambda: F.gelu(x, approximate="tanh")) / 1e6)
         out("swiglu_gbps", 3 * n * 2 / ms(lambda: F.silu(x) * y) / 1e6)
         out("rms_norm_gbps", 2 * n * 2 / ms(lambda: F.rms_norm(x, (C,), w, 1e-6)) / 1e6)
+        xf = x.float()
+        out("cast_f32_bf16_gbps", n * 6 / ms(lambda: xf.to(torch.bfloat16)) / 1e6)
+        out("cast_bf16_f32_gbps", n * 6 / ms(lambda: x.float()) / 1e6)
+        del xf
+        x3 = x.view(4096, 128, 128)  # [T, H, D] -> [H, T, D]
+        out("permute_bf16_gbps", n * 4 / ms(lambda: x3.permute(1, 0, 2).contiguous()) / 1e6)
+        out("add_bcast_bf16_gbps", n * 4 / ms(lambda: x3.permute(1, 0, 2) + w[:128]) / 1e6)
     xg = x.detach().requires_grad_()
     wg = w.detach().requires_grad_()
     o = F.rms_norm(xg, (C,), wg, 1e-6)

@@ -1,6 +1,9 @@
 // Tensor geometry, views sharing storage, copies, factories, element access, printing and bad-input errors.
-#include "test_util.h"
+#include <random>
+
+#include "cuda/fast_div.h"
 #include "cuda/memory.h"
+#include "test_util.h"
 
 using namespace nt;
 using namespace nt::test;
@@ -85,6 +88,32 @@ TEST_CASE("item, to_vector and bad factories") {
   expect_error([] { from_vector({1, 2, 3}, {2, 2}); }, {"from_vector", "3 values", "[2, 2]"});
   expect_error([] { empty({2, -1}); }, {"negative"});
   CHECK(from_vector({1, 2}, {2}, DType::i32).to_vector_as<int32_t>() == std::vector<int32_t>{1, 2});
+}
+
+TEST_CASE("fast_div, the CUDA strided kernels' 32-bit division, equals '/' for dividends below 2^31") {
+  std::mt19937_64 rng(7);
+  std::vector<uint32_t> divisors;
+  for (uint32_t d = 1; d <= 3000; ++d) divisors.push_back(d);
+  for (int s = 1; s < 31; ++s)
+    for (int64_t dd : {-1, 0, 1}) divisors.push_back((uint32_t)((int64_t{1} << s) + dd));
+  divisors.push_back((1u << 31) - 1);
+  for (int i = 0; i < 2000; ++i) divisors.push_back(1 + (uint32_t)(rng() % ((1u << 31) - 1)));
+  int64_t wrong = 0, checked = 0;
+  for (uint32_t d : divisors) {
+    const cuda::FastDiv f = cuda::fast_div_for(d);
+    std::vector<uint32_t> ns = {0, 1, d - 1, d, d + 1, (1u << 31) - 1, (1u << 31) - 2};
+    const uint32_t top = ((1u << 31) - 1) / d;  // the largest quotient
+    for (uint32_t q : {top, top - 1, top / 2})
+      for (int64_t r : {-1, 0, 1}) ns.push_back((uint32_t)((int64_t)q * d + r));
+    for (int i = 0; i < 64; ++i) ns.push_back((uint32_t)(rng() % (1u << 31)));
+    for (uint32_t n : ns) {
+      if (n >= 1u << 31) continue;
+      ++checked;
+      if (cuda::fast_div(n, f) != n / d && wrong++ == 0) FAIL_CHECK(n << " / " << d << " gave " << cuda::fast_div(n, f));
+    }
+  }
+  CHECK(wrong == 0);
+  CHECK(checked > 300000);
 }
 
 TEST_CASE("printing") {

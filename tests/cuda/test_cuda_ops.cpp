@@ -22,27 +22,46 @@ using namespace nt::test;
 using Fn = std::function<Tensor(const std::vector<Tensor>&)>;
 
 CUDA_TEST("tensors move between devices; copies convert, broadcast and follow strides") {
-  const Tensor x = rnd({37, 13}, 1);
-  const Tensor d = x.to(cuda_device(0));
-  CHECK(d.device().is_cuda());
-  expect_close(d.to(kCPU), x, 0);
-  const DType all[] = {DType::f64, DType::f32, DType::bf16, DType::f8e4m3, DType::f8e5m2, DType::i32, DType::i64, DType::boolean};
-  for (DType a : all)
-    for (DType b : all) {
-      INFO(dtype_name(a) << " -> " << dtype_name(b));
-      const Tensor ref = x.to(a).to(b).to(DType::f64);
-      expect_close(x.to(a).to(cuda_device(0)).to(b).to(kCPU).to(DType::f64), ref, 0);
-    }
-  expect_close(d.mT().contiguous().to(kCPU), x.mT().contiguous(), 0);
-  expect_close(d.narrow(1, 3, 5).to(kCPU), x.narrow(1, 3, 5), 0);
-  Tensor z = zeros({5, 37, 13}, DType::f32, cuda_device(0));
-  z.copy_(d.narrow(0, 0, 1).to(DType::f32));  // broadcast over rows and the new leading dim
-  expect_close(z.to(kCPU).to(DType::f64).select(0, 4).select(0, 36), x.select(0, 0).to(DType::f32).to(DType::f64), 0);
-  Tensor f = empty({7, 9}, DType::bf16, cuda_device(0));
-  f.mT().fill_(2.5);
-  expect_values(f.to(kCPU), std::vector<double>(63, 2.5));
-  z.narrow(2, 2, 3).copy_(x.narrow(1, 0, 3));  // host -> strided device view
-  expect_close(z.to(kCPU).to(DType::f64).select(0, 2).narrow(1, 2, 3), x.narrow(1, 0, 3).to(DType::f32).to(DType::f64), 0);
+  // Both offset paths of the strided kernels: 32-bit (prepare_fast_offsets, the default at these sizes) and 64-bit.
+#if NT_CUDA
+  struct Restore {
+    ~Restore() { cuda::set_fast_offsets(true); }
+  } restore;
+#endif
+  for (bool fast : {true, false}) {
+    INFO("32-bit offsets " << fast);
+#if NT_CUDA
+    cuda::set_fast_offsets(fast);
+#endif
+    const Tensor x = rnd({37, 13}, 1);
+    const Tensor d = x.to(cuda_device(0));
+    CHECK(d.device().is_cuda());
+    expect_close(d.to(kCPU), x, 0);
+    const DType all[] = {DType::f64, DType::f32, DType::bf16, DType::f8e4m3, DType::f8e5m2, DType::i32, DType::i64, DType::boolean};
+    for (DType a : all)
+      for (DType b : all) {
+        INFO(dtype_name(a) << " -> " << dtype_name(b));
+        const Tensor ref = x.to(a).to(b).to(DType::f64);
+        expect_close(x.to(a).to(cuda_device(0)).to(b).to(kCPU).to(DType::f64), ref, 0);
+      }
+    expect_close(d.mT().contiguous().to(kCPU), x.mT().contiguous(), 0);
+    expect_close(d.narrow(1, 3, 5).to(kCPU), x.narrow(1, 3, 5), 0);
+    Tensor z = zeros({5, 37, 13}, DType::f32, cuda_device(0));
+    z.copy_(d.narrow(0, 0, 1).to(DType::f32));  // broadcast over rows and the new leading dim
+    expect_close(z.to(kCPU).to(DType::f64).select(0, 4).select(0, 36), x.select(0, 0).to(DType::f32).to(DType::f64), 0);
+    Tensor f = empty({7, 9}, DType::bf16, cuda_device(0));
+    f.mT().fill_(2.5);
+    expect_values(f.to(kCPU), std::vector<double>(63, 2.5));
+    z.narrow(2, 2, 3).copy_(x.narrow(1, 0, 3));  // host -> strided device view
+    expect_close(z.to(kCPU).to(DType::f64).select(0, 2).narrow(1, 2, 3), x.narrow(1, 0, 3).to(DType::f32).to(DType::f64), 0);
+    // Three dims with odd extents: permuted copies (and casts) and a broadcast add over a permuted view.
+    const Tensor y = rnd({5, 7, 11}, 2), yd = y.to(cuda_device(0));
+    expect_close(yd.permute({2, 0, 1}).contiguous().to(kCPU), y.permute({2, 0, 1}).contiguous(), 0);
+    expect_close(yd.permute({1, 2, 0}).to(DType::f32).to(kCPU).to(DType::f64),
+                 y.permute({1, 2, 0}).to(DType::f32).to(DType::f64), 0);
+    const Tensor r = rnd({11}, 3);
+    expect_close(add(yd.permute({1, 0, 2}), r.to(cuda_device(0))).to(kCPU), add(y.permute({1, 0, 2}), r), 0);
+  }
 }
 
 CUDA_TEST("random draws are the CPU's numbers") {
