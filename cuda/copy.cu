@@ -90,11 +90,9 @@ void copy(DType dst_t, void* dst, const Strided& dst_l, DType src_t, const void*
   }
   const bool f32_bf16 = (dst_t == DType::f32 && src_t == DType::bf16) || (dst_t == DType::bf16 && src_t == DType::f32);
   if (f32_bf16 && dc && sc && aligned16(dst) && aligned16(src)) {
-    const int grid = grid_for(n / 8 + 1, 256, 132 * 16);
-    if (dst_t == DType::bf16)
-      cast_vec8_kernel<bf16, float><<<grid, 256, 0, stream>>>(static_cast<bf16*>(dst), static_cast<const float*>(src), n);
-    else
-      cast_vec8_kernel<float, bf16><<<grid, 256, 0, stream>>>(static_cast<float*>(dst), static_cast<const bf16*>(src), n);
+    if (dst_t == DType::bf16) return cast_f32_to_bf16(static_cast<const float*>(src), dst, n, stream);
+    cast_vec8_kernel<float, bf16><<<grid_for(n / 8 + 1, 256, 132 * 16), 256, 0, stream>>>(
+        static_cast<float*>(dst), static_cast<const bf16*>(src), n);
     NT_CUDA_CHECK_LAUNCH();
     return;
   }
@@ -124,6 +122,16 @@ void copy(DType dst_t, void* dst, const Strided& dst_l, DType src_t, const void*
                                                                      static_cast<const scalar_t*>(src), sl, n, dc, sc);
     });
   });
+  NT_CUDA_CHECK_LAUNCH();
+}
+
+void cast_f32_to_bf16(const float* x, void* y, int64_t n, cudaStream_t stream) {
+  if (n == 0) return;
+  if (aligned16(x) && aligned16(y))
+    cast_vec8_kernel<bf16, float><<<grid_for(n / 8 + 1, 256, 132 * 16), 256, 0, stream>>>(static_cast<bf16*>(y), x, n);
+  else
+    copy_kernel<bf16, float><<<grid_for(n, 256), 256, 0, stream>>>(static_cast<bf16*>(y), Strided{}, x, Strided{}, n,
+                                                                   true, true);
   NT_CUDA_CHECK_LAUNCH();
 }
 

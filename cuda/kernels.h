@@ -48,6 +48,9 @@ bool fast_offsets();
 void copy(DType dst_t, void* dst, const Strided& dst_l, DType src_t, const void* src, const Strided& src_l, int64_t n,
           cudaStream_t stream);
 void fill(DType t, void* dst, const Strided& l, int64_t n, double value, cudaStream_t stream);
+// y = bf16(x) over n contiguous elements (16-byte accesses where both are aligned): the f32 accumulators of the
+// attention backward kernels into their bf16 gradients.
+void cast_f32_to_bf16(const float* x, void* y, int64_t n, cudaStream_t stream);
 
 // elementwise.cu: contiguous unary forward/backward; binary and where over broadcast strided inputs into a
 // contiguous output of n elements (the output's shape is the layouts' shape).
