@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One device call for branch wip/copy-vec (written 2026-12-06, thirteenth session; delete when merged):
 #   run(command="bash scripts/gpu_wip_run.sh", carry=[".deps", "data"])
-# Verifies and measures: contiguous f32 <-> bf16 casts with 16-byte accesses, same-dtype copies in 4/8/16-byte
-# chunks of a contiguous innermost dim (permutes, broadcasts). At most 8 files come back from $OUT.
+# Verifies and measures: contiguous f32 <-> bf16 casts with 16-byte accesses (also the attention backward's f32
+# accumulators), same-dtype copies in 4/8/16-byte chunks of a contiguous innermost dim (permutes, broadcasts), the
+# selection kernel's division-free fold. At most 8 files come back from $OUT. Merge what passes and is faster.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PATH=/usr/local/cuda/bin:$PATH
@@ -45,5 +46,12 @@ sed -i 's|r.v\[k\] = convert<D, S>(a.v\[k\]);|r.v[k] = convert<D, S>(a.v[0]);|' 
 step mutation 120 ninja -C build-gpu -j16 tests/nt_cuda_tests
 step mutation 60 build-gpu/tests/nt_cuda_tests --no-colors -tc="tensors move*"
 cp /tmp/copy.keep cuda/copy.cu
+# The selection's fold with the weights reversed (overlap o weighs as min(l, l') - o): the selection test must fail.
+cp cuda/nsa_select.cu /tmp/select.keep
+sed -i 's|if (ov > 0) acc += colsum\[p \* kKeys + cc\] \* weight\[ov\];|if (ov > 0) acc += colsum[p * kKeys + cc] * weight[min(a.l, a.lp) - ov];|' cuda/nsa_select.cu
+grep -c "weight\[min(a.l, a.lp) - ov\]" cuda/nsa_select.cu | tee -a "$OUT/mutation.log"
+step mutation 120 ninja -C build-gpu -j16 tests/nt_tests
+step mutation 60 build-gpu/tests/nt_tests --no-colors -tc="NSA selection on tensor cores*"
+cp /tmp/select.keep cuda/nsa_select.cu
 grep -E "== |rc=|test cases|assertions" "$OUT/mutation.log"
 echo "total $(($(date +%s) - T0))s"
