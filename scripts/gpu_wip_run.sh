@@ -39,18 +39,18 @@ grep -E "^step|profile|%  " "$OUT/train.log" | head -40
 # Mutations (the copy test must fail): chunked copies without the stride division; the cast reading element 0.
 cp cuda/copy.cu /tmp/copy.keep
 sed -i 's|  for (int d = 0; d + 1 < l.nd; ++d) l.stride\[d\] /= r;|  (void)0;|' cuda/copy.cu
-step mutation 120 ninja -C build-gpu -j16 tests/nt_cuda_tests
+step mutation 150 ninja -C build-gpu -j16
 step mutation 60 build-gpu/tests/nt_cuda_tests --no-colors -tc="tensors move*"
 cp /tmp/copy.keep cuda/copy.cu
 sed -i 's|r.v\[k\] = convert<D, S>(a.v\[k\]);|r.v[k] = convert<D, S>(a.v[0]);|' cuda/copy.cu
-step mutation 120 ninja -C build-gpu -j16 tests/nt_cuda_tests
+step mutation 150 ninja -C build-gpu -j16
 step mutation 60 build-gpu/tests/nt_cuda_tests --no-colors -tc="tensors move*"
 cp /tmp/copy.keep cuda/copy.cu
 # The selection's fold with the weights reversed (overlap o weighs as min(l, l') - o): the selection test must fail.
 cp cuda/nsa_select.cu /tmp/select.keep
 sed -i 's|if (ov > 0) acc += colsum\[p \* kKeys + cc\] \* weight\[ov\];|if (ov > 0) acc += colsum[p * kKeys + cc] * weight[min(a.l, a.lp) - ov];|' cuda/nsa_select.cu
 grep -c "weight\[min(a.l, a.lp) - ov\]" cuda/nsa_select.cu | tee -a "$OUT/mutation.log"
-step mutation 120 ninja -C build-gpu -j16 tests/nt_tests
+step mutation 150 ninja -C build-gpu -j16
 step mutation 60 build-gpu/tests/nt_tests --no-colors -tc="NSA selection on tensor cores*"
 cp /tmp/select.keep cuda/nsa_select.cu
 grep -E "== |rc=|test cases|assertions" "$OUT/mutation.log"
