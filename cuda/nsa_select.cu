@@ -13,8 +13,8 @@
 // warp per position chooses: blocks 0, t/l' - 1 and t/l' always, the rest by score, ties to the lower index, NaN
 // last (the CPU reference's rule). Every sum runs in a fixed order, so the choice is deterministic.
 // Traffic: q once; each compressed key once per block of positions that sees it (neighbouring blocks share them in
-// L2). Shared memory: Q and K tiles, PB x ncand_max scores (the host falls back to the CUDA-core kernel when that
-// does not fit).
+// L2). Shared memory: Q and K tiles, PB x ncand_max scores, the fold's weights by overlap (the host falls back to
+// the CUDA-core kernel when that does not fit).
 #include <algorithm>
 
 #include "cuda/common.cuh"
@@ -171,26 +171,26 @@ __global__ void __launch_bounds__(kThreadsSel) nsa_select_tc_kernel(const uint16
     }
     __syncthreads();  // colsum complete; every warp is done with this K tile
     // Fold the columns into the selection blocks they overlap: block j gets p * overlap / d from the keys c with
-    // [c d, c d + l) meeting [j l', (j + 1) l'), in ascending c (a fixed order). A warp per position, a lane per
-    // block (no division to split the items), the divisions by d by multiply-high, the weights from the table (the
-    // same float quotients): this fold was about a fifth of the kernel's stall samples (Nsight Compute, 32k).
+    // [c d, c d + l) meeting [j l', (j + 1) l'), in ascending c (a fixed order). The divisions by d are
+    // multiply-highs and the weights come from the table (the same float quotients): this fold was about a fifth of
+    // the kernel's stall samples (Nsight Compute, 32k).
     const int j_lo = c0 * a.d / a.lp;
     const int j_hi = min(a.ncand_max - 1, ((c0 + kKeys - 1) * a.d + a.l - 1) / a.lp);
     const int nj = j_hi - j_lo + 1;
-    for (int p = warp; p < npos; p += kThreadsSel / 32)
-      for (int jj = lane; jj < nj; jj += 32) {
-        const int j = j_lo + jj;
-        const int first = j * a.lp - a.l < 0 ? 0 : (int)fast_div((uint32_t)(j * a.lp - a.l), div_d) + 1;
-        const int cc_lo = max(first, c0) - c0;  // the first key ending past j l'
-        const int cc_hi = min((int)fast_div((uint32_t)((j + 1) * a.lp - 1), div_d), c0 + kKeys - 1) - c0;
-        float acc = 0.f;
-        for (int cc = cc_lo; cc <= cc_hi; ++cc) {
-          const int lo = (c0 + cc) * a.d, hi = lo + a.l;
-          const int ov = min(hi, (j + 1) * a.lp) - max(lo, j * a.lp);
-          if (ov > 0) acc += colsum[p * kKeys + cc] * weight[ov];
-        }
-        score[p * a.ncand_max + j] += acc;
+    for (int e = threadIdx.x; e < PB * nj; e += kThreadsSel) {
+      const int p = e / nj, j = j_lo + (e - p * nj);
+      if (p >= npos) continue;
+      const int first = j * a.lp - a.l < 0 ? 0 : (int)fast_div((uint32_t)(j * a.lp - a.l), div_d) + 1;
+      const int cc_lo = max(first, c0) - c0;  // the first key ending past j l'
+      const int cc_hi = min((int)fast_div((uint32_t)((j + 1) * a.lp - 1), div_d), c0 + kKeys - 1) - c0;
+      float acc = 0.f;
+      for (int cc = cc_lo; cc <= cc_hi; ++cc) {
+        const int lo = (c0 + cc) * a.d, hi = lo + a.l;
+        const int ov = min(hi, (j + 1) * a.lp) - max(lo, j * a.lp);
+        if (ov > 0) acc += colsum[p * kKeys + cc] * weight[ov];
       }
+      score[p * a.ncand_max + j] += acc;
+    }
   }
   __syncthreads();
 
