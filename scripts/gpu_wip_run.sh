@@ -3,7 +3,8 @@
 #   run(command="bash scripts/gpu_wip_run.sh", carry=[".deps", "data"])
 # Verifies and measures: contiguous f32 <-> bf16 casts with 16-byte accesses (also the attention backward's f32
 # accumulators), same-dtype copies in 4/8/16-byte chunks of a contiguous innermost dim (permutes, broadcasts), the
-# selection kernel's division-free fold. At most 8 files come back from $OUT. Merge what passes and is faster.
+# selection kernel's fold without divisions by d; Nsight Systems on an NSA + MoE training run (host stalls). At most 8
+# files come back from $OUT (7 here). Merge what passes and is faster.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PATH=/usr/local/cuda/bin:$PATH
@@ -36,6 +37,20 @@ step train 150 build-gpu/examples/train_lm model=small model.attention=nsa model
   model.moe.expert_hidden=256 training.steps=60 training.batch=2 training.warmup=10 training.eval_every=20 \
   training.log_every=10 training.profile_steps=3 training.out=/tmp/run_nsa_moe
 grep -E "^step|profile|%  " "$OUT/train.log" | head -40
+# Where the host stalls the GPU in training (~69% busy under CUPTI, 2026-12-06): CUDA API time by call (syncs,
+# uploads from pageable memory) over 20 steps, if Nsight Systems is installed.
+if command -v nsys >/dev/null; then
+  step nsys 150 nsys profile -o /tmp/train_nsys --force-overwrite true --trace cuda --sample none --cpuctxsw none \
+    build-gpu/examples/train_lm model=small model.attention=nsa model.mlp=moe model.dim=1024 model.heads=8 \
+    model.kv_heads=2 model.seq=4096 model.nsa.block=32 model.nsa.stride=16 model.nsa.select_block=64 \
+    model.nsa.n_select=16 model.nsa.window=512 model.moe.n_routed=64 model.moe.top_k=6 model.moe.n_shared=2 \
+    model.moe.expert_hidden=256 training.steps=20 training.batch=2 training.eval_every=100 training.out=/tmp/run_nsys
+  nsys stats --report cuda_api_sum --report cuda_gpu_mem_time_sum --report cuda_gpu_mem_size_sum \
+    /tmp/train_nsys.nsys-rep >>"$OUT/nsys.log" 2>&1
+  head -60 "$OUT/nsys.log"
+else
+  echo "nsys not installed" | tee "$OUT/nsys.log"
+fi
 # Mutations (the copy test must fail): chunked copies without the stride division; the cast reading element 0.
 cp cuda/copy.cu /tmp/copy.keep
 sed -i 's|  for (int d = 0; d + 1 < l.nd; ++d) l.stride\[d\] /= r;|  (void)0;|' cuda/copy.cu
