@@ -565,11 +565,6 @@ __global__ void attn_bwd_dkv_simt(const T* __restrict__ q, const T* __restrict__
     if (lane + 32 * i < a.D) dk[w * a.D + lane + 32 * i] = T(gk[i]), dv[w * a.D + lane + 32 * i] = T(gv[i]);
 }
 
-__global__ void f32_to_bf16(const float* __restrict__ x, uint16_t* __restrict__ y, int64_t n) {
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
-    y[i] = (uint16_t)(pack_bf16(x[i], 0.f) & 0xffffu);
-}
-
 unsigned warp_blocks(int64_t rows) { return (unsigned)((rows * 32 + 255) / 256); }
 
 bool use_tensor_cores(DType t, const AttentionDims& d, std::initializer_list<const void*> ptrs) {
@@ -639,9 +634,8 @@ void run_bwd_split(const AttentionDims& d, int bn, void* dk, void* dv, cudaStrea
   launch(gs, static_cast<float*>(acc.p));
   if (splits > 1) {
     float* a = static_cast<float*>(acc.p);
-    f32_to_bf16<<<grid_for(kv_elems, 256), 256, 0, stream>>>(a, static_cast<uint16_t*>(dk), kv_elems);
-    f32_to_bf16<<<grid_for(kv_elems, 256), 256, 0, stream>>>(a + kv_elems, static_cast<uint16_t*>(dv), kv_elems);
-    NT_CUDA_CHECK(cudaGetLastError());
+    cast_f32_to_bf16(a, dk, kv_elems, stream);
+    cast_f32_to_bf16(a + kv_elems, dv, kv_elems, stream);
   }
 }
 
@@ -721,8 +715,7 @@ void attention_backward(DType t, const void* q, const void* k, const void* v, co
     else if (d.D <= 128) launch_bwd_tc<128, 128, 64>(q, k, v, dout, lse, delta, dq_acc, dk, dv, d, stream);
     else launch_bwd_tc<256, 128, 64>(q, k, v, dout, lse, delta, dq_acc, dk, dv, d, stream);
     const int64_t n = d.N * d.H * d.D;
-    f32_to_bf16<<<grid_for(n, 256), 256, 0, stream>>>(dq_acc, static_cast<uint16_t*>(dq), n);
-    NT_CUDA_CHECK(cudaGetLastError());
+    cast_f32_to_bf16(dq_acc, dq, n, stream);
     return;
   }
   NT_DISPATCH_FLOAT(t, "flash_attention_backward", [&] {

@@ -15,8 +15,8 @@ struct FastDiv {
   uint32_t magic = 1, shift = 0;  // dividing by 1
 };
 
-// For 1 <= d < 2^31.
-inline FastDiv fast_div_for(uint32_t d) {
+// For 1 <= d < 2^31 (on the host, or once per thread in a kernel's prologue).
+NT_HD FastDiv fast_div_for(uint32_t d) {
   uint32_t s = 0;
   while ((uint64_t{1} << s) < d) ++s;
   return {(uint32_t)(((uint64_t{1} << 32) * ((uint64_t{1} << s) - d)) / d + 1), s};

@@ -44,10 +44,14 @@ inline void prepare_fast_offsets(Strided& l) {
 void set_fast_offsets(bool on);
 bool fast_offsets();
 
-// copy.cu: dst[i] = convert(src[i]) over n elements of dst's shape (src broadcast to it); fill with a value.
+// copy.cu: dst[i] = convert(src[i]) over n elements of dst's shape (src broadcast to it, or another shape of n
+// elements); fill with a value.
 void copy(DType dst_t, void* dst, const Strided& dst_l, DType src_t, const void* src, const Strided& src_l, int64_t n,
           cudaStream_t stream);
 void fill(DType t, void* dst, const Strided& l, int64_t n, double value, cudaStream_t stream);
+// y = bf16(x) over n contiguous elements (16-byte accesses where both are aligned): the f32 accumulators of the
+// attention backward kernels into their bf16 gradients.
+void cast_f32_to_bf16(const float* x, void* y, int64_t n, cudaStream_t stream);
 
 // elementwise.cu: contiguous unary forward/backward; binary and where over broadcast strided inputs into a
 // contiguous output of n elements (the output's shape is the layouts' shape).

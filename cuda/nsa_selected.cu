@@ -587,12 +587,6 @@ __global__ void __launch_bounds__(256) nsa_slc_bwd_dkv_tc(
   }
 }
 
-__global__ void f32_to_bf16(const float* __restrict__ x, uint16_t* __restrict__ y, int64_t n) {
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-    const __nv_bfloat16 b = __float2bfloat16_rn(x[i]);
-    y[i] = *reinterpret_cast<const uint16_t*>(&b);
-  }
-}
 // The positions that chose each (kv head, block), ascending, cut into pieces of at most per_piece (the backward's
 // key-centric step walks them): a stable radix sort of (head, block) keys, the counts, their
 // prefix sums, the pieces per segment and theirs. grid bounds the number of pieces (sum ceil(c / P) <= E / P + K).
@@ -743,14 +737,9 @@ void nsa_selected_backward_tc(const void* q, const void* k_slc, const void* v_sl
     if (a.D <= 64) run(nsa_slc_bwd_dkv_tc<64>, slc_dkv_smem<64>(a.lp));
     else run(nsa_slc_bwd_dkv_tc<128>, slc_dkv_smem<128>(a.lp));
   }
-  f32_to_bf16<<<grid_for(kv_elems, 256), 256, 0, stream>>>(static_cast<const float*>(dk_acc.p),
-                                                             static_cast<uint16_t*>(dk_slc), kv_elems);
-  f32_to_bf16<<<grid_for(kv_elems, 256), 256, 0, stream>>>(static_cast<const float*>(dv_acc.p),
-                                                             static_cast<uint16_t*>(dv_slc), kv_elems);
-  if (fused_dq)
-    f32_to_bf16<<<grid_for(q_elems, 256), 256, 0, stream>>>(static_cast<const float*>(dq_acc.p),
-                                                            static_cast<uint16_t*>(dq), q_elems);
-  NT_CUDA_CHECK(cudaGetLastError());
+  cast_f32_to_bf16(static_cast<const float*>(dk_acc.p), dk_slc, kv_elems, stream);
+  cast_f32_to_bf16(static_cast<const float*>(dv_acc.p), dv_slc, kv_elems, stream);
+  if (fused_dq) cast_f32_to_bf16(static_cast<const float*>(dq_acc.p), dq, q_elems, stream);
 }
 
 }  // namespace nt::cuda

@@ -61,6 +61,40 @@ CUDA_TEST("tensors move between devices; copies convert, broadcast and follow st
                  y.permute({1, 2, 0}).to(DType::f32).to(DType::f64), 0);
     const Tensor r = rnd({11}, 3);
     expect_close(add(yd.permute({1, 0, 2}), r.to(cuda_device(0))).to(kCPU), add(y.permute({1, 0, 2}), r), 0);
+    // Same-dtype copies that keep the innermost dim contiguous move 16-, 8- and 4-byte chunks (bf16 rows of 24, 12
+    // and 6 elements), or elements (7); a permuted copy, a broadcast one and a strided destination each.
+    for (int64_t inner : {24, 12, 6, 7}) {
+      INFO("inner " << inner);
+      const Tensor u = rnd({5, 7, inner}, 4).to(DType::bf16), ud = u.to(cuda_device(0));
+      expect_close(ud.permute({1, 0, 2}).contiguous().to(kCPU), u.permute({1, 0, 2}).contiguous(), 0);
+      Tensor b = zeros({5, 7, inner}, DType::bf16, cuda_device(0));
+      b.copy_(ud.narrow(0, 2, 1));  // broadcast over the first dim
+      expect_close(b.to(kCPU), u.narrow(0, 2, 1).expand({5, 7, inner}).contiguous(), 0);
+      Tensor p = zeros({7, 5, inner}, DType::bf16, cuda_device(0));
+      p.permute({1, 0, 2}).copy_(ud);  // into a permuted destination
+      expect_close(p.to(kCPU), u.permute({1, 0, 2}).contiguous(), 0);
+      if (inner >= 9) {
+        // 8 elements of each row: at 12 the rows' stride rules out 16-byte chunks (8 bytes remain); one element
+        // in, the address rules out every chunk
+        expect_close(ud.narrow(2, 0, 8).contiguous().to(kCPU), u.narrow(2, 0, 8).contiguous(), 0);
+        expect_close(ud.narrow(2, 1, 8).contiguous().to(kCPU), u.narrow(2, 1, 8).contiguous(), 0);
+      }
+    }
+    // Casts f32 <-> bf16: contiguous and 16-byte aligned (vectorized) or not (a view at an odd offset).
+    const Tensor c32 = rnd({37, 13}, 5).to(DType::f32), c32d = c32.to(cuda_device(0));
+    expect_close(c32d.narrow(0, 1, 35).to(DType::bf16).to(kCPU), c32.narrow(0, 1, 35).to(DType::bf16), 0);
+    expect_close(c32d.to(DType::bf16).narrow(0, 1, 35).to(DType::f32).to(kCPU),
+                 c32.to(DType::bf16).narrow(0, 1, 35).to(DType::f32), 0);
+#if NT_CUDA
+    {  // the attention backward's cast launcher, aligned (vectorized) and at an odd offset (scalar)
+      Tensor out = full({481}, NAN, DType::bf16, cuda_device(0));
+      cuda::cast_f32_to_bf16(c32d.data<float>(), out.data_ptr(), 480, cuda::current_stream(0));
+      expect_close(out.narrow(0, 0, 480).to(kCPU), c32.reshape({481}).narrow(0, 0, 480).to(DType::bf16), 0);
+      cuda::cast_f32_to_bf16(c32d.data<float>() + 1, static_cast<uint16_t*>(out.data_ptr()) + 1, 480,
+                             cuda::current_stream(0));
+      expect_close(out.narrow(0, 1, 480).to(kCPU), c32.reshape({481}).narrow(0, 1, 480).to(DType::bf16), 0);
+    }
+#endif
   }
 }
 
