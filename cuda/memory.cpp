@@ -53,6 +53,7 @@ void copy_d2h(void* dst, const void* src, size_t bytes, int device) {
   cudaStream_t s = current_stream(device);
   NT_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, s));
   NT_CUDA_CHECK(cudaStreamSynchronize(s));
+  run_deferred_checks(device);
 }
 void copy_d2d(void* dst, const void* src, size_t bytes, int device) {
   NT_CUDA_CHECK(cudaSetDevice(device));

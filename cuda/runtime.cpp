@@ -35,7 +35,10 @@ cudaStream_t current_stream(int device) {
   return g_own_streams[device];
 }
 void set_current_stream(int device, cudaStream_t stream) { g_user_streams[device] = stream; }
-void synchronize(int device) { NT_CUDA_CHECK(cudaStreamSynchronize(current_stream(device))); }
+void synchronize(int device) {
+  NT_CUDA_CHECK(cudaStreamSynchronize(current_stream(device)));
+  run_deferred_checks(device);
+}
 int multiprocessor_count(int device) {
   static int counts[kMaxDevices] = {};
   if (!counts[device]) NT_CUDA_CHECK(cudaDeviceGetAttribute(&counts[device], cudaDevAttrMultiProcessorCount, device));

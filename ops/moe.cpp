@@ -42,7 +42,7 @@ ExpertDispatch moe_dispatch(const Tensor& indices_in, int64_t E) {
       cuda::moe_dispatch(indices.dtype(), indices.data_ptr(), M, (int)E, static_cast<int32_t*>(counts.data_ptr()),
                          static_cast<int32_t*>(d.slot_row.data_ptr()), static_cast<int32_t*>(scratch.data_ptr()),
                          bad.get(), stream_of(counts));
-      NT_CHECK(!bad.raised(), "moe_dispatch: an expert index is out of range (expected 0 to {})", E - 1);
+      bad.check("moe_dispatch: an expert index is out of range (expected 0 to {})", E - 1);
       d.counts = counts.to(kCPU).to_vector_as<int64_t>();
     });
   }
