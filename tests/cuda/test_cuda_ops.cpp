@@ -409,6 +409,23 @@ CUDA_TEST("caching allocator: reuse, stats, empty_cache, out-of-memory message")
   expect_error([] { empty({int64_t(1) << 45}, DType::f32, cuda_device(0)); }, {"out of memory", "cuda:0", "tried to allocate"});
 }
 
+CUDA_TEST("uploads: many small ones (the pinned staging ring wraps), large ones, the host source freed at once") {
+  std::vector<Tensor> on_gpu;
+  std::vector<std::vector<double>> want;
+  for (int i = 0; i < 400; ++i) {  // ~7 MB in all, against a 4 MB ring
+    const int64_t n = 1 + (int64_t)i * 7919 % 9000;
+    std::vector<double> v(n);
+    for (int64_t k = 0; k < n; ++k) v[k] = i * 10000.0 + (double)k;
+    on_gpu.push_back(from_vector(v, {n}, DType::f32).to(cuda_device(0)));
+    want.push_back(std::move(v));
+  }
+  std::vector<double> big(300000);
+  for (size_t k = 0; k < big.size(); ++k) big[k] = (double)(k % 65536);
+  const Tensor big_gpu = from_vector(big, {(int64_t)big.size()}, DType::f32).to(cuda_device(0));
+  for (int i = 0; i < 400; ++i) expect_values(on_gpu[i].to(kCPU), want[i], 0);
+  expect_values(big_gpu.to(kCPU), big, 0);
+}
+
 CUDA_TEST("index checks wait for the next synchronization, or run at the call under set_sync_checks") {
   const Tensor x = rnd({4, 6}, 400).to(cuda_device(0));
   const Tensor good = from_vector({5, 0, 3}, {3}, DType::i64, cuda_device(0));
