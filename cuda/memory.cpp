@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -70,7 +71,13 @@ void copy_h2d(void* dst, const void* src, size_t bytes, int device) {
   NT_CUDA_CHECK(cudaSetDevice(device));
   cudaStream_t s = current_stream(device);
   if (bytes == 0) return;
-  if (bytes > kSegBytes) {  // large uploads (rare here: batches come through Upload from pinned memory)
+  // Large uploads (rare here: batches come through Upload from pinned memory) directly; NT_UPLOAD_STAGING=0 sends
+  // every upload that way (to measure the difference).
+  static const bool staging = [] {
+    const char* v = std::getenv("NT_UPLOAD_STAGING");
+    return v == nullptr || std::strcmp(v, "0") != 0;
+  }();
+  if (bytes > kSegBytes || !staging) {
     NT_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, s));
     return;
   }
