@@ -409,10 +409,10 @@ CUDA_TEST("caching allocator: reuse, stats, empty_cache, out-of-memory message")
   expect_error([] { empty({int64_t(1) << 45}, DType::f32, cuda_device(0)); }, {"out of memory", "cuda:0", "tried to allocate"});
 }
 
-CUDA_TEST("uploads: many small ones (the pinned staging ring wraps), large ones, the host source freed at once") {
+CUDA_TEST("uploads: many small ones and a large one, the host source freed at once") {
   std::vector<Tensor> on_gpu;
   std::vector<std::vector<double>> want;
-  for (int i = 0; i < 400; ++i) {  // ~7 MB in all, against a 4 MB ring
+  for (int i = 0; i < 400; ++i) {
     const int64_t n = 1 + (int64_t)i * 7919 % 9000;
     std::vector<double> v(n);
     for (int64_t k = 0; k < n; ++k) v[k] = i * 10000.0 + (double)k;
