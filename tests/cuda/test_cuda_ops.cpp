@@ -270,12 +270,19 @@ CUDA_TEST("moe_dispatch, moe_permute, moe_unpermute: many chunks, empty experts,
   for (const Tensor& idx : {spread, one})
     for (DType it : {DType::i64, DType::i32}) {
       const ExpertDispatch dc = moe_dispatch(idx.to(it), 70), dg = moe_dispatch(idx.to(it).to(cuda_device(0)), 70);
-      CHECK(dg.counts == dc.counts);
-      CHECK(dg.offsets == dc.offsets);
+      CHECK(dg.counts() == dc.counts());
+      CHECK(dg.offsets() == dc.offsets());
+      CHECK(dg.groups.stored_device().device().is_cuda());  // the expert GEMMs read these without a host copy
+      CHECK(dg.load.to(kCPU).to_vector_as<int64_t>() == dc.load.to_vector_as<int64_t>());
       REQUIRE(dg.slot_row.device().is_cuda());
       CHECK(dg.slot_row.to(kCPU).to_vector_as<int64_t>() == dc.slot_row.to_vector_as<int64_t>());
     }
-  expect_error([] { moe_dispatch(full({3, 2}, 70.0, DType::i64, cuda_device(0)), 70); }, {"moe_dispatch", "0 to 69"});
+  // The bad expert surfaces at the first host read (the offsets here; otherwise the next synchronization).
+  expect_error([] { (void)moe_dispatch(full({3, 2}, 70.0, DType::i64, cuda_device(0)), 70).offsets(); },
+               {"moe_dispatch", "0 to 69"});
+  const ExpertDispatch none = moe_dispatch(empty({0, 3}, DType::i64, cuda_device(0)), 5);
+  CHECK(none.offsets() == std::vector<int64_t>(6, 0));
+  CHECK(none.load.to(kCPU).to_vector_as<int64_t>() == std::vector<int64_t>(5, 0));
   auto on = [&](const Tensor& like) { return moe_dispatch(spread.to(like.device()), 70); };
   for (DType dt : kFloatTypes)
     for (int64_t D : {203, 256}) {
