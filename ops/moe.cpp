@@ -3,6 +3,8 @@
 #include "ops/moe.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 
 #include "autograd/graph.h"
 #include "ops/dispatch.h"
@@ -58,6 +60,13 @@ ExpertDispatch moe_dispatch(const Tensor& indices_in, int64_t E) {
       bad.check("moe_dispatch: an expert index is out of range (expected 0 to {})", E - 1);
       d.load = counts;
       d.groups = GroupOffsets(offsets);
+      // NT_MOE_HOST_OFFSETS=1 copies the offsets to the host here, as every dispatch did before 2026-12-06 (a
+      // synchronization per MoE layer): to measure what the device-side offsets save.
+      static const bool host_offsets = [] {
+        const char* v = std::getenv("NT_MOE_HOST_OFFSETS");
+        return v != nullptr && *v != '\0' && std::string(v) != "0";
+      }();
+      if (host_offsets) (void)d.offsets();
     });
   }
   return d;

@@ -17,9 +17,11 @@ step tests 100 compute-sanitizer --tool memcheck --leak-check no --error-exitcod
   --no-colors -tc="DeepSeekMoE on CUDA*"
 grep -E "ERROR|THREW|test cases|assertions|ERROR SUMMARY" "$OUT/tests.log" | head -20
 NSAMOE="model=small model.attention=nsa model.mlp=moe model.dim=1024 model.heads=8 model.kv_heads=2 model.seq=4096 model.nsa.block=32 model.nsa.stride=16 model.nsa.select_block=64 model.nsa.n_select=16 model.nsa.window=512 model.moe.n_routed=64 model.moe.top_k=6 model.moe.n_shared=2 model.moe.expert_hidden=256 training.batch=2 training.warmup=10 training.eval_every=100 training.log_every=10"
+NT_SYNC_CHECKS=1 NT_MOE_HOST_OFFSETS=1 step train 150 build-gpu/examples/train_lm $NSAMOE training.steps=60 training.profile_steps=3 training.out=/tmp/rold
 step train 150 build-gpu/examples/train_lm $NSAMOE training.steps=60 training.profile_steps=3 training.out=/tmp/r0
 step train 150 build-gpu/examples/train_lm $NSAMOE model.moe.aux_free=1 training.steps=30 training.out=/tmp/r1
-step train 150 build-gpu/examples/train_lm training.steps=40 training.log_every=10 training.eval_every=100 training.out=/tmp/rdense
+NT_SYNC_CHECKS=1 step train 150 build-gpu/examples/train_lm training.steps=60 training.log_every=10 training.eval_every=100 training.out=/tmp/rdenseold
+step train 150 build-gpu/examples/train_lm training.steps=60 training.log_every=10 training.eval_every=100 training.out=/tmp/rdense
 grep -E "^==|rc=|^step .*tok/s|GPU profile|host:" "$OUT/train.log" | cut -c1-220 | head -40
 grep -A8 "^host:" "$OUT/train.log"
 step bench 120 build-gpu/examples/bench_moe layer=1
