@@ -24,6 +24,4 @@ NT_SYNC_CHECKS=1 step train 150 build-gpu/examples/train_lm training.steps=60 tr
 step train 150 build-gpu/examples/train_lm training.steps=60 training.log_every=10 training.eval_every=100 training.out=/tmp/rdense
 grep -E "^==|rc=|^step .*tok/s|GPU profile|host:" "$OUT/train.log" | cut -c1-220 | head -40
 grep -A8 "^host:" "$OUT/train.log"
-step bench 120 build-gpu/examples/bench_moe layer=1
-grep -vE "^\s*$" "$OUT/bench.log" | head -60
 echo "total $(($(date +%s) - T0))s"
