@@ -4,6 +4,8 @@
 // cross_entropy and moe_dispatch on CUDA waited for the GPU to finish before the next op could be queued.
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -33,7 +35,7 @@ bool sync_from_env() {
   const char* v = std::getenv("NT_SYNC_CHECKS");
   return v != nullptr && std::strcmp(v, "0") != 0 && *v != '\0';
 }
-bool g_sync = sync_from_env();
+std::atomic<bool> g_sync{sync_from_env()};
 }  // namespace
 
 void set_sync_checks(bool on) { g_sync = on; }
@@ -78,22 +80,39 @@ void defer_check(int device, int* flag, std::string message) {
   if (g_sync && report) synchronize(device);
 }
 
-void run_deferred_checks(int device) {
+size_t pending_checks(int device) {
+  if (device < 0 || device >= kMaxDevices) return 0;
+  std::lock_guard lk(g_mu);
+  return g_pools[device].pending.size();
+}
+
+void run_deferred_checks(int device, size_t count) {
   if (device < 0 || device >= kMaxDevices) return;
   std::string failed;
   {
     std::lock_guard lk(g_mu);
     Pool& p = g_pools[device];
-    for (auto& [i, message] : p.pending) {
+    // Only the flags deferred before the caller's wait began: a later one's kernel may not have run yet.
+    const size_t n = std::min(count, p.pending.size());
+    for (size_t k = 0; k < n; ++k) {
+      auto& [i, message] = p.pending[k];
       if (failed.empty() && !message.empty() && reinterpret_cast<volatile int*>(p.host)[i] != 0) failed = std::move(message);
       p.free.push_back(i);
     }
-    p.pending.clear();
+    p.pending.erase(p.pending.begin(), p.pending.begin() + (std::ptrdiff_t)n);
   }
   if (failed.empty()) return;
   if (!g_sync)
     failed += " (found by a kernel queued earlier and reported at this synchronization; NT_SYNC_CHECKS=1 or "
               "cuda::set_sync_checks(true) reports it at the call)";
   throw Error(failed);
+}
+void throw_wait_failure(int device, size_t count, const std::string& what) {
+  try {
+    run_deferred_checks(device, count);
+  } catch (const Error& e) {
+    throw Error(what + "; an index check had failed before it: " + e.what());
+  }
+  throw Error(what);
 }
 }  // namespace nt::cuda

@@ -51,9 +51,11 @@ void copy_h2d(void* dst, const void* src, size_t bytes, int device) {
 void copy_d2h(void* dst, const void* src, size_t bytes, int device) {
   NT_CUDA_CHECK(cudaSetDevice(device));
   cudaStream_t s = current_stream(device);
+  const size_t checks = pending_checks(device);
   NT_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, s));
-  NT_CUDA_CHECK(cudaStreamSynchronize(s));
-  run_deferred_checks(device);
+  if (const cudaError_t e = cudaStreamSynchronize(s); e != cudaSuccess)
+    throw_wait_failure(device, checks, std::string("CUDA error: copy to the host failed: ") + cudaGetErrorString(e));
+  run_deferred_checks(device, checks);
 }
 void copy_d2d(void* dst, const void* src, size_t bytes, int device) {
   NT_CUDA_CHECK(cudaSetDevice(device));

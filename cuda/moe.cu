@@ -86,8 +86,8 @@ __global__ void scatter_rows_kernel(const I* __restrict__ idx, int64_t M, int E,
   const unsigned lower = (1u << lane) - 1;
   for (int step = 0; step < kChunk / 32; ++step) {
     const int64_t s = (int64_t)blockIdx.x * kChunk + step * 32 + lane;
-    int e = s < M ? (int)idx[s] : -1;
-    if (e >= E) e = -1;  // out of range: flagged by the histogram, skipped here
+    const int64_t v = s < M ? (int64_t)idx[s] : -1;
+    const int e = v >= 0 && v < E ? (int)v : -1;  // out of range: flagged by the histogram, skipped here
     const unsigned same = __match_any_sync(0xffffffffu, e);
     const int row = e >= 0 ? next[e] + __popc(same & lower) : 0;
     __syncwarp();

@@ -203,10 +203,12 @@ void Profiler::start() {
 std::string Profiler::stop(int top) {
   NT_CHECK(running_, "Profiler::stop: start() was not called");
   Cupti& c = cupti();
+  check(c.disable(CUPTI_ACTIVITY_KIND_RUNTIME), "cuptiActivityDisable");  // the wait below is the profiler's own
   NT_CUDA_CHECK(cudaDeviceSynchronize());
   uint64_t now = 0;
   check(c.timestamp(&now), "cuptiGetTimestamp");
-  for (auto k : kKinds) check(c.disable(k), "cuptiActivityDisable");
+  for (auto k : kKinds)
+    if (k != CUPTI_ACTIVITY_KIND_RUNTIME) check(c.disable(k), "cuptiActivityDisable");
   check(c.flush_all(1), "cuptiActivityFlushAll");  // 1: CUPTI_ACTIVITY_FLAG_FLUSH_FORCED
   running_ = false;
   Records& rec = records();

@@ -47,7 +47,7 @@ Tensor DeepSeekMoE::forward(const Tensor& x) {
   // GPUs without our grouped kernel, cuBLAS takes them on the host and the first GEMM copies them).
   const ExpertDispatch d = moe_dispatch(r.indices, cfg.n_routed);
   last_groups_ = d.groups;
-  if (is_training()) {
+  if (is_training() && router->cfg.aux_free) {
     autograd::NoGradGuard no_grad;
     const Tensor l = d.load.to(DType::i64);
     load_since_update_ = load_since_update_.defined() ? load_since_update_ + l : l;

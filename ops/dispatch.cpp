@@ -69,6 +69,7 @@ DeviceFlag::~DeviceFlag() {
     }
 }
 void DeviceFlag::defer(std::string message) {
+  NT_CHECK(!deferred_, "DeviceFlag::check: called twice");
   deferred_ = true;
   cuda::defer_check(device_, ptr_, std::move(message));
 }

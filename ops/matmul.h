@@ -19,7 +19,9 @@ class GroupOffsets {
   explicit GroupOffsets(Tensor device) : device_(std::move(device)) {}
   GroupOffsets() = default;
   int64_t size() const { return device_.defined() ? device_.numel() : (int64_t)host_.size(); }
-  bool on_host() const { return !device_.defined() || host_.size() == (size_t)device_.numel(); }
+  bool on_host() const {
+    return !device_.defined() || device_.device().is_cpu() || host_.size() == (size_t)device_.numel();
+  }
   const std::vector<int64_t>& host() const;
   const Tensor& device(Device dev) const;  // i32 [E + 1] on dev
   const Tensor& stored_device() const { return device_; }  // the device copy as held (may be undefined)
@@ -31,8 +33,9 @@ class GroupOffsets {
 
 // Rows of x [M, K] in groups (MoE: sorted by expert): rows [offsets[e], offsets[e + 1]) times w[e] (w [E, K, N]),
 // -> [M, N]. Empty groups are fine (their w[e] gets a zero gradient). Host offsets are checked (E + 1 entries,
-// nondecreasing, 0 to M); device offsets only for their count, dtype and device (reading them would wait for the
-// GPU). On CUDA, bf16 on Hopper runs our grouped kernel, which reads the offsets on the device; the other cases
-// need them on the host.
+// nondecreasing, 0 to M); GPU offsets only for their count, dtype and device (reading them would wait for the
+// GPU), so they must be valid, as moe_dispatch's are: the kernel trusts them, as torch._grouped_mm trusts its
+// device offsets. On CUDA, bf16 on Hopper runs our grouped kernel, which reads the offsets on the device; the
+// other cases need them on the host.
 Tensor grouped_matmul(const Tensor& x, const Tensor& w, const GroupOffsets& offsets);
 }  // namespace nt

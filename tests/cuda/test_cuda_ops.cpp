@@ -372,8 +372,7 @@ CUDA_TEST("embedding (repeated indices), rope, dropout, swiglu") {
                {rnd_grad({5, 74}, 76)}, dt);
   }
   expect_error([] {
-    embedding(zeros({5, 3}, DType::f32, cuda_device(0)), from_vector({5}, {1}, DType::i64, cuda_device(0)));
-    cuda::synchronize(0);
+    (void)embedding(zeros({5, 3}, DType::f32, cuda_device(0)), from_vector({5}, {1}, DType::i64, cuda_device(0))).to(kCPU);
   }, {"embedding", "out of range"});
 }
 
