@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <map>
 #include <mutex>
+#include <unordered_map>
 #include <vector>
 
 #include "tensor/error.h"
@@ -94,6 +95,8 @@ struct Records {
   std::mutex mu;
   std::map<std::string, Entry> by_name;
   std::map<std::string, Entry> host_by_name;  // CUDA runtime calls: host time inside each
+  std::unordered_map<uint32_t, uint64_t> copy_call_ns;  // correlation id -> host time of a cudaMemcpy* call
+  std::unordered_map<uint32_t, const char*> copy_kind;  // correlation id -> its copy's direction
   std::vector<std::pair<uint64_t, uint64_t>> intervals;
   bool active = false;
 };
@@ -151,6 +154,7 @@ void CUPTIAPI buffer_completed(CUcontext, uint32_t, uint8_t* buffer, size_t, siz
     } else if (a->kind == CUPTI_ACTIVITY_KIND_MEMCPY) {
       const auto* m = reinterpret_cast<const CUpti_ActivityMemcpy6*>(a);
       name = copy_kind(m->copyKind), t0 = m->start, t1 = m->end;
+      if (rec.active) rec.copy_kind[m->correlationId] = copy_kind(m->copyKind);
     } else if (a->kind == CUPTI_ACTIVITY_KIND_MEMSET) {
       const auto* m = reinterpret_cast<const CUpti_ActivityMemset4*>(a);
       name = "[memset]", t0 = m->start, t1 = m->end;
@@ -163,6 +167,7 @@ void CUPTIAPI buffer_completed(CUcontext, uint32_t, uint8_t* buffer, size_t, siz
       if (rec.active) {
         Entry& e = rec.host_by_name[call];
         ++e.calls, e.total_ns += r->end - r->start;
+        if (call.rfind("cudaMemcpy", 0) == 0) rec.copy_call_ns[r->correlationId] = r->end - r->start;
       }
       continue;
     } else {
@@ -188,6 +193,7 @@ void Profiler::start() {
     std::lock_guard lk(rec.mu);
     NT_CHECK(!rec.active, "Profiler::start: another profiler is recording (one at a time)");
     rec.by_name.clear(), rec.host_by_name.clear(), rec.intervals.clear();
+    rec.copy_call_ns.clear(), rec.copy_kind.clear();
     rec.active = true;
   }
   if (!c.registered) check(c.register_callbacks(buffer_requested, buffer_completed), "cuptiActivityRegisterCallbacks");
@@ -257,6 +263,18 @@ std::string Profiler::stop(int top) {
       out += fmt::format("{:>5.1f}% {:>10.3f} {:>8} {:>10.1f}  {}\n", wall_ms > 0 ? 100 * e.total_ns * 1e-6 / wall_ms : 0.0,
                          e.total_ns * 1e-6, e.calls, e.total_ns * 1e-3 / e.calls, name);
     }
+    // The copy calls by direction (joined with their copies): a copy to the host waits for the stream; an upload
+    // from pageable memory may too.
+    std::map<std::string, Entry> by_kind;
+    for (const auto& [corr, ns] : rec.copy_call_ns) {
+      const auto it = rec.copy_kind.find(corr);
+      Entry& e = by_kind[it == rec.copy_kind.end() ? "(no copy recorded)" : it->second];
+      ++e.calls, e.total_ns += ns;
+    }
+    for (const auto& [kind, e] : by_kind)
+      out += fmt::format("{:>5.1f}% {:>10.3f} {:>8} {:>10.1f}    cudaMemcpy* {}\n",
+                         wall_ms > 0 ? 100 * e.total_ns * 1e-6 / wall_ms : 0.0, e.total_ns * 1e-6, e.calls,
+                         e.total_ns * 1e-3 / e.calls, kind);
   }
   return out;
 }
