@@ -27,10 +27,13 @@ template <class I> __global__ void iota_keys_kernel(const I* __restrict__ idx, i
 }
 template <class T, class A = acc_t<T>>
 __global__ void embedding_bwd_kernel(const T* __restrict__ dout, const int64_t* __restrict__ keys,
-                                     const int64_t* __restrict__ pos, A* __restrict__ dw, int64_t N, int64_t C) {
+                                     const int64_t* __restrict__ pos, A* __restrict__ dw, int64_t N, int64_t V,
+                                     int64_t C) {
   const int64_t i = blockIdx.x;
   if (i > 0 && keys[i] == keys[i - 1]) return;  // not the start of a run
   const int64_t v = keys[i];
+  // A bad index (the forward flagged it; the error comes at the next synchronization, cuda/runtime.h) writes nothing.
+  if (v < 0 || v >= V) return;
   for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
     A acc = 0;
     for (int64_t j = i; j < N && keys[j] == v; ++j) acc += (A)dout[pos[j] * C + c];
@@ -73,7 +76,7 @@ void embedding_backward(DType t, const void* dout, DType idx_t, const void* idx,
   NT_DISPATCH_FLOAT(t, "embedding_backward", [&] {
     embedding_bwd_kernel<scalar_t><<<(unsigned)N, C >= 256 ? 256 : 64, 0, stream>>>(
         static_cast<const scalar_t*>(dout), (const int64_t*)skeys.p, (const int64_t*)spos.p,
-        static_cast<acc_t<scalar_t>*>(dweight), N, C);
+        static_cast<acc_t<scalar_t>*>(dweight), N, V, C);
   });
   NT_CUDA_CHECK_LAUNCH();
 }

@@ -218,11 +218,12 @@ void norm_forward(bool rms, DType t, const void* x, const void* w, const void* b
 void norm_backward(bool rms, DType t, const void* x, const void* w, const void* stats, const void* dy, void* dx,
                    void* dw, void* db, int64_t R, int64_t C, cudaStream_t stream);
 
-// moe.cu (ops/moe.h): idx [M = N * K] i32/i64 -> counts [E] and slot_row [M] i32 (stable counting sort by expert);
-// scratch holds moe_dispatch_scratch(M, E) ints; bad gets 1 for an expert outside [0, E).
+// moe.cu (ops/moe.h): idx [M = N * K] i32/i64 -> counts [E], offsets [E + 1] (their exclusive prefix sum, then M)
+// and slot_row [M] i32 (stable counting sort by expert); scratch holds moe_dispatch_scratch(M, E) ints; bad gets 1
+// for an expert outside [0, E).
 int64_t moe_dispatch_scratch(int64_t M, int64_t E);
-void moe_dispatch(DType idx_t, const void* idx, int64_t M, int E, int32_t* counts, int32_t* slot_row, int32_t* scratch,
-                  int* bad, cudaStream_t stream);
+void moe_dispatch(DType idx_t, const void* idx, int64_t M, int E, int32_t* counts, int32_t* offsets, int32_t* slot_row,
+                  int32_t* scratch, int* bad, cudaStream_t stream);
 // x, dx [N, D]; rows, drows [N * K, D]; slot_row, gates, dgates [N, K].
 void moe_permute_forward(DType t, const void* x, const int32_t* slot_row, void* rows, int64_t N, int64_t K, int64_t D,
                          cudaStream_t stream);

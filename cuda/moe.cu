@@ -47,7 +47,8 @@ __device__ int32_t warp_inclusive_scan(int32_t v) {
 
 // chunk_counts [chunks][E] -> each chunk's first row per expert; totals [E]. A warp scans one expert's column over
 // the chunks (32 chunks per step), warp 0 then scans the totals over the experts.
-__global__ void chunk_bases_kernel(int32_t* __restrict__ chunk_counts, int chunks, int E, int32_t* __restrict__ totals) {
+__global__ void chunk_bases_kernel(int32_t* __restrict__ chunk_counts, int chunks, int E, int32_t* __restrict__ totals,
+                                   int32_t* __restrict__ offsets) {
   extern __shared__ int32_t offset[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
   for (int e = warp; e < E; e += warps) {
@@ -66,9 +67,10 @@ __global__ void chunk_bases_kernel(int32_t* __restrict__ chunk_counts, int chunk
     for (int e0 = 0; e0 < E; e0 += 32) {
       const int e = e0 + lane;
       const int32_t n = e < E ? offset[e] : 0, inc = warp_inclusive_scan(n);
-      if (e < E) totals[e] = n, offset[e] = carry + inc - n;
+      if (e < E) totals[e] = n, offset[e] = carry + inc - n, offsets[e] = carry + inc - n;
       carry += __shfl_sync(0xffffffffu, inc, 31);
     }
+    if (lane == 0) offsets[E] = carry;
   }
   __syncthreads();
   for (int64_t i = threadIdx.x; i < (int64_t)chunks * E; i += blockDim.x) chunk_counts[i] += offset[i % E];
@@ -84,14 +86,16 @@ __global__ void scatter_rows_kernel(const I* __restrict__ idx, int64_t M, int E,
   const unsigned lower = (1u << lane) - 1;
   for (int step = 0; step < kChunk / 32; ++step) {
     const int64_t s = (int64_t)blockIdx.x * kChunk + step * 32 + lane;
-    int e = s < M ? (int)idx[s] : -1;
-    if (e >= E) e = -1;  // out of range: flagged by the histogram, skipped here
+    const int64_t v = s < M ? (int64_t)idx[s] : -1;
+    const int e = v >= 0 && v < E ? (int)v : -1;  // out of range: flagged by the histogram, skipped here
     const unsigned same = __match_any_sync(0xffffffffu, e);
     const int row = e >= 0 ? next[e] + __popc(same & lower) : 0;
     __syncwarp();
     if (e >= 0) {
       slot_row[s] = row;
       if ((same & lower) == 0) next[e] += __popc(same);  // the group's first lane advances the counter
+    } else if (s < M) {
+      slot_row[s] = 0;  // a bad expert (reported later, cuda/runtime.h): row 0 keeps the permutes in bounds
     }
     __syncwarp();
   }
@@ -196,10 +200,11 @@ template <class T, class F> void with_pack_width(int64_t D, std::initializer_lis
 
 int64_t moe_dispatch_scratch(int64_t M, int64_t E) { return std::max<int64_t>(1, (M + kChunk - 1) / kChunk * E); }
 
-void moe_dispatch(DType idx_t, const void* idx, int64_t M, int E, int32_t* counts, int32_t* slot_row, int32_t* scratch,
-                  int* bad, cudaStream_t stream) {
+void moe_dispatch(DType idx_t, const void* idx, int64_t M, int E, int32_t* counts, int32_t* offsets, int32_t* slot_row,
+                  int32_t* scratch, int* bad, cudaStream_t stream) {
   if (M == 0) {
     NT_CUDA_CHECK(cudaMemsetAsync(counts, 0, E * sizeof(int32_t), stream));
+    NT_CUDA_CHECK(cudaMemsetAsync(offsets, 0, (E + 1) * sizeof(int32_t), stream));
     return;
   }
   const int chunks = (int)((M + kChunk - 1) / kChunk);
@@ -210,7 +215,7 @@ void moe_dispatch(DType idx_t, const void* idx, int64_t M, int E, int32_t* count
     chunk_histogram_kernel<I><<<chunks, kChunk, smem, stream>>>(static_cast<const I*>(idx), M, E, scratch, bad);
     NT_CUDA_CHECK_LAUNCH();
     allow_smem(chunk_bases_kernel, smem);
-    chunk_bases_kernel<<<1, 1024, smem, stream>>>(scratch, chunks, E, counts);
+    chunk_bases_kernel<<<1, 1024, smem, stream>>>(scratch, chunks, E, counts, offsets);
     NT_CUDA_CHECK_LAUNCH();
     allow_smem(scatter_rows_kernel<I>, smem);
     scatter_rows_kernel<I><<<chunks, 32, smem, stream>>>(static_cast<const I*>(idx), M, E, scratch, slot_row);

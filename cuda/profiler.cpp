@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <map>
 #include <mutex>
+#include <unordered_map>
 #include <vector>
 
 #include "tensor/error.h"
@@ -15,6 +16,7 @@
 #if NT_CUDA && !NT_NO_CUPTI
 #include <cuda_runtime_api.h>
 #include <cupti_activity.h>  // types only: the functions come from dlsym
+#include <cupti_callbacks.h>
 #include <cxxabi.h>
 #include <dlfcn.h>
 
@@ -43,6 +45,7 @@ struct Cupti {
   CUptiResult (*flush_all)(uint32_t) = nullptr;
   CUptiResult (*next_record)(uint8_t*, size_t, CUpti_Activity**) = nullptr;
   CUptiResult (*timestamp)(uint64_t*) = nullptr;
+  CUptiResult (*callback_name)(CUpti_CallbackDomain, uint32_t, const char**) = nullptr;
   bool registered = false;
 };
 
@@ -74,6 +77,7 @@ Cupti& cupti() {
     sym(r.flush_all, "cuptiActivityFlushAll");
     sym(r.next_record, "cuptiActivityGetNextRecord");
     sym(r.timestamp, "cuptiGetTimestamp");
+    sym(r.callback_name, "cuptiGetCallbackName");
     return r;
   }();
   return c;
@@ -90,6 +94,9 @@ struct Entry {
 struct Records {
   std::mutex mu;
   std::map<std::string, Entry> by_name;
+  std::map<std::string, Entry> host_by_name;  // CUDA runtime calls: host time inside each
+  std::unordered_map<uint32_t, uint64_t> copy_call_ns;  // correlation id -> host time of a cudaMemcpy* call
+  std::unordered_map<uint32_t, const char*> copy_kind;  // correlation id -> its copy's direction
   std::vector<std::pair<uint64_t, uint64_t>> intervals;
   bool active = false;
 };
@@ -147,9 +154,22 @@ void CUPTIAPI buffer_completed(CUcontext, uint32_t, uint8_t* buffer, size_t, siz
     } else if (a->kind == CUPTI_ACTIVITY_KIND_MEMCPY) {
       const auto* m = reinterpret_cast<const CUpti_ActivityMemcpy6*>(a);
       name = copy_kind(m->copyKind), t0 = m->start, t1 = m->end;
+      if (rec.active) rec.copy_kind[m->correlationId] = copy_kind(m->copyKind);
     } else if (a->kind == CUPTI_ACTIVITY_KIND_MEMSET) {
       const auto* m = reinterpret_cast<const CUpti_ActivityMemset4*>(a);
       name = "[memset]", t0 = m->start, t1 = m->end;
+    } else if (a->kind == CUPTI_ACTIVITY_KIND_RUNTIME) {
+      const auto* r = reinterpret_cast<const CUpti_ActivityAPI*>(a);
+      const char* n = nullptr;
+      if (cupti().callback_name(CUPTI_CB_DOMAIN_RUNTIME_API, r->cbid, &n) != CUPTI_SUCCESS || !n) n = "(unnamed)";
+      std::string call = n;
+      if (const size_t v = call.rfind("_v"); v != std::string::npos && v > 0) call.resize(v);  // "_v7000"
+      if (rec.active) {
+        Entry& e = rec.host_by_name[call];
+        ++e.calls, e.total_ns += r->end - r->start;
+        if (call.rfind("cudaMemcpy", 0) == 0) rec.copy_call_ns[r->correlationId] = r->end - r->start;
+      }
+      continue;
     } else {
       continue;
     }
@@ -162,7 +182,7 @@ void CUPTIAPI buffer_completed(CUcontext, uint32_t, uint8_t* buffer, size_t, siz
 }
 
 const CUpti_ActivityKind kKinds[] = {CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL, CUPTI_ACTIVITY_KIND_MEMCPY,
-                                     CUPTI_ACTIVITY_KIND_MEMSET};
+                                     CUPTI_ACTIVITY_KIND_MEMSET, CUPTI_ACTIVITY_KIND_RUNTIME};
 }  // namespace
 
 void Profiler::start() {
@@ -172,7 +192,8 @@ void Profiler::start() {
   {
     std::lock_guard lk(rec.mu);
     NT_CHECK(!rec.active, "Profiler::start: another profiler is recording (one at a time)");
-    rec.by_name.clear(), rec.intervals.clear();
+    rec.by_name.clear(), rec.host_by_name.clear(), rec.intervals.clear();
+    rec.copy_call_ns.clear(), rec.copy_kind.clear();
     rec.active = true;
   }
   if (!c.registered) check(c.register_callbacks(buffer_requested, buffer_completed), "cuptiActivityRegisterCallbacks");
@@ -188,10 +209,12 @@ void Profiler::start() {
 std::string Profiler::stop(int top) {
   NT_CHECK(running_, "Profiler::stop: start() was not called");
   Cupti& c = cupti();
+  check(c.disable(CUPTI_ACTIVITY_KIND_RUNTIME), "cuptiActivityDisable");  // the wait below is the profiler's own
   NT_CUDA_CHECK(cudaDeviceSynchronize());
   uint64_t now = 0;
   check(c.timestamp(&now), "cuptiGetTimestamp");
-  for (auto k : kKinds) check(c.disable(k), "cuptiActivityDisable");
+  for (auto k : kKinds)
+    if (k != CUPTI_ACTIVITY_KIND_RUNTIME) check(c.disable(k), "cuptiActivityDisable");
   check(c.flush_all(1), "cuptiActivityFlushAll");  // 1: CUPTI_ACTIVITY_FLAG_FLUSH_FORCED
   running_ = false;
   Records& rec = records();
@@ -224,6 +247,34 @@ std::string Profiler::stop(int top) {
     for (size_t i = top; i < rows.size(); ++i) rest += rows[i].second.total_ns;
     out += fmt::format("{:>5.1f}% {:>10.3f} {:>8} {:>10}  ({} more names)\n", total ? 100.0 * rest / total : 0.0, rest * 1e-6, "",
                        "", rows.size() - top);
+  }
+  // The host's side: time inside CUDA runtime calls (a synchronizing call waits for the GPU there; a host that
+  // launches slower than the GPU runs shows many cheap launches and a GPU busy well under 100%).
+  std::vector<std::pair<std::string, Entry>> host(rec.host_by_name.begin(), rec.host_by_name.end());
+  std::sort(host.begin(), host.end(), [](const auto& a, const auto& b) { return a.second.total_ns > b.second.total_ns; });
+  uint64_t host_ns = 0;
+  int64_t host_calls = 0;
+  for (const auto& r : host) host_ns += r.second.total_ns, host_calls += r.second.calls;
+  if (host_calls > 0) {
+    out += fmt::format("host: {} CUDA runtime calls, {:.2f} ms inside them ({:.0f}% of the wall)\n", host_calls, host_ns * 1e-6,
+                       wall_ms > 0 ? 100 * host_ns * 1e-6 / wall_ms : 0.0);
+    for (int i = 0; i < (int)host.size() && i < 8; ++i) {
+      const auto& [name, e] = host[i];
+      out += fmt::format("{:>5.1f}% {:>10.3f} {:>8} {:>10.1f}  {}\n", wall_ms > 0 ? 100 * e.total_ns * 1e-6 / wall_ms : 0.0,
+                         e.total_ns * 1e-6, e.calls, e.total_ns * 1e-3 / e.calls, name);
+    }
+    // The copy calls by direction (joined with their copies): a copy to the host waits for the stream; an upload
+    // from pageable memory may too.
+    std::map<std::string, Entry> by_kind;
+    for (const auto& [corr, ns] : rec.copy_call_ns) {
+      const auto it = rec.copy_kind.find(corr);
+      Entry& e = by_kind[it == rec.copy_kind.end() ? "(no copy recorded)" : it->second];
+      ++e.calls, e.total_ns += ns;
+    }
+    for (const auto& [kind, e] : by_kind)
+      out += fmt::format("{:>5.1f}% {:>10.3f} {:>8} {:>10.1f}    cudaMemcpy* {}\n",
+                         wall_ms > 0 ? 100 * e.total_ns * 1e-6 / wall_ms : 0.0, e.total_ns * 1e-6, e.calls,
+                         e.total_ns * 1e-3 / e.calls, kind);
   }
   return out;
 }

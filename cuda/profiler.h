@@ -1,7 +1,8 @@
 // A kernel-level GPU profiler, like the kernel summary of Nsight Systems, through CUPTI's activity API: between
 // start() and stop() every kernel, copy and memset on the GPU is recorded with its GPU start and end times; the
 // report lists the most expensive ones by name (calls, total and mean time, share of GPU time) and how busy the GPU
-// was over the wall-clock time of the window (a low share means the host, not the GPU, sets the pace).
+// was over the wall-clock time of the window (a low share means the host, not the GPU, sets the pace), then the
+// host's time inside CUDA runtime calls by call (where it waits: stream synchronizations, copies to the host).
 // libcupti is loaded at run time (from the CUDA toolkit, CUDA_HOME or LD_LIBRARY_PATH), so nothing links it.
 //   train_lm training.profile_steps=5     (or in code:)
 //   cuda::Profiler prof; prof.start(); ...; fmt::print("{}", prof.stop());

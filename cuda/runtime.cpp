@@ -35,7 +35,12 @@ cudaStream_t current_stream(int device) {
   return g_own_streams[device];
 }
 void set_current_stream(int device, cudaStream_t stream) { g_user_streams[device] = stream; }
-void synchronize(int device) { NT_CUDA_CHECK(cudaStreamSynchronize(current_stream(device))); }
+void synchronize(int device) {
+  const size_t checks = pending_checks(device);
+  if (const cudaError_t e = cudaStreamSynchronize(current_stream(device)); e != cudaSuccess)
+    throw_wait_failure(device, checks, fmt::format("CUDA error: cudaStreamSynchronize failed: {}", cudaGetErrorString(e)));
+  run_deferred_checks(device, checks);
+}
 int multiprocessor_count(int device) {
   static int counts[kMaxDevices] = {};
   if (!counts[device]) NT_CUDA_CHECK(cudaDeviceGetAttribute(&counts[device], cudaDevAttrMultiProcessorCount, device));

@@ -22,8 +22,8 @@ RoutedExperts::RoutedExperts(int64_t E, int64_t d, int64_t h, const nn::Init& in
 
 Tensor RoutedExperts::forward(const Tensor& x, const ExpertDispatch& d) const {
   NT_CHECK(x.dim() == 2 && x.size(1) == dim, "RoutedExperts: x must be [N, {}], got {}", dim, shape_str(x.shape()));
-  NT_CHECK((int64_t)d.counts.size() == n_experts && d.n_tokens == x.size(0),
-           "RoutedExperts: dispatch is for {} experts and {} tokens, expected {} and {}", d.counts.size(), d.n_tokens,
+  NT_CHECK(d.n_experts() == n_experts && d.n_tokens == x.size(0),
+           "RoutedExperts: dispatch is for {} experts and {} tokens, expected {} and {}", d.n_experts(), d.n_tokens,
            n_experts, x.size(0));
   if (d.n_tokens == 0) return zeros({0, dim}, x.dtype(), x.device());
   const Tensor xs = moe_permute(x, d);  // [N * top_k, dim] in expert order
@@ -53,8 +53,8 @@ Tensor RoutedExperts::forward(const Tensor& x, const ExpertDispatch& d) const {
 
 Tensor RoutedExperts::run(const Tensor& xs, const Tensor& a, const Tensor& b, const Tensor& c,
                           const ExpertDispatch& d) const {
-  const Tensor h = swiglu(grouped_matmul(xs, a, d.offsets), grouped_matmul(xs, c, d.offsets));
-  return grouped_matmul(h, b, d.offsets);
+  const Tensor h = swiglu(grouped_matmul(xs, a, d.groups), grouped_matmul(xs, c, d.groups));
+  return grouped_matmul(h, b, d.groups);
 }
 
 void RoutedExperts::offload(Device device) {

@@ -24,7 +24,14 @@ DeepSeekMoE::DeepSeekMoE(const MoEConfig& c, const nn::Init& init) : cfg(c) {
   if (cfg.n_shared > 0)
     shared =
         register_module("shared", std::make_shared<nn::SwiGLUMLP>(cfg.dim, cfg.n_shared * cfg.expert_hidden, init));
-  last_load_.assign(cfg.n_routed, 0);
+  last_groups_ = GroupOffsets(std::vector<int64_t>(cfg.n_routed + 1, 0));
+}
+
+std::vector<int64_t> DeepSeekMoE::last_load() const {
+  const std::vector<int64_t>& o = last_groups_.host();
+  std::vector<int64_t> load(cfg.n_routed);
+  for (int64_t e = 0; e < cfg.n_routed; ++e) load[e] = o[e + 1] - o[e];
+  return load;
 }
 
 Tensor DeepSeekMoE::forward(const Tensor& x) {
@@ -32,19 +39,20 @@ Tensor DeepSeekMoE::forward(const Tensor& x) {
            shape_str(x.shape()));
   const int64_t N = x.size(0) * x.size(1), D = cfg.dim;
   aux_ = Tensor();
-  last_load_.assign(cfg.n_routed, 0);
+  last_groups_ = GroupOffsets(std::vector<int64_t>(cfg.n_routed + 1, 0));
   if (N == 0) return zeros_like(x);
   const Tensor xf = x.reshape({N, D});
   const RouterOutput r = router->forward(xf);
-  // The layer's one device-to-host copy (the E expert loads, a sync on the GPU): cuBLAS's grouped GEMM takes the
-  // group sizes on the host.
+  // The loads stay on the device: nothing here waits for the GPU (the expert GEMMs read the offsets there; on
+  // GPUs without our grouped kernel, cuBLAS takes them on the host and the first GEMM copies them).
   const ExpertDispatch d = moe_dispatch(r.indices, cfg.n_routed);
-  last_load_ = d.counts;
-  if (is_training()) {
-    if (load_since_update_.empty()) load_since_update_.assign(cfg.n_routed, 0);
-    for (int64_t e = 0; e < cfg.n_routed; ++e) load_since_update_[e] += d.counts[e];
+  last_groups_ = d.groups;
+  if (is_training() && router->cfg.aux_free) {
+    autograd::NoGradGuard no_grad;
+    const Tensor l = d.load.to(DType::i64);
+    load_since_update_ = load_since_update_.defined() ? load_since_update_ + l : l;
   }
-  aux_ = router->aux_loss(r.scores, d.counts);
+  aux_ = router->aux_loss(r.scores, d.load);
   if (const Tensor seq = router->seq_aux_loss(r.scores, r.indices, x.size(0), x.size(1)); seq.defined())
     aux_ = aux_.defined() ? aux_ + seq : seq;
   // Combine: each token gathers its top_k expert outputs and adds them weighted by their gates (no atomics: the
@@ -56,10 +64,11 @@ Tensor DeepSeekMoE::forward(const Tensor& x) {
 
 void DeepSeekMoE::update_bias(const std::function<void(std::vector<int64_t>&)>& reduce_load) {
   if (!router->cfg.aux_free) return;
-  NT_CHECK(!load_since_update_.empty(), "DeepSeekMoE::update_bias: no training-mode forward since the last update");
-  if (reduce_load) reduce_load(load_since_update_);
-  router->update_bias(load_since_update_);
-  load_since_update_.clear();
+  NT_CHECK(load_since_update_.defined(), "DeepSeekMoE::update_bias: no training-mode forward since the last update");
+  std::vector<int64_t> load = load_since_update_.to(kCPU).to_vector_as<int64_t>();  // waits for the GPU
+  if (reduce_load) reduce_load(load);
+  router->update_bias(load);
+  load_since_update_ = Tensor();
 }
 
 }  // namespace nt::moe

@@ -31,10 +31,11 @@ class DeepSeekMoE : public nn::Layer {
   // (aux_loss_coef, not with aux_free) plus V3's sequence-wise one (seq_aux_loss_coef), differentiable w.r.t. the
   // router and x; f32 for bf16 layers. Undefined when both are off.
   Tensor aux_loss() const override { return aux_; }
-  // Tokens per routed expert in the last forward (host).
-  const std::vector<int64_t>& last_load() const { return last_load_; }
+  // Tokens per routed expert in the last forward, on the host (on the GPU the first call after a forward waits
+  // for it: the training loop asks at its log steps only).
+  std::vector<int64_t> last_load() const;
   using Stats = LoadStats;
-  Stats stats() const { return load_stats(last_load_); }
+  Stats stats() const { return load_stats(last_load()); }
   // aux_free only (a no-op otherwise): call after each optimizer step. Moves the router's bias by the load summed
   // over the training-mode forwards since the previous call (the last load when there is one forward per step;
   // gradient-accumulation micro-batches all count).
@@ -49,7 +50,8 @@ class DeepSeekMoE : public nn::Layer {
 
  private:
   Tensor aux_;
-  std::vector<int64_t> last_load_, load_since_update_;
+  GroupOffsets last_groups_;  // the last forward's dispatch offsets (on the device on the GPU)
+  Tensor load_since_update_;  // [n_routed] i64 on the layer's device, summed over training-mode forwards
 };
 
 }  // namespace nt::moe

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "ops/dispatch.h"
+
 namespace nt::moe {
 
 Router::Router(int64_t dim, const RouterConfig& c, const nn::Init& init) : cfg(c) {
@@ -45,18 +47,18 @@ RouterOutput Router::forward(const Tensor& x) {
   return {s, g.dtype() == x.dtype() ? g : g.to(x.dtype()), idx};
 }
 
-Tensor Router::aux_loss(const Tensor& s, const std::vector<int64_t>& load) const {
+Tensor Router::aux_loss(const Tensor& s, const Tensor& load) const {
   if (cfg.aux_loss_coef == 0 || cfg.aux_free) return Tensor();
   const int64_t E = cfg.n_routed, N = s.size(0);
   NT_CHECK(s.dim() == 2 && s.size(1) == E, "Router::aux_loss: scores must be [N, {}], got {}", E, shape_str(s.shape()));
-  NT_CHECK((int64_t)load.size() == E, "Router::aux_loss: load must have {} entries, got {}", E, load.size());
+  NT_CHECK(load.dim() == 1 && load.numel() == E, "Router::aux_loss: load must be [{}], got {}", E, shape_str(load.shape()));
+  check_same_device("Router::aux_loss", s, load);
   NT_CHECK(N > 0, "Router::aux_loss: no tokens");
-  // coef * f_i * (1/N), so that the loss is one weighted sum over the column sums of s'.
-  std::vector<double> w(E);
-  for (int64_t i = 0; i < E; ++i)
-    w[i] = cfg.aux_loss_coef * (double)E / (double)(cfg.top_k * N) * (double)load[i] / (double)N;
+  // coef * sum_i f_i P_i = coef E / (top_k N^2) * sum_i load_i colsum_i: one weighted sum over the column sums of s'
+  // (the loads are integers, exact in f32 up to 2^24 tokens per expert).
+  const double c = cfg.aux_loss_coef * (double)E / (double)(cfg.top_k * N) / (double)N;
   const Tensor sn = cfg.affinity == "softmax" ? s : s / sum(s, {1}, true);
-  return sum(sum(sn, {0}) * from_vector(w, {E}, s.dtype(), s.device()));
+  return sum(sum(sn, {0}) * load.to(s.dtype())) * c;
 }
 
 Tensor Router::seq_aux_loss(const Tensor& s, const Tensor& idx, int64_t B, int64_t T) const {

@@ -39,7 +39,8 @@ class Router : public nn::Module {
   // coef * sum_i f_i P_i with f_i = n_routed / (top_k N) * load_i and P_i = (1/N) sum_t s'_ti, where
   // s'_t = s_t / sum_j s_tj (s itself for softmax; V3's normalized affinities for sigmoid). load: tokens per
   // expert from the same forward. Undefined when aux_loss_coef is 0 or aux_free.
-  Tensor aux_loss(const Tensor& scores, const std::vector<int64_t>& load) const;
+  // load: [E] tokens per expert (any dtype, e.g. ExpertDispatch::load), on the scores' device: no host copy.
+  Tensor aux_loss(const Tensor& scores, const Tensor& load) const;
   // V3's sequence-wise balance loss, the same formula per sequence and averaged over the B sequences:
   // seq_aux_loss_coef / B * sum_b sum_i f_bi P_bi, f_bi = n_routed / (top_k T) * (tokens of sequence b that chose
   // expert i), P_bi = (1/T) sum_{t in b} s'_ti. scores [B T, n_routed], indices [B T, top_k] (on the device: no

@@ -61,17 +61,17 @@ cudaStream_t stream_of(const Tensor& t) {
   NT_CUDA_CHECK(cudaSetDevice(t.device().index));
   return cuda::current_stream(t.device().index);
 }
-DeviceFlag::DeviceFlag(const Tensor& like) : device_(like.device().index) {
-  ptr_ = static_cast<int*>(cuda::cached_malloc(sizeof(int), device_));
-  NT_CUDA_CHECK(cudaMemsetAsync(ptr_, 0, sizeof(int), stream_of(like)));
+DeviceFlag::DeviceFlag(const Tensor& like) : device_(like.device().index) { ptr_ = cuda::acquire_check_flag(device_); }
+DeviceFlag::~DeviceFlag() {
+  if (!deferred_) try {
+      cuda::defer_check(device_, ptr_, {});  // a kernel may still hold it: back to the pool at the next sync
+    } catch (...) {
+    }
 }
-DeviceFlag::~DeviceFlag() { cuda::cached_free(ptr_, device_); }
-bool DeviceFlag::raised() const {
-  int v = 0;
-  cudaStream_t s = cuda::current_stream(device_);
-  NT_CUDA_CHECK(cudaMemcpyAsync(&v, ptr_, sizeof(int), cudaMemcpyDeviceToHost, s));
-  NT_CUDA_CHECK(cudaStreamSynchronize(s));
-  return v != 0;
+void DeviceFlag::defer(std::string message) {
+  NT_CHECK(!deferred_, "DeviceFlag::check: called twice");
+  deferred_ = true;
+  cuda::defer_check(device_, ptr_, std::move(message));
 }
 }  // namespace nt
 #endif

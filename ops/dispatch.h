@@ -29,17 +29,26 @@ cuda::Strided layout_of(const Tensor& t, const char* op);
 cuda::Strided broadcast_layout(const Tensor& t, const Shape& shape, const char* op);
 // The current stream of t's device (and that device made current).
 cudaStream_t stream_of(const Tensor& t);
-// A device int set to 0; kernels set it to 1 on a bad index, raised() reads it back (synchronizing).
+// A flag a kernel sets on a bad index, checked without stalling the GPU (cuda/runtime.h): check(fmt, args...)
+// after the launch defers the message to the device's next synchronization (or checks at once under
+// NT_SYNC_CHECKS=1). A flag never checked is released at that synchronization without a message.
 class DeviceFlag {
  public:
   explicit DeviceFlag(const Tensor& like);
   ~DeviceFlag();
+  DeviceFlag(const DeviceFlag&) = delete;
+  DeviceFlag& operator=(const DeviceFlag&) = delete;
   int* get() const { return ptr_; }
-  bool raised() const;
+  template <class... A>
+  void check(fmt::format_string<A...> f, A&&... a) {
+    defer(fmt::format(f, std::forward<A>(a)...));
+  }
 
  private:
+  void defer(std::string message);
   int* ptr_ = nullptr;
   int device_ = 0;
+  bool deferred_ = false;
 };
 }  // namespace nt
 #else

@@ -29,7 +29,7 @@ Tensor embedding(const Tensor& weight, const Tensor& idx) {
       DeviceFlag bad(w);
       cuda::embedding_forward(w.dtype(), w.data_ptr(), i1.dtype(), i1.data_ptr(), out.data_ptr(), N, V, C, bad.get(),
                               stream_of(out));
-      NT_CHECK(!bad.raised(), "embedding: an index is out of range for {} rows (expected 0 to {})", V, V - 1);
+      bad.check("embedding: an index is out of range for {} rows (expected 0 to {})", V, V - 1);
     });
   }
   if (autograd::needs_grad({&weight}))

@@ -46,7 +46,7 @@ static Tensor scatter_add_raw(const Tensor& self, int64_t dim, const Tensor& idx
     for (int64_t d = 0; d < ic.dim(); ++d) xl.size[d] = ic.size(d);
     cuda::scatter_add(acc.dtype(), acc.data_ptr(), xl, (int)dim, acc.size(dim), ic.dtype(), ic.data_ptr(),
                       layout_of(ic, "scatter_add"), s.data_ptr(), ic.numel(), bad.get(), stream_of(acc));
-    NT_CHECK(!bad.raised(), "scatter_add: an index is out of range for dim {} of size {}", dim, acc.size(dim));
+    bad.check("scatter_add: an index is out of range for dim {} of size {}", dim, acc.size(dim));
   });
   return acc.to(self.dtype());
 }
@@ -69,7 +69,7 @@ Tensor index_select(const Tensor& x, int64_t dim, const Tensor& idx) {
       DeviceFlag bad(x);
       cuda::index_select(x.dtype(), xc.data_ptr(), ic.dtype(), ic.data_ptr(), out.data_ptr(), outer, x.size(dim),
                          ic.numel(), inner, bad.get(), stream_of(out));
-      NT_CHECK(!bad.raised(), "index_select: an index is out of range for dim {} of size {}", dim, x.size(dim));
+      bad.check("index_select: an index is out of range for dim {} of size {}", dim, x.size(dim));
     });
   }
   if (autograd::needs_grad({&x}))
@@ -98,7 +98,7 @@ Tensor gather(const Tensor& x, int64_t dim, const Tensor& idx) {
       for (int64_t d = 0; d < ic.dim(); ++d) xl.size[d] = ic.size(d);
       cuda::gather(x.dtype(), x.data_ptr(), xl, (int)dim, x.size(dim), ic.dtype(), ic.data_ptr(), layout_of(ic, "gather"),
                    out.data_ptr(), ic.numel(), bad.get(), stream_of(out));
-      NT_CHECK(!bad.raised(), "gather: an index is out of range for dim {} of size {}", dim, x.size(dim));
+      bad.check("gather: an index is out of range for dim {} of size {}", dim, x.size(dim));
     });
   }
   if (autograd::needs_grad({&x}))

@@ -3,6 +3,8 @@
 #include "ops/moe.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 
 #include "autograd/graph.h"
 #include "ops/dispatch.h"
@@ -20,7 +22,16 @@ void moe_unpermute_backward(const Tensor& rows, const Tensor& slot_row, const Te
 NT_REGISTER_OP(kMoePermute, "moe_permute", true);
 NT_REGISTER_OP(kMoeUnpermute, "moe_unpermute", true);
 
-int64_t ExpertDispatch::max_count() const { return counts.empty() ? 0 : *std::max_element(counts.begin(), counts.end()); }
+std::vector<int64_t> ExpertDispatch::counts() const {
+  const std::vector<int64_t>& o = offsets();
+  std::vector<int64_t> c(o.empty() ? 0 : o.size() - 1);
+  for (size_t e = 0; e < c.size(); ++e) c[e] = o[e + 1] - o[e];
+  return c;
+}
+int64_t ExpertDispatch::max_count() const {
+  const std::vector<int64_t> c = counts();
+  return c.empty() ? 0 : *std::max_element(c.begin(), c.end());
+}
 
 ExpertDispatch moe_dispatch(const Tensor& indices_in, int64_t E) {
   check_index("moe_dispatch", indices_in, "indices");
@@ -33,21 +44,31 @@ ExpertDispatch moe_dispatch(const Tensor& indices_in, int64_t E) {
   d.n_tokens = N, d.top_k = K;
   d.slot_row = empty({N, K}, DType::i32, indices.device());
   if (indices.device().is_cpu()) {
-    cpu::moe_dispatch(indices, E, d.counts, d.slot_row);
+    std::vector<int64_t> counts, offsets(E + 1, 0);
+    cpu::moe_dispatch(indices, E, counts, d.slot_row);
+    for (int64_t e = 0; e < E; ++e) offsets[e + 1] = offsets[e] + counts[e];
+    d.load = from_vector(std::vector<double>(counts.begin(), counts.end()), {E}, DType::i64);
+    d.groups = GroupOffsets(std::move(offsets));
   } else {
     NT_ON_CUDA("moe_dispatch", {
-      Tensor counts = empty({E}, DType::i32, indices.device()),
+      Tensor counts = empty({E}, DType::i32, indices.device()), offsets = empty({E + 1}, DType::i32, indices.device()),
              scratch = empty({cuda::moe_dispatch_scratch(M, E)}, DType::i32, indices.device());
       DeviceFlag bad(indices);
       cuda::moe_dispatch(indices.dtype(), indices.data_ptr(), M, (int)E, static_cast<int32_t*>(counts.data_ptr()),
-                         static_cast<int32_t*>(d.slot_row.data_ptr()), static_cast<int32_t*>(scratch.data_ptr()),
-                         bad.get(), stream_of(counts));
-      NT_CHECK(!bad.raised(), "moe_dispatch: an expert index is out of range (expected 0 to {})", E - 1);
-      d.counts = counts.to(kCPU).to_vector_as<int64_t>();
+                         static_cast<int32_t*>(offsets.data_ptr()), static_cast<int32_t*>(d.slot_row.data_ptr()),
+                         static_cast<int32_t*>(scratch.data_ptr()), bad.get(), stream_of(counts));
+      bad.check("moe_dispatch: an expert index is out of range (expected 0 to {})", E - 1);
+      d.load = counts;
+      d.groups = GroupOffsets(offsets);
+      // NT_MOE_HOST_OFFSETS=1 copies the offsets to the host here, as every dispatch did before 2026-12-06 (a
+      // synchronization per MoE layer): to measure what the device-side offsets save.
+      static const bool host_offsets = [] {
+        const char* v = std::getenv("NT_MOE_HOST_OFFSETS");
+        return v != nullptr && *v != '\0' && std::string(v) != "0";
+      }();
+      if (host_offsets) (void)d.offsets();
     });
   }
-  d.offsets.assign(E + 1, 0);
-  for (int64_t e = 0; e < E; ++e) d.offsets[e + 1] = d.offsets[e] + d.counts[e];
   return d;
 }
 

@@ -4,6 +4,7 @@
 #pragma once
 #include <vector>
 
+#include "ops/matmul.h"
 #include "tensor/tensor.h"
 
 namespace nt {
@@ -12,15 +13,20 @@ namespace nt {
 // offsets[e + 1]), and inside an expert the pairs keep slot order (slot t * top_k + j), so its tokens ascend.
 struct ExpertDispatch {
   int64_t n_tokens = 0, top_k = 0;
-  std::vector<int64_t> counts;   // [E] rows per expert (its load), on the host
-  std::vector<int64_t> offsets;  // [E + 1] exclusive prefix sum of counts, on the host
-  Tensor slot_row;               // [n_tokens, top_k] i32 on the indices' device: the row of token t's j-th choice
+  Tensor slot_row;      // [n_tokens, top_k] i32 on the indices' device: the row of token t's j-th choice
+  GroupOffsets groups;  // [E + 1] exclusive prefix sum of the counts: on the host (CPU) or the GPU (i32)
+  Tensor load;          // [E] rows per expert (i64 on the CPU, i32 on the GPU), on the indices' device
+  int64_t n_experts() const { return groups.size() - 1; }
+  // On the host; on the GPU the first call of either copies the offsets to the host (waits for the GPU).
+  const std::vector<int64_t>& offsets() const { return groups.host(); }
+  std::vector<int64_t> counts() const;
   int64_t max_count() const;
 };
 
 // indices [N, K] (i32 or i64): the expert of each token's K choices. A histogram, a prefix sum and a stable
-// counting sort; on CUDA three small kernels and one copy of the E counts to the host (a sync: the grouped GEMMs
-// take their group sizes on the host). Not differentiable. An expert outside [0, n_experts) is an error.
+// counting sort; on CUDA three small kernels, and nothing waits for them (the expert GEMMs read the offsets on the
+// device). Not differentiable. An expert outside [0, n_experts) is an error (on CUDA reported at the next
+// synchronization, cuda/runtime.h).
 ExpertDispatch moe_dispatch(const Tensor& indices, int64_t n_experts);
 
 // x [N, D] -> rows [N * K, D], rows[slot_row[t, j]] = x[t]. Backward: dx[t] = sum_j drows[slot_row[t, j]], a

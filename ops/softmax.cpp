@@ -109,7 +109,7 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& target, int64_t ignore_
     cuda::cross_entropy_forward(x2.dtype(), x2.data_ptr(), t1.dtype(), t1.data_ptr(), ignore_index, loss.data_ptr(),
                                 lse.data_ptr(), fused ? dlogits.data_ptr() : nullptr,
                                 reduction == Reduction::mean ? count.data_ptr() : nullptr, N, C, bad.get(), stream_of(x2));
-    NT_CHECK(!bad.raised(), "cross_entropy: a target is out of range for {} classes (expected 0 to {} or ignore_index {})",
+    bad.check("cross_entropy: a target is out of range for {} classes (expected 0 to {} or ignore_index {})",
              C, C - 1, ignore_index);
   }
   if (reduction == Reduction::none) out = loss.reshape(rows).to(logits.dtype());

@@ -270,12 +270,19 @@ CUDA_TEST("moe_dispatch, moe_permute, moe_unpermute: many chunks, empty experts,
   for (const Tensor& idx : {spread, one})
     for (DType it : {DType::i64, DType::i32}) {
       const ExpertDispatch dc = moe_dispatch(idx.to(it), 70), dg = moe_dispatch(idx.to(it).to(cuda_device(0)), 70);
-      CHECK(dg.counts == dc.counts);
-      CHECK(dg.offsets == dc.offsets);
+      CHECK(dg.counts() == dc.counts());
+      CHECK(dg.offsets() == dc.offsets());
+      CHECK(dg.groups.stored_device().device().is_cuda());  // the expert GEMMs read these without a host copy
+      CHECK(dg.load.to(kCPU).to_vector_as<int64_t>() == dc.load.to_vector_as<int64_t>());
       REQUIRE(dg.slot_row.device().is_cuda());
       CHECK(dg.slot_row.to(kCPU).to_vector_as<int64_t>() == dc.slot_row.to_vector_as<int64_t>());
     }
-  expect_error([] { moe_dispatch(full({3, 2}, 70.0, DType::i64, cuda_device(0)), 70); }, {"moe_dispatch", "0 to 69"});
+  // The bad expert surfaces at the first host read (the offsets here; otherwise the next synchronization).
+  expect_error([] { (void)moe_dispatch(full({3, 2}, 70.0, DType::i64, cuda_device(0)), 70).offsets(); },
+               {"moe_dispatch", "0 to 69"});
+  const ExpertDispatch none = moe_dispatch(empty({0, 3}, DType::i64, cuda_device(0)), 5);
+  CHECK(none.offsets() == std::vector<int64_t>(6, 0));
+  CHECK(none.load.to(kCPU).to_vector_as<int64_t>() == std::vector<int64_t>(5, 0));
   auto on = [&](const Tensor& like) { return moe_dispatch(spread.to(like.device()), 70); };
   for (DType dt : kFloatTypes)
     for (int64_t D : {203, 256}) {
@@ -322,7 +329,8 @@ CUDA_TEST("softmax, log_softmax, cross_entropy") {
   cross_entropy(lg, tg.to(cuda_device(0))).backward();
   expect_close(lg.grad().to(kCPU), lc.grad(), 1e-9, 1e-9);
   const Tensor bad = from_vector({7}, {1}, DType::i64, cuda_device(0));
-  expect_error([&] { cross_entropy(zeros({1, 7}, DType::f32, cuda_device(0)), bad); }, {"cross_entropy", "out of range"});
+  expect_error([&] { (void)cross_entropy(zeros({1, 7}, DType::f32, cuda_device(0)), bad).to(kCPU); },
+               {"cross_entropy", "out of range"});
 }
 
 CUDA_TEST("rms_norm, layer_norm") {
@@ -363,8 +371,9 @@ CUDA_TEST("embedding (repeated indices), rope, dropout, swiglu") {
     check_cuda("swiglu halves", [](const std::vector<Tensor>& v) { return swiglu(v[0].narrow(-1, 0, 37), v[0].narrow(-1, 37, 37)); },
                {rnd_grad({5, 74}, 76)}, dt);
   }
-  expect_error([] { embedding(zeros({5, 3}, DType::f32, cuda_device(0)), from_vector({5}, {1}, DType::i64, cuda_device(0))); },
-               {"embedding", "out of range"});
+  expect_error([] {
+    (void)embedding(zeros({5, 3}, DType::f32, cuda_device(0)), from_vector({5}, {1}, DType::i64, cuda_device(0))).to(kCPU);
+  }, {"embedding", "out of range"});
 }
 
 CUDA_TEST("cat, split, index_select, gather, scatter_add, topk, cumsum") {
@@ -404,6 +413,58 @@ CUDA_TEST("caching allocator: reuse, stats, empty_cache, out-of-memory message")
   cuda::empty_cache();
   CHECK(cuda::allocator_stats(0).reserved <= after.reserved - (4u << 20));
   expect_error([] { empty({int64_t(1) << 45}, DType::f32, cuda_device(0)); }, {"out of memory", "cuda:0", "tried to allocate"});
+}
+
+CUDA_TEST("uploads: many small ones and a large one, the host source freed at once") {
+  std::vector<Tensor> on_gpu;
+  std::vector<std::vector<double>> want;
+  for (int i = 0; i < 400; ++i) {
+    const int64_t n = 1 + (int64_t)i * 7919 % 9000;
+    std::vector<double> v(n);
+    for (int64_t k = 0; k < n; ++k) v[k] = i * 10000.0 + (double)k;
+    on_gpu.push_back(from_vector(v, {n}, DType::f32).to(cuda_device(0)));
+    want.push_back(std::move(v));
+  }
+  std::vector<double> big(300000);
+  for (size_t k = 0; k < big.size(); ++k) big[k] = (double)(k % 65536);
+  const Tensor big_gpu = from_vector(big, {(int64_t)big.size()}, DType::f32).to(cuda_device(0));
+  for (int i = 0; i < 400; ++i) expect_values(on_gpu[i].to(kCPU), want[i], 0);
+  expect_values(big_gpu.to(kCPU), big, 0);
+}
+
+CUDA_TEST("index checks wait for the next synchronization, or run at the call under set_sync_checks") {
+  const Tensor x = rnd({4, 6}, 400).to(cuda_device(0));
+  const Tensor good = from_vector({5, 0, 3}, {3}, DType::i64, cuda_device(0));
+  const Tensor bad = from_vector({1, 6}, {2}, DType::i64, cuda_device(0));
+  const Tensor bad2 = from_vector({9}, {1}, DType::i64, cuda_device(0));
+  cuda::synchronize(0);
+  // Deferred (the default): the call returns; the next synchronization reports the first bad op of the ones queued.
+  REQUIRE_FALSE(cuda::sync_checks());
+  Tensor y;
+  CHECK_NOTHROW(y = index_select(x, 1, bad));
+  CHECK_NOTHROW(gather(x, 1, bad2.reshape({1, 1})));
+  expect_error([] { cuda::synchronize(0); }, {"index_select", "out of range for dim 1 of size 6", "queued earlier"});
+  CHECK_NOTHROW(cuda::synchronize(0));  // reported once; the flags went back to the pool
+  // A copy to the host is a synchronization too; a valid op in between does not hide the error.
+  (void)index_select(x, 0, bad2);
+  (void)index_select(x, 1, good);
+  expect_error([&] { (void)x.to(kCPU); }, {"index_select", "of size 4"});
+  expect_values(index_select(x, 1, good).to(kCPU), index_select(x.to(kCPU), 1, good.to(kCPU)).to_vector());
+  // More checks than the pool's flags between two synchronizations: the pool synchronizes and carries on.
+  for (int i = 0; i < 4200; ++i) (void)index_select(x, 1, good);
+  CHECK_NOTHROW(cuda::synchronize(0));
+  // At the call, without the deferral note.
+  cuda::set_sync_checks(true);
+  try {
+    (void)index_select(x, 1, bad);
+    FAIL_CHECK("expected an nt::Error at the call");
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    CHECK(m.find("index_select") != std::string::npos);
+    CHECK(m.find("queued earlier") == std::string::npos);
+  }
+  cuda::set_sync_checks(false);
+  CHECK_NOTHROW(cuda::synchronize(0));
 }
 
 CUDA_TEST("every CUDA failure names the call") {

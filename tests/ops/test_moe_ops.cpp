@@ -16,16 +16,16 @@ TEST_CASE("moe_dispatch: counts, offsets and a stable sort by expert") {
     const ExpertDispatch d = moe_dispatch(choices({2, 0, 1, 2, 2, 1}, 2, dt), 4);
     CHECK(d.n_tokens == 3);
     CHECK(d.top_k == 2);
-    CHECK(d.counts == std::vector<int64_t>{1, 2, 3, 0});
-    CHECK(d.offsets == std::vector<int64_t>{0, 1, 3, 6, 6});
+    CHECK(d.counts() == std::vector<int64_t>{1, 2, 3, 0});
+    CHECK(d.offsets() == std::vector<int64_t>{0, 1, 3, 6, 6});
     CHECK(d.slot_row.dtype() == DType::i32);
     // Expert 2's rows 3, 4, 5 hold tokens 0, 1, 2 in that order.
     CHECK(d.slot_row.to_vector_as<int64_t>() == std::vector<int64_t>{3, 0, 1, 4, 5, 2});
     CHECK(d.max_count() == 3);
   }
   const ExpertDispatch none = moe_dispatch(empty({0, 3}, DType::i64), 5);
-  CHECK(none.counts == std::vector<int64_t>(5, 0));
-  CHECK(none.offsets == std::vector<int64_t>(6, 0));
+  CHECK(none.counts() == std::vector<int64_t>(5, 0));
+  CHECK(none.offsets() == std::vector<int64_t>(6, 0));
   expect_error([] { moe_dispatch(choices({0, 4}, 2), 4); }, {"moe_dispatch", "expert 4", "0 to 3"});
   expect_error([] { moe_dispatch(choices({0, -1}, 2), 4); }, {"moe_dispatch", "expert -1"});
   expect_error([] { moe_dispatch(from_vector({0, 1}, {2}, DType::i64), 4); }, {"moe_dispatch", "indices"});
