@@ -27,12 +27,7 @@ DeepSeekMoE::DeepSeekMoE(const MoEConfig& c, const nn::Init& init) : cfg(c) {
   last_groups_ = GroupOffsets(std::vector<int64_t>(cfg.n_routed + 1, 0));
 }
 
-std::vector<int64_t> DeepSeekMoE::last_load() const {
-  const std::vector<int64_t>& o = last_groups_.host();
-  std::vector<int64_t> load(cfg.n_routed);
-  for (int64_t e = 0; e < cfg.n_routed; ++e) load[e] = o[e + 1] - o[e];
-  return load;
-}
+std::vector<int64_t> DeepSeekMoE::last_load() const { return last_groups_.sizes(); }
 
 Tensor DeepSeekMoE::forward(const Tensor& x) {
   NT_CHECK(x.dim() == 3 && x.size(2) == cfg.dim, "DeepSeekMoE: x must be [B, T, {}], got {}", cfg.dim,

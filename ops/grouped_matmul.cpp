@@ -127,6 +127,13 @@ const std::vector<int64_t>& GroupOffsets::host() const {
   return host_;
 }
 
+std::vector<int64_t> GroupOffsets::sizes() const {
+  const std::vector<int64_t>& o = host();
+  std::vector<int64_t> s(o.empty() ? 0 : o.size() - 1);
+  for (size_t e = 0; e < s.size(); ++e) s[e] = o[e + 1] - o[e];
+  return s;
+}
+
 const Tensor& GroupOffsets::device(Device dev) const {
   if (!device_.defined() || device_.device() != dev)
     device_ = from_vector(std::vector<double>(host().begin(), host().end()), {(int64_t)host().size()}, DType::i32, dev);

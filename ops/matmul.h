@@ -23,6 +23,7 @@ class GroupOffsets {
     return !device_.defined() || device_.device().is_cpu() || host_.size() == (size_t)device_.numel();
   }
   const std::vector<int64_t>& host() const;
+  std::vector<int64_t> sizes() const;  // the E group sizes, from host()
   const Tensor& device(Device dev) const;  // i32 [E + 1] on dev
   const Tensor& stored_device() const { return device_; }  // the device copy as held (may be undefined)
 

@@ -22,12 +22,7 @@ void moe_unpermute_backward(const Tensor& rows, const Tensor& slot_row, const Te
 NT_REGISTER_OP(kMoePermute, "moe_permute", true);
 NT_REGISTER_OP(kMoeUnpermute, "moe_unpermute", true);
 
-std::vector<int64_t> ExpertDispatch::counts() const {
-  const std::vector<int64_t>& o = offsets();
-  std::vector<int64_t> c(o.empty() ? 0 : o.size() - 1);
-  for (size_t e = 0; e < c.size(); ++e) c[e] = o[e + 1] - o[e];
-  return c;
-}
+std::vector<int64_t> ExpertDispatch::counts() const { return groups.sizes(); }
 int64_t ExpertDispatch::max_count() const {
   const std::vector<int64_t> c = counts();
   return c.empty() ? 0 : *std::max_element(c.begin(), c.end());
