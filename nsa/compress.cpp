@@ -3,6 +3,7 @@
 #include "nsa/compress.h"
 
 #include "nsa/nsa_attention.h"
+#include "ops/device_tables.h"
 
 namespace nt::nsa {
 
@@ -24,15 +25,24 @@ Tensor CompressionMLP::compress(const Tensor& k, const std::vector<int32_t>& cu_
   NT_CHECK(cu.size() >= 2 && cu.front() == 0 && cu.back() == T,
            "CompressionMLP: cu_seqlens must start at 0 and end at T = {} (k's rows), got {} entries from {} to {}", T,
            cu.size(), cu.front(), cu.back());
-  std::vector<double> rows;  // the l rows of every block, block after block
+  int64_t NC = 0;
   for (size_t b = 0; b + 1 < cu.size(); ++b) {
     NT_CHECK(cu[b + 1] >= cu[b], "CompressionMLP: cu_seqlens must not decrease, got {} then {} at {}", cu[b], cu[b + 1], b + 1);
-    for (int64_t c = 0; c < nsa_num_cmp_blocks(cu[b + 1] - cu[b], block, stride); ++c)
-      for (int64_t i = 0; i < block; ++i) rows.push_back((double)(cu[b] + c * stride + i));
+    NC += nsa_num_cmp_blocks(cu[b + 1] - cu[b], block, stride);
   }
-  const int64_t NC = (int64_t)rows.size() / block;
   if (NC == 0) return zeros({0, H, head_dim}, k.dtype(), k.device());
-  const Tensor idx = from_vector(rows, {NC * block}, DType::i64, k.device());
+  // The l rows of every block, block after block; the same for k and v and every layer of a step: built and
+  // uploaded once (ops/device_tables.h).
+  std::vector<int64_t> key(cu.begin(), cu.end());
+  key.insert(key.end(), {block, stride});
+  const Tensor idx = cached_table("nsa compression rows", key, DType::i64, k.device(), [&] {
+    std::vector<double> rows;
+    rows.reserve(NC * block);
+    for (size_t b = 0; b + 1 < cu.size(); ++b)
+      for (int64_t c = 0; c < nsa_num_cmp_blocks(cu[b + 1] - cu[b], block, stride); ++c)
+        for (int64_t i = 0; i < block; ++i) rows.push_back((double)(cu[b] + c * stride + i));
+    return rows;
+  });
   const Tensor x = index_select(k, 0, idx).reshape({NC, block, H, head_dim}) + pe.reshape({1, block, 1, head_dim});
   const Tensor flat = x.permute({0, 2, 1, 3}).reshape({NC, H, block * head_dim});  // position-major, as flatten([l, D])
   return w2->forward(gelu(w1->forward(flat)));
