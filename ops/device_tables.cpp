@@ -2,6 +2,7 @@
 // one per table kind of the current batch), the most recent last.
 #include "ops/device_tables.h"
 
+#include <cstdlib>
 #include <cstring>
 #include <string>
 
@@ -20,6 +21,16 @@ thread_local int64_t t_builds = 0;
 
 Tensor cached_table(const char* kind, const std::vector<int64_t>& key, DType dtype, Device device,
                     const std::function<std::vector<double>()>& make) {
+  // NT_TABLE_CACHE=0 builds every table at every call, as before 2026-12-06 (to measure the difference).
+  static const bool off = [] {
+    const char* v = std::getenv("NT_TABLE_CACHE");
+    return v != nullptr && std::strcmp(v, "0") == 0;
+  }();
+  if (off) {
+    const std::vector<double> values = make();
+    ++t_builds;
+    return from_vector(values, {(int64_t)values.size()}, dtype, device);
+  }
   for (size_t i = t_cache.size(); i-- > 0;) {
     Entry& e = t_cache[i];
     if (e.dtype == dtype && e.device == device && std::strcmp(e.kind, kind) == 0 && e.key == key) {
