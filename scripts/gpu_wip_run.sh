@@ -2,7 +2,9 @@
 # One device call for branch wip/table-cache (written 2026-12-06, fourteenth session; delete when merged):
 #   run(command="bash scripts/gpu_wip_run.sh", carry=[".deps", "data"])
 # Verifies the per-layout table cache (ops/device_tables.h) on the GPU and measures it against NT_TABLE_CACHE=0 in
-# the same run (NSA + MoE LM at the paper's NSA configuration; the dense default). ~5 min.
+# the same run (NSA + MoE LM at the paper's NSA configuration; the dense default). ~5 min. Also the compression's
+# block gather with a gather backward (nsa_block_rows, nsa/compress.cpp; its GPU test "CompressionMLP on CUDA"):
+# in the profiles, scatter_add_kernel<float, long> (~2.9 ms a step before) should be gone.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PATH=/usr/local/cuda/bin:$PATH
