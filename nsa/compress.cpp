@@ -79,6 +79,9 @@ Tensor CompressionMLP::compress(const Tensor& k, const std::vector<int32_t>& cu_
   };
   const Tensor idx = cached_table("nsa compression rows", key, DType::i64, k.device(), block_rows);
   const int64_t m = block / stride, R = NC * block;  // a token lies in at most l / d blocks
+  // The inverse is the backward's only: not built (nor uploaded) for inference, where layouts change every step.
+  if (!autograd::needs_grad({&k}))
+    return compressed(index_select(k, 0, idx).reshape({NC, block, H, head_dim}));
   const Tensor inverse = cached_table("nsa compression rows inverse", key, DType::i64, k.device(), [&] {
     std::vector<double> inv(m * T, (double)R);
     std::vector<int64_t> seen(T, 0);
@@ -89,7 +92,12 @@ Tensor CompressionMLP::compress(const Tensor& k, const std::vector<int32_t>& cu_
     }
     return inv;
   }).reshape({m, T});
-  const Tensor x = nsa_block_rows(k, idx, inverse).reshape({NC, block, H, head_dim}) + pe.reshape({1, block, 1, head_dim});
+  return compressed(nsa_block_rows(k, idx, inverse).reshape({NC, block, H, head_dim}));
+}
+
+Tensor CompressionMLP::compressed(const Tensor& blocks) const {
+  const int64_t NC = blocks.size(0), H = blocks.size(2);
+  const Tensor x = blocks + pe.reshape({1, block, 1, head_dim});
   const Tensor flat = x.permute({0, 2, 1, 3}).reshape({NC, H, block * head_dim});  // position-major, as flatten([l, D])
   return w2->forward(gelu(w1->forward(flat)));
 }

@@ -17,6 +17,8 @@ class CompressionMLP : public nn::Module {
   // k [T, H, D], packed sequences as nsa_attention's cu_seqlens (empty: one sequence) -> [NC, H, D], each sequence's
   // blocks in order (NC = the sum of nsa_num_cmp_blocks over the sequences): nsa_attention's k_cmp / v_cmp.
   Tensor compress(const Tensor& k, const std::vector<int32_t>& cu_seqlens) const;
+  // phi over gathered blocks [NC, l, H, D] -> [NC, H, D].
+  Tensor compressed(const Tensor& blocks) const;
 
   std::shared_ptr<nn::Linear> w1, w2;  // [l*D -> hidden] and [hidden -> D], with biases
   Tensor pe;                           // [l, D], zero at first

@@ -8,8 +8,9 @@
 #include "tensor/tensor.h"
 
 namespace nt {
-// The table named `kind` for `key` (everything its values depend on) as a 1-D tensor of `dtype` on `device`: from
-// the cache (the last kTableCacheSize tables, per thread), else make() uploaded. The result is shared: read only.
+// The table named `kind` (a string literal: the cache keeps the pointer) for `key` (everything its values depend
+// on) as a 1-D tensor of `dtype` on `device`: from the cache (the last kTableCacheSize tables, per thread), else
+// make() uploaded. The result is shared by every caller: read it only.
 constexpr int kTableCacheSize = 32;
 Tensor cached_table(const char* kind, const std::vector<int64_t>& key, DType dtype, Device device,
                     const std::function<std::vector<double>()>& make);

@@ -61,11 +61,16 @@ TEST_CASE("CompressionMLP matches direct loops over the blocks of packed sequenc
 }
 
 GRADCHECK_TEST("nsa_block_rows") {  // CompressionMLP's gradients through the composite (k, pe, both layers)
-  // l / d = 2 and 3 blocks hold each token (the backward's gathers); packed, with an empty sequence.
-  for (const auto& [l, d] : {std::pair<int64_t, int64_t>{4, 2}, {6, 2}}) {
+  // Up to l / d = 2 and 3 blocks hold a token (the backward's gathers); packed, with an empty sequence.
+  struct Case {
+    int64_t l, d;
+    std::vector<int32_t> cu;
+  };
+  for (const Case& c : {Case{4, 2, {0, 7, 7, 12}}, Case{6, 2, {0, 11, 11, 12}}}) {
+    const int64_t l = c.l, d = c.d;
     Generator gen(8);
     nsa::CompressionMLP m(l, d, 2, 3, {DType::f64, kCPU, &gen});
-    const std::vector<int32_t> cu = {0, 7, 7, 12};
+    const std::vector<int32_t> cu = c.cu;
     // The module's parameters become gradcheck's inputs by assigning them on every call.
     auto f = [&m, cu](const std::vector<Tensor>& x) {
       m.pe = x[1], m.w1->weight = x[2], m.w1->bias = x[3], m.w2->weight = x[4], m.w2->bias = x[5];
