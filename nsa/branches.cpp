@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "autograd/graph.h"
+#include "ops/device_tables.h"
 #include "ops/dispatch.h"
 #include "ops/ops.h"
 
@@ -55,19 +56,30 @@ RegroupMaps regroup_maps(const char* what, int64_t T, const NsaOptions& opt, Dev
     m.cu_cmp.push_back(m.cu_cmp.back() + (int32_t)nsa_num_cmp_blocks(cu[b + 1] - cu[b], l, d));
   }
   m.T = T, m.NC = m.cu_cmp.back(), m.d = d;
-  std::vector<double> take(m.NC * d), back(T);
-  for (size_t b = 0; b + 1 < cu.size(); ++b) {
-    const int64_t start = cu[b], len = cu[b + 1] - cu[b];
-    for (int64_t c = m.cu_cmp[b]; c < m.cu_cmp[b + 1]; ++c)
-      for (int64_t r = 0; r < d; ++r) {
-        const int64_t t = l - 1 + d * (c - m.cu_cmp[b]) + r;
-        take[c * d + r] = t < len ? (double)(start + t) : (double)T;
-      }
-    for (int64_t t = 0; t < len; ++t)
-      back[start + t] = t < l - 1 ? (double)(m.NC * d) : (double)(m.cu_cmp[b] * d + (t - (l - 1)));
-  }
-  m.take = from_vector(take, {m.NC * d}, DType::i32).to(dev);
-  m.back = from_vector(back, {T}, DType::i32).to(dev);
+  // Every layer of a step regroups over the same layout: each map is built and uploaded once (ops/device_tables.h).
+  std::vector<int64_t> key(cu.begin(), cu.end());
+  key.insert(key.end(), {T, l, d});
+  m.take = cached_table("nsa regroup take", key, DType::i32, dev, [&] {
+    std::vector<double> take(m.NC * d);
+    for (size_t b = 0; b + 1 < cu.size(); ++b) {
+      const int64_t start = cu[b], len = cu[b + 1] - cu[b];
+      for (int64_t c = m.cu_cmp[b]; c < m.cu_cmp[b + 1]; ++c)
+        for (int64_t r = 0; r < d; ++r) {
+          const int64_t t = l - 1 + d * (c - m.cu_cmp[b]) + r;
+          take[c * d + r] = t < len ? (double)(start + t) : (double)T;
+        }
+    }
+    return take;
+  });
+  m.back = cached_table("nsa regroup back", key, DType::i32, dev, [&] {
+    std::vector<double> back(T);
+    for (size_t b = 0; b + 1 < cu.size(); ++b) {
+      const int64_t start = cu[b], len = cu[b + 1] - cu[b];
+      for (int64_t t = 0; t < len; ++t)
+        back[start + t] = t < l - 1 ? (double)(m.NC * d) : (double)(m.cu_cmp[b] * d + (t - (l - 1)));
+    }
+    return back;
+  });
   return m;
 }
 

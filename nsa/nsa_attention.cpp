@@ -10,6 +10,7 @@
 
 #include "autograd/graph.h"
 #include "nsa/branches.h"
+#include "ops/device_tables.h"
 #include "ops/dispatch.h"
 
 namespace nt {
@@ -143,7 +144,9 @@ CudaGeometry cuda_geometry(const Tensor& q, const Tensor& k_cmp, const Tensor& k
   const size_t smem = cuda::nsa_forward_smem(a, q.dtype() == DType::f64);
   NT_CHECK(smem <= 200 * 1024, "{}: {} query heads per group x {} selection blocks of scores need {} bytes of shared "
            "memory (at most 200 KiB); shorten the sequences or raise select_block", kOp, a.G, a.ncand_max, smem);
-  g.tables = from_vector(tables, {(int64_t)tables.size()}, DType::i32).to(q.device());
+  std::vector<int64_t> key(opt.cu_seqlens.begin(), opt.cu_seqlens.end());
+  key.insert(key.end(), {opt.block, opt.stride, opt.select_block});
+  g.tables = cached_table("nsa tables", key, DType::i32, q.device(), [&] { return tables; });
   a.cu_seqlens = static_cast<const int32_t*>(g.tables.data_ptr());
   a.cmp_starts = a.cu_seqlens + a.nseq + 1;
   a.slc_starts = a.cmp_starts + a.nseq;

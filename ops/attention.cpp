@@ -3,9 +3,9 @@
 #include "ops/attention.h"
 
 #include <cmath>
-#include <tuple>
 
 #include "autograd/graph.h"
+#include "ops/device_tables.h"
 #include "ops/dispatch.h"
 
 namespace nt {
@@ -24,7 +24,6 @@ struct Problem {
   std::vector<int32_t> cu;
   int64_t N = 0, H = 0, Hkv = 0, D = 0, max_len = 0, window = 0;
   double scale = 0;
-  bool uniform = true;  // no cu_seqlens given: equal-length rows, the same layout every step
 };
 
 #if NT_CUDA
@@ -37,20 +36,10 @@ cuda::AttentionDims dims_of(const Problem& p, const Tensor& cu_dev) {
 }
 #endif
 
-// Uploading cu_seqlens from pageable memory synchronizes the host with the device. Unpacked batches repeat one
-// layout every step, so their device copies are kept (the last few, per device).
+// Every layer of a step attends over the same layout: one upload of it (ops/device_tables.h).
 Tensor cu_on_device(const Problem& p, Device dev) {
-  auto upload = [&] {
-    std::vector<double> c(p.cu.begin(), p.cu.end());
-    return from_vector(c, {(int64_t)c.size()}, DType::i32).to(dev);
-  };
-  if (!p.uniform) return upload();
-  thread_local std::vector<std::tuple<std::vector<int32_t>, int, Tensor>> cache;
-  for (auto& [cu, index, t] : cache)
-    if (index == dev.index && cu == p.cu) return t;
-  if (cache.size() >= 8) cache.erase(cache.begin());
-  cache.emplace_back(p.cu, dev.index, upload());
-  return std::get<2>(cache.back());
+  return cached_table("cu_seqlens", std::vector<int64_t>(p.cu.begin(), p.cu.end()), DType::i32, dev,
+                      [&] { return std::vector<double>(p.cu.begin(), p.cu.end()); });
 }
 }  // namespace
 
@@ -85,7 +74,6 @@ Tensor flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const 
     for (size_t i = 1; i < c.size(); ++i)
       NT_CHECK(c[i] >= c[i - 1], "flash_attention: cu_seqlens must not decrease, got {} then {} at {}", c[i - 1], c[i], i);
     p.cu = c;
-    p.uniform = false;
   } else if (q.dim() == 4) {
     for (int64_t b = 0; b <= q.size(0); ++b) p.cu.push_back((int32_t)(b * q.size(1)));
   } else {

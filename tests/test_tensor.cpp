@@ -3,6 +3,7 @@
 
 #include "cuda/fast_div.h"
 #include "cuda/memory.h"
+#include "ops/device_tables.h"
 #include "test_util.h"
 
 using namespace nt;
@@ -129,4 +130,36 @@ TEST_CASE("printing") {
 TEST_CASE("CUDA tensors are refused clearly when no GPU is present") {
   if (cuda::available()) return;
   expect_error([] { zeros({2}, DType::f32, cuda_device(0)); }, {"CUDA"});
+}
+
+TEST_CASE("cached_table: one build per (kind, key, dtype, device), the most recent kept, the oldest evicted") {
+  int made = 0;
+  auto make = [&made](double v) {
+    return [&made, v] {
+      ++made;
+      return std::vector<double>{v, v + 1, v + 2};
+    };
+  };
+  const Tensor a = cached_table("test a", {1, 2}, DType::i32, kCPU, make(10));
+  const Tensor a2 = cached_table("test a", {1, 2}, DType::i32, kCPU, make(99));  // a hit: make is not called
+  CHECK(made == 1);
+  CHECK(a2.data_ptr() == a.data_ptr());
+  expect_values(a2, {10, 11, 12});
+  CHECK(a2.dtype() == DType::i32);
+  // Any difference in kind, key (value or length) or dtype is another table.
+  expect_values(cached_table("test b", {1, 2}, DType::i32, kCPU, make(20)), {20, 21, 22});
+  expect_values(cached_table("test a", {1, 3}, DType::i32, kCPU, make(30)), {30, 31, 32});
+  expect_values(cached_table("test a", {1, 2, 0}, DType::i32, kCPU, make(40)), {40, 41, 42});
+  expect_values(cached_table("test a", {1, 2}, DType::i64, kCPU, make(50)), {50, 51, 52});
+  CHECK(made == 5);
+  // Recently used entries stay: touch a, fill the rest of the cache, a is still there.
+  (void)cached_table("test a", {1, 2}, DType::i32, kCPU, make(0));
+  for (int64_t i = 0; i < kTableCacheSize - 1; ++i) (void)cached_table("test fill", {i}, DType::i32, kCPU, make(0));
+  CHECK(made == 5 + kTableCacheSize - 1);
+  CHECK(cached_table("test a", {1, 2}, DType::i32, kCPU, make(0)).data_ptr() == a.data_ptr());
+  // The oldest fill entry went out when the cache was full; asking again rebuilds it.
+  const int before = made;
+  (void)cached_table("test fill", {kTableCacheSize}, DType::i32, kCPU, make(0));  // evicts the oldest
+  (void)cached_table("test fill", {0}, DType::i32, kCPU, make(0));
+  CHECK(made == before + 2);
 }

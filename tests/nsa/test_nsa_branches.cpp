@@ -7,6 +7,7 @@
 
 #include "cuda/memory.h"
 #include "nsa/branches.h"
+#include "ops/device_tables.h"
 #include "nsa_naive.h"
 #include "test_util.h"
 
@@ -284,6 +285,23 @@ TEST_CASE("nsa_regroup_queries / nsa_ungroup_queries: the layout by direct loops
   CHECK_THROWS_WITH_AS(nsa_regroup_queries(q, blocks(8, 0, 8, 3, 5)), doctest::Contains("stride (0) must be positive"),
                        Error);
   CHECK_THROWS_WITH_AS(nsa_regroup_queries(q.to(DType::i32), blocks(8, 4, 8, 3, 5)), doctest::Contains("q"), Error);
+}
+
+TEST_CASE("NSA index tables are built once per layout (every layer of a step shares them) and never confused") {
+  const Tensor q = rnd({40, 2, 3}, 11);
+  const std::vector<int32_t> cu{0, 17, 17, 40};
+  // The same packed layout with three block/stride settings, then the first again: each answer by direct loops.
+  const NsaOptions a = blocks(8, 4, 8, 3, 0, cu), b = blocks(8, 2, 8, 3, 0, cu), c = blocks(4, 4, 8, 3, 0, cu);
+  const int64_t before = cached_table_builds();
+  for (const NsaOptions* o : {&a, &b, &c, &a}) expect_close(nsa_regroup_queries(q, *o), regrouped_loops(q, *o), 0, 0);
+  const int64_t built = cached_table_builds() - before;
+  CHECK(built == 6);  // the take and back maps of each setting, none for the repeat
+  for (int layer = 0; layer < 4; ++layer) (void)nsa_regroup_queries(q, a);  // later layers: no new tables
+  CHECK(cached_table_builds() - before == built);
+  // Another layout (a new batch) with the first setting.
+  const NsaOptions a2 = blocks(8, 4, 8, 3, 0, {0, 23, 40});
+  expect_close(nsa_regroup_queries(q, a2), regrouped_loops(q, a2), 0, 0);
+  CHECK(cached_table_builds() - before == built + 2);
 }
 
 GRADCHECK_TEST("nsa_regroup_queries") {

@@ -2,6 +2,7 @@
 // composite; NativeSparseAttention's forward and backward, causality, and packed documents against each alone.
 #include <cmath>
 
+#include "cuda/memory.h"
 #include "nn/transformer.h"
 #include "nsa/nsa_attention.h"
 #include "nsa/nsa_layer.h"
@@ -59,18 +60,75 @@ TEST_CASE("CompressionMLP matches direct loops over the blocks of packed sequenc
   expect_error([&] { m.compress(rnd({T, H, 4}, 7), {}); }, {"k must be [T, H, 3]", "[24, 2, 4]"});
 }
 
-TEST_CASE("CompressionMLP gradients through the composite (k, pe, both layers)") {
-  Generator gen(8);
-  nsa::CompressionMLP m(4, 2, 2, 3, {DType::f64, kCPU, &gen});
-  const std::vector<int32_t> cu = {0, 7, 7, 12};
-  // The module's parameters become gradcheck's inputs by assigning them on every call.
-  auto f = [&m, cu](const std::vector<Tensor>& x) {
-    m.pe = x[1], m.w1->weight = x[2], m.w1->bias = x[3], m.w2->weight = x[4], m.w2->bias = x[5];
-    return m.compress(x[0], cu);
+GRADCHECK_TEST("nsa_block_rows") {  // CompressionMLP's gradients through the composite (k, pe, both layers)
+  // Up to l / d = 2 and 3 blocks hold a token (the backward's gathers); packed, with an empty sequence.
+  struct Case {
+    int64_t l, d;
+    std::vector<int32_t> cu;
   };
-  check_grad("index_select", f,
-             {rnd_grad({12, 2, 2}, 9), rnd_grad({4, 2}, 10), rnd_grad({3, 8}, 11), rnd_grad({3}, 12),
-              rnd_grad({2, 3}, 13), rnd_grad({2}, 14)});
+  for (const Case& c : {Case{4, 2, {0, 7, 7, 12}}, Case{6, 2, {0, 11, 11, 12}}}) {
+    const int64_t l = c.l, d = c.d;
+    Generator gen(8);
+    nsa::CompressionMLP m(l, d, 2, 3, {DType::f64, kCPU, &gen});
+    const std::vector<int32_t> cu = c.cu;
+    // The module's parameters become gradcheck's inputs by assigning them on every call.
+    auto f = [&m, cu](const std::vector<Tensor>& x) {
+      m.pe = x[1], m.w1->weight = x[2], m.w1->bias = x[3], m.w2->weight = x[4], m.w2->bias = x[5];
+      return m.compress(x[0], cu);
+    };
+    check_grad("nsa_block_rows", f,
+               {rnd_grad({12, 2, 2}, 9), rnd_grad({l, 2}, 10), rnd_grad({3, 2 * l}, 11), rnd_grad({3}, 12),
+                rnd_grad({2, 3}, 13), rnd_grad({2}, 14)});
+  }
+}
+
+TEST_CASE("CompressionMLP's block gather: the gradient of k equals index_select's, in f64 and bf16") {
+  // The same blocks through index_select (atomics-free reference on the CPU) and through compress.
+  for (const auto& [l, d] : {std::pair<int64_t, int64_t>{4, 2}, {6, 2}, {4, 4}}) {
+    for (DType dt : {DType::f64, DType::bf16}) {
+      Generator gen(3);
+      nsa::CompressionMLP m(l, d, 3, 5, {dt, kCPU, &gen});
+      const std::vector<int32_t> cu = {0, 9, 9, 20};
+      const Tensor k = rnd({20, 2, 3}, 21).to(dt).requires_grad_();
+      const Tensor up = rnd({nsa_num_cmp_blocks(9, l, d) + nsa_num_cmp_blocks(11, l, d), 2, 3}, 22).to(dt);
+      sum(m.compress(k, cu) * up).backward();
+      // Reference: the blocks' rows by index_select, the rest of compress as written.
+      std::vector<double> rows;
+      for (size_t b = 0; b + 1 < cu.size(); ++b)
+        for (int64_t c = 0; c < nsa_num_cmp_blocks(cu[b + 1] - cu[b], l, d); ++c)
+          for (int64_t i = 0; i < l; ++i) rows.push_back((double)(cu[b] + c * d + i));
+      const int64_t NC = (int64_t)rows.size() / l;
+      const Tensor k2 = k.detach().clone().requires_grad_();
+      const Tensor x = index_select(k2, 0, from_vector(rows, {NC * l}, DType::i64)).reshape({NC, l, 2, 3}) +
+                       m.pe.reshape({1, l, 1, 3});
+      const Tensor flat = x.permute({0, 2, 1, 3}).reshape({NC, 2, l * 3});
+      sum(m.w2->forward(gelu(m.w1->forward(flat))) * up).backward();
+      INFO("l " << l << " d " << d << " " << dtype_name(dt));
+      expect_close(k.grad().to(DType::f64), k2.grad().to(DType::f64), dt == DType::f64 ? 1e-12 : 2e-2,
+                   dt == DType::f64 ? 1e-12 : 2e-2);
+    }
+  }
+}
+
+TEST_CASE("CompressionMLP on CUDA (bf16) matches the f64 CPU, values and the gradient of k" *
+          doctest::skip(!cuda::available())) {
+  for (const auto& [l, d] : {std::pair<int64_t, int64_t>{32, 16}, {6, 2}}) {
+    Generator gen(5);
+    nsa::CompressionMLP m(l, d, 8, 16, {DType::f64, kCPU, &gen});
+    const std::vector<int32_t> cu = {0, 70, 70, 151};  // packed, an empty sequence, lengths off the stride
+    const Tensor k = rnd({151, 2, 8}, 31).requires_grad_();
+    const Tensor y = m.compress(k, cu);
+    const Tensor up = rnd(y.shape(), 32);
+    sum(y * up).backward();
+    m.to(DType::bf16);
+    m.to(cuda_device(0));
+    const Tensor kg = k.detach().to(DType::bf16).to(cuda_device(0)).requires_grad_();
+    const Tensor yg = m.compress(kg, cu);
+    sum(yg * up.to(DType::bf16).to(yg.device())).backward();
+    INFO("l " << l << " d " << d);
+    expect_close(yg.to(kCPU).to(DType::f64), y.detach(), 5e-2, 5e-2);
+    expect_close(kg.grad().to(kCPU).to(DType::f64), k.grad(), 5e-2, 5e-2);
+  }
 }
 
 TEST_CASE("NativeSparseAttention runs forward and backward, and every parameter gets a gradient") {
