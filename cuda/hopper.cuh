@@ -21,6 +21,10 @@
 
 namespace nt::cuda::sm90 {
 
+// Host: a bf16 tensor map over `rank` dims (innermost first; strides in bytes of dims 1..), 128-byte swizzle, box
+// sizes in elements (cuda/hopper.cu). Parts of a box outside the tensor arrive as zeros.
+CUtensorMap tensor_map_bf16(const void* base, int rank, const uint64_t* dims, const uint64_t* strides, const uint32_t* box);
+
 __device__ __forceinline__ uint32_t smem_addr(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
 
 // mbarriers: init with an arrival count; the producer arms one with the bytes its TMA copies will deliver; waiters
@@ -85,6 +89,10 @@ template <int N> __device__ __forceinline__ void wgmma_wait() {
 template <int R> __device__ __forceinline__ void fence_regs(float (&d)[R]) {
 #pragma unroll
   for (int i = 0; i < R; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+template <int R> __device__ __forceinline__ void fence_regs(uint32_t (&d)[R]) {
+#pragma unroll
+  for (int i = 0; i < R; ++i) asm volatile("" : "+r"(d[i])::"memory");
 }
 template <int R> __device__ __forceinline__ void setmaxnreg_inc() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(R)); }
 template <int R> __device__ __forceinline__ void setmaxnreg_dec() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(R)); }
