@@ -12,6 +12,7 @@
 // Keys past a sequence's end come from the next sequence (or TMA's zeros past the tensor) and are masked, as are
 // queries past it (never written). Traffic: q and out once, k and v once per 128-query block that sees them.
 // Shared memory: Q 32 KB, K and V 2 x 32 KB each: one block per SM.
+// Measured (H100, 2026-12-06, docs/cuda.md): 516 TFLOP/s at 8k tokens, 0.86x cuDNN, 2.1x version 4.
 #include <cuda_bf16.h>
 
 #include <stdexcept>
