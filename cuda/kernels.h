@@ -72,16 +72,16 @@ struct AttentionDims {
   const int32_t* cu_seqlens = nullptr;  // device memory, nseq + 1 entries
 };
 // Forward kernel version: 6 (default: Hopper, warp-specialized: TMA loads and two consumer warpgroups,
-// cuda/attention_fwd_ws.cu, for head dims 72..128, else the fastest below for the width), 4 (Hopper wgmma, one
-// warpgroup, cp.async), 5 (4 with two warpgroups per block sharing the K/V tiles, experimental); with 4, 5 and 6
-// the backward runs on wgmma too where the forward does, 3
+// cuda/attention_ws.cu, for head dims 72..128, else the fastest below for the width), 4 (Hopper wgmma, one
+// warpgroup, cp.async), 5 (4 with two warpgroups per block sharing the K/V tiles, experimental), 7 (6 with the
+// warp-specialized backward); with 4-7 the backward runs on wgmma too where the forward does, 3
 // (mma.sync, cp.async + ldmatrix, 32 rows per warp over 32-key tiles), 2 (the same with 16 rows per warp over 64-key
 // tiles) or 1 (the first kernel; head dims over 128 always use it); also NT_ATTENTION_KERNEL=N in the environment.
 // All compute the same function.
 void set_attention_kernel(int version);
 int attention_kernel();
 // Keys per block of the mma.sync backward: 128 (default; 8 warps) or 64 (4 warps; also NT_ATTENTION_BWD_KEYS=64).
-// Both compute the same function; 256-wide heads always use 64. Where versions 4-6 run the wgmma backward this
+// Both compute the same function; 256-wide heads always use 64. Where versions 4-7 run the wgmma backward this
 // setting does not apply.
 void set_attention_bwd_keys(int keys);
 int attention_bwd_keys();

@@ -552,8 +552,8 @@ CUDA_TEST("flash_attention: tensor-core (bf16) and CUDA-core kernels against the
                                 {1, 600, 2, 1, 128, 200, {}},     {0, 900, 4, 2, 64, 0, {0, 17, 600, 900}},
                                 {1, 150, 40, 1, 64, 0, {}},       {0, 260, 24, 2, 72, 0, {0, 100, 260}},
                                 {0, 333, 8, 2, 128, 0, {0, 5, 200, 333}}, {1, 200, 4, 1, 96, 0, {}}};
-  // Forward kernel versions 1-6 (4 and 5: wgmma on sm_90a for D 72..128, one or two warpgroups per block, 6: warp-
-  // specialized with TMA, and the wgmma backward there; 3: 32 rows per warp; 2: 16), version 1 paired with the mma.sync backward's 64-key blocks
+  // Forward kernel versions 1-7 (4 and 5: wgmma on sm_90a for D 72..128, one or two warpgroups per block, 6: warp-
+  // specialized with TMA, and the wgmma backward there, 7: 6 with the warp-specialized backward; 3: 32 rows per warp; 2: 16), version 1 paired with the mma.sync backward's 64-key blocks
   // and the others with its 128-key blocks, then back to the defaults.
 #if NT_CUDA
   const int default_version = cuda::attention_kernel(), default_keys = cuda::attention_bwd_keys();
@@ -563,7 +563,7 @@ CUDA_TEST("flash_attention: tensor-core (bf16) and CUDA-core kernels against the
   auto set_version = [](int) {};
   auto restore = [] {};
 #endif
-  for (int version : {1, 2, 3, 4, 5, 6})
+  for (int version : {1, 2, 3, 4, 5, 6, 7})
   for (const C& c : cases)
     for (DType dt : kFloatTypes) {
       set_version(version);
