@@ -577,7 +577,7 @@ bool use_tensor_cores(DType t, const AttentionDims& d, std::initializer_list<con
 int g_attention_kernel = [] {
   const char* e = std::getenv("NT_ATTENTION_KERNEL");
   const std::string v = e ? e : "";
-  return v.size() == 1 && v[0] >= '1' && v[0] <= '7' ? v[0] - '0' : 6;
+  return v.size() == 1 && v[0] >= '1' && v[0] <= '7' ? v[0] - '0' : 7;
 }();
 
 template <int DP> void launch_fwd_tc(const void* q, const void* k, const void* v, void* out, float* lse, const AttentionDims& d,

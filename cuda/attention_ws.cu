@@ -188,6 +188,10 @@ __global__ void __launch_bounds__(384, 1)
 // no wgmma sits under a branch (ptxas would serialize them all). The dS buffers alternate, so a consumer writing
 // tile i + 1's waits only for the barrier of tile i, which the other passes after its dQ of tile i - 1 landed.
 // Shared memory: K, V 32 KB each, Q, dO 2 x 16 KB each, dS^T 2 x 16 KB: one block per SM.
+// Measured (H100, 2026-12-06, docs/cuda.md): forward + backward 1.10x version 6's (attn_bwd_wgmma) at 8k dense,
+// equal on NSA's compressed branch. Its limit: both consumers meet at the dS barrier every tile, so they run the
+// same phase at the same time, and each waits for its own S^T/dP^T before the softmax (S and dP for the next tile
+// in flight would need registers it does not have: at 232 per thread ptxas already serializes the wgmmas, C7512).
 constexpr int kBwdKeys = 128, kBwdRows = 64;
 constexpr int kBwdKV = kBwdKeys * 256, kBwdQ = kBwdRows * 256, kBwdDS = kBwdKeys * 128;
 constexpr size_t kBwdSmem = 1024 + 2 * kBwdKV + 4 * kBwdQ + 2 * kBwdDS + 2 * 2 * kBwdRows * sizeof(float) + 8 * 8;
