@@ -577,7 +577,7 @@ bool use_tensor_cores(DType t, const AttentionDims& d, std::initializer_list<con
 int g_attention_kernel = [] {
   const char* e = std::getenv("NT_ATTENTION_KERNEL");
   const std::string v = e ? e : "";
-  return v.size() == 1 && v[0] >= '1' && v[0] <= '5' ? v[0] - '0' : 4;
+  return v.size() == 1 && v[0] >= '1' && v[0] <= '7' ? v[0] - '0' : 7;
 }();
 
 template <int DP> void launch_fwd_tc(const void* q, const void* k, const void* v, void* out, float* lse, const AttentionDims& d,
@@ -657,8 +657,8 @@ void launch_bwd_tc(const void* q, const void* k, const void* v, const void* dout
 }  // namespace
 
 void set_attention_kernel(int version) {
-  if (version < 1 || version > 5)
-    throw std::invalid_argument("set_attention_kernel: version must be 1..5, got " + std::to_string(version));
+  if (version < 1 || version > 7)
+    throw std::invalid_argument("set_attention_kernel: version must be 1..7, got " + std::to_string(version));
   g_attention_kernel = version;
 }
 int attention_kernel() { return g_attention_kernel; }
@@ -676,6 +676,7 @@ void attention_forward(DType t, const void* q, const void* k, const void* v, voi
   if (use_tensor_cores(t, d, {q, k, v, out})) {
     // wgmma only above D = 64: at D = 64 version 2 was 1.25x faster (H100, 2026-12-06, B4 T2048 H12: 0.162 against
     // 0.203 ms), at D = 128 wgmma 1.5x faster than version 2 and 1.1-1.2x than version 3.
+    if (g_attention_kernel >= 6 && d.D > 64 && attention_forward_ws(q, k, v, out, lse, d, stream)) return;
     if (g_attention_kernel >= 4 && d.D > 64 &&
         attention_forward_wgmma(q, k, v, out, lse, d, g_attention_kernel == 5 ? 2 : 1, stream))
       return;
@@ -705,9 +706,10 @@ void attention_backward(DType t, const void* q, const void* k, const void* v, co
   if (use_tensor_cores(t, d, {q, k, v, dout, dk, dv})) {
     NT_CUDA_CHECK(cudaMemsetAsync(dq_acc, 0, (size_t)d.N * d.H * d.D * sizeof(float), stream));
     const bool wide = g_bwd_keys == 128;  // 256-wide heads keep 64 keys (the 128-key tile's smem would not fit twice)
-    if (g_attention_kernel >= 4 && attention_wgmma_available(d))  // versions 4 and 5: Hopper kernels both ways
+    if (g_attention_kernel >= 4 && attention_wgmma_available(d))  // versions 4-7: Hopper kernels both ways (7: the warp-specialized backward)
       run_bwd_split(d, 128, dk, dv, stream, [&](int gs, float* dkv_acc) {
-        attention_backward_wgmma(q, k, v, dout, lse, delta, dq_acc, dk, dv, dkv_acc, gs, d, stream);
+        if (g_attention_kernel == 7) attention_backward_ws(q, k, v, dout, lse, delta, dq_acc, dk, dv, dkv_acc, gs, d, stream);
+        else attention_backward_wgmma(q, k, v, dout, lse, delta, dq_acc, dk, dv, dkv_acc, gs, d, stream);
       });
     else if (d.D <= 64 && wide) launch_bwd_tc<64, 64, 128>(q, k, v, dout, lse, delta, dq_acc, dk, dv, d, stream);
     else if (d.D <= 64) launch_bwd_tc<64, 64, 64>(q, k, v, dout, lse, delta, dq_acc, dk, dv, d, stream);

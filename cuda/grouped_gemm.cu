@@ -277,27 +277,6 @@ __global__ void __launch_bounds__(Tiles<BM, BN>::kThreads, 1)
 #endif
 }
 
-PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
-  static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
-    void* f = nullptr;
-    cudaDriverEntryPointQueryResult q{};
-    NT_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q));
-    if (!f || q != cudaDriverEntryPointSuccess) throw_cuda_error("driver has no cuTensorMapEncodeTiled", "encode_fn", __FILE__, __LINE__);
-    return (PFN_cuTensorMapEncodeTiled_v12000)f;
-  }();
-  return fn;
-}
-
-// A bf16 tensor map over `rank` dims (innermost first; strides in bytes of dims 1..), 128-byte swizzle.
-CUtensorMap tensor_map(const void* base, int rank, const uint64_t* dims, const uint64_t* strides, const uint32_t* box) {
-  CUtensorMap m;
-  const uint32_t elem_strides[3] = {1, 1, 1};
-  const CUresult r = encode_fn()(&m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, rank, const_cast<void*>(base), dims, strides, box,
-                                 elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                                 CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  if (r != CUDA_SUCCESS) throw_cuda_error("cuTensorMapEncodeTiled failed", "tensor_map", __FILE__, __LINE__);
-  return m;
-}
 
 int sm_count(int device) {
   static int counts[64] = {};
@@ -363,12 +342,12 @@ void grouped_gemm_rows_bf16(const void* A, const void* W, bool trans_w, void* C,
   const auto [BM, BN] = pick_tiles(N, M >= 512 * G);
   const uint64_t a_dims[2] = {(uint64_t)K, (uint64_t)M}, a_strides[1] = {(uint64_t)K * 2};
   const uint32_t a_box[2] = {64, (uint32_t)BM};
-  const CUtensorMap ma = tensor_map(A, 2, a_dims, a_strides, a_box);
+  const CUtensorMap ma = tensor_map_bf16(A, 2, a_dims, a_strides, a_box);
   // W [G, K, N]: boxes of 64 n x 64 k; W [G, N, K] (trans_w): boxes of 64 k x BN n.
   const uint64_t w_dims[3] = {(uint64_t)(trans_w ? K : N), (uint64_t)(trans_w ? N : K), (uint64_t)G};
   const uint64_t w_strides[2] = {w_dims[0] * 2, w_dims[0] * w_dims[1] * 2};
   const uint32_t w_box[3] = {64, trans_w ? (uint32_t)BN : 64u, 1};
-  const CUtensorMap mb = tensor_map(W, 3, w_dims, w_strides, w_box);
+  const CUtensorMap mb = tensor_map_bf16(W, 3, w_dims, w_strides, w_box);
   const Problem p{(int)G, (int)M, (int)N, (int)K, offsets, (__nv_bfloat16*)C, store16()};
   const int64_t max_tiles = (M / BM + G) * ((N + BN - 1) / BN);
   if (BM == 256) {
@@ -390,7 +369,7 @@ void grouped_gemm_wgrad_bf16(const void* A, const void* B, void* C, const int32_
   const uint64_t a_dims[2] = {(uint64_t)Kx, (uint64_t)std::max<int64_t>(M, 1)}, a_strides[1] = {(uint64_t)Kx * 2};
   const uint64_t b_dims[2] = {(uint64_t)N, (uint64_t)std::max<int64_t>(M, 1)}, b_strides[1] = {(uint64_t)N * 2};
   const uint32_t box[2] = {64, 64};
-  const CUtensorMap ma = tensor_map(A, 2, a_dims, a_strides, box), mb = tensor_map(B, 2, b_dims, b_strides, box);
+  const CUtensorMap ma = tensor_map_bf16(A, 2, a_dims, a_strides, box), mb = tensor_map_bf16(B, 2, b_dims, b_strides, box);
   const Problem p{(int)G, (int)Kx, (int)N, 0, offsets, (__nv_bfloat16*)C, store16()};
   const int64_t max_tiles = G * ((Kx + BM - 1) / BM) * ((N + BN - 1) / BN);
   if (BM == 256) launch<256, 128, true, false>(ma, mb, p, max_tiles, device, stream);

@@ -1,5 +1,8 @@
 // Whether a device runs this build's sm_90a code (wgmma, TMA): the device must be compute 9.0 and the binary must carry
 // sm_90a code for it. A one-thread kernel reports which variant the driver loaded; the answer is cached per device.
+// Also the tensor maps the TMA kernels read (encoded through the driver entry point: no link against libcuda).
+#include <cudaTypedefs.h>
+
 #include <atomic>
 
 #include "cuda/check.h"
@@ -15,7 +18,30 @@ __global__ void probe_sm90a(int* out) {
   *out = 0;
 #endif
 }
+
+PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
+  static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    NT_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q));
+    if (!f || q != cudaDriverEntryPointSuccess) throw_cuda_error("driver has no cuTensorMapEncodeTiled", "encode_fn", __FILE__, __LINE__);
+    return (PFN_cuTensorMapEncodeTiled_v12000)f;
+  }();
+  return fn;
+}
 }  // namespace
+
+namespace sm90 {
+CUtensorMap tensor_map_bf16(const void* base, int rank, const uint64_t* dims, const uint64_t* strides, const uint32_t* box) {
+  CUtensorMap m;
+  const uint32_t elem_strides[3] = {1, 1, 1};
+  const CUresult r = encode_fn()(&m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, rank, const_cast<void*>(base), dims, strides, box,
+                                 elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                                 CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS) throw_cuda_error("cuTensorMapEncodeTiled failed", "tensor_map_bf16", __FILE__, __LINE__);
+  return m;
+}
+}  // namespace sm90
 
 bool sm90a_available(int device) {
   constexpr int kCached = 64;

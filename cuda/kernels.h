@@ -71,16 +71,17 @@ struct AttentionDims {
   float scale = 0;
   const int32_t* cu_seqlens = nullptr;  // device memory, nseq + 1 entries
 };
-// Forward kernel version: 4 (default: Hopper wgmma for head dims 72..128, else the fastest below for the width; 5:
-// the same with two warpgroups per block sharing the K/V tiles, experimental; with 4 and 5 the backward runs on
-// wgmma too where the forward does), 3
+// Kernel version: 7 (default: Hopper, warp-specialized forward and backward: TMA loads and two consumer
+// warpgroups, cuda/attention_ws.cu, for head dims 72..128, else the fastest below for the width), 6 (7's forward,
+// attn_bwd_wgmma's backward), 4 (Hopper wgmma, one warpgroup, cp.async, both ways), 5 (4 with two warpgroups per
+// block sharing the K/V tiles, experimental); with 4-7 the backward runs on wgmma where the forward does, 3
 // (mma.sync, cp.async + ldmatrix, 32 rows per warp over 32-key tiles), 2 (the same with 16 rows per warp over 64-key
 // tiles) or 1 (the first kernel; head dims over 128 always use it); also NT_ATTENTION_KERNEL=N in the environment.
 // All compute the same function.
 void set_attention_kernel(int version);
 int attention_kernel();
 // Keys per block of the mma.sync backward: 128 (default; 8 warps) or 64 (4 warps; also NT_ATTENTION_BWD_KEYS=64).
-// Both compute the same function; 256-wide heads always use 64. Where versions 4 and 5 run the wgmma backward this
+// Both compute the same function; 256-wide heads always use 64. Where versions 4-7 run the wgmma backward this
 // setting does not apply.
 void set_attention_bwd_keys(int keys);
 int attention_bwd_keys();

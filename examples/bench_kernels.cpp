@@ -188,7 +188,7 @@ int main(int argc, char** argv) {
     // The other forward kernel versions (cuda::set_attention_kernel) timed next to the default.
     const int default_version = cuda::attention_kernel();
     std::vector<std::pair<int, double>> others;
-    for (int ver = 1; ver <= 5; ++ver) {
+    for (int ver = 1; ver <= 6; ++ver) {
       if (ver == default_version) continue;
       cuda::set_attention_kernel(ver);
       others.emplace_back(ver, time_ms([&] { flash_attention(q, k, v, opt); }));
