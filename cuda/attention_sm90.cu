@@ -207,26 +207,7 @@ __global__ void __launch_bounds__(256) attn_bwd_wgmma(const uint16_t* __restrict
       const int r = m0 + warp * 16 + lane / 4 + ((lane & 1) ? 8 : 0);  // this lane's row in red_add_m64n64
       red_add_m64n64(dq, r < len ? dq_acc + ((int64_t)start + r) * qs + h * a.D : nullptr, wg * 64, a.D, a.scale, lane);
     }
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    const int r = key0 + i * 8;
-    if (r >= len) continue;
-    const int64_t off = ((int64_t)start + r) * ks + hk * a.D;
-#pragma unroll
-    for (int j = 0; j < NO; ++j) {
-      const int col = j * 8 + (lane % 4) * 2;
-      if (col >= a.D) continue;
-      const float k0 = dka[4 * j + 2 * i] * a.scale, k1 = dka[4 * j + 2 * i + 1] * a.scale;
-      const float v0 = dva[4 * j + 2 * i], v1 = dva[4 * j + 2 * i + 1];
-      if (dkv_acc) {
-        atomicAdd(reinterpret_cast<float2*>(dkv_acc + off + col), make_float2(k0, k1));
-        atomicAdd(reinterpret_cast<float2*>(dkv_acc + a.N * ks + off + col), make_float2(v0, v1));
-      } else {
-        *reinterpret_cast<uint32_t*>(dk + off + col) = pack_bf16(k0, k1);
-        *reinterpret_cast<uint32_t*>(dv + off + col) = pack_bf16(v0, v1);
-      }
-    }
-  }
+  attn_bwd_store_dkv(dka, dva, dk, dv, dkv_acc, a, start, len, hk, key0, lane);
 #endif
 }
 }  // namespace

@@ -105,4 +105,33 @@ __device__ __forceinline__ void red_add_m64n64(const float (&acc)[8][4], float* 
   }
 #endif
 }
+// The end of a wgmma backward block (attn_bwd_wgmma, attn_bwd_ws): this thread's dK (times scale) and dV rows key0
+// and key0 + 8 (accumulators in mma.sync's C layout, 16 n-tiles of 8 head dims) written as bf16 into dk / dv
+// ([N, Hkv, D] rows start + key), or added into dkv_acc ([N, Hkv, D] dk then dv, f32) when the group is split.
+template <class Dims>
+__device__ __forceinline__ void attn_bwd_store_dkv(const float (&dka)[kAttnDim / 2], const float (&dva)[kAttnDim / 2],
+                                                   uint16_t* dk, uint16_t* dv, float* dkv_acc, const Dims& a, int start,
+                                                   int len, int hk, int key0, int lane) {
+  const int64_t ks = (int64_t)a.Hkv * a.D;
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int r = key0 + i * 8;
+    if (r >= len) continue;
+    const int64_t off = ((int64_t)start + r) * ks + hk * a.D;
+#pragma unroll
+    for (int j = 0; j < kAttnDim / 8; ++j) {
+      const int col = j * 8 + (lane % 4) * 2;
+      if (col >= a.D) continue;
+      const float k0 = dka[4 * j + 2 * i] * a.scale, k1 = dka[4 * j + 2 * i + 1] * a.scale;
+      const float v0 = dva[4 * j + 2 * i], v1 = dva[4 * j + 2 * i + 1];
+      if (dkv_acc) {
+        atomicAdd(reinterpret_cast<float2*>(dkv_acc + off + col), make_float2(k0, k1));
+        atomicAdd(reinterpret_cast<float2*>(dkv_acc + a.N * ks + off + col), make_float2(v0, v1));
+      } else {
+        *reinterpret_cast<uint32_t*>(dk + off + col) = pack_bf16(k0, k1);
+        *reinterpret_cast<uint32_t*>(dv + off + col) = pack_bf16(v0, v1);
+      }
+    }
+  }
+}
 }  // namespace nt::cuda::sm90
