@@ -39,8 +39,17 @@ Tensor Rotary::apply(const Tensor& x, int64_t start) const {
   const int64_t T = x.size(-3);
   NT_CHECK(start >= 0 && start + T <= cos.size(0), "Rotary: positions {}..{} exceed the table of {} positions", start,
            start + T - 1, cos.size(0));
-  const Tensor c = cos.narrow(0, start, T).to(x.device()), s = sin.narrow(0, start, T).to(x.device());
-  return rope(x, c, s, cfg.interleaved);
+  const auto [cd, sd] = tables(x.device());
+  return rope(x, cd.narrow(0, start, T), sd.narrow(0, start, T), cfg.interleaved);
+}
+
+std::pair<Tensor, Tensor> Rotary::tables(Device d) const {
+  if (cos.device() == d) return {cos, sin};
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& [dev, c, s] : copies_)
+    if (dev == d) return {c, s};
+  copies_.emplace_back(d, cos.to(d), sin.to(d));
+  return {std::get<1>(copies_.back()), std::get<2>(copies_.back())};
 }
 
 }  // namespace nt::nn

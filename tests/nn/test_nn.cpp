@@ -1,5 +1,6 @@
 // nn: parameter naming, layers against their formulas, attention against a direct loop (GQA, window), causality,
 // rotary/YaRN frequencies, and a tiny LM that must overfit a batch.
+#include "cuda/memory.h"
 #include "nn/sampling.h"
 #include "nn/transformer.h"
 #include "test_util.h"
@@ -162,6 +163,21 @@ TEST_CASE("rotary frequencies and YaRN") {
   nn::Rotary r(8, 10, y);
   CHECK(r.cos.to_vector()[0] == doctest::Approx(0.1 * std::log(4.0) + 1.0));  // mscale at position 0
   expect_error([&] { r.apply(zeros({11, 2, 8})); }, {"Rotary", "10 positions"});
+}
+
+// The tables stay where they were built (a model moved with Module::to leaves them there); apply() on another
+// device uses a copy made there once.
+TEST_CASE("Rotary tables built on the host apply on CUDA, equal to the CPU" * doctest::skip(!cuda::available())) {
+  nn::RopeConfig y;
+  y.yarn_scale = 4, y.yarn_original_context = 8;
+  const nn::Rotary r(8, 20, y);
+  const Tensor x = rnd({7, 3, 8}, 41).to(DType::f32);
+  for (int64_t start : {0, 5, 13}) {
+    INFO("start " << start);
+    expect_close(r.apply(x.to(cuda_device(0)), start).to(kCPU), r.apply(x, start), 1e-5, 1e-5);
+  }
+  CHECK(r.cos.device() == kCPU);
+  expect_error([&] { r.apply(x.to(cuda_device(0)), 14); }, {"Rotary", "20 positions"});
 }
 
 TEST_CASE("a tiny LM overfits one batch with AdamW") {
