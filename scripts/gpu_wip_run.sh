@@ -3,7 +3,7 @@
 #   run(command="bash scripts/gpu_wip_run.sh", carry=[".deps", "data"])
 # Rotary tables copied to the GPU once (nn/rotary.cpp): the GPU cases of the CPU suite (one new: "Rotary tables
 # built on the host apply on CUDA"), the NSA + MoE and dense train_lm profiles (uploads per 3 steps: 642 and 84 in
-# this session's first run), then Nsight Compute on one attn_bwd_ws launch (for the next session).
+# this session's first run).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PATH=/usr/local/cuda/bin:$PATH
@@ -20,6 +20,4 @@ NSAMOE="model=small model.attention=nsa model.mlp=moe model.dim=1024 model.heads
 step train 80 build-gpu/examples/train_lm $NSAMOE training.steps=60 training.profile_steps=3 training.out=/tmp/r1
 step train 30 build-gpu/examples/train_lm training.steps=60 training.log_every=10 training.eval_every=100 training.profile_steps=3 training.out=/tmp/rd1
 grep -E "^==|rc=|^step .*tok/s|GPU profile|host:|copy host to device" "$OUT/train.log" | cut -c1-200 | head -30
-step ncu 90 ncu --clock-control none --kernel-name-base mangled -k regex:attn_bwd_ws -c 1 --section SpeedOfLight --section Occupancy --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis build-gpu/examples/bench_kernels --no-torch --only=attention
-grep -vE "^==PROF==|^\s*$" "$OUT/ncu.log" | tail -70
 echo "total $(($(date +%s) - T0))s"
