@@ -181,8 +181,8 @@ __global__ void __launch_bounds__(384, 1)
 // producer: K and V once by TMA, then per tile Q and dO by TMA and the rows' lse and delta by its 32 lanes into a
 // ring of two stages (a tile's full barrier takes the 32 lanes' arrivals and TMA's bytes). Per tile a consumer
 //   issues S^T = K_c Q^T and dP^T = V_c dO^T (m64n64) and waits; P^T, dS^T in registers;
-//   issues dV_c += P^T dO and dK_c += dS^T Q (m64n128, A from registers) and, while they run, writes dS^T (bf16)
-//   into one of two shared buffers; after a barrier of both consumers, issues dQ[:, 64 (c - 1) ..] = dS K (m64n64,
+//   issues dV_c += P^T dO, writes dS^T (bf16) into one of two shared buffers while it runs, issues dK_c += dS^T Q
+//   (m64n128, A from registers); after a barrier of both consumers, issues dQ[:, 64 (c - 1) ..] = dS K (m64n64,
 //   both operands MN-major); releases the Q/dO stage when dV/dK land and adds dQ with 16-byte reductions.
 // Every tile is multiplied by both consumers, also one whose keys none of the tile's queries sees (masked to zero):
 // no wgmma sits under a branch (ptxas would serialize them all). The dS buffers alternate, so a consumer writing
@@ -300,14 +300,12 @@ __global__ void __launch_bounds__(384, 1)
 #pragma unroll
       for (int kk = 0; kk < kBwdRows / 16; ++kk)
         acc_to_a(pa[kk], p[2 * kk], p[2 * kk + 1]), acc_to_a(da[kk], ds[2 * kk], ds[2 * kk + 1]);
-      // dV_c += P^T dO, dK_c += dS^T Q: dO, Q MN-major (16 queries = 2048 bytes on; column halves 64 x 128 apart).
+      // dV_c += P^T dO, then dK_c += dS^T Q (dO, Q MN-major: 16 queries = 2048 bytes on; column halves 64 x 128
+      // apart). dS^T goes to shared memory between the two issues: da may not be touched while a wgmma reads it.
       wgmma_fence();
 #pragma unroll
-      for (int kk = 0; kk < kBwdRows / 16; ++kk) {
+      for (int kk = 0; kk < kBwdRows / 16; ++kk)
         wgmma_m64n128_rs<1>(dva, pa[kk], smem_desc(do_addr + kk * 2048, kBwdRows * 128, 1024));
-        wgmma_m64n128_rs<1>(dka, da[kk], smem_desc(q_addr + kk * 2048, kBwdRows * 128, 1024));
-      }
-      wgmma_commit();
       // dS^T into this tile's buffer: row = key (of the block's 128), 64 queries = one 128-byte swizzled row; da's
       // registers hold exactly the bf16 pairs (query pair 2 (lane % 4) of 8-query group j, rows key and key + 8).
 #pragma unroll
@@ -318,6 +316,10 @@ __global__ void __launch_bounds__(384, 1)
           *reinterpret_cast<uint32_t*>(dSs + s * kBwdDS + r * 128 + ((j ^ (r % 8)) << 4) + (lane % 4) * 4) =
               da[j / 2][(j % 2) * 2 + i];
       }
+#pragma unroll
+      for (int kk = 0; kk < kBwdRows / 16; ++kk)
+        wgmma_m64n128_rs<1>(dka, da[kk], smem_desc(q_addr + kk * 2048, kBwdRows * 128, 1024));
+      wgmma_commit();
       fence_async_smem();
       named_barrier(1, 256);  // both consumers' dS^T of this tile are in the buffer
       // dQ[:, 64 c ..] = dS K[:, 64 c ..]: A = dS (64 queries x 128 keys) MN-major from the buffer, B = K's column
