@@ -24,6 +24,8 @@ namespace nt::cuda::sm90 {
 // Host: a bf16 tensor map over `rank` dims (innermost first; strides in bytes of dims 1..), 128-byte swizzle, box
 // sizes in elements (cuda/hopper.cu). Parts of a box outside the tensor arrive as zeros.
 CUtensorMap tensor_map_bf16(const void* base, int rank, const uint64_t* dims, const uint64_t* strides, const uint32_t* box);
+// The same for f32 without swizzle (boxes land row-major in shared memory), e.g. for TMA reductions.
+CUtensorMap tensor_map_f32(const void* base, int rank, const uint64_t* dims, const uint64_t* strides, const uint32_t* box);
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
 
@@ -63,6 +65,24 @@ __device__ __forceinline__ void tma_load_3d(void* dst, const CUtensorMap* map, u
           smem_addr(dst)),
       "l"((uint64_t)map), "r"(smem_addr(bar)), "r"(c0), "r"(c1), "r"(c2)
       : "memory");
+}
+// TMA reduce: adds a box in shared memory (laid out as the map's box) into the tensor (the map's element type, e.g.
+// f32), asynchronously; parts of the box outside the tensor are skipped. Grouped by bulk_commit; bulk_wait_read<N>
+// returns once all but the N most recent groups have finished reading shared memory (the box may then be
+// overwritten), bulk_wait<N> once they have completed.
+__device__ __forceinline__ void tma_reduce_add_3d(const CUtensorMap* map, const void* src, int c0, int c1, int c2) {
+  asm volatile(
+      "cp.reduce.async.bulk.tensor.3d.global.shared::cta.add.tile.bulk_group [%0, {%2, %3, %4}], [%1];\n" ::"l"(
+          (uint64_t)map),
+      "r"(smem_addr(src)), "r"(c0), "r"(c1), "r"(c2)
+      : "memory");
+}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void bulk_wait_read() {
+  asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory");
+}
+template <int N> __device__ __forceinline__ void bulk_wait() {
+  asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(N) : "memory");
 }
 __device__ __forceinline__ void tma_prefetch_map(const CUtensorMap* map) {
   asm volatile("prefetch.tensormap [%0];\n" ::"l"((uint64_t)map) : "memory");

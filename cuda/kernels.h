@@ -85,6 +85,10 @@ int attention_kernel();
 // setting does not apply.
 void set_attention_bwd_keys(int keys);
 int attention_bwd_keys();
+// Version 7's backward adds dQ by TMA reductions from shared memory (a writer warp) instead of the consumers' own
+// 16-byte reductions: experimental, off by default; also NT_ATTENTION_BWD_DQ=tma. Same function either way.
+void set_attention_bwd_tma_dq(bool on);
+bool attention_bwd_tma_dq();
 void attention_forward(DType t, const void* q, const void* k, const void* v, void* out, float* lse,
                        const AttentionDims& d, cudaStream_t stream);
 void attention_backward(DType t, const void* q, const void* k, const void* v, const void* out, const void* dout,

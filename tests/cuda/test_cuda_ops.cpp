@@ -564,16 +564,24 @@ CUDA_TEST("flash_attention: tensor-core (bf16) and CUDA-core kernels against the
   // and the others with its 128-key blocks, then back to the defaults.
 #if NT_CUDA
   const int default_version = cuda::attention_kernel(), default_keys = cuda::attention_bwd_keys();
-  auto set_version = [](int v) { cuda::set_attention_kernel(v), cuda::set_attention_bwd_keys(v == 1 ? 64 : 128); };
-  auto restore = [&] { cuda::set_attention_kernel(default_version), cuda::set_attention_bwd_keys(default_keys); };
+  const bool default_tma_dq = cuda::attention_bwd_tma_dq();
+  auto set_version = [](int v) {
+    cuda::set_attention_kernel(std::min(v, 7)), cuda::set_attention_bwd_keys(v == 1 ? 64 : 128);
+    cuda::set_attention_bwd_tma_dq(v == 8);
+  };
+  auto restore = [&] {
+    cuda::set_attention_kernel(default_version), cuda::set_attention_bwd_keys(default_keys);
+    cuda::set_attention_bwd_tma_dq(default_tma_dq);
+  };
 #else
   auto set_version = [](int) {};
   auto restore = [] {};
 #endif
-  for (int version : {1, 2, 3, 4, 5, 6, 7})
+  for (int version : {1, 2, 3, 4, 5, 6, 7, 8})  // 8: version 7 with the TMA-reduce dQ (set_attention_bwd_tma_dq)
   for (const C& c : cases)
     for (DType dt : kFloatTypes) {
       if (c.cu.size() > 100 && (dt != DType::bf16 || version < 4)) continue;  // the head walk of the wgmma backwards
+      if (version == 8 && dt != DType::bf16) continue;
       set_version(version);
       INFO("forward kernel " << version << " (backward keys " << (version == 1 ? 64 : 128) << ") B " << c.B << " T " << c.T << " H " << c.H << "/" << c.Hkv << " D " << c.D << " window " << c.window
                 << " packed " << !c.cu.empty());
