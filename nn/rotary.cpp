@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "ops/device_tables.h"
+
 namespace nt::nn {
 
 std::vector<double> rope_frequencies(int64_t D, const RopeConfig& cfg) {
@@ -41,6 +43,28 @@ Tensor Rotary::apply(const Tensor& x, int64_t start) const {
            start + T - 1, cos.size(0));
   const auto [cd, sd] = tables(x.device());
   return rope(x, cd.narrow(0, start, T), sd.narrow(0, start, T), cfg.interleaved);
+}
+
+Tensor Rotary::apply_packed(const Tensor& x, const std::vector<int32_t>& cu) const {
+  NT_CHECK(x.dim() == 3, "Rotary: packed x must be [N, H, D], got {}", shape_str(x.shape()));
+  NT_CHECK(cu.size() >= 2 && cu.front() == 0 && cu.back() == x.size(0),
+           "Rotary: cu_seqlens must run from 0 to N = {}, got {} entries{}", x.size(0), cu.size(),
+           cu.empty() ? std::string() : fmt::format(" from {} to {}", cu.front(), cu.back()));
+  for (size_t b = 0; b + 1 < cu.size(); ++b) {
+    NT_CHECK(cu[b + 1] >= cu[b], "Rotary: cu_seqlens must not decrease, got {} then {} at {}", cu[b], cu[b + 1], b + 1);
+    NT_CHECK(cu[b + 1] - cu[b] <= cos.size(0), "Rotary: positions 0..{} of sequence {} exceed the table of {} positions",
+             cu[b + 1] - cu[b] - 1, b, cos.size(0));
+  }
+  if (x.size(0) == 0) return x;
+  const Tensor pos = cached_table("rotary positions", std::vector<int64_t>(cu.begin(), cu.end()), DType::i64, x.device(), [&] {
+    std::vector<double> p;
+    p.reserve(cu.back());
+    for (size_t b = 0; b + 1 < cu.size(); ++b)
+      for (int32_t t = 0; t < cu[b + 1] - cu[b]; ++t) p.push_back(t);
+    return p;
+  });
+  const auto [cd, sd] = tables(x.device());
+  return rope(x, index_select(cd, 0, pos), index_select(sd, 0, pos), cfg.interleaved);
 }
 
 std::pair<Tensor, Tensor> Rotary::tables(Device d) const {

@@ -30,6 +30,10 @@ class Rotary {
   Rotary(int64_t head_dim, int64_t max_seq, const RopeConfig& cfg = {}, Device device = kCPU);
   // x [..., T, H, D] for positions start .. start+T-1.
   Tensor apply(const Tensor& x, int64_t start = 0) const;
+  // x [N, H, D] holding packed sequences (cu_seqlens: 0 = cu[0] <= ... <= cu.back() = N): positions restart at each
+  // sequence. One rope over all rows (the rows' table entries gathered by a cached position table), equal to
+  // apply() on each sequence.
+  Tensor apply_packed(const Tensor& x, const std::vector<int32_t>& cu_seqlens) const;
   Tensor cos, sin;  // [max_seq, D/2] f32, on the constructor's device
   RopeConfig cfg;
 
