@@ -345,6 +345,7 @@ __global__ void __launch_bounds__(384, 1)
           *reinterpret_cast<uint32_t*>(dSs + s * kBwdDS + r * 128 + ((j ^ (r % 8)) << 4) + (lane % 4) * 4) =
               da[j / 2][(j % 2) * 2 + i];
       }
+      wgmma_fence();  // orders the stores' reads of da before the wgmma that reads it (and pins them here)
 #pragma unroll
       for (int kk = 0; kk < kBwdRows / 16; ++kk)
         wgmma_m64n128_rs<1>(dka, da[kk], smem_desc(q_addr + kk * 2048, kBwdRows * 128, 1024));
@@ -380,7 +381,7 @@ __global__ void __launch_bounds__(384, 1)
                 make_float2(dq[j][2 * i] * a.scale, dq[j][2 * i + 1] * a.scale);
         }
         fence_async_smem();
-        named_barrier(2 + c, 160);
+        named_barrier_arrive(2 + c, 160);  // the writer waits there; this consumer goes on
       } else {
         const int r = m0 + warp * 16 + lane / 4 + ((lane & 1) ? 8 : 0);  // this lane's row in red_add_m64n64
         red_add_m64n64(dq, r < len ? dq_acc + ((int64_t)start + r) * qs + h * a.D : nullptr, c * 64, a.D, a.scale, lane);

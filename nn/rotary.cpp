@@ -3,6 +3,9 @@
 #include <cmath>
 
 #include "ops/device_tables.h"
+#if NT_CUDA
+#include "cuda/runtime.h"
+#endif
 
 namespace nt::nn {
 
@@ -73,6 +76,10 @@ std::pair<Tensor, Tensor> Rotary::tables(Device d) const {
   for (const auto& [dev, c, s] : copies_)
     if (dev == d) return {c, s};
   copies_.emplace_back(d, cos.to(d), sin.to(d));
+#if NT_CUDA
+  // Other threads may read the copies on other streams: let the uploads land first (once per device).
+  if (d.is_cuda()) cuda::synchronize(d.index);
+#endif
   return {std::get<1>(copies_.back()), std::get<2>(copies_.back())};
 }
 

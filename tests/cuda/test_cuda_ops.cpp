@@ -546,8 +546,8 @@ CUDA_TEST("flash_attention: tensor-core (bf16) and CUDA-core kernels against the
   // the backward's head splits: a group of 40 (16 + 16 + 8 heads per block) and a grid of few blocks (12 heads
   // over 1-head blocks); full causal D = 128 and 96 over several 128-row blocks (version 6's tiles), packed; fewer
   // rows than one tile (D = 128, T = 40); 140 packed sequences of 100-128 rows (enough blocks that the wgmma
-  // backward walks 2 heads per block); a window past INT_MAX - 128 keys (none: the kernels' window arithmetic must
-  // not overflow).
+  // backward walks 2 heads per block); a window of INT_MAX keys (none: the kernels' window arithmetic must not
+  // overflow).
   std::vector<int32_t> many = {0};
   for (int b = 0; b < 140; ++b) many.push_back(many.back() + 100 + (b * 37) % 29);
   const std::vector<C> cases = {{2, 77, 4, 4, 64, 0, {}},         {1, 130, 8, 2, 72, 33, {}},
@@ -558,7 +558,7 @@ CUDA_TEST("flash_attention: tensor-core (bf16) and CUDA-core kernels against the
                                 {1, 150, 40, 1, 64, 0, {}},       {0, 260, 24, 2, 72, 0, {0, 100, 260}},
                                 {0, 333, 8, 2, 128, 0, {0, 5, 200, 333}}, {1, 200, 4, 1, 96, 0, {}},
                                 {1, 40, 4, 2, 128, 0, {}},        {0, many.back(), 2, 1, 128, 0, many},
-                                {1, 90, 4, 2, 128, 2147483000, {}}};
+                                {1, 90, 4, 2, 128, 2147483647, {}}};
   // Forward kernel versions 1-7 (4 and 5: wgmma on sm_90a for D 72..128, one or two warpgroups per block, 6: warp-
   // specialized with TMA, and the wgmma backward there, 7: 6 with the warp-specialized backward; 3: 32 rows per warp; 2: 16), version 1 paired with the mma.sync backward's 64-key blocks
   // and the others with its 128-key blocks, then back to the defaults.
@@ -569,10 +569,14 @@ CUDA_TEST("flash_attention: tensor-core (bf16) and CUDA-core kernels against the
     cuda::set_attention_kernel(std::min(v, 7)), cuda::set_attention_bwd_keys(v == 1 ? 64 : 128);
     cuda::set_attention_bwd_tma_dq(v == 8);
   };
-  auto restore = [&] {
-    cuda::set_attention_kernel(default_version), cuda::set_attention_bwd_keys(default_keys);
-    cuda::set_attention_bwd_tma_dq(default_tma_dq);
-  };
+  struct Restore {  // also when a check throws
+    int version, keys;
+    bool tma_dq;
+    ~Restore() {
+      cuda::set_attention_kernel(version), cuda::set_attention_bwd_keys(keys), cuda::set_attention_bwd_tma_dq(tma_dq);
+    }
+  } restore_at_exit{default_version, default_keys, default_tma_dq};
+  auto restore = [] {};
 #else
   auto set_version = [](int) {};
   auto restore = [] {};

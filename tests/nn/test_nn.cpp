@@ -201,6 +201,8 @@ TEST_CASE("Rotary tables built on the host apply on CUDA, equal to the CPU" * do
     INFO("start " << start);
     expect_close(r.apply(x.to(cuda_device(0)), start).to(kCPU), r.apply(x, start), 1e-5, 1e-5);
   }
+  const std::vector<int32_t> cu = {0, 3, 3, 7};  // packed, with an empty sequence
+  expect_close(r.apply_packed(x.to(cuda_device(0)), cu).to(kCPU), r.apply_packed(x, cu), 1e-5, 1e-5);
   CHECK(r.cos.device() == kCPU);
   expect_error([&] { r.apply(x.to(cuda_device(0)), 14); }, {"Rotary", "20 positions"});
 }
