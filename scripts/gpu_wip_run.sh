@@ -7,7 +7,7 @@
 # (2) the GPU cases of the CPU suite (new: "Rotary tables built on the host apply on CUDA"); (3) NSA + MoE and dense
 # train_lm profiles: uploads per 3 steps were 642 and 84 before the rotary tables stayed on the device (expected
 # about 426 and 12); (4) the dQ A/B: bench_kernels attention and bench_nsa 64k, default then NT_ATTENTION_BWD_DQ=tma;
-# (5) Nsight Compute on one attn_bwd_ws launch. ~6 min.
+# (5) Nsight Compute on one attn_bwd_ws launch and on the selected-branch and selection kernels at 16k. ~7 min.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PATH=/usr/local/cuda/bin:$PATH
@@ -31,4 +31,6 @@ for dq in red tma; do NT_ATTENTION_BWD_DQ=$dq step nsa 100 build-gpu/examples/be
 grep -E "^==|rc=|NSA|dense|branch|attn_" "$OUT/nsa.log" | cut -c1-160 | head -40
 step ncu 120 ncu --clock-control none --kernel-name-base mangled -k regex:attn_bwd_ws -c 1 --section SpeedOfLight --section Occupancy --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis build-gpu/examples/bench_kernels --no-torch --only=attention
 grep -vE "^==PROF==|^\s*$" "$OUT/ncu.log" | tail -70
+step ncu_nsa 150 ncu --clock-control none --kernel-name-base mangled -k "regex:nsa_slc_fwd|nsa_slc_walk|nsa_select_tc" -c 3 --section SpeedOfLight --section Occupancy --section WarpStateStats --section MemoryWorkloadAnalysis build-gpu/examples/bench_nsa T=16384 fused_max_t=0
+grep -vE "^==PROF==|^\s*$" "$OUT/ncu_nsa.log" | grep -E "nsa_|Throughput|Hit Rate|Stall|Eligible|Occupancy|Registers|Duration" | head -80
 echo "total $(($(date +%s) - T0))s"
