@@ -141,6 +141,9 @@ void nsa_selected_forward_tc(const void* q, const void* k_slc, const void* v_slc
 // union's tables would not fit in shared memory).
 bool nsa_selected_forward_wgmma(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
                                 float* o_slc, float* lse_slc, const NsaDims& d, int max_len, cudaStream_t stream);
+// Version 6's forward (the same kernel file, the same conditions and outputs).
+bool nsa_selected_forward_ws(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
+                             float* o_slc, float* lse_slc, const NsaDims& d, int max_len, cudaStream_t stream);
 // Version 3 of the backward's dq step (the same kernel file): dq and delta = rowsum(dout o) [N, HQ] f32.
 bool nsa_selected_dq_wgmma(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
                            const float* o_slc, const float* lse_slc, const void* dout, void* dq, float* delta,
@@ -151,7 +154,8 @@ bool nsa_selected_dq_wgmma(const void* q, const void* k_slc, const void* v_slc, 
 bool nsa_selected_wgmma_applies(const NsaDims& d);
 // The selected forward's kernel: 0 automatic (4 where it applies, else 2), 1 one warp per position, 2 eight
 // positions per block sharing their blocks' loads (mma.sync), 3 wgmma (falls back to 2 where it does not apply),
-// 4 the forward of 3 with the backward's dq computed inside its dk/dv step; also NT_NSA_SLC_KERNEL=N. The
+// 4 the forward of 3 with the backward's dq computed inside its dk/dv step, 6 (experimental) 4 with a warp-
+// specialized forward (TMA producer, softmax overlapped with P V); also NT_NSA_SLC_KERNEL=N. The
 // backward follows: its dq step (1, 2, 3 alike; none under 4) and its dk/dv step (3, 4 on wgmma, else the
 // mma.sync kernel).
 // All compute the same function.

@@ -3,11 +3,14 @@
 #   run(command="bash scripts/gpu_wip_run.sh", carry=[".deps", "data"])
 # Checks, in order: (1) the CUDA suite: flash_attention now also runs "version 8" (version 7 with the experimental
 # TMA-reduce dQ, NT_ATTENTION_BWD_DQ=tma) and new shapes (T = 40 at D = 128; 140 packed sequences, 2 heads per
-# backward block; a window past INT_MAX - 128), and attn_bwd_ws stores dS^T between its dV and dK issues;
+# backward block; a window of INT_MAX), and attn_bwd_ws stores dS^T between its dV and dK issues;
 # (2) the GPU cases of the CPU suite (new: "Rotary tables built on the host apply on CUDA"); (3) NSA + MoE and dense
-# train_lm profiles: uploads per 3 steps were 642 and 84 before the rotary tables stayed on the device (expected
-# about 426 and 12); (4) the dQ A/B: bench_kernels attention and bench_nsa 64k, default then NT_ATTENTION_BWD_DQ=tma;
-# (5) Nsight Compute on one attn_bwd_ws launch and on the selected-branch and selection kernels at 16k. ~7 min.
+# train_lm profiles: uploads per 3 steps were 642 and 84 before the rotary tables stayed on the device and the NSA
+# layer rotated per document (expected: far fewer; dense about 12); (4) the dQ A/B on bench_kernels attention, default then NT_ATTENTION_BWD_DQ=tma;
+# (5) bench_nsa 8k and 64k: default, NT_ATTENTION_BWD_DQ=tma, NT_NSA_SLC_KERNEL=6 (the experimental warp-specialized
+# selected forward, nsa_slc_fwd_ws; the CUDA suite runs it as nsa_selected_attention's "kernel version 6");
+# (6) Nsight Compute on one attn_bwd_ws launch and on the selected-branch and selection kernels at 16k.
+# ~8 min in all: near the 600 s a call may take; the steps that matter come first and their logs survive a kill.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PATH=/usr/local/cuda/bin:$PATH
@@ -27,8 +30,10 @@ step train 30 build-gpu/examples/train_lm training.steps=60 training.log_every=1
 grep -E "^==|rc=|^step .*tok/s|GPU profile|host:|copy host to device" "$OUT/train.log" | cut -c1-200 | head -30
 for dq in red tma; do NT_ATTENTION_BWD_DQ=$dq step bench 100 build-gpu/examples/bench_kernels --only=attention; done
 grep -E "^==|^fwd" "$OUT/bench.log"
-for dq in red tma; do NT_ATTENTION_BWD_DQ=$dq step nsa 100 build-gpu/examples/bench_nsa T=65536 fused_max_t=0 profile=1; done
-grep -E "^==|rc=|NSA|dense|branch|attn_" "$OUT/nsa.log" | cut -c1-160 | head -40
+step nsa 100 build-gpu/examples/bench_nsa T=8192,65536 fused_max_t=0 profile=1
+NT_ATTENTION_BWD_DQ=tma step nsa 100 build-gpu/examples/bench_nsa T=8192,65536 fused_max_t=0 profile=1
+NT_NSA_SLC_KERNEL=6 step nsa 100 build-gpu/examples/bench_nsa T=8192,65536 fused_max_t=0 profile=1
+grep -E "^==|rc=|NSA|dense|branch|attn_|nsa_" "$OUT/nsa.log" | cut -c1-160 | head -70
 step ncu 120 ncu --clock-control none --kernel-name-base mangled -k regex:attn_bwd_ws -c 1 --section SpeedOfLight --section Occupancy --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis build-gpu/examples/bench_kernels --no-torch --only=attention
 grep -vE "^==PROF==|^\s*$" "$OUT/ncu.log" | tail -70
 step ncu_nsa 150 ncu --clock-control none --kernel-name-base mangled -k "regex:nsa_slc_fwd|nsa_slc_walk|nsa_select_tc" -c 3 --section SpeedOfLight --section Occupancy --section WarpStateStats --section MemoryWorkloadAnalysis build-gpu/examples/bench_nsa T=16384 fused_max_t=0

@@ -702,7 +702,7 @@ CUDA_TEST("nsa_selected_attention on tensor cores (bf16): kernel versions 1-4 ag
     ~Restore() { cuda::set_nsa_selected_kernel(version); }
   } restore;
 #endif
-  for (int version : {1, 2, 3, 4})
+  for (int version : {1, 2, 3, 4, 6})  // 6: the warp-specialized forward
     for (const C& c : cases) {
 #if NT_CUDA
       cuda::set_nsa_selected_kernel(version);
