@@ -246,7 +246,8 @@ void launch_slc_wgmma(const void* q, const void* k_slc, const void* v_slc, const
 // each union block's 64 keys and values into rings of two stages. Warpgroup 1 walks the union one block (64 keys)
 // per tile: S(i) is issued, then O += P(i-1) V(i-1), and the softmax of S(i) runs while that P V is in flight.
 // Positions that chose no block still walk one tile (every key masked: o = 0, lse = -inf), so no wgmma sits under
-// a branch. 81 KB of shared memory: two blocks per SM.
+// a branch. 81 KB of shared memory plus the union's tables (P (4 n + 1) ints): two blocks per SM while those stay
+// under ~32 KB (e.g. n <= 63 at P = 32), else one.
 constexpr int kWsStages = 2, kWsQ = 64 * 2 * 128, kWsKV = kSlcBlock * 2 * 128;
 template <int P> size_t slc_ws_smem(int n) {
   return 1024 + kWsQ + 2 * kWsStages * kWsKV + (1 + 4 * kWsStages) * 8 + (size_t)P * (4 * n + 1) * sizeof(int);
@@ -275,6 +276,10 @@ __global__ void __launch_bounds__(256, 2)
     for (int s = 0; s < kWsStages; ++s)
       mbar_init(&k_full[s], 1), mbar_init(&v_full[s], 1), mbar_init(&k_empty[s], 4), mbar_init(&v_empty[s], 4);
     mbar_fence_init();
+    tma_prefetch_map(&mq), tma_prefetch_map(&mk), tma_prefetch_map(&mv);
+    mbar_expect_tx(q_full, kWsQ);  // Q does not depend on the union: its copy runs during the merge
+    for (int half = 0; half < 2; ++half)  // rows r = (t - t0) GP + g: heads h G + g of positions t0 ..
+      tma_load_3d(Qs + half * 64 * 128, &mq, q_full, half * 64, h * a.G, start + t0);
   }
   const SlcUnionTiles u = slc_union_tiles<P, 256>(block_indices, a, start, len, t0, np, h, scratch);  // syncs
   const int ntiles = max(u.nu, 1);  // one all-masked tile where no block was chosen
@@ -282,10 +287,6 @@ __global__ void __launch_bounds__(256, 2)
   if (wg == 0) {
     setmaxnreg_dec<40>();  // 40 + 216: the register file of two blocks per SM
     if (threadIdx.x == 0) {
-      tma_prefetch_map(&mq), tma_prefetch_map(&mk), tma_prefetch_map(&mv);
-      mbar_expect_tx(q_full, kWsQ);
-      for (int half = 0; half < 2; ++half)  // rows r = (t - t0) GP + g: heads h G + g of positions t0 ..
-        tma_load_3d(Qs + half * 64 * 128, &mq, q_full, half * 64, h * a.G, start + t0);
       for (int it = 0; it < ntiles; ++it) {
         const int s = it % kWsStages, row = start + (it < u.nu ? u.ublk[it] : 0) * kSlcBlock;
         const uint32_t phase = (it / kWsStages) & 1;

@@ -672,7 +672,7 @@ static Tensor random_block_indices(const std::vector<int32_t>& cu, int64_t H, in
   return from_vector(idx, {T, H, n}, DType::i32, kCPU);
 }
 
-CUDA_TEST("nsa_selected_attention on tensor cores (bf16): kernel versions 1-4 against the CPU reference") {
+CUDA_TEST("nsa_selected_attention on tensor cores (bf16): kernel versions 1-4 and 6 against the CPU reference") {
   struct C {
     int64_t HQ, H, D, n, lp;
     std::vector<int32_t> cu;
@@ -680,9 +680,9 @@ CUDA_TEST("nsa_selected_attention on tensor cores (bf16): kernel versions 1-4 ag
   // Version 3 (wgmma, sm_90a) takes l' = 64, D <= 128, 2 <= G <= 16: group sizes 16 (also with 2 kv heads and
   // 640 positions: unions of several tiles), 4, 3 (padded to 4), 2 (32 positions per block), 12 (padded to 16),
   // 8; head dims padded to 128 (72, 96, 64, 40); lengths that are not multiples of the positions per block or of
-  // l'; varlen with an empty sequence. The last two fall back to version 2 under 3-5 (G = 1; l' = 32). Version 4
-  // is 3 with dq computed in the dk/dv kernel, 5 is 4 with the block-major forward (two passes and a log-sum-exp
-  // kernel). check_cuda compares the gradients too (dq, dk, dv).
+  // l'; varlen with an empty sequence. The last two fall back to version 2 under 3, 4 and 6 (G = 1; l' = 32).
+  // Version 4 is 3 with dq computed in the dk/dv kernel, 6 is 4 with the warp-specialized forward (TMA, 64-key
+  // union tiles). check_cuda compares the gradients too (dq, dk, dv).
   const std::vector<C> cases = {{16, 1, 128, 5, 64, {0, 300}},
                                 {32, 2, 72, 8, 64, {0, 640}},
                                 {8, 2, 72, 4, 64, {0, 100, 100, 229, 420}},
