@@ -136,6 +136,43 @@ __device__ SlcUnionTiles slc_union_tiles(const int32_t* block_indices, const Nsa
   return {ublk, umask, nu, len, t0, np == 32 ? 0xffffffffu : (1u << np) - 1, (int64_t)a.H * a.D};
 }
 
+// The forwards' rows of this thread (warp 16 + lane / 4, + 8 of the 64): the index of its position among the
+// block's, the position, and whether it is an output row (a position of the sequence, a head of the group).
+template <int GP>
+__device__ __forceinline__ void slc_thread_rows(int warp, int lane, int t0, int t_last, int G, int (&pos)[2],
+                                                int (&tq)[2], bool (&valid)[2]) {
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int r = warp * 16 + lane / 4 + 8 * i;
+    pos[i] = r / GP, tq[i] = t0 + pos[i], valid[i] = tq[i] <= t_last && r % GP < G;
+  }
+}
+
+// The forwards' end: o = acc / l (f32) and lse = m + log l of this thread's valid rows; l summed over the row's 4
+// lanes here. A row given no blocks gets o = 0, lse = -inf.
+template <int GP>
+__device__ __forceinline__ void slc_write_rows(const float (&acc)[kAttnDim / 2], const float (&m_run)[2],
+                                               float (&l_run)[2], const bool (&valid)[2], const int (&tq)[2],
+                                               float* o_slc, float* lse_slc, const NsaDims& a, int start, int h,
+                                               int warp, int lane) {
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 1);
+    l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 2);
+    if (!valid[i]) continue;
+    const int g = (warp * 16 + lane / 4 + 8 * i) % GP;
+    const int64_t o = ((int64_t)start + tq[i]) * a.HQ + h * a.G + g;
+    const float inv = l_run[i] > 0.f ? 1.f / l_run[i] : 0.f;
+    float* out = o_slc + o * a.D;
+#pragma unroll
+    for (int j = 0; j < kAttnDim / 8; ++j) {
+      const int c = j * 8 + (lane % 4) * 2;
+      if (c < a.D) *reinterpret_cast<float2*>(out + c) = make_float2(acc[4 * j + 2 * i] * inv, acc[4 * j + 2 * i + 1] * inv);
+    }
+    if (lane % 4 == 0) lse_slc[o] = (m_run[i] + log2f(l_run[i])) / kLog2e;
+  }
+}
+
 template <int P> size_t slc_wgmma_smem(int n) {
   return 1024 + 64 * 256 + 2 * kAttnKeys * 256 + (size_t)P * (4 * n + 1) * sizeof(int);
 }
@@ -175,11 +212,7 @@ __global__ void __launch_bounds__(128) nsa_slc_fwd_wgmma(const uint16_t* __restr
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   int pos[2], tq[2];  // this thread's rows (warp 16 + lane / 4, + 8): their position's index and the position
   bool valid[2];
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    const int r = warp * 16 + lane / 4 + 8 * i;
-    pos[i] = r / GP, tq[i] = t0 + pos[i], valid[i] = tq[i] <= t_last && r % GP < a.G;
-  }
+  slc_thread_rows<GP>(warp, lane, t0, t_last, a.G, pos, tq, valid);
   float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
   float s[NJ][4], acc[NO * 4];
 #pragma unroll
@@ -208,22 +241,7 @@ __global__ void __launch_bounds__(128) nsa_slc_fwd_wgmma(const uint16_t* __restr
     attn_pv_wgmma(acc, s, alpha, v_addr);
   }
   cp_wait_all();  // with no tiles (positions that chose no block) the Q copies are still in flight
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 1);
-    l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 2);
-    if (!valid[i]) continue;
-    const int g = (warp * 16 + lane / 4 + 8 * i) % GP;
-    const int64_t o = ((int64_t)start + tq[i]) * a.HQ + h * a.G + g;
-    const float inv = l_run[i] > 0.f ? 1.f / l_run[i] : 0.f;  // a row given no blocks: o = 0, lse = -inf
-    float* out = o_slc + o * a.D;
-#pragma unroll
-    for (int j = 0; j < NO; ++j) {
-      const int c = j * 8 + (lane % 4) * 2;
-      if (c < a.D) *reinterpret_cast<float2*>(out + c) = make_float2(acc[4 * j + 2 * i] * inv, acc[4 * j + 2 * i + 1] * inv);
-    }
-    if (lane % 4 == 0) lse_slc[o] = (m_run[i] + log2f(l_run[i])) / kLog2e;
-  }
+  slc_write_rows<GP>(acc, m_run, l_run, valid, tq, o_slc, lse_slc, a, start, h, warp, lane);
 #endif
 }
 
@@ -308,11 +326,7 @@ __global__ void __launch_bounds__(256, 2)
   const float sl2 = (float)a.scale * kLog2e;
   int pos[2], tq[2];  // this thread's rows (warp 16 + lane / 4, + 8): their position's index and the position
   bool valid[2];
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    const int r = warp * 16 + lane / 4 + 8 * i;
-    pos[i] = r / GP, tq[i] = t0 + pos[i], valid[i] = tq[i] <= t_last && r % GP < a.G;
-  }
+  slc_thread_rows<GP>(warp, lane, t0, t_last, a.G, pos, tq, valid);
   auto release = [&](uint64_t* bar) {
     __syncwarp();
     if (lane == 0) mbar_arrive(bar);
@@ -391,22 +405,7 @@ __global__ void __launch_bounds__(256, 2)
   wgmma_wait<0>();
   fence_regs(acc);
   release(&v_empty[last]);
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 1);
-    l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 2);
-    if (!valid[i]) continue;
-    const int g = (warp * 16 + lane / 4 + 8 * i) % GP;
-    const int64_t o = ((int64_t)start + tq[i]) * a.HQ + h * a.G + g;
-    const float inv = l_run[i] > 0.f ? 1.f / l_run[i] : 0.f;  // a row given no blocks: o = 0, lse = -inf
-    float* out = o_slc + o * a.D;
-#pragma unroll
-    for (int j = 0; j < NO; ++j) {
-      const int c = j * 8 + (lane % 4) * 2;
-      if (c < a.D) *reinterpret_cast<float2*>(out + c) = make_float2(acc[4 * j + 2 * i] * inv, acc[4 * j + 2 * i + 1] * inv);
-    }
-    if (lane % 4 == 0) lse_slc[o] = (m_run[i] + log2f(l_run[i])) / kLog2e;
-  }
+  slc_write_rows<GP>(acc, m_run, l_run, valid, tq, o_slc, lse_slc, a, start, h, warp, lane);
 #endif
 }
 
