@@ -272,11 +272,12 @@ void cumsum(DType t, const void* x, void* out, int64_t outer, int64_t n, int64_t
             cudaStream_t stream);
 
 // adamw.cu: one fused AdamW step over n contiguous elements; m, v in the accumulation type; bc1 = 1 - beta1^t,
-// bc2 = 1 - beta2^t; the gradient (dtype t, or bf16 for an f32 parameter) times grad_scale; bf16_copy (nullable):
-// the updated parameter rounded to bf16 (the compute weight of an f32 master).
+// bc2 = 1 - beta2^t; the gradient (dtype t, or bf16 for an f32 parameter) times grad_scale and times
+// *grad_scale_dev (nullable, device memory); bf16_copy (nullable): the updated parameter rounded to bf16 (the compute
+// weight of an f32 master).
 void adamw(DType t, void* param, DType grad_t, const void* grad, void* m, void* v, void* bf16_copy, int64_t n, double lr,
            double beta1, double beta2, double eps, double weight_decay, double bc1, double bc2, double grad_scale,
-           cudaStream_t stream);
+           const double* grad_scale_dev, cudaStream_t stream);
 // adamw.cu: the sum of squares of many tensors (f64, f32 or bf16 each) in one launch, for the global gradient
 // norm: chunks [count] (device memory) of at most kSquaresChunk elements each; partial: count doubles of
 // workspace; out: one double. Deterministic.
@@ -288,5 +289,8 @@ struct SquaresChunk {
 };
 constexpr int64_t kSquaresChunk = 65536;
 void sum_squares_chunks(const SquaresChunk* chunks, int count, double* partial, double* out, cudaStream_t stream);
+// adamw.cu: gradient clipping on the device: norm = sqrt(*sum_sq), scale = max_norm / (norm + 1e-6) where norm >
+// max_norm, else 1 (one thread; what AdamW::step multiplies the gradients by).
+void clip_scale(const double* sum_sq, double max_norm, double* norm, double* scale, cudaStream_t stream);
 
 }  // namespace nt::cuda

@@ -38,6 +38,10 @@ class AdamW {
   // is at most max_norm (inside its fused kernel). Returns the norm before clipping. Call it once per step, after
   // the last accumulate().
   double clip_grad_norm(double max_norm);
+  // clip_grad_norm without the read: the norm as a [1] f64 tensor on the gradients' device (zero when no gradient
+  // is defined); on one GPU the clip scale stays in device memory and step() reads it there, so the host does not
+  // wait for the backward to finish. Read the norm (item()) only when it is logged.
+  Tensor clip_grad_norm_async(double max_norm);
   int64_t steps() const { return t_; }
   // Moments by parameter name ("<name>.exp_avg", "<name>.exp_avg_sq", and "<name>.master" for bf16 parameters)
   // for checkpoints.
@@ -60,13 +64,16 @@ class AdamW {
   std::vector<Slot> slots_;
   int64_t t_ = 0;
   double grad_scale_ = 1.0;  // set by clip_grad_norm, applied and reset by step()
+  Tensor device_scale_;      // [1] f64 on the GPU: clip_grad_norm_async's scale, applied and reset by step()
 };
 
 // The fused update on one tensor (used by AdamW::step; exposed for tests). The gradient is multiplied by
-// grad_scale; bf16_copy (optional) receives the updated parameter rounded to bf16 in the same pass (an f32 master's
-// compute weight). On CUDA an f32 parameter takes a bf16 gradient as it is.
+// grad_scale and, when given, by scale_tensor (a [1] f64 tensor on the parameter's device, read there); bf16_copy
+// (optional) receives the updated parameter rounded to bf16 in the same pass (an f32 master's compute weight). On
+// CUDA an f32 parameter takes a bf16 gradient as it is.
 void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, double lr, double beta1, double beta2,
-                  double eps, double weight_decay, int64_t step, double grad_scale = 1.0, Tensor* bf16_copy = nullptr);
+                  double eps, double weight_decay, int64_t step, double grad_scale = 1.0, Tensor* bf16_copy = nullptr,
+                  const Tensor* scale_tensor = nullptr);
 
 // The sum of squares of every defined tensor (f64, f32 or bf16) as a [1] f64 tensor on their device, not read
 // back; undefined when none is defined. On one GPU: one kernel over all of them (cuda::sum_squares_chunks), no f32

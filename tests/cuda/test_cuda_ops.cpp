@@ -518,6 +518,30 @@ CUDA_TEST("global gradient norm: one kernel over bf16, f32 and f64 gradients of 
   CHECK(train::clip_grad_norm(gpu, 1e9) == doctest::Approx(1.0).epsilon(1e-3));
 }
 
+CUDA_TEST("AdamW clips on the device (clip_grad_norm_async): the same update as the CPU's clip, no read needed") {
+  // A bf16 parameter (f32 master) and an f32 one of odd sizes; the norm (~60) is above max_norm, so the scale
+  // read by the kernel from device memory matters; a second step with a huge max_norm must not clip.
+  Tensor wc = rnd({37, 29}, 40).to(DType::bf16), bc = rnd({301}, 41);
+  Tensor wg = wc.to(cuda_device(0)), bg = bc.to(cuda_device(0));
+  train::AdamW cpu({{"w", wc}, {"b", bc}}), gpu({{"w", wg}, {"b", bg}});
+  for (int step = 0; step < 2; ++step) {
+    const Tensor gw = (rnd({37, 29}, 50 + step) * 2.0).to(DType::bf16), gb = rnd({301}, 60 + step) * 2.0;
+    wc.set_grad(gw), bc.set_grad(gb), wg.set_grad(gw.to(cuda_device(0))), bg.set_grad(gb.to(cuda_device(0)));
+    const double max_norm = step == 0 ? 1.0 : 1e9;
+    const double want = cpu.clip_grad_norm(max_norm);
+    const Tensor norm = gpu.clip_grad_norm_async(max_norm);
+    CHECK(norm.device() == cuda_device(0));
+    gpu.step(1e-2), cpu.step(1e-2);
+    CHECK(norm.item() == doctest::Approx(want).epsilon(1e-6));
+    CHECK(want > (step == 0 ? 10.0 : 0.0));
+    expect_close(wg.to(kCPU).to(DType::f64), wc.to(DType::f64), 1e-2, 1e-2);
+    expect_close(bg.to(kCPU).to(DType::f64), bc.to(DType::f64), 1e-6, 1e-5);
+    const auto sc = cpu.state(), sg = gpu.state();
+    for (size_t i = 0; i < sc.size(); ++i) expect_close(sg[i].second.to(kCPU).to(DType::f64), sc[i].second.to(DType::f64), 1e-6, 1e-5);
+    cpu.zero_grad(), gpu.zero_grad();
+  }
+}
+
 CUDA_TEST("a transformer LM's loss and gradients on the GPU match the CPU") {
   nn::LMConfig c;
   c.vocab = 101, c.dim = 64, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.max_seq = 33, c.mlp_hidden = 96;
