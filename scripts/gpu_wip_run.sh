@@ -4,6 +4,7 @@
 # Checks, in order: (1) the CUDA suite: flash_attention now also runs "version 8" (version 7 with the experimental
 # TMA-reduce dQ, NT_ATTENTION_BWD_DQ=tma) and new shapes (T = 40 at D = 128; 140 packed sequences, 2 heads per
 # backward block; a window of INT_MAX), and attn_bwd_ws stores dS^T between its dV and dK issues;
+# also "AdamW clips on the device (clip_grad_norm_async)" (train_lm no longer reads the norm every step);
 # (2) the GPU cases of the CPU suite (new: "Rotary tables built on the host apply on CUDA"); (3) NSA + MoE and dense
 # train_lm profiles: uploads per 3 steps were 642 and 84 before the rotary tables stayed on the device and the NSA
 # layer rotated per document (expected: far fewer; dense about 12); (4) the dQ A/B on bench_kernels attention, default then NT_ATTENTION_BWD_DQ=tma;
