@@ -35,6 +35,7 @@ step nsa 100 build-gpu/examples/bench_nsa T=8192,65536 fused_max_t=0 profile=1
 NT_ATTENTION_BWD_DQ=tma step nsa 100 build-gpu/examples/bench_nsa T=8192,65536 fused_max_t=0 profile=1
 NT_NSA_SLC_KERNEL=6 step nsa 100 build-gpu/examples/bench_nsa T=8192,65536 fused_max_t=0 profile=1
 grep -E "^==|rc=|NSA|dense|branch|attn_|nsa_" "$OUT/nsa.log" | cut -c1-160 | head -70
+[ "${NCU:-0}" = 1 ] || { echo "total $(($(date +%s) - T0))s (NCU=1 adds Nsight Compute)"; exit 0; }
 step ncu 120 ncu --clock-control none --kernel-name-base mangled -k regex:attn_bwd_ws -c 1 --section SpeedOfLight --section Occupancy --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis build-gpu/examples/bench_kernels --no-torch --only=attention
 grep -vE "^==PROF==|^\s*$" "$OUT/ncu.log" | tail -70
 step ncu_nsa 150 ncu --clock-control none --kernel-name-base mangled -k "regex:nsa_slc_fwd|nsa_slc_walk|nsa_select_tc" -c 3 --section SpeedOfLight --section Occupancy --section WarpStateStats --section MemoryWorkloadAnalysis build-gpu/examples/bench_nsa T=16384 fused_max_t=0
