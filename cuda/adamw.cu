@@ -51,6 +51,54 @@ void adamw(DType t, void* param, DType grad_t, const void* grad, void* m, void* 
 }
 }  // namespace nt::cuda
 
+// ---- AdamW over many tensors in one launch (AdamW::step on one GPU) ----
+// Block b updates chunk b (at most kAdamWChunk elements of one tensor) with the same arithmetic as adamw_kernel;
+// the chunk's kind picks the dtypes (block-uniform). Traffic as adamw_kernel's, summed over the tensors; what it
+// saves is a launch (and the host's per-tensor work) per parameter.
+namespace nt::cuda {
+namespace {
+template <class T, class G, class A = acc_t<T>>
+__device__ void adamw_chunk(const AdamWChunk& c, A lr, A b1, A b2, A eps, A bc1, A bc2, A gscale) {
+  T* p = static_cast<T*>(c.p);
+  const G* g = static_cast<const G*>(c.g);
+  A *m = static_cast<A*>(c.m), *v = static_cast<A*>(c.v);
+  bf16* copy = static_cast<bf16*>(c.copy);
+  const A wd = (A)c.wd;
+  for (int64_t i = threadIdx.x; i < c.n; i += blockDim.x) {
+    A x = (A)p[i];
+    const A gi = (A)g[i] * gscale;
+    x -= lr * wd * x;
+    const A mi = b1 * m[i] + (A(1) - b1) * gi, vi = b2 * v[i] + (A(1) - b2) * gi * gi;
+    m[i] = mi, v[i] = vi;
+    x -= lr * (mi / bc1) / (sqrt(vi / bc2) + eps);
+    p[i] = T(x);
+    if (copy) copy[i] = bf16((float)x);
+  }
+}
+__global__ void adamw_chunks_kernel(const AdamWChunk* __restrict__ chunks, double lr, double b1, double b2,
+                                    double eps, double bc1, double bc2, double gscale,
+                                    const double* __restrict__ gscale_dev) {
+  const AdamWChunk c = chunks[blockIdx.x];
+  if (gscale_dev) gscale *= *gscale_dev;
+  if (c.kind == kAdamWF64) {
+    adamw_chunk<double, double>(c, lr, b1, b2, eps, bc1, bc2, gscale);
+  } else if (c.kind == kAdamWF32) {
+    adamw_chunk<float, float>(c, (float)lr, (float)b1, (float)b2, (float)eps, (float)bc1, (float)bc2, (float)gscale);
+  } else {
+    adamw_chunk<float, bf16>(c, (float)lr, (float)b1, (float)b2, (float)eps, (float)bc1, (float)bc2, (float)gscale);
+  }
+}
+}  // namespace
+
+void adamw_chunks(const AdamWChunk* chunks, int count, double lr, double beta1, double beta2, double eps, double bc1,
+                  double bc2, double grad_scale, const double* grad_scale_dev, cudaStream_t stream) {
+  if (count == 0) return;
+  adamw_chunks_kernel<<<(unsigned)count, 256, 0, stream>>>(chunks, lr, beta1, beta2, eps, bc1, bc2, grad_scale,
+                                                          grad_scale_dev);
+  NT_CUDA_CHECK_LAUNCH();
+}
+}  // namespace nt::cuda
+
 // ---- sum of squares over many tensors (the global gradient norm): one launch for all of them ----
 // Block b reduces chunk b (at most kSquaresChunk elements of one tensor, its dtype read from the table) into
 // partial[b] (f64); one block then adds the partials in order. Deterministic; reads each gradient once.

@@ -278,6 +278,25 @@ void cumsum(DType t, const void* x, void* out, int64_t outer, int64_t n, int64_t
 void adamw(DType t, void* param, DType grad_t, const void* grad, void* m, void* v, void* bf16_copy, int64_t n, double lr,
            double beta1, double beta2, double eps, double weight_decay, double bc1, double bc2, double grad_scale,
            const double* grad_scale_dev, cudaStream_t stream);
+// adamw.cu: adamw over many tensors in one launch: chunks [count] (device memory) of at most kAdamWChunk elements
+// of one tensor each, with its own pointers (already offset to the chunk), weight decay and kind: the parameter (or
+// f32 master) and gradient dtypes f64/f64, f32/f32 or f32/bf16; m, v in the parameter's dtype; copy (nullable) as
+// in adamw.
+enum AdamWKind : int32_t { kAdamWF64 = 0, kAdamWF32 = 1, kAdamWF32Bf16Grad = 2 };
+struct AdamWChunk {
+  void* p;
+  const void* g;
+  void* m;
+  void* v;
+  void* copy;
+  int64_t n;
+  double wd;
+  int32_t kind;
+  int32_t pad;
+};
+constexpr int64_t kAdamWChunk = 65536;
+void adamw_chunks(const AdamWChunk* chunks, int count, double lr, double beta1, double beta2, double eps, double bc1,
+                  double bc2, double grad_scale, const double* grad_scale_dev, cudaStream_t stream);
 // adamw.cu: the sum of squares of many tensors (f64, f32 or bf16 each) in one launch, for the global gradient
 // norm: chunks [count] (device memory) of at most kSquaresChunk elements each; partial: count doubles of
 // workspace; out: one double. Deterministic.

@@ -61,10 +61,13 @@ class AdamW {
     Tensor master, acc;  // f32 master copy (bf16 parameters); f32 gradient buffer (after accumulate())
   };
   Tensor gradient(const Slot& s) const;  // acc + param.grad() in f32 (or the parameter's dtype without a master)
+  bool step_one_launch(double lr);        // step() on one GPU in one kernel; false (nothing done) where it does not apply
   std::vector<Slot> slots_;
   int64_t t_ = 0;
   double grad_scale_ = 1.0;  // set by clip_grad_norm, applied and reset by step()
   Tensor device_scale_;      // [1] f64 on the GPU: clip_grad_norm_async's scale, applied and reset by step()
+  std::vector<unsigned char> chunk_bytes_;  // step_one_launch's last table, and its copy on the device
+  Tensor chunk_table_;
 };
 
 // The fused update on one tensor (used by AdamW::step; exposed for tests). The gradient is multiplied by

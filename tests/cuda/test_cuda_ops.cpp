@@ -486,14 +486,15 @@ CUDA_TEST("AdamW's fused kernel matches the CPU update") {
     expect_close(md.to(kCPU).to(DType::f64), m.to(DType::f64), 1e-6, 1e-5);
     expect_close(vd.to(kCPU).to(DType::f64), v.to(DType::f64), 1e-6, 1e-5);
   }
-  // Mixed precision as AdamW::step runs it: f32 master, bf16 gradient read as it is, a clip scale, and the bf16
-  // compute copy written in the same pass (poisoned first).
+  // Mixed precision as AdamW::step's per-tensor path runs it: f32 master, bf16 gradient read as it is, a clip scale
+  // (in part from device memory), and the bf16 compute copy written in the same pass (poisoned first).
   Tensor p = rnd({4099}, 5).to(DType::f32), g = rnd({4099}, 6).to(DType::bf16);
   Tensor m = (rnd({4099}, 7) * 0.1).to(DType::f32), v = (rnd({4099}, 8) * rnd({4099}, 8) * 0.01).to(DType::f32);
   Tensor pd = p.to(cuda_device(0)), md = m.to(cuda_device(0)), vd = v.to(cuda_device(0));
   Tensor copy = full({4099}, NAN, DType::bf16, cuda_device(0));
   train::adamw_update(p, g, m, v, 1e-3, 0.9, 0.95, 1e-8, 0.1, 3, 0.37);
-  train::adamw_update(pd, g.to(cuda_device(0)), md, vd, 1e-3, 0.9, 0.95, 1e-8, 0.1, 3, 0.37, &copy);
+  const Tensor scale = full({1}, 0.74, DType::f64, cuda_device(0));  // times 0.5: the clip scale read on the device
+  train::adamw_update(pd, g.to(cuda_device(0)), md, vd, 1e-3, 0.9, 0.95, 1e-8, 0.1, 3, 0.5, &copy, &scale);
   expect_close(pd.to(kCPU).to(DType::f64), p.to(DType::f64), 1e-6, 1e-5);
   expect_close(md.to(kCPU).to(DType::f64), m.to(DType::f64), 1e-6, 1e-5);
   expect_close(vd.to(kCPU).to(DType::f64), v.to(DType::f64), 1e-6, 1e-5);
@@ -540,6 +541,46 @@ CUDA_TEST("AdamW clips on the device (clip_grad_norm_async): the same update as 
     for (size_t i = 0; i < sc.size(); ++i) expect_close(sg[i].second.to(kCPU).to(DType::f64), sc[i].second.to(DType::f64), 1e-6, 1e-5);
     cpu.zero_grad(), gpu.zero_grad();
   }
+}
+
+CUDA_TEST("AdamW::step on one GPU (one launch over every tensor) matches the CPU's per-tensor update") {
+  // A bf16 matrix (f32 master) spanning two chunks, an f32 matrix with a bf16 gradient, an f32 bias (no decay), an
+  // f64 matrix, and a parameter without a gradient; two micro-batches (the f32 buffers), three steps.
+  std::vector<Tensor> cpu_p = {rnd({70001}, 70).reshape({7, 10001}).to(DType::bf16), rnd({33, 5}, 71), rnd({29}, 72),
+                               rnd({3, 11}, 73).to(DType::f64), rnd({4}, 74)};
+  std::vector<std::pair<std::string, Tensor>> cpu_named, gpu_named;
+  std::vector<Tensor> gpu_p;
+  for (size_t i = 0; i < cpu_p.size(); ++i) {
+    gpu_p.push_back(cpu_p[i].to(cuda_device(0)));
+    cpu_named.emplace_back("p" + std::to_string(i), cpu_p[i]), gpu_named.emplace_back("p" + std::to_string(i), gpu_p[i]);
+  }
+  train::AdamW cpu(cpu_named), gpu(gpu_named);
+  int seed = 80;
+  for (int step = 0; step < 3; ++step) {
+    for (int micro = 0; micro < 2; ++micro) {
+      for (size_t i = 0; i + 1 < cpu_p.size(); ++i) {
+        const DType gt = i == 1 ? DType::bf16 : cpu_p[i].dtype();
+        const Tensor g = rnd(cpu_p[i].shape(), seed++).to(gt);
+        cpu_p[i].set_grad(g), gpu_p[i].set_grad(g.to(cuda_device(0)));
+      }
+      if (micro == 0) cpu.accumulate(), gpu.accumulate();
+    }
+    cpu.clip_grad_norm(step == 1 ? 1.0 : 1e9), gpu.clip_grad_norm(step == 1 ? 1.0 : 1e9);
+    cpu.step(3e-2), gpu.step(3e-2);
+    cpu.zero_grad(), gpu.zero_grad();
+  }
+  for (size_t i = 0; i < cpu_p.size(); ++i) {
+    INFO("parameter " << i);
+    const double tol = cpu_p[i].dtype() == DType::bf16 ? 1e-2 : 1e-6;
+    expect_close(gpu_p[i].to(kCPU).to(DType::f64), cpu_p[i].to(DType::f64), tol, tol);
+  }
+  const auto sc = cpu.state(), sg = gpu.state();
+  REQUIRE(sc.size() == sg.size());
+  for (size_t i = 0; i < sc.size(); ++i) {
+    INFO(sc[i].first);
+    expect_close(sg[i].second.to(kCPU).to(DType::f64), sc[i].second.to(DType::f64), 1e-6, 1e-5);
+  }
+  CHECK(sum(pow(sg.back().second, 2.0)).item() == 0.0);  // p4 (no gradient): its moments untouched
 }
 
 CUDA_TEST("a transformer LM's loss and gradients on the GPU match the CPU") {
