@@ -294,6 +294,7 @@ struct AdamWChunk {
   int32_t kind;
   int32_t pad;
 };
+static_assert(sizeof(AdamWChunk) == 64, "AdamWChunk: no implicit padding (AdamW compares tables bytewise)");
 constexpr int64_t kAdamWChunk = 65536;
 void adamw_chunks(const AdamWChunk* chunks, int count, double lr, double beta1, double beta2, double eps, double bc1,
                   double bc2, double grad_scale, const double* grad_scale_dev, cudaStream_t stream);

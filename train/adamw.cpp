@@ -106,8 +106,8 @@ Tensor AdamW::gradient(const Slot& s) const {
 
 void AdamW::accumulate() {
   autograd::NoGradGuard no_grad;
-  NT_CHECK(grad_scale_ == 1.0 && !device_scale_.defined(), "AdamW::accumulate: called after clip_grad_norm; clip "
-           "once per step, after the last micro-batch");
+  NT_CHECK(!clipped_, "AdamW::accumulate: called after clip_grad_norm; clip once per step, after the last "
+           "micro-batch");
   for (Slot& s : slots_) {
     const Tensor g = s.param.grad();
     if (!g.defined()) continue;
@@ -185,7 +185,7 @@ Tensor AdamW::clip_grad_norm_async(double max_norm) {
   autograd::NoGradGuard no_grad;
   std::vector<Tensor> grads;
   for (const Slot& s : slots_) grads.push_back(gradient(s));
-  grad_scale_ = 1.0, device_scale_ = Tensor();
+  grad_scale_ = 1.0, device_scale_ = Tensor(), clipped_ = true;
   const Tensor sq = sum_of_squares(grads);
   if (!sq.defined()) return zeros({1}, DType::f64);
   // step() multiplies the gradients by the scale in its fused kernel (no pass over them here). Every gradient on
@@ -215,13 +215,15 @@ bool AdamW::step_one_launch(double lr) {
     const Tensor& target = s.master.defined() ? s.master : s.param;
     const Tensor g = s.param.grad();
     if (!g.defined() && !s.acc.defined()) continue;
+    NT_CHECK(!g.defined() || g.shape() == s.param.shape(), "AdamW::step: parameter '{}' of shape {} has a gradient "
+             "of shape {}", s.name, shape_str(s.param.shape()), shape_str(g.shape()));
     const bool ok = target.device().is_cuda() && (dev.is_cpu() || target.device() == dev) &&
                     (target.dtype() == DType::f32 || target.dtype() == DType::f64) &&
                     (!s.master.defined() || s.param.dtype() == DType::bf16) && (!g.defined() || g.device() == target.device());
     if (!ok) return false;
     dev = target.device();
   }
-  if (dev.is_cpu()) return true;  // no gradient at all: nothing to update
+  if (dev.is_cpu()) return false;  // no gradient at all: nothing to update
   std::vector<Tensor> keep;      // the gradients (some converted) until the launch is queued
   std::vector<cuda::AdamWChunk> table;
   for (Slot& s : slots_) {
@@ -267,9 +269,10 @@ bool AdamW::step_one_launch(double lr) {
 void AdamW::step(double lr) {
   ++t_;
   autograd::NoGradGuard no_grad;
-  if (step_one_launch(lr)) {
+  one_launch_ = step_one_launch(lr);
+  if (one_launch_) {
     for (Slot& s : slots_) s.acc = Tensor();
-    grad_scale_ = 1.0, device_scale_ = Tensor();
+    grad_scale_ = 1.0, device_scale_ = Tensor(), clipped_ = false;
     return;
   }
   for (Slot& s : slots_) {
@@ -286,12 +289,12 @@ void AdamW::step(double lr) {
     }
     s.acc = Tensor();
   }
-  grad_scale_ = 1.0, device_scale_ = Tensor();
+  grad_scale_ = 1.0, device_scale_ = Tensor(), clipped_ = false;
 }
 
 void AdamW::zero_grad() {
   for (Slot& s : slots_) s.param.set_grad(Tensor()), s.acc = Tensor();
-  grad_scale_ = 1.0, device_scale_ = Tensor();
+  grad_scale_ = 1.0, device_scale_ = Tensor(), clipped_ = false;
 }
 
 std::vector<std::pair<std::string, Tensor>> AdamW::state() const {

@@ -522,11 +522,11 @@ CUDA_TEST("global gradient norm: one kernel over bf16, f32 and f64 gradients of 
 CUDA_TEST("AdamW clips on the device (clip_grad_norm_async): the same update as the CPU's clip, no read needed") {
   // A bf16 parameter (f32 master) and an f32 one of odd sizes; the norm (~60) is above max_norm, so the scale
   // read by the kernel from device memory matters; a second step with a huge max_norm must not clip.
-  Tensor wc = rnd({37, 29}, 40).to(DType::bf16), bc = rnd({301}, 41);
+  Tensor wc = rnd({37, 29}, 40).to(DType::bf16), bc = rnd({301}, 41, DType::f32);
   Tensor wg = wc.to(cuda_device(0)), bg = bc.to(cuda_device(0));
   train::AdamW cpu({{"w", wc}, {"b", bc}}), gpu({{"w", wg}, {"b", bg}});
   for (int step = 0; step < 2; ++step) {
-    const Tensor gw = (rnd({37, 29}, 50 + step) * 2.0).to(DType::bf16), gb = rnd({301}, 60 + step) * 2.0;
+    const Tensor gw = (rnd({37, 29}, 50 + step) * 2.0).to(DType::bf16), gb = rnd({301}, 60 + step, DType::f32) * 2.0;
     wc.set_grad(gw), bc.set_grad(gb), wg.set_grad(gw.to(cuda_device(0))), bg.set_grad(gb.to(cuda_device(0)));
     const double max_norm = step == 0 ? 1.0 : 1e9;
     const double want = cpu.clip_grad_norm(max_norm);
@@ -544,10 +544,12 @@ CUDA_TEST("AdamW clips on the device (clip_grad_norm_async): the same update as 
 }
 
 CUDA_TEST("AdamW::step on one GPU (one launch over every tensor) matches the CPU's per-tensor update") {
-  // A bf16 matrix (f32 master) spanning two chunks, an f32 matrix with a bf16 gradient, an f32 bias (no decay), an
-  // f64 matrix, and a parameter without a gradient; two micro-batches (the f32 buffers), three steps.
-  std::vector<Tensor> cpu_p = {rnd({70001}, 70).reshape({7, 10001}).to(DType::bf16), rnd({33, 5}, 71), rnd({29}, 72),
-                               rnd({3, 11}, 73).to(DType::f64), rnd({4}, 74)};
+  // A bf16 matrix (f32 master) spanning two chunks, an f32 matrix given bf16 gradients, an f32 bias (no decay), an
+  // f64 matrix, and an f32 parameter never given a gradient. Step 0: two micro-batches (the kernel reads the f32
+  // buffers); steps 1 and 3: one (the raw bf16 gradients, also in the second chunk), step 1 clipped; step 2: the
+  // f64 matrix gets no gradient (a new chunk table).
+  std::vector<Tensor> cpu_p = {rnd({7, 10001}, 70).to(DType::bf16), rnd({33, 5}, 71, DType::f32),
+                               rnd({29}, 72, DType::f32), rnd({3, 11}, 73), rnd({4}, 74, DType::f32)};
   std::vector<std::pair<std::string, Tensor>> cpu_named, gpu_named;
   std::vector<Tensor> gpu_p;
   for (size_t i = 0; i < cpu_p.size(); ++i) {
@@ -556,17 +558,21 @@ CUDA_TEST("AdamW::step on one GPU (one launch over every tensor) matches the CPU
   }
   train::AdamW cpu(cpu_named), gpu(gpu_named);
   int seed = 80;
-  for (int step = 0; step < 3; ++step) {
-    for (int micro = 0; micro < 2; ++micro) {
+  for (int step = 0; step < 4; ++step) {
+    const int micros = step == 0 ? 2 : 1;
+    for (int micro = 0; micro < micros; ++micro) {
       for (size_t i = 0; i + 1 < cpu_p.size(); ++i) {
-        const DType gt = i == 1 ? DType::bf16 : cpu_p[i].dtype();
+        if (i == 3 && step == 2) continue;
+        const DType gt = i <= 1 ? DType::bf16 : cpu_p[i].dtype();
         const Tensor g = rnd(cpu_p[i].shape(), seed++).to(gt);
         cpu_p[i].set_grad(g), gpu_p[i].set_grad(g.to(cuda_device(0)));
       }
-      if (micro == 0) cpu.accumulate(), gpu.accumulate();
+      if (micro + 1 < micros) cpu.accumulate(), gpu.accumulate();
     }
     cpu.clip_grad_norm(step == 1 ? 1.0 : 1e9), gpu.clip_grad_norm(step == 1 ? 1.0 : 1e9);
     cpu.step(3e-2), gpu.step(3e-2);
+    CHECK(gpu.last_step_one_launch());
+    CHECK(!cpu.last_step_one_launch());
     cpu.zero_grad(), gpu.zero_grad();
   }
   for (size_t i = 0; i < cpu_p.size(); ++i) {
@@ -581,6 +587,9 @@ CUDA_TEST("AdamW::step on one GPU (one launch over every tensor) matches the CPU
     expect_close(sg[i].second.to(kCPU).to(DType::f64), sc[i].second.to(DType::f64), 1e-6, 1e-5);
   }
   CHECK(sum(pow(sg.back().second, 2.0)).item() == 0.0);  // p4 (no gradient): its moments untouched
+  // A gradient of the wrong shape is refused before anything runs.
+  gpu_p[1].set_grad(zeros({5, 33}, DType::f32, cuda_device(0)));
+  CHECK_THROWS_WITH(gpu.step(1e-2), doctest::Contains("p1"));
 }
 
 CUDA_TEST("a transformer LM's loss and gradients on the GPU match the CPU") {
