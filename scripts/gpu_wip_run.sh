@@ -33,6 +33,7 @@ grep -E "^==|rc=|NSA|dense|branch|attn_|nsa_" "$OUT/nsa.log" | cut -c1-160 | hea
 NSAMOE="model=small model.attention=nsa model.mlp=moe model.dim=1024 model.heads=8 model.kv_heads=2 model.seq=4096 model.nsa.block=32 model.nsa.stride=16 model.nsa.select_block=64 model.nsa.n_select=16 model.nsa.window=512 model.moe.n_routed=64 model.moe.top_k=6 model.moe.n_shared=2 model.moe.expert_hidden=256 training.batch=2 training.warmup=10 training.eval_every=100 training.log_every=10"
 step train 70 build-gpu/examples/train_lm $NSAMOE training.steps=40 training.profile_steps=3 training.out=/tmp/r1
 step train 30 build-gpu/examples/train_lm training.steps=60 training.log_every=10 training.eval_every=100 training.profile_steps=3 training.out=/tmp/rd1
+NT_ADAMW_PER_TENSOR=1 step train 30 build-gpu/examples/train_lm training.steps=60 training.log_every=10 training.eval_every=100 training.profile_steps=3 training.out=/tmp/rd2
 grep -E "^==|rc=|^step .*tok/s|GPU profile|host:|copy host to device|adamw" "$OUT/train.log" | cut -c1-200 | head -30
 for dq in red tma; do NT_ATTENTION_BWD_DQ=$dq step bench 60 build-gpu/examples/bench_kernels --only=attention; done
 grep -E "^==|^fwd" "$OUT/bench.log"

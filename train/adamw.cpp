@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -210,6 +212,11 @@ Tensor AdamW::clip_grad_norm_async(double max_norm) {
 // addresses step after step.
 bool AdamW::step_one_launch(double lr) {
 #if NT_CUDA
+  static const bool per_tensor = [] {  // NT_ADAMW_PER_TENSOR=1: a launch per tensor (A/B runs)
+    const char* e = std::getenv("NT_ADAMW_PER_TENSOR");
+    return e && std::string(e) == "1";
+  }();
+  if (per_tensor) return false;
   Device dev = kCPU;
   for (const Slot& s : slots_) {
     const Tensor& target = s.master.defined() ? s.master : s.param;
