@@ -671,9 +671,9 @@ void set_attention_bwd_keys(int keys) {
 int attention_bwd_keys() { return g_bwd_keys; }
 
 namespace {
-bool g_bwd_tma_dq = [] {
+bool g_bwd_tma_dq = [] {  // the default since 2026-12-06 (docs/cuda.md); NT_ATTENTION_BWD_DQ=red: the reductions
   const char* e = std::getenv("NT_ATTENTION_BWD_DQ");
-  return e && std::string(e) == "tma";
+  return !(e && std::string(e) == "red");
 }();
 }  // namespace
 void set_attention_bwd_tma_dq(bool on) { g_bwd_tma_dq = on; }

@@ -85,8 +85,8 @@ int attention_kernel();
 // setting does not apply.
 void set_attention_bwd_keys(int keys);
 int attention_bwd_keys();
-// Version 7's backward adds dQ by TMA reductions from shared memory (a writer warp) instead of the consumers' own
-// 16-byte reductions: experimental, off by default; also NT_ATTENTION_BWD_DQ=tma. Same function either way.
+// Version 7's backward adds dQ by TMA reductions from shared memory (a writer warp; the default) or by the
+// consumers' own 16-byte reductions (off; also NT_ATTENTION_BWD_DQ=red). Same function either way.
 void set_attention_bwd_tma_dq(bool on);
 bool attention_bwd_tma_dq();
 void attention_forward(DType t, const void* q, const void* k, const void* v, void* out, float* lse,
@@ -152,10 +152,10 @@ bool nsa_selected_dq_wgmma(const void* q, const void* k_slc, const void* v_slc, 
 // (cuda/nsa_selected.cuh: nsa_selected_walk_wgmma).
 // Whether the wgmma kernels (versions 3, 4) run for these sizes on the current device.
 bool nsa_selected_wgmma_applies(const NsaDims& d);
-// The selected forward's kernel: 0 automatic (4 where it applies, else 2), 1 one warp per position, 2 eight
-// positions per block sharing their blocks' loads (mma.sync), 3 wgmma (falls back to 2 where it does not apply),
-// 4 the forward of 3 with the backward's dq computed inside its dk/dv step, 6 (experimental) 4 with a warp-
-// specialized forward (TMA producer, softmax overlapped with P V); also NT_NSA_SLC_KERNEL=N. The
+// The selected forward's kernel: 0 automatic (6 where the wgmma kernels apply, else 2), 1 one warp per position, 2
+// eight positions per block sharing their blocks' loads (mma.sync), 3 wgmma (falls back to 2 where it does not
+// apply), 4 the forward of 3 with the backward's dq computed inside its dk/dv step, 6 4 with a warp-specialized
+// forward (TMA producer, softmax overlapped with P V); also NT_NSA_SLC_KERNEL=N. The
 // backward follows: its dq step (1, 2, 3 alike; none under 4) and its dk/dv step (3, 4 on wgmma, else the
 // mma.sync kernel).
 // All compute the same function.
