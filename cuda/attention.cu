@@ -670,6 +670,15 @@ void set_attention_bwd_keys(int keys) {
 }
 int attention_bwd_keys() { return g_bwd_keys; }
 
+namespace {
+bool g_bwd_tma_dq = [] {  // the default since 2026-12-06 (docs/cuda.md); NT_ATTENTION_BWD_DQ=red: the reductions
+  const char* e = std::getenv("NT_ATTENTION_BWD_DQ");
+  return !(e && std::string(e) == "red");
+}();
+}  // namespace
+void set_attention_bwd_tma_dq(bool on) { g_bwd_tma_dq = on; }
+bool attention_bwd_tma_dq() { return g_bwd_tma_dq; }
+
 void attention_forward(DType t, const void* q, const void* k, const void* v, void* out, float* lse, const AttentionDims& d,
                        cudaStream_t stream) {
   if (d.N == 0 || d.max_len == 0) return;

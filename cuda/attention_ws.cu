@@ -181,8 +181,8 @@ __global__ void __launch_bounds__(384, 1)
 // producer: K and V once by TMA, then per tile Q and dO by TMA and the rows' lse and delta by its 32 lanes into a
 // ring of two stages (a tile's full barrier takes the 32 lanes' arrivals and TMA's bytes). Per tile a consumer
 //   issues S^T = K_c Q^T and dP^T = V_c dO^T (m64n64) and waits; P^T, dS^T in registers;
-//   issues dV_c += P^T dO and dK_c += dS^T Q (m64n128, A from registers) and, while they run, writes dS^T (bf16)
-//   into one of two shared buffers; after a barrier of both consumers, issues dQ[:, 64 (c - 1) ..] = dS K (m64n64,
+//   issues dV_c += P^T dO, writes dS^T (bf16) into one of two shared buffers while it runs, issues dK_c += dS^T Q
+//   (m64n128, A from registers); after a barrier of both consumers, issues dQ[:, 64 (c - 1) ..] = dS K (m64n64,
 //   both operands MN-major); releases the Q/dO stage when dV/dK land and adds dQ with 16-byte reductions.
 // Every tile is multiplied by both consumers, also one whose keys none of the tile's queries sees (masked to zero):
 // no wgmma sits under a branch (ptxas would serialize them all). The dS buffers alternate, so a consumer writing
@@ -193,13 +193,22 @@ __global__ void __launch_bounds__(384, 1)
 // same phase at the same time, and each waits for its own S^T/dP^T before the softmax (S and dP for the next tile
 // in flight would need registers it does not have: at 232 per thread ptxas already serializes the wgmmas, C7512).
 constexpr int kBwdKeys = 128, kBwdRows = 64;
-constexpr int kBwdKV = kBwdKeys * 256, kBwdQ = kBwdRows * 256, kBwdDS = kBwdKeys * 128;
-constexpr size_t kBwdSmem = 1024 + 2 * kBwdKV + 4 * kBwdQ + 2 * kBwdDS + 2 * 2 * kBwdRows * sizeof(float) + 8 * 8;
+// kTmaDQ (the default since 2026-12-06, 349 against 312 TFLOP/s forward + backward at B1 T8192 H32/8 on the H100;
+// NT_ATTENTION_BWD_DQ=red turns it off): each consumer stores its dQ tile (f32,
+// times scale) into one of two shared buffers instead of adding it with 16-byte reductions, and warp 1 of warpgroup
+// 0 adds the buffer into dq_acc with one TMA reduce per half (FlashAttention-3's dQ path: the consumers issue no
+// global reductions). Shared memory grows by 2 x 32 KB to ~226 KB.
+constexpr int kBwdKV = kBwdKeys * 256, kBwdQ = kBwdRows * 256, kBwdDS = kBwdKeys * 128, kBwdDQ = kBwdRows * 64 * 4;
+template <bool kTmaDQ>
+constexpr size_t bwd_smem() {
+  return 1024 + 2 * kBwdKV + 4 * kBwdQ + 2 * kBwdDS + (kTmaDQ ? 4 * kBwdDQ : 0) + 2 * 2 * kBwdRows * sizeof(float) + 8 * 8;
+}
 
+template <bool kTmaDQ>
 __global__ void __launch_bounds__(384, 1)
     attn_bwd_ws(const __grid_constant__ CUtensorMap mq, const __grid_constant__ CUtensorMap mk,
                 const __grid_constant__ CUtensorMap mv, const __grid_constant__ CUtensorMap mdo,
-                const float* __restrict__ lse, const float* __restrict__ delta, float* __restrict__ dq_acc,
+                const __grid_constant__ CUtensorMap mdq, const float* __restrict__ lse, const float* __restrict__ delta, float* __restrict__ dq_acc,
                 uint16_t* __restrict__ dk, uint16_t* __restrict__ dv, float* __restrict__ dkv_acc, int gs,
                 AttentionDims a) {
 #if NT_SM90A
@@ -207,10 +216,11 @@ __global__ void __launch_bounds__(384, 1)
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   unsigned char* smem = (unsigned char*)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
   unsigned char *Ks = smem, *Vs = Ks + kBwdKV, *Qs = Vs + kBwdKV, *dOs = Qs + 2 * kBwdQ, *dSs = dOs + 2 * kBwdQ;
-  float* lse_s = reinterpret_cast<float*>(dSs + 2 * kBwdDS);  // [stage][64] lse log2 e, then [stage][64] delta
+  unsigned char* dQs = dSs + 2 * kBwdDS;  // kTmaDQ: [buffer][half][64 rows][64] f32
+  float* lse_s = reinterpret_cast<float*>(dQs + (kTmaDQ ? 4 * kBwdDQ : 0));  // [stage][64] lse log2 e, [stage][64] delta
   float* dlt_s = lse_s + 2 * kBwdRows;
   uint64_t* kv_full = reinterpret_cast<uint64_t*>(dlt_s + 2 * kBwdRows);
-  uint64_t *q_full = kv_full + 1, *q_empty = q_full + 2;
+  uint64_t *q_full = kv_full + 1, *q_empty = q_full + 2, *dq_empty = q_empty + 2;
   const AttnBwdBlock blk = attn_bwd_block(a, gs, kBwdKeys);
   const int hk = blk.hk, n0 = blk.n0, h_lo = blk.h_lo, h_hi = blk.h_hi, start = blk.start, len = blk.len;
   if (n0 >= len) return;  // the whole block, before any barrier
@@ -218,16 +228,36 @@ __global__ void __launch_bounds__(384, 1)
   const int m_first = n0 / kBwdRows * kBwdRows;
   if (threadIdx.x == 0) {
     mbar_init(kv_full, 1);
-    for (int s = 0; s < 2; ++s) mbar_init(&q_full[s], 32), mbar_init(&q_empty[s], 8);
+    for (int s = 0; s < 2; ++s) mbar_init(&q_full[s], 32), mbar_init(&q_empty[s], 8), mbar_init(&dq_empty[s], 1);
     mbar_fence_init();
   }
   __syncthreads();
   const int wg = threadIdx.x / 128, warp = threadIdx.x % 128 / 32, lane = threadIdx.x % 32;
   if (wg == 0) {  // producer: warp 0
     setmaxnreg_dec<24>();  // 24 + 2 x 240 per thread fill the register file (232 would serialize the wgmmas: C7512)
+    if (kTmaDQ && warp == 1) {  // the dQ writer: per tile, each consumer's half once it is in the buffer
+      int it = 0;
+      for (int h = h_lo; h < h_hi; ++h)
+        for (int m0 = m_first; m0 < q_hi; m0 += kBwdRows, ++it) {
+          const int b = it & 1;
+          for (int half = 0; half < 2; ++half) {
+            named_barrier(2 + half, 160);  // consumer `half` stored its tile
+            if (lane == 0) tma_reduce_add_3d(&mdq, dQs + (2 * b + half) * kBwdDQ, half * 64, h, start + m0);
+          }
+          if (lane == 0) {
+            bulk_commit();
+            bulk_wait_read<0>();  // both halves read: the buffer is free
+            mbar_arrive(&dq_empty[b]);
+          }
+          __syncwarp();
+        }
+      if (lane == 0) bulk_wait<0>();
+      return;
+    }
     if (warp != 0) return;
     if (lane == 0) {
       tma_prefetch_map(&mq), tma_prefetch_map(&mk), tma_prefetch_map(&mv), tma_prefetch_map(&mdo);
+      if constexpr (kTmaDQ) tma_prefetch_map(&mdq);
       mbar_expect_tx(kv_full, 2 * kBwdKV);
       for (int half = 0; half < 2; ++half) {
         tma_load_3d(Ks + half * kBwdKeys * 128, &mk, kv_full, half * 64, hk, start + n0);
@@ -300,14 +330,12 @@ __global__ void __launch_bounds__(384, 1)
 #pragma unroll
       for (int kk = 0; kk < kBwdRows / 16; ++kk)
         acc_to_a(pa[kk], p[2 * kk], p[2 * kk + 1]), acc_to_a(da[kk], ds[2 * kk], ds[2 * kk + 1]);
-      // dV_c += P^T dO, dK_c += dS^T Q: dO, Q MN-major (16 queries = 2048 bytes on; column halves 64 x 128 apart).
+      // dV_c += P^T dO, then dK_c += dS^T Q (dO, Q MN-major: 16 queries = 2048 bytes on; column halves 64 x 128
+      // apart). dS^T goes to shared memory between the two issues: da may not be touched while a wgmma reads it.
       wgmma_fence();
 #pragma unroll
-      for (int kk = 0; kk < kBwdRows / 16; ++kk) {
+      for (int kk = 0; kk < kBwdRows / 16; ++kk)
         wgmma_m64n128_rs<1>(dva, pa[kk], smem_desc(do_addr + kk * 2048, kBwdRows * 128, 1024));
-        wgmma_m64n128_rs<1>(dka, da[kk], smem_desc(q_addr + kk * 2048, kBwdRows * 128, 1024));
-      }
-      wgmma_commit();
       // dS^T into this tile's buffer: row = key (of the block's 128), 64 queries = one 128-byte swizzled row; da's
       // registers hold exactly the bf16 pairs (query pair 2 (lane % 4) of 8-query group j, rows key and key + 8).
 #pragma unroll
@@ -318,6 +346,11 @@ __global__ void __launch_bounds__(384, 1)
           *reinterpret_cast<uint32_t*>(dSs + s * kBwdDS + r * 128 + ((j ^ (r % 8)) << 4) + (lane % 4) * 4) =
               da[j / 2][(j % 2) * 2 + i];
       }
+      wgmma_fence();  // orders the stores' reads of da before the wgmma that reads it (and pins them here)
+#pragma unroll
+      for (int kk = 0; kk < kBwdRows / 16; ++kk)
+        wgmma_m64n128_rs<1>(dka, da[kk], smem_desc(q_addr + kk * 2048, kBwdRows * 128, 1024));
+      wgmma_commit();
       fence_async_smem();
       named_barrier(1, 256);  // both consumers' dS^T of this tile are in the buffer
       // dQ[:, 64 c ..] = dS K[:, 64 c ..]: A = dS (64 queries x 128 keys) MN-major from the buffer, B = K's column
@@ -334,8 +367,26 @@ __global__ void __launch_bounds__(384, 1)
       if (lane == 0) mbar_arrive(&q_empty[s]);
       wgmma_wait<0>();
       fence_regs(dqf);
-      const int r = m0 + warp * 16 + lane / 4 + ((lane & 1) ? 8 : 0);  // this lane's row in red_add_m64n64
-      red_add_m64n64(dq, r < len ? dq_acc + ((int64_t)start + r) * qs + h * a.D : nullptr, c * 64, a.D, a.scale, lane);
+      if constexpr (kTmaDQ) {
+        // This consumer's half of the tile's dQ into buffer it % 2 (rows past the sequence's end hold exact zeros:
+        // their dS is masked), then the writer adds it. Rows of 256 bytes: the 8 rows of a store share banks.
+        const int b = it & 1;
+        mbar_wait(&dq_empty[b], ((it >> 1) & 1) ^ 1);
+        float* half = reinterpret_cast<float*>(dQs + (2 * b + c) * kBwdDQ);
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          const int row = warp * 16 + lane / 4 + 8 * i;
+#pragma unroll
+          for (int j = 0; j < 8; ++j)
+            *reinterpret_cast<float2*>(half + row * 64 + j * 8 + (lane % 4) * 2) =
+                make_float2(dq[j][2 * i] * a.scale, dq[j][2 * i + 1] * a.scale);
+        }
+        fence_async_smem();
+        named_barrier_arrive(2 + c, 160);  // the writer waits there; this consumer goes on
+      } else {
+        const int r = m0 + warp * 16 + lane / 4 + ((lane & 1) ? 8 : 0);  // this lane's row in red_add_m64n64
+        red_add_m64n64(dq, r < len ? dq_acc + ((int64_t)start + r) * qs + h * a.D : nullptr, c * 64, a.D, a.scale, lane);
+      }
     }
   attn_bwd_store_dkv(dka, dva, dk, dv, dkv_acc, a, start, len, hk, key0, lane);
 #endif
@@ -369,10 +420,21 @@ void attention_backward_ws(const void* q, const void* k, const void* v, const vo
   const int G = d.H / d.Hkv, splits = (G + gs - 1) / gs;
   const CUtensorMap mq = rows_map(q, d, d.H, kBwdRows), mdo = rows_map(dout, d, d.H, kBwdRows);
   const CUtensorMap mk = rows_map(k, d, d.Hkv, kBwdKeys), mv = rows_map(v, d, d.Hkv, kBwdKeys);
-  allow_smem(attn_bwd_ws, kBwdSmem);
   const dim3 grid((unsigned)((d.max_len + kBwdKeys - 1) / kBwdKeys), (unsigned)d.nseq, (unsigned)(d.Hkv * splits));
-  attn_bwd_ws<<<grid, 384, kBwdSmem, stream>>>(mq, mk, mv, mdo, lse, delta, dq_acc, static_cast<uint16_t*>(dk),
-                                               static_cast<uint16_t*>(dv), dkv_acc, gs, d);
+  auto launch = [&](auto kernel, size_t smem, const CUtensorMap& mdq) {
+    allow_smem(kernel, smem);
+    kernel<<<grid, 384, smem, stream>>>(mq, mk, mv, mdo, mdq, lse, delta, dq_acc, static_cast<uint16_t*>(dk),
+                                        static_cast<uint16_t*>(dv), dkv_acc, gs, d);
+  };
+  if (attention_bwd_tma_dq()) {
+    // dq_acc [N, H, D] f32 as (D, H, N), boxes of 64 head dims x 1 head x 64 rows (columns past D are skipped).
+    const uint64_t dims[3] = {(uint64_t)d.D, (uint64_t)d.H, (uint64_t)d.N};
+    const uint64_t strides[2] = {(uint64_t)d.D * 4, (uint64_t)d.H * d.D * 4};
+    const uint32_t box[3] = {64, 1, kBwdRows};
+    launch(attn_bwd_ws<true>, bwd_smem<true>(), tensor_map_f32(dq_acc, 3, dims, strides, box));
+  } else {
+    launch(attn_bwd_ws<false>, bwd_smem<false>(), mq);  // mdq unused
+  }
   NT_CUDA_CHECK(cudaGetLastError());
 }
 }  // namespace nt::cuda

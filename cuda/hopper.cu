@@ -4,6 +4,8 @@
 #include <cudaTypedefs.h>
 
 #include <atomic>
+#include <stdexcept>
+#include <string>
 
 #include "cuda/check.h"
 #include "cuda/hopper.cuh"
@@ -29,17 +31,28 @@ PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
   }();
   return fn;
 }
+
+CUtensorMap encode_map(CUtensorMapDataType type, CUtensorMapSwizzle swizzle, const void* base, int rank,
+                       const uint64_t* dims, const uint64_t* strides, const uint32_t* box, const char* who) {
+  if (rank < 1 || rank > 5) throw std::invalid_argument(std::string(who) + ": rank must be 1..5, got " + std::to_string(rank));
+  CUtensorMap m;
+  const uint32_t elem_strides[5] = {1, 1, 1, 1, 1};
+  const CUresult r = encode_fn()(&m, type, rank, const_cast<void*>(base), dims, strides, box, elem_strides,
+                                 CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS) throw_cuda_error("cuTensorMapEncodeTiled failed", who, __FILE__, __LINE__);
+  return m;
+}
 }  // namespace
 
 namespace sm90 {
 CUtensorMap tensor_map_bf16(const void* base, int rank, const uint64_t* dims, const uint64_t* strides, const uint32_t* box) {
-  CUtensorMap m;
-  const uint32_t elem_strides[3] = {1, 1, 1};
-  const CUresult r = encode_fn()(&m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, rank, const_cast<void*>(base), dims, strides, box,
-                                 elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                                 CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  if (r != CUDA_SUCCESS) throw_cuda_error("cuTensorMapEncodeTiled failed", "tensor_map_bf16", __FILE__, __LINE__);
-  return m;
+  return encode_map(CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, CU_TENSOR_MAP_SWIZZLE_128B, base, rank, dims, strides, box,
+                    "tensor_map_bf16");
+}
+CUtensorMap tensor_map_f32(const void* base, int rank, const uint64_t* dims, const uint64_t* strides, const uint32_t* box) {
+  return encode_map(CU_TENSOR_MAP_DATA_TYPE_FLOAT32, CU_TENSOR_MAP_SWIZZLE_NONE, base, rank, dims, strides, box,
+                    "tensor_map_f32");
 }
 }  // namespace sm90
 

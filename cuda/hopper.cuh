@@ -24,6 +24,8 @@ namespace nt::cuda::sm90 {
 // Host: a bf16 tensor map over `rank` dims (innermost first; strides in bytes of dims 1..), 128-byte swizzle, box
 // sizes in elements (cuda/hopper.cu). Parts of a box outside the tensor arrive as zeros.
 CUtensorMap tensor_map_bf16(const void* base, int rank, const uint64_t* dims, const uint64_t* strides, const uint32_t* box);
+// The same for f32 without swizzle (boxes land row-major in shared memory), e.g. for TMA reductions.
+CUtensorMap tensor_map_f32(const void* base, int rank, const uint64_t* dims, const uint64_t* strides, const uint32_t* box);
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
 
@@ -64,6 +66,24 @@ __device__ __forceinline__ void tma_load_3d(void* dst, const CUtensorMap* map, u
       "l"((uint64_t)map), "r"(smem_addr(bar)), "r"(c0), "r"(c1), "r"(c2)
       : "memory");
 }
+// TMA reduce: adds a box in shared memory (laid out as the map's box) into the tensor (the map's element type, e.g.
+// f32), asynchronously; parts of the box outside the tensor are skipped. Grouped by bulk_commit; bulk_wait_read<N>
+// returns once all but the N most recent groups have finished reading shared memory (the box may then be
+// overwritten), bulk_wait<N> once they have completed.
+__device__ __forceinline__ void tma_reduce_add_3d(const CUtensorMap* map, const void* src, int c0, int c1, int c2) {
+  asm volatile(
+      "cp.reduce.async.bulk.tensor.3d.global.shared::cta.add.tile.bulk_group [%0, {%2, %3, %4}], [%1];\n" ::"l"(
+          (uint64_t)map),
+      "r"(smem_addr(src)), "r"(c0), "r"(c1), "r"(c2)
+      : "memory");
+}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void bulk_wait_read() {
+  asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory");
+}
+template <int N> __device__ __forceinline__ void bulk_wait() {
+  asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(N) : "memory");
+}
 __device__ __forceinline__ void tma_prefetch_map(const CUtensorMap* map) {
   asm volatile("prefetch.tensormap [%0];\n" ::"l"((uint64_t)map) : "memory");
 }
@@ -73,6 +93,10 @@ __device__ __forceinline__ void fence_async_smem() { asm volatile("fence.proxy.a
 // A barrier among `threads` threads (a multiple of 32) under id (1..15; 0 is __syncthreads).
 __device__ __forceinline__ void named_barrier(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+// Arrives at that barrier without waiting (the threads that wait there use named_barrier).
+__device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 
 // Shared-memory matrix descriptor, 128-byte swizzle.

@@ -85,6 +85,10 @@ int attention_kernel();
 // setting does not apply.
 void set_attention_bwd_keys(int keys);
 int attention_bwd_keys();
+// Version 7's backward adds dQ by TMA reductions from shared memory (a writer warp; the default) or by the
+// consumers' own 16-byte reductions (off; also NT_ATTENTION_BWD_DQ=red). Same function either way.
+void set_attention_bwd_tma_dq(bool on);
+bool attention_bwd_tma_dq();
 void attention_forward(DType t, const void* q, const void* k, const void* v, void* out, float* lse,
                        const AttentionDims& d, cudaStream_t stream);
 void attention_backward(DType t, const void* q, const void* k, const void* v, const void* out, const void* dout,
@@ -137,6 +141,9 @@ void nsa_selected_forward_tc(const void* q, const void* k_slc, const void* v_slc
 // union's tables would not fit in shared memory).
 bool nsa_selected_forward_wgmma(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
                                 float* o_slc, float* lse_slc, const NsaDims& d, int max_len, cudaStream_t stream);
+// Version 6's forward (the same kernel file, the same conditions and outputs).
+bool nsa_selected_forward_ws(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
+                             float* o_slc, float* lse_slc, const NsaDims& d, int max_len, cudaStream_t stream);
 // Version 3 of the backward's dq step (the same kernel file): dq and delta = rowsum(dout o) [N, HQ] f32.
 bool nsa_selected_dq_wgmma(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
                            const float* o_slc, const float* lse_slc, const void* dout, void* dq, float* delta,
@@ -145,9 +152,10 @@ bool nsa_selected_dq_wgmma(const void* q, const void* k_slc, const void* v_slc, 
 // (cuda/nsa_selected.cuh: nsa_selected_walk_wgmma).
 // Whether the wgmma kernels (versions 3, 4) run for these sizes on the current device.
 bool nsa_selected_wgmma_applies(const NsaDims& d);
-// The selected forward's kernel: 0 automatic (4 where it applies, else 2), 1 one warp per position, 2 eight
-// positions per block sharing their blocks' loads (mma.sync), 3 wgmma (falls back to 2 where it does not apply),
-// 4 the forward of 3 with the backward's dq computed inside its dk/dv step; also NT_NSA_SLC_KERNEL=N. The
+// The selected forward's kernel: 0 automatic (6 where the wgmma kernels apply, else 2), 1 one warp per position, 2
+// eight positions per block sharing their blocks' loads (mma.sync), 3 wgmma (falls back to 2 where it does not
+// apply), 4 the forward of 3 with the backward's dq computed inside its dk/dv step, 6 4 with a warp-specialized
+// forward (TMA producer, softmax overlapped with P V); also NT_NSA_SLC_KERNEL=N. The
 // backward follows: its dq step (1, 2, 3 alike; none under 4) and its dk/dv step (3, 4 on wgmma, else the
 // mma.sync kernel).
 // All compute the same function.
@@ -264,11 +272,32 @@ void cumsum(DType t, const void* x, void* out, int64_t outer, int64_t n, int64_t
             cudaStream_t stream);
 
 // adamw.cu: one fused AdamW step over n contiguous elements; m, v in the accumulation type; bc1 = 1 - beta1^t,
-// bc2 = 1 - beta2^t; the gradient (dtype t, or bf16 for an f32 parameter) times grad_scale; bf16_copy (nullable):
-// the updated parameter rounded to bf16 (the compute weight of an f32 master).
+// bc2 = 1 - beta2^t; the gradient (dtype t, or bf16 for an f32 parameter) times grad_scale and times
+// *grad_scale_dev (nullable, device memory); bf16_copy (nullable): the updated parameter rounded to bf16 (the compute
+// weight of an f32 master).
 void adamw(DType t, void* param, DType grad_t, const void* grad, void* m, void* v, void* bf16_copy, int64_t n, double lr,
            double beta1, double beta2, double eps, double weight_decay, double bc1, double bc2, double grad_scale,
-           cudaStream_t stream);
+           const double* grad_scale_dev, cudaStream_t stream);
+// adamw.cu: adamw over many tensors in one launch: chunks [count] (device memory) of at most kAdamWChunk elements
+// of one tensor each, with its own pointers (already offset to the chunk), weight decay and kind: the parameter (or
+// f32 master) and gradient dtypes f64/f64, f32/f32 or f32/bf16; m, v in the parameter's dtype; copy (nullable) as
+// in adamw.
+enum AdamWKind : int32_t { kAdamWF64 = 0, kAdamWF32 = 1, kAdamWF32Bf16Grad = 2 };
+struct AdamWChunk {
+  void* p;
+  const void* g;
+  void* m;
+  void* v;
+  void* copy;
+  int64_t n;
+  double wd;
+  int32_t kind;
+  int32_t pad;
+};
+static_assert(sizeof(AdamWChunk) == 64, "AdamWChunk: no implicit padding (AdamW compares tables bytewise)");
+constexpr int64_t kAdamWChunk = 65536;
+void adamw_chunks(const AdamWChunk* chunks, int count, double lr, double beta1, double beta2, double eps, double bc1,
+                  double bc2, double grad_scale, const double* grad_scale_dev, cudaStream_t stream);
 // adamw.cu: the sum of squares of many tensors (f64, f32 or bf16 each) in one launch, for the global gradient
 // norm: chunks [count] (device memory) of at most kSquaresChunk elements each; partial: count doubles of
 // workspace; out: one double. Deterministic.
@@ -280,5 +309,8 @@ struct SquaresChunk {
 };
 constexpr int64_t kSquaresChunk = 65536;
 void sum_squares_chunks(const SquaresChunk* chunks, int count, double* partial, double* out, cudaStream_t stream);
+// adamw.cu: gradient clipping on the device: norm = sqrt(*sum_sq), scale = max_norm / (norm + 1e-6) where norm >
+// max_norm, else 1 (one thread; what AdamW::step multiplies the gradients by).
+void clip_scale(const double* sum_sq, double max_norm, double* norm, double* scale, cudaStream_t stream);
 
 }  // namespace nt::cuda

@@ -150,13 +150,13 @@ __global__ void __launch_bounds__(kWarpsSlc * 32) nsa_slc_fwd_tc(const uint16_t*
 // they chose. The block walks the union of their (ascending) block lists in 32-key chunks through a cp.async
 // pipeline; a warp computes only on the chunks of blocks its position chose. Neighbouring positions mostly choose
 // the same blocks, so each key block is read from L2 about once per kPosShared positions instead of once per
-// position (version 1). The backward's dq kernel walks the same way. Version 3 (cuda/nsa_selected_sm90.cu) is
-// the default where it applies.
+// position (version 1). The backward's dq kernel walks the same way. Versions 3, 4 and 6 (cuda/nsa_selected_sm90.cu)
+// run on wgmma where they apply; 6 is the default there.
 constexpr int kPosShared = 8;
-int g_slc_kernel = [] {  // 0: automatic (4 where it applies, else 2)
+int g_slc_kernel = [] {  // 0: automatic (6 where the wgmma kernels apply, else 2)
   const char* e = std::getenv("NT_NSA_SLC_KERNEL");
   const std::string v = e ? e : "";
-  return v.size() == 1 && v[0] >= '1' && v[0] <= '4' ? v[0] - '0' : 0;
+  return v.size() == 1 && ((v[0] >= '1' && v[0] <= '4') || v[0] == '6') ? v[0] - '0' : 0;
 }();
 bool slc_v1() { return g_slc_kernel == 1; }
 
@@ -637,6 +637,8 @@ bool nsa_selected_tc_supported(const NsaDims& a) {
 void nsa_selected_forward_tc(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
                              float* o_slc, float* lse_slc, const NsaDims& a, int max_len, cudaStream_t stream) {
   if (a.N == 0 || max_len == 0) return;
+  if ((g_slc_kernel == 0 || g_slc_kernel == 6) && nsa_selected_forward_ws(q, k_slc, v_slc, block_indices, o_slc, lse_slc, a, max_len, stream))
+    return;
   if ((g_slc_kernel == 0 || g_slc_kernel >= 3) &&
       nsa_selected_forward_wgmma(q, k_slc, v_slc, block_indices, o_slc, lse_slc, a, max_len, stream))
     return;
@@ -665,8 +667,8 @@ void nsa_selected_forward_tc(const void* q, const void* k_slc, const void* v_slc
 }
 
 void set_nsa_selected_kernel(int version) {
-  if (version < 0 || version > 4)
-    throw std::invalid_argument("set_nsa_selected_kernel: version must be 0..4, got " + std::to_string(version));
+  if (version < 0 || version > 6 || version == 5)  // 5 was the block-major forward, removed (docs/nsa.md)
+    throw std::invalid_argument("set_nsa_selected_kernel: version must be 0..4 or 6, got " + std::to_string(version));
   g_slc_kernel = version;
 }
 int nsa_selected_kernel() { return g_slc_kernel; }
@@ -685,7 +687,7 @@ void nsa_selected_backward_tc(const void* q, const void* k_slc, const void* v_sl
   const int64_t kv_elems = a.N * a.H * a.D;
   // 1. dq and delta; under version 4 (the default where it applies) delta alone (dq comes with dk/dv in step 3).
   ScratchBuffer delta(a.N * a.HQ * sizeof(float));
-  const bool fused_dq = (g_slc_kernel == 0 || g_slc_kernel == 4) && max_len > 0 && nsa_selected_wgmma_applies(a);
+  const bool fused_dq = (g_slc_kernel == 0 || g_slc_kernel >= 4) && max_len > 0 && nsa_selected_wgmma_applies(a);
   const int64_t q_elems = a.N * a.HQ * a.D;
   ScratchBuffer dq_acc(fused_dq ? q_elems * 4 : 0);
   if (fused_dq) {

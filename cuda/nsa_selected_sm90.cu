@@ -126,14 +126,51 @@ struct SlcUnionTiles {
 
 // Positions t0 .. t0 + np - 1 of kv head h: merges their lists (every thread takes part) into tables in shared
 // memory at `scratch` (P (4 n + 1) ints).
-template <int P>
+template <int P, int NTH = 128>
 __device__ SlcUnionTiles slc_union_tiles(const int32_t* block_indices, const NsaDims& a, int start, int len, int t0,
                                          int np, int h, int* scratch) {
   int *vals = scratch, *pre = vals + P * a.n, *ublk = pre + P * (a.n + 1);
   unsigned* umask = reinterpret_cast<unsigned*>(ublk + P * a.n);
-  const int nu = slc_union_merge<P, 128>(block_indices + (((int64_t)start + t0) * a.H + h) * a.n, (int64_t)a.H * a.n,
+  const int nu = slc_union_merge<P, NTH>(block_indices + (((int64_t)start + t0) * a.H + h) * a.n, (int64_t)a.H * a.n,
                                          np, a.n, vals, pre, ublk, umask);
   return {ublk, umask, nu, len, t0, np == 32 ? 0xffffffffu : (1u << np) - 1, (int64_t)a.H * a.D};
+}
+
+// The forwards' rows of this thread (warp 16 + lane / 4, + 8 of the 64): the index of its position among the
+// block's, the position, and whether it is an output row (a position of the sequence, a head of the group).
+template <int GP>
+__device__ __forceinline__ void slc_thread_rows(int warp, int lane, int t0, int t_last, int G, int (&pos)[2],
+                                                int (&tq)[2], bool (&valid)[2]) {
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int r = warp * 16 + lane / 4 + 8 * i;
+    pos[i] = r / GP, tq[i] = t0 + pos[i], valid[i] = tq[i] <= t_last && r % GP < G;
+  }
+}
+
+// The forwards' end: o = acc / l (f32) and lse = m + log l of this thread's valid rows; l summed over the row's 4
+// lanes here. A row given no blocks gets o = 0, lse = -inf.
+template <int GP>
+__device__ __forceinline__ void slc_write_rows(const float (&acc)[kAttnDim / 2], const float (&m_run)[2],
+                                               float (&l_run)[2], const bool (&valid)[2], const int (&tq)[2],
+                                               float* o_slc, float* lse_slc, const NsaDims& a, int start, int h,
+                                               int warp, int lane) {
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 1);
+    l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 2);
+    if (!valid[i]) continue;
+    const int g = (warp * 16 + lane / 4 + 8 * i) % GP;
+    const int64_t o = ((int64_t)start + tq[i]) * a.HQ + h * a.G + g;
+    const float inv = l_run[i] > 0.f ? 1.f / l_run[i] : 0.f;
+    float* out = o_slc + o * a.D;
+#pragma unroll
+    for (int j = 0; j < kAttnDim / 8; ++j) {
+      const int c = j * 8 + (lane % 4) * 2;
+      if (c < a.D) *reinterpret_cast<float2*>(out + c) = make_float2(acc[4 * j + 2 * i] * inv, acc[4 * j + 2 * i + 1] * inv);
+    }
+    if (lane % 4 == 0) lse_slc[o] = (m_run[i] + log2f(l_run[i])) / kLog2e;
+  }
 }
 
 template <int P> size_t slc_wgmma_smem(int n) {
@@ -175,11 +212,7 @@ __global__ void __launch_bounds__(128) nsa_slc_fwd_wgmma(const uint16_t* __restr
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   int pos[2], tq[2];  // this thread's rows (warp 16 + lane / 4, + 8): their position's index and the position
   bool valid[2];
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    const int r = warp * 16 + lane / 4 + 8 * i;
-    pos[i] = r / GP, tq[i] = t0 + pos[i], valid[i] = tq[i] <= t_last && r % GP < a.G;
-  }
+  slc_thread_rows<GP>(warp, lane, t0, t_last, a.G, pos, tq, valid);
   float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
   float s[NJ][4], acc[NO * 4];
 #pragma unroll
@@ -208,22 +241,7 @@ __global__ void __launch_bounds__(128) nsa_slc_fwd_wgmma(const uint16_t* __restr
     attn_pv_wgmma(acc, s, alpha, v_addr);
   }
   cp_wait_all();  // with no tiles (positions that chose no block) the Q copies are still in flight
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 1);
-    l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 2);
-    if (!valid[i]) continue;
-    const int g = (warp * 16 + lane / 4 + 8 * i) % GP;
-    const int64_t o = ((int64_t)start + tq[i]) * a.HQ + h * a.G + g;
-    const float inv = l_run[i] > 0.f ? 1.f / l_run[i] : 0.f;  // a row given no blocks: o = 0, lse = -inf
-    float* out = o_slc + o * a.D;
-#pragma unroll
-    for (int j = 0; j < NO; ++j) {
-      const int c = j * 8 + (lane % 4) * 2;
-      if (c < a.D) *reinterpret_cast<float2*>(out + c) = make_float2(acc[4 * j + 2 * i] * inv, acc[4 * j + 2 * i + 1] * inv);
-    }
-    if (lane % 4 == 0) lse_slc[o] = (m_run[i] + log2f(l_run[i])) / kLog2e;
-  }
+  slc_write_rows<GP>(acc, m_run, l_run, valid, tq, o_slc, lse_slc, a, start, h, warp, lane);
 #endif
 }
 
@@ -236,6 +254,175 @@ void launch_slc_wgmma(const void* q, const void* k_slc, const void* v_slc, const
   const dim3 grid((unsigned)((max_len + P - 1) / P), (unsigned)a.nseq, (unsigned)a.H);
   nsa_slc_fwd_wgmma<GP><<<grid, 128, smem, stream>>>(static_cast<const uint16_t*>(q), static_cast<const uint16_t*>(k_slc),
                                                      static_cast<const uint16_t*>(v_slc), block_indices, o_slc, lse_slc, a);
+  NT_CUDA_CHECK(cudaGetLastError());
+}
+
+// Version 6's forward (the default where the wgmma kernels apply since 2026-12-06; the branch's forward at 64k: 35.0
+// against version 4's 49.9 ms, H100): nsa_slc_fwd_wgmma's function, warp-specialized as flash_attention's version 6
+// (cuda/attention_ws.cu). A block of two warpgroups owns the same 64 rows (P positions x GP heads); all 256 threads
+// merge the union first, then warpgroup 0 gives its registers away and one thread issues TMA copies: Q once (one box of
+// P positions x GP heads per column half), then each union block's 64 keys and values into rings of two stages.
+// Warpgroup 1 walks the union one block (64 keys) per tile: S(i) is issued, then O += P(i-1) V(i-1), and the softmax of
+// S(i) runs while that P V is in flight. Positions that chose no block still walk one tile (every key masked: o = 0,
+// lse = -inf), so no wgmma sits under a branch. 81 KB of shared memory plus the union's tables (P (4 n + 1) ints): two
+// blocks per SM while those stay under ~32 KB (e.g. n <= 63 at P = 32), else one.
+constexpr int kWsStages = 2, kWsQ = 64 * 2 * 128, kWsKV = kSlcBlock * 2 * 128;
+template <int P> size_t slc_ws_smem(int n) {
+  return 1024 + kWsQ + 2 * kWsStages * kWsKV + (1 + 4 * kWsStages) * 8 + (size_t)P * (4 * n + 1) * sizeof(int);
+}
+
+template <int GP>
+__global__ void __launch_bounds__(256, 2)
+    nsa_slc_fwd_ws(const __grid_constant__ CUtensorMap mq, const __grid_constant__ CUtensorMap mk,
+                   const __grid_constant__ CUtensorMap mv, const int32_t* __restrict__ block_indices,
+                   float* __restrict__ o_slc, float* __restrict__ lse_slc, NsaDims a) {
+#if NT_SM90A
+  constexpr int P = 64 / GP, NJ = kSlcBlock / 8, NO = kAttnDim / 8;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  unsigned char* smem = (unsigned char*)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
+  unsigned char *Qs = smem, *Ks = Qs + kWsQ, *Vs = Ks + kWsStages * kWsKV;
+  uint64_t* q_full = reinterpret_cast<uint64_t*>(Vs + kWsStages * kWsKV);
+  uint64_t *k_full = q_full + 1, *v_full = k_full + kWsStages, *k_empty = v_full + kWsStages, *v_empty = k_empty + kWsStages;
+  int* scratch = reinterpret_cast<int*>(v_empty + kWsStages);  // the union's tables
+  const int seq = blockIdx.y, h = blockIdx.z;
+  const int start = a.cu_seqlens[seq], len = a.cu_seqlens[seq + 1] - start;
+  const int t0 = blockIdx.x * P;
+  if (t0 >= len) return;  // block-uniform
+  const int np = min(P, len - t0), t_last = t0 + np - 1;
+  if (threadIdx.x == 0) {
+    mbar_init(q_full, 1);
+    for (int s = 0; s < kWsStages; ++s)
+      mbar_init(&k_full[s], 1), mbar_init(&v_full[s], 1), mbar_init(&k_empty[s], 4), mbar_init(&v_empty[s], 4);
+    mbar_fence_init();
+    tma_prefetch_map(&mq), tma_prefetch_map(&mk), tma_prefetch_map(&mv);
+    mbar_expect_tx(q_full, kWsQ);  // Q does not depend on the union: its copy runs during the merge
+    for (int half = 0; half < 2; ++half)  // rows r = (t - t0) GP + g: heads h G + g of positions t0 ..
+      tma_load_3d(Qs + half * 64 * 128, &mq, q_full, half * 64, h * a.G, start + t0);
+  }
+  const SlcUnionTiles u = slc_union_tiles<P, 256>(block_indices, a, start, len, t0, np, h, scratch);  // syncs
+  const int ntiles = max(u.nu, 1);  // one all-masked tile where no block was chosen
+  const int wg = threadIdx.x / 128;
+  if (wg == 0) {
+    setmaxnreg_dec<40>();  // 40 + 216: the register file of two blocks per SM
+    if (threadIdx.x == 0) {
+      for (int it = 0; it < ntiles; ++it) {
+        const int s = it % kWsStages, row = start + (it < u.nu ? u.ublk[it] : 0) * kSlcBlock;
+        const uint32_t phase = (it / kWsStages) & 1;
+        mbar_wait(&k_empty[s], phase ^ 1);
+        mbar_expect_tx(&k_full[s], kWsKV);
+        for (int half = 0; half < 2; ++half)
+          tma_load_3d(Ks + s * kWsKV + half * kSlcBlock * 128, &mk, &k_full[s], half * 64, h, row);
+        mbar_wait(&v_empty[s], phase ^ 1);
+        mbar_expect_tx(&v_full[s], kWsKV);
+        for (int half = 0; half < 2; ++half)
+          tma_load_3d(Vs + s * kWsKV + half * kSlcBlock * 128, &mv, &v_full[s], half * 64, h, row);
+      }
+    }
+    return;
+  }
+  setmaxnreg_inc<216>();
+  const int warp = threadIdx.x % 128 / 32, lane = threadIdx.x % 32;
+  const uint32_t q_addr = smem_addr(Qs), k_addr0 = smem_addr(Ks), v_addr0 = smem_addr(Vs);
+  const float sl2 = (float)a.scale * kLog2e;
+  int pos[2], tq[2];  // this thread's rows (warp 16 + lane / 4, + 8): their position's index and the position
+  bool valid[2];
+  slc_thread_rows<GP>(warp, lane, t0, t_last, a.G, pos, tq, valid);
+  auto release = [&](uint64_t* bar) {
+    __syncwarp();
+    if (lane == 0) mbar_arrive(bar);
+  };
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
+  float s[NJ][4], acc[NO * 4];
+  uint32_t pa[kSlcBlock / 16][4];  // P(i - 1) as bf16 A fragments of 16 keys
+  float(&sf)[NJ * 4] = reinterpret_cast<float(&)[NJ * 4]>(s);
+#pragma unroll
+  for (int i = 0; i < NO * 4; ++i) acc[i] = 0.f;
+  auto issue_qk = [&](int st) {  // S = Q K^T, m64n64 (the first k-step overwrites)
+    wgmma_fence();
+    const uint32_t k_addr = k_addr0 + st * kWsKV;
+#pragma unroll
+    for (int kk = 0; kk < kAttnDim / 16; ++kk)
+      wgmma_m64n64<0, 0>(sf, smem_desc(q_addr + (kk / 4) * (64 * 128) + (kk % 4) * 32, 16, 1024),
+                         smem_desc(k_addr + (kk / 4) * (kSlcBlock * 128) + (kk % 4) * 32, 16, 1024), kk > 0);
+    wgmma_commit();
+  };
+  auto issue_pv = [&](int st) {  // O += P V, V MN-major (16 keys = 2048 bytes on; column halves 64 x 128 apart)
+    wgmma_fence();
+    const uint32_t v_addr = v_addr0 + st * kWsKV;
+#pragma unroll
+    for (int kk = 0; kk < kSlcBlock / 16; ++kk)
+      wgmma_m64n128_rs<1>(acc, pa[kk], smem_desc(v_addr + kk * 2048, kSlcBlock * 128, 1024));
+    wgmma_commit();
+  };
+  auto softmax = [&](int it, float (&alpha)[2]) {  // block `it` of the union (none past it: all masked)
+    const unsigned m = it < u.nu ? u.umask[it] : 0u;
+    const int base = it < u.nu ? u.ublk[it] * kSlcBlock : 0;
+    const bool chose[2] = {((m >> pos[0]) & 1) != 0, ((m >> pos[1]) & 1) != 0};
+    const bool edge = m != u.all || base + kSlcBlock - 1 > t0;
+    online_softmax<NJ>(s, edge, [&](int j, int e) {
+      const int i = e >> 1, key = base + j * 8 + (lane % 4) * 2 + (e & 1);
+      return !chose[i] || key > tq[i];
+    }, sl2, m_run, l_run, alpha);
+  };
+  auto to_pa = [&] {
+#pragma unroll
+    for (int kk = 0; kk < kSlcBlock / 16; ++kk) acc_to_a(pa[kk], s[2 * kk], s[2 * kk + 1]);
+  };
+  mbar_wait(q_full, 0);
+  mbar_wait(&k_full[0], 0);
+  issue_qk(0);
+  wgmma_wait<0>();
+  fence_regs(sf);
+  release(&k_empty[0]);
+  {
+    float alpha[2];
+    softmax(0, alpha);  // O is still zero
+    to_pa();
+  }
+  for (int it = 1; it < ntiles; ++it) {
+    const int st = it % kWsStages, sp = (it - 1) % kWsStages;
+    mbar_wait(&k_full[st], (it / kWsStages) & 1);
+    issue_qk(st);
+    mbar_wait(&v_full[sp], ((it - 1) / kWsStages) & 1);
+    issue_pv(sp);
+    wgmma_wait<1>();
+    fence_regs(sf);
+    release(&k_empty[st]);
+    float alpha[2];
+    softmax(it, alpha);
+    wgmma_wait<0>();
+    fence_regs(acc);
+    fence_regs(reinterpret_cast<uint32_t(&)[kSlcBlock / 4]>(pa));
+    release(&v_empty[sp]);
+#pragma unroll
+    for (int j = 0; j < NO; ++j)
+      acc[4 * j] *= alpha[0], acc[4 * j + 1] *= alpha[0], acc[4 * j + 2] *= alpha[1], acc[4 * j + 3] *= alpha[1];
+    to_pa();
+  }
+  const int last = (ntiles - 1) % kWsStages;
+  mbar_wait(&v_full[last], ((ntiles - 1) / kWsStages) & 1);
+  issue_pv(last);
+  wgmma_wait<0>();
+  fence_regs(acc);
+  release(&v_empty[last]);
+  slc_write_rows<GP>(acc, m_run, l_run, valid, tq, o_slc, lse_slc, a, start, h, warp, lane);
+#endif
+}
+
+template <int GP>
+void launch_slc_ws(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices, float* o_slc,
+                   float* lse_slc, const NsaDims& a, int max_len, cudaStream_t stream) {
+  constexpr int P = 64 / GP;
+  // q [N, HQ, D] as (D, HQ, N), boxes of 64 dims x GP heads x P positions; k, v [N, H, D] as (D, H, N), 64 rows.
+  const uint64_t qd[3] = {(uint64_t)a.D, (uint64_t)a.HQ, (uint64_t)a.N}, qst[2] = {(uint64_t)a.D * 2, (uint64_t)a.HQ * a.D * 2};
+  const uint64_t kd[3] = {(uint64_t)a.D, (uint64_t)a.H, (uint64_t)a.N}, kst[2] = {(uint64_t)a.D * 2, (uint64_t)a.H * a.D * 2};
+  const uint32_t qbox[3] = {64, (uint32_t)GP, (uint32_t)P}, kbox[3] = {64, 1, (uint32_t)kSlcBlock};
+  const CUtensorMap mq = tensor_map_bf16(q, 3, qd, qst, qbox), mk = tensor_map_bf16(k_slc, 3, kd, kst, kbox),
+                    mv = tensor_map_bf16(v_slc, 3, kd, kst, kbox);
+  const size_t smem = slc_ws_smem<P>(a.n);
+  allow_smem(nsa_slc_fwd_ws<GP>, smem);
+  const dim3 grid((unsigned)((max_len + P - 1) / P), (unsigned)a.nseq, (unsigned)a.H);
+  nsa_slc_fwd_ws<GP><<<grid, 256, smem, stream>>>(mq, mk, mv, block_indices, o_slc, lse_slc, a);
   NT_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -549,6 +736,17 @@ bool nsa_selected_forward_wgmma(const void* q, const void* k_slc, const void* v_
   else if (a.G <= 4) launch_slc_wgmma<4>(q, k_slc, v_slc, block_indices, o_slc, lse_slc, a, max_len, stream);
   else if (a.G <= 8) launch_slc_wgmma<8>(q, k_slc, v_slc, block_indices, o_slc, lse_slc, a, max_len, stream);
   else launch_slc_wgmma<16>(q, k_slc, v_slc, block_indices, o_slc, lse_slc, a, max_len, stream);
+  return true;
+}
+
+bool nsa_selected_forward_ws(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
+                             float* o_slc, float* lse_slc, const NsaDims& a, int max_len, cudaStream_t stream) {
+  if (!slc_wgmma_applies(a)) return false;
+  if (a.N == 0 || max_len == 0) return true;
+  if (a.G <= 2) launch_slc_ws<2>(q, k_slc, v_slc, block_indices, o_slc, lse_slc, a, max_len, stream);
+  else if (a.G <= 4) launch_slc_ws<4>(q, k_slc, v_slc, block_indices, o_slc, lse_slc, a, max_len, stream);
+  else if (a.G <= 8) launch_slc_ws<8>(q, k_slc, v_slc, block_indices, o_slc, lse_slc, a, max_len, stream);
+  else launch_slc_ws<16>(q, k_slc, v_slc, block_indices, o_slc, lse_slc, a, max_len, stream);
   return true;
 }
 

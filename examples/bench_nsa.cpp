@@ -103,13 +103,13 @@ int main(int argc, char** argv) {
   try {
     std::vector<int64_t> Ts = {8192, 16384, 32768, 65536};
     std::map<std::string, int64_t> a{{"hq", 64}, {"hkv", 4}, {"d", 128}, {"fused_max_t", 16384}, {"profile", 0},
-                                       {"qrun", 1}};
+                                       {"qrun", 1}, {"dense", 1}};
     for (int i = 1; i < argc; ++i) {
       const std::string s = argv[i];
       const size_t eq = s.find('=');
       const std::string key = eq == std::string::npos ? s : s.substr(0, eq);
       NT_CHECK(eq != std::string::npos && (key == "T" || a.count(key)),
-               "bench_nsa: unknown argument '{}'; use T=8192,16384,..., hq=, hkv=, d=, fused_max_t=, profile=1, qrun=",
+               "bench_nsa: unknown argument '{}'; use T=8192,16384,..., hq=, hkv=, d=, fused_max_t=, profile=1, qrun=, dense=0",
                s);
       if (key == "T") Ts = parse_list(s.substr(eq + 1));
       else a[key] = std::stoll(s.substr(eq + 1));
@@ -128,8 +128,10 @@ int main(int argc, char** argv) {
     if (qrun > 1) std::printf("queries: runs of %lld positions share a base vector (qrun)\n", (long long)qrun);
     std::string t_list;
     for (int64_t T : Ts) t_list += (t_list.empty() ? "" : ",") + std::to_string(T);
-    const auto torch = bench::python_results(fmt::format("python3 scripts/bench_nsa_torch.py {} {} {} {}", t_list, HQ,
-                                                         H, D));
+    // dense=0 (A/B runs of NSA's kernels): no dense attention, ours or torch's.
+    const auto torch = a["dense"] ? bench::python_results(fmt::format("python3 scripts/bench_nsa_torch.py {} {} {} {}",
+                                                                      t_list, HQ, H, D))
+                                  : std::map<std::string, double>{};
     std::printf("\n%-7s %-30s %10s %10s %12s %10s   %s\n", "T", "attention", "fwd ms", "fwd GiB", "fwd+bwd ms",
                 "f+b GiB", "useful TFLOP/s fwd, f+b (attention products only)");
     Generator gen(1);
@@ -231,6 +233,7 @@ int main(int argc, char** argv) {
         std::printf("kernels of one branch-wise forward + backward at T = %lld:\n%s", (long long)T, prof.stop(12).c_str());
       }
       if (T <= a["fused_max_t"]) row("", "NSA fused (CUDA cores)", measure(nsa_fwd), measure(nsa_fb), "");
+      if (!a["dense"]) continue;
       const auto df = measure(dense_fwd), db = measure(dense_fb);
       row("", "dense causal (flash_attention)", df, db,
           rate(4 * hd * pairs.dense, 14 * hd * pairs.dense, df, db) +
@@ -246,7 +249,7 @@ int main(int argc, char** argv) {
                             tb.first / bb.first));
       }
     }
-    if (torch.empty()) std::printf("(PyTorch comparison skipped: python3 scripts/bench_nsa_torch.py did not run)\n");
+    if (torch.empty() && a["dense"]) std::printf("(PyTorch comparison skipped: python3 scripts/bench_nsa_torch.py did not run)\n");
   } catch (const Error& e) {
     std::fprintf(stderr, "%s\n", e.what());
     return 1;

@@ -120,6 +120,8 @@ Settings read(const train::Config& c) {
   s.data = c.get_string("data.path");
   s.packing = c.get_bool("data.packing");
   c.check_all_read();
+  NT_CHECK(s.clip > 0, "training.clip (the largest global gradient norm) must be > 0 (e.g. 1e9 for no clipping), got {}",
+           s.clip);
   return s;
 }
 
@@ -410,11 +412,12 @@ int main(int argc, char** argv) {
         }
       }
       double gnorm = 0;
+      Tensor gnorm_async;  // single process: read only when logged (reading waits for the backward to finish)
       if (distributed) {
         gnorm = sharded->step(lr, clip);
         sharded->zero_grad();
       } else {
-        gnorm = single->clip_grad_norm(clip);
+        gnorm_async = single->clip_grad_norm_async(clip);
         single->step(lr);
         single->zero_grad();
       }
@@ -428,6 +431,7 @@ int main(int argc, char** argv) {
         say("GPU memory held between steps (allocator, this rank): {:.3f} GiB\n",
             (double)cuda::allocator_stats(dev.index).allocated / (1 << 30));
       if ((step + 1) % s.log_every == 0) {
+        if (gnorm_async.defined()) gnorm = gnorm_async.item();
         const auto now = Clock::now();
         const double dt = std::chrono::duration<double>(now - last).count(), elapsed = std::chrono::duration<double>(now - start).count();
         const double tps = tokens_since / dt, eta = elapsed / (double)(step + 1 - first_step) * (double)(steps - step - 1);

@@ -2,6 +2,11 @@
 
 #include <cmath>
 
+#include "ops/device_tables.h"
+#if NT_CUDA
+#include "cuda/runtime.h"
+#endif
+
 namespace nt::nn {
 
 std::vector<double> rope_frequencies(int64_t D, const RopeConfig& cfg) {
@@ -39,8 +44,43 @@ Tensor Rotary::apply(const Tensor& x, int64_t start) const {
   const int64_t T = x.size(-3);
   NT_CHECK(start >= 0 && start + T <= cos.size(0), "Rotary: positions {}..{} exceed the table of {} positions", start,
            start + T - 1, cos.size(0));
-  const Tensor c = cos.narrow(0, start, T).to(x.device()), s = sin.narrow(0, start, T).to(x.device());
-  return rope(x, c, s, cfg.interleaved);
+  const auto [cd, sd] = tables(x.device());
+  return rope(x, cd.narrow(0, start, T), sd.narrow(0, start, T), cfg.interleaved);
+}
+
+Tensor Rotary::apply_packed(const Tensor& x, const std::vector<int32_t>& cu) const {
+  NT_CHECK(x.dim() == 3, "Rotary: packed x must be [N, H, D], got {}", shape_str(x.shape()));
+  NT_CHECK(cu.size() >= 2 && cu.front() == 0 && cu.back() == x.size(0),
+           "Rotary: cu_seqlens must run from 0 to N = {}, got {} entries{}", x.size(0), cu.size(),
+           cu.empty() ? std::string() : fmt::format(" from {} to {}", cu.front(), cu.back()));
+  for (size_t b = 0; b + 1 < cu.size(); ++b) {
+    NT_CHECK(cu[b + 1] >= cu[b], "Rotary: cu_seqlens must not decrease, got {} then {} at {}", cu[b], cu[b + 1], b + 1);
+    NT_CHECK(cu[b + 1] - cu[b] <= cos.size(0), "Rotary: positions 0..{} of sequence {} exceed the table of {} positions",
+             cu[b + 1] - cu[b] - 1, b, cos.size(0));
+  }
+  if (x.size(0) == 0) return x;
+  const Tensor pos = cached_table("rotary positions", std::vector<int64_t>(cu.begin(), cu.end()), DType::i64, x.device(), [&] {
+    std::vector<double> p;
+    p.reserve(cu.back());
+    for (size_t b = 0; b + 1 < cu.size(); ++b)
+      for (int32_t t = 0; t < cu[b + 1] - cu[b]; ++t) p.push_back(t);
+    return p;
+  });
+  const auto [cd, sd] = tables(x.device());
+  return rope(x, index_select(cd, 0, pos), index_select(sd, 0, pos), cfg.interleaved);
+}
+
+std::pair<Tensor, Tensor> Rotary::tables(Device d) const {
+  if (cos.device() == d) return {cos, sin};
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& [dev, c, s] : copies_)
+    if (dev == d) return {c, s};
+  copies_.emplace_back(d, cos.to(d), sin.to(d));
+#if NT_CUDA
+  // Other threads may read the copies on other streams: let the uploads land first (once per device).
+  if (d.is_cuda()) cuda::synchronize(d.index);
+#endif
+  return {std::get<1>(copies_.back()), std::get<2>(copies_.back())};
 }
 
 }  // namespace nt::nn

@@ -6,6 +6,10 @@
 // those with r > beta kept, and those between blended linearly; cos and sin are multiplied by
 // mscale = 0.1 ln(s) + 1, which scales attention logits by mscale^2 (the paper's temperature).
 #pragma once
+#include <mutex>
+#include <tuple>
+#include <vector>
+
 #include "nn/module.h"
 
 namespace nt::nn {
@@ -26,8 +30,21 @@ class Rotary {
   Rotary(int64_t head_dim, int64_t max_seq, const RopeConfig& cfg = {}, Device device = kCPU);
   // x [..., T, H, D] for positions start .. start+T-1.
   Tensor apply(const Tensor& x, int64_t start = 0) const;
-  Tensor cos, sin;  // [max_seq, D/2] f32
+  // x [N, H, D] holding packed sequences (cu_seqlens: 0 = cu[0] <= ... <= cu.back() = N): positions restart at each
+  // sequence. One rope over all rows (the rows' table entries gathered by a cached position table), equal to
+  // apply() on each sequence.
+  Tensor apply_packed(const Tensor& x, const std::vector<int32_t>& cu_seqlens) const;
+  Tensor cos, sin;  // [max_seq, D/2] f32, on the constructor's device
   RopeConfig cfg;
+
+ private:
+  // cos and sin on device d: the tables themselves, or a copy made on first use there and kept. A model built on the
+  // host and moved with Module::to leaves these tables behind (they are not parameters), and copying the rows on
+  // every call cost two uploads per call on the GPU (~38 us of host time each; the NSA layer rotates 3 tensors per
+  // sequence).
+  std::pair<Tensor, Tensor> tables(Device d) const;
+  mutable std::mutex mu_;
+  mutable std::vector<std::tuple<Device, Tensor, Tensor>> copies_;
 };
 
 }  // namespace nt::nn

@@ -123,7 +123,8 @@ CudaGeometry cuda_geometry(const Tensor& q, const Tensor& k_cmp, const Tensor& k
   CudaGeometry g;
   cuda::NsaDims& a = g.dims;
   a.N = q.size(0), a.HQ = (int)q.size(1), a.H = (int)k_slc.size(1), a.G = a.HQ / a.H, a.D = (int)q.size(2);
-  a.n = (int)opt.n_select, a.l = (int)opt.block, a.d = (int)opt.stride, a.lp = (int)opt.select_block, a.w = (int)opt.window;
+  a.n = (int)opt.n_select, a.l = (int)opt.block, a.d = (int)opt.stride, a.lp = (int)opt.select_block,
+  a.w = (int)std::min<int64_t>(opt.window, q.size(0));  // a window of more keys than rows restricts nothing: no int overflow
   a.nseq = (int)opt.cu_seqlens.size() - 1, a.NC = (int)k_cmp.size(0), a.scale = opt.scale;
   NT_CHECK(a.G <= 32, "{}: the CUDA kernels take at most 32 query heads per key/value head, got {}", kOp, a.G);
   NT_CHECK(a.D <= 256, "{}: the CUDA kernels take head dims up to 256, got {}", kOp, a.D);

@@ -36,13 +36,7 @@ Tensor NativeSparseAttention::forward(const Tensor& x, const nn::ForwardContext&
   NT_CHECK(cu.front() == 0 && cu.back() == N, "NativeSparseAttention: cu_seqlens must run from 0 to B*T = {}, got {} to {}",
            N, cu.front(), cu.back());
   auto project = [&](nn::Linear& w, int64_t heads) { return w.forward(x).reshape({N, heads, D}); };
-  auto rotate = [&](const Tensor& t) {  // positions restart at each sequence
-    if (!rotary) return t;
-    std::vector<Tensor> parts;
-    for (size_t b = 0; b + 1 < cu.size(); ++b)
-      if (cu[b + 1] > cu[b]) parts.push_back(rotary->apply(t.narrow(0, cu[b], cu[b + 1] - cu[b])));
-    return parts.empty() ? t : parts.size() == 1 ? parts[0] : cat(parts, 0);
-  };
+  auto rotate = [&](const Tensor& t) { return rotary ? rotary->apply_packed(t, cu) : t; };  // restarts per sequence
   const Tensor q = rotate(project(*wq, HQ));
   if (dense) {
     const Tensor o = flash_attention(q, rotate(project(*wk_slc, H)), project(*wv_slc, H), AttentionOptions{0, 0, cu});

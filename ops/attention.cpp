@@ -30,7 +30,9 @@ struct Problem {
 cuda::AttentionDims dims_of(const Problem& p, const Tensor& cu_dev) {
   cuda::AttentionDims d;
   d.N = p.N, d.H = (int)p.H, d.Hkv = (int)p.Hkv, d.D = (int)p.D, d.nseq = (int)p.cu.size() - 1;
-  d.max_len = (int)p.max_len, d.window = (int)p.window, d.scale = (float)p.scale;
+  // A window of max_len or more keys restricts nothing: 0 (full causal) then, so the kernels' window arithmetic
+  // (first key, last query of a key block) stays far from int overflow and an int64 window is never truncated.
+  d.max_len = (int)p.max_len, d.window = p.window >= p.max_len ? 0 : (int)p.window, d.scale = (float)p.scale;
   d.cu_seqlens = static_cast<const int32_t*>(cu_dev.data_ptr());
   return d;
 }

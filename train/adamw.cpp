@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -43,7 +45,8 @@ void adamw(T* p, const T* g, A* m, A* v, int64_t n, A lr, A b1, A b2, A eps, A w
 }  // namespace cpu
 
 void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, double lr, double beta1, double beta2,
-                  double eps, double weight_decay, int64_t step, double grad_scale, Tensor* bf16_copy) {
+                  double eps, double weight_decay, int64_t step, double grad_scale, Tensor* bf16_copy,
+                  const Tensor* scale_tensor) {
   NT_CHECK(grad.shape() == param.shape(), "adamw: gradient of shape {} for a parameter of shape {}",
            shape_str(grad.shape()), shape_str(param.shape()));
   NT_CHECK(param.is_contiguous() && m.is_contiguous() && v.is_contiguous(), "adamw: parameter and moments must be contiguous");
@@ -51,8 +54,14 @@ void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, doubl
   NT_CHECK(!bf16_copy || (bf16_copy->dtype() == DType::bf16 && bf16_copy->shape() == param.shape() &&
                           bf16_copy->is_contiguous() && bf16_copy->device() == param.device()),
            "adamw: bf16_copy must be a contiguous bf16 tensor of the parameter's shape and device");
+  NT_CHECK(!scale_tensor || (scale_tensor->dtype() == DType::f64 && scale_tensor->numel() == 1 &&
+                              scale_tensor->device() == param.device()),
+           "adamw: scale_tensor must be one f64 value on the parameter's device ({}), got {} {} on {}",
+           param.device().str(), shape_str(scale_tensor->shape()), dtype_name(scale_tensor->dtype()),
+           scale_tensor->device().str());
   const double bc1 = 1 - std::pow(beta1, (double)step), bc2 = 1 - std::pow(beta2, (double)step);
   if (param.device().is_cpu()) {
+    if (scale_tensor) grad_scale *= scale_tensor->item();
     const Tensor g = grad.to(param.dtype()).contiguous();
     NT_DISPATCH_FLOAT(param.dtype(), "adamw", [&] {
       using T = scalar_t;
@@ -67,7 +76,9 @@ void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, doubl
     const Tensor g = (mixed ? grad : grad.to(param.dtype())).contiguous();
     NT_ON_CUDA("adamw", cuda::adamw(param.dtype(), param.data_ptr(), g.dtype(), g.data_ptr(), m.data_ptr(), v.data_ptr(),
                                     bf16_copy ? bf16_copy->data_ptr() : nullptr, param.numel(), lr, beta1, beta2, eps,
-                                    weight_decay, bc1, bc2, grad_scale, stream_of(param)));
+                                    weight_decay, bc1, bc2, grad_scale,
+                                    scale_tensor ? static_cast<const double*>(scale_tensor->contiguous().data_ptr()) : nullptr,
+                                    stream_of(param)));
     if (bf16_copy) bf16_copy->impl()->storage->version++;
   }
   param.impl()->storage->version++;
@@ -97,7 +108,7 @@ Tensor AdamW::gradient(const Slot& s) const {
 
 void AdamW::accumulate() {
   autograd::NoGradGuard no_grad;
-  NT_CHECK(grad_scale_ == 1.0, "AdamW::accumulate: called after clip_grad_norm; clip once per step, after the last "
+  NT_CHECK(!clipped_, "AdamW::accumulate: called after clip_grad_norm; clip once per step, after the last "
            "micro-batch");
   for (Slot& s : slots_) {
     const Tensor g = s.param.grad();
@@ -169,40 +180,128 @@ Tensor sum_of_squares(const std::vector<Tensor>& grads) {
   return sum(cat(parts, 0)).reshape({1});
 }
 
-double AdamW::clip_grad_norm(double max_norm) {
+double AdamW::clip_grad_norm(double max_norm) { return clip_grad_norm_async(max_norm).item(); }
+
+Tensor AdamW::clip_grad_norm_async(double max_norm) {
+  NT_CHECK(max_norm > 0, "AdamW::clip_grad_norm: max_norm must be > 0, got {}", max_norm);
   autograd::NoGradGuard no_grad;
   std::vector<Tensor> grads;
   for (const Slot& s : slots_) grads.push_back(gradient(s));
-  const double sq = squared_norm(grads);
-  if (sq < 0) return 0.0;
-  const double norm = std::sqrt(sq);
-  // step() multiplies the gradients by this in its fused kernel (no pass over them here).
+  grad_scale_ = 1.0, device_scale_ = Tensor(), clipped_ = true;
+  const Tensor sq = sum_of_squares(grads);
+  if (!sq.defined()) return zeros({1}, DType::f64);
+  // step() multiplies the gradients by the scale in its fused kernel (no pass over them here). Every gradient on
+  // the GPU that holds the sum: the scale stays there; else (on the host, or spread over devices) it is read.
+#if NT_CUDA
+  if (sq.device().is_cuda()) {
+    Tensor norm = empty({1}, DType::f64, sq.device());
+    device_scale_ = empty({1}, DType::f64, sq.device());
+    cuda::clip_scale(static_cast<const double*>(sq.data_ptr()), max_norm, static_cast<double*>(norm.data_ptr()),
+                     static_cast<double*>(device_scale_.data_ptr()), stream_of(sq));
+    return norm;
+  }
+#endif
+  const double norm = std::sqrt(sq.item());
   grad_scale_ = norm > max_norm && norm > 0 ? max_norm / (norm + 1e-6) : 1.0;
-  return norm;
+  return full({1}, norm, DType::f64);
+}
+
+// Every parameter (or master) with a gradient on one GPU, f32 or f64, a master only behind a bf16 parameter: one
+// launch over a table of chunks, instead of a launch and the host's checks per tensor (~70 a step in the dense
+// default). The table is uploaded only when it changed: the caching allocator gives the gradients the same
+// addresses step after step.
+bool AdamW::step_one_launch(double lr) {
+#if NT_CUDA
+  static const bool per_tensor = [] {  // NT_ADAMW_PER_TENSOR=1: a launch per tensor (A/B runs)
+    const char* e = std::getenv("NT_ADAMW_PER_TENSOR");
+    return e && std::string(e) == "1";
+  }();
+  if (per_tensor) return false;
+  Device dev = kCPU;
+  for (const Slot& s : slots_) {
+    const Tensor& target = s.master.defined() ? s.master : s.param;
+    const Tensor g = s.param.grad();
+    if (!g.defined() && !s.acc.defined()) continue;
+    NT_CHECK(!g.defined() || g.shape() == s.param.shape(), "AdamW::step: parameter '{}' of shape {} has a gradient "
+             "of shape {}", s.name, shape_str(s.param.shape()), shape_str(g.shape()));
+    const bool ok = target.device().is_cuda() && (dev.is_cpu() || target.device() == dev) &&
+                    (target.dtype() == DType::f32 || target.dtype() == DType::f64) &&
+                    (!s.master.defined() || s.param.dtype() == DType::bf16) && (!g.defined() || g.device() == target.device());
+    if (!ok) return false;
+    dev = target.device();
+  }
+  if (dev.is_cpu()) return false;  // no gradient at all: nothing to update
+  std::vector<Tensor> keep;      // the gradients (some converted) until the launch is queued
+  std::vector<cuda::AdamWChunk> table;
+  for (Slot& s : slots_) {
+    Tensor g = gradient(s);
+    if (!g.defined()) continue;
+    Tensor& target = s.master.defined() ? s.master : s.param;
+    int32_t kind = cuda::kAdamWF32;
+    if (target.dtype() == DType::f64) g = g.to(DType::f64), kind = cuda::kAdamWF64;
+    else if (g.dtype() == DType::bf16) kind = cuda::kAdamWF32Bf16Grad;
+    else g = g.to(DType::f32);
+    g = g.contiguous();
+    keep.push_back(g);
+    const int64_t es = target.element_size();
+    void* copy = s.master.defined() ? s.param.data_ptr() : nullptr;
+    for (int64_t off = 0; off < target.numel(); off += cuda::kAdamWChunk)
+      table.push_back({static_cast<char*>(target.data_ptr()) + off * es, static_cast<const char*>(g.data_ptr()) + off * g.element_size(),
+                       static_cast<char*>(s.m.data_ptr()) + off * es, static_cast<char*>(s.v.data_ptr()) + off * es,
+                       copy ? static_cast<char*>(copy) + off * 2 : nullptr, std::min(cuda::kAdamWChunk, target.numel() - off),
+                       s.decay ? cfg.weight_decay : 0.0, kind, 0});
+    target.impl()->storage->version++;
+    if (copy) s.param.impl()->storage->version++;
+  }
+  const size_t bytes = table.size() * sizeof(cuda::AdamWChunk);
+  const auto* raw = reinterpret_cast<const unsigned char*>(table.data());
+  if (!chunk_table_.defined() || chunk_table_.device() != dev || chunk_bytes_.size() != bytes ||
+      !std::equal(chunk_bytes_.begin(), chunk_bytes_.end(), raw)) {
+    chunk_table_ = empty({(int64_t)std::max<size_t>(8, bytes) / 8}, DType::i64, dev);
+    if (bytes > 0) cuda::copy_h2d(chunk_table_.data_ptr(), table.data(), bytes, dev.index);
+    chunk_bytes_.assign(raw, raw + bytes);
+  }
+  const double bc1 = 1 - std::pow(cfg.beta1, (double)t_), bc2 = 1 - std::pow(cfg.beta2, (double)t_);
+  cuda::adamw_chunks(static_cast<const cuda::AdamWChunk*>(chunk_table_.data_ptr()), (int)table.size(), lr, cfg.beta1,
+                     cfg.beta2, cfg.eps, bc1, bc2, grad_scale_,
+                     device_scale_.defined() ? static_cast<const double*>(device_scale_.data_ptr()) : nullptr,
+                     stream_of(chunk_table_));
+  return true;
+#else
+  (void)lr;
+  return false;
+#endif
 }
 
 void AdamW::step(double lr) {
   ++t_;
   autograd::NoGradGuard no_grad;
+  one_launch_ = step_one_launch(lr);
+  if (one_launch_) {
+    for (Slot& s : slots_) s.acc = Tensor();
+    grad_scale_ = 1.0, device_scale_ = Tensor(), clipped_ = false;
+    return;
+  }
   for (Slot& s : slots_) {
     const Tensor g = gradient(s);
     if (!g.defined()) continue;
     const double wd = s.decay ? cfg.weight_decay : 0.0;
+    const Tensor* scale = device_scale_.defined() ? &device_scale_ : nullptr;  // all gradients on its device
     if (s.master.defined()) {
       Tensor* copy = s.param.dtype() == DType::bf16 ? &s.param : nullptr;
-      adamw_update(s.master, g, s.m, s.v, lr, cfg.beta1, cfg.beta2, cfg.eps, wd, t_, grad_scale_, copy);
+      adamw_update(s.master, g, s.m, s.v, lr, cfg.beta1, cfg.beta2, cfg.eps, wd, t_, grad_scale_, copy, scale);
       if (!copy) Tensor(s.param).copy_(s.master);
     } else {
-      adamw_update(s.param, g, s.m, s.v, lr, cfg.beta1, cfg.beta2, cfg.eps, wd, t_, grad_scale_);
+      adamw_update(s.param, g, s.m, s.v, lr, cfg.beta1, cfg.beta2, cfg.eps, wd, t_, grad_scale_, nullptr, scale);
     }
     s.acc = Tensor();
   }
-  grad_scale_ = 1.0;
+  grad_scale_ = 1.0, device_scale_ = Tensor(), clipped_ = false;
 }
 
 void AdamW::zero_grad() {
   for (Slot& s : slots_) s.param.set_grad(Tensor()), s.acc = Tensor();
-  grad_scale_ = 1.0;
+  grad_scale_ = 1.0, device_scale_ = Tensor(), clipped_ = false;
 }
 
 std::vector<std::pair<std::string, Tensor>> AdamW::state() const {

@@ -38,7 +38,13 @@ class AdamW {
   // is at most max_norm (inside its fused kernel). Returns the norm before clipping. Call it once per step, after
   // the last accumulate().
   double clip_grad_norm(double max_norm);
+  // clip_grad_norm without the read: the norm as a [1] f64 tensor, on the GPU where every gradient is on that GPU
+  // (else on the host; zero when no gradient is defined); on one GPU the clip scale stays in device memory and step() reads it there, so the host does not
+  // wait for the backward to finish. Read the norm (item()) only when it is logged.
+  Tensor clip_grad_norm_async(double max_norm);
   int64_t steps() const { return t_; }
+  // Whether the last step() ran as one kernel over every tensor (on one GPU; tests and profiles).
+  bool last_step_one_launch() const { return one_launch_; }
   // Moments by parameter name ("<name>.exp_avg", "<name>.exp_avg_sq", and "<name>.master" for bf16 parameters)
   // for checkpoints.
   std::vector<std::pair<std::string, Tensor>> state() const;
@@ -57,16 +63,23 @@ class AdamW {
     Tensor master, acc;  // f32 master copy (bf16 parameters); f32 gradient buffer (after accumulate())
   };
   Tensor gradient(const Slot& s) const;  // acc + param.grad() in f32 (or the parameter's dtype without a master)
+  bool step_one_launch(double lr);        // step() on one GPU in one kernel; false (nothing done) where it does not apply
   std::vector<Slot> slots_;
   int64_t t_ = 0;
+  bool clipped_ = false, one_launch_ = false;
   double grad_scale_ = 1.0;  // set by clip_grad_norm, applied and reset by step()
+  Tensor device_scale_;      // [1] f64 on the GPU: clip_grad_norm_async's scale, applied and reset by step()
+  std::vector<unsigned char> chunk_bytes_;  // step_one_launch's last table, and its copy on the device
+  Tensor chunk_table_;
 };
 
 // The fused update on one tensor (used by AdamW::step; exposed for tests). The gradient is multiplied by
-// grad_scale; bf16_copy (optional) receives the updated parameter rounded to bf16 in the same pass (an f32 master's
-// compute weight). On CUDA an f32 parameter takes a bf16 gradient as it is.
+// grad_scale and, when given, by scale_tensor (a [1] f64 tensor on the parameter's device, read there); bf16_copy
+// (optional) receives the updated parameter rounded to bf16 in the same pass (an f32 master's compute weight). On
+// CUDA an f32 parameter takes a bf16 gradient as it is.
 void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, double lr, double beta1, double beta2,
-                  double eps, double weight_decay, int64_t step, double grad_scale = 1.0, Tensor* bf16_copy = nullptr);
+                  double eps, double weight_decay, int64_t step, double grad_scale = 1.0, Tensor* bf16_copy = nullptr,
+                  const Tensor* scale_tensor = nullptr);
 
 // The sum of squares of every defined tensor (f64, f32 or bf16) as a [1] f64 tensor on their device, not read
 // back; undefined when none is defined. On one GPU: one kernel over all of them (cuda::sum_squares_chunks), no f32

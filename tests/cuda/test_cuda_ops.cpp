@@ -486,14 +486,15 @@ CUDA_TEST("AdamW's fused kernel matches the CPU update") {
     expect_close(md.to(kCPU).to(DType::f64), m.to(DType::f64), 1e-6, 1e-5);
     expect_close(vd.to(kCPU).to(DType::f64), v.to(DType::f64), 1e-6, 1e-5);
   }
-  // Mixed precision as AdamW::step runs it: f32 master, bf16 gradient read as it is, a clip scale, and the bf16
-  // compute copy written in the same pass (poisoned first).
+  // Mixed precision as AdamW::step's per-tensor path runs it: f32 master, bf16 gradient read as it is, a clip scale
+  // (in part from device memory), and the bf16 compute copy written in the same pass (poisoned first).
   Tensor p = rnd({4099}, 5).to(DType::f32), g = rnd({4099}, 6).to(DType::bf16);
   Tensor m = (rnd({4099}, 7) * 0.1).to(DType::f32), v = (rnd({4099}, 8) * rnd({4099}, 8) * 0.01).to(DType::f32);
   Tensor pd = p.to(cuda_device(0)), md = m.to(cuda_device(0)), vd = v.to(cuda_device(0));
   Tensor copy = full({4099}, NAN, DType::bf16, cuda_device(0));
   train::adamw_update(p, g, m, v, 1e-3, 0.9, 0.95, 1e-8, 0.1, 3, 0.37);
-  train::adamw_update(pd, g.to(cuda_device(0)), md, vd, 1e-3, 0.9, 0.95, 1e-8, 0.1, 3, 0.37, &copy);
+  const Tensor scale = full({1}, 0.74, DType::f64, cuda_device(0));  // times 0.5: the clip scale read on the device
+  train::adamw_update(pd, g.to(cuda_device(0)), md, vd, 1e-3, 0.9, 0.95, 1e-8, 0.1, 3, 0.5, &copy, &scale);
   expect_close(pd.to(kCPU).to(DType::f64), p.to(DType::f64), 1e-6, 1e-5);
   expect_close(md.to(kCPU).to(DType::f64), m.to(DType::f64), 1e-6, 1e-5);
   expect_close(vd.to(kCPU).to(DType::f64), v.to(DType::f64), 1e-6, 1e-5);
@@ -516,6 +517,79 @@ CUDA_TEST("global gradient norm: one kernel over bf16, f32 and f64 gradients of 
   // Clipping scales every gradient by max_norm / norm.
   CHECK(train::clip_grad_norm(gpu, 1.0) == doctest::Approx(std::sqrt(want)).epsilon(1e-6));
   CHECK(train::clip_grad_norm(gpu, 1e9) == doctest::Approx(1.0).epsilon(1e-3));
+}
+
+CUDA_TEST("AdamW clips on the device (clip_grad_norm_async): the same update as the CPU's clip, no read needed") {
+  // A bf16 parameter (f32 master) and an f32 one of odd sizes; the norm (~60) is above max_norm, so the scale
+  // read by the kernel from device memory matters; a second step with a huge max_norm must not clip.
+  Tensor wc = rnd({37, 29}, 40).to(DType::bf16), bc = rnd({301}, 41, DType::f32);
+  Tensor wg = wc.to(cuda_device(0)), bg = bc.to(cuda_device(0));
+  train::AdamW cpu({{"w", wc}, {"b", bc}}), gpu({{"w", wg}, {"b", bg}});
+  for (int step = 0; step < 2; ++step) {
+    const Tensor gw = (rnd({37, 29}, 50 + step) * 2.0).to(DType::bf16), gb = rnd({301}, 60 + step, DType::f32) * 2.0;
+    wc.set_grad(gw), bc.set_grad(gb), wg.set_grad(gw.to(cuda_device(0))), bg.set_grad(gb.to(cuda_device(0)));
+    const double max_norm = step == 0 ? 1.0 : 1e9;
+    const double want = cpu.clip_grad_norm(max_norm);
+    const Tensor norm = gpu.clip_grad_norm_async(max_norm);
+    CHECK(norm.device() == cuda_device(0));
+    gpu.step(1e-2), cpu.step(1e-2);
+    CHECK(norm.item() == doctest::Approx(want).epsilon(1e-6));
+    CHECK(want > (step == 0 ? 10.0 : 0.0));
+    expect_close(wg.to(kCPU).to(DType::f64), wc.to(DType::f64), 1e-2, 1e-2);
+    expect_close(bg.to(kCPU).to(DType::f64), bc.to(DType::f64), 1e-6, 1e-5);
+    const auto sc = cpu.state(), sg = gpu.state();
+    for (size_t i = 0; i < sc.size(); ++i) expect_close(sg[i].second.to(kCPU).to(DType::f64), sc[i].second.to(DType::f64), 1e-6, 1e-5);
+    cpu.zero_grad(), gpu.zero_grad();
+  }
+}
+
+CUDA_TEST("AdamW::step on one GPU (one launch over every tensor) matches the CPU's per-tensor update") {
+  // A bf16 matrix (f32 master) spanning two chunks, an f32 matrix given bf16 gradients, an f32 bias (no decay), an
+  // f64 matrix, and an f32 parameter never given a gradient. Step 0: two micro-batches (the kernel reads the f32
+  // buffers); steps 1 and 3: one (the raw bf16 gradients, also in the second chunk), step 1 clipped; step 2: the
+  // f64 matrix gets no gradient (a new chunk table).
+  std::vector<Tensor> cpu_p = {rnd({7, 10001}, 70).to(DType::bf16), rnd({33, 5}, 71, DType::f32),
+                               rnd({29}, 72, DType::f32), rnd({3, 11}, 73), rnd({4}, 74, DType::f32)};
+  std::vector<std::pair<std::string, Tensor>> cpu_named, gpu_named;
+  std::vector<Tensor> gpu_p;
+  for (size_t i = 0; i < cpu_p.size(); ++i) {
+    gpu_p.push_back(cpu_p[i].to(cuda_device(0)));
+    cpu_named.emplace_back("p" + std::to_string(i), cpu_p[i]), gpu_named.emplace_back("p" + std::to_string(i), gpu_p[i]);
+  }
+  train::AdamW cpu(cpu_named), gpu(gpu_named);
+  int seed = 80;
+  for (int step = 0; step < 4; ++step) {
+    const int micros = step == 0 ? 2 : 1;
+    for (int micro = 0; micro < micros; ++micro) {
+      for (size_t i = 0; i + 1 < cpu_p.size(); ++i) {
+        if (i == 3 && step == 2) continue;
+        const DType gt = i <= 1 ? DType::bf16 : cpu_p[i].dtype();
+        const Tensor g = rnd(cpu_p[i].shape(), seed++).to(gt);
+        cpu_p[i].set_grad(g), gpu_p[i].set_grad(g.to(cuda_device(0)));
+      }
+      if (micro + 1 < micros) cpu.accumulate(), gpu.accumulate();
+    }
+    cpu.clip_grad_norm(step == 1 ? 1.0 : 1e9), gpu.clip_grad_norm(step == 1 ? 1.0 : 1e9);
+    cpu.step(3e-2), gpu.step(3e-2);
+    CHECK(gpu.last_step_one_launch());
+    CHECK(!cpu.last_step_one_launch());
+    cpu.zero_grad(), gpu.zero_grad();
+  }
+  for (size_t i = 0; i < cpu_p.size(); ++i) {
+    INFO("parameter " << i);
+    const double tol = cpu_p[i].dtype() == DType::bf16 ? 1e-2 : 1e-6;
+    expect_close(gpu_p[i].to(kCPU).to(DType::f64), cpu_p[i].to(DType::f64), tol, tol);
+  }
+  const auto sc = cpu.state(), sg = gpu.state();
+  REQUIRE(sc.size() == sg.size());
+  for (size_t i = 0; i < sc.size(); ++i) {
+    INFO(sc[i].first);
+    expect_close(sg[i].second.to(kCPU).to(DType::f64), sc[i].second.to(DType::f64), 1e-6, 1e-5);
+  }
+  CHECK(sum(pow(sg.back().second, 2.0)).item() == 0.0);  // p4 (no gradient): its moments untouched
+  // A gradient of the wrong shape is refused before anything runs.
+  gpu_p[1].set_grad(zeros({5, 33}, DType::f32, cuda_device(0)));
+  CHECK_THROWS_WITH(gpu.step(1e-2), doctest::Contains("p1"));
 }
 
 CUDA_TEST("a transformer LM's loss and gradients on the GPU match the CPU") {
@@ -544,28 +618,48 @@ CUDA_TEST("flash_attention: tensor-core (bf16) and CUDA-core kernels against the
   // Lengths that are not multiples of the 64-row tiles, group sizes 1, 4 and 16, head dims that are padded
   // (40, 72, 200), the two-pass 256-wide backward, a dim that is not a multiple of 8 (CUDA-core path in bf16);
   // the backward's head splits: a group of 40 (16 + 16 + 8 heads per block) and a grid of few blocks (12 heads
-  // over 1-head blocks); full causal D = 128 and 96 over several 128-row blocks (version 6's tiles), packed.
+  // over 1-head blocks); full causal D = 128 and 96 over several 128-row blocks (version 6's tiles), packed; fewer
+  // rows than one tile (D = 128, T = 40); 140 packed sequences of 100-128 rows (enough blocks that the wgmma
+  // backward walks 2 heads per block); a window of INT_MAX keys (none: the kernels' window arithmetic must not
+  // overflow).
+  std::vector<int32_t> many = {0};
+  for (int b = 0; b < 140; ++b) many.push_back(many.back() + 100 + (b * 37) % 29);
   const std::vector<C> cases = {{2, 77, 4, 4, 64, 0, {}},         {1, 130, 8, 2, 72, 33, {}},
                                 {0, 200, 16, 1, 40, 0, {0, 70, 71, 71, 200}}, {1, 65, 2, 1, 256, 0, {}},
                                 {1, 50, 2, 2, 200, 7, {}},        {2, 19, 4, 2, 12, 0, {}},
                                 {1, 300, 4, 4, 128, 100, {}},     {1, 700, 4, 2, 64, 0, {}},
                                 {1, 600, 2, 1, 128, 200, {}},     {0, 900, 4, 2, 64, 0, {0, 17, 600, 900}},
                                 {1, 150, 40, 1, 64, 0, {}},       {0, 260, 24, 2, 72, 0, {0, 100, 260}},
-                                {0, 333, 8, 2, 128, 0, {0, 5, 200, 333}}, {1, 200, 4, 1, 96, 0, {}}};
+                                {0, 333, 8, 2, 128, 0, {0, 5, 200, 333}}, {1, 200, 4, 1, 96, 0, {}},
+                                {1, 40, 4, 2, 128, 0, {}},        {0, many.back(), 2, 1, 128, 0, many},
+                                {1, 90, 4, 2, 128, 2147483647, {}}};
   // Forward kernel versions 1-7 (4 and 5: wgmma on sm_90a for D 72..128, one or two warpgroups per block, 6: warp-
   // specialized with TMA, and the wgmma backward there, 7: 6 with the warp-specialized backward; 3: 32 rows per warp; 2: 16), version 1 paired with the mma.sync backward's 64-key blocks
   // and the others with its 128-key blocks, then back to the defaults.
 #if NT_CUDA
   const int default_version = cuda::attention_kernel(), default_keys = cuda::attention_bwd_keys();
-  auto set_version = [](int v) { cuda::set_attention_kernel(v), cuda::set_attention_bwd_keys(v == 1 ? 64 : 128); };
-  auto restore = [&] { cuda::set_attention_kernel(default_version), cuda::set_attention_bwd_keys(default_keys); };
+  const bool default_tma_dq = cuda::attention_bwd_tma_dq();
+  auto set_version = [](int v) {
+    cuda::set_attention_kernel(std::min(v, 7)), cuda::set_attention_bwd_keys(v == 1 ? 64 : 128);
+    cuda::set_attention_bwd_tma_dq(v == 8);
+  };
+  struct Restore {  // also when a check throws
+    int version, keys;
+    bool tma_dq;
+    ~Restore() {
+      cuda::set_attention_kernel(version), cuda::set_attention_bwd_keys(keys), cuda::set_attention_bwd_tma_dq(tma_dq);
+    }
+  } restore_at_exit{default_version, default_keys, default_tma_dq};
+  auto restore = [] {};
 #else
   auto set_version = [](int) {};
   auto restore = [] {};
 #endif
-  for (int version : {1, 2, 3, 4, 5, 6, 7})
+  for (int version : {1, 2, 3, 4, 5, 6, 7, 8})  // 8: version 7 with the TMA-reduce dQ (set_attention_bwd_tma_dq)
   for (const C& c : cases)
     for (DType dt : kFloatTypes) {
+      if (c.cu.size() > 100 && (dt != DType::bf16 || version < 4)) continue;  // the head walk of the wgmma backwards
+      if (version == 8 && dt != DType::bf16) continue;
       set_version(version);
       INFO("forward kernel " << version << " (backward keys " << (version == 1 ? 64 : 128) << ") B " << c.B << " T " << c.T << " H " << c.H << "/" << c.Hkv << " D " << c.D << " window " << c.window
                 << " packed " << !c.cu.empty());
@@ -652,7 +746,7 @@ static Tensor random_block_indices(const std::vector<int32_t>& cu, int64_t H, in
   return from_vector(idx, {T, H, n}, DType::i32, kCPU);
 }
 
-CUDA_TEST("nsa_selected_attention on tensor cores (bf16): kernel versions 1-4 against the CPU reference") {
+CUDA_TEST("nsa_selected_attention on tensor cores (bf16): kernel versions 1-4 and 6 against the CPU reference") {
   struct C {
     int64_t HQ, H, D, n, lp;
     std::vector<int32_t> cu;
@@ -660,9 +754,9 @@ CUDA_TEST("nsa_selected_attention on tensor cores (bf16): kernel versions 1-4 ag
   // Version 3 (wgmma, sm_90a) takes l' = 64, D <= 128, 2 <= G <= 16: group sizes 16 (also with 2 kv heads and
   // 640 positions: unions of several tiles), 4, 3 (padded to 4), 2 (32 positions per block), 12 (padded to 16),
   // 8; head dims padded to 128 (72, 96, 64, 40); lengths that are not multiples of the positions per block or of
-  // l'; varlen with an empty sequence. The last two fall back to version 2 under 3-5 (G = 1; l' = 32). Version 4
-  // is 3 with dq computed in the dk/dv kernel, 5 is 4 with the block-major forward (two passes and a log-sum-exp
-  // kernel). check_cuda compares the gradients too (dq, dk, dv).
+  // l'; varlen with an empty sequence. The last two fall back to version 2 under 3, 4 and 6 (G = 1; l' = 32).
+  // Version 4 is 3 with dq computed in the dk/dv kernel, 6 is 4 with the warp-specialized forward (TMA, 64-key
+  // union tiles). check_cuda compares the gradients too (dq, dk, dv).
   const std::vector<C> cases = {{16, 1, 128, 5, 64, {0, 300}},
                                 {32, 2, 72, 8, 64, {0, 640}},
                                 {8, 2, 72, 4, 64, {0, 100, 100, 229, 420}},
@@ -682,7 +776,7 @@ CUDA_TEST("nsa_selected_attention on tensor cores (bf16): kernel versions 1-4 ag
     ~Restore() { cuda::set_nsa_selected_kernel(version); }
   } restore;
 #endif
-  for (int version : {1, 2, 3, 4})
+  for (int version : {1, 2, 3, 4, 6})  // 6: the warp-specialized forward
     for (const C& c : cases) {
 #if NT_CUDA
       cuda::set_nsa_selected_kernel(version);

@@ -1,5 +1,6 @@
 // nn: parameter naming, layers against their formulas, attention against a direct loop (GQA, window), causality,
 // rotary/YaRN frequencies, and a tiny LM that must overfit a batch.
+#include "cuda/memory.h"
 #include "nn/sampling.h"
 #include "nn/transformer.h"
 #include "test_util.h"
@@ -162,6 +163,48 @@ TEST_CASE("rotary frequencies and YaRN") {
   nn::Rotary r(8, 10, y);
   CHECK(r.cos.to_vector()[0] == doctest::Approx(0.1 * std::log(4.0) + 1.0));  // mscale at position 0
   expect_error([&] { r.apply(zeros({11, 2, 8})); }, {"Rotary", "10 positions"});
+}
+
+TEST_CASE("Rotary::apply_packed restarts positions at each sequence, equal to apply() per sequence") {
+  nn::RopeConfig y;
+  y.yarn_scale = 2, y.yarn_original_context = 8;
+  for (bool interleaved : {false, true}) {
+    y.interleaved = interleaved;
+    const nn::Rotary r(8, 20, y);
+    const std::vector<int32_t> cu = {0, 7, 7, 20, 30};  // an empty sequence, one as long as the table allows
+    const Tensor x = rnd({30, 3, 8}, 43).requires_grad_();
+    const Tensor got = r.apply_packed(x, cu);
+    std::vector<Tensor> parts;
+    for (size_t b = 0; b + 1 < cu.size(); ++b)
+      if (cu[b + 1] > cu[b]) parts.push_back(r.apply(x.narrow(0, cu[b], cu[b + 1] - cu[b])));
+    expect_close(got, cat(parts, 0), 1e-12, 1e-12);
+    const Tensor up = rnd({30, 3, 8}, 44);
+    sum(got * up).backward();
+    const Tensor g1 = x.grad().clone();
+    x.set_grad(Tensor());
+    sum(cat(parts, 0) * up).backward();
+    expect_close(g1, x.grad(), 1e-12, 1e-12);
+  }
+  const nn::Rotary r(8, 10);
+  expect_error([&] { r.apply_packed(zeros({12, 2, 8}), {0, 1, 12}); }, {"Rotary", "sequence 1", "10 positions"});
+  expect_error([&] { r.apply_packed(zeros({12, 2, 8}), {0, 5}); }, {"Rotary", "cu_seqlens", "N = 12"});
+}
+
+// The tables stay where they were built (a model moved with Module::to leaves them there); apply() on another
+// device uses a copy made there once.
+TEST_CASE("Rotary tables built on the host apply on CUDA, equal to the CPU" * doctest::skip(!cuda::available())) {
+  nn::RopeConfig y;
+  y.yarn_scale = 4, y.yarn_original_context = 8;
+  const nn::Rotary r(8, 20, y);
+  const Tensor x = rnd({7, 3, 8}, 41).to(DType::f32);
+  for (int64_t start : {0, 5, 13}) {
+    INFO("start " << start);
+    expect_close(r.apply(x.to(cuda_device(0)), start).to(kCPU), r.apply(x, start), 1e-5, 1e-5);
+  }
+  const std::vector<int32_t> cu = {0, 3, 3, 7};  // packed, with an empty sequence
+  expect_close(r.apply_packed(x.to(cuda_device(0)), cu).to(kCPU), r.apply_packed(x, cu), 1e-5, 1e-5);
+  CHECK(r.cos.device() == kCPU);
+  expect_error([&] { r.apply(x.to(cuda_device(0)), 14); }, {"Rotary", "20 positions"});
 }
 
 TEST_CASE("a tiny LM overfits one batch with AdamW") {

@@ -287,6 +287,24 @@ TEST_CASE("AdamW gradient accumulation sums micro-batches in f32; clipping sees 
   expect_close(a.detach(), b.detach(), 1e-7, 1e-6);
   a.set_grad(g1), oa.accumulate(), oa.zero_grad();  // zero_grad drops the buffer too
   CHECK(oa.clip_grad_norm(1e9) == 0.0);
+  CHECK_THROWS_WITH(oa.clip_grad_norm(0.0), doctest::Contains("max_norm must be > 0, got 0"));
+}
+
+TEST_CASE("AdamW::clip_grad_norm_async on the CPU: the norm as a tensor, and the same clipped step") {
+  Tensor a = rnd({5, 3}, 4, DType::f32).requires_grad_(), b = a.detach().clone().requires_grad_();
+  train::AdamW oa({{"w", a}}), ob({{"w", b}});
+  const Tensor g = rnd({5, 3}, 5, DType::f32) * 3.0;
+  a.set_grad(g), b.set_grad(g);
+  const Tensor na = oa.clip_grad_norm_async(0.5);
+  const double nb = ob.clip_grad_norm(0.5);
+  CHECK(na.shape() == Shape{1});
+  CHECK(na.item() == doctest::Approx(nb).epsilon(1e-12));
+  CHECK(nb > 0.5);
+  CHECK_THROWS_WITH(oa.accumulate(), doctest::Contains("called after clip_grad_norm"));
+  oa.step(1e-2), ob.step(1e-2);
+  expect_close(a.detach(), b.detach(), 0, 0);
+  oa.zero_grad();
+  CHECK(oa.clip_grad_norm_async(1.0).item() == 0.0);  // no gradient
 }
 
 TEST_CASE("bf16 training with master weights and 2 micro-batches: learns, and resumes exactly") {
