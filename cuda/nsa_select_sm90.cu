@@ -147,9 +147,9 @@ __global__ void __launch_bounds__(kThreadsW) nsa_select_wgmma(const __grid_const
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, npos = min(PB, len - t0), t_last = t0 + npos - 1;
   const int nvis_max = t_last + 1 < a.l ? 0 : (t_last + 1 - a.l) / a.d + 1;
   const int ntiles = (nvis_max + kKeysW - 1) / kKeysW;
-  auto load_k = [&](int i) {  // K tile i into stage i % 2 (rows past the sequence's keys are masked)
+  auto load_k = [&](int i, bool arm) {  // K tile i into stage i % 2 (rows past the sequence's keys are masked)
     uint64_t* bar = &full[i & 1];
-    mbar_expect_tx(bar, 2 * kKHalf);
+    if (arm) mbar_expect_tx(bar, 2 * kKHalf);
     for (int half = 0; half < 2; ++half)
       tma_load_3d(Ks + (i & 1) * 2 * kKHalf + half * kKHalf, &mk, bar, half * 64, h, cs0 + i * kKeysW);
   };
@@ -157,10 +157,10 @@ __global__ void __launch_bounds__(kThreadsW) nsa_select_wgmma(const __grid_const
     mbar_init(&full[0], 1), mbar_init(&full[1], 1);
     mbar_fence_init();
     if (ntiles > 0) {
-      mbar_expect_tx(&full[0], 2 * kQHalf);  // Q arrives with tile 0
+      mbar_expect_tx(&full[0], 2 * kQHalf + 2 * kKHalf);  // Q arrives with tile 0 (one arrival: the count is 1)
       for (int half = 0; half < 2; ++half) tma_load_3d(Qs + half * kQHalf, &mq, &full[0], half * 64, h * G, start + t0);
-      load_k(0);
-      if (ntiles > 1) load_k(1);
+      load_k(0, false);
+      if (ntiles > 1) load_k(1, true);
     }
   }
   {
@@ -221,7 +221,7 @@ __global__ void __launch_bounds__(kThreadsW) nsa_select_wgmma(const __grid_const
       // The sums of tile i are complete; every warp's wgmma of tile i is done (stage i % 2 is free) and so is the
       // fold of tile i - 1 (buffer (i + 1) % 2 and the scores).
       __syncthreads();
-      if (threadIdx.x == 0 && i + 2 < ntiles) load_k(i + 2);
+      if (threadIdx.x == 0 && i + 2 < ntiles) load_k(i + 2, true);
       // The next tile's product runs during the fold; after the last tile the last one again, its result unused
       // (a wgmma under a branch would make ptxas serialize them all).
       const int nx = min(i + 1, ntiles - 1);

@@ -432,11 +432,12 @@ TEST_CASE("NSA selection on tensor cores (bf16): a valid top-n of the f64 scores
                         // up to 85 candidates for 37 free picks: lanes of the top-n warp hold several candidates
                         // and win more than twice (its rescans)
                         Case{2000, 8, 2, 64, blocks(16, 8, 16, 40, 0, {0, 600, 2000})},
-                        // G = 8 and 2; G = 16 over several 64-key tiles of the wgmma kernel, packed, positions
-                        // per block (8) not dividing the lengths
-                        Case{700, 16, 2, 64, blocks(16, 8, 32, 6, 0, {0, 350, 700})},
+                        // G = 8, 2, 1 and 16 over 4 or 5 of the wgmma kernel's 64-key tiles (both stages reused),
+                        // packed, the positions per block (128 / G) not dividing the lengths
+                        Case{1400, 16, 2, 64, blocks(16, 4, 32, 6, 0, {0, 350, 1400})},
                         Case{500, 4, 2, 128, blocks(32, 16, 64, 4, 0)},
-                        Case{2501, 32, 2, 64, blocks(32, 16, 64, 16, 0, {0, 1301, 2501})}}) {
+                        Case{1000, 2, 2, 64, blocks(8, 4, 16, 5, 0)},
+                        Case{2501, 32, 2, 64, blocks(16, 8, 32, 16, 0, {0, 501, 2501})}}) {
 #if NT_CUDA
     cuda::set_nsa_select_kernel(version);
 #endif
