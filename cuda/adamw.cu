@@ -7,12 +7,10 @@
 
 namespace nt::cuda {
 namespace {
-template <class T, class G, class A = acc_t<T>>
-__global__ void adamw_kernel(T* __restrict__ p, const G* __restrict__ g, A* __restrict__ m, A* __restrict__ v,
-                             bf16* __restrict__ copy, int64_t n, A lr, A b1, A b2, A eps, A wd, A bc1, A bc2, A gscale,
-                             const double* __restrict__ gscale_dev) {
-  if (gscale_dev) gscale *= (A)*gscale_dev;
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+// Element i of one tensor's update (both kernels below).
+template <class T, class G, class A>
+__device__ __forceinline__ void adamw_element(T* p, const G* g, A* m, A* v, bf16* copy, int64_t i, A lr, A b1, A b2,
+                                              A eps, A wd, A bc1, A bc2, A gscale) {
     A x = (A)p[i];
     const A gi = (A)g[i] * gscale;
     x -= lr * wd * x;
@@ -21,6 +19,15 @@ __global__ void adamw_kernel(T* __restrict__ p, const G* __restrict__ g, A* __re
     x -= lr * (mi / bc1) / (sqrt(vi / bc2) + eps);
     p[i] = T(x);
     if (copy) copy[i] = bf16((float)x);
+}
+
+template <class T, class G, class A = acc_t<T>>
+__global__ void adamw_kernel(T* __restrict__ p, const G* __restrict__ g, A* __restrict__ m, A* __restrict__ v,
+                             bf16* __restrict__ copy, int64_t n, A lr, A b1, A b2, A eps, A wd, A bc1, A bc2, A gscale,
+                             const double* __restrict__ gscale_dev) {
+  if (gscale_dev) gscale *= (A)*gscale_dev;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    adamw_element(p, g, m, v, copy, i, lr, b1, b2, eps, wd, bc1, bc2, gscale);
   }
 }
 
@@ -65,14 +72,7 @@ __device__ void adamw_chunk(const AdamWChunk& c, A lr, A b1, A b2, A eps, A bc1,
   bf16* copy = static_cast<bf16*>(c.copy);
   const A wd = (A)c.wd;
   for (int64_t i = threadIdx.x; i < c.n; i += blockDim.x) {
-    A x = (A)p[i];
-    const A gi = (A)g[i] * gscale;
-    x -= lr * wd * x;
-    const A mi = b1 * m[i] + (A(1) - b1) * gi, vi = b2 * v[i] + (A(1) - b2) * gi * gi;
-    m[i] = mi, v[i] = vi;
-    x -= lr * (mi / bc1) / (sqrt(vi / bc2) + eps);
-    p[i] = T(x);
-    if (copy) copy[i] = bf16((float)x);
+    adamw_element(p, g, m, v, copy, i, lr, b1, b2, eps, wd, bc1, bc2, gscale);
   }
 }
 __global__ void adamw_chunks_kernel(const AdamWChunk* __restrict__ chunks, double lr, double b1, double b2,

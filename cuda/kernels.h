@@ -121,10 +121,20 @@ struct NsaDims {
 size_t nsa_forward_smem(const NsaDims& d, bool f64);
 // nsa_select.cu: block_indices [N, H, n] from the compressed branch's probabilities on tensor cores (bf16 q, k_cmp;
 // lse_cmp f32 [N, HQ]); max_len: the longest sequence. Supported for D % 8 == 0, D <= 256, G a power of two <= 16,
-// when the scores of 64 / G positions fit in shared memory.
+// when the scores of 64 / G positions fit in shared memory (or, on sm_90a with D <= 128, those of 128 / G).
 bool nsa_select_tc_supported(const NsaDims& d);
 void nsa_select_tc(const void* q, const void* k_cmp, const float* lse_cmp, int32_t* block_indices, const NsaDims& d,
                    int max_len, cudaStream_t stream);
+// Which kernel nsa_select_tc runs: 0 (default) the wgmma one where it applies, 1 the mma.sync one where it fits
+// (NT_NSA_SELECT=mma); tests and benchmarks compare them.
+void set_nsa_select_kernel(int version);
+int nsa_select_kernel();
+bool nsa_select_last_wgmma();  // whether the last nsa_select_tc call ran the wgmma kernel
+// nsa_select_sm90.cu: nsa_select_tc's wgmma kernel; false without launching where it does not apply (no sm_90a,
+// D > 128, or the scores of 128 / G positions do not fit in shared memory).
+bool nsa_select_wgmma_applies(const NsaDims& d);
+bool nsa_select_wgmma(const void* q, const void* k_cmp, const float* lse_cmp, int32_t* block_indices, const NsaDims& d,
+                      int max_len, cudaStream_t stream);
 // nsa_selected.cu: the selected branch's forward on tensor cores (bf16) into o_slc [N, HQ, D] and lse_slc [N, HQ]
 // (f32; the fused op's branch_o[1] and lse[1], or tensors of their own), from block_indices. Supported for
 // D % 8 == 0, D <= 256, G <= 16.

@@ -16,10 +16,12 @@
 // L2). Shared memory: Q and K tiles, PB x ncand_max scores, the fold's weights by overlap (the host falls back to
 // the CUDA-core kernel when that does not fit).
 #include <algorithm>
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
 
-#include "cuda/common.cuh"
-#include "cuda/fast_div.h"
 #include "cuda/mma_sm80.cuh"
+#include "cuda/nsa_select.cuh"
 
 namespace nt::cuda {
 namespace {
@@ -170,104 +172,48 @@ __global__ void __launch_bounds__(kThreadsSel) nsa_select_tc_kernel(const uint16
           }
     }
     __syncthreads();  // colsum complete; every warp is done with this K tile
-    // Fold the columns into the selection blocks they overlap: block j gets p * overlap / d from the keys c with
-    // [c d, c d + l) meeting [j l', (j + 1) l'), in ascending c (a fixed order). The divisions by d are
-    // multiply-highs and the weights come from the table (the same float quotients): this fold was about a fifth of
-    // the kernel's stall samples (Nsight Compute, 32k).
-    const int j_lo = c0 * a.d / a.lp;
-    const int j_hi = min(a.ncand_max - 1, ((c0 + kKeys - 1) * a.d + a.l - 1) / a.lp);
-    const int nj = j_hi - j_lo + 1;
-    for (int e = threadIdx.x; e < PB * nj; e += kThreadsSel) {
-      const int p = e / nj, j = j_lo + (e - p * nj);
-      if (p >= npos) continue;
-      const int first = j * a.lp - a.l < 0 ? 0 : (int)fast_div((uint32_t)(j * a.lp - a.l), div_d) + 1;
-      const int cc_lo = max(first, c0) - c0;  // the first key ending past j l'
-      const int cc_hi = min((int)fast_div((uint32_t)((j + 1) * a.lp - 1), div_d), c0 + kKeys - 1) - c0;
-      float acc = 0.f;
-      for (int cc = cc_lo; cc <= cc_hi; ++cc) {
-        const int lo = (c0 + cc) * a.d, hi = lo + a.l;
-        const int ov = min(hi, (j + 1) * a.lp) - max(lo, j * a.lp);
-        if (ov > 0) acc += colsum[p * kKeys + cc] * weight[ov];
-      }
-      score[p * a.ncand_max + j] += acc;
-    }
+    select_fold(score, weight, a, div_d, c0, kKeys, npos, kThreadsSel,
+                [&](int p, int cc) { return colsum[p * kKeys + cc]; });
   }
   __syncthreads();
 
-  // One warp per position: the forced blocks, then the best remaining ones, ascending, -1 after them.
-  unsigned char* tk = taken + warp * a.ncand_max;
-  int32_t* ch = chosen + warp * a.n;
-  for (int p = warp; p < npos; p += 4) {
-    const int t = t0 + p, cur = t / a.lp, ncand = cur + 1;
-    int32_t* out = block_indices + ((int64_t)(start + t) * a.H + h) * a.n;
-    if (ncand <= a.n) {
-      for (int i = lane; i < a.n; i += 32) out[i] = i < ncand ? i : -1;
-      continue;
-    }
-    const float* sc = score + p * a.ncand_max;
-    for (int j = lane; j < ncand; j += 32) tk[j] = 0;
-    __syncwarp();
-    if (lane == 0) ch[0] = 0, ch[1] = cur - 1, ch[2] = cur;
-    // Each lane keeps the best two of its own candidates j = 1 + lane + 32 i (ascending; a strictly greater score
-    // replaces, so ties keep the lower index) and rescans them only when it has won twice since its last scan
-    // (j2 == -2); a round is then one argmax over the lanes instead of a pass over every candidate (the 13 passes
-    // were ~20% of the kernel's stall samples at 32k, Nsight Compute, H100). Only the owning lane reads or writes
-    // tk[j] after the clearing above.
-    float b1, b2;
-    int j1, j2;
-    auto scan = [&] {
-      b1 = b2 = -INFINITY, j1 = j2 = -1;
-      for (int j = 1 + lane; j < cur - 1; j += 32) {
-        if (tk[j]) continue;
-        const float x = isnan(sc[j]) ? -INFINITY : sc[j];
-        if (j1 < 0 || x > b1) b2 = b1, j2 = j1, b1 = x, j1 = j;
-        else if (j2 < 0 || x > b2) b2 = x, j2 = j;
-      }
-    };
-    scan();
-    for (int k = 3; k < a.n; ++k) {
-      float best = b1;
-      int bj = j1;
-      for (int o = 16; o > 0; o >>= 1) {
-        const float ob = __shfl_xor_sync(0xffffffffu, best, o);
-        const int oj = __shfl_xor_sync(0xffffffffu, bj, o);
-        if (oj >= 0 && (bj < 0 || ob > best || (ob == best && oj < bj))) best = ob, bj = oj;
-      }
-      if (lane == 0) ch[k] = bj;
-      if (j1 >= 0 && j1 == bj) {  // this lane's candidate won
-        tk[bj] = 1;
-        if (j2 == -2) {
-          scan();
-        } else {
-          b1 = b2, j1 = j2;
-          if (j2 >= 0) j2 = -2;  // the next best is unknown until a rescan
-        }
-      }
-    }
-    __syncwarp();
-    if (lane == 0) {
-      for (int i = 1; i < a.n; ++i)
-        for (int k = i; k > 0 && ch[k - 1] > ch[k]; --k) {
-          const int x = ch[k];
-          ch[k] = ch[k - 1], ch[k - 1] = x;
-        }
-    }
-    __syncwarp();
-    for (int i = lane; i < a.n; i += 32) out[i] = ch[i];
-    __syncwarp();
-  }
+  select_top_n(score, taken, chosen, block_indices, a, start, t0, npos, h, warp, 4, lane);
 }
-}  // namespace
 
-bool nsa_select_tc_supported(const NsaDims& a) {
+// 0: the wgmma kernel (cuda/nsa_select_sm90.cu) where it applies, else this one; 1: this one where it fits
+// (NT_NSA_SELECT=mma; comparisons).
+int g_select_kernel = [] {
+  const char* v = std::getenv("NT_NSA_SELECT");
+  return v && std::string(v) == "mma" ? 1 : 0;
+}();
+
+bool select_fits(const NsaDims& a) {
   if (a.D % 8 != 0 || a.D > 256 || a.G > 16 || (a.G & (a.G - 1)) != 0) return false;
   const int DP = a.D <= 64 ? 64 : a.D <= 128 ? 128 : 256;
   return select_smem(a, DP).total <= 200 * 1024;
 }
+}  // namespace
+
+void set_nsa_select_kernel(int version) {
+  if (version != 0 && version != 1)
+    throw std::invalid_argument("set_nsa_select_kernel: version must be 0 (wgmma where it applies) or 1 (mma.sync), got " +
+                                std::to_string(version));
+  g_select_kernel = version;
+}
+int nsa_select_kernel() { return g_select_kernel; }
+namespace {
+bool g_select_ran_wgmma = false;
+}
+bool nsa_select_last_wgmma() { return g_select_ran_wgmma; }
+
+bool nsa_select_tc_supported(const NsaDims& a) { return select_fits(a) || nsa_select_wgmma_applies(a); }
 
 void nsa_select_tc(const void* q, const void* k_cmp, const float* lse_cmp, int32_t* block_indices, const NsaDims& a,
                    int max_len, cudaStream_t stream) {
   if (a.N == 0 || max_len == 0) return;
+  g_select_ran_wgmma = (g_select_kernel == 0 || !select_fits(a)) &&
+                       nsa_select_wgmma(q, k_cmp, lse_cmp, block_indices, a, max_len, stream);
+  if (g_select_ran_wgmma) return;
   const int PB = kRows / a.G;
   const dim3 grid((unsigned)((max_len + PB - 1) / PB), (unsigned)a.nseq, (unsigned)a.H);
   auto run = [&](auto kernel, int DP) {

@@ -128,6 +128,7 @@ void ShardedAdamW::gather_params() {
 }
 
 double ShardedAdamW::step(double lr, double max_norm) {
+  NT_CHECK(max_norm > 0, "ShardedAdamW::step: max_norm must be > 0 (infinity: no clipping), got {}", max_norm);
   ++t_;
   autograd::NoGradGuard no_grad;
   std::vector<Tensor> grads;

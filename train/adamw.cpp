@@ -346,6 +346,7 @@ void AdamW::load_state(const nn::SafetensorsFile& file, int64_t steps) {
 }
 
 double clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
+  NT_CHECK(max_norm > 0, "clip_grad_norm: max_norm must be > 0, got {}", max_norm);
   autograd::NoGradGuard no_grad;
   std::vector<Tensor> grads;
   for (const Tensor& p : params) grads.push_back(p.grad());

@@ -297,6 +297,14 @@ TEST_CASE("ShardedAdamW: padding (7 elements on 4 ranks) and decay only on matri
     ws[c.rank()] = w, bs[c.rank()] = b;
   });
   for (int r = 0; r < 4; ++r) expect_close(ws[r], rw, 1e-15, 0), expect_close(bs[r], rb, 1e-15, 0);
+  // A clip limit that is not positive is an error on every rank, before the step counts.
+  for (double bad : {0.0, -1.0})
+    expect_error([&] { dist::run_ranks(2, [&](Communicator& c) {
+      Tensor w = from_vector({1.0, -2.0}, {2}, DType::f64).requires_grad_();
+      dist::ShardedAdamW opt(c, {{{"w", w}}});
+      w.set_grad(from_vector({0.5, 0.5}, {2}, DType::f64));
+      opt.step(0.1, bad);
+    }); }, {"ShardedAdamW::step", "max_norm must be > 0", bad == 0.0 ? "got 0" : "got -1"});
 }
 
 TEST_CASE("ShardedAdamW::fully_shard (ZeRO-3, with and without recomputation): the same training as ZeRO-2, block "

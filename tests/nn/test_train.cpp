@@ -75,6 +75,7 @@ TEST_CASE("clip_grad_norm scales gradients to the global norm") {
   CHECK(a.grad().to_vector()[0] == doctest::Approx(0.6).epsilon(1e-5));
   CHECK(b.grad().to_vector()[0] == doctest::Approx(0.8).epsilon(1e-5));
   CHECK(train::clip_grad_norm({a, b}, 10.0) == doctest::Approx(1.0).epsilon(1e-5));  // under the limit: unchanged
+  CHECK_THROWS_WITH_AS(train::clip_grad_norm({a, b}, 0.0), doctest::Contains("max_norm must be > 0, got 0"), Error);
   CHECK(a.grad().to_vector()[0] == doctest::Approx(0.6).epsilon(1e-5));
 }
 

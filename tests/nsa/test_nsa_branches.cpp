@@ -6,6 +6,10 @@
 #include <cmath>
 
 #include "cuda/memory.h"
+#if NT_CUDA
+#include "cuda/kernels.h"
+#include "cuda/runtime.h"
+#endif
 #include "nsa/branches.h"
 #include "ops/device_tables.h"
 #include "nsa_naive.h"
@@ -412,15 +416,32 @@ TEST_CASE("NSA branch-wise path on CUDA (f32) matches the fused CPU op, block in
 }
 
 TEST_CASE("NSA selection on tensor cores (bf16): a valid top-n of the f64 scores, deterministic; selected branch as "
-          "the CPU where the choice agrees" * doctest::skip(!cuda::available())) {
+          "the CPU where the choice agrees; both kernels (wgmma, mma.sync)" * doctest::skip(!cuda::available())) {
+#if NT_CUDA
+  struct Restore {
+    int version = cuda::nsa_select_kernel();
+    ~Restore() { cuda::set_nsa_select_kernel(version); }
+  } restore;
+  const bool sm90a = cuda::sm90a_available(0);
+#endif
+  for (int version : {0, 1})
   for (const Case& c : {Case{300, 16, 1, 64, blocks(32, 16, 64, 16, 128)},
                         Case{333, 32, 2, 128, blocks(16, 8, 32, 5, 0, {0, 100, 100, 107, 333})},
                         Case{150, 4, 4, 64, blocks(8, 4, 16, 4, 0)},
                         Case{129, 2, 2, 72, blocks(8, 8, 8, 3, 0)},
                         // up to 85 candidates for 37 free picks: lanes of the top-n warp hold several candidates
                         // and win more than twice (its rescans)
-                        Case{2000, 8, 2, 64, blocks(16, 8, 16, 40, 0, {0, 600, 2000})}}) {
-    INFO("T " << c.T << " HQ " << c.HQ << " H " << c.H << " D " << c.D << " l " << c.opt.block << " d "
+                        Case{2000, 8, 2, 64, blocks(16, 8, 16, 40, 0, {0, 600, 2000})},
+                        // G = 8, 2, 1 and 16 over 4 or 5 of the wgmma kernel's 64-key tiles (both stages reused),
+                        // packed, the positions per block (128 / G) not dividing the lengths
+                        Case{1400, 16, 2, 64, blocks(16, 4, 32, 6, 0, {0, 350, 1400})},
+                        Case{500, 4, 2, 128, blocks(32, 16, 64, 4, 0)},
+                        Case{1000, 2, 2, 64, blocks(8, 4, 16, 5, 0)},
+                        Case{2501, 32, 2, 64, blocks(16, 8, 32, 16, 0, {0, 501, 2501})}}) {
+#if NT_CUDA
+    cuda::set_nsa_select_kernel(version);
+#endif
+    INFO("kernel " << (version == 0 ? "wgmma where it applies" : "mma.sync") << "; T " << c.T << " HQ " << c.HQ << " H " << c.H << " D " << c.D << " l " << c.opt.block << " d "
               << c.opt.stride << " l' " << c.opt.select_block << " n " << c.opt.n_select);
     const int64_t T = c.T, HQ = c.HQ, H = c.H, G = HQ / H, D = c.D, n = c.opt.n_select;
     const NsaInputs in = nsa_cast(nsa_cast(nsa_inputs(T, HQ, H, D, total_cmp(c.opt, T), 55), DType::bf16), DType::f64);
@@ -432,6 +453,9 @@ TEST_CASE("NSA selection on tensor cores (bf16): a valid top-n of the f64 scores
     const NsaBranch cmp = nsa_compressed_branch(q, kc, vc, c.opt);
     const NsaOutput a = nsa_selected_branch(q, kc, ks, vs, cmp.lse, c.opt);
     const NsaOutput b = nsa_selected_branch(q, kc, ks, vs, cmp.lse, c.opt);
+#if NT_CUDA
+    CHECK(cuda::nsa_select_last_wgmma() == (version == 0 && sm90a && D <= 128));  // the kernel meant ran
+#endif
     const auto idx = a.block_indices.to(kCPU).to_vector_as<int32_t>();
     CHECK(idx == b.block_indices.to(kCPU).to_vector_as<int32_t>());  // deterministic
     // Scores in f64 from the same bf16 values and the f64 log-sum-exps.

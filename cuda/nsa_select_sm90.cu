@@ -1,0 +1,279 @@
+// NSA block selection on Hopper's warpgroup MMA: nsa_select_tc's function (cuda/nsa_select.cu: block_indices
+// [N, H, n] from p = exp(scale q.k_cmp - lse_cmp) summed over each GQA group's heads, folded into the selection
+// blocks, top-n), the default where sm_90a runs, head dims up to 128 (zero-padded) and the scores fit.
+//
+// A block is one warpgroup owning PB = 128 / G consecutive positions of one sequence and one key/value head: 128
+// query rows (row p G + g: position p, head g of the group), loaded once by TMA (one box of G heads x PB positions
+// per column half). It walks the compressed keys its last position sees, 64 per tile, by TMA into two stages. The
+// product is transposed, S^T = K Q^T (wgmma m64n128: keys as the 64 rows, the 128 query rows as columns), so a
+// thread's accumulators hold two keys' values for columns of every position: a position's sum over its G heads is
+// a sum of the thread's own columns and, for G >= 4, a transposing reduction over the 2 or 4 lanes of a quad (each
+// lane ends with the sums of different (key, position) pairs: no lane computes a sum twice). The sums go to shared
+// memory (two buffers), and after one barrier per tile the fold (select_fold) runs while the next tile's wgmma is
+// in flight. The scores stay in shared memory; then one warp per position chooses (select_top_n). Every sum runs in a
+// fixed order: the choice is deterministic.
+// Why: the mma.sync kernel (64 rows per block of 4 warps, S = Q K^T, shuffles over the rows of a warp) took 17.5 ms
+// of NSA's 50 ms forward at 64k (H100, 2026-12-06), ~125 TFLOP/s; here each K tile meets 128 rows per wgmma, the
+// head sums take a third of the shuffles, and the fold overlaps the tensor cores.
+// Traffic: q once; each compressed key once per block of positions that sees it (from L2: k_cmp is small).
+// Shared memory: Q 32 KB, K 2 x 16 KB, the sums 2 x 64 x (PB + 4) floats, PB x ncand_max scores (two blocks per SM
+// at 64k tokens and G = 16).
+#include <algorithm>
+
+#include "cuda/attention_sm90.cuh"
+#include "cuda/check.h"
+#include "cuda/nsa_select.cuh"
+#include "cuda/runtime.h"
+
+namespace nt::cuda {
+namespace {
+using namespace sm80;
+using namespace sm90;
+
+constexpr int kRowsW = 128, kKeysW = 64, kThreadsW = 128;
+constexpr int kQHalf = kRowsW * 128, kKHalf = kKeysW * 128;  // bytes of one 64-column half of Q and of a K tile
+
+struct SelectWgSmem {
+  size_t q, k, colsum, score, lse, nv, taken, chosen, weight, bar, total;
+  int cs;  // floats per key row of a sums buffer: PB + 4 (4-aligned rows)
+};
+SelectWgSmem select_wg_smem(const NsaDims& a) {
+  const int PB = kRowsW / a.G;
+  auto up = [](size_t x, size_t m) { return (x + m - 1) / m * m; };
+  SelectWgSmem s;
+  s.cs = PB + 4;
+  s.q = 0;
+  s.k = s.q + 2 * kQHalf;
+  s.colsum = s.k + 2 * 2 * kKHalf;
+  s.score = s.colsum + (size_t)2 * kKeysW * s.cs * 4;
+  s.lse = s.score + (size_t)PB * a.ncand_max * 4;
+  s.nv = s.lse + kRowsW * 4;
+  s.taken = s.nv + (size_t)PB * 4;
+  s.chosen = up(s.taken + (size_t)4 * a.ncand_max, 16);
+  s.weight = s.chosen + (size_t)4 * a.n * 4;
+  s.bar = up(s.weight + ((size_t)std::min(a.l, a.lp) + 1) * 4, 8);
+  s.total = s.bar + 2 * 8 + 1024;  // + the slack for aligning the base to 1024 bytes (TMA's 128-byte swizzle)
+  return s;
+}
+
+// x[0 .. K) summed over the lanes that differ in bits 0 .. STEPS - 1, transposing: at each step a lane keeps the half
+// its bit selects (the lower half for bit 0) and adds its partner's copy. Afterwards x[k], k < K >> STEPS, holds
+// the sum of original entry k + sum over steps s of bit_s (K >> (s + 1)).
+template <int K, int STEP, int STEPS>
+__device__ __forceinline__ void lanes_transpose_sum(float (&x)[K], int lane) {
+  if constexpr (STEP < STEPS) {
+    constexpr int half = K >> (STEP + 1);
+    const bool up = (lane >> STEP) & 1;
+#pragma unroll
+    for (int k = 0; k < half; ++k) {
+      const float keep = up ? x[k + half] : x[k], send = up ? x[k] : x[k + half];
+      x[k] = keep + __shfl_xor_sync(0xffffffffu, send, 1 << STEP);
+    }
+    lanes_transpose_sum<K, STEP + 1, STEPS>(x, lane);
+  }
+}
+
+// This thread's probabilities p (S^T's fragment: keys kr, kr + 8 of the tile as i = 0, 1; columns 8 j + 2 q + e,
+// q = lane % 4) summed per position into cs_buf[key][position] (row stride cs).
+template <int G>
+__device__ __forceinline__ void store_position_sums(const float (&p)[64], float* cs_buf, int cs, int kr, int lane) {
+  const int q = lane % 4;
+  auto at = [&](int i, int pos) -> float& { return cs_buf[(kr + 8 * i) * cs + pos]; };
+  if constexpr (G == 1) {  // column = position
+#pragma unroll
+    for (int j = 0; j < 16; ++j)
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) at(i, 8 * j + 2 * q + e) = p[4 * j + 2 * i + e];
+  } else {
+    float x[G == 16 ? 16 : 32];  // (i, position or n-tile) pairs summed within the thread
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+      for (int j = 0; j < 16; ++j) {
+        const float v = p[4 * j + 2 * i] + p[4 * j + 2 * i + 1];
+        if constexpr (G == 16) {  // position j / 2: two n-tiles
+          if (j % 2 == 0) x[i * 8 + j / 2] = v;
+          else x[i * 8 + j / 2] += v;
+        } else {
+          x[i * 16 + j] = v;
+        }
+      }
+    if constexpr (G == 2) {  // position 4 j + q
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 16; ++j) at(i, 4 * j + q) = x[i * 16 + j];
+    } else if constexpr (G == 4) {  // position 2 j + q / 2: lanes q and q ^ 1 share it
+      lanes_transpose_sum<32, 0, 1>(x, lane);  // x[k] = entry k + 16 (q & 1): i = q & 1, j = k
+#pragma unroll
+      for (int k = 0; k < 16; ++k) at(q & 1, 2 * k + q / 2) = x[k];
+    } else if constexpr (G == 8) {  // position j: the whole quad
+      lanes_transpose_sum<32, 0, 2>(x, lane);  // x[k] = entry k + 8 (q >> 1) + 16 (q & 1)
+#pragma unroll
+      for (int k = 0; k < 8; ++k) at(q & 1, k + 8 * (q >> 1)) = x[k];
+    } else {  // G == 16, position j / 2: the whole quad
+      lanes_transpose_sum<16, 0, 2>(x, lane);  // x[k] = entry k + 4 (q >> 1) + 8 (q & 1)
+#pragma unroll
+      for (int k = 0; k < 4; ++k) at(q & 1, k + 4 * (q >> 1)) = x[k];
+    }
+  }
+}
+
+template <int G>
+__global__ void __launch_bounds__(kThreadsW) nsa_select_wgmma(const __grid_constant__ CUtensorMap mq,
+                                                              const __grid_constant__ CUtensorMap mk,
+                                                              const float* __restrict__ lse_cmp,
+                                                              int32_t* __restrict__ block_indices, NsaDims a,
+                                                              SelectWgSmem off) {
+#if NT_SM90A
+  constexpr int PB = kRowsW / G;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  unsigned char* smem = (unsigned char*)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
+  unsigned char *Qs = smem + off.q, *Ks = smem + off.k;
+  float* colsum = reinterpret_cast<float*>(smem + off.colsum);  // [2][64 keys][cs]
+  float* score = reinterpret_cast<float*>(smem + off.score);    // [PB][ncand_max]
+  float* lse_s = reinterpret_cast<float*>(smem + off.lse);      // [128 rows] lse log2 e; +inf: the row adds nothing
+  int* nv_s = reinterpret_cast<int*>(smem + off.nv);            // [PB] keys each position sees
+  unsigned char* taken = smem + off.taken;
+  int32_t* chosen = reinterpret_cast<int32_t*>(smem + off.chosen);
+  float* weight = reinterpret_cast<float*>(smem + off.weight);
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem + off.bar);  // per K stage (stage 0's first phase: Q too)
+  const int seq = blockIdx.y, h = blockIdx.z;
+  const int start = a.cu_seqlens[seq], len = a.cu_seqlens[seq + 1] - start, cs0 = a.cmp_starts[seq];
+  const int t0 = (gridDim.x - 1 - blockIdx.x) * PB;  // the longest walks start first
+  if (t0 >= len) return;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, npos = min(PB, len - t0), t_last = t0 + npos - 1;
+  const int nvis_max = t_last + 1 < a.l ? 0 : (t_last + 1 - a.l) / a.d + 1;
+  const int ntiles = (nvis_max + kKeysW - 1) / kKeysW;
+  auto load_k = [&](int i, bool arm) {  // K tile i into stage i % 2 (rows past the sequence's keys are masked)
+    uint64_t* bar = &full[i & 1];
+    if (arm) mbar_expect_tx(bar, 2 * kKHalf);
+    for (int half = 0; half < 2; ++half)
+      tma_load_3d(Ks + (i & 1) * 2 * kKHalf + half * kKHalf, &mk, bar, half * 64, h, cs0 + i * kKeysW);
+  };
+  if (threadIdx.x == 0) {
+    mbar_init(&full[0], 1), mbar_init(&full[1], 1);
+    mbar_fence_init();
+    if (ntiles > 0) {
+      mbar_expect_tx(&full[0], 2 * kQHalf + 2 * kKHalf);  // Q arrives with tile 0 (one arrival: the count is 1)
+      for (int half = 0; half < 2; ++half) tma_load_3d(Qs + half * kQHalf, &mq, &full[0], half * 64, h * G, start + t0);
+      load_k(0, false);
+      if (ntiles > 1) load_k(1, true);
+    }
+  }
+  {
+    const int r = threadIdx.x, p = r / G;  // 128 threads: one per query row
+    const float L = p < npos ? lse_cmp[(int64_t)(start + t0 + p) * a.HQ + h * G + r % G] : -INFINITY;
+    lse_s[r] = L == -INFINITY ? INFINITY : L * kLog2e;
+  }
+  for (int p = threadIdx.x; p < PB; p += kThreadsW) {
+    const int t = t0 + p;
+    nv_s[p] = p >= npos || t + 1 < a.l ? 0 : (t + 1 - a.l) / a.d + 1;
+  }
+  for (int i = threadIdx.x; i < npos * a.ncand_max; i += kThreadsW) score[i] = 0.f;
+  for (int i = threadIdx.x; i <= min(a.l, a.lp); i += kThreadsW) weight[i] = (float)i / (float)a.d;
+  const FastDiv div_d = fast_div_for((uint32_t)a.d);
+  __syncthreads();  // the barriers' init, lse, nv, scores
+
+  if (ntiles > 0) {
+    const int q = lane % 4, kr = 16 * warp + lane / 4;  // this thread's keys kr, kr + 8 of a tile
+    float lr[32];  // lse log2 e of this thread's columns 8 j + 2 q + e
+#pragma unroll
+    for (int j = 0; j < 16; ++j) lr[2 * j] = lse_s[8 * j + 2 * q], lr[2 * j + 1] = lse_s[8 * j + 2 * q + 1];
+    const int nv_min = npos < PB ? 0 : nv_s[0];  // positions ascend: the first sees the fewest keys
+    const float sl2 = (float)a.scale * kLog2e;
+    const uint32_t q_addr = smem_addr(Qs), k_addr0 = smem_addr(Ks);
+    float s[64];
+    auto issue = [&](int i) {  // S^T = K_i Q^T into s (committed, not waited for)
+      const uint32_t k_addr = k_addr0 + (i & 1) * 2 * kKHalf;
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kAttnDim / 16; ++kk)
+        wgmma_m64n128<0, 0>(s, smem_desc(k_addr + (kk / 4) * kKHalf + (kk % 4) * 32, 16, 1024),
+                            smem_desc(q_addr + (kk / 4) * kQHalf + (kk % 4) * 32, 16, 1024), kk > 0);
+      wgmma_commit();
+    };
+    mbar_wait(&full[0], 0);
+    issue(0);
+    for (int i = 0; i < ntiles; ++i) {
+      const int c0 = i * kKeysW, buf = i & 1;
+      wgmma_wait<0>();
+      fence_regs(s);
+      float pr[64];  // the probabilities (not in s: the next tile's wgmma writes s while the sums are stored)
+      if (c0 + kKeysW > nv_min) {  // some key of the tile is past what some position sees
+#pragma unroll
+        for (int j = 0; j < 16; ++j)
+#pragma unroll
+          for (int x = 0; x < 4; ++x) {
+            const int col = 8 * j + 2 * q + (x & 1), key = c0 + kr + 8 * (x >> 1);
+            pr[4 * j + x] = key < nv_s[col / G] ? ex2(fmaf(s[4 * j + x], sl2, -lr[2 * j + (x & 1)])) : 0.f;
+          }
+      } else {
+#pragma unroll
+        for (int j = 0; j < 16; ++j)
+#pragma unroll
+          for (int x = 0; x < 4; ++x) pr[4 * j + x] = ex2(fmaf(s[4 * j + x], sl2, -lr[2 * j + (x & 1)]));
+      }
+      float* cbuf = colsum + buf * kKeysW * off.cs;
+      store_position_sums<G>(pr, cbuf, off.cs, kr, lane);
+      // The sums of tile i are complete; every warp's wgmma of tile i is done (stage i % 2 is free) and so is the
+      // fold of tile i - 1 (buffer (i + 1) % 2 and the scores).
+      __syncthreads();
+      if (threadIdx.x == 0 && i + 2 < ntiles) load_k(i + 2, true);
+      // The next tile's product runs during the fold; after the last tile the last one again, its result unused
+      // (a wgmma under a branch would make ptxas serialize them all).
+      const int nx = min(i + 1, ntiles - 1);
+      mbar_wait(&full[nx & 1], (nx >> 1) & 1);
+      issue(nx);
+      select_fold(score, weight, a, div_d, c0, kKeysW, npos, kThreadsW,
+                  [&](int p, int cc) { return cbuf[cc * off.cs + p]; });
+    }
+    wgmma_wait<0>();
+    fence_regs(s);
+  }
+  __syncthreads();  // the last fold is done
+  select_top_n(score, taken, chosen, block_indices, a, start, t0, npos, h, warp, 4, lane);
+#endif
+}
+
+template <int G>
+void launch_select_wgmma(const void* q, const void* k_cmp, const float* lse_cmp, int32_t* block_indices,
+                         const NsaDims& a, int max_len, const SelectWgSmem& off, cudaStream_t stream) {
+  constexpr int PB = kRowsW / G;
+  // q [N, HQ, D] as (D, HQ, N): boxes of 64 dims x G heads x PB positions; k_cmp [NC, H, D] as (D, H, NC): 64 rows.
+  const uint64_t qd[3] = {(uint64_t)a.D, (uint64_t)a.HQ, (uint64_t)a.N}, qst[2] = {(uint64_t)a.D * 2, (uint64_t)a.HQ * a.D * 2};
+  const uint64_t kd[3] = {(uint64_t)a.D, (uint64_t)a.H, (uint64_t)a.NC}, kst[2] = {(uint64_t)a.D * 2, (uint64_t)a.H * a.D * 2};
+  const uint32_t qbox[3] = {64, (uint32_t)G, (uint32_t)PB}, kbox[3] = {64, 1, (uint32_t)kKeysW};
+  const CUtensorMap mq = tensor_map_bf16(q, 3, qd, qst, qbox), mk = tensor_map_bf16(k_cmp, 3, kd, kst, kbox);
+  allow_smem(nsa_select_wgmma<G>, off.total);
+  const dim3 grid((unsigned)((max_len + PB - 1) / PB), (unsigned)a.nseq, (unsigned)a.H);
+  nsa_select_wgmma<G><<<grid, kThreadsW, off.total, stream>>>(mq, mk, lse_cmp, block_indices, a, off);
+  NT_CUDA_CHECK(cudaGetLastError());
+}
+}  // namespace
+
+bool nsa_select_wgmma_applies(const NsaDims& a) {
+  if (a.D % 8 != 0 || a.D > kAttnDim || a.G > 16 || (a.G & (a.G - 1)) != 0 || a.NC == 0) return false;
+  if (select_wg_smem(a).total > 200 * 1024) return false;
+  int device = 0;
+  NT_CUDA_CHECK(cudaGetDevice(&device));
+  return sm90a_available(device);
+}
+
+bool nsa_select_wgmma(const void* q, const void* k_cmp, const float* lse_cmp, int32_t* block_indices,
+                      const NsaDims& a, int max_len, cudaStream_t stream) {
+  if (!nsa_select_wgmma_applies(a)) return false;
+  if (a.N == 0 || max_len == 0) return true;
+  const SelectWgSmem off = select_wg_smem(a);
+  switch (a.G) {
+    case 1: launch_select_wgmma<1>(q, k_cmp, lse_cmp, block_indices, a, max_len, off, stream); break;
+    case 2: launch_select_wgmma<2>(q, k_cmp, lse_cmp, block_indices, a, max_len, off, stream); break;
+    case 4: launch_select_wgmma<4>(q, k_cmp, lse_cmp, block_indices, a, max_len, off, stream); break;
+    case 8: launch_select_wgmma<8>(q, k_cmp, lse_cmp, block_indices, a, max_len, off, stream); break;
+    default: launch_select_wgmma<16>(q, k_cmp, lse_cmp, block_indices, a, max_len, off, stream); break;
+  }
+  return true;
+}
+}  // namespace nt::cuda
