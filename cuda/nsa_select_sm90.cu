@@ -9,16 +9,22 @@
 // thread's accumulators hold two keys' values for columns of every position: a position's sum over its G heads is
 // a sum of the thread's own columns and, for G >= 4, a transposing reduction over the 2 or 4 lanes of a quad (each
 // lane ends with the sums of different (key, position) pairs: no lane computes a sum twice). The sums go to shared
-// memory (two buffers), and after one barrier per tile the fold (select_fold) runs while the next tile's wgmma is
-// in flight. The scores stay in shared memory; then one warp per position chooses (select_top_n). Every sum runs in a
-// fixed order: the choice is deterministic.
+// memory (three buffers), and after one barrier per tile the fold runs while the next tile's wgmma is in flight:
+// where every 64-key tile starts a selection block (64 d a multiple of l', the paper's l = 32, d = 16, l' = 64)
+// one thread per (position, block) adds the block's keys from a table built once (this tile's and the previous
+// one's: each block's score is written once), else select_fold's general rule. The scores stay in shared memory;
+// then one warp per position chooses (select_top_n). Every sum runs in a fixed order: the choice is deterministic.
 // Why: the mma.sync kernel (64 rows per block of 4 warps, S = Q K^T, shuffles over the rows of a warp) took 17.5 ms
-// of NSA's 50 ms forward at 64k (H100, 2026-12-06), ~125 TFLOP/s; here each K tile meets 128 rows per wgmma, the
-// head sums take a third of the shuffles, and the fold overlaps the tensor cores. Measured (H100, 2026-12-06): 11.9
-// ms at 64k against ~16 for mma.sync in the same run, 0.48 against 0.51 ms at 8k; still latency-bound per tile (a
-// block waits for its wgmma before its exponentials; two blocks per SM do not hide that: docs/nsa.md).
+// of NSA's 50 ms forward at 64k (H100, 2026-12-06), ~125 TFLOP/s; here each K tile meets 128 rows per wgmma and
+// the head sums take a third of the shuffles. Nsight Compute (64k, H100): the kernel is bound by issuing
+// instructions, not by the tensor cores (2 warps per scheduler, one instruction every ~6 cycles each), so what
+// counts is the instructions per tile: the table fold (~50 instead of ~250 per thread and tile), descriptors
+// computed once and shared-memory accesses that are not generic took it from 11.6 to 9.4 ms at 64k (0.47 -> 0.42
+// ms at 8k; mma.sync: 16.0 ms in the same run; 2026-12-06). A second accumulator set (the next tile's S^T in
+// flight during this one's exponentials) measured 12.2 against 11.6 ms and was dropped: the wgmma was not what
+// the block waited for.
 // Traffic: q once; each compressed key once per block of positions that sees it (from L2: k_cmp is small).
-// Shared memory: Q 32 KB, K 2 x 16 KB, the sums 2 x 64 x (PB + 4) floats, PB x ncand_max scores (two blocks per SM
+// Shared memory: Q 32 KB, K 2 x 16 KB, the sums 3 x 64 x cs floats, PB x ncand_max scores (two blocks per SM
 // at 64k tokens and G = 16).
 #include <algorithm>
 
