@@ -46,7 +46,7 @@ __global__ void __launch_bounds__(128 * WG) attn_fwd_wgmma(const uint16_t* __res
   using Tiles = FwdTiles<DP, WG>;
   constexpr int kRows = Tiles::kRows, kThreads = Tiles::kThreads;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  unsigned char* smem = (unsigned char*)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
+  unsigned char* smem = smem_align(smem_raw);
   unsigned char *Qs = smem, *Ks = Qs + Tiles::kQ, *Vs = Ks + Tiles::kK;
   const int seq = blockIdx.y, h = blockIdx.z, m0 = (gridDim.x - 1 - blockIdx.x) * kRows;
   const int start = a.cu_seqlens[seq], len = a.cu_seqlens[seq + 1] - start;
@@ -135,7 +135,7 @@ __global__ void __launch_bounds__(256) attn_bwd_wgmma(const uint16_t* __restrict
 #if NT_SM90A
   constexpr int NO = kAttnDim / 8, kKV = kBwdKeys * 2 * kAttnDim, kQ = kBwdRows * 2 * kAttnDim;  // bytes
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  unsigned char* smem = (unsigned char*)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
+  unsigned char* smem = smem_align(smem_raw);
   unsigned char *Ks = smem, *Vs = Ks + kKV, *Qs = Vs + kKV, *dOs = Qs + kQ, *dSs = dOs + kQ;
   float* lse_s = reinterpret_cast<float*>(dSs + kBwdKeys * 128);
   float* dlt_s = lse_s + kBwdRows;

@@ -40,7 +40,7 @@ __global__ void __launch_bounds__(384, 1)
 #if NT_SM90A
   constexpr int NJ = kKeys / 8, NO = kAttnDim / 8;  // accumulator n-tiles of 8 columns: S (keys) and O (head dims)
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  unsigned char* smem = (unsigned char*)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
+  unsigned char* smem = smem_align(smem_raw);
   unsigned char *Qs = smem, *Ks = Qs + 2 * kQBytes, *Vs = Ks + kStages * kKVBytes;
   uint64_t* q_full = reinterpret_cast<uint64_t*>(Vs + kStages * kKVBytes);
   uint64_t *k_full = q_full + 1, *v_full = k_full + kStages, *k_empty = v_full + kStages, *v_empty = k_empty + kStages;
@@ -214,7 +214,7 @@ __global__ void __launch_bounds__(384, 1)
 #if NT_SM90A
   constexpr int NO = kAttnDim / 8;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  unsigned char* smem = (unsigned char*)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
+  unsigned char* smem = smem_align(smem_raw);
   unsigned char *Ks = smem, *Vs = Ks + kBwdKV, *Qs = Vs + kBwdKV, *dOs = Qs + 2 * kBwdQ, *dSs = dOs + 2 * kBwdQ;
   unsigned char* dQs = dSs + 2 * kBwdDS;  // kTmaDQ: [buffer][half][64 rows][64] f32
   float* lse_s = reinterpret_cast<float*>(dQs + (kTmaDQ ? 4 * kBwdDQ : 0));  // [stage][64] lse log2 e, [stage][64] delta

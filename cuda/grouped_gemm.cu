@@ -132,7 +132,7 @@ __global__ void __launch_bounds__(Tiles<BM, BN>::kThreads, 1)
   using T = Tiles<BM, BN>;
   constexpr int kBM = BM, kC = T::kConsumers;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  unsigned char* smem = (unsigned char*)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
+  unsigned char* smem = smem_align(smem_raw);
   uint64_t* full = (uint64_t*)(smem + T::kStages * T::kStageBytes);
   uint64_t* empty = full + T::kStages;
   int32_t* off = (int32_t*)(empty + T::kStages);

@@ -28,6 +28,12 @@ CUtensorMap tensor_map_bf16(const void* base, int rank, const uint64_t* dims, co
 CUtensorMap tensor_map_f32(const void* base, int rank, const uint64_t* dims, const uint64_t* strides, const uint32_t* box);
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
+// The dynamic shared memory base `raw` rounded up to A bytes (TMA's 128-byte swizzle wants 1024) by pointer
+// arithmetic: a round trip through an integer hides from the compiler that the pointer is shared, and every access
+// through it becomes a generic one with 64-bit address arithmetic.
+template <int A = 1024> __device__ __forceinline__ unsigned char* smem_align(unsigned char* raw) {
+  return raw + ((A - (smem_addr(raw) & (A - 1))) & (A - 1));
+}
 
 // mbarriers: init with an arrival count; the producer arms one with the bytes its TMA copies will deliver; waiters
 // spin on a phase parity (a wait on parity P returns once the phase with parity P has completed).

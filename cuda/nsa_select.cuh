@@ -1,6 +1,8 @@
 // Device pieces shared by the selection kernels (cuda/nsa_select.cu on mma.sync, cuda/nsa_select_sm90.cu on
 // wgmma): the fold of a key tile's per-position probability sums into the selection-block scores, and the top-n.
 #pragma once
+#include <climits>
+
 #include "cuda/common.cuh"
 #include "cuda/fast_div.h"
 #include "cuda/kernels.h"
@@ -91,15 +93,22 @@ __device__ inline void select_top_n(const float* score, unsigned char* taken, in
       }
     }
     __syncwarp();
-    if (lane == 0) {
-      for (int i = 1; i < a.n; ++i)
-        for (int k = i; k > 0 && ch[k - 1] > ch[k]; --k) {
-          const int x = ch[k];
-          ch[k] = ch[k - 1], ch[k - 1] = x;
-        }
+    if (a.n <= 32) {  // ascending: lane i's block goes to its rank among the n (distinct) chosen ones
+      const int v = lane < a.n ? ch[lane] : INT_MAX;
+      int rank = 0;
+      for (int k = 0; k < a.n; ++k) rank += __shfl_sync(0xffffffffu, v, k) < v;
+      if (lane < a.n) out[rank] = v;
+    } else {
+      if (lane == 0) {
+        for (int i = 1; i < a.n; ++i)
+          for (int k = i; k > 0 && ch[k - 1] > ch[k]; --k) {
+            const int x = ch[k];
+            ch[k] = ch[k - 1], ch[k - 1] = x;
+          }
+      }
+      __syncwarp();
+      for (int i = lane; i < a.n; i += 32) out[i] = ch[i];
     }
-    __syncwarp();
-    for (int i = lane; i < a.n; i += 32) out[i] = ch[i];
     __syncwarp();
   }
 }

@@ -9,16 +9,22 @@
 // thread's accumulators hold two keys' values for columns of every position: a position's sum over its G heads is
 // a sum of the thread's own columns and, for G >= 4, a transposing reduction over the 2 or 4 lanes of a quad (each
 // lane ends with the sums of different (key, position) pairs: no lane computes a sum twice). The sums go to shared
-// memory (two buffers), and after one barrier per tile the fold (select_fold) runs while the next tile's wgmma is
-// in flight. The scores stay in shared memory; then one warp per position chooses (select_top_n). Every sum runs in a
-// fixed order: the choice is deterministic.
+// memory (three buffers), and after one barrier per tile the fold runs while the next tile's wgmma is in flight:
+// where every 64-key tile starts a selection block (64 d a multiple of l', the paper's l = 32, d = 16, l' = 64)
+// one thread per (position, block) adds the block's keys from a table built once (this tile's and the previous
+// one's: each block's score is written once), else select_fold's general rule. The scores stay in shared memory;
+// then one warp per position chooses (select_top_n). Every sum runs in a fixed order: the choice is deterministic.
 // Why: the mma.sync kernel (64 rows per block of 4 warps, S = Q K^T, shuffles over the rows of a warp) took 17.5 ms
-// of NSA's 50 ms forward at 64k (H100, 2026-12-06), ~125 TFLOP/s; here each K tile meets 128 rows per wgmma, the
-// head sums take a third of the shuffles, and the fold overlaps the tensor cores. Measured (H100, 2026-12-06): 11.9
-// ms at 64k against ~16 for mma.sync in the same run, 0.48 against 0.51 ms at 8k; still latency-bound per tile (a
-// block waits for its wgmma before its exponentials; two blocks per SM do not hide that: docs/nsa.md).
+// of NSA's 50 ms forward at 64k (H100, 2026-12-06), ~125 TFLOP/s; here each K tile meets 128 rows per wgmma and
+// the head sums take a third of the shuffles. Nsight Compute (64k, H100): the kernel is bound by issuing
+// instructions, not by the tensor cores (2 warps per scheduler, one instruction every ~6 cycles each), so what
+// counts is the instructions per tile: the table fold (~50 instead of ~250 per thread and tile), descriptors
+// computed once and shared-memory accesses that are not generic took it from 11.6 to 9.4 ms at 64k (0.47 -> 0.42
+// ms at 8k; mma.sync: 16.0 ms in the same run; 2026-12-06). A second accumulator set (the next tile's S^T in
+// flight during this one's exponentials) measured 12.2 against 11.6 ms and was dropped: the wgmma was not what
+// the block waited for.
 // Traffic: q once; each compressed key once per block of positions that sees it (from L2: k_cmp is small).
-// Shared memory: Q 32 KB, K 2 x 16 KB, the sums 2 x 64 x (PB + 4) floats, PB x ncand_max scores (two blocks per SM
+// Shared memory: Q 32 KB, K 2 x 16 KB, the sums 3 x 64 x cs floats, PB x ncand_max scores (two blocks per SM
 // at 64k tokens and G = 16).
 #include <algorithm>
 
@@ -36,24 +42,32 @@ constexpr int kRowsW = 128, kKeysW = 64, kThreadsW = 128;
 constexpr int kQHalf = kRowsW * 128, kKHalf = kKeysW * 128;  // bytes of one 64-column half of Q and of a K tile
 
 struct SelectWgSmem {
-  size_t q, k, colsum, score, lse, nv, taken, chosen, weight, bar, total;
-  int cs;  // floats per key row of a sums buffer: PB + 4 (4-aligned rows)
+  size_t q, k, colsum, score, lse, nv, taken, chosen, weight, fold, bar, total;
+  int cs;        // floats per key row of a sums buffer (PB and a little padding against bank conflicts)
+  int nblk = 0;  // > 0: the fold is the same for every tile (64 d a multiple of l'), nblk blocks per tile
+  int fold_e;    // the fold table's entries per block (keys meeting it)
 };
+// Whether the fold of a 64-key tile is the same for every tile: the tile's keys start a selection block (64 d a
+// multiple of l') and a block meets keys of at most the previous tile (l <= 64 d).
+int periodic_blocks(const NsaDims& a) { return (kKeysW * a.d) % a.lp == 0 && a.l <= kKeysW * a.d ? kKeysW * a.d / a.lp : 0; }
 SelectWgSmem select_wg_smem(const NsaDims& a) {
   const int PB = kRowsW / a.G;
   auto up = [](size_t x, size_t m) { return (x + m - 1) / m * m; };
   SelectWgSmem s;
-  s.cs = PB + 4;
+  s.cs = a.G == 16 ? 10 : a.G == 8 ? 18 : a.G == 4 ? 34 : PB + 4;  // conflict-free fold reads, at most 2-way stores
+  s.nblk = periodic_blocks(a);
+  s.fold_e = (a.lp + a.l) / a.d + 2;
   s.q = 0;
   s.k = s.q + 2 * kQHalf;
   s.colsum = s.k + 2 * 2 * kKHalf;
-  s.score = s.colsum + (size_t)2 * kKeysW * s.cs * 4;
+  s.score = s.colsum + (size_t)3 * kKeysW * s.cs * 4;
   s.lse = s.score + (size_t)PB * a.ncand_max * 4;
   s.nv = s.lse + kRowsW * 4;
   s.taken = s.nv + (size_t)PB * 4;
   s.chosen = up(s.taken + (size_t)4 * a.ncand_max, 16);
   s.weight = s.chosen + (size_t)4 * a.n * 4;
-  s.bar = up(s.weight + ((size_t)std::min(a.l, a.lp) + 1) * 4, 8);
+  s.fold = up(s.weight + ((size_t)std::min(a.l, a.lp) + 1) * 4, 8);
+  s.bar = up(s.fold + (size_t)s.nblk * (s.fold_e + 1) * 8, 8);
   s.total = s.bar + 2 * 8 + 1024;  // + the slack for aligning the base to 1024 bytes (TMA's 128-byte swizzle)
   return s;
 }
@@ -132,15 +146,20 @@ __global__ void __launch_bounds__(kThreadsW) nsa_select_wgmma(const __grid_const
 #if NT_SM90A
   constexpr int PB = kRowsW / G;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  unsigned char* smem = (unsigned char*)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
+  unsigned char* smem = smem_align(smem_raw);
   unsigned char *Qs = smem + off.q, *Ks = smem + off.k;
-  float* colsum = reinterpret_cast<float*>(smem + off.colsum);  // [2][64 keys][cs]
+  float* colsum = reinterpret_cast<float*>(smem + off.colsum);  // [3][64 keys][cs]
   float* score = reinterpret_cast<float*>(smem + off.score);    // [PB][ncand_max]
   float* lse_s = reinterpret_cast<float*>(smem + off.lse);      // [128 rows] lse log2 e; +inf: the row adds nothing
   int* nv_s = reinterpret_cast<int*>(smem + off.nv);            // [PB] keys each position sees
   unsigned char* taken = smem + off.taken;
   int32_t* chosen = reinterpret_cast<int32_t*>(smem + off.chosen);
   float* weight = reinterpret_cast<float*>(smem + off.weight);
+  // nblk > 0: per block jr of a tile, the keys meeting it, ascending, as (the key's row in its sums buffer times cs,
+  // weight): fold_n[jr] of them at fold_tab[jr fold_e], the first fold_neg[jr] of them the previous tile's.
+  int2* fold_tab = reinterpret_cast<int2*>(smem + off.fold);
+  int* fold_n = reinterpret_cast<int*>(fold_tab + off.nblk * off.fold_e);
+  int* fold_neg = fold_n + off.nblk;
   uint64_t* full = reinterpret_cast<uint64_t*>(smem + off.bar);  // per K stage (stage 0's first phase: Q too)
   const int seq = blockIdx.y, h = blockIdx.z;
   const int start = a.cu_seqlens[seq], len = a.cu_seqlens[seq + 1] - start, cs0 = a.cmp_starts[seq];
@@ -176,6 +195,16 @@ __global__ void __launch_bounds__(kThreadsW) nsa_select_wgmma(const __grid_const
   }
   for (int i = threadIdx.x; i < npos * a.ncand_max; i += kThreadsW) score[i] = 0.f;
   for (int i = threadIdx.x; i <= min(a.l, a.lp); i += kThreadsW) weight[i] = (float)i / (float)a.d;
+  for (int jr = threadIdx.x; jr < off.nblk; jr += kThreadsW) {  // block jr meets keys c with c d < (jr + 1) l' and
+    int n = 0, neg = 0;                                          // c d + l > jr l' (relative to the tile)
+    for (int c = -((a.l + a.d - 1) / a.d); c * a.d < (jr + 1) * a.lp; ++c) {
+      const int ov = min(c * a.d + a.l, (jr + 1) * a.lp) - max(c * a.d, jr * a.lp);
+      if (ov <= 0) continue;
+      fold_tab[jr * off.fold_e + n++] = make_int2((c < 0 ? c + kKeysW : c) * off.cs, __float_as_int((float)ov / (float)a.d));
+      neg += c < 0;
+    }
+    fold_n[jr] = n, fold_neg[jr] = neg;
+  }
   const FastDiv div_d = fast_div_for((uint32_t)a.d);
   __syncthreads();  // the barriers' init, lse, nv, scores
 
@@ -188,19 +217,38 @@ __global__ void __launch_bounds__(kThreadsW) nsa_select_wgmma(const __grid_const
     const float sl2 = (float)a.scale * kLog2e;
     const uint32_t q_addr = smem_addr(Qs), k_addr0 = smem_addr(Ks);
     float s[64];
+    // The descriptors' address field is the byte address / 16 (shared memory < 256 KB: offsets never carry out).
+    const uint64_t dq0 = smem_desc(q_addr, 16, 1024), dk0 = smem_desc(k_addr0, 16, 1024);
     auto issue = [&](int i) {  // S^T = K_i Q^T into s (committed, not waited for)
-      const uint32_t k_addr = k_addr0 + (i & 1) * 2 * kKHalf;
+      const uint64_t dk = dk0 + (i & 1) * (2 * kKHalf / 16);
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < kAttnDim / 16; ++kk)
-        wgmma_m64n128<0, 0>(s, smem_desc(k_addr + (kk / 4) * kKHalf + (kk % 4) * 32, 16, 1024),
-                            smem_desc(q_addr + (kk / 4) * kQHalf + (kk % 4) * 32, 16, 1024), kk > 0);
+        wgmma_m64n128<0, 0>(s, dk + ((kk / 4) * kKHalf + (kk % 4) * 32) / 16,
+                            dq0 + ((kk / 4) * kQHalf + (kk % 4) * 32) / 16, kk > 0);
       wgmma_commit();
+    };
+    // The periodic fold of tile i: thread (position p, block jr) adds the keys of tile i (cur) and, from tile 1 on,
+    // of tile i - 1 (prev) meeting block i nblk + jr; every block's score is written by one tile's fold. Tile
+    // ntiles (cur null) takes the last tile's keys meeting the block after it.
+    auto fold_periodic = [&](int i, const float* cur, const float* prev) {
+      for (int e = threadIdx.x; e < PB * off.nblk; e += kThreadsW) {
+        const int p = e % PB, jr = e / PB, j = i * off.nblk + jr;
+        if (p >= npos || j >= a.ncand_max) continue;
+        const int2* tab = fold_tab + jr * off.fold_e;
+        const int nneg = fold_neg[jr];
+        float acc = 0.f;
+        if (prev)
+          for (int k = 0; k < nneg; ++k) acc += prev[tab[k].x + p] * __int_as_float(tab[k].y);
+        if (cur)
+          for (int k = nneg, n = fold_n[jr]; k < n; ++k) acc += cur[tab[k].x + p] * __int_as_float(tab[k].y);
+        score[p * a.ncand_max + j] += acc;
+      }
     };
     mbar_wait(&full[0], 0);
     issue(0);
     for (int i = 0; i < ntiles; ++i) {
-      const int c0 = i * kKeysW, buf = i & 1;
+      const int c0 = i * kKeysW, buf = i % 3;
       wgmma_wait<0>();
       fence_regs(s);
       float pr[64];  // the probabilities (not in s: the next tile's wgmma writes s while the sums are stored)
@@ -221,7 +269,7 @@ __global__ void __launch_bounds__(kThreadsW) nsa_select_wgmma(const __grid_const
       float* cbuf = colsum + buf * kKeysW * off.cs;
       store_position_sums<G>(pr, cbuf, off.cs, kr, lane);
       // The sums of tile i are complete; every warp's wgmma of tile i is done (stage i % 2 is free) and so is the
-      // fold of tile i - 1 (buffer (i + 1) % 2 and the scores).
+      // fold of tile i - 1 (which read buffers (i - 1) % 3 and (i + 1) % 3: the latter is written next).
       __syncthreads();
       if (threadIdx.x == 0 && i + 2 < ntiles) load_k(i + 2, true);
       // The next tile's product runs during the fold; after the last tile the last one again, its result unused
@@ -229,9 +277,13 @@ __global__ void __launch_bounds__(kThreadsW) nsa_select_wgmma(const __grid_const
       const int nx = min(i + 1, ntiles - 1);
       mbar_wait(&full[nx & 1], (nx >> 1) & 1);
       issue(nx);
-      select_fold(score, weight, a, div_d, c0, kKeysW, npos, kThreadsW,
-                  [&](int p, int cc) { return cbuf[cc * off.cs + p]; });
+      if (off.nblk > 0)
+        fold_periodic(i, cbuf, i > 0 ? colsum + ((i + 2) % 3) * kKeysW * off.cs : nullptr);
+      else
+        select_fold(score, weight, a, div_d, c0, kKeysW, npos, kThreadsW,
+                    [&](int p, int cc) { return cbuf[cc * off.cs + p]; });
     }
+    if (off.nblk > 0) fold_periodic(ntiles, nullptr, colsum + ((ntiles - 1) % 3) * kKeysW * off.cs);
     wgmma_wait<0>();
     fence_regs(s);
   }

@@ -437,7 +437,10 @@ TEST_CASE("NSA selection on tensor cores (bf16): a valid top-n of the f64 scores
                         Case{1400, 16, 2, 64, blocks(16, 4, 32, 6, 0, {0, 350, 1400})},
                         Case{500, 4, 2, 128, blocks(32, 16, 64, 4, 0)},
                         Case{1000, 2, 2, 64, blocks(8, 4, 16, 5, 0)},
-                        Case{2501, 32, 2, 64, blocks(16, 8, 32, 16, 0, {0, 501, 2501})}}) {
+                        Case{2501, 32, 2, 64, blocks(16, 8, 32, 16, 0, {0, 501, 2501})},
+                        // l' = 3 d: a 64-key tile does not start a selection block, so the wgmma kernel folds each
+                        // tile by the general rule (the others take its per-tile table), over 3 tiles
+                        Case{1000, 8, 2, 64, blocks(8, 4, 12, 6, 0, {0, 400, 1000})}}) {
 #if NT_CUDA
     cuda::set_nsa_select_kernel(version);
 #endif
