@@ -156,7 +156,7 @@ constexpr int kPosShared = 8;
 int g_slc_kernel = [] {  // 0: automatic (6 where the wgmma kernels apply, else 2)
   const char* e = std::getenv("NT_NSA_SLC_KERNEL");
   const std::string v = e ? e : "";
-  return v.size() == 1 && ((v[0] >= '1' && v[0] <= '4') || v[0] == '6') ? v[0] - '0' : 0;
+  return v.size() == 1 && ((v[0] >= '1' && v[0] <= '4') || v[0] == '6' || v[0] == '7') ? v[0] - '0' : 0;
 }();
 bool slc_v1() { return g_slc_kernel == 1; }
 
@@ -637,7 +637,7 @@ bool nsa_selected_tc_supported(const NsaDims& a) {
 void nsa_selected_forward_tc(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
                              float* o_slc, float* lse_slc, const NsaDims& a, int max_len, cudaStream_t stream) {
   if (a.N == 0 || max_len == 0) return;
-  if ((g_slc_kernel == 0 || g_slc_kernel == 6) && nsa_selected_forward_ws(q, k_slc, v_slc, block_indices, o_slc, lse_slc, a, max_len, stream))
+  if ((g_slc_kernel == 0 || g_slc_kernel >= 6) && nsa_selected_forward_ws(q, k_slc, v_slc, block_indices, o_slc, lse_slc, a, max_len, stream))
     return;
   if ((g_slc_kernel == 0 || g_slc_kernel >= 3) &&
       nsa_selected_forward_wgmma(q, k_slc, v_slc, block_indices, o_slc, lse_slc, a, max_len, stream))
@@ -667,8 +667,8 @@ void nsa_selected_forward_tc(const void* q, const void* k_slc, const void* v_slc
 }
 
 void set_nsa_selected_kernel(int version) {
-  if (version < 0 || version > 6 || version == 5)  // 5 was the block-major forward, removed (docs/nsa.md)
-    throw std::invalid_argument("set_nsa_selected_kernel: version must be 0..4 or 6, got " + std::to_string(version));
+  if (version < 0 || version > 7 || version == 5)  // 5 was the block-major forward, removed (docs/nsa.md)
+    throw std::invalid_argument("set_nsa_selected_kernel: version must be 0..4, 6 or 7, got " + std::to_string(version));
   g_slc_kernel = version;
 }
 int nsa_selected_kernel() { return g_slc_kernel; }
@@ -685,9 +685,12 @@ void nsa_selected_backward_tc(const void* q, const void* k_slc, const void* v_sl
   if (a.N == 0) return;
   auto u16 = [](const void* p) { return static_cast<const uint16_t*>(p); };
   const int64_t kv_elems = a.N * a.H * a.D;
-  // 1. dq and delta; under version 4 (the default where it applies) delta alone (dq comes with dk/dv in step 3).
+  // 1. dq and delta; under versions 4 and 6 (the default where they apply) delta alone (dq comes with dk/dv in
+  // step 3); under version 7 delta, then dq query-major by the warp-specialized union walk.
   ScratchBuffer delta(a.N * a.HQ * sizeof(float));
-  const bool fused_dq = (g_slc_kernel == 0 || g_slc_kernel >= 4) && max_len > 0 && nsa_selected_wgmma_applies(a);
+  const bool wgmma = max_len > 0 && nsa_selected_wgmma_applies(a);
+  const bool fused_dq = (g_slc_kernel == 0 || g_slc_kernel == 4 || g_slc_kernel == 6) && wgmma;
+  const bool ws_dq = g_slc_kernel == 7 && wgmma;
   const int64_t q_elems = a.N * a.HQ * a.D;
   ScratchBuffer dq_acc(fused_dq ? q_elems * 4 : 0);
   if (fused_dq) {
@@ -695,6 +698,13 @@ void nsa_selected_backward_tc(const void* q, const void* k_slc, const void* v_sl
                                                             a.N * a.HQ, a.D);
     NT_CUDA_CHECK(cudaGetLastError());
     NT_CUDA_CHECK(cudaMemsetAsync(dq_acc.p, 0, q_elems * 4, stream));
+  } else if (ws_dq) {
+    slc_delta<<<grid_for(a.N * a.HQ, 8), 256, 0, stream>>>(o_slc, u16(dout), static_cast<float*>(delta.p),
+                                                            a.N * a.HQ, a.D);
+    NT_CUDA_CHECK(cudaGetLastError());
+    if (!nsa_selected_dq_ws(q, k_slc, v_slc, block_indices, lse_slc, dout, static_cast<const float*>(delta.p), dq, a,
+                            max_len, stream))
+      throw std::logic_error("nsa_selected_backward_tc: version 7's dq kernel did not run");
   } else {
     const int per_block = slc_v1() ? kWarpsSlc : kPosShared;
     const dim3 grid((unsigned)((max_len + per_block - 1) / per_block), (unsigned)a.nseq, (unsigned)a.H);

@@ -776,7 +776,7 @@ CUDA_TEST("nsa_selected_attention on tensor cores (bf16): kernel versions 1-4 an
     ~Restore() { cuda::set_nsa_selected_kernel(version); }
   } restore;
 #endif
-  for (int version : {1, 2, 3, 4, 6})  // 6: the warp-specialized forward
+  for (int version : {1, 2, 3, 4, 6, 7})  // 6: the warp-specialized forward; 7: and the query-major dq
     for (const C& c : cases) {
 #if NT_CUDA
       cuda::set_nsa_selected_kernel(version);
