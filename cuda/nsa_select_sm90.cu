@@ -229,8 +229,9 @@ __global__ void __launch_bounds__(kThreadsW) nsa_select_wgmma(const __grid_const
       wgmma_commit();
     };
     // The periodic fold of tile i: thread (position p, block jr) adds the keys of tile i (cur) and, from tile 1 on,
-    // of tile i - 1 (prev) meeting block i nblk + jr; every block's score is written by one tile's fold. Tile
-    // ntiles (cur null) takes the last tile's keys meeting the block after it.
+    // of tile i - 1 (prev) meeting block i nblk + jr; every block's score is written by one tile's fold. (The last
+    // tile's keys also meet the block after it, which no fold takes: that block is at or past every position's
+    // current block, which the top-n takes without its score.)
     auto fold_periodic = [&](int i, const float* cur, const float* prev) {
       for (int e = threadIdx.x; e < PB * off.nblk; e += kThreadsW) {
         const int p = e % PB, jr = e / PB, j = i * off.nblk + jr;
@@ -240,8 +241,7 @@ __global__ void __launch_bounds__(kThreadsW) nsa_select_wgmma(const __grid_const
         float acc = 0.f;
         if (prev)
           for (int k = 0; k < nneg; ++k) acc += prev[tab[k].x + p] * __int_as_float(tab[k].y);
-        if (cur)
-          for (int k = nneg, n = fold_n[jr]; k < n; ++k) acc += cur[tab[k].x + p] * __int_as_float(tab[k].y);
+        for (int k = nneg, n = fold_n[jr]; k < n; ++k) acc += cur[tab[k].x + p] * __int_as_float(tab[k].y);
         score[p * a.ncand_max + j] += acc;
       }
     };
@@ -283,7 +283,6 @@ __global__ void __launch_bounds__(kThreadsW) nsa_select_wgmma(const __grid_const
         select_fold(score, weight, a, div_d, c0, kKeysW, npos, kThreadsW,
                     [&](int p, int cc) { return cbuf[cc * off.cs + p]; });
     }
-    if (off.nblk > 0) fold_periodic(ntiles, nullptr, colsum + ((ntiles - 1) % 3) * kKeysW * off.cs);
     wgmma_wait<0>();
     fence_regs(s);
   }
