@@ -63,4 +63,19 @@ __device__ inline float slc_row_delta(const float* o, const uint16_t* dout, int 
   for (int m = 16; m > 0; m /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, m);
   return sum;
 }
+// The same with o in bf16 (the selected branch alone, whose forward wrote its output in bf16).
+__device__ inline float slc_row_delta(const uint16_t* o, const uint16_t* dout, int D, int lane) {
+  float sum = 0.f;
+  for (int c = lane * 4; c < D; c += 128) {
+    const uint2 o2 = *reinterpret_cast<const uint2*>(o + c), d2 = *reinterpret_cast<const uint2*>(dout + c);
+    const float2 o01 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&o2.x));
+    const float2 o23 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&o2.y));
+    const float2 d01 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&d2.x));
+    const float2 d23 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&d2.y));
+    sum += d01.x * o01.x + d01.y * o01.y + d23.x * o23.x + d23.y * o23.y;
+  }
+#pragma unroll
+  for (int m = 16; m > 0; m /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, m);
+  return sum;
+}
 }  // namespace nt::cuda
