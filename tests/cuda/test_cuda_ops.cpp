@@ -793,6 +793,37 @@ CUDA_TEST("nsa_selected_attention on tensor cores (bf16): kernel versions 1-4, 6
                  {rnd_grad({T, c.HQ, c.D}, 120), rnd_grad({T, c.H, c.D}, 121), rnd_grad({T, c.H, c.D}, 122), idx},
                  DType::bf16, Tol{2e-2, 5e-2});
     }
+#if NT_CUDA
+  // Version 6's forward writes o in bf16 (no f32 copy); a backward under version 2, whose dq step reads o in f32
+  // (widened for it), gives what version 2 gives both ways.
+  {
+    const C& c = cases[1];
+    const int64_t T = c.cu.back();
+    NsaOptions opt;
+    opt.select_block = c.lp, opt.n_select = c.n, opt.cu_seqlens = c.cu;
+    const Device gpu = cuda_device(0);
+    const Tensor idx = random_block_indices(c.cu, c.H, c.n, c.lp).to(gpu);
+    const Tensor dy = rnd({T, c.HQ, c.D}, 126).to(DType::bf16).to(gpu);
+    auto run = [&](int forward_version, int backward_version) {
+      std::vector<Tensor> x;
+      int64_t seed = 123;
+      for (const Shape& s : {Shape{T, c.HQ, c.D}, Shape{T, c.H, c.D}, Shape{T, c.H, c.D}})
+        x.push_back(rnd(s, seed++).to(DType::bf16).to(gpu).requires_grad_());
+      cuda::set_nsa_selected_kernel(forward_version);
+      const Tensor o = nsa_selected_attention(x[0], x[1], x[2], idx, opt).o;
+      cuda::set_nsa_selected_kernel(backward_version);
+      o.backward(dy);
+      std::vector<Tensor> r{o.detach().to(kCPU).to(DType::f64)};
+      for (const Tensor& t : x) r.push_back(t.grad().to(kCPU).to(DType::f64));
+      return r;
+    };
+    const std::vector<Tensor> mixed = run(6, 2), two = run(2, 2);
+    for (size_t i = 0; i < mixed.size(); ++i) {
+      INFO("output " << i << " (o, dq, dk, dv)");
+      expect_close(mixed[i], two[i], 2e-2, 5e-2);
+    }
+  }
+#endif
 }
 
 CUDA_TEST("nsa_regroup_queries, nsa_ungroup_queries, nsa_mix_branches against the CPU reference") {
