@@ -282,7 +282,7 @@ template <int P> size_t slc_ws_smem(int n) {
   return 1024 + kWsQ + 2 * kWsStages * kWsKV + (1 + 4 * kWsStages) * 8 + (size_t)P * (4 * n + 1) * sizeof(int);
 }
 
-template <int GP>
+template <int GP, bool kSmemAlign>
 __global__ void __launch_bounds__(256, 2)
     nsa_slc_fwd_ws(const __grid_constant__ CUtensorMap mq, const __grid_constant__ CUtensorMap mk,
                    const __grid_constant__ CUtensorMap mv, const int32_t* __restrict__ block_indices,
@@ -290,8 +290,10 @@ __global__ void __launch_bounds__(256, 2)
 #if NT_SM90A
   constexpr int P = 64 / GP, NJ = kSlcBlock / 8, NO = kAttnDim / 8;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  // Not smem_align: with it this kernel measured 21.3 against 14.8 ms at 64k (H100, 2026-12-06; cause not found).
-  unsigned char* smem = (unsigned char*)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
+  // WIP A/B (NT_NSA_SLC_FWD_ALIGN=1: smem_align): with smem_align and the old mask this kernel measured 21.3
+  // against 14.8 ms at 64k (H100, 2026-12-06: a branch per score, see the softmax below).
+  unsigned char* smem = kSmemAlign ? smem_align(smem_raw)
+                                   : (unsigned char*)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
   unsigned char *Qs = smem, *Ks = Qs + kWsQ, *Vs = Ks + kWsStages * kWsKV;
   uint64_t* q_full = reinterpret_cast<uint64_t*>(Vs + kWsStages * kWsKV);
   uint64_t *k_full = q_full + 1, *v_full = k_full + kWsStages, *k_empty = v_full + kWsStages, *v_empty = k_empty + kWsStages;
@@ -371,9 +373,12 @@ __global__ void __launch_bounds__(256, 2)
     const int base = it < u.nu ? u.ublk[it] * kSlcBlock : 0;
     const bool chose[2] = {((m >> pos[0]) & 1) != 0, ((m >> pos[1]) & 1) != 0};
     const bool edge = m != u.all || base + kSlcBlock - 1 > t0;
-    online_softmax<NJ>(s, edge, [&](int j, int e) {
+    // The mask folds `edge` in with non-short-circuit operators: written as online_softmax's `mask` argument, the
+    // compiler branched on it for every score once the shared-memory base went through smem_align (14.8 -> 21.3 ms
+    // at 64k, H100); as predicates it selects.
+    online_softmax<NJ>(s, true, [&](int j, int e) {
       const int i = e >> 1, key = base + j * 8 + (lane % 4) * 2 + (e & 1);
-      return !chose[i] || key > tq[i];
+      return edge & (!chose[i] | (key > tq[i]));
     }, sl2, m_run, l_run, alpha);
   };
   auto to_pa = [&] {
@@ -432,9 +437,14 @@ void launch_slc_ws(const void* q, const void* k_slc, const void* v_slc, const in
   const CUtensorMap mq = tensor_map_bf16(q, 3, qd, qst, qbox), mk = tensor_map_bf16(k_slc, 3, kd, kst, kbox),
                     mv = tensor_map_bf16(v_slc, 3, kd, kst, kbox);
   const size_t smem = slc_ws_smem<P>(a.n);
-  allow_smem(nsa_slc_fwd_ws<GP>, smem);
+  static const bool align = [] {
+    const char* e = std::getenv("NT_NSA_SLC_FWD_ALIGN");
+    return e && std::string(e) == "1";
+  }();
+  auto kernel = align ? nsa_slc_fwd_ws<GP, true> : nsa_slc_fwd_ws<GP, false>;
+  allow_smem(kernel, smem);
   const dim3 grid((unsigned)((max_len + P - 1) / P), (unsigned)a.nseq, (unsigned)a.H);
-  nsa_slc_fwd_ws<GP><<<grid, 256, smem, stream>>>(mq, mk, mv, block_indices, o_slc, o_bf16, lse_slc, a);
+  kernel<<<grid, 256, smem, stream>>>(mq, mk, mv, block_indices, o_slc, o_bf16, lse_slc, a);
   NT_CUDA_CHECK(cudaGetLastError());
 }
 
