@@ -138,7 +138,7 @@ bool nsa_select_wgmma(const void* q, const void* k_cmp, const float* lse_cmp, in
 // nsa_selected.cu: the selected branch's forward on tensor cores (bf16) into o_slc [N, HQ, D] and lse_slc [N, HQ]
 // (f32; the fused op's branch_o[1] and lse[1], or tensors of their own), from block_indices. Supported for
 // D % 8 == 0, D <= 256, G <= 16. o_bf16 (given only where nsa_selected_forward_writes_bf16: version 6's forward
-// runs): o goes there in bf16 instead of to o_slc (the branch alone: its output without an f32 copy to cast).
+// runs, under versions 0, 6 and 7 where the wgmma kernels apply; o_slc may then be null): o goes there in bf16 instead of to o_slc (the branch alone: its output without an f32 copy to cast).
 bool nsa_selected_tc_supported(const NsaDims& d);
 bool nsa_selected_forward_writes_bf16(const NsaDims& d);
 void nsa_selected_forward_tc(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
@@ -154,7 +154,7 @@ void nsa_selected_forward_tc(const void* q, const void* k_slc, const void* v_slc
 // union's tables would not fit in shared memory).
 bool nsa_selected_forward_wgmma(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
                                 float* o_slc, float* lse_slc, const NsaDims& d, int max_len, cudaStream_t stream);
-// Version 6's forward (the same kernel file, the same conditions and outputs).
+// Version 6's forward (the same kernel file and conditions; o in bf16 to o_bf16 instead of o_slc when given).
 bool nsa_selected_forward_ws(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
                              float* o_slc, void* o_bf16, float* lse_slc, const NsaDims& d, int max_len,
                              cudaStream_t stream);

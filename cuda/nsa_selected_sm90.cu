@@ -1,6 +1,7 @@
 // NSA's selected branch, forward, on Hopper's warpgroup MMA: nsa_selected_forward_tc's version 3, the default on
 // sm_90a where it applies (l' = 64, head dims up to 128 (zero-padded to 128), 2 <= G <= 16). Same function and
-// outputs as the mma.sync kernels of cuda/nsa_selected.cu: o_slc [N, HQ, D] and lse_slc [N, HQ], f32.
+// outputs as the mma.sync kernels of cuda/nsa_selected.cu: o_slc [N, HQ, D] and lse_slc [N, HQ], f32 (version 6's
+// forward writes o in bf16 instead where it is given o_bf16: the branch alone).
 //
 // A block is one warpgroup (128 threads) owning 64 query rows: P = 64 / GP consecutive positions x the GP heads of
 // key/value head h's group (GP: G rounded up to a power of two; rows g >= G are zeros and never written). It walks
@@ -291,7 +292,8 @@ __global__ void __launch_bounds__(256, 2)
   constexpr int P = 64 / GP, NJ = kSlcBlock / 8, NO = kAttnDim / 8;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   // WIP A/B (NT_NSA_SLC_FWD_ALIGN=1: smem_align): with smem_align and the old mask this kernel measured 21.3
-  // against 14.8 ms at 64k (H100, 2026-12-06: a branch per score, see the softmax below).
+  // against 14.8 ms at 64k (H100, 2026-12-06); its PTX then branched per score (see the softmax below). Not yet
+  // measured with the new mask.
   unsigned char* smem = kSmemAlign ? smem_align(smem_raw)
                                    : (unsigned char*)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
   unsigned char *Qs = smem, *Ks = Qs + kWsQ, *Vs = Ks + kWsStages * kWsKV;
@@ -373,9 +375,9 @@ __global__ void __launch_bounds__(256, 2)
     const int base = it < u.nu ? u.ublk[it] * kSlcBlock : 0;
     const bool chose[2] = {((m >> pos[0]) & 1) != 0, ((m >> pos[1]) & 1) != 0};
     const bool edge = m != u.all || base + kSlcBlock - 1 > t0;
-    // The mask folds `edge` in with non-short-circuit operators: written as online_softmax's `mask` argument, the
-    // compiler branched on it for every score once the shared-memory base went through smem_align (14.8 -> 21.3 ms
-    // at 64k, H100); as predicates it selects.
+    // The mask folds `edge` in with non-short-circuit operators: passed as online_softmax's `mask` argument, the
+    // PTX branched on it for every score once the shared-memory base went through smem_align (228 basic blocks
+    // against 132); as predicates it selects (132, like the integer-rounded base).
     online_softmax<NJ>(s, true, [&](int j, int e) {
       const int i = e >> 1, key = base + j * 8 + (lane % 4) * 2 + (e & 1);
       return edge & (!chose[i] | (key > tq[i]));

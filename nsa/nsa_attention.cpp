@@ -174,7 +174,8 @@ NsaOutput run_nsa(const std::vector<Tensor>& inputs, const NsaOptions& options, 
   for (const Tensor& t : inputs) in.push_back(t.detach().contiguous());
   NsaOutput out{empty({T, HQ, D}, q.dtype(), q.device()), empty({T, H, opt.n_select}, DType::i32, q.device())};
   // Branch outputs and log-sum-exps ([3, T, HQ, D] and [3, T, HQ]; only the selected branch's when it runs on
-  // tensor cores alone): f64 on the CPU (the reference), the accumulation type on the GPU.
+  // tensor cores alone): f64 on the CPU (the reference), the accumulation type on the GPU; alone where the
+  // forward writes bf16 itself, branch_o is the output [T, HQ, D].
   const DType acc = on_cpu || q.dtype() == DType::f64 ? DType::f64 : DType::f32;
   Tensor branch_o, lse;
   auto alloc_branches = [&](int64_t nb) {
