@@ -16,7 +16,6 @@
 #include <cuda_bf16.h>
 
 #include <climits>
-#include <cstdlib>
 #include <stdexcept>
 #include <string>
 
@@ -464,11 +463,7 @@ template <int P> size_t slc_dq_ws_smem(int n) {
   return 1024 + 2 * kWsQ + 2 * kWsStages * kWsKV + (1 + 4 * kWsStages) * 8 + (size_t)P * (4 * n + 1) * sizeof(int);
 }
 
-// kDefer (NT_NSA_SLC_DQ_DEFER=1, the default): dQ(i - 1) is issued with S(i), dP(i) and runs during tile i's dS;
-// K's stage is then held until tile i + 1, so with two stages tile i + 1's keys load only after dQ(i - 1) and each
-// tile waits for a TMA round trip. kDefer false (=0): each tile's products run in turn (S, dP; dS; dQ) and the next
-// tile's K and V load during the whole tile. Not measured yet: which wins is open.
-template <int GP, bool kDefer>
+template <int GP>
 __global__ void __launch_bounds__(256, 2)
     nsa_slc_dq_ws(const __grid_constant__ CUtensorMap mq, const __grid_constant__ CUtensorMap mdo,
                   const __grid_constant__ CUtensorMap mk, const __grid_constant__ CUtensorMap mv,
@@ -477,8 +472,7 @@ __global__ void __launch_bounds__(256, 2)
 #if NT_SM90A
   constexpr int P = 64 / GP, NJ = kSlcBlock / 8, NO = kAttnDim / 8;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  // The integer rounding of nsa_slc_fwd_ws (whose speed it changed; see there).
-  unsigned char* smem = (unsigned char*)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
+  unsigned char* smem = smem_align(smem_raw);
   unsigned char *Qs = smem, *dOs = Qs + kWsQ, *Ks = dOs + kWsQ, *Vs = Ks + kWsStages * kWsKV;
   uint64_t* q_full = reinterpret_cast<uint64_t*>(Vs + kWsStages * kWsKV);  // Q and dO
   uint64_t *k_full = q_full + 1, *v_full = k_full + kWsStages, *k_empty = v_full + kWsStages, *v_empty = k_empty + kWsStages;
@@ -586,25 +580,6 @@ __global__ void __launch_bounds__(256, 2)
     for (int kk = 0; kk < kSlcBlock / 16; ++kk) acc_to_a(pa[kk], s[2 * kk], s[2 * kk + 1]);
   };
   mbar_wait(q_full, 0);
-  if constexpr (!kDefer) {
-    for (int it = 0; it < ntiles; ++it) {
-      const int st = it % kWsStages;
-      mbar_wait(&k_full[st], (it / kWsStages) & 1);
-      mbar_wait(&v_full[st], (it / kWsStages) & 1);
-      issue_s_dp(st);
-      wgmma_wait<0>();
-      fence_regs(sf);
-      fence_regs(dpf);
-      release(&v_empty[st]);
-      grad_scores(it);
-      to_pa();
-      issue_dq(st);
-      wgmma_wait<0>();
-      fence_regs(acc);
-      fence_regs(reinterpret_cast<uint32_t(&)[kSlcBlock / 4]>(pa));
-      release(&k_empty[st]);
-    }
-  } else {
   mbar_wait(&k_full[0], 0);
   mbar_wait(&v_full[0], 0);
   issue_s_dp(0);
@@ -636,7 +611,6 @@ __global__ void __launch_bounds__(256, 2)
   wgmma_wait<0>();
   fence_regs(acc);
   release(&k_empty[last]);
-  }
   const float sc = (float)a.scale;
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
@@ -663,17 +637,10 @@ void launch_slc_dq_ws(const void* q, const void* k_slc, const void* v_slc, const
   const CUtensorMap mq = tensor_map_bf16(q, 3, qd, qst, qbox), mdo = tensor_map_bf16(dout, 3, qd, qst, qbox),
                     mk = tensor_map_bf16(k_slc, 3, kd, kst, kbox), mv = tensor_map_bf16(v_slc, 3, kd, kst, kbox);
   const size_t smem = slc_dq_ws_smem<P>(a.n);
-  static const bool defer = [] {
-    const char* e = std::getenv("NT_NSA_SLC_DQ_DEFER");
-    return !(e && std::string(e) == "0");
-  }();
+  allow_smem(nsa_slc_dq_ws<GP>, smem);
   const dim3 grid((unsigned)((max_len + P - 1) / P), (unsigned)a.nseq, (unsigned)a.H);
-  auto run = [&](auto kernel) {
-    allow_smem(kernel, smem);
-    kernel<<<grid, 256, smem, stream>>>(mq, mdo, mk, mv, block_indices, lse_slc, delta, static_cast<uint16_t*>(dq), a);
-  };
-  if (defer) run(nsa_slc_dq_ws<GP, true>);
-  else run(nsa_slc_dq_ws<GP, false>);
+  nsa_slc_dq_ws<GP><<<grid, 256, smem, stream>>>(mq, mdo, mk, mv, block_indices, lse_slc, delta,
+                                                 static_cast<uint16_t*>(dq), a);
   NT_CUDA_CHECK(cudaGetLastError());
 }
 
