@@ -138,7 +138,8 @@ bool nsa_select_wgmma(const void* q, const void* k_cmp, const float* lse_cmp, in
 // nsa_selected.cu: the selected branch's forward on tensor cores (bf16) into o_slc [N, HQ, D] and lse_slc [N, HQ]
 // (f32; the fused op's branch_o[1] and lse[1], or tensors of their own), from block_indices. Supported for
 // D % 8 == 0, D <= 256, G <= 16. o_bf16 (given only where nsa_selected_forward_writes_bf16: version 6's forward
-// runs, under versions 0, 6 and 7 where the wgmma kernels apply; o_slc may then be null): o goes there in bf16 instead of to o_slc (the branch alone: its output without an f32 copy to cast).
+// runs, under versions 0 and 6 where the wgmma kernels apply; o_slc may then be null): o goes there in bf16
+// instead of to o_slc (the branch alone: its output without an f32 copy to cast).
 bool nsa_selected_tc_supported(const NsaDims& d);
 bool nsa_selected_forward_writes_bf16(const NsaDims& d);
 void nsa_selected_forward_tc(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
@@ -162,11 +163,6 @@ bool nsa_selected_forward_ws(const void* q, const void* k_slc, const void* v_slc
 bool nsa_selected_dq_wgmma(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
                            const float* o_slc, const float* lse_slc, const void* dout, void* dq, float* delta,
                            const NsaDims& d, int max_len, cudaStream_t stream);
-// Version 7's dq: the forward's warp-specialized union walk computing dq (bf16, written once per row) from lse_slc
-// and delta (rowsum(dout o_slc), given); false without launching where the wgmma kernels do not apply.
-bool nsa_selected_dq_ws(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
-                        const float* lse_slc, const void* dout, const float* delta, void* dq, const NsaDims& d,
-                        int max_len, cudaStream_t stream);
 // Its key-centric dk/dv step is internal to the two kernel files
 // (cuda/nsa_selected.cuh: nsa_selected_walk_wgmma).
 // Whether the wgmma kernels (versions 3, 4) run for these sizes on the current device.
@@ -174,10 +170,9 @@ bool nsa_selected_wgmma_applies(const NsaDims& d);
 // The selected forward's kernel: 0 automatic (6 where the wgmma kernels apply, else 2), 1 one warp per position, 2
 // eight positions per block sharing their blocks' loads (mma.sync), 3 wgmma (falls back to 2 where it does not
 // apply), 4 the forward of 3 with the backward's dq computed inside its dk/dv step, 6 4 with a warp-specialized
-// forward (TMA producer, softmax overlapped with P V), 7 6's forward with dq query-major by a warp-specialized
-// union walk and the dk/dv walk without dq (not yet measured); also NT_NSA_SLC_KERNEL=N. The backward follows: its
-// dq step (1, 2, 3 alike; none under 4 and 6; 7 its own) and its dk/dv step (3, 4, 6, 7 on wgmma, else the mma.sync
-// kernel).
+// forward (TMA producer, softmax overlapped with P V); also NT_NSA_SLC_KERNEL=N. The
+// backward follows: its dq step (1, 2, 3 alike; none under 4) and its dk/dv step (3, 4 on wgmma, else the
+// mma.sync kernel).
 // All compute the same function.
 void set_nsa_selected_kernel(int version);
 int nsa_selected_kernel();

@@ -156,7 +156,7 @@ constexpr int kPosShared = 8;
 int g_slc_kernel = [] {  // 0: automatic (6 where the wgmma kernels apply, else 2)
   const char* e = std::getenv("NT_NSA_SLC_KERNEL");
   const std::string v = e ? e : "";
-  return v.size() == 1 && ((v[0] >= '1' && v[0] <= '4') || v[0] == '6' || v[0] == '7') ? v[0] - '0' : 0;
+  return v.size() == 1 && ((v[0] >= '1' && v[0] <= '4') || v[0] == '6') ? v[0] - '0' : 0;
 }();
 bool slc_v1() { return g_slc_kernel == 1; }
 
@@ -642,7 +642,7 @@ bool nsa_selected_tc_supported(const NsaDims& a) {
 }
 
 bool nsa_selected_forward_writes_bf16(const NsaDims& a) {
-  return (g_slc_kernel == 0 || g_slc_kernel >= 6) && nsa_selected_wgmma_applies(a);
+  return (g_slc_kernel == 0 || g_slc_kernel == 6) && nsa_selected_wgmma_applies(a);
 }
 
 void nsa_selected_forward_tc(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
@@ -651,7 +651,7 @@ void nsa_selected_forward_tc(const void* q, const void* k_slc, const void* v_slc
   if (o_bf16 && !nsa_selected_forward_writes_bf16(a))
     throw std::logic_error("nsa_selected_forward_tc: o_bf16 given where the forward writes o in f32");
   if (a.N == 0 || max_len == 0) return;
-  if ((g_slc_kernel == 0 || g_slc_kernel >= 6) &&
+  if ((g_slc_kernel == 0 || g_slc_kernel == 6) &&
       nsa_selected_forward_ws(q, k_slc, v_slc, block_indices, o_slc, o_bf16, lse_slc, a, max_len, stream))
     return;
   if ((g_slc_kernel == 0 || g_slc_kernel >= 3) &&
@@ -682,8 +682,8 @@ void nsa_selected_forward_tc(const void* q, const void* k_slc, const void* v_slc
 }
 
 void set_nsa_selected_kernel(int version) {
-  if (version < 0 || version > 7 || version == 5)  // 5 was the block-major forward, removed (docs/nsa.md)
-    throw std::invalid_argument("set_nsa_selected_kernel: version must be 0..4, 6 or 7, got " + std::to_string(version));
+  if (version < 0 || version > 6 || version == 5)  // 5 was the block-major forward, removed (docs/nsa.md)
+    throw std::invalid_argument("set_nsa_selected_kernel: version must be 0..4 or 6, got " + std::to_string(version));
   g_slc_kernel = version;
 }
 int nsa_selected_kernel() { return g_slc_kernel; }
@@ -709,15 +709,13 @@ void nsa_selected_backward_tc(const void* q, const void* k_slc, const void* v_sl
     NT_CUDA_CHECK(cudaGetLastError());
   };
   // 1. dq and delta; under versions 4 and 6 (the default where they apply) delta alone (dq comes with dk/dv in
-  // step 3); under version 7 delta, then dq query-major by the warp-specialized union walk.
+  // step 3).
   ScratchBuffer delta(a.N * a.HQ * sizeof(float));
-  const bool wgmma = max_len > 0 && nsa_selected_wgmma_applies(a);
-  const bool fused_dq = (g_slc_kernel == 0 || g_slc_kernel == 4 || g_slc_kernel == 6) && wgmma;
-  const bool ws_dq = g_slc_kernel == 7 && wgmma;
+  const bool fused_dq = (g_slc_kernel == 0 || g_slc_kernel >= 4) && max_len > 0 && nsa_selected_wgmma_applies(a);
   const int64_t q_elems = a.N * a.HQ * a.D;
   ScratchBuffer dq_acc(fused_dq ? q_elems * 4 : 0);
   // The dq steps of versions 1-3 read o in f32.
-  ScratchBuffer o_wide(o_is_bf16 && !fused_dq && !ws_dq ? q_elems * 4 : 0);
+  ScratchBuffer o_wide(o_is_bf16 && !fused_dq ? q_elems * 4 : 0);
   if (o_wide.p) {
     slc_widen<<<grid_for(q_elems, 256), 256, 0, stream>>>(u16(o_in), static_cast<float*>(o_wide.p), q_elems);
     NT_CUDA_CHECK(cudaGetLastError());
@@ -726,11 +724,6 @@ void nsa_selected_backward_tc(const void* q, const void* k_slc, const void* v_sl
   if (fused_dq) {
     launch_delta(static_cast<float*>(delta.p));
     NT_CUDA_CHECK(cudaMemsetAsync(dq_acc.p, 0, q_elems * 4, stream));
-  } else if (ws_dq) {
-    launch_delta(static_cast<float*>(delta.p));
-    if (!nsa_selected_dq_ws(q, k_slc, v_slc, block_indices, lse_slc, dout, static_cast<const float*>(delta.p), dq, a,
-                            max_len, stream))
-      throw std::logic_error("nsa_selected_backward_tc: version 7's dq kernel did not run");
   } else {
     const int per_block = slc_v1() ? kWarpsSlc : kPosShared;
     const dim3 grid((unsigned)((max_len + per_block - 1) / per_block), (unsigned)a.nseq, (unsigned)a.H);

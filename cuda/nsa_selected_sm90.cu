@@ -282,7 +282,7 @@ template <int P> size_t slc_ws_smem(int n) {
   return 1024 + kWsQ + 2 * kWsStages * kWsKV + (1 + 4 * kWsStages) * 8 + (size_t)P * (4 * n + 1) * sizeof(int);
 }
 
-template <int GP, bool kSmemAlign>
+template <int GP>
 __global__ void __launch_bounds__(256, 2)
     nsa_slc_fwd_ws(const __grid_constant__ CUtensorMap mq, const __grid_constant__ CUtensorMap mk,
                    const __grid_constant__ CUtensorMap mv, const int32_t* __restrict__ block_indices,
@@ -290,11 +290,7 @@ __global__ void __launch_bounds__(256, 2)
 #if NT_SM90A
   constexpr int P = 64 / GP, NJ = kSlcBlock / 8, NO = kAttnDim / 8;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  // WIP A/B (NT_NSA_SLC_FWD_ALIGN=1: smem_align): with smem_align and the old mask this kernel measured 21.3
-  // against 14.8 ms at 64k (H100, 2026-12-06); its PTX then branched per score (see the softmax below). Not yet
-  // measured with the new mask.
-  unsigned char* smem = kSmemAlign ? smem_align(smem_raw)
-                                   : (unsigned char*)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
+  unsigned char* smem = smem_align(smem_raw);
   unsigned char *Qs = smem, *Ks = Qs + kWsQ, *Vs = Ks + kWsStages * kWsKV;
   uint64_t* q_full = reinterpret_cast<uint64_t*>(Vs + kWsStages * kWsKV);
   uint64_t *k_full = q_full + 1, *v_full = k_full + kWsStages, *k_empty = v_full + kWsStages, *v_empty = k_empty + kWsStages;
@@ -376,7 +372,8 @@ __global__ void __launch_bounds__(256, 2)
     const bool edge = m != u.all || base + kSlcBlock - 1 > t0;
     // The mask folds `edge` in with non-short-circuit operators: passed as online_softmax's `mask` argument, the
     // PTX branched on it for every score once the shared-memory base went through smem_align (228 basic blocks
-    // against 132); as predicates it selects (132, like the integer-rounded base).
+    // against 132; 21.3 against 14.8 ms at 64k, H100); as predicates it selects, and with smem_align the kernel
+    // measured 14.83 against 15.66 ms with the integer-rounded base (H100, 2026-12-06, same run).
     online_softmax<NJ>(s, true, [&](int j, int e) {
       const int i = e >> 1, key = base + j * 8 + (lane % 4) * 2 + (e & 1);
       return edge & (!chose[i] | (key > tq[i]));
@@ -438,209 +435,9 @@ void launch_slc_ws(const void* q, const void* k_slc, const void* v_slc, const in
   const CUtensorMap mq = tensor_map_bf16(q, 3, qd, qst, qbox), mk = tensor_map_bf16(k_slc, 3, kd, kst, kbox),
                     mv = tensor_map_bf16(v_slc, 3, kd, kst, kbox);
   const size_t smem = slc_ws_smem<P>(a.n);
-  static const bool align = [] {
-    const char* e = std::getenv("NT_NSA_SLC_FWD_ALIGN");
-    return e && std::string(e) == "1";
-  }();
-  auto kernel = align ? nsa_slc_fwd_ws<GP, true> : nsa_slc_fwd_ws<GP, false>;
-  allow_smem(kernel, smem);
+  allow_smem(nsa_slc_fwd_ws<GP>, smem);
   const dim3 grid((unsigned)((max_len + P - 1) / P), (unsigned)a.nseq, (unsigned)a.H);
-  kernel<<<grid, 256, smem, stream>>>(mq, mk, mv, block_indices, o_slc, o_bf16, lse_slc, a);
-  NT_CUDA_CHECK(cudaGetLastError());
-}
-
-// Version 7's dq (nsa_selected_backward_tc: query-major dq, then the block-major walk for dk/dv alone): the
-// forward's warp-specialized union walk (nsa_slc_fwd_ws) with dout's rows next to q's. Warpgroup 0's one thread
-// loads Q and dO once, then each union block's keys and values into rings of two stages; warpgroup 1 per tile issues
-// S = Q K^T and dP = dO V^T (m64n64 from shared memory) together with dQ += dS(i - 1) K(i - 1) (dS from registers,
-// K read MN-major as V in the forward), computes P = exp(scale S - lse) (masked) and dS = P (dP - delta) while that
-// dQ product runs, then waits for it. V's stage is free once dP is done, K's once its dQ is. dq is written once per
-// row (bf16, times scale): no f32 buffer and no reductions, which is what the fused walk (kWalkDkvDq) spends its
-// time on at 64k (Nsight Compute: DRAM 66%, L2 hit rate 31%, ~68 GB of dq read-modify-write; docs/nsa.md).
-// Shared memory: Q, dO 16 KB each, K and V 2 x 16 KB each, the barriers and the union's tables (two blocks per SM).
-// delta (rowsum(dout o)) comes from slc_delta first.
-template <int P> size_t slc_dq_ws_smem(int n) {
-  return 1024 + 2 * kWsQ + 2 * kWsStages * kWsKV + (1 + 4 * kWsStages) * 8 + (size_t)P * (4 * n + 1) * sizeof(int);
-}
-
-template <int GP>
-__global__ void __launch_bounds__(256, 2)
-    nsa_slc_dq_ws(const __grid_constant__ CUtensorMap mq, const __grid_constant__ CUtensorMap mdo,
-                  const __grid_constant__ CUtensorMap mk, const __grid_constant__ CUtensorMap mv,
-                  const int32_t* __restrict__ block_indices, const float* __restrict__ lse_slc,
-                  const float* __restrict__ delta, uint16_t* __restrict__ dq, NsaDims a) {
-#if NT_SM90A
-  constexpr int P = 64 / GP, NJ = kSlcBlock / 8, NO = kAttnDim / 8;
-  extern __shared__ __align__(1024) unsigned char smem_raw[];
-  unsigned char* smem = smem_align(smem_raw);
-  unsigned char *Qs = smem, *dOs = Qs + kWsQ, *Ks = dOs + kWsQ, *Vs = Ks + kWsStages * kWsKV;
-  uint64_t* q_full = reinterpret_cast<uint64_t*>(Vs + kWsStages * kWsKV);  // Q and dO
-  uint64_t *k_full = q_full + 1, *v_full = k_full + kWsStages, *k_empty = v_full + kWsStages, *v_empty = k_empty + kWsStages;
-  int* scratch = reinterpret_cast<int*>(v_empty + kWsStages);  // the union's tables
-  const int seq = blockIdx.y, h = blockIdx.z;
-  const int start = a.cu_seqlens[seq], len = a.cu_seqlens[seq + 1] - start;
-  const int t0 = blockIdx.x * P;
-  if (t0 >= len) return;  // block-uniform
-  const int np = min(P, len - t0), t_last = t0 + np - 1;
-  if (threadIdx.x == 0) {
-    mbar_init(q_full, 1);
-    for (int s = 0; s < kWsStages; ++s)
-      mbar_init(&k_full[s], 1), mbar_init(&v_full[s], 1), mbar_init(&k_empty[s], 4), mbar_init(&v_empty[s], 4);
-    mbar_fence_init();
-    tma_prefetch_map(&mq), tma_prefetch_map(&mdo), tma_prefetch_map(&mk), tma_prefetch_map(&mv);
-    mbar_expect_tx(q_full, 2 * kWsQ);  // Q and dO do not depend on the union: their copies run during the merge
-    for (int half = 0; half < 2; ++half) {
-      tma_load_3d(Qs + half * 64 * 128, &mq, q_full, half * 64, h * a.G, start + t0);
-      tma_load_3d(dOs + half * 64 * 128, &mdo, q_full, half * 64, h * a.G, start + t0);
-    }
-  }
-  const SlcUnionTiles u = slc_union_tiles<P, 256>(block_indices, a, start, len, t0, np, h, scratch);  // syncs
-  const int ntiles = max(u.nu, 1);  // one all-masked tile where no block was chosen
-  const int wg = threadIdx.x / 128;
-  if (wg == 0) {
-    setmaxnreg_dec<40>();
-    if (threadIdx.x == 0) {
-      for (int it = 0; it < ntiles; ++it) {
-        const int s = it % kWsStages, row = start + (it < u.nu ? u.ublk[it] : 0) * kSlcBlock;
-        const uint32_t phase = (it / kWsStages) & 1;
-        mbar_wait(&k_empty[s], phase ^ 1);
-        mbar_expect_tx(&k_full[s], kWsKV);
-        for (int half = 0; half < 2; ++half)
-          tma_load_3d(Ks + s * kWsKV + half * kSlcBlock * 128, &mk, &k_full[s], half * 64, h, row);
-        mbar_wait(&v_empty[s], phase ^ 1);
-        mbar_expect_tx(&v_full[s], kWsKV);
-        for (int half = 0; half < 2; ++half)
-          tma_load_3d(Vs + s * kWsKV + half * kSlcBlock * 128, &mv, &v_full[s], half * 64, h, row);
-      }
-    }
-    return;
-  }
-  setmaxnreg_inc<216>();
-  const int warp = threadIdx.x % 128 / 32, lane = threadIdx.x % 32;
-  const uint32_t q_addr = smem_addr(Qs), do_addr = smem_addr(dOs), k_addr0 = smem_addr(Ks), v_addr0 = smem_addr(Vs);
-  const float sl2 = (float)a.scale * kLog2e;
-  int pos[2], tq[2];
-  bool valid[2];
-  slc_thread_rows<GP>(warp, lane, t0, t_last, a.G, pos, tq, valid);
-  float lse2[2], dlt[2];
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    const int64_t o = ((int64_t)start + tq[i]) * a.HQ + h * a.G + (warp * 16 + lane / 4 + 8 * i) % GP;
-    lse2[i] = valid[i] ? lse_slc[o] * kLog2e : INFINITY;  // rows past the sequence or the group: p = 0
-    dlt[i] = valid[i] ? delta[o] : 0.f;
-  }
-  auto release = [&](uint64_t* bar) {
-    __syncwarp();
-    if (lane == 0) mbar_arrive(bar);
-  };
-  float s[NJ][4], dp[NJ][4], acc[NO * 4];
-  uint32_t pa[kSlcBlock / 16][4];  // dS(i - 1) as bf16 A fragments of 16 keys
-  float(&sf)[NJ * 4] = reinterpret_cast<float(&)[NJ * 4]>(s);
-  float(&dpf)[NJ * 4] = reinterpret_cast<float(&)[NJ * 4]>(dp);
-#pragma unroll
-  for (int i = 0; i < NO * 4; ++i) acc[i] = 0.f;
-  auto issue_s_dp = [&](int st) {  // S = Q K^T and dP = dO V^T, m64n64 each (the first k-steps overwrite)
-    wgmma_fence();
-    const uint32_t k_addr = k_addr0 + st * kWsKV, v_addr = v_addr0 + st * kWsKV;
-#pragma unroll
-    for (int kk = 0; kk < kAttnDim / 16; ++kk)
-      wgmma_m64n64<0, 0>(sf, smem_desc(q_addr + (kk / 4) * (64 * 128) + (kk % 4) * 32, 16, 1024),
-                         smem_desc(k_addr + (kk / 4) * (kSlcBlock * 128) + (kk % 4) * 32, 16, 1024), kk > 0);
-#pragma unroll
-    for (int kk = 0; kk < kAttnDim / 16; ++kk)
-      wgmma_m64n64<0, 0>(dpf, smem_desc(do_addr + (kk / 4) * (64 * 128) + (kk % 4) * 32, 16, 1024),
-                         smem_desc(v_addr + (kk / 4) * (kSlcBlock * 128) + (kk % 4) * 32, 16, 1024), kk > 0);
-    wgmma_commit();
-  };
-  auto issue_dq = [&](int st) {  // dQ += dS K, K MN-major (16 keys = 2048 bytes on; column halves 64 x 128 apart)
-    wgmma_fence();
-    const uint32_t k_addr = k_addr0 + st * kWsKV;
-#pragma unroll
-    for (int kk = 0; kk < kSlcBlock / 16; ++kk)
-      wgmma_m64n128_rs<1>(acc, pa[kk], smem_desc(k_addr + kk * 2048, kSlcBlock * 128, 1024));
-    wgmma_commit();
-  };
-  auto grad_scores = [&](int it) {  // s = dS of union block `it` (none past it: all masked)
-    const unsigned m = it < u.nu ? u.umask[it] : 0u;
-    const int base = it < u.nu ? u.ublk[it] * kSlcBlock : 0;
-    const bool chose[2] = {((m >> pos[0]) & 1) != 0, ((m >> pos[1]) & 1) != 0};
-    const bool edge = m != u.all || base + kSlcBlock - 1 > t0;
-#pragma unroll
-    for (int j = 0; j < NJ; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int i = e >> 1, key = base + j * 8 + (lane % 4) * 2 + (e & 1);
-        const bool ok = !edge || (chose[i] && key <= tq[i]);
-        const float p = ok ? ex2(fmaf(s[j][e], sl2, -lse2[i])) : 0.f;
-        s[j][e] = p * (dp[j][e] - dlt[i]);
-      }
-  };
-  auto to_pa = [&] {
-#pragma unroll
-    for (int kk = 0; kk < kSlcBlock / 16; ++kk) acc_to_a(pa[kk], s[2 * kk], s[2 * kk + 1]);
-  };
-  mbar_wait(q_full, 0);
-  mbar_wait(&k_full[0], 0);
-  mbar_wait(&v_full[0], 0);
-  issue_s_dp(0);
-  wgmma_wait<0>();
-  fence_regs(sf);
-  fence_regs(dpf);
-  release(&v_empty[0]);
-  grad_scores(0);
-  to_pa();
-  for (int it = 1; it < ntiles; ++it) {
-    const int st = it % kWsStages, sp = (it - 1) % kWsStages;
-    mbar_wait(&k_full[st], (it / kWsStages) & 1);
-    mbar_wait(&v_full[st], (it / kWsStages) & 1);
-    issue_s_dp(st);
-    issue_dq(sp);
-    wgmma_wait<1>();  // S(it), dP(it) landed; dQ(it - 1) may still run
-    fence_regs(sf);
-    fence_regs(dpf);
-    release(&v_empty[st]);
-    grad_scores(it);
-    wgmma_wait<0>();
-    fence_regs(acc);
-    fence_regs(reinterpret_cast<uint32_t(&)[kSlcBlock / 4]>(pa));
-    release(&k_empty[sp]);
-    to_pa();
-  }
-  const int last = (ntiles - 1) % kWsStages;
-  issue_dq(last);
-  wgmma_wait<0>();
-  fence_regs(acc);
-  release(&k_empty[last]);
-  const float sc = (float)a.scale;
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    if (!valid[i]) continue;
-    const int64_t o = ((int64_t)start + tq[i]) * a.HQ + h * a.G + (warp * 16 + lane / 4 + 8 * i) % GP;
-    uint16_t* out = dq + o * a.D;
-#pragma unroll
-    for (int j = 0; j < NO; ++j) {
-      const int c = j * 8 + (lane % 4) * 2;
-      if (c < a.D) *reinterpret_cast<uint32_t*>(out + c) = pack_bf16(acc[4 * j + 2 * i] * sc, acc[4 * j + 2 * i + 1] * sc);
-    }
-  }
-#endif
-}
-
-template <int GP>
-void launch_slc_dq_ws(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
-                      const float* lse_slc, const void* dout, const float* delta, void* dq, const NsaDims& a,
-                      int max_len, cudaStream_t stream) {
-  constexpr int P = 64 / GP;
-  const uint64_t qd[3] = {(uint64_t)a.D, (uint64_t)a.HQ, (uint64_t)a.N}, qst[2] = {(uint64_t)a.D * 2, (uint64_t)a.HQ * a.D * 2};
-  const uint64_t kd[3] = {(uint64_t)a.D, (uint64_t)a.H, (uint64_t)a.N}, kst[2] = {(uint64_t)a.D * 2, (uint64_t)a.H * a.D * 2};
-  const uint32_t qbox[3] = {64, (uint32_t)GP, (uint32_t)P}, kbox[3] = {64, 1, (uint32_t)kSlcBlock};
-  const CUtensorMap mq = tensor_map_bf16(q, 3, qd, qst, qbox), mdo = tensor_map_bf16(dout, 3, qd, qst, qbox),
-                    mk = tensor_map_bf16(k_slc, 3, kd, kst, kbox), mv = tensor_map_bf16(v_slc, 3, kd, kst, kbox);
-  const size_t smem = slc_dq_ws_smem<P>(a.n);
-  allow_smem(nsa_slc_dq_ws<GP>, smem);
-  const dim3 grid((unsigned)((max_len + P - 1) / P), (unsigned)a.nseq, (unsigned)a.H);
-  nsa_slc_dq_ws<GP><<<grid, 256, smem, stream>>>(mq, mdo, mk, mv, block_indices, lse_slc, delta,
-                                                 static_cast<uint16_t*>(dq), a);
+  nsa_slc_fwd_ws<GP><<<grid, 256, smem, stream>>>(mq, mk, mv, block_indices, o_slc, o_bf16, lse_slc, a);
   NT_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -980,18 +777,6 @@ bool nsa_selected_dq_wgmma(const void* q, const void* k_slc, const void* v_slc, 
   else if (a.G <= 4) run(launch_slc_dq_wgmma<4>);
   else if (a.G <= 8) run(launch_slc_dq_wgmma<8>);
   else run(launch_slc_dq_wgmma<16>);
-  return true;
-}
-bool nsa_selected_dq_ws(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
-                        const float* lse_slc, const void* dout, const float* delta, void* dq, const NsaDims& a,
-                        int max_len, cudaStream_t stream) {
-  if (!slc_wgmma_applies(a)) return false;
-  if (a.N == 0 || max_len == 0) return true;
-  auto run = [&](auto launch) { launch(q, k_slc, v_slc, block_indices, lse_slc, dout, delta, dq, a, max_len, stream); };
-  if (a.G <= 2) run(launch_slc_dq_ws<2>);
-  else if (a.G <= 4) run(launch_slc_dq_ws<4>);
-  else if (a.G <= 8) run(launch_slc_dq_ws<8>);
-  else run(launch_slc_dq_ws<16>);
   return true;
 }
 bool nsa_selected_wgmma_applies(const NsaDims& a) { return slc_wgmma_applies(a); }
