@@ -137,13 +137,17 @@ bool nsa_select_wgmma(const void* q, const void* k_cmp, const float* lse_cmp, in
                       int max_len, cudaStream_t stream);
 // nsa_selected.cu: the selected branch's forward on tensor cores (bf16) into o_slc [N, HQ, D] and lse_slc [N, HQ]
 // (f32; the fused op's branch_o[1] and lse[1], or tensors of their own), from block_indices. Supported for
-// D % 8 == 0, D <= 256, G <= 16.
+// D % 8 == 0, D <= 256, G <= 16. o_bf16 (given only where nsa_selected_forward_writes_bf16: version 6's forward
+// runs, under versions 0 and 6 where the wgmma kernels apply; o_slc may then be null): o goes there in bf16
+// instead of to o_slc (the branch alone: its output without an f32 copy to cast).
 bool nsa_selected_tc_supported(const NsaDims& d);
+bool nsa_selected_forward_writes_bf16(const NsaDims& d);
 void nsa_selected_forward_tc(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
-                             float* o_slc, float* lse_slc, const NsaDims& d, int max_len, cudaStream_t stream);
+                             float* o_slc, float* lse_slc, const NsaDims& d, int max_len, cudaStream_t stream,
+                             void* o_bf16 = nullptr);
 // The selected branch's backward on tensor cores (bf16), for the branch alone (gate 1, nsa_selected_branch): dq,
-// dk_slc, dv_slc (bf16, overwritten) from dout (bf16 [N, HQ, D]), the branch's output and log-sum-exp (f32
-// [N, HQ, D] and [N, HQ], as nsa_selected_forward_tc wrote them) and block_indices. dk/dv sum over thread blocks
+// dk_slc, dv_slc (bf16, overwritten) from dout (bf16 [N, HQ, D]), the branch's output and log-sum-exp ([N, HQ, D],
+// f32 or, with o_is_bf16, bf16, and [N, HQ] f32, as nsa_selected_forward_tc wrote them) and block_indices. dk/dv sum over thread blocks
 // with f32 atomics (not bitwise reproducible). Supported for D % 8 == 0, D <= 128,
 // G <= 16, l' a multiple of 16 up to 128.
 // Version 3 of that forward (cuda/nsa_selected_sm90.cu, wgmma): false without launching where it does not apply
@@ -151,9 +155,10 @@ void nsa_selected_forward_tc(const void* q, const void* k_slc, const void* v_slc
 // union's tables would not fit in shared memory).
 bool nsa_selected_forward_wgmma(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
                                 float* o_slc, float* lse_slc, const NsaDims& d, int max_len, cudaStream_t stream);
-// Version 6's forward (the same kernel file, the same conditions and outputs).
+// Version 6's forward (the same kernel file and conditions; o in bf16 to o_bf16 instead of o_slc when given).
 bool nsa_selected_forward_ws(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
-                             float* o_slc, float* lse_slc, const NsaDims& d, int max_len, cudaStream_t stream);
+                             float* o_slc, void* o_bf16, float* lse_slc, const NsaDims& d, int max_len,
+                             cudaStream_t stream);
 // Version 3 of the backward's dq step (the same kernel file): dq and delta = rowsum(dout o) [N, HQ] f32.
 bool nsa_selected_dq_wgmma(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
                            const float* o_slc, const float* lse_slc, const void* dout, void* dq, float* delta,
@@ -173,8 +178,8 @@ void set_nsa_selected_kernel(int version);
 int nsa_selected_kernel();
 bool nsa_selected_backward_tc_supported(const NsaDims& d);
 void nsa_selected_backward_tc(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
-                              const float* o_slc, const float* lse_slc, const void* dout, void* dq, void* dk_slc,
-                              void* dv_slc, const NsaDims& d, int max_len, cudaStream_t stream);
+                              const void* o_slc, bool o_is_bf16, const float* lse_slc, const void* dout, void* dq,
+                              void* dk_slc, void* dv_slc, const NsaDims& d, int max_len, cudaStream_t stream);
 void nsa_forward(DType t, const void* const in[8], void* out, int32_t* block_indices, void* branch_o, void* lse,
                  const NsaDims& d, cudaStream_t stream);
 // dout [N, HQ, D] in the accumulation type; grads like the inputs; acc scratch of 2 NC H D + 4 N H D accumulation

@@ -60,7 +60,7 @@ SelectWgSmem select_wg_smem(const NsaDims& a) {
   s.q = 0;
   s.k = s.q + 2 * kQHalf;
   s.colsum = s.k + 2 * 2 * kKHalf;
-  s.score = s.colsum + (size_t)3 * kKeysW * s.cs * 4;
+  s.score = s.colsum + (size_t)(s.nblk > 0 ? 3 : 2) * kKeysW * s.cs * 4;  // the general fold reads one tile's sums
   s.lse = s.score + (size_t)PB * a.ncand_max * 4;
   s.nv = s.lse + kRowsW * 4;
   s.taken = s.nv + (size_t)PB * 4;
@@ -148,7 +148,7 @@ __global__ void __launch_bounds__(kThreadsW) nsa_select_wgmma(const __grid_const
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   unsigned char* smem = smem_align(smem_raw);
   unsigned char *Qs = smem + off.q, *Ks = smem + off.k;
-  float* colsum = reinterpret_cast<float*>(smem + off.colsum);  // [3][64 keys][cs]
+  float* colsum = reinterpret_cast<float*>(smem + off.colsum);  // [3 (periodic fold) or 2][64 keys][cs]
   float* score = reinterpret_cast<float*>(smem + off.score);    // [PB][ncand_max]
   float* lse_s = reinterpret_cast<float*>(smem + off.lse);      // [128 rows] lse log2 e; +inf: the row adds nothing
   int* nv_s = reinterpret_cast<int*>(smem + off.nv);            // [PB] keys each position sees
@@ -229,8 +229,9 @@ __global__ void __launch_bounds__(kThreadsW) nsa_select_wgmma(const __grid_const
       wgmma_commit();
     };
     // The periodic fold of tile i: thread (position p, block jr) adds the keys of tile i (cur) and, from tile 1 on,
-    // of tile i - 1 (prev) meeting block i nblk + jr; every block's score is written by one tile's fold. Tile
-    // ntiles (cur null) takes the last tile's keys meeting the block after it.
+    // of tile i - 1 (prev) meeting block i nblk + jr; every block's score is written by one tile's fold. (The last
+    // tile's keys also meet the block after it, which no fold takes: that block is at or past every position's
+    // current block, which the top-n takes without its score.)
     auto fold_periodic = [&](int i, const float* cur, const float* prev) {
       for (int e = threadIdx.x; e < PB * off.nblk; e += kThreadsW) {
         const int p = e % PB, jr = e / PB, j = i * off.nblk + jr;
@@ -240,15 +241,14 @@ __global__ void __launch_bounds__(kThreadsW) nsa_select_wgmma(const __grid_const
         float acc = 0.f;
         if (prev)
           for (int k = 0; k < nneg; ++k) acc += prev[tab[k].x + p] * __int_as_float(tab[k].y);
-        if (cur)
-          for (int k = nneg, n = fold_n[jr]; k < n; ++k) acc += cur[tab[k].x + p] * __int_as_float(tab[k].y);
+        for (int k = nneg, n = fold_n[jr]; k < n; ++k) acc += cur[tab[k].x + p] * __int_as_float(tab[k].y);
         score[p * a.ncand_max + j] += acc;
       }
     };
     mbar_wait(&full[0], 0);
     issue(0);
     for (int i = 0; i < ntiles; ++i) {
-      const int c0 = i * kKeysW, buf = i % 3;
+      const int c0 = i * kKeysW, buf = i % (off.nblk > 0 ? 3 : 2);
       wgmma_wait<0>();
       fence_regs(s);
       float pr[64];  // the probabilities (not in s: the next tile's wgmma writes s while the sums are stored)
@@ -269,7 +269,7 @@ __global__ void __launch_bounds__(kThreadsW) nsa_select_wgmma(const __grid_const
       float* cbuf = colsum + buf * kKeysW * off.cs;
       store_position_sums<G>(pr, cbuf, off.cs, kr, lane);
       // The sums of tile i are complete; every warp's wgmma of tile i is done (stage i % 2 is free) and so is the
-      // fold of tile i - 1 (which read buffers (i - 1) % 3 and (i + 1) % 3: the latter is written next).
+      // fold of tile i - 1 (which read buffer (i - 1) % 3 and, periodic, (i + 1) % 3: the one written next).
       __syncthreads();
       if (threadIdx.x == 0 && i + 2 < ntiles) load_k(i + 2, true);
       // The next tile's product runs during the fold; after the last tile the last one again, its result unused
@@ -283,7 +283,6 @@ __global__ void __launch_bounds__(kThreadsW) nsa_select_wgmma(const __grid_const
         select_fold(score, weight, a, div_d, c0, kKeysW, npos, kThreadsW,
                     [&](int p, int cc) { return cbuf[cc * off.cs + p]; });
     }
-    if (off.nblk > 0) fold_periodic(ntiles, nullptr, colsum + ((ntiles - 1) % 3) * kKeysW * off.cs);
     wgmma_wait<0>();
     fence_regs(s);
   }

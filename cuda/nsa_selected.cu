@@ -478,15 +478,22 @@ __global__ void slc_pieces(const int32_t* __restrict__ seg_off, int32_t* __restr
   if (k <= K) pieces[k] = k < K ? (seg_off[k + 1] - seg_off[k] + per_piece - 1) / per_piece : 0;
 }
 
-// delta = rowsum(dout o) of every (position, head) row, a warp per row (version 4's backward, which has no dq kernel
-// to compute it on the way).
-__global__ void slc_delta(const float* __restrict__ o_slc, const uint16_t* __restrict__ dout, float* __restrict__ delta,
+// delta = rowsum(dout o) of every (position, head) row, a warp per row, o f32 or bf16 (versions 4, 6 and 7's
+// backwards, whose dq steps do not compute it on the way).
+template <typename O>
+__global__ void slc_delta(const O* __restrict__ o_slc, const uint16_t* __restrict__ dout, float* __restrict__ delta,
                           int64_t rows, int D) {
   const int lane = threadIdx.x % 32, wpb = blockDim.x / 32;
   for (int64_t r = (int64_t)blockIdx.x * wpb + threadIdx.x / 32; r < rows; r += (int64_t)gridDim.x * wpb) {
     const float sum = slc_row_delta(o_slc + r * D, dout + r * D, D, lane);
     if (lane == 0) delta[r] = sum;
   }
+}
+
+// The kernels that compute delta themselves (versions 1-3's dq steps) read o in f32: a bf16 o widened for them.
+__global__ void slc_widen(const uint16_t* __restrict__ x, float* __restrict__ y, int64_t n) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+    y[i] = __uint_as_float((uint32_t)x[i] << 16);
 }
 
 template <int DP> size_t slc_dkv_smem(int lp) {
@@ -634,10 +641,18 @@ bool nsa_selected_tc_supported(const NsaDims& a) {
   return a.D % 8 == 0 && a.D <= 256 && a.G <= 16 && slc2_smem<256, 2>(a) <= 220 * 1024;
 }
 
+bool nsa_selected_forward_writes_bf16(const NsaDims& a) {
+  return (g_slc_kernel == 0 || g_slc_kernel == 6) && nsa_selected_wgmma_applies(a);
+}
+
 void nsa_selected_forward_tc(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
-                             float* o_slc, float* lse_slc, const NsaDims& a, int max_len, cudaStream_t stream) {
+                             float* o_slc, float* lse_slc, const NsaDims& a, int max_len, cudaStream_t stream,
+                             void* o_bf16) {
+  if (o_bf16 && !nsa_selected_forward_writes_bf16(a))
+    throw std::logic_error("nsa_selected_forward_tc: o_bf16 given where the forward writes o in f32");
   if (a.N == 0 || max_len == 0) return;
-  if ((g_slc_kernel == 0 || g_slc_kernel == 6) && nsa_selected_forward_ws(q, k_slc, v_slc, block_indices, o_slc, lse_slc, a, max_len, stream))
+  if ((g_slc_kernel == 0 || g_slc_kernel == 6) &&
+      nsa_selected_forward_ws(q, k_slc, v_slc, block_indices, o_slc, o_bf16, lse_slc, a, max_len, stream))
     return;
   if ((g_slc_kernel == 0 || g_slc_kernel >= 3) &&
       nsa_selected_forward_wgmma(q, k_slc, v_slc, block_indices, o_slc, lse_slc, a, max_len, stream))
@@ -680,20 +695,34 @@ bool nsa_selected_backward_tc_supported(const NsaDims& a) {
 }
 
 void nsa_selected_backward_tc(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
-                              const float* o_slc, const float* lse_slc, const void* dout, void* dq, void* dk_slc,
-                              void* dv_slc, const NsaDims& a, int max_len, cudaStream_t stream) {
+                              const void* o_in, bool o_is_bf16, const float* lse_slc, const void* dout, void* dq,
+                              void* dk_slc, void* dv_slc, const NsaDims& a, int max_len, cudaStream_t stream) {
   if (a.N == 0) return;
   auto u16 = [](const void* p) { return static_cast<const uint16_t*>(p); };
   const int64_t kv_elems = a.N * a.H * a.D;
-  // 1. dq and delta; under version 4 (the default where it applies) delta alone (dq comes with dk/dv in step 3).
+  auto launch_delta = [&](float* delta) {
+    if (o_is_bf16)
+      slc_delta<<<grid_for(a.N * a.HQ, 8), 256, 0, stream>>>(u16(o_in), u16(dout), delta, a.N * a.HQ, a.D);
+    else
+      slc_delta<<<grid_for(a.N * a.HQ, 8), 256, 0, stream>>>(static_cast<const float*>(o_in), u16(dout), delta,
+                                                              a.N * a.HQ, a.D);
+    NT_CUDA_CHECK(cudaGetLastError());
+  };
+  // 1. dq and delta; under versions 4 and 6 (the default where they apply) delta alone (dq comes with dk/dv in
+  // step 3).
   ScratchBuffer delta(a.N * a.HQ * sizeof(float));
   const bool fused_dq = (g_slc_kernel == 0 || g_slc_kernel >= 4) && max_len > 0 && nsa_selected_wgmma_applies(a);
   const int64_t q_elems = a.N * a.HQ * a.D;
   ScratchBuffer dq_acc(fused_dq ? q_elems * 4 : 0);
-  if (fused_dq) {
-    slc_delta<<<grid_for(a.N * a.HQ, 8), 256, 0, stream>>>(o_slc, u16(dout), static_cast<float*>(delta.p),
-                                                            a.N * a.HQ, a.D);
+  // The dq steps of versions 1-3 read o in f32.
+  ScratchBuffer o_wide(o_is_bf16 && !fused_dq ? q_elems * 4 : 0);
+  if (o_wide.p) {
+    slc_widen<<<grid_for(q_elems, 256), 256, 0, stream>>>(u16(o_in), static_cast<float*>(o_wide.p), q_elems);
     NT_CUDA_CHECK(cudaGetLastError());
+  }
+  const float* o_slc = o_wide.p ? static_cast<const float*>(o_wide.p) : static_cast<const float*>(o_in);
+  if (fused_dq) {
+    launch_delta(static_cast<float*>(delta.p));
     NT_CUDA_CHECK(cudaMemsetAsync(dq_acc.p, 0, q_elems * 4, stream));
   } else {
     const int per_block = slc_v1() ? kWarpsSlc : kPosShared;

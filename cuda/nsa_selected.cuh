@@ -48,16 +48,23 @@ struct SlcWalkArgs {
 bool nsa_selected_walk_wgmma(int mode, const SlcWalkArgs& w, const NsaDims& a, int per_piece, int64_t grid,
                              cudaStream_t stream);
 
-// delta = rowsum(dout o) of one (position, head) row, by a whole warp (4 columns per lane; D a multiple of 4): o f32,
-// dout bf16. Every lane gets the sum.
-__device__ inline float slc_row_delta(const float* o, const uint16_t* dout, int D, int lane) {
+// 4 consecutive values as floats: f32 as they are, bf16 (uint16_t) widened.
+__device__ inline float4 slc_load4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+__device__ inline float4 slc_load4(const uint16_t* p) {
+  const uint2 v = *reinterpret_cast<const uint2*>(p);
+  const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&v.x));
+  const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&v.y));
+  return make_float4(lo.x, lo.y, hi.x, hi.y);
+}
+
+// delta = rowsum(dout o) of one (position, head) row, by a whole warp (4 columns per lane; D a multiple of 4): o f32
+// or bf16 (the branch alone, whose forward wrote its output in bf16), dout bf16. Every lane gets the sum.
+template <typename O>
+__device__ inline float slc_row_delta(const O* o, const uint16_t* dout, int D, int lane) {
   float sum = 0.f;
   for (int c = lane * 4; c < D; c += 128) {
-    const float4 ov = *reinterpret_cast<const float4*>(o + c);
-    const uint2 d2 = *reinterpret_cast<const uint2*>(dout + c);
-    const float2 d01 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&d2.x));
-    const float2 d23 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&d2.y));
-    sum += d01.x * ov.x + d01.y * ov.y + d23.x * ov.z + d23.y * ov.w;
+    const float4 ov = slc_load4(o + c), dv = slc_load4(dout + c);
+    sum += dv.x * ov.x + dv.y * ov.y + dv.z * ov.z + dv.w * ov.w;
   }
 #pragma unroll
   for (int m = 16; m > 0; m /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, m);

@@ -1,6 +1,7 @@
 // NSA's selected branch, forward, on Hopper's warpgroup MMA: nsa_selected_forward_tc's version 3, the default on
 // sm_90a where it applies (l' = 64, head dims up to 128 (zero-padded to 128), 2 <= G <= 16). Same function and
-// outputs as the mma.sync kernels of cuda/nsa_selected.cu: o_slc [N, HQ, D] and lse_slc [N, HQ], f32.
+// outputs as the mma.sync kernels of cuda/nsa_selected.cu: o_slc [N, HQ, D] and lse_slc [N, HQ], f32 (version 6's
+// forward writes o in bf16 instead where it is given o_bf16: the branch alone).
 //
 // A block is one warpgroup (128 threads) owning 64 query rows: P = 64 / GP consecutive positions x the GP heads of
 // key/value head h's group (GP: G rounded up to a power of two; rows g >= G are zeros and never written). It walks
@@ -148,13 +149,14 @@ __device__ __forceinline__ void slc_thread_rows(int warp, int lane, int t0, int 
   }
 }
 
-// The forwards' end: o = acc / l (f32) and lse = m + log l of this thread's valid rows; l summed over the row's 4
-// lanes here. A row given no blocks gets o = 0, lse = -inf.
+// The forwards' end: o = acc / l and lse = m + log l of this thread's valid rows; l summed over the row's 4
+// lanes here. o goes to o_bf16 when given (the branch alone: its output, no f32 copy to cast), else to o_slc in
+// f32. A row given no blocks gets o = 0, lse = -inf.
 template <int GP>
 __device__ __forceinline__ void slc_write_rows(const float (&acc)[kAttnDim / 2], const float (&m_run)[2],
                                                float (&l_run)[2], const bool (&valid)[2], const int (&tq)[2],
-                                               float* o_slc, float* lse_slc, const NsaDims& a, int start, int h,
-                                               int warp, int lane) {
+                                               float* o_slc, uint16_t* o_bf16, float* lse_slc, const NsaDims& a,
+                                               int start, int h, int warp, int lane) {
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 1);
@@ -163,11 +165,20 @@ __device__ __forceinline__ void slc_write_rows(const float (&acc)[kAttnDim / 2],
     const int g = (warp * 16 + lane / 4 + 8 * i) % GP;
     const int64_t o = ((int64_t)start + tq[i]) * a.HQ + h * a.G + g;
     const float inv = l_run[i] > 0.f ? 1.f / l_run[i] : 0.f;
-    float* out = o_slc + o * a.D;
+    if (o_bf16) {
+      uint16_t* out = o_bf16 + o * a.D;
 #pragma unroll
-    for (int j = 0; j < kAttnDim / 8; ++j) {
-      const int c = j * 8 + (lane % 4) * 2;
-      if (c < a.D) *reinterpret_cast<float2*>(out + c) = make_float2(acc[4 * j + 2 * i] * inv, acc[4 * j + 2 * i + 1] * inv);
+      for (int j = 0; j < kAttnDim / 8; ++j) {
+        const int c = j * 8 + (lane % 4) * 2;
+        if (c < a.D) *reinterpret_cast<uint32_t*>(out + c) = pack_bf16(acc[4 * j + 2 * i] * inv, acc[4 * j + 2 * i + 1] * inv);
+      }
+    } else {
+      float* out = o_slc + o * a.D;
+#pragma unroll
+      for (int j = 0; j < kAttnDim / 8; ++j) {
+        const int c = j * 8 + (lane % 4) * 2;
+        if (c < a.D) *reinterpret_cast<float2*>(out + c) = make_float2(acc[4 * j + 2 * i] * inv, acc[4 * j + 2 * i + 1] * inv);
+      }
     }
     if (lane % 4 == 0) lse_slc[o] = (m_run[i] + log2f(l_run[i])) / kLog2e;
   }
@@ -241,7 +252,7 @@ __global__ void __launch_bounds__(128) nsa_slc_fwd_wgmma(const uint16_t* __restr
     attn_pv_wgmma(acc, s, alpha, v_addr);
   }
   cp_wait_all();  // with no tiles (positions that chose no block) the Q copies are still in flight
-  slc_write_rows<GP>(acc, m_run, l_run, valid, tq, o_slc, lse_slc, a, start, h, warp, lane);
+  slc_write_rows<GP>(acc, m_run, l_run, valid, tq, o_slc, nullptr, lse_slc, a, start, h, warp, lane);
 #endif
 }
 
@@ -275,11 +286,13 @@ template <int GP>
 __global__ void __launch_bounds__(256, 2)
     nsa_slc_fwd_ws(const __grid_constant__ CUtensorMap mq, const __grid_constant__ CUtensorMap mk,
                    const __grid_constant__ CUtensorMap mv, const int32_t* __restrict__ block_indices,
-                   float* __restrict__ o_slc, float* __restrict__ lse_slc, NsaDims a) {
+                   float* __restrict__ o_slc, uint16_t* __restrict__ o_bf16, float* __restrict__ lse_slc, NsaDims a) {
 #if NT_SM90A
   constexpr int P = 64 / GP, NJ = kSlcBlock / 8, NO = kAttnDim / 8;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  // Not smem_align: with it this kernel measured 21.3 against 14.8 ms at 64k (H100, 2026-12-06; cause not found).
+  // The integer-rounded base (generic accesses), as the CUDA suite ran it on 2026-12-06: with smem_align and the
+  // predicated mask below this kernel measured 14.83 against 15.66 ms at 64k (H100, same run), not yet run through
+  // the suite (branch wip/slc-fwd-align).
   unsigned char* smem = (unsigned char*)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
   unsigned char *Qs = smem, *Ks = Qs + kWsQ, *Vs = Ks + kWsStages * kWsKV;
   uint64_t* q_full = reinterpret_cast<uint64_t*>(Vs + kWsStages * kWsKV);
@@ -360,9 +373,12 @@ __global__ void __launch_bounds__(256, 2)
     const int base = it < u.nu ? u.ublk[it] * kSlcBlock : 0;
     const bool chose[2] = {((m >> pos[0]) & 1) != 0, ((m >> pos[1]) & 1) != 0};
     const bool edge = m != u.all || base + kSlcBlock - 1 > t0;
-    online_softmax<NJ>(s, edge, [&](int j, int e) {
+    // The mask folds `edge` in with non-short-circuit operators: passed as online_softmax's `mask` argument, the
+    // PTX branched on it for every score once the shared-memory base went through smem_align (228 basic blocks
+    // against 132; 21.3 against 14.8 ms at 64k, H100); as predicates it selects with either base.
+    online_softmax<NJ>(s, true, [&](int j, int e) {
       const int i = e >> 1, key = base + j * 8 + (lane % 4) * 2 + (e & 1);
-      return !chose[i] || key > tq[i];
+      return edge & (!chose[i] | (key > tq[i]));
     }, sl2, m_run, l_run, alpha);
   };
   auto to_pa = [&] {
@@ -406,13 +422,13 @@ __global__ void __launch_bounds__(256, 2)
   wgmma_wait<0>();
   fence_regs(acc);
   release(&v_empty[last]);
-  slc_write_rows<GP>(acc, m_run, l_run, valid, tq, o_slc, lse_slc, a, start, h, warp, lane);
+  slc_write_rows<GP>(acc, m_run, l_run, valid, tq, o_slc, o_bf16, lse_slc, a, start, h, warp, lane);
 #endif
 }
 
 template <int GP>
 void launch_slc_ws(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices, float* o_slc,
-                   float* lse_slc, const NsaDims& a, int max_len, cudaStream_t stream) {
+                   uint16_t* o_bf16, float* lse_slc, const NsaDims& a, int max_len, cudaStream_t stream) {
   constexpr int P = 64 / GP;
   // q [N, HQ, D] as (D, HQ, N), boxes of 64 dims x GP heads x P positions; k, v [N, H, D] as (D, H, N), 64 rows.
   const uint64_t qd[3] = {(uint64_t)a.D, (uint64_t)a.HQ, (uint64_t)a.N}, qst[2] = {(uint64_t)a.D * 2, (uint64_t)a.HQ * a.D * 2};
@@ -423,7 +439,7 @@ void launch_slc_ws(const void* q, const void* k_slc, const void* v_slc, const in
   const size_t smem = slc_ws_smem<P>(a.n);
   allow_smem(nsa_slc_fwd_ws<GP>, smem);
   const dim3 grid((unsigned)((max_len + P - 1) / P), (unsigned)a.nseq, (unsigned)a.H);
-  nsa_slc_fwd_ws<GP><<<grid, 256, smem, stream>>>(mq, mk, mv, block_indices, o_slc, lse_slc, a);
+  nsa_slc_fwd_ws<GP><<<grid, 256, smem, stream>>>(mq, mk, mv, block_indices, o_slc, o_bf16, lse_slc, a);
   NT_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -741,13 +757,15 @@ bool nsa_selected_forward_wgmma(const void* q, const void* k_slc, const void* v_
 }
 
 bool nsa_selected_forward_ws(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
-                             float* o_slc, float* lse_slc, const NsaDims& a, int max_len, cudaStream_t stream) {
+                             float* o_slc, void* o_bf16, float* lse_slc, const NsaDims& a, int max_len,
+                             cudaStream_t stream) {
   if (!slc_wgmma_applies(a)) return false;
   if (a.N == 0 || max_len == 0) return true;
-  if (a.G <= 2) launch_slc_ws<2>(q, k_slc, v_slc, block_indices, o_slc, lse_slc, a, max_len, stream);
-  else if (a.G <= 4) launch_slc_ws<4>(q, k_slc, v_slc, block_indices, o_slc, lse_slc, a, max_len, stream);
-  else if (a.G <= 8) launch_slc_ws<8>(q, k_slc, v_slc, block_indices, o_slc, lse_slc, a, max_len, stream);
-  else launch_slc_ws<16>(q, k_slc, v_slc, block_indices, o_slc, lse_slc, a, max_len, stream);
+  uint16_t* ob = static_cast<uint16_t*>(o_bf16);
+  if (a.G <= 2) launch_slc_ws<2>(q, k_slc, v_slc, block_indices, o_slc, ob, lse_slc, a, max_len, stream);
+  else if (a.G <= 4) launch_slc_ws<4>(q, k_slc, v_slc, block_indices, o_slc, ob, lse_slc, a, max_len, stream);
+  else if (a.G <= 8) launch_slc_ws<8>(q, k_slc, v_slc, block_indices, o_slc, ob, lse_slc, a, max_len, stream);
+  else launch_slc_ws<16>(q, k_slc, v_slc, block_indices, o_slc, ob, lse_slc, a, max_len, stream);
   return true;
 }
 

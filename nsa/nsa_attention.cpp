@@ -174,12 +174,14 @@ NsaOutput run_nsa(const std::vector<Tensor>& inputs, const NsaOptions& options, 
   for (const Tensor& t : inputs) in.push_back(t.detach().contiguous());
   NsaOutput out{empty({T, HQ, D}, q.dtype(), q.device()), empty({T, H, opt.n_select}, DType::i32, q.device())};
   // Branch outputs and log-sum-exps ([3, T, HQ, D] and [3, T, HQ]; only the selected branch's when it runs on
-  // tensor cores alone): f64 on the CPU (the reference), the accumulation type on the GPU.
+  // tensor cores alone): f64 on the CPU (the reference), the accumulation type on the GPU; alone where the
+  // forward writes bf16 itself, branch_o is the output [T, HQ, D].
   const DType acc = on_cpu || q.dtype() == DType::f64 ? DType::f64 : DType::f32;
   Tensor branch_o, lse;
   auto alloc_branches = [&](int64_t nb) {
     branch_o = empty({nb, T, HQ, D}, acc, q.device()), lse = empty({nb, T, HQ}, acc, q.device());
   };
+  bool alone = false;  // the selected branch alone on tensor cores, both ways (branch_o: its output only)
   Tensor lse_cmp;
   if (lse_cmp_in.defined()) {
     NT_CHECK(lse_cmp_in.shape() == Shape({T, HQ}) && lse_cmp_in.device() == q.device(),
@@ -231,23 +233,31 @@ NsaOutput run_nsa(const std::vector<Tensor>& inputs, const NsaOptions& options, 
       g.dims.indices_given = true;
       // The selected branch's forward on tensor cores too. Alone (nsa_selected_branch) with its backward on tensor
       // cores as well, only that branch's output and log-sum-exp are kept, and o is its output: no CUDA-core pass.
+      // The warp-specialized forward then writes o in bf16 itself (saved for the backward's delta), else o is the
+      // f32 output cast.
       if (cuda::nsa_selected_tc_supported(g.dims)) {
-        const bool alone = selected_only && selected_backward_on_tc(g.dims);
-        alloc_branches(alone ? 1 : 3);
+        alone = selected_only && selected_backward_on_tc(g.dims);
+        const bool o_in_bf16 = alone && cuda::nsa_selected_forward_writes_bf16(g.dims);
+        if (o_in_bf16)
+          branch_o = out.o.detach(), lse = empty({1, T, HQ}, acc, q.device());
+        else
+          alloc_branches(alone ? 1 : 3);
         const int64_t b1 = alone ? 0 : 1;
-        cuda::nsa_selected_forward_tc(in[0].data_ptr(), in[3].data_ptr(), in[4].data_ptr(),
-                                      static_cast<const int32_t*>(out.block_indices.data_ptr()),
-                                      static_cast<float*>(branch_o.data_ptr()) + b1 * T * HQ * D,
-                                      static_cast<float*>(lse.data_ptr()) + b1 * T * HQ, g.dims, max_len, stream_of(q));
+        cuda::nsa_selected_forward_tc(
+            in[0].data_ptr(), in[3].data_ptr(), in[4].data_ptr(),
+            static_cast<const int32_t*>(out.block_indices.data_ptr()),
+            o_in_bf16 ? nullptr : static_cast<float*>(branch_o.data_ptr()) + b1 * T * HQ * D,
+            static_cast<float*>(lse.data_ptr()) + b1 * T * HQ, g.dims, max_len, stream_of(q),
+            o_in_bf16 ? out.o.data_ptr() : nullptr);
         g.dims.slc_given = true;
-        if (alone) {
+        if (alone && !o_in_bf16) {
           autograd::NoGradGuard ng;
           out.o.copy_(branch_o.reshape({T, HQ, D}));
         }
       }
     }
     if (!branch_o.defined()) alloc_branches(3);
-    if (branch_o.size(0) == 3) {
+    if (!alone) {
       const void* ptrs[8];
       for (int i = 0; i < 8; ++i) ptrs[i] = in[i].data_ptr();
       cuda::nsa_forward(q.dtype(), ptrs, out.o.data_ptr(), static_cast<int32_t*>(out.block_indices.data_ptr()),
@@ -263,7 +273,7 @@ NsaOutput run_nsa(const std::vector<Tensor>& inputs, const NsaOptions& options, 
     for (const Tensor& t : in) saved.emplace_back(t);
     autograd::record(kNsaAttention, out.o, inputs,
                      [opt, saved, sidx = autograd::Saved(out.block_indices), sbo = autograd::Saved(branch_o),
-                      slse = autograd::Saved(lse), external_cmp](const Tensor& dy, auto&) {
+                      slse = autograd::Saved(lse), external_cmp, alone](const Tensor& dy, auto&) {
                        std::vector<Tensor> in, grads;
                        for (const autograd::Saved& s : saved) {
                          in.push_back(s.get());
@@ -278,13 +288,13 @@ NsaOutput run_nsa(const std::vector<Tensor>& inputs, const NsaOptions& options, 
                          CudaGeometry g = cuda_geometry(in[0], in[1], in[3], opt);
                          if (external_cmp) g.dims.lse_cmp = bo.data_ptr();  // only tested for null in the backward
                          const cuda::NsaDims& a = g.dims;
-                         if (bo.size(0) == 1) {  // the selected branch alone, forward on tensor cores
+                         if (alone) {  // the selected branch alone, forward on tensor cores
                            for (int i : {1, 2, 5, 6, 7}) grads[i].fill_(0.0);
                            const Tensor dob = dy.to(DType::bf16).contiguous();
                            cuda::nsa_selected_backward_tc(
                                in[0].data_ptr(), in[3].data_ptr(), in[4].data_ptr(),
                                static_cast<const int32_t*>(sidx.get().data_ptr()),
-                               static_cast<const float*>(bo.data_ptr()), static_cast<const float*>(slse.get().data_ptr()),
+                               bo.data_ptr(), bo.dtype() == DType::bf16, static_cast<const float*>(slse.get().data_ptr()),
                                dob.data_ptr(),
                                grads[0].data_ptr(), grads[3].data_ptr(), grads[4].data_ptr(), a, g.max_len,
                                stream_of(dob));

@@ -793,6 +793,41 @@ CUDA_TEST("nsa_selected_attention on tensor cores (bf16): kernel versions 1-4 an
                  {rnd_grad({T, c.HQ, c.D}, 120), rnd_grad({T, c.H, c.D}, 121), rnd_grad({T, c.H, c.D}, 122), idx},
                  DType::bf16, Tol{2e-2, 5e-2});
     }
+#if NT_CUDA
+  // Version 6's forward writes o in bf16 (no f32 copy); backwards under other versions (1-3: dq steps that read o
+  // in f32, widened for them; 4: delta from the bf16 o) give what those versions give both ways.
+  if (!cuda::sm90a_available(0)) {
+    MESSAGE("no sm_90a: version 6's bf16 output not tested");
+  } else {
+    const C& c = cases[1];
+    const int64_t T = c.cu.back();
+    NsaOptions opt;
+    opt.select_block = c.lp, opt.n_select = c.n, opt.cu_seqlens = c.cu;
+    const Device gpu = cuda_device(0);
+    const Tensor idx = random_block_indices(c.cu, c.H, c.n, c.lp).to(gpu);
+    const Tensor dy = rnd({T, c.HQ, c.D}, 126).to(DType::bf16).to(gpu);
+    auto run = [&](int forward_version, int backward_version) {
+      std::vector<Tensor> x;
+      int64_t seed = 123;
+      for (const Shape& s : {Shape{T, c.HQ, c.D}, Shape{T, c.H, c.D}, Shape{T, c.H, c.D}})
+        x.push_back(rnd(s, seed++).to(DType::bf16).to(gpu).requires_grad_());
+      cuda::set_nsa_selected_kernel(forward_version);
+      const Tensor o = nsa_selected_attention(x[0], x[1], x[2], idx, opt).o;
+      cuda::set_nsa_selected_kernel(backward_version);
+      o.backward(dy);
+      std::vector<Tensor> r{o.detach().to(kCPU).to(DType::f64)};
+      for (const Tensor& t : x) r.push_back(t.grad().to(kCPU).to(DType::f64));
+      return r;
+    };
+    for (int backward_version : {1, 2, 3, 4}) {
+      const std::vector<Tensor> mixed = run(6, backward_version), same = run(backward_version, backward_version);
+      for (size_t i = 0; i < mixed.size(); ++i) {
+        INFO("backward version " << backward_version << ", output " << i << " (o, dq, dk, dv)");
+        expect_close(mixed[i], same[i], 2e-2, 5e-2);
+      }
+    }
+  }
+#endif
 }
 
 CUDA_TEST("nsa_regroup_queries, nsa_ungroup_queries, nsa_mix_branches against the CPU reference") {

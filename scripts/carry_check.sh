@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# On the GPU machine, with build-bin/ carried (scripts/build_carry.sh built it here): the CUDA suite, the GPU cases of
+# the CPU suite, bench_nsa once per setting given, and the CUDA suite's cases matching a filter under
+# compute-sanitizer memcheck. Every step runs under its own timeout, so one call (600 s at most) still returns the
+# steps before a hang; everything goes to $OUT/log.txt, each step closed by its exit status and seconds.
+#   bash scripts/carry_check.sh [--bench "ENV=V ..."]... [--suite-env "ENV=V ..."]... [--memcheck FILTER]
+#                               [--bench-args "T=8192,65536 dense=0 fused_max_t=0 profile=1"]
+# --bench "": the default settings; --suite-env: the CUDA suite's NSA cases once more under those settings.
+# Example (docs/cuda.md): run with carry ["build-bin"] and the command
+#   bash scripts/carry_check.sh --bench "" --bench "NT_NSA_SLC_KERNEL=7" --memcheck "*nsa_selected*"
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp}
+L=$OUT/log.txt
+benches=() suite_envs=() memcheck="" bench_args="T=8192,65536 dense=0 fused_max_t=0 profile=1"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --bench) benches+=("$2"); shift 2 ;;
+    --suite-env) suite_envs+=("$2"); shift 2 ;;
+    --memcheck) memcheck=$2; shift 2 ;;
+    --bench-args) bench_args=$2; shift 2 ;;
+    *) echo "carry_check.sh: unknown argument '$1' (expected --bench, --suite-env, --memcheck or --bench-args)"; exit 2 ;;
+  esac
+done
+[ -x build-bin/nt_cuda_tests ] || { echo "carry_check.sh: no build-bin/nt_cuda_tests: build with scripts/build_carry.sh and carry build-bin"; exit 2; }
+mkdir -p build-gpu && cp build-bin/* build-gpu/ && cd build-gpu
+step() {  # step SECONDS "ENV=V ..." command...: one step, timed, into the log
+  local limit=$1 envs=$2 s=$SECONDS
+  shift 2
+  echo "=== ${envs:+$envs }$* ===" >>"$L"
+  env $envs timeout "$limit" "$@" >>"$L" 2>&1
+  echo "=== rc $? in $((SECONDS - s)) s ===" >>"$L"
+}
+{ nvidia-smi -L; nvidia-smi --query-gpu=driver_version,clocks.max.sm --format=csv,noheader; } >"$L" 2>&1
+step 150 "" ./nt_cuda_tests --no-colors
+for e in "${suite_envs[@]}"; do step 60 "$e" ./nt_cuda_tests --no-colors -tc="*nsa*"; done
+step 90 "" ./nt_tests --no-colors -tc="*tensor cores*,*on CUDA*,*GPU*"
+for e in "${benches[@]}"; do step 60 "$e" ./bench_nsa $bench_args; done
+[ -n "$memcheck" ] && step 90 "" compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 ./nt_cuda_tests --no-colors -tc="$memcheck"
+echo "=== done ===" >>"$L"
+grep -E "^===|test cases|ERROR SUMMARY" "$L"
