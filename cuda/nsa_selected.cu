@@ -478,7 +478,7 @@ __global__ void slc_pieces(const int32_t* __restrict__ seg_off, int32_t* __restr
   if (k <= K) pieces[k] = k < K ? (seg_off[k + 1] - seg_off[k] + per_piece - 1) / per_piece : 0;
 }
 
-// delta = rowsum(dout o) of every (position, head) row, a warp per row, o f32 or bf16 (versions 4, 6 and 7's
+// delta = rowsum(dout o) of every (position, head) row, a warp per row, o f32 or bf16 (versions 4 and 6's
 // backwards, whose dq steps do not compute it on the way).
 template <typename O>
 __global__ void slc_delta(const O* __restrict__ o_slc, const uint16_t* __restrict__ dout, float* __restrict__ delta,
