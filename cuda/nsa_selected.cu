@@ -700,14 +700,6 @@ void nsa_selected_backward_tc(const void* q, const void* k_slc, const void* v_sl
   if (a.N == 0) return;
   auto u16 = [](const void* p) { return static_cast<const uint16_t*>(p); };
   const int64_t kv_elems = a.N * a.H * a.D;
-  auto launch_delta = [&](float* delta) {
-    if (o_is_bf16)
-      slc_delta<<<grid_for(a.N * a.HQ, 8), 256, 0, stream>>>(u16(o_in), u16(dout), delta, a.N * a.HQ, a.D);
-    else
-      slc_delta<<<grid_for(a.N * a.HQ, 8), 256, 0, stream>>>(static_cast<const float*>(o_in), u16(dout), delta,
-                                                              a.N * a.HQ, a.D);
-    NT_CUDA_CHECK(cudaGetLastError());
-  };
   // 1. dq and delta; under versions 4 and 6 (the default where they apply) delta alone (dq comes with dk/dv in
   // step 3).
   ScratchBuffer delta(a.N * a.HQ * sizeof(float));
@@ -722,7 +714,13 @@ void nsa_selected_backward_tc(const void* q, const void* k_slc, const void* v_sl
   }
   const float* o_slc = o_wide.p ? static_cast<const float*>(o_wide.p) : static_cast<const float*>(o_in);
   if (fused_dq) {
-    launch_delta(static_cast<float*>(delta.p));
+    float* dl = static_cast<float*>(delta.p);
+    if (o_is_bf16)
+      slc_delta<<<grid_for(a.N * a.HQ, 8), 256, 0, stream>>>(u16(o_in), u16(dout), dl, a.N * a.HQ, a.D);
+    else
+      slc_delta<<<grid_for(a.N * a.HQ, 8), 256, 0, stream>>>(static_cast<const float*>(o_in), u16(dout), dl,
+                                                              a.N * a.HQ, a.D);
+    NT_CUDA_CHECK(cudaGetLastError());
     NT_CUDA_CHECK(cudaMemsetAsync(dq_acc.p, 0, q_elems * 4, stream));
   } else {
     const int per_block = slc_v1() ? kWarpsSlc : kPosShared;

@@ -152,6 +152,10 @@ __device__ __forceinline__ void slc_thread_rows(int warp, int lane, int t0, int 
 // The forwards' end: o = acc / l and lse = m + log l of this thread's valid rows; l summed over the row's 4
 // lanes here. o goes to o_bf16 when given (the branch alone: its output, no f32 copy to cast), else to o_slc in
 // f32. A row given no blocks gets o = 0, lse = -inf.
+// Two consecutive values stored as f32 or as bf16.
+__device__ __forceinline__ void store_pair(float* p, float x, float y) { *reinterpret_cast<float2*>(p) = make_float2(x, y); }
+__device__ __forceinline__ void store_pair(uint16_t* p, float x, float y) { *reinterpret_cast<uint32_t*>(p) = pack_bf16(x, y); }
+
 template <int GP>
 __device__ __forceinline__ void slc_write_rows(const float (&acc)[kAttnDim / 2], const float (&m_run)[2],
                                                float (&l_run)[2], const bool (&valid)[2], const int (&tq)[2],
@@ -165,21 +169,15 @@ __device__ __forceinline__ void slc_write_rows(const float (&acc)[kAttnDim / 2],
     const int g = (warp * 16 + lane / 4 + 8 * i) % GP;
     const int64_t o = ((int64_t)start + tq[i]) * a.HQ + h * a.G + g;
     const float inv = l_run[i] > 0.f ? 1.f / l_run[i] : 0.f;
-    if (o_bf16) {
-      uint16_t* out = o_bf16 + o * a.D;
+    auto write = [&](auto* out) {
 #pragma unroll
       for (int j = 0; j < kAttnDim / 8; ++j) {
         const int c = j * 8 + (lane % 4) * 2;
-        if (c < a.D) *reinterpret_cast<uint32_t*>(out + c) = pack_bf16(acc[4 * j + 2 * i] * inv, acc[4 * j + 2 * i + 1] * inv);
+        if (c < a.D) store_pair(out + c, acc[4 * j + 2 * i] * inv, acc[4 * j + 2 * i + 1] * inv);
       }
-    } else {
-      float* out = o_slc + o * a.D;
-#pragma unroll
-      for (int j = 0; j < kAttnDim / 8; ++j) {
-        const int c = j * 8 + (lane % 4) * 2;
-        if (c < a.D) *reinterpret_cast<float2*>(out + c) = make_float2(acc[4 * j + 2 * i] * inv, acc[4 * j + 2 * i + 1] * inv);
-      }
-    }
+    };
+    if (o_bf16) write(o_bf16 + o * a.D);
+    else write(o_slc + o * a.D);
     if (lane % 4 == 0) lse_slc[o] = (m_run[i] + log2f(l_run[i])) / kLog2e;
   }
 }
