@@ -176,6 +176,12 @@ bool nsa_selected_wgmma_applies(const NsaDims& d);
 // All compute the same function.
 void set_nsa_selected_kernel(int version);
 int nsa_selected_kernel();
+// The backward's key-centric walk (the dk/dv step, and dq under 4 and 6) takes the rows in chunks of this many
+// positions (packed rows; 0: all in one), kv head by kv head and chunk by chunk: the thread blocks running at once
+// then read and add to one chunk's q, dout and dq rows, which stay in L2, instead of rows from the whole sequence
+// (each row is read n times, once per chosen block). Default 2048; also NT_NSA_SLC_CHUNK=R. Same results.
+void set_nsa_selected_chunk(int rows);
+int nsa_selected_chunk();
 bool nsa_selected_backward_tc_supported(const NsaDims& d);
 void nsa_selected_backward_tc(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
                               const void* o_slc, bool o_is_bf16, const float* lse_slc, const void* dout, void* dq,

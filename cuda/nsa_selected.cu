@@ -12,10 +12,11 @@
 // 1. nsa_slc_bwd_dq_tc, query-centric like the forward (one warp per (t, h), the G heads as rows): delta =
 //    rowsum(dO o) (written out for step 3), then over the chosen keys P = exp(scale q.k - lse), dP = dO V^T,
 //    dS = P (dP - delta), dq += dS K; dq = scale dq.
-// 2. The inverse of block_indices: for each (kv head, selection block) the positions that chose it, ascending (a
-//    stable radix sort of the (head, block) keys with the positions as values), cut into pieces of at most
-//    kTilesPerPiece tiles of 32 (position, head) rows, so the blocks every position chooses (the first, the local
-//    ones) are spread over many thread blocks.
+// 2. The inverse of block_indices: for each (kv head, chunk of rows, selection block) the positions that chose it,
+//    ascending (a stable radix sort of the (head, chunk, block) keys with the positions as values), cut into pieces
+//    of at most kTilesPerPiece tiles of 32 (position, head) rows, so the blocks every position chooses (the first,
+//    the local ones) are spread over many thread blocks. Chunks (set_nsa_selected_chunk) keep the rows that the
+//    thread blocks running at once read and add to within L2.
 // 3. nsa_slc_bwd_dkv_tc, key-centric: one thread block per piece holds its selection block's l' keys and values
 //    (16 keys per warp) and streams the piece's q and dout rows through shared memory (cp.async, two stages): S^T =
 //    K Q^T, P^T, dP^T = V dO^T, dV += P^T dO, dK += dS^T Q, then adds into f32 accumulators (atomics: the summation
@@ -24,6 +25,7 @@
 // (t, h) once per chosen block (n times in all, L2 mostly) and each key block once per piece.
 #include <cub/device/device_radix_sort.cuh>
 #include <cub/device/device_scan.cuh>
+#include <algorithm>
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
@@ -159,6 +161,11 @@ int g_slc_kernel = [] {  // 0: automatic (6 where the wgmma kernels apply, else 
   return v.size() == 1 && ((v[0] >= '1' && v[0] <= '4') || v[0] == '6') ? v[0] - '0' : 0;
 }();
 bool slc_v1() { return g_slc_kernel == 1; }
+// Rows per chunk of the backward's key-centric walk (set_nsa_selected_chunk; NT_NSA_SLC_CHUNK=R).
+int g_slc_chunk = [] {
+  const char* e = std::getenv("NT_NSA_SLC_CHUNK");
+  return e ? std::max(0, std::atoi(e)) : 2048;
+}();
 
 // The union's tables in shared memory (ints after the bf16 tiles): per union entry its block and the mask of the
 // warps whose position chose it; per chunk its first key and union entry; the chunk count.
@@ -449,14 +456,15 @@ __global__ void __launch_bounds__(kPosShared * 32, 2) nsa_slc_bwd_dq_tc2(
   if (active) slc_dq_write<DP>(acc, dq, head0, a, lane);
 }
 
-// Step 2: one (key, position) pair per chosen block: key = h NB + the block's global number (H NB: none).
+// Step 2: one (key, position) pair per chosen block: key = (h nch + row / chunk) NB + the block's global number
+// (H nch NB: none).
 __global__ void slc_inverse_keys(const int32_t* __restrict__ block_indices, int32_t* __restrict__ keys,
-                                 int32_t* __restrict__ rows, NsaDims a) {
+                                 int32_t* __restrict__ rows, int chunk, int nch, NsaDims a) {
   const int64_t E = a.N * a.H * a.n;
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < E; i += (int64_t)gridDim.x * blockDim.x) {
     const int64_t row = i / ((int64_t)a.H * a.n);
     const int h = (int)(i / a.n % a.H), b = block_indices[i];
-    int key = a.H * a.NB;
+    int key = a.H * nch * a.NB;
     if (b >= 0) {
       int lo = 0, hi = a.nseq;  // cu_seqlens[lo] <= row < cu_seqlens[hi]
       while (hi - lo > 1) {
@@ -464,7 +472,7 @@ __global__ void slc_inverse_keys(const int32_t* __restrict__ block_indices, int3
         if (a.cu_seqlens[mid] <= row) lo = mid;
         else hi = mid;
       }
-      key = h * a.NB + a.slc_starts[lo] + b;
+      key = (h * nch + (int)(row / chunk)) * a.NB + a.slc_starts[lo] + b;
     }
     keys[i] = key, rows[i] = (int32_t)row;
   }
@@ -505,11 +513,11 @@ __global__ void __launch_bounds__(256) nsa_slc_bwd_dkv_tc(
     const uint16_t* __restrict__ q, const uint16_t* __restrict__ ks, const uint16_t* __restrict__ vs,
     const uint16_t* __restrict__ dout, const float* __restrict__ lse_slc, const float* __restrict__ delta,
     const int32_t* __restrict__ rows, const int32_t* __restrict__ seg_off, const int32_t* __restrict__ piece_off,
-    float* __restrict__ dk_acc, float* __restrict__ dv_acc, NsaDims a, int per_piece) {
+    int nch, float* __restrict__ dk_acc, float* __restrict__ dv_acc, NsaDims a, int per_piece) {
   constexpr int LD = DP + 8, NT = DP / 8, CH = DP / 8;
   extern __shared__ __align__(16) uint16_t smem_kv[];
   SlcPiece pc;
-  if (!slc_piece(blockIdx.x, seg_off, piece_off, a, per_piece, pc)) return;
+  if (!slc_piece(blockIdx.x, seg_off, piece_off, nch, a, per_piece, pc)) return;
   const int h = pc.h, start = pc.start, key0 = pc.key0, nk = pc.nk, e0 = pc.e0, e1 = pc.e1;
   const int G = a.G, ppt = kTileRows / G, tid = threadIdx.x, nthr = blockDim.x;
   const int warp = tid / 32, lane = tid % 32;
@@ -594,18 +602,18 @@ __global__ void __launch_bounds__(256) nsa_slc_bwd_dkv_tc(
   }
 }
 
-// The positions that chose each (kv head, block), ascending, cut into pieces of at most per_piece (the backward's
-// key-centric step walks them): a stable radix sort of (head, block) keys, the counts, their
+// The positions that chose each (kv head, chunk, block), ascending, cut into pieces of at most per_piece (the
+// backward's key-centric step walks them): a stable radix sort of (head, chunk, block) keys, the counts, their
 // prefix sums, the pieces per segment and theirs. grid bounds the number of pieces (sum ceil(c / P) <= E / P + K).
 struct SlcPieces {
   int64_t E, grid;
-  int K, per_piece;
+  int nch, chunk, K, per_piece;
   ScratchBuffer srows, seg_off, piece_off;
   SlcPieces(const int32_t* block_indices, const NsaDims& a, cudaStream_t stream)
-      : E(a.N * a.H * a.n), grid(0), K(a.H * a.NB), per_piece(kTilesPerPiece * (kTileRows / a.G)), srows(E * 4),
-        seg_off((K + 1) * 4), piece_off((K + 1) * 4) {
+      : E(a.N * a.H * a.n), grid(0), nch(chunks(a)), chunk((int)((a.N + nch - 1) / nch)), K(a.H * nch * a.NB),
+        per_piece(kTilesPerPiece * (kTileRows / a.G)), srows(E * 4), seg_off((K + 1) * 4), piece_off((K + 1) * 4) {
     ScratchBuffer keys(E * 4), rows(E * 4), skeys(E * 4), count((K + 1) * 4), pieces((K + 1) * 4);
-    slc_inverse_keys<<<grid_for(E, 256), 256, 0, stream>>>(block_indices, i32(keys), i32(rows), a);
+    slc_inverse_keys<<<grid_for(E, 256), 256, 0, stream>>>(block_indices, i32(keys), i32(rows), chunk, nch, a);
     NT_CUDA_CHECK(cudaGetLastError());
     int end_bit = 1;
     while (end_bit < 31 && ((int64_t)1 << end_bit) <= K) ++end_bit;
@@ -627,10 +635,16 @@ struct SlcPieces {
     NT_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(temp.p, bytes, i32(pieces), i32(piece_off), K + 1, stream));
     grid = E / per_piece + K + 1;
   }
+  // g_slc_chunk rows per chunk (0: one), with at most 2^22 segments (H nch NB): a huge batch gets longer chunks.
+  static int chunks(const NsaDims& a) {
+    const int64_t rows = std::max<int64_t>(a.N, 1), chunk = g_slc_chunk > 0 ? g_slc_chunk : rows;
+    const int64_t nch = (rows + chunk - 1) / chunk, per = std::max<int64_t>((int64_t)a.H * a.NB, 1);
+    return (int)std::max<int64_t>(1, std::min(nch, ((int64_t)1 << 22) / per));
+  }
   static int32_t* i32(const ScratchBuffer& b) { return static_cast<int32_t*>(b.p); }
   SlcWalkArgs walk() const {
     SlcWalkArgs w;
-    w.rows = i32(srows), w.seg_off = i32(seg_off), w.piece_off = i32(piece_off);
+    w.rows = i32(srows), w.seg_off = i32(seg_off), w.piece_off = i32(piece_off), w.nch = nch;
     return w;
   }
 };
@@ -687,6 +701,11 @@ void set_nsa_selected_kernel(int version) {
   g_slc_kernel = version;
 }
 int nsa_selected_kernel() { return g_slc_kernel; }
+void set_nsa_selected_chunk(int rows) {
+  if (rows < 0) throw std::invalid_argument("set_nsa_selected_chunk: rows must be >= 0, got " + std::to_string(rows));
+  g_slc_chunk = rows;
+}
+int nsa_selected_chunk() { return g_slc_chunk; }
 
 bool nsa_selected_backward_tc_supported(const NsaDims& a) {
   return a.D % 8 == 0 && a.D <= 128 && a.G <= 16 && a.lp % 16 == 0 && a.lp <= 128 &&
@@ -757,7 +776,8 @@ void nsa_selected_backward_tc(const void* q, const void* k_slc, const void* v_sl
     allow_smem(kernel, smem);
     kernel<<<(unsigned)pcs.grid, a.lp * 2, smem, stream>>>(u16(q), u16(k_slc), u16(v_slc), u16(dout), lse_slc,
                                                            w.delta, i32(pcs.srows), i32(pcs.seg_off),
-                                                           i32(pcs.piece_off), w.dk_acc, w.dv_acc, a, pcs.per_piece);
+                                                           i32(pcs.piece_off), pcs.nch, w.dk_acc, w.dv_acc, a,
+                                                           pcs.per_piece);
     NT_CUDA_CHECK(cudaGetLastError());
   };
   if (!(dkv_wgmma && nsa_selected_walk_wgmma(fused_dq ? kWalkDkvDq : kWalkDkv, w, a, pcs.per_piece, pcs.grid,

@@ -6,14 +6,17 @@
 
 namespace nt::cuda {
 // The backward's key-centric step works on pieces: the positions (packed rows, ascending) that chose one (kv head,
-// selection block), cut into runs of at most per_piece. Piece p's block and its rows [e0, e1) of the sorted rows.
+// selection block) within one chunk of rows, cut into runs of at most per_piece. Pieces are numbered kv head, then
+// chunk, then block (segment k = (h nch + chunk) NB + block, nch chunks), so the thread blocks running at once
+// share one chunk's q, dout and dq rows in L2 (set_nsa_selected_chunk). Piece p's block and its rows [e0, e1) of
+// the sorted rows.
 struct SlcPiece {
   int h, start, len, key0, nk, e0, e1;  // kv head, the sequence's first row and length, the block's first key, keys
 };
 // False for a thread block past the last piece (the grid is an upper bound).
-__device__ inline bool slc_piece(int p, const int32_t* seg_off, const int32_t* piece_off, const NsaDims& a,
+__device__ inline bool slc_piece(int p, const int32_t* seg_off, const int32_t* piece_off, int nch, const NsaDims& a,
                                  int per_piece, SlcPiece& pc) {
-  const int K = a.H * a.NB;
+  const int K = a.H * nch * a.NB;
   if (p >= piece_off[K]) return false;
   int k = 0;
   for (int hi = K; hi - k > 1;) {  // piece_off[k] <= p < piece_off[hi]
@@ -28,7 +31,7 @@ __device__ inline bool slc_piece(int p, const int32_t* seg_off, const int32_t* p
     if (a.slc_starts[mid] <= gb) seq = mid;
     else hi = mid;
   }
-  pc.h = k / a.NB;
+  pc.h = k / a.NB / nch;
   pc.start = a.cu_seqlens[seq], pc.len = a.cu_seqlens[seq + 1] - pc.start;
   pc.key0 = (gb - a.slc_starts[seq]) * a.lp, pc.nk = min(a.lp, pc.len - pc.key0);
   pc.e0 = seg_off[k] + (p - piece_off[k]) * per_piece, pc.e1 = min(seg_off[k + 1], pc.e0 + per_piece);
@@ -41,8 +44,10 @@ struct SlcWalkArgs {
   const uint16_t *q = nullptr, *ks = nullptr, *vs = nullptr, *dout = nullptr;
   const float *lse = nullptr, *delta = nullptr;  // [N HQ]; lse in natural log
   const int32_t *rows = nullptr, *seg_off = nullptr, *piece_off = nullptr;  // the pieces (SlcPieces)
+  int nch = 1;                                                               // their chunks
   float *dk_acc = nullptr, *dv_acc = nullptr;  // f32 [N, H, D], zeroed
   float* row_acc = nullptr;                    // kWalkDkvDq: dq, f32 [N, HQ, D], zeroed
+  bool probe_no_red = false;
 };
 // False without launching where the wgmma kernels do not apply (nsa_selected_wgmma_applies).
 bool nsa_selected_walk_wgmma(int mode, const SlcWalkArgs& w, const NsaDims& a, int per_piece, int64_t grid,

@@ -771,20 +771,27 @@ CUDA_TEST("nsa_selected_attention on tensor cores (bf16): kernel versions 1-4 an
   NT_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0));
   NT_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, 0));
   if (major == 9 && minor == 0) CHECK(cuda::sm90a_available(0));  // else version 3 would quietly run version 2
-  struct Restore {  // a failed REQUIRE throws: later tests still get the default kernel
-    int version = cuda::nsa_selected_kernel();
-    ~Restore() { cuda::set_nsa_selected_kernel(version); }
+  struct Restore {  // a failed REQUIRE throws: later tests still get the default kernel and chunk
+    int version = cuda::nsa_selected_kernel(), chunk = cuda::nsa_selected_chunk();
+    ~Restore() { cuda::set_nsa_selected_kernel(version), cuda::set_nsa_selected_chunk(chunk); }
   } restore;
+  const int chunk0 = restore.chunk;
+#else
+  const int chunk0 = 0;
 #endif
-  for (int version : {1, 2, 3, 4, 6})  // 6: the warp-specialized forward
+  // (version, rows per chunk of the backward's walk): 6 is the warp-specialized forward; the default chunk (2048)
+  // is one chunk at these lengths, 48 cuts every block's rows at several chunk boundaries (not on a tile's edge).
+  const std::vector<std::pair<int, int>> runs = {{1, chunk0}, {2, chunk0}, {3, chunk0}, {4, chunk0},
+                                                 {6, chunk0}, {2, 48},     {3, 48},     {6, 48}};
+  for (const auto& [version, chunk] : runs)
     for (const C& c : cases) {
 #if NT_CUDA
       cuda::set_nsa_selected_kernel(version);
+      cuda::set_nsa_selected_chunk(chunk);
 #endif
       const int64_t T = c.cu.back();
-      INFO("kernel version " << version << " HQ " << c.HQ << " H " << c.H << " D " << c.D << " n " << c.n
-                             << " l' " << c.lp
-                             << " T " << T);
+      INFO("kernel version " << version << " chunk " << chunk << " HQ " << c.HQ << " H " << c.H << " D " << c.D
+                             << " n " << c.n << " l' " << c.lp << " T " << T);
       NsaOptions opt;
       opt.select_block = c.lp, opt.n_select = c.n, opt.cu_seqlens = c.cu;
       const Tensor idx = random_block_indices(c.cu, c.H, c.n, c.lp);
