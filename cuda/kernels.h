@@ -176,10 +176,12 @@ bool nsa_selected_wgmma_applies(const NsaDims& d);
 // All compute the same function.
 void set_nsa_selected_kernel(int version);
 int nsa_selected_kernel();
-// The backward's key-centric walk (the dk/dv step, and dq under 4 and 6) takes the rows in chunks of this many
-// positions (packed rows; 0: all in one), kv head by kv head and chunk by chunk: the thread blocks running at once
-// then read and add to one chunk's q, dout and dq rows, which stay in L2, instead of rows from the whole sequence
-// (each row is read n times, once per chosen block). Default 2048; also NT_NSA_SLC_CHUNK=R. Same results.
+// The backward's key-centric walk (the dk/dv step, and dq under 4 and 6) takes the rows in chunks of about this
+// many positions (packed rows, split into equal chunks of at most R; 0: all in one; longer where a huge batch would
+// need more than 2^22 (kv head, chunk, block) segments), kv head by kv head and chunk by chunk: the thread blocks
+// running at once then read and add to one chunk's q, dout and dq rows, which can stay in L2, instead of rows from
+// the whole sequence (each row is read n times, once per chosen block). Default 2048; also NT_NSA_SLC_CHUNK=R. The
+// same function (f32 sums in another order).
 void set_nsa_selected_chunk(int rows);
 int nsa_selected_chunk();
 bool nsa_selected_backward_tc_supported(const NsaDims& d);

@@ -635,7 +635,8 @@ struct SlcPieces {
     NT_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(temp.p, bytes, i32(pieces), i32(piece_off), K + 1, stream));
     grid = E / per_piece + K + 1;
   }
-  // g_slc_chunk rows per chunk (0: one), with at most 2^22 segments (H nch NB): a huge batch gets longer chunks.
+  // Chunks of at most g_slc_chunk rows (0: one chunk), no more of them than keeps H nch NB <= 2^22 (a huge batch
+  // gets longer chunks; one where H NB alone exceeds it).
   static int chunks(const NsaDims& a) {
     const int64_t rows = std::max<int64_t>(a.N, 1), chunk = g_slc_chunk > 0 ? g_slc_chunk : rows;
     const int64_t nch = (rows + chunk - 1) / chunk, per = std::max<int64_t>((int64_t)a.H * a.NB, 1);
@@ -759,7 +760,7 @@ void nsa_selected_backward_tc(const void* q, const void* k_slc, const void* v_sl
       else run(a.D <= 64 ? nsa_slc_bwd_dq_tc2<64> : nsa_slc_bwd_dq_tc2<128>, a.D <= 64 ? slc_dq2_smem<64>(a) : slc_dq2_smem<128>(a));
     }
   }
-  // 2. The positions that chose each (head, block), ascending, and the pieces.
+  // 2. The positions that chose each (kv head, chunk, block), ascending, and the pieces.
   const SlcPieces pcs(block_indices, a, stream);
   const auto i32 = SlcPieces::i32;
   // 3. dk, dv (and under version 4 dq): one thread block per piece.

@@ -575,8 +575,8 @@ void launch_slc_dq_wgmma(const void* q, const void* k_slc, const void* v_slc, co
   NT_CUDA_CHECK(cudaGetLastError());
 }
 
-// The block-major walk of the backward (versions 3, 4): one warpgroup per piece (the positions that chose one (kv head, block),
-// cuda/nsa_selected.cuh) holds the block's 64 keys and values as the 64 rows of every product and streams the
+// The block-major walk of the backward (versions 3, 4): one warpgroup per piece (the positions of one chunk that chose
+// one (kv head, block), cuda/nsa_selected.cuh) holds the block's 64 keys and values as the 64 rows of every product and streams the
 // piece's rows in tiles of 64 (64 / G positions x G heads, two cp.async stages), S^T = K Q^T by wgmma m64n64 from
 // shared memory, masked key <= position. What it does with S^T, by mode:
 //   kWalkDkv (the backward, version 3): dP^T = V dO^T, P^T, dS^T = P^T (dP^T - delta), dV += P^T dO and
