@@ -180,8 +180,8 @@ int nsa_selected_kernel();
 // many positions (packed rows, split into equal chunks of at most R; 0: all in one; longer where a huge batch would
 // need more than 2^22 (kv head, chunk, block) segments), kv head by kv head and chunk by chunk: the thread blocks
 // running at once then read and add to one chunk's q, dout and dq rows, which can stay in L2, instead of rows from
-// the whole sequence (each row is read n times, once per chosen block). Default 2048; also NT_NSA_SLC_CHUNK=R. The
-// same function (f32 sums in another order).
+// the whole sequence (each row is read n times, once per chosen block). Default 0 until a benchmark has measured
+// it (docs/nsa.md); also NT_NSA_SLC_CHUNK=R. The same function (f32 sums in another order).
 void set_nsa_selected_chunk(int rows);
 int nsa_selected_chunk();
 bool nsa_selected_backward_tc_supported(const NsaDims& d);

@@ -164,7 +164,7 @@ bool slc_v1() { return g_slc_kernel == 1; }
 // Rows per chunk of the backward's key-centric walk (set_nsa_selected_chunk; NT_NSA_SLC_CHUNK=R).
 int g_slc_chunk = [] {
   const char* e = std::getenv("NT_NSA_SLC_CHUNK");
-  return e ? std::max(0, std::atoi(e)) : 2048;
+  return e ? std::max(0, std::atoi(e)) : 0;
 }();
 
 // The union's tables in shared memory (ints after the bf16 tiles): per union entry its block and the mask of the

@@ -47,7 +47,6 @@ struct SlcWalkArgs {
   int nch = 1;                                                               // their chunks
   float *dk_acc = nullptr, *dv_acc = nullptr;  // f32 [N, H, D], zeroed
   float* row_acc = nullptr;                    // kWalkDkvDq: dq, f32 [N, HQ, D], zeroed
-  bool probe_no_red = false;
 };
 // False without launching where the wgmma kernels do not apply (nsa_selected_wgmma_applies).
 bool nsa_selected_walk_wgmma(int mode, const SlcWalkArgs& w, const NsaDims& a, int per_piece, int64_t grid,

@@ -16,7 +16,6 @@
 #include <cuda_bf16.h>
 
 #include <climits>
-#include <cstdlib>
 #include <stdexcept>
 #include <string>
 
@@ -678,7 +677,7 @@ __global__ void __launch_bounds__(128) nsa_slc_walk_wgmma(SlcWalkArgs w, NsaDims
       meta[r] = __int_as_float(o >= 0 ? w.rows[e + r / G] - pc.start : -1);  // the row's position in its sequence
       meta[kDkvRows + r] = o >= 0 ? w.lse[o] * kLog2e : 0.f;
       meta[2 * kDkvRows + r] = o >= 0 ? w.delta[o] : 0.f;
-      if constexpr (kMode == kWalkDkvDq) meta[3 * kDkvRows + r] = __int_as_float(w.probe_no_red ? -1 : (int)o);
+      if constexpr (kMode == kWalkDkvDq) meta[3 * kDkvRows + r] = __int_as_float((int)o);
     }
   };
   const float sl2 = (float)a.scale * kLog2e, one[2] = {1.f, 1.f};
@@ -785,15 +784,9 @@ bool nsa_selected_walk_wgmma(int mode, const SlcWalkArgs& w, const NsaDims& a, i
                              cudaStream_t stream) {
   if (!slc_wgmma_applies(a)) return false;
   if (grid == 0) return true;
-  static const bool no_red = [] {
-    const char* e = std::getenv("NT_NSA_SLC_WALK_PROBE");  // bench only: 1 = the dq product without its reductions
-    return e != nullptr && std::string(e) == "1";
-  }();
-  SlcWalkArgs w2 = w;
-  w2.probe_no_red = no_red;
   auto run = [&](auto kernel, size_t smem) {
     allow_smem(kernel, smem);
-    kernel<<<(unsigned)grid, 128, smem, stream>>>(w2, a, per_piece);
+    kernel<<<(unsigned)grid, 128, smem, stream>>>(w, a, per_piece);
     NT_CUDA_CHECK(cudaGetLastError());
   };
   switch (mode) {

@@ -779,9 +779,10 @@ CUDA_TEST("nsa_selected_attention on tensor cores (bf16): kernel versions 1-4 an
 #else
   const int chunk0 = 0;
 #endif
-  // (version, rows per chunk of the backward's walk): 6 is the warp-specialized forward; the default chunk (2048)
-  // is one chunk at these lengths; 48 (equal chunks of 38..48 rows) cuts every block's rows into several chunks of
-  // one piece each; 300 leaves chunks whose blocks have more rows than one piece takes (block 0 at T = 640, G = 16).
+  // (version, rows per chunk of the backward's walk): 6 is the warp-specialized forward; chunk0 is the default (one
+  // chunk unless NT_NSA_SLC_CHUNK is set); 48 (equal chunks of 38..48 rows) cuts every block's rows into several
+  // chunks of one piece each; 300 leaves chunks whose blocks have more rows than one piece takes (block 0 at
+  // T = 640, G = 16).
   const std::vector<std::pair<int, int>> runs = {{1, chunk0}, {2, chunk0}, {3, chunk0}, {4, chunk0}, {6, chunk0},
                                                  {2, 48},     {3, 48},     {6, 48},     {6, 300}};
   for (const auto& [version, chunk] : runs)
