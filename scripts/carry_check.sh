@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # On the GPU machine, with build-bin/ carried (scripts/build_carry.sh built it here): the CUDA suite, the GPU cases of
 # the CPU suite, bench_nsa once per setting given, and the CUDA suite's cases matching a filter under
-# compute-sanitizer memcheck. Every step runs under its own timeout, so one call (600 s at most) still returns the
-# steps before a hang; everything goes to $OUT/log.txt, each step closed by its exit status and seconds.
+# compute-sanitizer memcheck, and per --ncu kernel regex ncu's speed-of-light and memory sections (DRAM
+# throughput, L2 hit rate) for the first matching launch of bench_nsa at 64k. Every step runs under its own timeout,
+# so one call (600 s at most) still returns the steps before a hang; everything goes to $OUT/log.txt, each step
+# closed by its exit status and seconds (ncu's whole reports to $OUT/ncu.txt).
 #   bash scripts/carry_check.sh [--bench "ENV=V ..."]... [--suite-env "ENV=V ..."]... [--memcheck FILTER]
 #                               [--bench-args "T=8192,65536 dense=0 fused_max_t=0 profile=1"]
+#                               [--ncu KERNEL_REGEX]... [--ncu-env "ENV=V ..."]
 # --bench "": the default settings; --suite-env: the CUDA suite's NSA cases once more under those settings.
 # Example (docs/cuda.md): run with carry ["build-bin"] and the command
 #   bash scripts/carry_check.sh --bench "" --bench "NT_NSA_SLC_KERNEL=7" --memcheck "*nsa_selected*"
@@ -12,14 +15,16 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp}
 L=$OUT/log.txt
-benches=() suite_envs=() memcheck="" bench_args="T=8192,65536 dense=0 fused_max_t=0 profile=1"
+benches=() suite_envs=() memcheck="" bench_args="T=8192,65536 dense=0 fused_max_t=0 profile=1" ncus=() ncu_env=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --bench) benches+=("$2"); shift 2 ;;
     --suite-env) suite_envs+=("$2"); shift 2 ;;
     --memcheck) memcheck=$2; shift 2 ;;
     --bench-args) bench_args=$2; shift 2 ;;
-    *) echo "carry_check.sh: unknown argument '$1' (expected --bench, --suite-env, --memcheck or --bench-args)"; exit 2 ;;
+    --ncu) ncus+=("$2"); shift 2 ;;
+    --ncu-env) ncu_env=$2; shift 2 ;;
+    *) echo "carry_check.sh: unknown argument '$1' (expected --bench, --suite-env, --memcheck, --bench-args, --ncu or --ncu-env)"; exit 2 ;;
   esac
 done
 [ -x build-bin/nt_cuda_tests ] || { echo "carry_check.sh: no build-bin/nt_cuda_tests: build with scripts/build_carry.sh and carry build-bin"; exit 2; }
@@ -37,5 +42,12 @@ for e in "${suite_envs[@]}"; do step 60 "$e" ./nt_cuda_tests --no-colors -tc="*n
 step 90 "" ./nt_tests --no-colors -tc="*tensor cores*,*on CUDA*,*GPU*"
 for e in "${benches[@]}"; do step 60 "$e" ./bench_nsa $bench_args; done
 [ -n "$memcheck" ] && step 90 "" compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 ./nt_cuda_tests --no-colors -tc="$memcheck"
+for k in "${ncus[@]}"; do  # profile=0 (the default): ncu and the bench's CUPTI profiler exclude each other
+  step 150 "$ncu_env" ncu --kill on --clock-control none --target-processes application-only \
+    --kernel-name-base mangled --kernel-name "regex:$k" --launch-count 1 --section SpeedOfLight \
+    --section MemoryWorkloadAnalysis --log-file "$OUT/ncu_last.txt" ./bench_nsa T=65536 dense=0 fused_max_t=0
+  grep -E "^  [A-Za-z_].*\(|Duration|DRAM Throughput|L2 Hit Rate|Memory Throughput|Compute \(SM\)" "$OUT/ncu_last.txt" >>"$L"
+  cat "$OUT/ncu_last.txt" >>"$OUT/ncu.txt" && rm -f "$OUT/ncu_last.txt"
+done
 echo "=== done ===" >>"$L"
 grep -E "^===|test cases|ERROR SUMMARY" "$L"
