@@ -149,13 +149,13 @@ __device__ __forceinline__ void slc_thread_rows(int warp, int lane, int t0, int 
   }
 }
 
-// The forwards' end: o = acc / l and lse = m + log l of this thread's valid rows; l summed over the row's 4
-// lanes here. o goes to o_bf16 when given (the branch alone: its output, no f32 copy to cast), else to o_slc in
-// f32. A row given no blocks gets o = 0, lse = -inf.
 // Two consecutive values stored as f32 or as bf16.
 __device__ __forceinline__ void store_pair(float* p, float x, float y) { *reinterpret_cast<float2*>(p) = make_float2(x, y); }
 __device__ __forceinline__ void store_pair(uint16_t* p, float x, float y) { *reinterpret_cast<uint32_t*>(p) = pack_bf16(x, y); }
 
+// The forwards' end: o = acc / l and lse = m + log l of this thread's valid rows; l summed over the row's 4
+// lanes here. o goes to o_bf16 when given (the branch alone: its output, no f32 copy to cast), else to o_slc in
+// f32. A row given no blocks gets o = 0, lse = -inf.
 template <int GP>
 __device__ __forceinline__ void slc_write_rows(const float (&acc)[kAttnDim / 2], const float (&m_run)[2],
                                                float (&l_run)[2], const bool (&valid)[2], const int (&tq)[2],
