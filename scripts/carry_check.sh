@@ -7,15 +7,16 @@
 # closed by its exit status and seconds (ncu's whole reports to $OUT/ncu.txt).
 #   bash scripts/carry_check.sh [--bench "ENV=V ..."]... [--suite-env "ENV=V ..."]... [--memcheck FILTER]
 #                               [--bench-args "T=8192,65536 dense=0 fused_max_t=0 profile=1"]
-#                               [--ncu KERNEL_REGEX]... [--ncu-env "ENV=V ..."]
-# --bench "": the default settings; --suite-env: the CUDA suite's NSA cases once more under those settings.
+#                               [--ncu KERNEL_REGEX]... [--ncu-env "ENV=V ..."]...
+# --bench "": the default settings; --suite-env: the CUDA suite's NSA cases once more under those settings;
+# each --ncu regex runs once per --ncu-env ("" = the default settings; none given: once, default).
 # Example (docs/cuda.md): run with carry ["build-bin"] and the command
 #   bash scripts/carry_check.sh --bench "" --bench "NT_NSA_SLC_KERNEL=7" --memcheck "*nsa_selected*"
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp}
 L=$OUT/log.txt
-benches=() suite_envs=() memcheck="" bench_args="T=8192,65536 dense=0 fused_max_t=0 profile=1" ncus=() ncu_env=""
+benches=() suite_envs=() memcheck="" bench_args="T=8192,65536 dense=0 fused_max_t=0 profile=1" ncus=() ncu_envs=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --bench) benches+=("$2"); shift 2 ;;
@@ -23,7 +24,7 @@ while [ $# -gt 0 ]; do
     --memcheck) memcheck=$2; shift 2 ;;
     --bench-args) bench_args=$2; shift 2 ;;
     --ncu) ncus+=("$2"); shift 2 ;;
-    --ncu-env) ncu_env=$2; shift 2 ;;
+    --ncu-env) ncu_envs+=("$2"); shift 2 ;;
     *) echo "carry_check.sh: unknown argument '$1' (expected --bench, --suite-env, --memcheck, --bench-args, --ncu or --ncu-env)"; exit 2 ;;
   esac
 done
@@ -42,12 +43,13 @@ for e in "${suite_envs[@]}"; do step 60 "$e" ./nt_cuda_tests --no-colors -tc="*n
 step 90 "" ./nt_tests --no-colors -tc="*tensor cores*,*on CUDA*,*GPU*"
 for e in "${benches[@]}"; do step 60 "$e" ./bench_nsa $bench_args; done
 [ -n "$memcheck" ] && step 90 "" compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 ./nt_cuda_tests --no-colors -tc="$memcheck"
-for k in "${ncus[@]}"; do  # profile=0 (the default): ncu and the bench's CUPTI profiler exclude each other
-  step 150 "$ncu_env" ncu --kill on --clock-control none --target-processes application-only \
+[ ${#ncu_envs[@]} -eq 0 ] && ncu_envs=("")
+for k in "${ncus[@]}"; do for e in "${ncu_envs[@]}"; do  # profile=0: ncu and the bench's CUPTI profiler exclude each other
+  step 150 "$e" ncu --kill on --clock-control none --target-processes application-only \
     --kernel-name-base mangled --kernel-name "regex:$k" --launch-count 1 --section SpeedOfLight \
     --section MemoryWorkloadAnalysis --log-file "$OUT/ncu_last.txt" ./bench_nsa T=65536 dense=0 fused_max_t=0
   grep -E "^  [A-Za-z_].*\(|Duration|DRAM Throughput|L2 Hit Rate|Memory Throughput|Compute \(SM\)" "$OUT/ncu_last.txt" >>"$L"
   cat "$OUT/ncu_last.txt" >>"$OUT/ncu.txt" && rm -f "$OUT/ncu_last.txt"
-done
+done; done
 echo "=== done ===" >>"$L"
 grep -E "^===|test cases|ERROR SUMMARY" "$L"
