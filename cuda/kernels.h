@@ -184,6 +184,12 @@ int nsa_selected_kernel();
 // it (docs/nsa.md); also NT_NSA_SLC_CHUNK=R. The same function (f32 sums in another order).
 void set_nsa_selected_chunk(int rows);
 int nsa_selected_chunk();
+// Thread blocks of the wgmma walk (versions 3, 4, 6): 0 (the default until measured) launches one per piece under
+// a bound (pieces are only counted on the device), which leaves many empty (causality empties about half of the
+// (chunk, block) segments); -1 as many as run at once and N > 0 at most N, each walking pieces gridDim.x apart.
+// Also NT_NSA_SLC_WALK_BLOCKS=N. The same function (f32 sums in another order).
+void set_nsa_selected_walk_blocks(int blocks);
+int nsa_selected_walk_blocks();
 bool nsa_selected_backward_tc_supported(const NsaDims& d);
 void nsa_selected_backward_tc(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
                               const void* o_slc, bool o_is_bf16, const float* lse_slc, const void* dout, void* dq,

@@ -166,6 +166,11 @@ int g_slc_chunk = [] {
   const char* e = std::getenv("NT_NSA_SLC_CHUNK");
   return e ? std::max(0, std::atoi(e)) : 0;
 }();
+// Thread blocks of the wgmma walk (set_nsa_selected_walk_blocks; NT_NSA_SLC_WALK_BLOCKS=N).
+int g_slc_walk_blocks = [] {
+  const char* e = std::getenv("NT_NSA_SLC_WALK_BLOCKS");
+  return e ? std::max(-1, std::atoi(e)) : 0;
+}();
 
 // The union's tables in shared memory (ints after the bf16 tiles): per union entry its block and the mask of the
 // warps whose position chose it; per chunk its first key and union entry; the chunk count.
@@ -485,6 +490,12 @@ __global__ void slc_pieces(const int32_t* __restrict__ seg_off, int32_t* __restr
   const int k = blockIdx.x * blockDim.x + threadIdx.x;
   if (k <= K) pieces[k] = k < K ? (seg_off[k + 1] - seg_off[k] + per_piece - 1) / per_piece : 0;
 }
+// Each piece's segment (slc_piece reads it): a thread per segment writes its pieces' entries.
+__global__ void slc_piece_segments(const int32_t* __restrict__ piece_off, int32_t* __restrict__ piece_seg, int K) {
+  const int k = blockIdx.x * blockDim.x + threadIdx.x;
+  if (k < K)
+    for (int p = piece_off[k]; p < piece_off[k + 1]; ++p) piece_seg[p] = k;
+}
 
 // delta = rowsum(dout o) of every (position, head) row, a warp per row, o f32 or bf16 (versions 4 and 6's
 // backwards, whose dq steps do not compute it on the way).
@@ -513,11 +524,11 @@ __global__ void __launch_bounds__(256) nsa_slc_bwd_dkv_tc(
     const uint16_t* __restrict__ q, const uint16_t* __restrict__ ks, const uint16_t* __restrict__ vs,
     const uint16_t* __restrict__ dout, const float* __restrict__ lse_slc, const float* __restrict__ delta,
     const int32_t* __restrict__ rows, const int32_t* __restrict__ seg_off, const int32_t* __restrict__ piece_off,
-    int nch, float* __restrict__ dk_acc, float* __restrict__ dv_acc, NsaDims a, int per_piece) {
+    const int32_t* __restrict__ piece_seg, int nch, float* __restrict__ dk_acc, float* __restrict__ dv_acc, NsaDims a, int per_piece) {
   constexpr int LD = DP + 8, NT = DP / 8, CH = DP / 8;
   extern __shared__ __align__(16) uint16_t smem_kv[];
   SlcPiece pc;
-  if (!slc_piece(blockIdx.x, seg_off, piece_off, nch, a, per_piece, pc)) return;
+  if (!slc_piece(blockIdx.x, seg_off, piece_off, piece_seg, nch, a, per_piece, pc)) return;
   const int h = pc.h, start = pc.start, key0 = pc.key0, nk = pc.nk, e0 = pc.e0, e1 = pc.e1;
   const int G = a.G, ppt = kTileRows / G, tid = threadIdx.x, nthr = blockDim.x;
   const int warp = tid / 32, lane = tid % 32;
@@ -604,14 +615,17 @@ __global__ void __launch_bounds__(256) nsa_slc_bwd_dkv_tc(
 
 // The positions that chose each (kv head, chunk, block), ascending, cut into pieces of at most per_piece (the
 // backward's key-centric step walks them): a stable radix sort of (head, chunk, block) keys, the counts, their
-// prefix sums, the pieces per segment and theirs. grid bounds the number of pieces (sum ceil(c / P) <= E / P + K).
+// prefix sums, the pieces per segment and theirs, and each piece's segment. grid bounds the number of pieces
+// (sum ceil(c / P) <= E / P + K).
 struct SlcPieces {
-  int64_t E, grid;
+  int64_t E;
   int nch, chunk, K, per_piece;
-  ScratchBuffer srows, seg_off, piece_off;
+  int64_t grid;
+  ScratchBuffer srows, seg_off, piece_off, piece_seg;
   SlcPieces(const int32_t* block_indices, const NsaDims& a, cudaStream_t stream)
-      : E(a.N * a.H * a.n), grid(0), nch(chunks(a)), chunk((int)((a.N + nch - 1) / nch)), K(a.H * nch * a.NB),
-        per_piece(kTilesPerPiece * (kTileRows / a.G)), srows(E * 4), seg_off((K + 1) * 4), piece_off((K + 1) * 4) {
+      : E(a.N * a.H * a.n), nch(chunks(a)), chunk((int)((a.N + nch - 1) / nch)), K(a.H * nch * a.NB),
+        per_piece(kTilesPerPiece * (kTileRows / a.G)), grid(E / per_piece + K + 1), srows(E * 4),
+        seg_off((K + 1) * 4), piece_off((K + 1) * 4), piece_seg(grid * 4) {
     ScratchBuffer keys(E * 4), rows(E * 4), skeys(E * 4), count((K + 1) * 4), pieces((K + 1) * 4);
     slc_inverse_keys<<<grid_for(E, 256), 256, 0, stream>>>(block_indices, i32(keys), i32(rows), chunk, nch, a);
     NT_CUDA_CHECK(cudaGetLastError());
@@ -633,7 +647,8 @@ struct SlcPieces {
     NT_CUDA_CHECK(cudaGetLastError());
     bytes = scan_bytes;
     NT_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(temp.p, bytes, i32(pieces), i32(piece_off), K + 1, stream));
-    grid = E / per_piece + K + 1;
+    slc_piece_segments<<<grid_for(K, 256), 256, 0, stream>>>(i32(piece_off), i32(piece_seg), K);
+    NT_CUDA_CHECK(cudaGetLastError());
   }
   // Chunks of at most g_slc_chunk rows (0: one chunk), no more of them than keeps H nch NB <= 2^22 (a huge batch
   // gets longer chunks; one where H NB alone exceeds it).
@@ -645,7 +660,8 @@ struct SlcPieces {
   static int32_t* i32(const ScratchBuffer& b) { return static_cast<int32_t*>(b.p); }
   SlcWalkArgs walk() const {
     SlcWalkArgs w;
-    w.rows = i32(srows), w.seg_off = i32(seg_off), w.piece_off = i32(piece_off), w.nch = nch;
+    w.rows = i32(srows), w.seg_off = i32(seg_off), w.piece_off = i32(piece_off), w.piece_seg = i32(piece_seg);
+    w.nch = nch;
     return w;
   }
 };
@@ -707,6 +723,12 @@ void set_nsa_selected_chunk(int rows) {
   g_slc_chunk = rows;
 }
 int nsa_selected_chunk() { return g_slc_chunk; }
+void set_nsa_selected_walk_blocks(int blocks) {
+  if (blocks < -1)
+    throw std::invalid_argument("set_nsa_selected_walk_blocks: blocks must be >= -1, got " + std::to_string(blocks));
+  g_slc_walk_blocks = blocks;
+}
+int nsa_selected_walk_blocks() { return g_slc_walk_blocks; }
 
 bool nsa_selected_backward_tc_supported(const NsaDims& a) {
   return a.D % 8 == 0 && a.D <= 128 && a.G <= 16 && a.lp % 16 == 0 && a.lp <= 128 &&
@@ -776,13 +798,12 @@ void nsa_selected_backward_tc(const void* q, const void* k_slc, const void* v_sl
   auto run = [&](auto kernel, size_t smem) {
     allow_smem(kernel, smem);
     kernel<<<(unsigned)pcs.grid, a.lp * 2, smem, stream>>>(u16(q), u16(k_slc), u16(v_slc), u16(dout), lse_slc,
-                                                           w.delta, i32(pcs.srows), i32(pcs.seg_off),
-                                                           i32(pcs.piece_off), pcs.nch, w.dk_acc, w.dv_acc, a,
-                                                           pcs.per_piece);
+                                                           w.delta, w.rows, w.seg_off, w.piece_off, w.piece_seg,
+                                                           w.nch, w.dk_acc, w.dv_acc, a, pcs.per_piece);
     NT_CUDA_CHECK(cudaGetLastError());
   };
   if (!(dkv_wgmma && nsa_selected_walk_wgmma(fused_dq ? kWalkDkvDq : kWalkDkv, w, a, pcs.per_piece, pcs.grid,
-                                              stream))) {
+                                              g_slc_walk_blocks, stream))) {
     if (fused_dq) throw std::logic_error("nsa_selected_backward_tc: the dk/dv/dq walk did not run");
     if (a.D <= 64) run(nsa_slc_bwd_dkv_tc<64>, slc_dkv_smem<64>(a.lp));
     else run(nsa_slc_bwd_dkv_tc<128>, slc_dkv_smem<128>(a.lp));

@@ -13,17 +13,13 @@ namespace nt::cuda {
 struct SlcPiece {
   int h, start, len, key0, nk, e0, e1;  // kv head, the sequence's first row and length, the block's first key, keys
 };
-// False for a thread block past the last piece (the grid is an upper bound).
-__device__ inline bool slc_piece(int p, const int32_t* seg_off, const int32_t* piece_off, int nch, const NsaDims& a,
-                                 int per_piece, SlcPiece& pc) {
+// False past the last piece. piece_seg maps each piece to its segment (slc_piece_segments), so a thread block finds
+// its piece with two dependent loads instead of a binary search over the K segments.
+__device__ inline bool slc_piece(int p, const int32_t* seg_off, const int32_t* piece_off, const int32_t* piece_seg,
+                                 int nch, const NsaDims& a, int per_piece, SlcPiece& pc) {
   const int K = a.H * nch * a.NB;
   if (p >= piece_off[K]) return false;
-  int k = 0;
-  for (int hi = K; hi - k > 1;) {  // piece_off[k] <= p < piece_off[hi]
-    const int mid = (k + hi) / 2;
-    if (piece_off[mid] <= p) k = mid;
-    else hi = mid;
-  }
+  const int k = piece_seg[p];
   const int gb = k % a.NB;
   int seq = 0;
   for (int hi = a.nseq; hi - seq > 1;) {  // slc_starts[seq] <= gb < slc_starts[hi]
@@ -43,14 +39,16 @@ enum SlcWalkMode : int { kWalkDkv = 0, kWalkDkvDq = 1 };
 struct SlcWalkArgs {
   const uint16_t *q = nullptr, *ks = nullptr, *vs = nullptr, *dout = nullptr;
   const float *lse = nullptr, *delta = nullptr;  // [N HQ]; lse in natural log
-  const int32_t *rows = nullptr, *seg_off = nullptr, *piece_off = nullptr;  // the pieces (SlcPieces)
+  const int32_t *rows = nullptr, *seg_off = nullptr, *piece_off = nullptr, *piece_seg = nullptr;  // the pieces
   int nch = 1;                                                               // their chunks
   float *dk_acc = nullptr, *dv_acc = nullptr;  // f32 [N, H, D], zeroed
   float* row_acc = nullptr;                    // kWalkDkvDq: dq, f32 [N, HQ, D], zeroed
 };
-// False without launching where the wgmma kernels do not apply (nsa_selected_wgmma_applies).
+// False without launching where the wgmma kernels do not apply (nsa_selected_wgmma_applies). grid bounds the
+// pieces; blocks (set_nsa_selected_walk_blocks): 0 launches grid thread blocks, -1 as many as run at once, N > 0
+// at most N, each walking pieces gridDim.x apart.
 bool nsa_selected_walk_wgmma(int mode, const SlcWalkArgs& w, const NsaDims& a, int per_piece, int64_t grid,
-                             cudaStream_t stream);
+                             int blocks, cudaStream_t stream);
 
 // 4 consecutive values as floats: f32 as they are, bf16 (uint16_t) widened.
 __device__ inline float4 slc_load4(const float* p) { return *reinterpret_cast<const float4*>(p); }

@@ -645,89 +645,93 @@ __global__ void __launch_bounds__(128) nsa_slc_walk_wgmma(SlcWalkArgs w, NsaDims
   // per stage and row: position (int bits), lse log2 e, delta, and in kWalkDkvDq the row of [N HQ] (int bits; -1
   // for padding)
   float* meta0 = reinterpret_cast<float*>(rs + (kMode == kWalkDkvDq ? kSlcBlock * 128 : 0));
-  SlcPiece pc;
-  if (!slc_piece(blockIdx.x, w.seg_off, w.piece_off, w.nch, a, per_piece, pc)) return;
   const int G = a.G, ppt = kDkvRows / G, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t kvs = (int64_t)a.H * a.D;
-  auto key_rows = [&](const uint16_t* g) {
-    return [=](int r) -> const uint16_t* {
-      return r < pc.nk ? g + ((int64_t)pc.start + pc.key0 + r) * kvs + pc.h * a.D : nullptr;
+  // One piece after another, gridDim.x apart: the launch is either one thread block per piece or fewer, each taking
+  // several (set_nsa_selected_walk_blocks). Each piece ends with a barrier, so the next one may refill K, V and the stages.
+  SlcPiece pc;
+  for (int p = blockIdx.x; slc_piece(p, w.seg_off, w.piece_off, w.piece_seg, w.nch, a, per_piece, pc);
+       p += gridDim.x) {
+    auto key_rows = [&](const uint16_t* g) {
+      return [=](int r) -> const uint16_t* {
+        return r < pc.nk ? g + ((int64_t)pc.start + pc.key0 + r) * kvs + pc.h * a.D : nullptr;
+      };
     };
-  };
-  cp_rows_swizzled<kSlcBlock, kAttnDim, 128>(Ks, key_rows(w.ks), a.D, w.ks);
-  cp_rows_swizzled<kSlcBlock, kAttnDim, 128>(Vs, key_rows(w.vs), a.D, w.vs);
-  // Tile e (positions e .. e + ppt - 1 of the piece, G heads each) into stage st.
-  auto load_tile = [&](int st, int e) {
-    auto head_row = [&](int r) -> int64_t {  // tile row r's row of [N HQ, D], -1 for padding
-      const int pos = e + r / G;
-      return r < ppt * G && pos < pc.e1 ? (int64_t)w.rows[pos] * a.HQ + pc.h * G + r % G : -1;
-    };
-    unsigned char* Qs = stage0 + st * kStage;
-    cp_rows_swizzled<kDkvRows, kAttnDim, 128>(Qs, [&](int r) -> const uint16_t* {
-      const int64_t o = head_row(r);
-      return o >= 0 ? w.q + o * a.D : nullptr;
-    }, a.D, w.q);
-    cp_rows_swizzled<kDkvRows, kAttnDim, 128>(Qs + kT, [&](int r) -> const uint16_t* {
-      const int64_t o = head_row(r);
-      return o >= 0 ? w.dout + o * a.D : nullptr;
-    }, a.D, w.dout);
-    float* meta = meta0 + st * kMeta * kDkvRows;
-    for (int r = threadIdx.x; r < kDkvRows; r += 128) {
-      const int64_t o = head_row(r);
-      meta[r] = __int_as_float(o >= 0 ? w.rows[e + r / G] - pc.start : -1);  // the row's position in its sequence
-      meta[kDkvRows + r] = o >= 0 ? w.lse[o] * kLog2e : 0.f;
-      meta[2 * kDkvRows + r] = o >= 0 ? w.delta[o] : 0.f;
-      if constexpr (kMode == kWalkDkvDq) meta[3 * kDkvRows + r] = __int_as_float((int)o);
-    }
-  };
-  const float sl2 = (float)a.scale * kLog2e, one[2] = {1.f, 1.f};
-  float dk[NO * 4], dv[NO * 4];
-#pragma unroll
-  for (int i = 0; i < NO * 4; ++i) dk[i] = dv[i] = 0.f;
-  load_tile(0, pc.e0);
-  cp_commit();
-  int st = 0;
-  for (int e = pc.e0; e < pc.e1; e += ppt, st ^= 1) {
-    if (e + ppt < pc.e1) load_tile(st ^ 1, e + ppt);  // that stage was released by the last iteration's barrier
-    cp_commit();
-    cp_async_wait<1>();  // this tile's group (and K, V) landed
-    fence_async_smem();
-    __syncthreads();
-    const uint32_t q_addr = smem_addr(stage0 + st * kStage), do_addr = q_addr + kT;
-    const float* meta = meta0 + st * kMeta * kDkvRows;
-    float s[kDkvRows / 8][4];
-    attn_qk_wgmma<kSlcBlock, kDkvRows>(s, smem_addr(Ks), q_addr);  // S^T: 64 keys x 64 rows
-    float dp[kDkvRows / 8][4];
-    attn_qk_wgmma<kSlcBlock, kDkvRows>(dp, smem_addr(Vs), do_addr);  // dP^T
-#pragma unroll
-    for (int j = 0; j < kDkvRows / 8; ++j)
-#pragma unroll
-      for (int x = 0; x < 4; ++x) {
-        const int key = pc.key0 + 16 * warp + lane / 4 + 8 * (x >> 1), col = j * 8 + (lane % 4) * 2 + (x & 1);
-        const float pr = key <= __float_as_int(meta[col]) ? ex2(fmaf(s[j][x], sl2, -meta[kDkvRows + col])) : 0.f;
-        s[j][x] = pr;
-        dp[j][x] = pr * (dp[j][x] - meta[2 * kDkvRows + col]);  // dS^T
+    cp_rows_swizzled<kSlcBlock, kAttnDim, 128>(Ks, key_rows(w.ks), a.D, w.ks);
+    cp_rows_swizzled<kSlcBlock, kAttnDim, 128>(Vs, key_rows(w.vs), a.D, w.vs);
+    // Tile e (positions e .. e + ppt - 1 of the piece, G heads each) into stage st.
+    auto load_tile = [&](int st, int e) {
+      auto head_row = [&](int r) -> int64_t {  // tile row r's row of [N HQ, D], -1 for padding
+        const int pos = e + r / G;
+        return r < ppt * G && pos < pc.e1 ? (int64_t)w.rows[pos] * a.HQ + pc.h * G + r % G : -1;
+      };
+      unsigned char* Qs = stage0 + st * kStage;
+      cp_rows_swizzled<kDkvRows, kAttnDim, 128>(Qs, [&](int r) -> const uint16_t* {
+        const int64_t o = head_row(r);
+        return o >= 0 ? w.q + o * a.D : nullptr;
+      }, a.D, w.q);
+      cp_rows_swizzled<kDkvRows, kAttnDim, 128>(Qs + kT, [&](int r) -> const uint16_t* {
+        const int64_t o = head_row(r);
+        return o >= 0 ? w.dout + o * a.D : nullptr;
+      }, a.D, w.dout);
+      float* meta = meta0 + st * kMeta * kDkvRows;
+      for (int r = threadIdx.x; r < kDkvRows; r += 128) {
+        const int64_t o = head_row(r);
+        meta[r] = __int_as_float(o >= 0 ? w.rows[e + r / G] - pc.start : -1);  // the row's position in its sequence
+        meta[kDkvRows + r] = o >= 0 ? w.lse[o] * kLog2e : 0.f;
+        meta[2 * kDkvRows + r] = o >= 0 ? w.delta[o] : 0.f;
+        if constexpr (kMode == kWalkDkvDq) meta[3 * kDkvRows + r] = __int_as_float((int)o);
       }
-    attn_pv_wgmma<kDkvRows>(dv, s, one, do_addr);  // dV += P^T dO
-    attn_pv_wgmma<kDkvRows>(dk, dp, one, q_addr);  // dK += dS^T Q
-    if constexpr (kMode == kWalkDkvDq)  // dQ += scale dS K
-      slc_rows_times_block(dp, rs, smem_addr(Ks), meta + 3 * kDkvRows, w.row_acc, (float)a.scale, a, warp, lane);
-    __syncthreads();  // every warp is done with stage st (and rs) before it is refilled
-  }
-  const float sc = (float)a.scale;
+    };
+    const float sl2 = (float)a.scale * kLog2e, one[2] = {1.f, 1.f};
+    float dk[NO * 4], dv[NO * 4];
 #pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    const int key = 16 * warp + lane / 4 + 8 * i;
-    if (key >= pc.nk) continue;
-    const int64_t base = ((int64_t)pc.start + pc.key0 + key) * kvs + pc.h * a.D;
+    for (int i = 0; i < NO * 4; ++i) dk[i] = dv[i] = 0.f;
+    load_tile(0, pc.e0);
+    cp_commit();
+    int st = 0;
+    for (int e = pc.e0; e < pc.e1; e += ppt, st ^= 1) {
+      if (e + ppt < pc.e1) load_tile(st ^ 1, e + ppt);  // that stage was released by the last iteration's barrier
+      cp_commit();
+      cp_async_wait<1>();  // this tile's group (and K, V) landed
+      fence_async_smem();
+      __syncthreads();
+      const uint32_t q_addr = smem_addr(stage0 + st * kStage), do_addr = q_addr + kT;
+      const float* meta = meta0 + st * kMeta * kDkvRows;
+      float s[kDkvRows / 8][4];
+      attn_qk_wgmma<kSlcBlock, kDkvRows>(s, smem_addr(Ks), q_addr);  // S^T: 64 keys x 64 rows
+      float dp[kDkvRows / 8][4];
+      attn_qk_wgmma<kSlcBlock, kDkvRows>(dp, smem_addr(Vs), do_addr);  // dP^T
 #pragma unroll
-    for (int j = 0; j < NO; ++j) {
-      const int c = j * 8 + (lane % 4) * 2;
-      if (c >= a.D) continue;
-      atomicAdd(reinterpret_cast<float2*>(w.dk_acc + base + c),
-                make_float2(dk[4 * j + 2 * i] * sc, dk[4 * j + 2 * i + 1] * sc));
-      atomicAdd(reinterpret_cast<float2*>(w.dv_acc + base + c),
-                make_float2(dv[4 * j + 2 * i], dv[4 * j + 2 * i + 1]));
+      for (int j = 0; j < kDkvRows / 8; ++j)
+#pragma unroll
+        for (int x = 0; x < 4; ++x) {
+          const int key = pc.key0 + 16 * warp + lane / 4 + 8 * (x >> 1), col = j * 8 + (lane % 4) * 2 + (x & 1);
+          const float pr = key <= __float_as_int(meta[col]) ? ex2(fmaf(s[j][x], sl2, -meta[kDkvRows + col])) : 0.f;
+          s[j][x] = pr;
+          dp[j][x] = pr * (dp[j][x] - meta[2 * kDkvRows + col]);  // dS^T
+        }
+      attn_pv_wgmma<kDkvRows>(dv, s, one, do_addr);  // dV += P^T dO
+      attn_pv_wgmma<kDkvRows>(dk, dp, one, q_addr);  // dK += dS^T Q
+      if constexpr (kMode == kWalkDkvDq)  // dQ += scale dS K
+        slc_rows_times_block(dp, rs, smem_addr(Ks), meta + 3 * kDkvRows, w.row_acc, (float)a.scale, a, warp, lane);
+      __syncthreads();  // every warp is done with stage st (and rs) before it is refilled
+    }
+    const float sc = (float)a.scale;
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int key = 16 * warp + lane / 4 + 8 * i;
+      if (key >= pc.nk) continue;
+      const int64_t base = ((int64_t)pc.start + pc.key0 + key) * kvs + pc.h * a.D;
+#pragma unroll
+      for (int j = 0; j < NO; ++j) {
+        const int c = j * 8 + (lane % 4) * 2;
+        if (c >= a.D) continue;
+        atomicAdd(reinterpret_cast<float2*>(w.dk_acc + base + c),
+                  make_float2(dk[4 * j + 2 * i] * sc, dk[4 * j + 2 * i + 1] * sc));
+        atomicAdd(reinterpret_cast<float2*>(w.dv_acc + base + c),
+                  make_float2(dv[4 * j + 2 * i], dv[4 * j + 2 * i + 1]));
+      }
     }
   }
 #endif
@@ -781,11 +785,19 @@ bool nsa_selected_dq_wgmma(const void* q, const void* k_slc, const void* v_slc, 
 bool nsa_selected_wgmma_applies(const NsaDims& a) { return slc_wgmma_applies(a); }
 
 bool nsa_selected_walk_wgmma(int mode, const SlcWalkArgs& w, const NsaDims& a, int per_piece, int64_t grid,
-                             cudaStream_t stream) {
+                             int blocks, cudaStream_t stream) {
   if (!slc_wgmma_applies(a)) return false;
   if (grid == 0) return true;
   auto run = [&](auto kernel, size_t smem) {
     allow_smem(kernel, smem);
+    if (blocks < 0) {  // as many as run at once
+      int device = 0, sms = 0, per_sm = 0;
+      NT_CUDA_CHECK(cudaGetDevice(&device));
+      NT_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+      NT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 128, smem));
+      blocks = std::max(per_sm, 1) * sms;
+    }
+    if (blocks > 0) grid = std::min<int64_t>(grid, blocks);
     kernel<<<(unsigned)grid, 128, smem, stream>>>(w, a, per_piece);
     NT_CUDA_CHECK(cudaGetLastError());
   };

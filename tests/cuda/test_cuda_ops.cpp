@@ -771,28 +771,39 @@ CUDA_TEST("nsa_selected_attention on tensor cores (bf16): kernel versions 1-4 an
   NT_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0));
   NT_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, 0));
   if (major == 9 && minor == 0) CHECK(cuda::sm90a_available(0));  // else version 3 would quietly run version 2
-  struct Restore {  // a failed REQUIRE throws: later tests still get the default kernel and chunk
+  struct Restore {  // a failed REQUIRE throws: later tests still get the default kernel, chunk and walk blocks
     int version = cuda::nsa_selected_kernel(), chunk = cuda::nsa_selected_chunk();
-    ~Restore() { cuda::set_nsa_selected_kernel(version), cuda::set_nsa_selected_chunk(chunk); }
+    int blocks = cuda::nsa_selected_walk_blocks();
+    ~Restore() {
+      cuda::set_nsa_selected_kernel(version), cuda::set_nsa_selected_chunk(chunk);
+      cuda::set_nsa_selected_walk_blocks(blocks);
+    }
   } restore;
-  const int chunk0 = restore.chunk;
+  const int chunk0 = restore.chunk, blocks0 = restore.blocks;
 #else
-  const int chunk0 = 0;
+  const int chunk0 = 0, blocks0 = 0;
 #endif
-  // (version, rows per chunk of the backward's walk): 6 is the warp-specialized forward; chunk0 is the default (one
-  // chunk unless NT_NSA_SLC_CHUNK is set); 48 (equal chunks of 38..48 rows) cuts every block's rows into several
-  // chunks of one piece each; 300 leaves chunks whose blocks have more rows than one piece takes (block 0 at
-  // T = 640, G = 16).
-  const std::vector<std::pair<int, int>> runs = {{1, chunk0}, {2, chunk0}, {3, chunk0}, {4, chunk0}, {6, chunk0},
-                                                 {2, 48},     {3, 48},     {6, 48},     {6, 300}};
-  for (const auto& [version, chunk] : runs)
+  // (version, rows per chunk of the backward's walk, its thread blocks): 6 is the warp-specialized forward; chunk0
+  // and blocks0 are the defaults (one chunk, a thread block per piece, unless NT_NSA_SLC_CHUNK or
+  // NT_NSA_SLC_WALK_BLOCKS is set); 48 (equal chunks of 38..48 rows) cuts every block's rows into several chunks of
+  // one piece each; 300 leaves chunks whose blocks have more rows than one piece takes (block 0 at T = 640,
+  // G = 16). 3 and 1 thread blocks walk every piece in turn; -1 is as many as run at once.
+  struct Run {
+    int version, chunk, blocks;
+  };
+  const std::vector<Run> runs = {{1, chunk0, blocks0}, {2, chunk0, blocks0}, {3, chunk0, blocks0},
+                                 {4, chunk0, blocks0}, {6, chunk0, blocks0}, {2, 48, blocks0},
+                                 {3, 48, blocks0},     {6, 48, blocks0},     {6, 300, blocks0},
+                                 {6, chunk0, 3},       {3, 48, 1},           {6, 300, -1}};
+  for (const auto& [version, chunk, blocks] : runs)
     for (const C& c : cases) {
 #if NT_CUDA
       cuda::set_nsa_selected_kernel(version);
       cuda::set_nsa_selected_chunk(chunk);
+      cuda::set_nsa_selected_walk_blocks(blocks);
 #endif
       const int64_t T = c.cu.back();
-      INFO("kernel version " << version << " chunk " << chunk << " HQ " << c.HQ << " H " << c.H << " D " << c.D
+      INFO("kernel version " << version << " chunk " << chunk << " walk blocks " << blocks << " HQ " << c.HQ << " H " << c.H << " D " << c.D
                              << " n " << c.n << " l' " << c.lp << " T " << T);
       NsaOptions opt;
       opt.select_block = c.lp, opt.n_select = c.n, opt.cu_seqlens = c.cu;
