@@ -524,7 +524,8 @@ __global__ void __launch_bounds__(256) nsa_slc_bwd_dkv_tc(
     const uint16_t* __restrict__ q, const uint16_t* __restrict__ ks, const uint16_t* __restrict__ vs,
     const uint16_t* __restrict__ dout, const float* __restrict__ lse_slc, const float* __restrict__ delta,
     const int32_t* __restrict__ rows, const int32_t* __restrict__ seg_off, const int32_t* __restrict__ piece_off,
-    const int32_t* __restrict__ piece_seg, int nch, float* __restrict__ dk_acc, float* __restrict__ dv_acc, NsaDims a, int per_piece) {
+    const int32_t* __restrict__ piece_seg, int nch, float* __restrict__ dk_acc, float* __restrict__ dv_acc, NsaDims a,
+    int per_piece) {
   constexpr int LD = DP + 8, NT = DP / 8, CH = DP / 8;
   extern __shared__ __align__(16) uint16_t smem_kv[];
   SlcPiece pc;
@@ -784,8 +785,8 @@ void nsa_selected_backward_tc(const void* q, const void* k_slc, const void* v_sl
   }
   // 2. The positions that chose each (kv head, chunk, block), ascending, and the pieces.
   const SlcPieces pcs(block_indices, a, stream);
-  const auto i32 = SlcPieces::i32;
-  // 3. dk, dv (and under version 4 dq): one thread block per piece.
+  // 3. dk, dv (and under versions 4 and 6 dq): one thread block per piece, or fewer each walking several
+  // (set_nsa_selected_walk_blocks).
   ScratchBuffer dk_acc(kv_elems * 4), dv_acc(kv_elems * 4);
   NT_CUDA_CHECK(cudaMemsetAsync(dk_acc.p, 0, kv_elems * 4, stream));
   NT_CUDA_CHECK(cudaMemsetAsync(dv_acc.p, 0, kv_elems * 4, stream));

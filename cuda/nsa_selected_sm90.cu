@@ -648,7 +648,8 @@ __global__ void __launch_bounds__(128) nsa_slc_walk_wgmma(SlcWalkArgs w, NsaDims
   const int G = a.G, ppt = kDkvRows / G, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t kvs = (int64_t)a.H * a.D;
   // One piece after another, gridDim.x apart: the launch is either one thread block per piece or fewer, each taking
-  // several (set_nsa_selected_walk_blocks). Each piece ends with a barrier, so the next one may refill K, V and the stages.
+  // several (set_nsa_selected_walk_blocks). Each piece ends with a barrier (and its wgmma waited for), so the next
+  // one may refill K, V and the stages.
   SlcPiece pc;
   for (int p = blockIdx.x; slc_piece(p, w.seg_off, w.piece_off, w.piece_seg, w.nch, a, per_piece, pc);
        p += gridDim.x) {

@@ -787,7 +787,8 @@ CUDA_TEST("nsa_selected_attention on tensor cores (bf16): kernel versions 1-4 an
   // and blocks0 are the defaults (one chunk, a thread block per piece, unless NT_NSA_SLC_CHUNK or
   // NT_NSA_SLC_WALK_BLOCKS is set); 48 (equal chunks of 38..48 rows) cuts every block's rows into several chunks of
   // one piece each; 300 leaves chunks whose blocks have more rows than one piece takes (block 0 at T = 640,
-  // G = 16). 3 and 1 thread blocks walk every piece in turn; -1 is as many as run at once.
+  // G = 16). 3 and 1 thread blocks walk several pieces each (versions 6 and 3, the fused and the dk/dv-only walk);
+  // -1 (as many as run at once) only checks its launch: these grids all fit at once.
   struct Run {
     int version, chunk, blocks;
   };
@@ -803,8 +804,8 @@ CUDA_TEST("nsa_selected_attention on tensor cores (bf16): kernel versions 1-4 an
       cuda::set_nsa_selected_walk_blocks(blocks);
 #endif
       const int64_t T = c.cu.back();
-      INFO("kernel version " << version << " chunk " << chunk << " walk blocks " << blocks << " HQ " << c.HQ << " H " << c.H << " D " << c.D
-                             << " n " << c.n << " l' " << c.lp << " T " << T);
+      INFO("kernel version " << version << " chunk " << chunk << " walk blocks " << blocks << " HQ " << c.HQ
+                             << " H " << c.H << " D " << c.D << " n " << c.n << " l' " << c.lp << " T " << T);
       NsaOptions opt;
       opt.select_block = c.lp, opt.n_select = c.n, opt.cu_seqlens = c.cu;
       const Tensor idx = random_block_indices(c.cu, c.H, c.n, c.lp);
