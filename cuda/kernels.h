@@ -180,14 +180,17 @@ int nsa_selected_kernel();
 // many positions (packed rows, split into equal chunks of at most R; 0: all in one; longer where a huge batch would
 // need more than 2^22 (kv head, chunk, block) segments), kv head by kv head and chunk by chunk: the thread blocks
 // running at once then read and add to one chunk's q, dout and dq rows, which can stay in L2, instead of rows from
-// the whole sequence (each row is read n times, once per chosen block). Default 0 until a benchmark has measured
-// it (docs/nsa.md); also NT_NSA_SLC_CHUNK=R. The same function (f32 sums in another order).
+// the whole sequence (each row is read n times, once per chosen block). Default 2048: the fused walk at 64k
+// 44.7 -> 33.0 ms on an H100, DRAM traffic ~98 -> ~50 GB (docs/nsa.md); also NT_NSA_SLC_CHUNK=R. The same
+// function (f32 sums in another order).
 void set_nsa_selected_chunk(int rows);
 int nsa_selected_chunk();
-// Thread blocks of the wgmma walk (versions 3, 4, 6): 0 (the default until measured) launches one per piece under
-// a bound (pieces are only counted on the device), which leaves many empty (causality empties about half of the
-// (chunk, block) segments); -1 as many as run at once and N > 0 at most N, each walking pieces gridDim.x apart.
-// Also NT_NSA_SLC_WALK_BLOCKS=N. The same function (f32 sums in another order).
+// Thread blocks of the wgmma walk (versions 3, 4, 6): 0 (the default) launches one per piece under a bound (pieces
+// are only counted on the device), which leaves many empty (causality empties about half of the (chunk, block)
+// segments); -1 as many as run at once and N > 0 at most N, each walking pieces gridDim.x apart. -1 measured
+// slower (49.6 against 33.0 ms at 64k, H100): fixed strides let the thread blocks drift apart over pieces of
+// unequal length, so the pieces in flight no longer share a chunk; the hardware's in-order launch keeps them
+// together. Also NT_NSA_SLC_WALK_BLOCKS=N. The same function (f32 sums in another order).
 void set_nsa_selected_walk_blocks(int blocks);
 int nsa_selected_walk_blocks();
 bool nsa_selected_backward_tc_supported(const NsaDims& d);

@@ -164,7 +164,7 @@ bool slc_v1() { return g_slc_kernel == 1; }
 // Rows per chunk of the backward's key-centric walk (set_nsa_selected_chunk; NT_NSA_SLC_CHUNK=R).
 int g_slc_chunk = [] {
   const char* e = std::getenv("NT_NSA_SLC_CHUNK");
-  return e ? std::max(0, std::atoi(e)) : 0;
+  return e ? std::max(0, std::atoi(e)) : 2048;
 }();
 // Thread blocks of the wgmma walk (set_nsa_selected_walk_blocks; NT_NSA_SLC_WALK_BLOCKS=N).
 int g_slc_walk_blocks = [] {

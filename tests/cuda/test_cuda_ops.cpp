@@ -784,8 +784,8 @@ CUDA_TEST("nsa_selected_attention on tensor cores (bf16): kernel versions 1-4 an
   const int chunk0 = 0, blocks0 = 0;
 #endif
   // (version, rows per chunk of the backward's walk, its thread blocks): 6 is the warp-specialized forward; chunk0
-  // and blocks0 are the defaults (one chunk, a thread block per piece, unless NT_NSA_SLC_CHUNK or
-  // NT_NSA_SLC_WALK_BLOCKS is set); 48 (equal chunks of 38..48 rows) cuts every block's rows into several chunks of
+  // and blocks0 are the defaults (chunks of 2048 rows, so one chunk at these sizes, and a thread block per piece,
+  // unless NT_NSA_SLC_CHUNK or NT_NSA_SLC_WALK_BLOCKS is set); 48 (equal chunks of 38..48 rows) cuts every block's rows into several chunks of
   // one piece each; 300 leaves chunks whose blocks have more rows than one piece takes (block 0 at T = 640,
   // G = 16). 3 and 1 thread blocks walk several pieces each (versions 6 and 3, the fused and the dk/dv-only walk);
   // -1 (as many as run at once) only checks its launch: these grids all fit at once.
