@@ -121,7 +121,8 @@ struct NsaDims {
 size_t nsa_forward_smem(const NsaDims& d, bool f64);
 // nsa_select.cu: block_indices [N, H, n] from the compressed branch's probabilities on tensor cores (bf16 q, k_cmp;
 // lse_cmp f32 [N, HQ]); max_len: the longest sequence. Supported for D % 8 == 0, D <= 256, G a power of two <= 16,
-// when the scores of 64 / G positions fit in shared memory (or, on sm_90a with D <= 128, those of 128 / G).
+// when the scores of 64 / G positions fit in shared memory (or, on sm_90a with D <= 128, whatever T up to ~2M
+// tokens at G = 16: the wgmma kernel keeps them in global slots).
 bool nsa_select_tc_supported(const NsaDims& d);
 void nsa_select_tc(const void* q, const void* k_cmp, const float* lse_cmp, int32_t* block_indices, const NsaDims& d,
                    int max_len, cudaStream_t stream);
@@ -131,8 +132,11 @@ void set_nsa_select_kernel(int version);
 int nsa_select_kernel();
 bool nsa_select_last_wgmma();  // whether the last nsa_select_tc call ran the wgmma kernel
 // nsa_select_sm90.cu: nsa_select_tc's wgmma kernel; false without launching where it does not apply (no sm_90a,
-// D > 128, or the scores of 128 / G positions do not fit in shared memory).
+// D > 128, G not a power of two <= 16, or a block's scores, 128 / G positions x ncand_max floats, above 1 MB).
 bool nsa_select_wgmma_applies(const NsaDims& d);
+// The wgmma kernel's selection scores live in global slots, per_sm per SM, taken and given back by its thread
+// blocks; 0 (default): as many as thread blocks fit on an SM. Tests set 1 to make blocks wait for each other's slot.
+void set_nsa_select_slots(int per_sm);
 bool nsa_select_wgmma(const void* q, const void* k_cmp, const float* lse_cmp, int32_t* block_indices, const NsaDims& d,
                       int max_len, cudaStream_t stream);
 // nsa_selected.cu: the selected branch's forward on tensor cores (bf16) into o_slc [N, HQ, D] and lse_slc [N, HQ]
@@ -211,10 +215,18 @@ void nsa_backward(DType t, const void* const in[8], const int32_t* block_indices
 // backward writes do_b = gates[:, b] dy and dgates[:, b] = sum_D dy o_b. All contiguous, one dtype.
 void nsa_regroup(size_t elem_bytes, const void* x, void* out, const int32_t* idx, int64_t rows_out, int64_t HQ,
                  int64_t d, int64_t D, int64_t limit, bool to_regrouped, cudaStream_t stream);
+// With rg given, o0 (and d0) are in the regrouped layout [NC, HQ d, D]: row t, head hq of o_cmp is regrouped row
+// back[t] (zeros where back[t] == NC d), and the backward zeros d0's rows j with take[j] == T.
+struct NsaMixRegrouped {
+  const int32_t* back = nullptr;  // [T]
+  const int32_t* take = nullptr;  // [NC d]
+  int64_t T = 0, NC = 0, d = 1, HQ = 1;
+};
 void nsa_mix_forward(DType t, const void* o0, const void* o1, const void* o2, const void* gates, void* out,
-                     int64_t rows, int64_t D, cudaStream_t stream);
+                     int64_t rows, int64_t D, cudaStream_t stream, const NsaMixRegrouped* rg = nullptr);
 void nsa_mix_backward(DType t, const void* o0, const void* o1, const void* o2, const void* gates, const void* dy,
-                      void* d0, void* d1, void* d2, void* dgates, int64_t rows, int64_t D, cudaStream_t stream);
+                      void* d0, void* d1, void* d2, void* dgates, int64_t rows, int64_t D, cudaStream_t stream,
+                      const NsaMixRegrouped* rg = nullptr);
 
 // swiglu.cu: y = silu(gate) * up over n contiguous elements, and both gradients in one pass.
 void swiglu_forward(DType t, const void* gate, const void* up, void* out, int64_t n, cudaStream_t stream);

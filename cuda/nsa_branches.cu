@@ -8,7 +8,9 @@
 // nsa_mix: o = g0 o_cmp + g1 o_slc + g2 o_win over rows [N, D] with gates [N, 3], in f32 (f64 for f64), one
 //   rounding; backward do_b = g_b dy and dg_b = sum_D dy o_b, a group of lanes per row. Traffic: forward reads 3 and
 //   writes 1 tensor of [N, D], backward reads 4 and writes 3 (before, the f32 mix cost 84 ms at 64k tokens on the
-//   H100, mostly dtype copies).
+//   H100, mostly dtype copies). With o_cmp in the regrouped layout (Cmp::back given), the forward reads it and the
+//   backward writes its gradient there directly: one ungroup forward and one regroup backward fewer (each a read
+//   and a write of a [T, HQ, D] tensor: ~0.85 ms at 64k on the H100).
 #include <algorithm>
 #include <type_traits>
 
@@ -39,20 +41,33 @@ __global__ void regroup_kernel(const V* __restrict__ x, V* __restrict__ out, con
 template <class T, int V> struct alignas(sizeof(T) * V) Pack {
   T v[V];
 };
+
+// Where row n = t HQ + hq of o_cmp lives: itself, or with back given, regrouped row (j / d, head hq d + j % d) for
+// j = back[t]; -1 where j == limit (the query sees no compressed block: zeros).
+struct Cmp {
+  const int32_t* back = nullptr;
+  int d = 1, HQ = 1;
+  int64_t limit = 0;
+  __device__ __forceinline__ int64_t row(int64_t n) const {
+    if (!back) return n;
+    const int64_t t = n / HQ, j = back[t];
+    return j == limit ? -1 : ((j / d) * HQ + (n - t * HQ)) * d + j % d;
+  }
+};
 template <class T> using Acc = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
 template <class T, int V>
 __global__ void mix_forward_kernel(const T* __restrict__ o0, const T* __restrict__ o1, const T* __restrict__ o2,
-                                   const T* __restrict__ g, T* __restrict__ out, int64_t rows, int D) {
+                                   const T* __restrict__ g, T* __restrict__ out, int64_t rows, int D, Cmp cmp) {
   using A = Acc<T>;
   using P = Pack<T, V>;
   const int packs = D / V;
   const int64_t total = rows * packs;
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
-    const int64_t row = i / packs;
+    const int64_t row = i / packs, r0 = cmp.row(row);
     const A g0 = (A)g[3 * row], g1 = (A)g[3 * row + 1], g2 = (A)g[3 * row + 2];
-    const P a = reinterpret_cast<const P*>(o0)[i], b = reinterpret_cast<const P*>(o1)[i],
-            c = reinterpret_cast<const P*>(o2)[i];
+    const P a = r0 < 0 ? P{} : reinterpret_cast<const P*>(o0)[r0 * packs + (i - row * packs)],
+            b = reinterpret_cast<const P*>(o1)[i], c = reinterpret_cast<const P*>(o2)[i];
     P r;
 #pragma unroll
     for (int k = 0; k < V; ++k) r.v[k] = T(g0 * (A)a.v[k] + g1 * (A)b.v[k] + g2 * (A)c.v[k]);
@@ -65,7 +80,7 @@ template <class T, int V>
 __global__ void mix_backward_kernel(const T* __restrict__ o0, const T* __restrict__ o1, const T* __restrict__ o2,
                                     const T* __restrict__ g, const T* __restrict__ dy, T* __restrict__ d0,
                                     T* __restrict__ d1, T* __restrict__ d2, T* __restrict__ dg, int64_t rows, int D,
-                                    int R) {
+                                    int R, Cmp cmp) {
   using A = Acc<T>;
   using P = Pack<T, V>;
   const int packs = D / V, lane = threadIdx.x % R;
@@ -74,9 +89,10 @@ __global__ void mix_backward_kernel(const T* __restrict__ o0, const T* __restric
   A s0 = 0, s1 = 0, s2 = 0;
   if (live) {
     const A g0 = (A)g[3 * row], g1 = (A)g[3 * row + 1], g2 = (A)g[3 * row + 2];
+    const int64_t r0 = cmp.row(row);  // -1: o_cmp is 0 there and its gradient has no place (regrouped)
     for (int p = lane; p < packs; p += R) {
-      const int64_t i = row * packs + p;
-      const P y = reinterpret_cast<const P*>(dy)[i], a = reinterpret_cast<const P*>(o0)[i],
+      const int64_t i = row * packs + p, i0 = r0 * packs + p;
+      const P y = reinterpret_cast<const P*>(dy)[i], a = r0 < 0 ? P{} : reinterpret_cast<const P*>(o0)[i0],
               b = reinterpret_cast<const P*>(o1)[i], c = reinterpret_cast<const P*>(o2)[i];
       P ra, rb, rc;
 #pragma unroll
@@ -85,7 +101,8 @@ __global__ void mix_backward_kernel(const T* __restrict__ o0, const T* __restric
         s0 += yk * (A)a.v[k], s1 += yk * (A)b.v[k], s2 += yk * (A)c.v[k];
         ra.v[k] = T(g0 * yk), rb.v[k] = T(g1 * yk), rc.v[k] = T(g2 * yk);
       }
-      reinterpret_cast<P*>(d0)[i] = ra, reinterpret_cast<P*>(d1)[i] = rb, reinterpret_cast<P*>(d2)[i] = rc;
+      if (r0 >= 0) reinterpret_cast<P*>(d0)[i0] = ra;
+      reinterpret_cast<P*>(d1)[i] = rb, reinterpret_cast<P*>(d2)[i] = rc;
     }
   }
   for (int o = R / 2; o > 0; o >>= 1) {
@@ -94,6 +111,18 @@ __global__ void mix_backward_kernel(const T* __restrict__ o0, const T* __restric
     s2 += __shfl_xor_sync(0xffffffffu, s2, o, R);
   }
   if (live && lane == 0) dg[3 * row] = T(s0), dg[3 * row + 1] = T(s1), dg[3 * row + 2] = T(s2);
+}
+
+// The regrouped rows j = c d + r (all HQ heads) that no query fills, take[j] == limit: zeros (one thread per j).
+template <class V>
+__global__ void zero_untaken_kernel(V* __restrict__ out, const int32_t* __restrict__ take, int64_t rows, int HQ, int d,
+                                    int chunks, int64_t limit) {
+  const int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (j >= rows || take[j] != limit) return;
+  for (int hq = 0; hq < HQ; ++hq) {
+    V* row = out + (((j / d) * HQ + hq) * d + j % d) * chunks;
+    for (int ch = 0; ch < chunks; ++ch) row[ch] = V{};
+  }
 }
 
 // Elements per pack: 16 bytes when D allows it, else one element (row starts stay aligned: rows are D long).
@@ -122,15 +151,16 @@ void nsa_regroup(size_t elem_bytes, const void* x, void* out, const int32_t* idx
 }
 
 void nsa_mix_forward(DType t, const void* o0, const void* o1, const void* o2, const void* gates, void* out,
-                     int64_t rows, int64_t D, cudaStream_t stream) {
+                     int64_t rows, int64_t D, cudaStream_t stream, const NsaMixRegrouped* rg) {
   if (rows * D == 0) return;
+  const Cmp cmp = rg ? Cmp{rg->back, (int)rg->d, (int)rg->HQ, rg->NC * rg->d} : Cmp{};
   NT_DISPATCH_FLOAT(t, "nsa_mix_forward", [&] {
     using T = scalar_t;
     auto go = [&](auto v) {
       constexpr int V = decltype(v)::value;
       mix_forward_kernel<T, V><<<grid_for(rows * (D / V), 256), 256, 0, stream>>>(
           static_cast<const T*>(o0), static_cast<const T*>(o1), static_cast<const T*>(o2), static_cast<const T*>(gates),
-          static_cast<T*>(out), rows, (int)D);
+          static_cast<T*>(out), rows, (int)D, cmp);
     };
     if (pack_of<T>(D) > 1) go(std::integral_constant<int, (int)(16 / sizeof(T))>{});
     else go(std::integral_constant<int, 1>{});
@@ -139,8 +169,10 @@ void nsa_mix_forward(DType t, const void* o0, const void* o1, const void* o2, co
 }
 
 void nsa_mix_backward(DType t, const void* o0, const void* o1, const void* o2, const void* gates, const void* dy,
-                      void* d0, void* d1, void* d2, void* dgates, int64_t rows, int64_t D, cudaStream_t stream) {
+                      void* d0, void* d1, void* d2, void* dgates, int64_t rows, int64_t D, cudaStream_t stream,
+                      const NsaMixRegrouped* rg) {
   if (rows == 0) return;
+  const Cmp cmp = rg ? Cmp{rg->back, (int)rg->d, (int)rg->HQ, rg->NC * rg->d} : Cmp{};
   NT_DISPATCH_FLOAT(t, "nsa_mix_backward", [&] {
     using T = scalar_t;
     auto go = [&](auto v) {
@@ -152,7 +184,13 @@ void nsa_mix_backward(DType t, const void* o0, const void* o1, const void* o2, c
       mix_backward_kernel<T, V><<<(unsigned)((rows + per_block - 1) / per_block), 256, 0, stream>>>(
           static_cast<const T*>(o0), static_cast<const T*>(o1), static_cast<const T*>(o2), static_cast<const T*>(gates),
           static_cast<const T*>(dy), static_cast<T*>(d0), static_cast<T*>(d1), static_cast<T*>(d2),
-          static_cast<T*>(dgates), rows, (int)D, R);
+          static_cast<T*>(dgates), rows, (int)D, R, cmp);
+      if (rg && rg->NC * rg->d > 0) {
+        using PT = Pack<T, V>;
+        const int64_t nrow = rg->NC * rg->d;
+        zero_untaken_kernel<PT><<<(unsigned)((nrow + 255) / 256), 256, 0, stream>>>(
+            static_cast<PT*>(d0), rg->take, nrow, (int)rg->HQ, (int)rg->d, (int)packs, rg->T);
+      }
     };
     if (pack_of<T>(D) > 1) go(std::integral_constant<int, (int)(16 / sizeof(T))>{});
     else go(std::integral_constant<int, 1>{});

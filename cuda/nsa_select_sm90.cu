@@ -1,6 +1,6 @@
 // NSA block selection on Hopper's warpgroup MMA: nsa_select_tc's function (cuda/nsa_select.cu: block_indices
 // [N, H, n] from p = exp(scale q.k_cmp - lse_cmp) summed over each GQA group's heads, folded into the selection
-// blocks, top-n), the default where sm_90a runs, head dims up to 128 (zero-padded) and the scores fit.
+// blocks, top-n), the default where sm_90a runs and head dims are up to 128 (zero-padded).
 //
 // A block is one warpgroup owning PB = 128 / G consecutive positions of one sequence and one key/value head: 128
 // query rows (row p G + g: position p, head g of the group), loaded once by TMA (one box of G heads x PB positions
@@ -12,8 +12,9 @@
 // memory (three buffers), and after one barrier per tile the fold runs while the next tile's wgmma is in flight:
 // where every 64-key tile starts a selection block (64 d a multiple of l', the paper's l = 32, d = 16, l' = 64)
 // one thread per (position, block) adds the block's keys from a table built once (this tile's and the previous
-// one's: each block's score is written once), else select_fold's general rule. The scores stay in shared memory;
-// then one warp per position chooses (select_top_n). Every sum runs in a fixed order: the choice is deterministic.
+// one's: each block's score is written once), else select_fold's general rule. The scores go to a slot in global
+// memory (SelectSlots: one of a few per SM, in L2), then one warp per position chooses (select_top_n). Every sum
+// runs in a fixed order: the choice is deterministic.
 // Why: the mma.sync kernel (64 rows per block of 4 warps, S = Q K^T, shuffles over the rows of a warp) took 17.5 ms
 // of NSA's 50 ms forward at 64k (H100, 2026-12-06), ~125 TFLOP/s; here each K tile meets 128 rows per wgmma and
 // the head sums take a third of the shuffles. Nsight Compute (64k, H100): the kernel is bound by issuing
@@ -24,9 +25,11 @@
 // flight during this one's exponentials) measured 12.2 against 11.6 ms and was dropped: the wgmma was not what
 // the block waited for.
 // Traffic: q once; each compressed key once per block of positions that sees it (from L2: k_cmp is small).
-// Shared memory: Q 32 KB, K 2 x 16 KB, the sums 3 x 64 x cs floats, PB x ncand_max scores (two blocks per SM
-// at 64k tokens and G = 16).
+// Shared memory: Q 32 KB, K 2 x 16 KB, the sums 3 x 64 x cs floats: ~75 KB at G = 16 whatever T, three blocks
+// per SM (with the scores in shared memory, 110 KB at 64k and two blocks per SM: 9.7 ms at 64k, H100, 2026-12-07).
 #include <algorithm>
+#include <stdexcept>
+#include <string>
 
 #include "cuda/attention_sm90.cuh"
 #include "cuda/check.h"
@@ -39,13 +42,26 @@ using namespace sm80;
 using namespace sm90;
 
 constexpr int kRowsW = 128, kKeysW = 64, kThreadsW = 128;
+int g_select_slots = 0;  // score slots per SM; 0: as many as blocks fit (set_nsa_select_slots)
 constexpr int kQHalf = kRowsW * 128, kKHalf = kKeysW * 128;  // bytes of one 64-column half of Q and of a K tile
 
 struct SelectWgSmem {
-  size_t q, k, colsum, score, lse, nv, taken, chosen, weight, fold, bar, total;
+  size_t q, k, colsum, lse, nv, taken, chosen, weight, fold, bar, slot, total;
   int cs;        // floats per key row of a sums buffer (PB and a little padding against bank conflicts)
   int nblk = 0;  // > 0: the fold is the same for every tile (64 d a multiple of l'), nblk blocks per tile
   int fold_e;    // the fold table's entries per block (keys meeting it)
+  // Whether a block's scores start at zero: the general fold adds to them tile after tile, and a periodic fold
+  // writes each once but leaves blocks unwritten whose keys no position of the block sees (l > 2 l' + 1).
+  bool zero;
+};
+// The scores (PB positions x ncand_max blocks, f32) live in global memory, in one of per_sm slots per SM that a block
+// takes at its start and gives back at its end (bits of a mask per SM): shared memory then no longer grows with T,
+// and three blocks fit per SM at G = 16 (~75 KB each) instead of two (~110 KB with the scores at 64k). The slots stay
+// in L2 (132 x 3 x 32 KB at 64k). Correct for any per_sm: a block finding every slot of its SM taken waits for one.
+struct SelectSlots {
+  float* score;     // [nsm per_sm][PB][ncand_max]
+  unsigned* mask;   // [nsm], zero at launch
+  int nsm, per_sm;  // per_sm <= 32
 };
 // Whether the fold of a 64-key tile is the same for every tile: the tile's keys start a selection block (64 d a
 // multiple of l') and a block meets keys of at most the previous tile (l <= 64 d).
@@ -59,16 +75,18 @@ SelectWgSmem select_wg_smem(const NsaDims& a) {
   s.fold_e = (a.lp + a.l) / a.d + 2;
   s.q = 0;
   s.k = s.q + 2 * kQHalf;
+  s.zero = s.nblk == 0 || a.l > 2 * a.lp + 1;
   s.colsum = s.k + 2 * 2 * kKHalf;
-  s.score = s.colsum + (size_t)(s.nblk > 0 ? 3 : 2) * kKeysW * s.cs * 4;  // the general fold reads one tile's sums
-  s.lse = s.score + (size_t)PB * a.ncand_max * 4;
+  s.lse = s.colsum + (size_t)(s.nblk > 0 ? 3 : 2) * kKeysW * s.cs * 4;  // the general fold reads one tile's sums
   s.nv = s.lse + kRowsW * 4;
-  s.taken = s.nv + (size_t)PB * 4;
-  s.chosen = up(s.taken + (size_t)4 * a.ncand_max, 16);
-  s.weight = s.chosen + (size_t)4 * a.n * 4;
+  s.weight = s.nv + (size_t)PB * 4;
   s.fold = up(s.weight + ((size_t)std::min(a.l, a.lp) + 1) * 4, 8);
   s.bar = up(s.fold + (size_t)s.nblk * (s.fold_e + 1) * 8, 8);
-  s.total = s.bar + 2 * 8 + 1024;  // + the slack for aligning the base to 1024 bytes (TMA's 128-byte swizzle)
+  s.slot = s.bar + 2 * 8;
+  s.total = s.slot + 8 + 1024;  // + the slack for aligning the base to 1024 bytes (TMA's 128-byte swizzle)
+  // The top-n's scratch takes the place of Q and K once the walk is done.
+  s.taken = 0;
+  s.chosen = up(s.taken + (size_t)4 * a.ncand_max, 16);
   return s;
 }
 
@@ -138,18 +156,17 @@ __device__ __forceinline__ void store_position_sums(const float (&p)[64], float*
 }
 
 template <int G>
-__global__ void __launch_bounds__(kThreadsW) nsa_select_wgmma(const __grid_constant__ CUtensorMap mq,
+__global__ void __launch_bounds__(kThreadsW, 3) nsa_select_wgmma(const __grid_constant__ CUtensorMap mq,
                                                               const __grid_constant__ CUtensorMap mk,
                                                               const float* __restrict__ lse_cmp,
                                                               int32_t* __restrict__ block_indices, NsaDims a,
-                                                              SelectWgSmem off) {
+                                                              SelectWgSmem off, SelectSlots slots) {
 #if NT_SM90A
   constexpr int PB = kRowsW / G;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   unsigned char* smem = smem_align(smem_raw);
   unsigned char *Qs = smem + off.q, *Ks = smem + off.k;
   float* colsum = reinterpret_cast<float*>(smem + off.colsum);  // [3 (periodic fold) or 2][64 keys][cs]
-  float* score = reinterpret_cast<float*>(smem + off.score);    // [PB][ncand_max]
   float* lse_s = reinterpret_cast<float*>(smem + off.lse);      // [128 rows] lse log2 e; +inf: the row adds nothing
   int* nv_s = reinterpret_cast<int*>(smem + off.nv);            // [PB] keys each position sees
   unsigned char* taken = smem + off.taken;
@@ -161,6 +178,7 @@ __global__ void __launch_bounds__(kThreadsW) nsa_select_wgmma(const __grid_const
   int* fold_n = reinterpret_cast<int*>(fold_tab + off.nblk * off.fold_e);
   int* fold_neg = fold_n + off.nblk;
   uint64_t* full = reinterpret_cast<uint64_t*>(smem + off.bar);  // per K stage (stage 0's first phase: Q too)
+  int* slot_s = reinterpret_cast<int*>(smem + off.slot);
   const int seq = blockIdx.y, h = blockIdx.z;
   const int start = a.cu_seqlens[seq], len = a.cu_seqlens[seq + 1] - start, cs0 = a.cmp_starts[seq];
   const int t0 = (gridDim.x - 1 - blockIdx.x) * PB;  // the longest walks start first
@@ -174,7 +192,19 @@ __global__ void __launch_bounds__(kThreadsW) nsa_select_wgmma(const __grid_const
     for (int half = 0; half < 2; ++half)
       tma_load_3d(Ks + (i & 1) * 2 * kKHalf + half * kKHalf, &mk, bar, half * 64, h, cs0 + i * kKeysW);
   };
+  unsigned* slot_mask = nullptr;
   if (threadIdx.x == 0) {
+    unsigned smid;
+    asm volatile("mov.u32 %0, %%smid;" : "=r"(smid));
+    slot_mask = slots.mask + smid % (unsigned)slots.nsm;
+    for (int k = 0;; k = k + 1 == slots.per_sm ? 0 : k + 1) {  // take a free slot of this SM
+      if (!(atomicOr(slot_mask, 1u << k) & (1u << k))) {
+        *slot_s = (int)(smid % (unsigned)slots.nsm) * slots.per_sm + k;
+        break;
+      }
+      if (k + 1 == slots.per_sm) __nanosleep(256);
+    }
+    __threadfence();  // the previous owner's reads are done before this block writes
     mbar_init(&full[0], 1), mbar_init(&full[1], 1);
     mbar_fence_init();
     if (ntiles > 0) {
@@ -193,7 +223,6 @@ __global__ void __launch_bounds__(kThreadsW) nsa_select_wgmma(const __grid_const
     const int t = t0 + p;
     nv_s[p] = p >= npos || t + 1 < a.l ? 0 : (t + 1 - a.l) / a.d + 1;
   }
-  for (int i = threadIdx.x; i < npos * a.ncand_max; i += kThreadsW) score[i] = 0.f;
   for (int i = threadIdx.x; i <= min(a.l, a.lp); i += kThreadsW) weight[i] = (float)i / (float)a.d;
   for (int jr = threadIdx.x; jr < off.nblk; jr += kThreadsW) {  // block jr meets keys c with c d < (jr + 1) l' and
     int n = 0, neg = 0;                                          // c d + l > jr l' (relative to the tile)
@@ -206,7 +235,11 @@ __global__ void __launch_bounds__(kThreadsW) nsa_select_wgmma(const __grid_const
     fold_n[jr] = n, fold_neg[jr] = neg;
   }
   const FastDiv div_d = fast_div_for((uint32_t)a.d);
-  __syncthreads();  // the barriers' init, lse, nv, scores
+  __syncthreads();  // the barriers' init, lse, nv, the slot
+  const int slot = *slot_s;
+  float* score = slots.score + (size_t)slot * PB * a.ncand_max;  // [PB][ncand_max]
+  if (off.zero)  // (the first fold comes after the loop's first barrier, the top-n after the last one)
+    for (int i = threadIdx.x; i < npos * a.ncand_max; i += kThreadsW) score[i] = 0.f;
 
   if (ntiles > 0) {
     const int q = lane % 4, kr = 16 * warp + lane / 4;  // this thread's keys kr, kr + 8 of a tile
@@ -229,9 +262,11 @@ __global__ void __launch_bounds__(kThreadsW) nsa_select_wgmma(const __grid_const
       wgmma_commit();
     };
     // The periodic fold of tile i: thread (position p, block jr) adds the keys of tile i (cur) and, from tile 1 on,
-    // of tile i - 1 (prev) meeting block i nblk + jr; every block's score is written by one tile's fold. (The last
-    // tile's keys also meet the block after it, which no fold takes: that block is at or past every position's
-    // current block, which the top-n takes without its score.)
+    // of tile i - 1 (prev) meeting block i nblk + jr; every block's score is written by one tile's fold, so it is
+    // stored, not added (with off.zero the blocks no tile reaches stay 0). (The last tile's keys also meet the block
+    // after it, which no fold takes: that block is at or past every position's current block, which the top-n takes
+    // without its score. The blocks before a position's previous one, which the top-n reads, start at or before
+    // position - 2 l' and so in a tile the walk reaches when l <= 2 l' + 1.)
     auto fold_periodic = [&](int i, const float* cur, const float* prev) {
       for (int e = threadIdx.x; e < PB * off.nblk; e += kThreadsW) {
         const int p = e % PB, jr = e / PB, j = i * off.nblk + jr;
@@ -242,7 +277,7 @@ __global__ void __launch_bounds__(kThreadsW) nsa_select_wgmma(const __grid_const
         if (prev)
           for (int k = 0; k < nneg; ++k) acc += prev[tab[k].x + p] * __int_as_float(tab[k].y);
         for (int k = nneg, n = fold_n[jr]; k < n; ++k) acc += cur[tab[k].x + p] * __int_as_float(tab[k].y);
-        score[p * a.ncand_max + j] += acc;
+        score[p * a.ncand_max + j] = acc;
       }
     };
     mbar_wait(&full[0], 0);
@@ -286,8 +321,13 @@ __global__ void __launch_bounds__(kThreadsW) nsa_select_wgmma(const __grid_const
     wgmma_wait<0>();
     fence_regs(s);
   }
-  __syncthreads();  // the last fold is done
+  __syncthreads();  // the last fold is done; Q and K are free for the top-n's scratch
   select_top_n(score, taken, chosen, block_indices, a, start, t0, npos, h, warp, 4, lane);
+  __syncthreads();  // every read of the slot is done
+  if (threadIdx.x == 0) {
+    __threadfence();
+    atomicAnd(slot_mask, ~(1u << (slot % slots.per_sm)));
+  }
 #endif
 }
 
@@ -301,15 +341,33 @@ void launch_select_wgmma(const void* q, const void* k_cmp, const float* lse_cmp,
   const uint32_t qbox[3] = {64, (uint32_t)G, (uint32_t)PB}, kbox[3] = {64, 1, (uint32_t)kKeysW};
   const CUtensorMap mq = tensor_map_bf16(q, 3, qd, qst, qbox), mk = tensor_map_bf16(k_cmp, 3, kd, kst, kbox);
   allow_smem(nsa_select_wgmma<G>, off.total);
+  int device = 0, nsm = 0, per_sm = 0;
+  NT_CUDA_CHECK(cudaGetDevice(&device));
+  NT_CUDA_CHECK(cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, device));
+  NT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, nsa_select_wgmma<G>, kThreadsW, off.total));
+  per_sm = g_select_slots > 0 ? g_select_slots : std::clamp(per_sm, 1, 32);
+  const size_t slot_floats = (size_t)PB * a.ncand_max;
+  ScratchBuffer score((size_t)nsm * per_sm * slot_floats * sizeof(float)), mask((size_t)nsm * sizeof(unsigned));
+  NT_CUDA_CHECK(cudaMemsetAsync(mask.p, 0, (size_t)nsm * sizeof(unsigned), stream));
+  const SelectSlots slots{static_cast<float*>(score.p), static_cast<unsigned*>(mask.p), nsm, per_sm};
   const dim3 grid((unsigned)((max_len + PB - 1) / PB), (unsigned)a.nseq, (unsigned)a.H);
-  nsa_select_wgmma<G><<<grid, kThreadsW, off.total, stream>>>(mq, mk, lse_cmp, block_indices, a, off);
+  nsa_select_wgmma<G><<<grid, kThreadsW, off.total, stream>>>(mq, mk, lse_cmp, block_indices, a, off, slots);
   NT_CUDA_CHECK(cudaGetLastError());
 }
 }  // namespace
 
+void set_nsa_select_slots(int per_sm) {
+  if (per_sm < 0 || per_sm > 32)
+    throw std::invalid_argument("set_nsa_select_slots: per_sm must be in [0, 32] (0: as many as blocks fit), got " +
+                                std::to_string(per_sm));
+  g_select_slots = per_sm;
+}
+
 bool nsa_select_wgmma_applies(const NsaDims& a) {
   if (a.D % 8 != 0 || a.D > kAttnDim || a.G > 16 || (a.G & (a.G - 1)) != 0 || a.NC == 0) return false;
-  if (select_wg_smem(a).total > 200 * 1024) return false;
+  const SelectWgSmem s = select_wg_smem(a);
+  if (s.total > 200 * 1024 || s.chosen + (size_t)4 * a.n * 4 > s.colsum) return false;  // the top-n's scratch fits Q, K
+  if ((size_t)(kRowsW / a.G) * a.ncand_max * sizeof(float) > (1u << 20)) return false;  // a slot: at most 1 MB
   int device = 0;
   NT_CUDA_CHECK(cudaGetDevice(&device));
   return sm90a_available(device);

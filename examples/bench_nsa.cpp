@@ -9,7 +9,8 @@
 // qrun=R: the queries of R consecutive positions share a random base vector (plus noise of half its size), so
 // neighbouring positions choose alike, as the selected-branch kernels' shared loads assume of a trained model;
 // qrun=1 (default) draws every query independently (neighbours choose nearly independent blocks).
-// profile=1: after each T's rows, the kernels of one branch-wise forward + backward (cuda::Profiler, CUPTI).
+// profile=1: after each T's rows, the kernels of one branch-wise forward, then of one forward + backward
+// (cuda::Profiler, CUPTI).
 // (the fused CUDA-core op takes seconds at 32k and more: it is timed up to fused_max_t tokens)
 // The compressed keys and values are inputs of the op (the compression MLP phi is a separate GEMM composite, not
 // timed here); NSA's gate projection and the dense model's projections are not timed either.
@@ -228,6 +229,9 @@ int main(int argc, char** argv) {
       }
       if (a["profile"]) {
         cuda::Profiler prof;
+        prof.start();
+        br_fwd();
+        std::printf("kernels of one branch-wise forward at T = %lld:\n%s", (long long)T, prof.stop(12).c_str());
         prof.start();
         br_fb();
         std::printf("kernels of one branch-wise forward + backward at T = %lld:\n%s", (long long)T, prof.stop(12).c_str());

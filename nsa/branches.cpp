@@ -22,6 +22,7 @@ void nsa_mix_backward(const Tensor& o0, const Tensor& o1, const Tensor& o2, cons
 NT_REGISTER_OP(kNsaRegroup, "nsa_regroup_queries", true);
 NT_REGISTER_OP(kNsaUngroup, "nsa_ungroup_queries", true);
 NT_REGISTER_OP(kNsaMix, "nsa_mix_branches", true);
+NT_REGISTER_OP(kNsaMixRegrouped, "nsa_mix_branches_regrouped", true);
 
 namespace {
 std::vector<int32_t> cu_of(const NsaOptions& opt, int64_t T) {
@@ -167,34 +168,111 @@ Tensor nsa_mix_branches(const Tensor& o_cmp, const Tensor& o_slc, const Tensor& 
   return out;
 }
 
+namespace {
+// The compressed branch before its output is ungrouped: orr [NC, HQ d, D] (differentiable), the log-sum-exps in q's
+// layout [T, HQ], the maps. NC > 0.
+struct CmpRegrouped {
+  Tensor orr, lse;
+  RegroupMaps m;
+};
+CmpRegrouped compressed_regrouped(const Tensor& q, const Tensor& k_cmp, const Tensor& v_cmp, const NsaOptions& opt,
+                                  RegroupMaps m) {
+  const int64_t NC = m.NC, d = m.d, HQ = q.size(1);
+  AttentionOptions ao;
+  ao.scale = opt.scale, ao.cu_seqlens = m.cu_cmp;
+  Tensor lse_r;
+  CmpRegrouped c;
+  c.orr = flash_attention(regroup(q, m, true), k_cmp, v_cmp, ao, &lse_r);  // [NC, HQ d, D]; lse [HQ d, NC]
+  {
+    autograd::NoGradGuard ng;
+    const Tensor lse_flat = lse_r.reshape({HQ, d, NC}).permute({2, 1, 0}).reshape({NC * d, HQ});
+    c.lse = index_select(cat({lse_flat, full({1, HQ}, -std::numeric_limits<double>::infinity(), DType::f32, q.device())},
+                             0),
+                         0, m.back.to(DType::i64));
+  }
+  c.m = std::move(m);
+  return c;
+}
+
+#if NT_CUDA
+cuda::NsaMixRegrouped mix_layout(const RegroupMaps& m, int64_t HQ) {
+  cuda::NsaMixRegrouped rg;
+  rg.back = m.back.data<int32_t>(), rg.take = m.take.data<int32_t>();
+  rg.T = m.T, rg.NC = m.NC, rg.d = m.d, rg.HQ = HQ;
+  return rg;
+}
+#endif
+
+// nsa_mix_branches with o_cmp still regrouped (orr [NC, HQ d, D]): on CUDA the mix reads orr and writes its
+// gradient in that layout itself, so neither direction ungroups or regroups a [T, HQ, D] tensor; on the CPU it
+// ungroups and calls the same loops.
+Tensor mix_regrouped(const Tensor& orr, const Tensor& o_slc, const Tensor& o_win, const Tensor& gates,
+                     const RegroupMaps& m) {
+  const char* what = "nsa_mix_branches_regrouped";
+  NT_CHECK(o_slc.dim() == 3 && o_slc.size(0) == m.T && o_win.shape() == o_slc.shape() &&
+               orr.shape() == Shape({m.NC, o_slc.size(1) * m.d, o_slc.size(2)}) &&
+               gates.shape() == Shape({m.T, o_slc.size(1), 3}),
+           "{}: expected o_slc, o_win [{}, HQ, D], o_cmp regrouped [{}, HQ {}, D] and gates [{}, HQ, 3], got {}, {}, {} "
+           "and {}",
+           what, m.T, m.NC, m.d, m.T, shape_str(o_slc.shape()), shape_str(o_win.shape()), shape_str(orr.shape()),
+           shape_str(gates.shape()));
+  for (const Tensor* t : {&o_slc, &o_win, &gates}) {
+    check_same_device(what, orr, *t);
+    NT_CHECK(t->dtype() == orr.dtype(), "{}: every input must have o_cmp's dtype {}, got {}", what,
+             dtype_name(orr.dtype()), dtype_name(t->dtype()));
+  }
+  const Tensor a = orr.detach().contiguous(), b = o_slc.detach().contiguous(), c = o_win.detach().contiguous(),
+               g = gates.detach().contiguous();
+  const int64_t HQ = b.size(1), D = b.size(2), rows = m.T * HQ;
+  Tensor out = empty(b.shape(), b.dtype(), b.device());
+  if (out.device().is_cpu()) {
+    cpu::nsa_mix_forward(regroup_raw(a, m, false), b, c, g, out);
+  } else {
+    NT_ON_CUDA(what, {
+      const cuda::NsaMixRegrouped rg = mix_layout(m, HQ);
+      cuda::nsa_mix_forward(out.dtype(), a.data_ptr(), b.data_ptr(), c.data_ptr(), g.data_ptr(), out.data_ptr(), rows,
+                            D, stream_of(out), &rg);
+    });
+  }
+  if (autograd::needs_grad({&orr, &o_slc, &o_win, &gates}))
+    autograd::record(kNsaMixRegrouped, out, {orr, o_slc, o_win, gates},
+                     [sa = autograd::Saved(a), sb = autograd::Saved(b), sc = autograd::Saved(c),
+                      sg = autograd::Saved(g), m, rows, D](const Tensor& dy_in, auto&) {
+                       const Tensor &a = sa.get(), &b = sb.get(), &c = sc.get(), &g = sg.get();
+                       const Tensor dy = dy_in.to(b.dtype()).contiguous();
+                       std::vector<Tensor> d{empty_like(a), empty_like(b), empty_like(c), empty_like(g)};
+                       if (a.device().is_cpu()) {
+                         const Tensor d0 = empty_like(b);
+                         cpu::nsa_mix_backward(regroup_raw(a, m, false), b, c, g, dy, d0, d[1], d[2], d[3]);
+                         d[0] = regroup_raw(d0, m, true);
+                       } else {
+                         NT_ON_CUDA("nsa_mix_branches_regrouped", {
+                           const cuda::NsaMixRegrouped rg = mix_layout(m, b.size(1));
+                           cuda::nsa_mix_backward(a.dtype(), a.data_ptr(), b.data_ptr(), c.data_ptr(), g.data_ptr(),
+                                                  dy.data_ptr(), d[0].data_ptr(), d[1].data_ptr(), d[2].data_ptr(),
+                                                  d[3].data_ptr(), rows, D, stream_of(dy), &rg);
+                         });
+                       }
+                       return d;
+                     });
+  return out;
+}
+}  // namespace
+
 NsaBranch nsa_compressed_branch(const Tensor& q, const Tensor& k_cmp, const Tensor& v_cmp, const NsaOptions& opt) {
   const char* what = "nsa_compressed_branch";
   NT_CHECK(q.dim() == 3, "{}: q must be [T, HQ, D], got {}", what, shape_str(q.shape()));
   const int64_t T = q.size(0);
-  const RegroupMaps m = regroup_maps(what, T, opt, q.device());
-  const int64_t NC = m.NC, d = m.d;
-  check_qkv(what, q, k_cmp, v_cmp, NC, "the compressed blocks of all sequences");
-  const int64_t HQ = q.size(1);
-  const Device dev = q.device();
-  if (NC == 0) {  // every sequence shorter than a block: nothing is visible anywhere
+  RegroupMaps m = regroup_maps(what, T, opt, q.device());
+  check_qkv(what, q, k_cmp, v_cmp, m.NC, "the compressed blocks of all sequences");
+  if (m.NC == 0) {  // every sequence shorter than a block: nothing is visible anywhere
     NsaBranch r;
-    r.o = zeros(q.shape(), q.dtype(), dev);
-    r.lse = full({T, HQ}, -std::numeric_limits<double>::infinity(), DType::f32, dev);
+    r.o = zeros(q.shape(), q.dtype(), q.device());
+    r.lse = full({T, q.size(1)}, -std::numeric_limits<double>::infinity(), DType::f32, q.device());
     return r;
   }
-  AttentionOptions ao;
-  ao.scale = opt.scale, ao.cu_seqlens = m.cu_cmp;
-  Tensor lse_r;
-  const Tensor orr = flash_attention(regroup(q, m, true), k_cmp, v_cmp, ao, &lse_r);  // [NC, HQ d, D]; lse [HQ d, NC]
-  NsaBranch r;
-  r.o = regroup(orr, m, false);
-  {
-    autograd::NoGradGuard ng;
-    const Tensor lse_flat = lse_r.reshape({HQ, d, NC}).permute({2, 1, 0}).reshape({NC * d, HQ});
-    r.lse = index_select(cat({lse_flat, full({1, HQ}, -std::numeric_limits<double>::infinity(), DType::f32, dev)}, 0), 0,
-                         m.back.to(DType::i64));
-  }
-  return r;
+  CmpRegrouped c = compressed_regrouped(q, k_cmp, v_cmp, opt, std::move(m));
+  return {regroup(c.orr, c.m, false), c.lse};
 }
 
 NsaBranch nsa_window_branch(const Tensor& q, const Tensor& k_win, const Tensor& v_win, const NsaOptions& opt) {
@@ -222,10 +300,20 @@ NsaOutput nsa_attention_branches(const Tensor& q, const Tensor& k_cmp, const Ten
   NT_CHECK(q.dim() == 3 && gates.shape() == Shape({q.size(0), q.size(1), 3}),
            "nsa_attention_branches: q must be [T, HQ, D] and gates [T, HQ, 3], got {} and {}", shape_str(q.shape()),
            shape_str(gates.shape()));
-  const NsaBranch cmp = nsa_compressed_branch(q, k_cmp, v_cmp, opt);
+  const char* what = "nsa_attention_branches";
+  RegroupMaps m = regroup_maps(what, q.size(0), opt, q.device());
+  if (m.NC == 0) {
+    const NsaBranch cmp = nsa_compressed_branch(q, k_cmp, v_cmp, opt);
+    const NsaOutput slc = nsa_selected_branch(q, k_cmp, k_slc, v_slc, cmp.lse, opt);
+    const NsaBranch win = nsa_window_branch(q, k_win, v_win, opt);
+    return {nsa_mix_branches(cmp.o, slc.o, win.o, gates.to(q.dtype())), slc.block_indices};
+  }
+  check_qkv(what, q, k_cmp, v_cmp, m.NC, "the compressed blocks of all sequences");
+  // The compressed output stays regrouped until the mix (mix_regrouped).
+  const CmpRegrouped cmp = compressed_regrouped(q, k_cmp, v_cmp, opt, std::move(m));
   const NsaOutput slc = nsa_selected_branch(q, k_cmp, k_slc, v_slc, cmp.lse, opt);
   const NsaBranch win = nsa_window_branch(q, k_win, v_win, opt);
-  return {nsa_mix_branches(cmp.o, slc.o, win.o, gates.to(q.dtype())), slc.block_indices};
+  return {mix_regrouped(cmp.orr, slc.o, win.o, gates.to(q.dtype()), cmp.m), slc.block_indices};
 }
 
 }  // namespace nt

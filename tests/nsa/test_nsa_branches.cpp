@@ -354,6 +354,21 @@ GRADCHECK_TEST("nsa_mix_branches") {
              {rnd_grad({5, 3, 7}, 1), rnd_grad({5, 3, 7}, 2), rnd_grad({5, 3, 7}, 3), rnd_grad({5, 3, 3}, 4)});
 }
 
+// The branch-wise op end to end, its regrouped mix (nsa_mix_branches_regrouped: the compressed output is mixed, and
+// its gradient written, in the regrouped layout) included. Every position has at most n selection blocks, so the
+// discrete choice cannot change under the finite differences. Packed, with a sequence too short for a block.
+GRADCHECK_TEST("nsa_mix_branches_regrouped") {
+  const NsaOptions opt = blocks(4, 2, 8, 3, 6, {0, 3, 20, 44});  // 44: the last regrouped row is past the end
+  const int64_t T = 44, NC = total_cmp(opt, T);
+  std::vector<Tensor> x;
+  for (Tensor t : nsa_inputs(T, 4, 2, 3, NC, 30).all()) x.push_back(t.requires_grad_(true));
+  check_grad("nsa_mix_branches_regrouped",
+             [opt](const std::vector<Tensor>& x) {
+               return nsa_attention_branches(x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7], opt).o;
+             },
+             x);
+}
+
 TEST_CASE("NSA branches on CUDA (bf16, tensor-core flash_attention) match the f64 CPU result" *
           doctest::skip(!cuda::available())) {
   for (const Case& c : {Case{300, 16, 1, 64, blocks(32, 16, 64, 16, 128)},
@@ -420,11 +435,13 @@ TEST_CASE("NSA selection on tensor cores (bf16): a valid top-n of the f64 scores
 #if NT_CUDA
   struct Restore {
     int version = cuda::nsa_select_kernel();
-    ~Restore() { cuda::set_nsa_select_kernel(version); }
+    ~Restore() { cuda::set_nsa_select_kernel(version), cuda::set_nsa_select_slots(0); }
   } restore;
   const bool sm90a = cuda::sm90a_available(0);
 #endif
-  for (int version : {0, 1})
+  // version 2: the wgmma kernel with one score slot per SM, so its thread blocks wait for each other's slot (and
+  // take slots other blocks wrote before them)
+  for (int version : {0, 1, 2})
   for (const Case& c : {Case{300, 16, 1, 64, blocks(32, 16, 64, 16, 128)},
                         Case{333, 32, 2, 128, blocks(16, 8, 32, 5, 0, {0, 100, 100, 107, 333})},
                         Case{150, 4, 4, 64, blocks(8, 4, 16, 4, 0)},
@@ -442,9 +459,10 @@ TEST_CASE("NSA selection on tensor cores (bf16): a valid top-n of the f64 scores
                         // tile by the general rule (the others take its per-tile table), over 3 tiles
                         Case{1000, 8, 2, 64, blocks(8, 4, 12, 6, 0, {0, 400, 1000})}}) {
 #if NT_CUDA
-    cuda::set_nsa_select_kernel(version);
+    cuda::set_nsa_select_kernel(version == 1 ? 1 : 0);
+    cuda::set_nsa_select_slots(version == 2 ? 1 : 0);
 #endif
-    INFO("kernel " << (version == 0 ? "wgmma where it applies" : "mma.sync") << "; T " << c.T << " HQ " << c.HQ << " H " << c.H << " D " << c.D << " l " << c.opt.block << " d "
+    INFO("kernel " << (version == 0 ? "wgmma where it applies" : version == 1 ? "mma.sync" : "wgmma, one slot per SM") << "; T " << c.T << " HQ " << c.HQ << " H " << c.H << " D " << c.D << " l " << c.opt.block << " d "
               << c.opt.stride << " l' " << c.opt.select_block << " n " << c.opt.n_select);
     const int64_t T = c.T, HQ = c.HQ, H = c.H, G = HQ / H, D = c.D, n = c.opt.n_select;
     const NsaInputs in = nsa_cast(nsa_cast(nsa_inputs(T, HQ, H, D, total_cmp(c.opt, T), 55), DType::bf16), DType::f64);
@@ -457,7 +475,7 @@ TEST_CASE("NSA selection on tensor cores (bf16): a valid top-n of the f64 scores
     const NsaOutput a = nsa_selected_branch(q, kc, ks, vs, cmp.lse, c.opt);
     const NsaOutput b = nsa_selected_branch(q, kc, ks, vs, cmp.lse, c.opt);
 #if NT_CUDA
-    CHECK(cuda::nsa_select_last_wgmma() == (version == 0 && sm90a && D <= 128));  // the kernel meant ran
+    CHECK(cuda::nsa_select_last_wgmma() == (version != 1 && sm90a && D <= 128));  // the kernel meant ran
 #endif
     const auto idx = a.block_indices.to(kCPU).to_vector_as<int32_t>();
     CHECK(idx == b.block_indices.to(kCPU).to_vector_as<int32_t>());  // deterministic
