@@ -28,8 +28,11 @@ while [ $# -gt 0 ]; do
     *) echo "carry_check.sh: unknown argument '$1' (expected --bench, --suite-env, --memcheck, --bench-args, --ncu or --ncu-env)"; exit 2 ;;
   esac
 done
-[ -x build-bin/nt_cuda_tests ] || { echo "carry_check.sh: no build-bin/nt_cuda_tests: build with scripts/build_carry.sh and carry build-bin"; exit 2; }
+[ -x build-bin/nt_cuda_tests ] || [ -f build-bin/nt_cuda_tests.gz ] ||
+  { echo "carry_check.sh: no build-bin/nt_cuda_tests: build with scripts/build_carry.sh and carry build-bin"; exit 2; }
+# Binaries may come gzipped (NAME.gz, e.g. mutants from scripts/build_mutant.sh: the carry is 64 MiB in all).
 mkdir -p build-gpu && cp build-bin/* build-gpu/ && cd build-gpu
+for f in *.gz; do [ -e "$f" ] && gunzip -f "$f" && chmod +x "${f%.gz}"; done
 step() {  # step SECONDS "ENV=V ..." command...: one step, timed, into the log
   local limit=$1 envs=$2 s=$SECONDS
   shift 2
