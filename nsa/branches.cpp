@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <limits>
+#include <optional>
 
 #include "autograd/graph.h"
 #include "ops/device_tables.h"
@@ -128,6 +129,72 @@ Tensor nsa_ungroup_queries(const Tensor& qr, int64_t T, const NsaOptions& opt) {
   return regroup(qr, m, false);
 }
 
+namespace {
+#if NT_CUDA
+cuda::NsaMixRegrouped mix_layout(const RegroupMaps& m, int64_t HQ) {
+  cuda::NsaMixRegrouped rg;
+  rg.back = m.back.data<int32_t>(), rg.take = m.take.data<int32_t>();
+  rg.T = m.T, rg.NC = m.NC, rg.d = m.d, rg.HQ = HQ;
+  return rg;
+}
+#endif
+
+// The gate mix, forward and backward, with inputs already checked. With m, o_cmp is still regrouped ([NC, HQ d, D],
+// the op nsa_mix_branches_regrouped): on CUDA the kernels read it and write its gradient in that layout themselves,
+// so neither direction ungroups or regroups a [T, HQ, D] tensor; on the CPU it is ungrouped for the same loops.
+Tensor mix(const Tensor& o_cmp, const Tensor& o_slc, const Tensor& o_win, const Tensor& gates,
+           std::optional<RegroupMaps> m) {
+  const Tensor a = o_cmp.detach().contiguous(), b = o_slc.detach().contiguous(), c = o_win.detach().contiguous(),
+               g = gates.detach().contiguous();
+  const int64_t HQ = b.size(1), D = b.size(2), rows = b.size(0) * HQ;
+  Tensor out = empty(b.shape(), b.dtype(), b.device());
+  if (out.device().is_cpu()) {
+    cpu::nsa_mix_forward(m ? regroup_raw(a, *m, false) : a, b, c, g, out);
+  } else {
+    NT_ON_CUDA("nsa_mix_branches", {
+      const cuda::NsaMixRegrouped rg = m ? mix_layout(*m, HQ) : cuda::NsaMixRegrouped{};
+      cuda::nsa_mix_forward(out.dtype(), a.data_ptr(), b.data_ptr(), c.data_ptr(), g.data_ptr(), out.data_ptr(), rows,
+                            D, stream_of(out), m ? &rg : nullptr);
+    });
+  }
+  if (autograd::needs_grad({&o_cmp, &o_slc, &o_win, &gates}))
+    autograd::record(m ? kNsaMixRegrouped : kNsaMix, out, {o_cmp, o_slc, o_win, gates},
+                     [sa = autograd::Saved(a), sb = autograd::Saved(b), sc = autograd::Saved(c),
+                      sg = autograd::Saved(g), m, rows, HQ, D](const Tensor& dy_in, auto&) {
+                       const Tensor &a = sa.get(), &b = sb.get(), &c = sc.get(), &g = sg.get();
+                       const Tensor dy = dy_in.to(b.dtype()).contiguous();
+                       std::vector<Tensor> d{empty_like(a), empty_like(b), empty_like(c), empty_like(g)};
+                       if (a.device().is_cpu()) {
+                         const Tensor d0 = m ? empty_like(b) : d[0];
+                         cpu::nsa_mix_backward(m ? regroup_raw(a, *m, false) : a, b, c, g, dy, d0, d[1], d[2], d[3]);
+                         if (m) d[0] = regroup_raw(d0, *m, true);
+                       } else {
+                         NT_ON_CUDA("nsa_mix_branches", {
+                           const cuda::NsaMixRegrouped rg = m ? mix_layout(*m, HQ) : cuda::NsaMixRegrouped{};
+                           cuda::nsa_mix_backward(a.dtype(), a.data_ptr(), b.data_ptr(), c.data_ptr(), g.data_ptr(),
+                                                  dy.data_ptr(), d[0].data_ptr(), d[1].data_ptr(), d[2].data_ptr(),
+                                                  d[3].data_ptr(), rows, D, stream_of(dy), m ? &rg : nullptr);
+                         });
+                       }
+                       return d;
+                     });
+  return out;
+}
+
+// mix with o_cmp still regrouped (orr [NC, HQ d, D]); the branch-wise op's own inputs, so only the layouts are checked.
+Tensor mix_regrouped(const Tensor& orr, const Tensor& o_slc, const Tensor& o_win, const Tensor& gates,
+                     const RegroupMaps& m) {
+  NT_CHECK(o_slc.dim() == 3 && o_slc.size(0) == m.T && o_win.shape() == o_slc.shape() &&
+               orr.shape() == Shape({m.NC, o_slc.size(1) * m.d, o_slc.size(2)}) &&
+               gates.shape() == Shape({m.T, o_slc.size(1), 3}),
+           "nsa_mix_branches_regrouped: expected o_slc, o_win [{}, HQ, D], o_cmp regrouped [{}, HQ {}, D] and gates "
+           "[{}, HQ, 3], got {}, {}, {} and {}",
+           m.T, m.NC, m.d, m.T, shape_str(o_slc.shape()), shape_str(o_win.shape()), shape_str(orr.shape()),
+           shape_str(gates.shape()));
+  return mix(orr, o_slc, o_win, gates, m);
+}
+}  // namespace
+
 Tensor nsa_mix_branches(const Tensor& o_cmp, const Tensor& o_slc, const Tensor& o_win, const Tensor& gates) {
   const char* what = "nsa_mix_branches";
   NT_CHECK(o_cmp.dim() == 3, "{}: o_cmp must be [T, HQ, D], got {}", what, shape_str(o_cmp.shape()));
@@ -143,29 +210,7 @@ Tensor nsa_mix_branches(const Tensor& o_cmp, const Tensor& o_slc, const Tensor& 
     NT_CHECK(t->dtype() == o_cmp.dtype(), "{}: {} must have o_cmp's dtype {}, got {}", what, name,
              dtype_name(o_cmp.dtype()), dtype_name(t->dtype()));
   }
-  const Tensor a = o_cmp.detach().contiguous(), b = o_slc.detach().contiguous(), c = o_win.detach().contiguous(),
-               g = gates.detach().contiguous();
-  Tensor out = empty(o_cmp.shape(), o_cmp.dtype(), o_cmp.device());
-  const int64_t D = o_cmp.size(2), rows = o_cmp.size(0) * o_cmp.size(1);
-  if (out.device().is_cpu()) cpu::nsa_mix_forward(a, b, c, g, out);
-  else NT_ON_CUDA(what, cuda::nsa_mix_forward(out.dtype(), a.data_ptr(), b.data_ptr(), c.data_ptr(), g.data_ptr(),
-                                              out.data_ptr(), rows, D, stream_of(out)));
-  if (autograd::needs_grad({&o_cmp, &o_slc, &o_win, &gates}))
-    autograd::record(kNsaMix, out, {o_cmp, o_slc, o_win, gates},
-                     [sa = autograd::Saved(a), sb = autograd::Saved(b), sc = autograd::Saved(c),
-                      sg = autograd::Saved(g), rows, D](const Tensor& dy_in, auto&) {
-                       const Tensor &a = sa.get(), &b = sb.get(), &c = sc.get(), &g = sg.get();
-                       const Tensor dy = dy_in.to(a.dtype()).contiguous();
-                       std::vector<Tensor> d{empty_like(a), empty_like(b), empty_like(c), empty_like(g)};
-                       if (a.device().is_cpu()) cpu::nsa_mix_backward(a, b, c, g, dy, d[0], d[1], d[2], d[3]);
-                       else NT_ON_CUDA("nsa_mix_branches",
-                                       cuda::nsa_mix_backward(a.dtype(), a.data_ptr(), b.data_ptr(), c.data_ptr(),
-                                                              g.data_ptr(), dy.data_ptr(), d[0].data_ptr(),
-                                                              d[1].data_ptr(), d[2].data_ptr(), d[3].data_ptr(), rows,
-                                                              D, stream_of(dy)));
-                       return d;
-                     });
-  return out;
+  return mix(o_cmp, o_slc, o_win, gates, std::nullopt);
 }
 
 namespace {
@@ -194,69 +239,6 @@ CmpRegrouped compressed_regrouped(const Tensor& q, const Tensor& k_cmp, const Te
   return c;
 }
 
-#if NT_CUDA
-cuda::NsaMixRegrouped mix_layout(const RegroupMaps& m, int64_t HQ) {
-  cuda::NsaMixRegrouped rg;
-  rg.back = m.back.data<int32_t>(), rg.take = m.take.data<int32_t>();
-  rg.T = m.T, rg.NC = m.NC, rg.d = m.d, rg.HQ = HQ;
-  return rg;
-}
-#endif
-
-// nsa_mix_branches with o_cmp still regrouped (orr [NC, HQ d, D]): on CUDA the mix reads orr and writes its
-// gradient in that layout itself, so neither direction ungroups or regroups a [T, HQ, D] tensor; on the CPU it
-// ungroups and calls the same loops.
-Tensor mix_regrouped(const Tensor& orr, const Tensor& o_slc, const Tensor& o_win, const Tensor& gates,
-                     const RegroupMaps& m) {
-  const char* what = "nsa_mix_branches_regrouped";
-  NT_CHECK(o_slc.dim() == 3 && o_slc.size(0) == m.T && o_win.shape() == o_slc.shape() &&
-               orr.shape() == Shape({m.NC, o_slc.size(1) * m.d, o_slc.size(2)}) &&
-               gates.shape() == Shape({m.T, o_slc.size(1), 3}),
-           "{}: expected o_slc, o_win [{}, HQ, D], o_cmp regrouped [{}, HQ {}, D] and gates [{}, HQ, 3], got {}, {}, {} "
-           "and {}",
-           what, m.T, m.NC, m.d, m.T, shape_str(o_slc.shape()), shape_str(o_win.shape()), shape_str(orr.shape()),
-           shape_str(gates.shape()));
-  for (const Tensor* t : {&o_slc, &o_win, &gates}) {
-    check_same_device(what, orr, *t);
-    NT_CHECK(t->dtype() == orr.dtype(), "{}: every input must have o_cmp's dtype {}, got {}", what,
-             dtype_name(orr.dtype()), dtype_name(t->dtype()));
-  }
-  const Tensor a = orr.detach().contiguous(), b = o_slc.detach().contiguous(), c = o_win.detach().contiguous(),
-               g = gates.detach().contiguous();
-  const int64_t HQ = b.size(1), D = b.size(2), rows = m.T * HQ;
-  Tensor out = empty(b.shape(), b.dtype(), b.device());
-  if (out.device().is_cpu()) {
-    cpu::nsa_mix_forward(regroup_raw(a, m, false), b, c, g, out);
-  } else {
-    NT_ON_CUDA(what, {
-      const cuda::NsaMixRegrouped rg = mix_layout(m, HQ);
-      cuda::nsa_mix_forward(out.dtype(), a.data_ptr(), b.data_ptr(), c.data_ptr(), g.data_ptr(), out.data_ptr(), rows,
-                            D, stream_of(out), &rg);
-    });
-  }
-  if (autograd::needs_grad({&orr, &o_slc, &o_win, &gates}))
-    autograd::record(kNsaMixRegrouped, out, {orr, o_slc, o_win, gates},
-                     [sa = autograd::Saved(a), sb = autograd::Saved(b), sc = autograd::Saved(c),
-                      sg = autograd::Saved(g), m, rows, D](const Tensor& dy_in, auto&) {
-                       const Tensor &a = sa.get(), &b = sb.get(), &c = sc.get(), &g = sg.get();
-                       const Tensor dy = dy_in.to(b.dtype()).contiguous();
-                       std::vector<Tensor> d{empty_like(a), empty_like(b), empty_like(c), empty_like(g)};
-                       if (a.device().is_cpu()) {
-                         const Tensor d0 = empty_like(b);
-                         cpu::nsa_mix_backward(regroup_raw(a, m, false), b, c, g, dy, d0, d[1], d[2], d[3]);
-                         d[0] = regroup_raw(d0, m, true);
-                       } else {
-                         NT_ON_CUDA("nsa_mix_branches_regrouped", {
-                           const cuda::NsaMixRegrouped rg = mix_layout(m, b.size(1));
-                           cuda::nsa_mix_backward(a.dtype(), a.data_ptr(), b.data_ptr(), c.data_ptr(), g.data_ptr(),
-                                                  dy.data_ptr(), d[0].data_ptr(), d[1].data_ptr(), d[2].data_ptr(),
-                                                  d[3].data_ptr(), rows, D, stream_of(dy), &rg);
-                         });
-                       }
-                       return d;
-                     });
-  return out;
-}
 }  // namespace
 
 NsaBranch nsa_compressed_branch(const Tensor& q, const Tensor& k_cmp, const Tensor& v_cmp, const NsaOptions& opt) {
