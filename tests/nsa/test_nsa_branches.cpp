@@ -462,8 +462,11 @@ TEST_CASE("NSA selection on tensor cores (bf16): a valid top-n of the f64 scores
     cuda::set_nsa_select_kernel(version == 1 ? 1 : 0);
     cuda::set_nsa_select_slots(version == 2 ? 1 : 0);
 #endif
-    INFO("kernel " << (version == 0 ? "wgmma where it applies" : version == 1 ? "mma.sync" : "wgmma, one slot per SM") << "; T " << c.T << " HQ " << c.HQ << " H " << c.H << " D " << c.D << " l " << c.opt.block << " d "
-              << c.opt.stride << " l' " << c.opt.select_block << " n " << c.opt.n_select);
+    // (a std::string: doctest's INFO prints a bare const char* as a pointer)
+    const std::string kernel =
+        version == 0 ? "wgmma where it applies" : version == 1 ? "mma.sync" : "wgmma, one slot per SM";
+    INFO("kernel " << kernel << "; T " << c.T << " HQ " << c.HQ << " H " << c.H << " D " << c.D << " l "
+                   << c.opt.block << " d " << c.opt.stride << " l' " << c.opt.select_block << " n " << c.opt.n_select);
     const int64_t T = c.T, HQ = c.HQ, H = c.H, G = HQ / H, D = c.D, n = c.opt.n_select;
     const NsaInputs in = nsa_cast(nsa_cast(nsa_inputs(T, HQ, H, D, total_cmp(c.opt, T), 55), DType::bf16), DType::f64);
     // f64 reference: the compressed log-sum-exps and the selected branch with the CPU's own choice.
