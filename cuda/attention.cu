@@ -678,6 +678,14 @@ bool g_bwd_tma_dq = [] {  // the default since 2026-12-06 (docs/cuda.md); NT_ATT
 }  // namespace
 void set_attention_bwd_tma_dq(bool on) { g_bwd_tma_dq = on; }
 bool attention_bwd_tma_dq() { return g_bwd_tma_dq; }
+namespace {
+bool g_fwd_pingpong = [] {
+  const char* e = std::getenv("NT_ATTENTION_FWD_PINGPONG");
+  return e && std::string(e) == "1";
+}();
+}  // namespace
+void set_attention_fwd_pingpong(bool on) { g_fwd_pingpong = on; }
+bool attention_fwd_pingpong() { return g_fwd_pingpong; }
 
 void attention_forward(DType t, const void* q, const void* k, const void* v, void* out, float* lse, const AttentionDims& d,
                        cudaStream_t stream) {

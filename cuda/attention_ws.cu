@@ -33,6 +33,10 @@ constexpr int kQBytes = kRowsWG * 2 * 128;  // one consumer's Q: two column halv
 constexpr int kKVBytes = kKeys * 2 * 128;   // one K or V tile
 constexpr size_t kSmem = 1024 + 2 * kQBytes + 2 * kStages * kKVBytes + (1 + 4 * kStages) * 8;
 
+// kPingPong (set_attention_fwd_pingpong; FlashAttention-3's inter-warpgroup schedule): the two consumers take turns
+// issuing their wgmmas (named barriers 3 and 4, consumer 0 first), so one's softmax runs while the other's products
+// hold the tensor cores, instead of both issuing at once and then both computing exponentials.
+template <bool kPingPong>
 __global__ void __launch_bounds__(384, 1)
     attn_fwd_ws(const __grid_constant__ CUtensorMap mq, const __grid_constant__ CUtensorMap mk,
                 const __grid_constant__ CUtensorMap mv, uint16_t* __restrict__ o, float* __restrict__ lse,
@@ -132,9 +136,21 @@ __global__ void __launch_bounds__(384, 1)
   // Every tile of the block's range is multiplied by both consumers, also where a consumer's rows see none of its
   // keys (the masks zero them; with a window or past the sequence's end that wastes a few tiles): a wgmma under a
   // condition would make ptxas serialize them all (warning C7520), losing the overlap.
+  // The turns: wait for mine before issuing, pass it on after. Each consumer issues n_tiles + 1 times; consumer 1
+  // passes its last turn to no one (consumer 0 waits n_tiles + 1 times, once given by the arrival below).
+  auto turn_wait = [&] {
+    if constexpr (kPingPong) named_barrier(3 + c, 256);
+  };
+  auto turn_pass = [&](bool last) {
+    if constexpr (kPingPong)
+      if (!(last && c == 1)) named_barrier_arrive(3 + (c ^ 1), 256);
+  };
+  if (kPingPong && c == 1) named_barrier_arrive(3, 256);  // consumer 0 goes first
   mbar_wait(q_full, 0);
   mbar_wait(&k_full[0], 0);
+  turn_wait();
   issue_qk(0);
+  turn_pass(false);
   wgmma_wait<0>();
   fence_regs(sf);
   release(&k_empty[0]);
@@ -146,9 +162,11 @@ __global__ void __launch_bounds__(384, 1)
   for (int it = 1; it < n_tiles; ++it) {
     const int st = it % kStages, sp = (it - 1) % kStages, n0 = n_lo + it * kKeys;
     mbar_wait(&k_full[st], (it / kStages) & 1);
-    issue_qk(st);
     mbar_wait(&v_full[sp], ((it - 1) / kStages) & 1);
+    turn_wait();
+    issue_qk(st);
     issue_pv(sp);
+    turn_pass(false);
     wgmma_wait<1>();  // S(n) is done, P V still in flight
     fence_regs(sf);
     release(&k_empty[st]);
@@ -165,7 +183,9 @@ __global__ void __launch_bounds__(384, 1)
   }
   const int last = (n_tiles - 1) % kStages;
   mbar_wait(&v_full[last], ((n_tiles - 1) / kStages) & 1);
+  turn_wait();
   issue_pv(last);
+  turn_pass(true);
   wgmma_wait<0>();
   fence_regs(acc);
   release(&v_empty[last]);
@@ -405,9 +425,13 @@ bool attention_forward_ws(const void* q, const void* k, const void* v, void* out
   if (!attention_wgmma_available(d)) return false;
   auto map = [&](const void* base, int64_t heads, uint32_t rows) { return rows_map(base, d, heads, rows); };
   const CUtensorMap mq = map(q, d.H, kRowsWG), mk = map(k, d.Hkv, kKeys), mv = map(v, d.Hkv, kKeys);
-  allow_smem(attn_fwd_ws, kSmem);
   const dim3 grid((unsigned)((d.max_len + kRows - 1) / kRows), (unsigned)d.nseq, (unsigned)d.H);
-  attn_fwd_ws<<<grid, 384, kSmem, stream>>>(mq, mk, mv, static_cast<uint16_t*>(out), lse, d);
+  auto launch = [&](auto kernel) {
+    allow_smem(kernel, kSmem);
+    kernel<<<grid, 384, kSmem, stream>>>(mq, mk, mv, static_cast<uint16_t*>(out), lse, d);
+  };
+  if (attention_fwd_pingpong()) launch(attn_fwd_ws<true>);
+  else launch(attn_fwd_ws<false>);
   NT_CUDA_CHECK(cudaGetLastError());
   return true;
 }

@@ -194,6 +194,11 @@ int main(int argc, char** argv) {
       others.emplace_back(ver, time_ms([&] { flash_attention(q, k, v, opt); }));
     }
     cuda::set_attention_kernel(default_version);
+    // The ping-pong forward (cuda::set_attention_fwd_pingpong) against the other setting, as version "0".
+    const bool default_pingpong = cuda::attention_fwd_pingpong();
+    cuda::set_attention_fwd_pingpong(!default_pingpong);
+    others.emplace_back(0, time_ms([&] { flash_attention(q, k, v, opt); }));
+    cuda::set_attention_fwd_pingpong(default_pingpong);
     const double fwd = time_ms([&] { flash_attention(q, k, v, opt); });
     double fb = 0, fb_mma = 0;
     {
@@ -213,7 +218,8 @@ int main(int argc, char** argv) {
     const std::string shape = fmt::format("{}x{}x{}x{}x{}x{}", c.B, c.T, c.H, c.Hkv, c.D, c.window);
     for (const auto& [ver, ms] : others)
       std::printf("%-42s %10.3f %10.1f %14s %8s\n",
-                  fmt::format("  fwd, kernel v{} (v{} is {:.2f}x faster)", ver, default_version, ms / fwd).c_str(), ms,
+                  (ver == 0 ? fmt::format("  fwd, ping-pong {} (default {:.2f}x faster)", default_pingpong ? "off" : "on", ms / fwd)
+                            : fmt::format("  fwd, kernel v{} (v{} is {:.2f}x faster)", ver, default_version, ms / fwd)).c_str(), ms,
                   fwd_flop / ms / 1e9, "", "");
     std::printf("%-42s %10.3f %10.1f %14s %8s\n", fmt::format("  fwd+bwd, mma.sync v3 ({:.2f}x the default)", fb_mma / fb).c_str(),
                 fb_mma, 3.5 * fwd_flop / fb_mma / 1e9, "", "");

@@ -638,28 +638,31 @@ CUDA_TEST("flash_attention: tensor-core (bf16) and CUDA-core kernels against the
   // and the others with its 128-key blocks, then back to the defaults.
 #if NT_CUDA
   const int default_version = cuda::attention_kernel(), default_keys = cuda::attention_bwd_keys();
-  const bool default_tma_dq = cuda::attention_bwd_tma_dq();
+  const bool default_tma_dq = cuda::attention_bwd_tma_dq(), default_pingpong = cuda::attention_fwd_pingpong();
   auto set_version = [](int v) {
     cuda::set_attention_kernel(std::min(v, 7)), cuda::set_attention_bwd_keys(v == 1 ? 64 : 128);
-    cuda::set_attention_bwd_tma_dq(v == 8);
+    cuda::set_attention_bwd_tma_dq(v == 8), cuda::set_attention_fwd_pingpong(v == 9);
   };
   struct Restore {  // also when a check throws
     int version, keys;
-    bool tma_dq;
+    bool tma_dq, pingpong;
     ~Restore() {
       cuda::set_attention_kernel(version), cuda::set_attention_bwd_keys(keys), cuda::set_attention_bwd_tma_dq(tma_dq);
+      cuda::set_attention_fwd_pingpong(pingpong);
     }
-  } restore_at_exit{default_version, default_keys, default_tma_dq};
+  } restore_at_exit{default_version, default_keys, default_tma_dq, default_pingpong};
   auto restore = [] {};
 #else
   auto set_version = [](int) {};
   auto restore = [] {};
 #endif
-  for (int version : {1, 2, 3, 4, 5, 6, 7, 8})  // 8: version 7 with the TMA-reduce dQ (set_attention_bwd_tma_dq)
+  // 8: version 7 with the TMA-reduce dQ (set_attention_bwd_tma_dq); 9: version 7 with the ping-pong forward
+  // (set_attention_fwd_pingpong)
+  for (int version : {1, 2, 3, 4, 5, 6, 7, 8, 9})
   for (const C& c : cases)
     for (DType dt : kFloatTypes) {
       if (c.cu.size() > 100 && (dt != DType::bf16 || version < 4)) continue;  // the head walk of the wgmma backwards
-      if (version == 8 && dt != DType::bf16) continue;
+      if (version >= 8 && dt != DType::bf16) continue;
       set_version(version);
       INFO("forward kernel " << version << " (backward keys " << (version == 1 ? 64 : 128) << ") B " << c.B << " T " << c.T << " H " << c.H << "/" << c.Hkv << " D " << c.D << " window " << c.window
                 << " packed " << !c.cu.empty());
