@@ -710,10 +710,17 @@ void attention_forward(DType t, const void* q, const void* k, const void* v, voi
   });
 }
 
+bool attention_backward_on_tensor_cores(DType t, const AttentionDims& d, std::initializer_list<const void*> ptrs) {
+  return use_tensor_cores(t, d, ptrs);
+}
+
 void attention_backward(DType t, const void* q, const void* k, const void* v, const void* out, const void* dout,
                         const float* lse, float* delta, float* dq_acc, void* dq, void* dk, void* dv,
                         const AttentionDims& d, cudaStream_t stream) {
   if (d.N == 0) return;
+  // dq == nullptr: dq is added onto dq_acc, which the caller zeroed and converts (the tensor-core path only).
+  if (!dq && !use_tensor_cores(t, d, {q, k, v, dout, dk, dv}))
+    throw std::logic_error("attention_backward: dq == nullptr (add into dq_acc) needs the tensor-core path");
   const unsigned rows_blocks = warp_blocks(d.N * d.H);
   NT_DISPATCH_FLOAT(t, "flash_attention_backward", [&] {
     using T = scalar_t;
@@ -721,7 +728,7 @@ void attention_backward(DType t, const void* q, const void* k, const void* v, co
     NT_CUDA_CHECK(cudaGetLastError());
   });
   if (use_tensor_cores(t, d, {q, k, v, dout, dk, dv})) {
-    NT_CUDA_CHECK(cudaMemsetAsync(dq_acc, 0, (size_t)d.N * d.H * d.D * sizeof(float), stream));
+    if (dq) NT_CUDA_CHECK(cudaMemsetAsync(dq_acc, 0, (size_t)d.N * d.H * d.D * sizeof(float), stream));
     const bool wide = g_bwd_keys == 128;  // 256-wide heads keep 64 keys (the 128-key tile's smem would not fit twice)
     if (g_attention_kernel >= 4 && attention_wgmma_available(d))  // versions 4-7: Hopper kernels both ways (7: the warp-specialized backward)
       run_bwd_split(d, 128, dk, dv, stream, [&](int gs, float* dkv_acc) {
@@ -733,8 +740,7 @@ void attention_backward(DType t, const void* q, const void* k, const void* v, co
     else if (d.D <= 128 && wide) launch_bwd_tc<128, 128, 128>(q, k, v, dout, lse, delta, dq_acc, dk, dv, d, stream);
     else if (d.D <= 128) launch_bwd_tc<128, 128, 64>(q, k, v, dout, lse, delta, dq_acc, dk, dv, d, stream);
     else launch_bwd_tc<256, 128, 64>(q, k, v, dout, lse, delta, dq_acc, dk, dv, d, stream);
-    const int64_t n = d.N * d.H * d.D;
-    cast_f32_to_bf16(dq_acc, dq, n, stream);
+    if (dq) cast_f32_to_bf16(dq_acc, dq, d.N * d.H * d.D, stream);
     return;
   }
   NT_DISPATCH_FLOAT(t, "flash_attention_backward", [&] {

@@ -5,6 +5,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <initializer_list>
 
 #include "cuda/fast_div.h"
 #include "ops/elementwise_math.h"
@@ -95,9 +96,12 @@ void set_attention_fwd_pingpong(bool on);
 bool attention_fwd_pingpong();
 void attention_forward(DType t, const void* q, const void* k, const void* v, void* out, float* lse,
                        const AttentionDims& d, cudaStream_t stream);
+// dq == nullptr: dq is added onto dq_acc (f32 [N, H, D], zeroed by the caller, who also converts it), which only
+// the tensor-core path does: attention_backward_on_tensor_cores(t, d, {q, k, v, dout, dk, dv}).
 void attention_backward(DType t, const void* q, const void* k, const void* v, const void* out, const void* dout,
                         const float* lse, float* delta, float* dq_acc, void* dq, void* dk, void* dv,
                         const AttentionDims& d, cudaStream_t stream);
+bool attention_backward_on_tensor_cores(DType t, const AttentionDims& d, std::initializer_list<const void*> ptrs);
 
 // nsa.cu: Native Sparse Attention on CUDA cores (nsa/nsa_attention.h; layouts as nsa/cpu/nsa_attention.cpp, with
 // branch_o [3, N, HQ, D] and lse [3, N, HQ] in the accumulation type, f32 or f64). in: q, k_cmp, v_cmp, k_slc, v_slc,
@@ -202,9 +206,13 @@ int nsa_selected_chunk();
 void set_nsa_selected_walk_blocks(int blocks);
 int nsa_selected_walk_blocks();
 bool nsa_selected_backward_tc_supported(const NsaDims& d);
+// dq_acc given (f32 [N, HQ, D], zeroed by the caller, who converts it): dq is added onto it (dq unused), which
+// only the walk that computes dq with dk and dv does (nsa_selected_backward_fuses_dq).
 void nsa_selected_backward_tc(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
                               const void* o_slc, bool o_is_bf16, const float* lse_slc, const void* dout, void* dq,
-                              void* dk_slc, void* dv_slc, const NsaDims& d, int max_len, cudaStream_t stream);
+                              void* dk_slc, void* dv_slc, const NsaDims& d, int max_len, cudaStream_t stream,
+                              float* dq_acc = nullptr);
+bool nsa_selected_backward_fuses_dq(const NsaDims& d, int max_len);
 void nsa_forward(DType t, const void* const in[8], void* out, int32_t* block_indices, void* branch_o, void* lse,
                  const NsaDims& d, cudaStream_t stream);
 // dout [N, HQ, D] in the accumulation type; grads like the inputs; acc scratch of 2 NC H D + 4 N H D accumulation
@@ -228,6 +236,11 @@ struct NsaMixRegrouped {
 };
 void nsa_mix_forward(DType t, const void* o0, const void* o1, const void* o2, const void* gates, void* out,
                      int64_t rows, int64_t D, cudaStream_t stream, const NsaMixRegrouped* rg = nullptr);
+// The branch-wise backward's dq in one pass (nsa/branches.cpp, one autograd node): dq [T, HQ, D] bf16 = acc
+// [T, HQ, D] f32 (the selected and window branches') + the compressed branch's acc_r [NC, HQ d, D] f32 at row back[t]
+// (nothing where back[t] == limit = NC d). D a multiple of 4, 16-byte aligned.
+void nsa_finish_dq(const float* acc, const float* acc_r, const int32_t* back, void* dq, int64_t T, int64_t HQ,
+                   int64_t d, int64_t D, int64_t limit, cudaStream_t stream);
 void nsa_mix_backward(DType t, const void* o0, const void* o1, const void* o2, const void* gates, const void* dy,
                       void* d0, void* d1, void* d2, void* dgates, int64_t rows, int64_t D, cudaStream_t stream,
                       const NsaMixRegrouped* rg = nullptr);

@@ -11,7 +11,11 @@
 //   H100, mostly dtype copies). With o_cmp in the regrouped layout (Cmp::back given), the forward reads it and the
 //   backward writes its gradient there directly: one ungroup forward and one regroup backward fewer (each a read
 //   and a write of a [T, HQ, D] tensor: ~0.85 ms at 64k on the H100).
+#include <cuda_bf16.h>
+
 #include <algorithm>
+#include <stdexcept>
+#include <string>
 #include <type_traits>
 
 #include "cuda/common.cuh"
@@ -125,6 +129,26 @@ __global__ void zero_untaken_kernel(V* __restrict__ out, const int32_t* __restri
   }
 }
 
+// dq[t, hq] = bf16(acc[t, hq] + acc_r[regrouped row back[t], head hq d + back[t] % d]) (no acc_r term where
+// back[t] == limit), 4 floats per thread.
+__global__ void finish_dq_kernel(const float4* __restrict__ acc, const float4* __restrict__ acc_r,
+                                 const int32_t* __restrict__ back, uint2* __restrict__ dq, int64_t T, int HQ, int d,
+                                 int chunks, int64_t limit) {
+  const int64_t total = T * HQ * chunks;
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t n = i / chunks, t = n / HQ;
+    const int hq = (int)(n - t * HQ), ch = (int)(i - n * chunks);
+    const int64_t j = back[t];
+    float4 a = acc[i];
+    if (j != limit) {
+      const float4 b = acc_r[(((j / d) * HQ + hq) * d + j % d) * chunks + ch];
+      a.x += b.x, a.y += b.y, a.z += b.z, a.w += b.w;
+    }
+    const __nv_bfloat162 lo = __floats2bfloat162_rn(a.x, a.y), hi = __floats2bfloat162_rn(a.z, a.w);
+    dq[i] = make_uint2(*reinterpret_cast<const uint32_t*>(&lo), *reinterpret_cast<const uint32_t*>(&hi));
+  }
+}
+
 // Elements per pack: 16 bytes when D allows it, else one element (row starts stay aligned: rows are D long).
 template <class T> int pack_of(int64_t D) {
   const int v = (int)(16 / sizeof(T));
@@ -195,6 +219,17 @@ void nsa_mix_backward(DType t, const void* o0, const void* o1, const void* o2, c
     if (pack_of<T>(D) > 1) go(std::integral_constant<int, (int)(16 / sizeof(T))>{});
     else go(std::integral_constant<int, 1>{});
   });
+  NT_CUDA_CHECK_LAUNCH();
+}
+
+void nsa_finish_dq(const float* acc, const float* acc_r, const int32_t* back, void* dq, int64_t T, int64_t HQ,
+                   int64_t d, int64_t D, int64_t limit, cudaStream_t stream) {
+  if (D % 4 != 0) throw std::invalid_argument("nsa_finish_dq: D must be a multiple of 4, got " + std::to_string(D));
+  const int chunks = (int)(D / 4);
+  if (T * HQ * chunks == 0) return;
+  finish_dq_kernel<<<grid_for(T * HQ * chunks, 256), 256, 0, stream>>>(
+      reinterpret_cast<const float4*>(acc), reinterpret_cast<const float4*>(acc_r), back, static_cast<uint2*>(dq), T,
+      (int)HQ, (int)d, chunks, limit);
   NT_CUDA_CHECK_LAUNCH();
 }
 

@@ -737,18 +737,26 @@ bool nsa_selected_backward_tc_supported(const NsaDims& a) {
          a.N * a.H * (int64_t)a.n < (int64_t)1 << 31 && (int64_t)a.H * a.NB < (int64_t)1 << 30;
 }
 
+bool nsa_selected_backward_fuses_dq(const NsaDims& a, int max_len) {
+  return (g_slc_kernel == 0 || g_slc_kernel >= 4) && max_len > 0 && nsa_selected_wgmma_applies(a);
+}
+
 void nsa_selected_backward_tc(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
                               const void* o_in, bool o_is_bf16, const float* lse_slc, const void* dout, void* dq,
-                              void* dk_slc, void* dv_slc, const NsaDims& a, int max_len, cudaStream_t stream) {
+                              void* dk_slc, void* dv_slc, const NsaDims& a, int max_len, cudaStream_t stream,
+                              float* dq_acc_given) {
   if (a.N == 0) return;
   auto u16 = [](const void* p) { return static_cast<const uint16_t*>(p); };
   const int64_t kv_elems = a.N * a.H * a.D;
   // 1. dq and delta; under versions 4 and 6 (the default where they apply) delta alone (dq comes with dk/dv in
   // step 3).
   ScratchBuffer delta(a.N * a.HQ * sizeof(float));
-  const bool fused_dq = (g_slc_kernel == 0 || g_slc_kernel >= 4) && max_len > 0 && nsa_selected_wgmma_applies(a);
+  const bool fused_dq = nsa_selected_backward_fuses_dq(a, max_len);
+  if (dq_acc_given && !fused_dq)
+    throw std::logic_error("nsa_selected_backward_tc: dq_acc given where the walk does not compute dq");
   const int64_t q_elems = a.N * a.HQ * a.D;
-  ScratchBuffer dq_acc(fused_dq ? q_elems * 4 : 0);
+  ScratchBuffer dq_acc(fused_dq && !dq_acc_given ? q_elems * 4 : 0);
+  float* dq_sum = dq_acc_given ? dq_acc_given : static_cast<float*>(dq_acc.p);
   // The dq steps of versions 1-3 read o in f32.
   ScratchBuffer o_wide(o_is_bf16 && !fused_dq ? q_elems * 4 : 0);
   if (o_wide.p) {
@@ -764,7 +772,7 @@ void nsa_selected_backward_tc(const void* q, const void* k_slc, const void* v_sl
       slc_delta<<<grid_for(a.N * a.HQ, 8), 256, 0, stream>>>(static_cast<const float*>(o_in), u16(dout), dl,
                                                               a.N * a.HQ, a.D);
     NT_CUDA_CHECK(cudaGetLastError());
-    NT_CUDA_CHECK(cudaMemsetAsync(dq_acc.p, 0, q_elems * 4, stream));
+    if (!dq_acc_given) NT_CUDA_CHECK(cudaMemsetAsync(dq_sum, 0, q_elems * 4, stream));
   } else {
     const int per_block = slc_v1() ? kWarpsSlc : kPosShared;
     const dim3 grid((unsigned)((max_len + per_block - 1) / per_block), (unsigned)a.nseq, (unsigned)a.H);
@@ -795,7 +803,7 @@ void nsa_selected_backward_tc(const void* q, const void* k_slc, const void* v_sl
   w.q = u16(q), w.ks = u16(k_slc), w.vs = u16(v_slc), w.dout = u16(dout), w.lse = lse_slc;
   w.delta = static_cast<const float*>(delta.p);
   w.dk_acc = static_cast<float*>(dk_acc.p), w.dv_acc = static_cast<float*>(dv_acc.p);
-  w.row_acc = static_cast<float*>(dq_acc.p);
+  w.row_acc = dq_sum;
   auto run = [&](auto kernel, size_t smem) {
     allow_smem(kernel, smem);
     kernel<<<(unsigned)pcs.grid, a.lp * 2, smem, stream>>>(u16(q), u16(k_slc), u16(v_slc), u16(dout), lse_slc,
@@ -811,7 +819,7 @@ void nsa_selected_backward_tc(const void* q, const void* k_slc, const void* v_sl
   }
   cast_f32_to_bf16(static_cast<const float*>(dk_acc.p), dk_slc, kv_elems, stream);
   cast_f32_to_bf16(static_cast<const float*>(dv_acc.p), dv_slc, kv_elems, stream);
-  if (fused_dq) cast_f32_to_bf16(static_cast<const float*>(dq_acc.p), dq, q_elems, stream);
+  if (fused_dq && !dq_acc_given) cast_f32_to_bf16(dq_sum, dq, q_elems, stream);
 }
 
 }  // namespace nt::cuda

@@ -4,10 +4,14 @@
 #include "nsa/branches.h"
 
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <optional>
+#include <string>
 
 #include "autograd/graph.h"
+#include "nsa/selected_parts.h"
+#include "ops/attention.h"
 #include "ops/device_tables.h"
 #include "ops/dispatch.h"
 #include "ops/ops.h"
@@ -24,6 +28,7 @@ NT_REGISTER_OP(kNsaRegroup, "nsa_regroup_queries", true);
 NT_REGISTER_OP(kNsaUngroup, "nsa_ungroup_queries", true);
 NT_REGISTER_OP(kNsaMix, "nsa_mix_branches", true);
 NT_REGISTER_OP(kNsaMixRegrouped, "nsa_mix_branches_regrouped", true);
+NT_REGISTER_OP(kNsaBranches, "nsa_attention_branches", true);
 
 namespace {
 std::vector<int32_t> cu_of(const NsaOptions& opt, int64_t T) {
@@ -139,13 +144,12 @@ cuda::NsaMixRegrouped mix_layout(const RegroupMaps& m, int64_t HQ) {
 }
 #endif
 
-// The gate mix, forward and backward, with inputs already checked. With m, o_cmp is still regrouped ([NC, HQ d, D],
-// the op nsa_mix_branches_regrouped): on CUDA the kernels read it and write its gradient in that layout themselves,
-// so neither direction ungroups or regroups a [T, HQ, D] tensor; on the CPU it is ungrouped for the same loops.
-Tensor mix(const Tensor& o_cmp, const Tensor& o_slc, const Tensor& o_win, const Tensor& gates,
-           std::optional<RegroupMaps> m) {
-  const Tensor a = o_cmp.detach().contiguous(), b = o_slc.detach().contiguous(), c = o_win.detach().contiguous(),
-               g = gates.detach().contiguous();
+// The gate mix's two directions without history, on contiguous inputs: out = g0 o_cmp + g1 o_slc + g2 o_win; the
+// backward returns d o_cmp, d o_slc, d o_win, d gates. With m, o_cmp (and its gradient) are regrouped ([NC, HQ d,
+// D]): on CUDA the kernels read and write that layout themselves, so neither direction ungroups or regroups a
+// [T, HQ, D] tensor; on the CPU it is ungrouped for the same loops.
+Tensor mix_forward_raw(const Tensor& a, const Tensor& b, const Tensor& c, const Tensor& g,
+                       const std::optional<RegroupMaps>& m) {
   const int64_t HQ = b.size(1), D = b.size(2), rows = b.size(0) * HQ;
   Tensor out = empty(b.shape(), b.dtype(), b.device());
   if (out.device().is_cpu()) {
@@ -157,26 +161,39 @@ Tensor mix(const Tensor& o_cmp, const Tensor& o_slc, const Tensor& o_win, const 
                             D, stream_of(out), m ? &rg : nullptr);
     });
   }
+  return out;
+}
+std::vector<Tensor> mix_backward_raw(const Tensor& a, const Tensor& b, const Tensor& c, const Tensor& g,
+                                     const Tensor& dy_in, const std::optional<RegroupMaps>& m) {
+  const int64_t HQ = b.size(1), D = b.size(2), rows = b.size(0) * HQ;
+  const Tensor dy = dy_in.to(b.dtype()).contiguous();
+  std::vector<Tensor> d{empty_like(a), empty_like(b), empty_like(c), empty_like(g)};
+  if (a.device().is_cpu()) {
+    const Tensor d0 = m ? empty_like(b) : d[0];
+    cpu::nsa_mix_backward(m ? regroup_raw(a, *m, false) : a, b, c, g, dy, d0, d[1], d[2], d[3]);
+    if (m) d[0] = regroup_raw(d0, *m, true);
+  } else {
+    NT_ON_CUDA("nsa_mix_branches", {
+      const cuda::NsaMixRegrouped rg = m ? mix_layout(*m, HQ) : cuda::NsaMixRegrouped{};
+      cuda::nsa_mix_backward(a.dtype(), a.data_ptr(), b.data_ptr(), c.data_ptr(), g.data_ptr(), dy.data_ptr(),
+                             d[0].data_ptr(), d[1].data_ptr(), d[2].data_ptr(), d[3].data_ptr(), rows, D,
+                             stream_of(dy), m ? &rg : nullptr);
+    });
+  }
+  return d;
+}
+
+// The gate mix as an op (nsa_mix_branches, or nsa_mix_branches_regrouped with m), inputs already checked.
+Tensor mix(const Tensor& o_cmp, const Tensor& o_slc, const Tensor& o_win, const Tensor& gates,
+           std::optional<RegroupMaps> m) {
+  const Tensor a = o_cmp.detach().contiguous(), b = o_slc.detach().contiguous(), c = o_win.detach().contiguous(),
+               g = gates.detach().contiguous();
+  Tensor out = mix_forward_raw(a, b, c, g, m);
   if (autograd::needs_grad({&o_cmp, &o_slc, &o_win, &gates}))
     autograd::record(m ? kNsaMixRegrouped : kNsaMix, out, {o_cmp, o_slc, o_win, gates},
                      [sa = autograd::Saved(a), sb = autograd::Saved(b), sc = autograd::Saved(c),
-                      sg = autograd::Saved(g), m, rows, HQ, D](const Tensor& dy_in, auto&) {
-                       const Tensor &a = sa.get(), &b = sb.get(), &c = sc.get(), &g = sg.get();
-                       const Tensor dy = dy_in.to(b.dtype()).contiguous();
-                       std::vector<Tensor> d{empty_like(a), empty_like(b), empty_like(c), empty_like(g)};
-                       if (a.device().is_cpu()) {
-                         const Tensor d0 = m ? empty_like(b) : d[0];
-                         cpu::nsa_mix_backward(m ? regroup_raw(a, *m, false) : a, b, c, g, dy, d0, d[1], d[2], d[3]);
-                         if (m) d[0] = regroup_raw(d0, *m, true);
-                       } else {
-                         NT_ON_CUDA("nsa_mix_branches", {
-                           const cuda::NsaMixRegrouped rg = m ? mix_layout(*m, HQ) : cuda::NsaMixRegrouped{};
-                           cuda::nsa_mix_backward(a.dtype(), a.data_ptr(), b.data_ptr(), c.data_ptr(), g.data_ptr(),
-                                                  dy.data_ptr(), d[0].data_ptr(), d[1].data_ptr(), d[2].data_ptr(),
-                                                  d[3].data_ptr(), rows, D, stream_of(dy), m ? &rg : nullptr);
-                         });
-                       }
-                       return d;
+                      sg = autograd::Saved(g), m](const Tensor& dy, auto&) {
+                       return mix_backward_raw(sa.get(), sb.get(), sc.get(), sg.get(), dy, m);
                      });
   return out;
 }
@@ -276,6 +293,85 @@ NsaBranch nsa_window_branch(const Tensor& q, const Tensor& k_win, const Tensor& 
   return r;
 }
 
+namespace {
+bool g_one_node = [] {
+  const char* e = std::getenv("NT_NSA_ONE_NODE");
+  return !(e && std::string(e) == "0");
+}();
+
+// The branch-wise op as one autograd node (op nsa_attention_branches): the same forward, and a backward that sums
+// the three branches' dq in f32 (the selected and window branches' into one sum that the compressed branch's,
+// regrouped, joins in the conversion: cuda::nsa_finish_dq) instead of three f32 sums, three conversions, an ungroup
+// and two bf16 additions of [T, HQ, D] tensors. On CUDA in bf16 where the selected branch runs alone on tensor cores
+// with its walk computing dq (nsa_internal::selected_parts_apply), and on the CPU (the same loops as the per-branch
+// ops: so the f64 tests check this node's plumbing); NC > 0 and w > 0. Else nullopt (nothing ran).
+std::optional<NsaOutput> one_node(const Tensor& q, const Tensor& k_cmp, const Tensor& v_cmp, const Tensor& k_slc,
+                                  const Tensor& v_slc, const Tensor& k_win, const Tensor& v_win, const Tensor& gates,
+                                  const NsaOptions& opt, const RegroupMaps& m) {
+  if (!g_one_node || m.NC == 0 || opt.window <= 0 || (q.device().is_cuda() && q.dtype() != DType::bf16))
+    return std::nullopt;
+  for (const Tensor* t : {&k_cmp, &v_cmp, &k_slc, &v_slc, &k_win, &v_win, &gates})
+    if (t->dtype() != q.dtype() || t->device() != q.device()) return std::nullopt;
+  const Tensor qc = q.detach().contiguous(), kc = k_cmp.detach().contiguous(), vc = v_cmp.detach().contiguous(),
+               ks = k_slc.detach().contiguous(), vs = v_slc.detach().contiguous(),
+               kw = k_win.detach().contiguous(), vw = v_win.detach().contiguous(), g = gates.detach().contiguous();
+  if (!nsa_internal::selected_parts_apply(qc, kc, ks, vs, opt)) return std::nullopt;
+  const int64_t T = q.size(0), HQ = q.size(1), D = q.size(2);
+  const std::vector<Tensor> inputs{q, k_cmp, v_cmp, k_slc, v_slc, k_win, v_win, gates};
+  const bool want_grad = autograd::needs_grad(inputs);
+  std::optional<autograd::NoGradGuard> ng;
+  ng.emplace();
+  AttentionOptions ac, aw;
+  ac.scale = opt.scale, ac.cu_seqlens = m.cu_cmp;
+  aw.scale = opt.scale, aw.window = opt.window, aw.cu_seqlens = cu_of(opt, T);
+  const Tensor qr = regroup_raw(qc, m, true);
+  Tensor lse_r, lse_w;
+  const Tensor orr = flash_attention(qr, kc, vc, ac, &lse_r);  // [NC, HQ d, D]; lse [HQ d, NC]
+  const Tensor lse_flat = lse_r.reshape({HQ, m.d, m.NC}).permute({2, 1, 0}).reshape({m.NC * m.d, HQ});
+  const Tensor lse_cmp = index_select(
+      cat({lse_flat, full({1, HQ}, -std::numeric_limits<double>::infinity(), DType::f32, q.device())}, 0), 0,
+      m.back.to(DType::i64));
+  std::optional<nsa_internal::SelectedParts> slc = nsa_internal::selected_forward_parts(qc, kc, ks, vs, lse_cmp, opt);
+  NT_CHECK(slc.has_value(), "nsa_attention_branches: the selected branch did not run on tensor cores as checked");
+  const Tensor ow = flash_attention(qc, kw, vw, aw, &lse_w);
+  NsaOutput out{mix_forward_raw(orr, slc->out.o, ow, g, m), slc->out.block_indices};
+  ng.reset();
+  if (!want_grad) return out;
+  std::vector<autograd::Saved> saved;
+  for (const Tensor& t : {qc, kc, vc, kw, vw, g, qr, orr, lse_r, ow, lse_w}) saved.emplace_back(t);
+  autograd::record(kNsaBranches, out.o, inputs,
+                   [saved, slc = std::move(*slc), m, ac, aw, T, HQ, D](const Tensor& dy, auto&) {
+                     const Tensor &qc = saved[0].get(), &kc = saved[1].get(), &vc = saved[2].get(),
+                                  &kw = saved[3].get(), &vw = saved[4].get(), &g = saved[5].get(),
+                                  &qr = saved[6].get(), &orr = saved[7].get(), &lse_r = saved[8].get(),
+                                  &ow = saved[9].get(), &lse_w = saved[10].get();
+                     const std::vector<Tensor> d = mix_backward_raw(orr, slc.out.o, ow, g, dy, m);
+                     // The compressed branch's dq in its regrouped layout, the other two's summed in q's.
+                     const DType at = qc.dtype() == DType::f64 ? DType::f64 : DType::f32;
+                     const Tensor acc_r = zeros(qr.shape(), at, qr.device()), acc = zeros({T, HQ, D}, at, qc.device());
+                     std::vector<Tensor> grads{empty_like(qc), empty_like(kc), empty_like(vc), empty_like(slc.in[3]),
+                                               empty_like(slc.in[4]), empty_like(kw), empty_like(vw), d[3]};
+                     flash_attention_backward_add_dq(qr, kc, vc, orr, d[0], lse_r, ac, acc_r, grads[1], grads[2]);
+                     nsa_internal::selected_backward_parts(slc, d[1], acc, grads[3], grads[4]);
+                     flash_attention_backward_add_dq(qc, kw, vw, ow, d[2], lse_w, aw, acc, grads[5], grads[6]);
+                     if (qc.device().is_cpu()) {
+                       autograd::NoGradGuard ng;
+                       grads[0] = add(acc, regroup_raw(acc_r, m, false)).to(qc.dtype());
+                     } else {
+                       NT_ON_CUDA("nsa_attention_branches",
+                                  cuda::nsa_finish_dq(acc.data<float>(), acc_r.data<float>(), m.back.data<int32_t>(),
+                                                      grads[0].data_ptr(), T, HQ, m.d, D, m.NC * m.d,
+                                                      stream_of(grads[0])));
+                     }
+                     return grads;
+                   });
+  return out;
+}
+}  // namespace
+
+void set_nsa_branches_one_node(bool on) { g_one_node = on; }
+bool nsa_branches_one_node() { return g_one_node; }
+
 NsaOutput nsa_attention_branches(const Tensor& q, const Tensor& k_cmp, const Tensor& v_cmp, const Tensor& k_slc,
                                  const Tensor& v_slc, const Tensor& k_win, const Tensor& v_win, const Tensor& gates,
                                  const NsaOptions& opt) {
@@ -291,6 +387,8 @@ NsaOutput nsa_attention_branches(const Tensor& q, const Tensor& k_cmp, const Ten
     return {nsa_mix_branches(cmp.o, slc.o, win.o, gates.to(q.dtype())), slc.block_indices};
   }
   check_qkv(what, q, k_cmp, v_cmp, m.NC, "the compressed blocks of all sequences");
+  if (std::optional<NsaOutput> r = one_node(q, k_cmp, v_cmp, k_slc, v_slc, k_win, v_win, gates.to(q.dtype()), opt, m))
+    return *r;
   // The compressed output stays regrouped until the mix (mix_regrouped).
   const CmpRegrouped cmp = compressed_regrouped(q, k_cmp, v_cmp, opt, std::move(m));
   const NsaOutput slc = nsa_selected_branch(q, k_cmp, k_slc, v_slc, cmp.lse, opt);

@@ -10,8 +10,10 @@
 
 #include "autograd/graph.h"
 #include "nsa/branches.h"
+#include "nsa/selected_parts.h"
 #include "ops/device_tables.h"
 #include "ops/dispatch.h"
+#include "ops/elementwise.h"
 
 namespace nt {
 namespace cpu {
@@ -162,8 +164,10 @@ namespace {
 // indices_in (undefined, or i32 [T, H, n]): the blocks to attend, checked and used instead of a selection.
 // selected_only: the gates are (0, 1, 0) and the window is off (nsa_selected_branch, nsa_selected_attention), so
 // the backward may run the selected branch's own kernels.
+// parts (selected_only): filled where the selected branch ran alone on tensor cores (the op records no node then).
 NsaOutput run_nsa(const std::vector<Tensor>& inputs, const NsaOptions& options, const Tensor& lse_cmp_in,
-                  const Tensor& indices_in = Tensor(), bool selected_only = false) {
+                  const Tensor& indices_in = Tensor(), bool selected_only = false,
+                  nsa_internal::SelectedParts* parts = nullptr) {
   const Tensor& q = inputs[0];
   const Tensor &k_cmp = inputs[1], &k_slc = inputs[3];
   const NsaOptions opt = resolve(inputs, options);
@@ -268,6 +272,11 @@ NsaOutput run_nsa(const std::vector<Tensor>& inputs, const NsaOptions& options, 
 #endif
   }
 
+  if (parts && (alone || on_cpu)) {
+    parts->in = in;  // the CPU's backward takes all eight (the placeholders get zero gradients)
+    parts->opt = opt, parts->out = out, parts->o_saved = branch_o, parts->lse = lse;
+    return out;
+  }
   if (autograd::needs_grad(inputs)) {
     std::vector<autograd::Saved> saved;
     for (const Tensor& t : in) saved.emplace_back(t);
@@ -369,5 +378,75 @@ NsaOutput nsa_selected_attention(const Tensor& q, const Tensor& k_slc, const Ten
   return run_nsa({q, kc, kc, k_slc, v_slc, unused, unused, gates}, o, zeros({T, HQ}, DType::f32, q.device()),
                  block_indices.to(q.device()), true);
 }
+
+namespace nsa_internal {
+bool selected_parts_apply(const Tensor& q, const Tensor& k_cmp, const Tensor& k_slc, const Tensor& v_slc,
+                          const NsaOptions& opt) {
+  if (q.device().is_cpu()) return true;
+#if NT_CUDA
+  if (q.dtype() != DType::bf16 || q.dim() != 3 || k_slc.dim() != 3 || k_cmp.dim() != 3) return false;
+  NsaOptions o = opt;
+  o.window = 0;
+  const Tensor unused = k_slc.detach(), gates = empty({q.size(0), q.size(1), 3}, q.dtype(), q.device());
+  // The conditions under which run_nsa runs the selected branch alone, and its backward's walk computes dq.
+  const NsaOptions r = resolve({q, k_cmp, k_cmp, k_slc, v_slc, unused, unused, gates}, o);
+  CudaGeometry g = cuda_geometry(q, k_cmp, k_slc, r);
+  const char* sel = std::getenv("NT_NSA_SELECT");
+  if ((sel && std::string(sel) == "simt") || !cuda::nsa_select_tc_supported(g.dims)) return false;
+  g.dims.indices_given = true;
+  return cuda::nsa_selected_tc_supported(g.dims) && selected_backward_on_tc(g.dims) &&
+         cuda::nsa_selected_backward_fuses_dq(g.dims, g.max_len);
+#else
+  (void)q, (void)k_cmp, (void)k_slc, (void)v_slc, (void)opt;
+  return false;
+#endif
+}
+
+std::optional<SelectedParts> selected_forward_parts(const Tensor& q, const Tensor& k_cmp, const Tensor& k_slc,
+                                                    const Tensor& v_slc, const Tensor& lse_cmp, const NsaOptions& opt) {
+  if (!lse_cmp.defined() || !selected_parts_apply(q, k_cmp, k_slc, v_slc, opt)) return std::nullopt;
+  const Tensor gates = selected_only_gates(q);
+  NsaOptions o = opt;
+  o.window = 0;
+  const Tensor kc = k_cmp.detach(), unused = k_slc.detach();
+  const std::vector<Tensor> inputs{q, kc, kc, k_slc, v_slc, unused, unused, gates};
+  SelectedParts p;
+  autograd::NoGradGuard ng;
+  run_nsa(inputs, o, lse_cmp, Tensor(), true, &p);
+  NT_CHECK(p.out.o.defined(), "{}: the selected branch did not run alone on tensor cores as checked", kOp);
+  return p;
+}
+
+void selected_backward_parts(const SelectedParts& p, const Tensor& dout, const Tensor& dq_acc, const Tensor& dk,
+                             const Tensor& dv) {
+  const Tensor& q = p.in[0];
+  if (q.device().is_cpu()) {  // the op's own CPU backward (all branches, gates (0, 1, 0)), then q's part added
+    std::vector<Tensor> grads;
+    for (const Tensor& t : p.in) grads.push_back(empty(t.shape(), t.dtype(), t.device()));
+    cpu::nsa_backward(p.in, p.opt, p.out.block_indices, p.o_saved, p.lse, dout.to(p.o_saved.dtype()).contiguous(),
+                      grads, true);
+    autograd::NoGradGuard ng;
+    Tensor acc = dq_acc, k = dk, v = dv;  // handles on the callers' storage
+    acc.copy_(add(dq_acc, grads[0].to(dq_acc.dtype())));
+    k.copy_(grads[3]), v.copy_(grads[4]);
+    return;
+  }
+#if NT_CUDA
+  NT_CHECK(dq_acc.dtype() == DType::f32 && dq_acc.shape() == q.shape(),
+           "{}: the selected branch's dq sum must be f32 {}, got {} {}", kOp, shape_str(q.shape()),
+           dtype_name(dq_acc.dtype()), shape_str(dq_acc.shape()));
+  CudaGeometry g = cuda_geometry(p.in[0], p.in[1], p.in[3], p.opt);
+  g.dims.lse_cmp = p.o_saved.data_ptr();  // (only tested for null in the backward, as in the op's own)
+  const Tensor dob = dout.to(DType::bf16).contiguous();
+  cuda::nsa_selected_backward_tc(p.in[0].data_ptr(), p.in[3].data_ptr(), p.in[4].data_ptr(),
+                                 static_cast<const int32_t*>(p.out.block_indices.data_ptr()), p.o_saved.data_ptr(),
+                                 p.o_saved.dtype() == DType::bf16, static_cast<const float*>(p.lse.data_ptr()),
+                                 dob.data_ptr(), nullptr, dk.data_ptr(), dv.data_ptr(), g.dims, g.max_len,
+                                 stream_of(dob), static_cast<float*>(dq_acc.data_ptr()));
+#else
+  no_cuda_kernel(kOp);
+#endif
+}
+}  // namespace nsa_internal
 
 }  // namespace nt

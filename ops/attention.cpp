@@ -2,11 +2,13 @@
 // each query row (f32 [H, N]) so the backward recomputes probabilities instead of storing them.
 #include "ops/attention.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "autograd/graph.h"
 #include "ops/device_tables.h"
 #include "ops/dispatch.h"
+#include "ops/elementwise.h"
 
 namespace nt {
 namespace cpu {
@@ -121,6 +123,58 @@ Tensor flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const 
                      });
   }
   return out;
+}
+
+void flash_attention_backward_add_dq(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                                     const Tensor& dout, const Tensor& lse, const AttentionOptions& opt,
+                                     const Tensor& dq_acc, const Tensor& dk, const Tensor& dv) {
+  NT_CHECK(q.dim() == 3 && k.dim() == 3 && q.is_contiguous() && k.is_contiguous() && v.is_contiguous() &&
+               out.is_contiguous() && (dq_acc.dtype() == DType::f32 || dq_acc.dtype() == DType::f64) &&
+               dq_acc.shape() == q.shape() &&
+               dq_acc.is_contiguous() && dk.shape() == k.shape() && dv.shape() == k.shape(),
+           "flash_attention_backward_add_dq: expected contiguous q, out [N, H, D], k, v, dk, dv [N, Hkv, D] and an "
+           "f32 or f64 dq_acc like q, got q {}, k {}, dq_acc {} {}",
+           shape_str(q.shape()), shape_str(k.shape()), dtype_name(dq_acc.dtype()), shape_str(dq_acc.shape()));
+  Problem p;
+  p.N = q.size(0), p.H = q.size(1), p.Hkv = k.size(1), p.D = q.size(2), p.window = opt.window;
+  p.scale = opt.scale != 0 ? opt.scale : 1.0 / std::sqrt((double)p.D);
+  p.cu = opt.cu_seqlens.empty() ? std::vector<int32_t>{0, (int32_t)p.N} : opt.cu_seqlens;
+  for (size_t i = 1; i < p.cu.size(); ++i) p.max_len = std::max<int64_t>(p.max_len, p.cu[i] - p.cu[i - 1]);
+  const Tensor d = dout.contiguous();
+#if NT_CUDA
+  if (q.device().is_cuda()) {
+    const Tensor cu = cu_on_device(p, q.device());
+    const cuda::AttentionDims dims = dims_of(p, cu);
+    if (dq_acc.dtype() == DType::f32 &&
+        cuda::attention_backward_on_tensor_cores(q.dtype(), dims, {q.data_ptr(), k.data_ptr(), v.data_ptr(),
+                                                                   d.data_ptr(), dk.data_ptr(), dv.data_ptr()})) {
+      Tensor delta = empty({p.H, p.N}, DType::f32, q.device());
+      NT_ON_CUDA("flash_attention", cuda::attention_backward(
+          q.dtype(), q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), d.data_ptr(),
+          static_cast<const float*>(lse.data_ptr()), static_cast<float*>(delta.data_ptr()),
+          static_cast<float*>(dq_acc.data_ptr()), nullptr, dk.data_ptr(), dv.data_ptr(), dims, stream_of(d)));
+      return;
+    }
+  }
+#endif
+  // Elsewhere: the backward as flash_attention's own, then dq added.
+  Tensor dq = empty(q.shape(), q.dtype(), q.device());
+  if (q.device().is_cpu()) {
+    cpu::attention_backward(q, k, v, out, d, lse, dq, dk, dv, p.cu, p.window, p.scale);
+  } else {
+#if NT_CUDA
+    const Tensor cu = cu_on_device(p, q.device());
+    Tensor delta = empty({p.H, p.N}, DType::f32, q.device()), acc = empty({p.N, p.H, p.D}, DType::f32, q.device());
+    NT_ON_CUDA("flash_attention", cuda::attention_backward(
+        q.dtype(), q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), d.data_ptr(),
+        static_cast<const float*>(lse.data_ptr()), static_cast<float*>(delta.data_ptr()),
+        static_cast<float*>(acc.data_ptr()), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), dims_of(p, cu),
+        stream_of(dq)));
+#endif
+  }
+  autograd::NoGradGuard ng;
+  Tensor acc = dq_acc;  // a handle on the same storage
+  acc.copy_(add(dq_acc, dq.to(dq_acc.dtype())));
 }
 
 }  // namespace nt

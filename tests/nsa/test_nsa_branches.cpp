@@ -3,13 +3,16 @@
 // sequences (empty ones, ones shorter than a block), group sizes 1, 2 and 16, l = d, window 0 and windows longer
 // than the sequence; the log-sum-exps against direct loops. On a GPU, bf16 through the tensor-core kernels against
 // the f64 CPU result.
+#include <algorithm>
 #include <cmath>
+#include <string>
 
 #include "cuda/memory.h"
 #if NT_CUDA
 #include "cuda/kernels.h"
 #include "cuda/runtime.h"
 #endif
+#include "autograd/graph.h"
 #include "nsa/branches.h"
 #include "ops/device_tables.h"
 #include "nsa_naive.h"
@@ -358,6 +361,11 @@ GRADCHECK_TEST("nsa_mix_branches") {
 // its gradient written, in the regrouped layout) included. Every position has at most n selection blocks, so the
 // discrete choice cannot change under the finite differences. Packed, with a sequence too short for a block.
 GRADCHECK_TEST("nsa_mix_branches_regrouped") {
+  struct Restore {  // the per-branch nodes (the one node would hide the mix)
+    bool on = nsa_branches_one_node();
+    ~Restore() { set_nsa_branches_one_node(on); }
+  } restore;
+  set_nsa_branches_one_node(false);
   const NsaOptions opt = blocks(4, 2, 8, 3, 6, {0, 3, 20, 44});  // 44: the last regrouped row is past the end
   const int64_t T = 44, NC = total_cmp(opt, T);
   std::vector<Tensor> x;
@@ -367,6 +375,64 @@ GRADCHECK_TEST("nsa_mix_branches_regrouped") {
                return nsa_attention_branches(x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7], opt).o;
              },
              x);
+}
+
+// The op nsa_attention_branches: the branch-wise path as one autograd node (on the CPU and, in bf16, on CUDA, where
+// the case below compares it with the per-branch nodes). One sequence of 3 selection blocks (n = 3 takes them all,
+// so the choice cannot change under the differences), GQA 2, window 5.
+GRADCHECK_TEST("nsa_attention_branches") {
+  const NsaOptions opt = blocks(4, 2, 8, 3, 5);
+  const int64_t T = 24, NC = total_cmp(opt, T);
+  std::vector<Tensor> x;
+  for (Tensor t : nsa_inputs(T, 4, 2, 3, NC, 33).all()) x.push_back(t.requires_grad_(true));
+  check_grad("nsa_attention_branches",
+             [opt](const std::vector<Tensor>& x) {
+               return nsa_attention_branches(x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7], opt).o;
+             },
+             x);
+}
+
+TEST_CASE("NSA branch-wise path on CUDA (bf16) as one autograd node equals the per-branch nodes, dq up to their "
+          "bf16 roundings" * doctest::skip(!cuda::available())) {
+  struct Restore {
+    bool on = nsa_branches_one_node();
+    ~Restore() { set_nsa_branches_one_node(on); }
+  } restore;
+  for (const Case& c : {Case{300, 16, 1, 64, blocks(32, 16, 64, 16, 128)},
+                        Case{211, 8, 2, 64, blocks(16, 8, 32, 4, 50, {0, 90, 90, 100, 211})},
+                        Case{1000, 16, 2, 128, blocks(32, 16, 64, 6, 100, {0, 333, 1000})}}) {
+    INFO("T " << c.T << " HQ " << c.HQ << " H " << c.H << " D " << c.D << " packed " << !c.opt.cu_seqlens.empty());
+    NsaInputs g = nsa_cast(nsa_inputs(c.T, c.HQ, c.H, c.D, total_cmp(c.opt, c.T), 95), DType::bf16);
+    for (Tensor* t : {&g.q, &g.k_cmp, &g.v_cmp, &g.k_slc, &g.v_slc, &g.k_win, &g.v_win, &g.gates})
+      *t = t->to(cuda_device(0));
+    const Tensor w = rnd({c.T, c.HQ, c.D}, 96);
+    std::string node;
+    auto run = [&](bool one) {
+      set_nsa_branches_one_node(one);
+      return full_of(g, w, [&](const std::vector<Tensor>& x) {
+        NsaOutput r = nsa_attention_branches(x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7], c.opt);
+        node = r.o.grad_fn() ? r.o.grad_fn()->op->name : "none";
+        return r;
+      });
+    };
+    const Full one = run(true);
+    CHECK(node == "nsa_attention_branches");
+    const Full per = run(false);
+    CHECK(node == "nsa_mix_branches_regrouped");
+    // Same kernels in the same order: the output, the choice and every gradient but q's agree exactly.
+    CHECK(one.idx.to_vector() == per.idx.to_vector());
+    CHECK(one.o.to_vector() == per.o.to_vector());
+    const char* names[8] = {"q", "k_cmp", "v_cmp", "k_slc", "v_slc", "k_win", "v_win", "gates"};
+    for (int i = 1; i < 8; ++i) {
+      INFO("gradient of " << names[i]);
+      CHECK(one.grads[i].to_vector() == per.grads[i].to_vector());
+    }
+    // dq: one f32 sum and one rounding against three roundings and two bf16 additions (each a few bf16 ulps of
+    // the largest term), so the tolerance is relative to the largest entry.
+    double m = 0;
+    for (double v : per.grads[0].to_vector()) m = std::max(m, std::fabs(v));
+    expect_close(one.grads[0], per.grads[0], 2e-2 * m, 2e-2);
+  }
 }
 
 TEST_CASE("NSA branches on CUDA (bf16, tensor-core flash_attention) match the f64 CPU result" *
