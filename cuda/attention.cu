@@ -716,17 +716,18 @@ bool attention_backward_on_tensor_cores(DType t, const AttentionDims& d, std::in
 
 void attention_backward(DType t, const void* q, const void* k, const void* v, const void* out, const void* dout,
                         const float* lse, float* delta, float* dq_acc, void* dq, void* dk, void* dv,
-                        const AttentionDims& d, cudaStream_t stream) {
+                        const AttentionDims& d, cudaStream_t stream, bool delta_given) {
   if (d.N == 0) return;
   // dq == nullptr: dq is added onto dq_acc, which the caller zeroed and converts (the tensor-core path only).
   if (!dq && !use_tensor_cores(t, d, {q, k, v, dout, dk, dv}))
     throw std::logic_error("attention_backward: dq == nullptr (add into dq_acc) needs the tensor-core path");
   const unsigned rows_blocks = warp_blocks(d.N * d.H);
-  NT_DISPATCH_FLOAT(t, "flash_attention_backward", [&] {
-    using T = scalar_t;
-    attn_delta<T><<<rows_blocks, 256, 0, stream>>>(static_cast<const T*>(out), static_cast<const T*>(dout), delta, d);
-    NT_CUDA_CHECK(cudaGetLastError());
-  });
+  if (!delta_given)
+    NT_DISPATCH_FLOAT(t, "flash_attention_backward", [&] {
+      using T = scalar_t;
+      attn_delta<T><<<rows_blocks, 256, 0, stream>>>(static_cast<const T*>(out), static_cast<const T*>(dout), delta, d);
+      NT_CUDA_CHECK(cudaGetLastError());
+    });
   if (use_tensor_cores(t, d, {q, k, v, dout, dk, dv})) {
     if (dq) NT_CUDA_CHECK(cudaMemsetAsync(dq_acc, 0, (size_t)d.N * d.H * d.D * sizeof(float), stream));
     const bool wide = g_bwd_keys == 128;  // 256-wide heads keep 64 keys (the 128-key tile's smem would not fit twice)

@@ -97,10 +97,11 @@ bool attention_fwd_pingpong();
 void attention_forward(DType t, const void* q, const void* k, const void* v, void* out, float* lse,
                        const AttentionDims& d, cudaStream_t stream);
 // dq == nullptr: dq is added onto dq_acc (f32 [N, H, D], zeroed by the caller, who also converts it), which only
-// the tensor-core path does: attention_backward_on_tensor_cores(t, d, {q, k, v, dout, dk, dv}).
+// the tensor-core path does: attention_backward_on_tensor_cores(t, d, {q, k, v, dout, dk, dv}). delta_given: delta
+// holds rowsum(dout o) already (else it is computed into it).
 void attention_backward(DType t, const void* q, const void* k, const void* v, const void* out, const void* dout,
                         const float* lse, float* delta, float* dq_acc, void* dq, void* dk, void* dv,
-                        const AttentionDims& d, cudaStream_t stream);
+                        const AttentionDims& d, cudaStream_t stream, bool delta_given = false);
 bool attention_backward_on_tensor_cores(DType t, const AttentionDims& d, std::initializer_list<const void*> ptrs);
 
 // nsa.cu: Native Sparse Attention on CUDA cores (nsa/nsa_attention.h; layouts as nsa/cpu/nsa_attention.cpp, with
@@ -207,11 +208,12 @@ void set_nsa_selected_walk_blocks(int blocks);
 int nsa_selected_walk_blocks();
 bool nsa_selected_backward_tc_supported(const NsaDims& d);
 // dq_acc given (f32 [N, HQ, D], zeroed by the caller, who converts it): dq is added onto it (dq unused), which
-// only the walk that computes dq with dk and dv does (nsa_selected_backward_fuses_dq).
+// only the walk that computes dq with dk and dv does (nsa_selected_backward_fuses_dq); so is delta (f32 [N, HQ]:
+// rowsum(dout o), computed here when not given).
 void nsa_selected_backward_tc(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
                               const void* o_slc, bool o_is_bf16, const float* lse_slc, const void* dout, void* dq,
                               void* dk_slc, void* dv_slc, const NsaDims& d, int max_len, cudaStream_t stream,
-                              float* dq_acc = nullptr);
+                              float* dq_acc = nullptr, const float* delta = nullptr);
 bool nsa_selected_backward_fuses_dq(const NsaDims& d, int max_len);
 void nsa_forward(DType t, const void* const in[8], void* out, int32_t* block_indices, void* branch_o, void* lse,
                  const NsaDims& d, cudaStream_t stream);
@@ -241,9 +243,15 @@ void nsa_mix_forward(DType t, const void* o0, const void* o1, const void* o2, co
 // (nothing where back[t] == limit = NC d). D a multiple of 4, 16-byte aligned.
 void nsa_finish_dq(const float* acc, const float* acc_r, const int32_t* back, void* dq, int64_t T, int64_t HQ,
                    int64_t d, int64_t D, int64_t limit, cudaStream_t stream);
+// deltas (optional, f32, bf16 only): rowsum(d_b o_b) of each branch in the layout its backward reads: [0] the
+// compressed branch's as flash_attention's [HQ d, NC] over the regrouped rows (rg given; rows no query takes are
+// left alone: zero them first), [1] the selected branch's [rows], [2] the window's [HQ, T]; nullptr: not wanted.
+struct NsaMixDeltas {
+  float* d[3] = {nullptr, nullptr, nullptr};
+};
 void nsa_mix_backward(DType t, const void* o0, const void* o1, const void* o2, const void* gates, const void* dy,
                       void* d0, void* d1, void* d2, void* dgates, int64_t rows, int64_t D, cudaStream_t stream,
-                      const NsaMixRegrouped* rg = nullptr);
+                      const NsaMixRegrouped* rg = nullptr, const NsaMixDeltas* deltas = nullptr);
 
 // swiglu.cu: y = silu(gate) * up over n contiguous elements, and both gradients in one pass.
 void swiglu_forward(DType t, const void* gate, const void* up, void* out, int64_t n, cudaStream_t stream);

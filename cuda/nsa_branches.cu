@@ -80,20 +80,25 @@ __global__ void mix_forward_kernel(const T* __restrict__ o0, const T* __restrict
 }
 
 // R lanes per row (a power of two <= 32), 256 / R rows per block.
+// Where each branch's delta goes (NsaMixDeltas): nullptr, not wanted.
+struct DeltaOut {
+  float *cmp = nullptr, *slc = nullptr, *win = nullptr;
+  int64_t NC = 0, T = 0;
+};
 template <class T, int V>
 __global__ void mix_backward_kernel(const T* __restrict__ o0, const T* __restrict__ o1, const T* __restrict__ o2,
                                     const T* __restrict__ g, const T* __restrict__ dy, T* __restrict__ d0,
                                     T* __restrict__ d1, T* __restrict__ d2, T* __restrict__ dg, int64_t rows, int D,
-                                    int R, Cmp cmp) {
+                                    int R, Cmp cmp, DeltaOut dl) {
   using A = Acc<T>;
   using P = Pack<T, V>;
   const int packs = D / V, lane = threadIdx.x % R;
   const int64_t row = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / R;
   const bool live = row < rows;  // every lane stays for the shuffles
-  A s0 = 0, s1 = 0, s2 = 0;
+  A s0 = 0, s1 = 0, s2 = 0, e0 = 0, e1 = 0, e2 = 0;  // dg_b, and delta_b = sum of the rounded d_b times o_b
+  const int64_t r0 = live ? cmp.row(row) : -1;  // -1: o_cmp is 0 there and its gradient has no place (regrouped)
   if (live) {
     const A g0 = (A)g[3 * row], g1 = (A)g[3 * row + 1], g2 = (A)g[3 * row + 2];
-    const int64_t r0 = cmp.row(row);  // -1: o_cmp is 0 there and its gradient has no place (regrouped)
     for (int p = lane; p < packs; p += R) {
       const int64_t i = row * packs + p, i0 = r0 * packs + p;
       const P y = reinterpret_cast<const P*>(dy)[i], a = r0 < 0 ? P{} : reinterpret_cast<const P*>(o0)[i0],
@@ -104,6 +109,7 @@ __global__ void mix_backward_kernel(const T* __restrict__ o0, const T* __restric
         const A yk = (A)y.v[k];
         s0 += yk * (A)a.v[k], s1 += yk * (A)b.v[k], s2 += yk * (A)c.v[k];
         ra.v[k] = T(g0 * yk), rb.v[k] = T(g1 * yk), rc.v[k] = T(g2 * yk);
+        e0 += (A)ra.v[k] * (A)a.v[k], e1 += (A)rb.v[k] * (A)b.v[k], e2 += (A)rc.v[k] * (A)c.v[k];
       }
       if (r0 >= 0) reinterpret_cast<P*>(d0)[i0] = ra;
       reinterpret_cast<P*>(d1)[i] = rb, reinterpret_cast<P*>(d2)[i] = rc;
@@ -115,6 +121,22 @@ __global__ void mix_backward_kernel(const T* __restrict__ o0, const T* __restric
     s2 += __shfl_xor_sync(0xffffffffu, s2, o, R);
   }
   if (live && lane == 0) dg[3 * row] = T(s0), dg[3 * row + 1] = T(s1), dg[3 * row + 2] = T(s2);
+  if (dl.slc) {  // (uniform over the grid)
+    for (int o = R / 2; o > 0; o >>= 1) {
+      e0 += __shfl_xor_sync(0xffffffffu, e0, o, R);
+      e1 += __shfl_xor_sync(0xffffffffu, e1, o, R);
+      e2 += __shfl_xor_sync(0xffffffffu, e2, o, R);
+    }
+    if (live && lane == 0) {
+      const int64_t t = row / cmp.HQ, hq = row - t * cmp.HQ;
+      if (r0 >= 0) {  // regrouped row j = c d + r, head hq d + r: flash_attention's [HQ d, NC] layout
+        const int64_t c = r0 / (cmp.HQ * cmp.d), h = r0 - c * cmp.HQ * cmp.d;
+        dl.cmp[h * dl.NC + c] = (float)e0;
+      }
+      dl.slc[row] = (float)e1;
+      dl.win[hq * dl.T + t] = (float)e2;
+    }
+  }
 }
 
 // The regrouped rows j = c d + r (all HQ heads) that no query fills, take[j] == limit: zeros (one thread per j).
@@ -194,9 +216,15 @@ void nsa_mix_forward(DType t, const void* o0, const void* o1, const void* o2, co
 
 void nsa_mix_backward(DType t, const void* o0, const void* o1, const void* o2, const void* gates, const void* dy,
                       void* d0, void* d1, void* d2, void* dgates, int64_t rows, int64_t D, cudaStream_t stream,
-                      const NsaMixRegrouped* rg) {
+                      const NsaMixRegrouped* rg, const NsaMixDeltas* deltas) {
   if (rows == 0) return;
   const Cmp cmp = rg ? Cmp{rg->back, (int)rg->d, (int)rg->HQ, rg->NC * rg->d} : Cmp{};
+  DeltaOut dl;
+  if (deltas) {
+    if (!rg || t != DType::bf16 || !deltas->d[0] || !deltas->d[1] || !deltas->d[2])
+      throw std::invalid_argument("nsa_mix_backward: deltas need bf16, the regrouped layout and all three buffers");
+    dl = DeltaOut{deltas->d[0], deltas->d[1], deltas->d[2], rg->NC, rg->T};
+  }
   NT_DISPATCH_FLOAT(t, "nsa_mix_backward", [&] {
     using T = scalar_t;
     auto go = [&](auto v) {
@@ -208,7 +236,7 @@ void nsa_mix_backward(DType t, const void* o0, const void* o1, const void* o2, c
       mix_backward_kernel<T, V><<<(unsigned)((rows + per_block - 1) / per_block), 256, 0, stream>>>(
           static_cast<const T*>(o0), static_cast<const T*>(o1), static_cast<const T*>(o2), static_cast<const T*>(gates),
           static_cast<const T*>(dy), static_cast<T*>(d0), static_cast<T*>(d1), static_cast<T*>(d2),
-          static_cast<T*>(dgates), rows, (int)D, R, cmp);
+          static_cast<T*>(dgates), rows, (int)D, R, cmp, dl);
       if (rg && rg->NC * rg->d > 0) {
         using PT = Pack<T, V>;
         const int64_t nrow = rg->NC * rg->d;

@@ -744,16 +744,16 @@ bool nsa_selected_backward_fuses_dq(const NsaDims& a, int max_len) {
 void nsa_selected_backward_tc(const void* q, const void* k_slc, const void* v_slc, const int32_t* block_indices,
                               const void* o_in, bool o_is_bf16, const float* lse_slc, const void* dout, void* dq,
                               void* dk_slc, void* dv_slc, const NsaDims& a, int max_len, cudaStream_t stream,
-                              float* dq_acc_given) {
+                              float* dq_acc_given, const float* delta_given) {
   if (a.N == 0) return;
   auto u16 = [](const void* p) { return static_cast<const uint16_t*>(p); };
   const int64_t kv_elems = a.N * a.H * a.D;
   // 1. dq and delta; under versions 4 and 6 (the default where they apply) delta alone (dq comes with dk/dv in
   // step 3).
-  ScratchBuffer delta(a.N * a.HQ * sizeof(float));
+  ScratchBuffer delta(delta_given ? 0 : a.N * a.HQ * sizeof(float));
   const bool fused_dq = nsa_selected_backward_fuses_dq(a, max_len);
-  if (dq_acc_given && !fused_dq)
-    throw std::logic_error("nsa_selected_backward_tc: dq_acc given where the walk does not compute dq");
+  if ((dq_acc_given || delta_given) && !fused_dq)
+    throw std::logic_error("nsa_selected_backward_tc: dq_acc or delta given where the walk does not compute dq");
   const int64_t q_elems = a.N * a.HQ * a.D;
   ScratchBuffer dq_acc(fused_dq && !dq_acc_given ? q_elems * 4 : 0);
   float* dq_sum = dq_acc_given ? dq_acc_given : static_cast<float*>(dq_acc.p);
@@ -766,12 +766,14 @@ void nsa_selected_backward_tc(const void* q, const void* k_slc, const void* v_sl
   const float* o_slc = o_wide.p ? static_cast<const float*>(o_wide.p) : static_cast<const float*>(o_in);
   if (fused_dq) {
     float* dl = static_cast<float*>(delta.p);
-    if (o_is_bf16)
-      slc_delta<<<grid_for(a.N * a.HQ, 8), 256, 0, stream>>>(u16(o_in), u16(dout), dl, a.N * a.HQ, a.D);
-    else
-      slc_delta<<<grid_for(a.N * a.HQ, 8), 256, 0, stream>>>(static_cast<const float*>(o_in), u16(dout), dl,
-                                                              a.N * a.HQ, a.D);
-    NT_CUDA_CHECK(cudaGetLastError());
+    if (!delta_given) {  // else rowsum(dout o) came from the caller
+      if (o_is_bf16)
+        slc_delta<<<grid_for(a.N * a.HQ, 8), 256, 0, stream>>>(u16(o_in), u16(dout), dl, a.N * a.HQ, a.D);
+      else
+        slc_delta<<<grid_for(a.N * a.HQ, 8), 256, 0, stream>>>(static_cast<const float*>(o_in), u16(dout), dl,
+                                                                a.N * a.HQ, a.D);
+      NT_CUDA_CHECK(cudaGetLastError());
+    }
     if (!dq_acc_given) NT_CUDA_CHECK(cudaMemsetAsync(dq_sum, 0, q_elems * 4, stream));
   } else {
     const int per_block = slc_v1() ? kWarpsSlc : kPosShared;
@@ -801,7 +803,7 @@ void nsa_selected_backward_tc(const void* q, const void* k_slc, const void* v_sl
   const bool dkv_wgmma = g_slc_kernel == 0 || g_slc_kernel >= 3;  // falls back below where it does not apply
   SlcWalkArgs w = pcs.walk();
   w.q = u16(q), w.ks = u16(k_slc), w.vs = u16(v_slc), w.dout = u16(dout), w.lse = lse_slc;
-  w.delta = static_cast<const float*>(delta.p);
+  w.delta = delta_given ? delta_given : static_cast<const float*>(delta.p);
   w.dk_acc = static_cast<float*>(dk_acc.p), w.dv_acc = static_cast<float*>(dv_acc.p);
   w.row_acc = dq_sum;
   auto run = [&](auto kernel, size_t smem) {

@@ -163,8 +163,11 @@ Tensor mix_forward_raw(const Tensor& a, const Tensor& b, const Tensor& c, const 
   }
   return out;
 }
+// deltas (CUDA, bf16, regrouped; optional): f32 buffers for each branch's rowsum(d_b o_b) in the layout its backward
+// reads (cuda::NsaMixDeltas), the compressed branch's zeroed by the caller.
 std::vector<Tensor> mix_backward_raw(const Tensor& a, const Tensor& b, const Tensor& c, const Tensor& g,
-                                     const Tensor& dy_in, const std::optional<RegroupMaps>& m) {
+                                     const Tensor& dy_in, const std::optional<RegroupMaps>& m,
+                                     const Tensor* deltas = nullptr) {
   const int64_t HQ = b.size(1), D = b.size(2), rows = b.size(0) * HQ;
   const Tensor dy = dy_in.to(b.dtype()).contiguous();
   std::vector<Tensor> d{empty_like(a), empty_like(b), empty_like(c), empty_like(g)};
@@ -175,9 +178,12 @@ std::vector<Tensor> mix_backward_raw(const Tensor& a, const Tensor& b, const Ten
   } else {
     NT_ON_CUDA("nsa_mix_branches", {
       const cuda::NsaMixRegrouped rg = m ? mix_layout(*m, HQ) : cuda::NsaMixRegrouped{};
+      cuda::NsaMixDeltas dl;
+      if (deltas)
+        for (int i = 0; i < 3; ++i) dl.d[i] = static_cast<float*>(deltas[i].data_ptr());
       cuda::nsa_mix_backward(a.dtype(), a.data_ptr(), b.data_ptr(), c.data_ptr(), g.data_ptr(), dy.data_ptr(),
                              d[0].data_ptr(), d[1].data_ptr(), d[2].data_ptr(), d[3].data_ptr(), rows, D,
-                             stream_of(dy), m ? &rg : nullptr);
+                             stream_of(dy), m ? &rg : nullptr, deltas ? &dl : nullptr);
     });
   }
   return d;
@@ -294,10 +300,12 @@ NsaBranch nsa_window_branch(const Tensor& q, const Tensor& k_win, const Tensor& 
 }
 
 namespace {
-bool g_one_node = [] {
+const char* one_node_env() {
   const char* e = std::getenv("NT_NSA_ONE_NODE");
-  return !(e && std::string(e) == "0");
-}();
+  return e ? e : "";
+}
+bool g_one_node = std::string(one_node_env()) != "0";
+bool g_deltas_from_mix = std::string(one_node_env()) == "2";
 
 // The branch-wise op as one autograd node (op nsa_attention_branches): the same forward, and a backward that sums
 // the three branches' dq in f32 (the selected and window branches' into one sum that the compressed branch's,
@@ -345,15 +353,28 @@ std::optional<NsaOutput> one_node(const Tensor& q, const Tensor& k_cmp, const Te
                                   &kw = saved[3].get(), &vw = saved[4].get(), &g = saved[5].get(),
                                   &qr = saved[6].get(), &orr = saved[7].get(), &lse_r = saved[8].get(),
                                   &ow = saved[9].get(), &lse_w = saved[10].get();
-                     const std::vector<Tensor> d = mix_backward_raw(orr, slc.out.o, ow, g, dy, m);
+                     // On CUDA with deltas_from_mix the mix backward also writes each branch's delta =
+                     // rowsum(d_b o_b), which the three backwards would otherwise each compute in a pass of their own.
+                     const bool from_mix = g_deltas_from_mix && qc.device().is_cuda() &&
+                                           slc.o_saved.dtype() == DType::bf16;
+                     Tensor deltas[3];
+                     if (from_mix) {
+                       deltas[0] = zeros({HQ * m.d, m.NC}, DType::f32, qc.device());  // rows no query takes: 0
+                       deltas[1] = empty({T, HQ}, DType::f32, qc.device());
+                       deltas[2] = empty({HQ, T}, DType::f32, qc.device());
+                     }
+                     const std::vector<Tensor> d = mix_backward_raw(orr, slc.out.o, ow, g, dy, m,
+                                                                    from_mix ? deltas : nullptr);
                      // The compressed branch's dq in its regrouped layout, the other two's summed in q's.
                      const DType at = qc.dtype() == DType::f64 ? DType::f64 : DType::f32;
                      const Tensor acc_r = zeros(qr.shape(), at, qr.device()), acc = zeros({T, HQ, D}, at, qc.device());
                      std::vector<Tensor> grads{empty_like(qc), empty_like(kc), empty_like(vc), empty_like(slc.in[3]),
                                                empty_like(slc.in[4]), empty_like(kw), empty_like(vw), d[3]};
-                     flash_attention_backward_add_dq(qr, kc, vc, orr, d[0], lse_r, ac, acc_r, grads[1], grads[2]);
-                     nsa_internal::selected_backward_parts(slc, d[1], acc, grads[3], grads[4]);
-                     flash_attention_backward_add_dq(qc, kw, vw, ow, d[2], lse_w, aw, acc, grads[5], grads[6]);
+                     flash_attention_backward_add_dq(qr, kc, vc, orr, d[0], lse_r, ac, acc_r, grads[1], grads[2],
+                                                     deltas[0]);
+                     nsa_internal::selected_backward_parts(slc, d[1], acc, grads[3], grads[4], deltas[1]);
+                     flash_attention_backward_add_dq(qc, kw, vw, ow, d[2], lse_w, aw, acc, grads[5], grads[6],
+                                                     deltas[2]);
                      if (qc.device().is_cpu()) {
                        autograd::NoGradGuard ng;
                        grads[0] = add(acc, regroup_raw(acc_r, m, false)).to(qc.dtype());
@@ -369,8 +390,9 @@ std::optional<NsaOutput> one_node(const Tensor& q, const Tensor& k_cmp, const Te
 }
 }  // namespace
 
-void set_nsa_branches_one_node(bool on) { g_one_node = on; }
+void set_nsa_branches_one_node(bool on, bool deltas_from_mix) { g_one_node = on, g_deltas_from_mix = deltas_from_mix; }
 bool nsa_branches_one_node() { return g_one_node; }
+bool nsa_branches_deltas_from_mix() { return g_deltas_from_mix; }
 
 NsaOutput nsa_attention_branches(const Tensor& q, const Tensor& k_cmp, const Tensor& v_cmp, const Tensor& k_slc,
                                  const Tensor& v_slc, const Tensor& k_win, const Tensor& v_win, const Tensor& gates,

@@ -43,10 +43,14 @@ Tensor nsa_mix_branches(const Tensor& o_cmp, const Tensor& o_slc, const Tensor& 
 NsaOutput nsa_attention_branches(const Tensor& q, const Tensor& k_cmp, const Tensor& v_cmp, const Tensor& k_slc,
                                  const Tensor& v_slc, const Tensor& k_win, const Tensor& v_win, const Tensor& gates,
                                  const NsaOptions& opt = {});
-// On CUDA in bf16 (where the selected branch runs on tensor cores) the whole path is one autograd node whose
-// backward sums the branches' dq in f32 and converts once; off (also NT_NSA_ONE_NODE=0), each branch and the mix
-// are nodes of their own and autograd adds their bf16 dq. Same function; on by default.
-void set_nsa_branches_one_node(bool on);
+// On CUDA in bf16 (where the selected branch runs on tensor cores) and on the CPU the whole path is one autograd
+// node whose backward sums the branches' dq in f32 (f64 for f64) and converts once; off (also NT_NSA_ONE_NODE=0),
+// each branch and the mix are nodes of their own and autograd adds their dq. deltas_from_mix (CUDA; also
+// NT_NSA_ONE_NODE=2): the node's mix backward also writes each branch's rowsum(dO o) for the branch backwards,
+// which otherwise compute it in passes of their own (the same sums in another order). Same function; on, without
+// deltas_from_mix, by default.
+void set_nsa_branches_one_node(bool on, bool deltas_from_mix = false);
 bool nsa_branches_one_node();
+bool nsa_branches_deltas_from_mix();
 
 }  // namespace nt

@@ -418,7 +418,7 @@ std::optional<SelectedParts> selected_forward_parts(const Tensor& q, const Tenso
 }
 
 void selected_backward_parts(const SelectedParts& p, const Tensor& dout, const Tensor& dq_acc, const Tensor& dk,
-                             const Tensor& dv) {
+                             const Tensor& dv, const Tensor& delta) {
   const Tensor& q = p.in[0];
   if (q.device().is_cpu()) {  // the op's own CPU backward (all branches, gates (0, 1, 0)), then q's part added
     std::vector<Tensor> grads;
@@ -435,6 +435,8 @@ void selected_backward_parts(const SelectedParts& p, const Tensor& dout, const T
   NT_CHECK(dq_acc.dtype() == DType::f32 && dq_acc.shape() == q.shape(),
            "{}: the selected branch's dq sum must be f32 {}, got {} {}", kOp, shape_str(q.shape()),
            dtype_name(dq_acc.dtype()), shape_str(dq_acc.shape()));
+  NT_CHECK(!delta.defined() || (delta.dtype() == DType::f32 && delta.numel() == q.size(0) * q.size(1)),
+           "{}: the selected branch's delta must be f32 [T, HQ] = [{}, {}]", kOp, q.size(0), q.size(1));
   CudaGeometry g = cuda_geometry(p.in[0], p.in[1], p.in[3], p.opt);
   g.dims.lse_cmp = p.o_saved.data_ptr();  // (only tested for null in the backward, as in the op's own)
   const Tensor dob = dout.to(DType::bf16).contiguous();
@@ -442,7 +444,8 @@ void selected_backward_parts(const SelectedParts& p, const Tensor& dout, const T
                                  static_cast<const int32_t*>(p.out.block_indices.data_ptr()), p.o_saved.data_ptr(),
                                  p.o_saved.dtype() == DType::bf16, static_cast<const float*>(p.lse.data_ptr()),
                                  dob.data_ptr(), nullptr, dk.data_ptr(), dv.data_ptr(), g.dims, g.max_len,
-                                 stream_of(dob), static_cast<float*>(dq_acc.data_ptr()));
+                                 stream_of(dob), static_cast<float*>(dq_acc.data_ptr()),
+                                 delta.defined() ? static_cast<const float*>(delta.data_ptr()) : nullptr);
 #else
   no_cuda_kernel(kOp);
 #endif

@@ -22,8 +22,9 @@ bool selected_parts_apply(const Tensor& q, const Tensor& k_cmp, const Tensor& k_
 // walk (then nothing ran). Arguments as nsa_selected_branch's.
 std::optional<SelectedParts> selected_forward_parts(const Tensor& q, const Tensor& k_cmp, const Tensor& k_slc,
                                                     const Tensor& v_slc, const Tensor& lse_cmp, const NsaOptions& opt);
-// dout [T, HQ, D]; adds dq into dq_acc ([T, HQ, D]; f32 on CUDA); writes dk, dv (like k_slc).
+// dout [T, HQ, D]; adds dq into dq_acc ([T, HQ, D]; f32 on CUDA); writes dk, dv (like k_slc). delta (optional,
+// CUDA, f32 [T, HQ]): rowsum(dout o), computed elsewhere.
 void selected_backward_parts(const SelectedParts& p, const Tensor& dout, const Tensor& dq_acc, const Tensor& dk,
-                             const Tensor& dv);
+                             const Tensor& dv, const Tensor& delta = Tensor());
 
 }  // namespace nt::nsa_internal

@@ -127,7 +127,7 @@ Tensor flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const 
 
 void flash_attention_backward_add_dq(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                                      const Tensor& dout, const Tensor& lse, const AttentionOptions& opt,
-                                     const Tensor& dq_acc, const Tensor& dk, const Tensor& dv) {
+                                     const Tensor& dq_acc, const Tensor& dk, const Tensor& dv, const Tensor& delta) {
   NT_CHECK(q.dim() == 3 && k.dim() == 3 && q.is_contiguous() && k.is_contiguous() && v.is_contiguous() &&
                out.is_contiguous() && (dq_acc.dtype() == DType::f32 || dq_acc.dtype() == DType::f64) &&
                dq_acc.shape() == q.shape() &&
@@ -148,11 +148,15 @@ void flash_attention_backward_add_dq(const Tensor& q, const Tensor& k, const Ten
     if (dq_acc.dtype() == DType::f32 &&
         cuda::attention_backward_on_tensor_cores(q.dtype(), dims, {q.data_ptr(), k.data_ptr(), v.data_ptr(),
                                                                    d.data_ptr(), dk.data_ptr(), dv.data_ptr()})) {
-      Tensor delta = empty({p.H, p.N}, DType::f32, q.device());
+      const bool given = delta.defined();
+      NT_CHECK(!given || (delta.dtype() == DType::f32 && delta.shape() == Shape({p.H, p.N}) && delta.is_contiguous()),
+               "flash_attention_backward_add_dq: delta must be f32 [H, N] = [{}, {}], got {} {}", p.H, p.N,
+               given ? dtype_name(delta.dtype()) : "", given ? shape_str(delta.shape()) : "");
+      const Tensor dl = given ? delta : empty({p.H, p.N}, DType::f32, q.device());
       NT_ON_CUDA("flash_attention", cuda::attention_backward(
           q.dtype(), q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), d.data_ptr(),
-          static_cast<const float*>(lse.data_ptr()), static_cast<float*>(delta.data_ptr()),
-          static_cast<float*>(dq_acc.data_ptr()), nullptr, dk.data_ptr(), dv.data_ptr(), dims, stream_of(d)));
+          static_cast<const float*>(lse.data_ptr()), static_cast<float*>(dl.data_ptr()),
+          static_cast<float*>(dq_acc.data_ptr()), nullptr, dk.data_ptr(), dv.data_ptr(), dims, stream_of(d), given));
       return;
     }
   }

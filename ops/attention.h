@@ -28,10 +28,11 @@ Tensor flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const 
 
 // For fused backwards that sum several ops' dq (nsa/branches.cpp): flash_attention's backward for contiguous
 // [N, H, D] q, out, dout and [N, Hkv, D] k, v (lse as the forward returned it) that adds dq onto dq_acc (f32, q's
-// shape) instead of returning it, and writes dk and dv. On CUDA's tensor-core path dq goes straight into dq_acc.
-// No history.
+// shape) instead of returning it, and writes dk and dv. On CUDA's tensor-core path dq goes straight into dq_acc,
+// and delta (optional, f32 [H, N]: rowsum(dout out), computed elsewhere) is used instead of computed. No history.
 void flash_attention_backward_add_dq(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                                      const Tensor& dout, const Tensor& lse, const AttentionOptions& opt,
-                                     const Tensor& dq_acc, const Tensor& dk, const Tensor& dv);
+                                     const Tensor& dq_acc, const Tensor& dk, const Tensor& dv,
+                                     const Tensor& delta = Tensor());
 
 }  // namespace nt

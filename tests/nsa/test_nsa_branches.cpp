@@ -395,8 +395,8 @@ GRADCHECK_TEST("nsa_attention_branches") {
 TEST_CASE("NSA branch-wise path on CUDA (bf16) as one autograd node equals the per-branch nodes, dq up to their "
           "bf16 roundings" * doctest::skip(!cuda::available())) {
   struct Restore {
-    bool on = nsa_branches_one_node();
-    ~Restore() { set_nsa_branches_one_node(on); }
+    bool on = nsa_branches_one_node(), deltas = nsa_branches_deltas_from_mix();
+    ~Restore() { set_nsa_branches_one_node(on, deltas); }
   } restore;
   for (const Case& c : {Case{300, 16, 1, 64, blocks(32, 16, 64, 16, 128)},
                         Case{211, 8, 2, 64, blocks(16, 8, 32, 4, 50, {0, 90, 90, 100, 211})},
@@ -407,8 +407,8 @@ TEST_CASE("NSA branch-wise path on CUDA (bf16) as one autograd node equals the p
       *t = t->to(cuda_device(0));
     const Tensor w = rnd({c.T, c.HQ, c.D}, 96);
     std::string node;
-    auto run = [&](bool one) {
-      set_nsa_branches_one_node(one);
+    auto run = [&](bool one, bool deltas = false) {
+      set_nsa_branches_one_node(one, deltas);
       return full_of(g, w, [&](const std::vector<Tensor>& x) {
         NsaOutput r = nsa_attention_branches(x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7], c.opt);
         node = r.o.grad_fn() ? r.o.grad_fn()->op->name : "none";
@@ -432,6 +432,19 @@ TEST_CASE("NSA branch-wise path on CUDA (bf16) as one autograd node equals the p
     double m = 0;
     for (double v : per.grads[0].to_vector()) m = std::max(m, std::fabs(v));
     expect_close(one.grads[0], per.grads[0], 2e-2 * m, 2e-2);
+    // With the branches' deltas from the mix backward (the same sums in another order, so the gradients of q and
+    // the keys and values move by f32 roundings before their bf16 rounding): as the per-branch nodes, dq as above,
+    // the others within a bf16 ulp or so of their largest entry.
+    const Full mixd = run(true, true);
+    CHECK(node == "nsa_attention_branches");
+    CHECK(mixd.o.to_vector() == per.o.to_vector());
+    CHECK(mixd.grads[7].to_vector() == per.grads[7].to_vector());
+    for (int i = 0; i < 7; ++i) {
+      INFO("gradient of " << names[i] << ", deltas from the mix");
+      double mi = 0;
+      for (double v : per.grads[i].to_vector()) mi = std::max(mi, std::fabs(v));
+      expect_close(mixd.grads[i], per.grads[i], 2e-2 * mi, 2e-2);
+    }
   }
 }
 
