@@ -304,8 +304,13 @@ const char* one_node_env() {
   const char* e = std::getenv("NT_NSA_ONE_NODE");
   return e ? e : "";
 }
-bool g_one_node = std::string(one_node_env()) != "0";
-bool g_deltas_from_mix = std::string(one_node_env()) == "2";
+// On CUDA the one node waits for its first run on a GPU (written in the twenty-third session, when no GPU came):
+// until then the per-branch nodes stay CUDA's default, and NT_NSA_ONE_NODE=1 (or the setter) turns the node on.
+constexpr bool kOneNodeOnCudaByDefault = false;
+NsaOneNode g_node = [] {
+  const std::string e = one_node_env();
+  return NsaOneNode{e != "0", e.empty() ? kOneNodeOnCudaByDefault : e != "0", e == "2"};
+}();
 
 // The branch-wise op as one autograd node (op nsa_attention_branches): the same forward, and a backward that sums
 // the three branches' dq in f32 (the selected and window branches' into one sum that the compressed branch's,
@@ -316,7 +321,8 @@ bool g_deltas_from_mix = std::string(one_node_env()) == "2";
 std::optional<NsaOutput> one_node(const Tensor& q, const Tensor& k_cmp, const Tensor& v_cmp, const Tensor& k_slc,
                                   const Tensor& v_slc, const Tensor& k_win, const Tensor& v_win, const Tensor& gates,
                                   const NsaOptions& opt, const RegroupMaps& m) {
-  if (!g_one_node || m.NC == 0 || opt.window <= 0 || (q.device().is_cuda() && q.dtype() != DType::bf16))
+  if (!(q.device().is_cuda() ? g_node.cuda : g_node.cpu) || m.NC == 0 || opt.window <= 0 ||
+      (q.device().is_cuda() && q.dtype() != DType::bf16))
     return std::nullopt;
   for (const Tensor* t : {&k_cmp, &v_cmp, &k_slc, &v_slc, &k_win, &v_win, &gates})
     if (t->dtype() != q.dtype() || t->device() != q.device()) return std::nullopt;
@@ -355,7 +361,7 @@ std::optional<NsaOutput> one_node(const Tensor& q, const Tensor& k_cmp, const Te
                                   &ow = saved[9].get(), &lse_w = saved[10].get();
                      // On CUDA with deltas_from_mix the mix backward also writes each branch's delta =
                      // rowsum(d_b o_b), which the three backwards would otherwise each compute in a pass of their own.
-                     const bool from_mix = g_deltas_from_mix && qc.device().is_cuda() &&
+                     const bool from_mix = g_node.deltas_from_mix && qc.device().is_cuda() &&
                                            slc.o_saved.dtype() == DType::bf16;
                      Tensor deltas[3];
                      if (from_mix) {
@@ -390,9 +396,8 @@ std::optional<NsaOutput> one_node(const Tensor& q, const Tensor& k_cmp, const Te
 }
 }  // namespace
 
-void set_nsa_branches_one_node(bool on, bool deltas_from_mix) { g_one_node = on, g_deltas_from_mix = deltas_from_mix; }
-bool nsa_branches_one_node() { return g_one_node; }
-bool nsa_branches_deltas_from_mix() { return g_deltas_from_mix; }
+void set_nsa_branches_one_node(const NsaOneNode& s) { g_node = s; }
+NsaOneNode nsa_branches_one_node() { return g_node; }
 
 NsaOutput nsa_attention_branches(const Tensor& q, const Tensor& k_cmp, const Tensor& v_cmp, const Tensor& k_slc,
                                  const Tensor& v_slc, const Tensor& k_win, const Tensor& v_win, const Tensor& gates,

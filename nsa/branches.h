@@ -43,14 +43,17 @@ Tensor nsa_mix_branches(const Tensor& o_cmp, const Tensor& o_slc, const Tensor& 
 NsaOutput nsa_attention_branches(const Tensor& q, const Tensor& k_cmp, const Tensor& v_cmp, const Tensor& k_slc,
                                  const Tensor& v_slc, const Tensor& k_win, const Tensor& v_win, const Tensor& gates,
                                  const NsaOptions& opt = {});
-// On CUDA in bf16 (where the selected branch runs on tensor cores) and on the CPU the whole path is one autograd
-// node whose backward sums the branches' dq in f32 (f64 for f64) and converts once; off (also NT_NSA_ONE_NODE=0),
-// each branch and the mix are nodes of their own and autograd adds their dq. deltas_from_mix (CUDA; also
-// NT_NSA_ONE_NODE=2): the node's mix backward also writes each branch's rowsum(dO o) for the branch backwards,
-// which otherwise compute it in passes of their own (the same sums in another order). Same function; on, without
-// deltas_from_mix, by default.
-void set_nsa_branches_one_node(bool on, bool deltas_from_mix = false);
-bool nsa_branches_one_node();
-bool nsa_branches_deltas_from_mix();
+// The branch-wise path as one autograd node, whose backward sums the branches' dq in f32 (f64 for f64) and
+// converts once (on the CPU, and on CUDA in bf16 where the selected branch runs on tensor cores), or as a node per
+// branch and the mix, whose dq autograd adds. deltas_from_mix (CUDA): the node's mix backward also writes each
+// branch's rowsum(dO o) for the branch backwards, which otherwise compute it in passes of their own (the same sums
+// in another order). Same function every way. Defaults: the node on the CPU; on CUDA the per-branch nodes until the
+// node has run on a GPU. NT_NSA_ONE_NODE=0 (per-branch nodes), 1 (the node) or 2 (the node, deltas from the mix)
+// sets both devices.
+struct NsaOneNode {
+  bool cpu = true, cuda = false, deltas_from_mix = false;
+};
+void set_nsa_branches_one_node(const NsaOneNode& s);
+NsaOneNode nsa_branches_one_node();
 
 }  // namespace nt

@@ -362,10 +362,10 @@ GRADCHECK_TEST("nsa_mix_branches") {
 // discrete choice cannot change under the finite differences. Packed, with a sequence too short for a block.
 GRADCHECK_TEST("nsa_mix_branches_regrouped") {
   struct Restore {  // the per-branch nodes (the one node would hide the mix)
-    bool on = nsa_branches_one_node();
-    ~Restore() { set_nsa_branches_one_node(on); }
+    NsaOneNode saved = nsa_branches_one_node();
+    ~Restore() { set_nsa_branches_one_node(saved); }
   } restore;
-  set_nsa_branches_one_node(false);
+  set_nsa_branches_one_node({false, false, false});
   const NsaOptions opt = blocks(4, 2, 8, 3, 6, {0, 3, 20, 44});  // 44: the last regrouped row is past the end
   const int64_t T = 44, NC = total_cmp(opt, T);
   std::vector<Tensor> x;
@@ -395,8 +395,8 @@ GRADCHECK_TEST("nsa_attention_branches") {
 TEST_CASE("NSA branch-wise path on CUDA (bf16) as one autograd node equals the per-branch nodes, dq up to their "
           "bf16 roundings" * doctest::skip(!cuda::available())) {
   struct Restore {
-    bool on = nsa_branches_one_node(), deltas = nsa_branches_deltas_from_mix();
-    ~Restore() { set_nsa_branches_one_node(on, deltas); }
+    NsaOneNode saved = nsa_branches_one_node();
+    ~Restore() { set_nsa_branches_one_node(saved); }
   } restore;
   for (const Case& c : {Case{300, 16, 1, 64, blocks(32, 16, 64, 16, 128)},
                         Case{211, 8, 2, 64, blocks(16, 8, 32, 4, 50, {0, 90, 90, 100, 211})},
@@ -408,7 +408,7 @@ TEST_CASE("NSA branch-wise path on CUDA (bf16) as one autograd node equals the p
     const Tensor w = rnd({c.T, c.HQ, c.D}, 96);
     std::string node;
     auto run = [&](bool one, bool deltas = false) {
-      set_nsa_branches_one_node(one, deltas);
+      set_nsa_branches_one_node({one, one, deltas});
       return full_of(g, w, [&](const std::vector<Tensor>& x) {
         NsaOutput r = nsa_attention_branches(x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7], c.opt);
         node = r.o.grad_fn() ? r.o.grad_fn()->op->name : "none";
