@@ -79,12 +79,13 @@ __global__ void mix_forward_kernel(const T* __restrict__ o0, const T* __restrict
   }
 }
 
-// R lanes per row (a power of two <= 32), 256 / R rows per block.
 // Where each branch's delta goes (NsaMixDeltas): nullptr, not wanted.
 struct DeltaOut {
   float *cmp = nullptr, *slc = nullptr, *win = nullptr;
   int64_t NC = 0, T = 0;
 };
+// R lanes per row (a power of two <= 32), 256 / R rows per block. With dl given, each branch's delta too (the
+// rounded d_b times o_b: what flash_attention's attn_delta would read).
 template <class T, int V>
 __global__ void mix_backward_kernel(const T* __restrict__ o0, const T* __restrict__ o1, const T* __restrict__ o2,
                                     const T* __restrict__ g, const T* __restrict__ dy, T* __restrict__ d0,

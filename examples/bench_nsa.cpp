@@ -10,7 +10,8 @@
 // neighbouring positions choose alike, as the selected-branch kernels' shared loads assume of a trained model;
 // qrun=1 (default) draws every query independently (neighbours choose nearly independent blocks).
 // profile=1: after each T's rows, the kernels of one branch-wise forward, then of one forward + backward
-// (cuda::Profiler, CUPTI).
+// (cuda::Profiler, CUPTI). The branch-wise row is the default autograd layout (NsaOneNode, NT_NSA_ONE_NODE); the
+// rows "as ..." below it time the other layouts in the same run.
 // (the fused CUDA-core op takes seconds at 32k and more: it is timed up to fused_max_t tokens)
 // The compressed keys and values are inputs of the op (the compression MLP phi is a separate GEMM composite, not
 // timed here); NSA's gate projection and the dense model's projections are not timed either.
@@ -222,6 +223,19 @@ int main(int argc, char** argv) {
       const auto bf = measure(br_fwd), bb = measure(br_fb);
       row(std::to_string(T), "NSA branch-wise (branches.h)", bf, bb,
           rate(fw[0] + fw[1] + fw[2], fb[0] + fb[1] + fb[2], bf, bb));
+      {  // the branch-wise path's other autograd layouts (NsaOneNode) in the same run: same forward kernels
+        const NsaOneNode saved = nsa_branches_one_node();
+        const std::pair<const char*, NsaOneNode> layouts[3] = {{"  as per-branch nodes", {true, false, false}},
+                                                               {"  as one node", {true, true, false}},
+                                                               {"  as one node, deltas from mix", {true, true, true}}};
+        for (const auto& [name, layout] : layouts) {
+          if (layout.cuda == saved.cuda && layout.deltas_from_mix == saved.deltas_from_mix) continue;  // the row above
+          set_nsa_branches_one_node(layout);
+          const auto lf = measure(br_fwd), lb = measure(br_fb);
+          row("", name, lf, lb, rate(fw[0] + fw[1] + fw[2], fb[0] + fb[1] + fb[2], lf, lb));
+        }
+        set_nsa_branches_one_node(saved);
+      }
       const char* parts[3] = {"  compressed branch", "  selected branch (+ choice)", "  window branch"};
       for (int i = 0; i < 3; ++i) {
         const auto pf = measure(part(i, false)), pb = measure(part(i, true));
