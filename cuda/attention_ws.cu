@@ -162,11 +162,17 @@ __global__ void __launch_bounds__(384, 1)
   for (int it = 1; it < n_tiles; ++it) {
     const int st = it % kStages, sp = (it - 1) % kStages, n0 = n_lo + it * kKeys;
     mbar_wait(&k_full[st], (it / kStages) & 1);
-    mbar_wait(&v_full[sp], ((it - 1) / kStages) & 1);
-    turn_wait();
-    issue_qk(st);
-    issue_pv(sp);
-    turn_pass(false);
+    if constexpr (kPingPong) {  // both products in one turn
+      mbar_wait(&v_full[sp], ((it - 1) / kStages) & 1);
+      turn_wait();
+      issue_qk(st);
+      issue_pv(sp);
+      turn_pass(false);
+    } else {  // S(n) issued while V(n - 1) may still be arriving
+      issue_qk(st);
+      mbar_wait(&v_full[sp], ((it - 1) / kStages) & 1);
+      issue_pv(sp);
+    }
     wgmma_wait<1>();  // S(n) is done, P V still in flight
     fence_regs(sf);
     release(&k_empty[st]);

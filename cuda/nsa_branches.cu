@@ -223,7 +223,10 @@ void nsa_mix_backward(DType t, const void* o0, const void* o1, const void* o2, c
   DeltaOut dl;
   if (deltas) {
     if (!rg || t != DType::bf16 || !deltas->d[0] || !deltas->d[1] || !deltas->d[2])
-      throw std::invalid_argument("nsa_mix_backward: deltas need bf16, the regrouped layout and all three buffers");
+      throw std::invalid_argument(std::string("nsa_mix_backward: deltas need bf16 (got ") + std::string(dtype_name(t)) +
+                                  "), the regrouped layout (" + (rg ? "given" : "missing") +
+                                  ") and all three buffers (" + (deltas->d[0] ? "cmp " : "no cmp ") +
+                                  (deltas->d[1] ? "slc " : "no slc ") + (deltas->d[2] ? "win)" : "no win)"));
     dl = DeltaOut{deltas->d[0], deltas->d[1], deltas->d[2], rg->NC, rg->T};
   }
   NT_DISPATCH_FLOAT(t, "nsa_mix_backward", [&] {

@@ -352,13 +352,16 @@ std::optional<NsaOutput> one_node(const Tensor& q, const Tensor& k_cmp, const Te
   ng.reset();
   if (!want_grad) return out;
   std::vector<autograd::Saved> saved;
-  for (const Tensor& t : {qc, kc, vc, kw, vw, g, qr, orr, lse_r, ow, lse_w}) saved.emplace_back(t);
+  // (the selected branch's own tensors are in slc; saved here too so that writing them in place is caught)
+  for (const Tensor& t : {qc, kc, vc, kw, vw, g, qr, orr, lse_r, ow, lse_w, slc->in[3], slc->in[4], slc->o_saved})
+    saved.emplace_back(t);
   autograd::record(kNsaBranches, out.o, inputs,
                    [saved, slc = std::move(*slc), m, ac, aw, T, HQ, D](const Tensor& dy, auto&) {
                      const Tensor &qc = saved[0].get(), &kc = saved[1].get(), &vc = saved[2].get(),
                                   &kw = saved[3].get(), &vw = saved[4].get(), &g = saved[5].get(),
                                   &qr = saved[6].get(), &orr = saved[7].get(), &lse_r = saved[8].get(),
                                   &ow = saved[9].get(), &lse_w = saved[10].get();
+                     for (size_t i = 11; i < saved.size(); ++i) saved[i].get();  // checks only
                      // On CUDA with deltas_from_mix the mix backward also writes each branch's delta =
                      // rowsum(d_b o_b), which the three backwards would otherwise each compute in a pass of their own.
                      const bool from_mix = g_node.deltas_from_mix && qc.device().is_cuda() &&
@@ -414,6 +417,7 @@ NsaOutput nsa_attention_branches(const Tensor& q, const Tensor& k_cmp, const Ten
     return {nsa_mix_branches(cmp.o, slc.o, win.o, gates.to(q.dtype())), slc.block_indices};
   }
   check_qkv(what, q, k_cmp, v_cmp, m.NC, "the compressed blocks of all sequences");
+  check_qkv(what, q, k_win, v_win, q.size(0), "T");
   if (std::optional<NsaOutput> r = one_node(q, k_cmp, v_cmp, k_slc, v_slc, k_win, v_win, gates.to(q.dtype()), opt, m))
     return *r;
   // The compressed output stays regrouped until the mix (mix_regrouped).

@@ -387,12 +387,16 @@ bool selected_parts_apply(const Tensor& q, const Tensor& k_cmp, const Tensor& k_
   if (q.dtype() != DType::bf16 || q.dim() != 3 || k_slc.dim() != 3 || k_cmp.dim() != 3) return false;
   NsaOptions o = opt;
   o.window = 0;
-  const Tensor unused = k_slc.detach(), gates = empty({q.size(0), q.size(1), 3}, q.dtype(), q.device());
+  // (gates: a broadcast view of the right shape, for the checks only)
+  const Tensor unused = k_slc.detach(), gates = empty({1, 1, 3}, q.dtype(), q.device()).expand({q.size(0), q.size(1), 3});
   // The conditions under which run_nsa runs the selected branch alone, and its backward's walk computes dq.
   const NsaOptions r = resolve({q, k_cmp, k_cmp, k_slc, v_slc, unused, unused, gates}, o);
   CudaGeometry g = cuda_geometry(q, k_cmp, k_slc, r);
-  const char* sel = std::getenv("NT_NSA_SELECT");
-  if ((sel && std::string(sel) == "simt") || !cuda::nsa_select_tc_supported(g.dims)) return false;
+  static const bool simt_select = [] {
+    const char* v = std::getenv("NT_NSA_SELECT");
+    return v && std::string(v) == "simt";
+  }();
+  if (simt_select || !cuda::nsa_select_tc_supported(g.dims)) return false;
   g.dims.indices_given = true;
   return cuda::nsa_selected_tc_supported(g.dims) && selected_backward_on_tc(g.dims) &&
          cuda::nsa_selected_backward_fuses_dq(g.dims, g.max_len);
@@ -435,8 +439,10 @@ void selected_backward_parts(const SelectedParts& p, const Tensor& dout, const T
   NT_CHECK(dq_acc.dtype() == DType::f32 && dq_acc.shape() == q.shape(),
            "{}: the selected branch's dq sum must be f32 {}, got {} {}", kOp, shape_str(q.shape()),
            dtype_name(dq_acc.dtype()), shape_str(dq_acc.shape()));
-  NT_CHECK(!delta.defined() || (delta.dtype() == DType::f32 && delta.numel() == q.size(0) * q.size(1)),
-           "{}: the selected branch's delta must be f32 [T, HQ] = [{}, {}]", kOp, q.size(0), q.size(1));
+  NT_CHECK(!delta.defined() || (delta.dtype() == DType::f32 && delta.numel() == q.size(0) * q.size(1) &&
+                                 delta.is_contiguous()),
+           "{}: the selected branch's delta must be a contiguous f32 [T, HQ] = [{}, {}], got {} {}", kOp, q.size(0),
+           q.size(1), delta.defined() ? dtype_name(delta.dtype()) : "", delta.defined() ? shape_str(delta.shape()) : "");
   CudaGeometry g = cuda_geometry(p.in[0], p.in[1], p.in[3], p.opt);
   g.dims.lse_cmp = p.o_saved.data_ptr();  // (only tested for null in the backward, as in the op's own)
   const Tensor dob = dout.to(DType::bf16).contiguous();

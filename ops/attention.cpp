@@ -128,13 +128,24 @@ Tensor flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const 
 void flash_attention_backward_add_dq(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                                      const Tensor& dout, const Tensor& lse, const AttentionOptions& opt,
                                      const Tensor& dq_acc, const Tensor& dk, const Tensor& dv, const Tensor& delta) {
-  NT_CHECK(q.dim() == 3 && k.dim() == 3 && q.is_contiguous() && k.is_contiguous() && v.is_contiguous() &&
-               out.is_contiguous() && (dq_acc.dtype() == DType::f32 || dq_acc.dtype() == DType::f64) &&
-               dq_acc.shape() == q.shape() &&
-               dq_acc.is_contiguous() && dk.shape() == k.shape() && dv.shape() == k.shape(),
-           "flash_attention_backward_add_dq: expected contiguous q, out [N, H, D], k, v, dk, dv [N, Hkv, D] and an "
-           "f32 or f64 dq_acc like q, got q {}, k {}, dq_acc {} {}",
-           shape_str(q.shape()), shape_str(k.shape()), dtype_name(dq_acc.dtype()), shape_str(dq_acc.shape()));
+  const char* what = "flash_attention_backward_add_dq";
+  NT_CHECK(q.dim() == 3 && k.dim() == 3 && v.shape() == k.shape() && out.shape() == q.shape() &&
+               dout.shape() == q.shape() && dk.shape() == k.shape() && dv.shape() == k.shape(),
+           "{}: expected q, out, dout [N, H, D] and k, v, dk, dv [N, Hkv, D], got q {}, out {}, dout {}, k {}, v {}, "
+           "dk {}, dv {}", what, shape_str(q.shape()), shape_str(out.shape()), shape_str(dout.shape()),
+           shape_str(k.shape()), shape_str(v.shape()), shape_str(dk.shape()), shape_str(dv.shape()));
+  for (auto [t, name] : {std::pair{&q, "q"}, std::pair{&k, "k"}, std::pair{&v, "v"}, std::pair{&out, "out"},
+                         std::pair{&dk, "dk"}, std::pair{&dv, "dv"}})
+    NT_CHECK(t->is_contiguous() && t->dtype() == q.dtype() && t->device() == q.device(),
+             "{}: {} must be contiguous, {} on {} like q, got {}{} on {}", what, name, dtype_name(q.dtype()),
+             q.device().str(), t->is_contiguous() ? "" : "non-contiguous ", dtype_name(t->dtype()), t->device().str());
+  NT_CHECK((dq_acc.dtype() == DType::f32 || dq_acc.dtype() == DType::f64) && dq_acc.shape() == q.shape() &&
+               dq_acc.is_contiguous(),
+           "{}: dq_acc must be a contiguous f32 or f64 {}, got {} {}", what, shape_str(q.shape()),
+           dtype_name(dq_acc.dtype()), shape_str(dq_acc.shape()));
+  NT_CHECK(lse.dtype() == DType::f32 && lse.shape() == Shape({q.size(1), q.size(0)}),
+           "{}: lse must be f32 [H, N] = [{}, {}] as flash_attention returned it, got {} {}", what, q.size(1),
+           q.size(0), dtype_name(lse.dtype()), shape_str(lse.shape()));
   Problem p;
   p.N = q.size(0), p.H = q.size(1), p.Hkv = k.size(1), p.D = q.size(2), p.window = opt.window;
   p.scale = opt.scale != 0 ? opt.scale : 1.0 / std::sqrt((double)p.D);

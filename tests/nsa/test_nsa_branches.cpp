@@ -381,6 +381,11 @@ GRADCHECK_TEST("nsa_mix_branches_regrouped") {
 // the case below compares it with the per-branch nodes). One sequence of 3 selection blocks (n = 3 takes them all,
 // so the choice cannot change under the differences), GQA 2, window 5.
 GRADCHECK_TEST("nsa_attention_branches") {
+  struct Restore {
+    NsaOneNode saved = nsa_branches_one_node();
+    ~Restore() { set_nsa_branches_one_node(saved); }
+  } restore;
+  set_nsa_branches_one_node({true, true, false});
   const NsaOptions opt = blocks(4, 2, 8, 3, 5);
   const int64_t T = 24, NC = total_cmp(opt, T);
   std::vector<Tensor> x;
