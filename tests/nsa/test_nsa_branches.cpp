@@ -432,6 +432,15 @@ TEST_CASE("NSA branch-wise path on CUDA (bf16) as one autograd node equals the p
       INFO("gradient of " << names[i]);
       CHECK(one.grads[i].to_vector() == per.grads[i].to_vector());
     }
+    // (expect_close takes NaN for NaN: with poisoned allocations, an element neither path wrote would pass it)
+    auto finite = [](const Full& f) {
+      int64_t bad = 0;
+      for (const Tensor& t : f.grads)
+        for (double v : t.to_vector()) bad += !std::isfinite(v);
+      for (double v : f.o.to_vector()) bad += !std::isfinite(v);
+      return bad;
+    };
+    CHECK(finite(one) == 0);
     // dq: one f32 sum and one rounding against three roundings and two bf16 additions (each a few bf16 ulps of
     // the largest term), so the tolerance is relative to the largest entry.
     double m = 0;
@@ -442,6 +451,7 @@ TEST_CASE("NSA branch-wise path on CUDA (bf16) as one autograd node equals the p
     // the others within a bf16 ulp or so of their largest entry.
     const Full mixd = run(true, true);
     CHECK(node == "nsa_attention_branches");
+    CHECK(finite(mixd) == 0);
     CHECK(mixd.o.to_vector() == per.o.to_vector());
     CHECK(mixd.grads[7].to_vector() == per.grads[7].to_vector());
     for (int i = 0; i < 7; ++i) {
