@@ -111,6 +111,14 @@ struct CudaGeometry {
   Tensor tables;  // i32 [3 nseq + 2]: cu_seqlens, cmp_starts, slc_starts
   int max_len = 0;  // the longest sequence
 };
+// NT_NSA_SELECT=simt: bf16 selection on CUDA cores even where the tensor-core kernels apply (for comparison).
+bool select_on_simt() {
+  static const bool simt = [] {
+    const char* v = std::getenv("NT_NSA_SELECT");
+    return v && std::string(v) == "simt";
+  }();
+  return simt;
+}
 // The selected branch's backward on tensor cores where supported (NT_NSA_SLC_BWD=simt keeps the CUDA-core one,
 // for comparison).
 bool selected_backward_on_tc(const cuda::NsaDims& a) {
@@ -224,13 +232,9 @@ NsaOutput run_nsa(const std::vector<Tensor>& inputs, const NsaOptions& options, 
     if (external_cmp) g.dims.lse_cmp = lse_cmp.data_ptr();
     // With the compressed log-sum-exps given (the branch-wise path), bf16 selection runs on tensor cores
     // (NT_NSA_SELECT=simt keeps the CUDA-core scoring, for comparison).
-    static const bool simt_select = [] {
-      const char* v = std::getenv("NT_NSA_SELECT");
-      return v && std::string(v) == "simt";
-    }();
     const int max_len = g.max_len;
     if (indices_given) g.dims.indices_given = true;
-    if (external_cmp && q.dtype() == DType::bf16 && (indices_given || (!simt_select && cuda::nsa_select_tc_supported(g.dims)))) {
+    if (external_cmp && q.dtype() == DType::bf16 && (indices_given || (!select_on_simt() && cuda::nsa_select_tc_supported(g.dims)))) {
       if (!indices_given)
         cuda::nsa_select_tc(in[0].data_ptr(), in[1].data_ptr(), static_cast<const float*>(lse_cmp.data_ptr()),
                             static_cast<int32_t*>(out.block_indices.data_ptr()), g.dims, max_len, stream_of(q));
@@ -392,11 +396,7 @@ bool selected_parts_apply(const Tensor& q, const Tensor& k_cmp, const Tensor& k_
   // The conditions under which run_nsa runs the selected branch alone, and its backward's walk computes dq.
   const NsaOptions r = resolve({q, k_cmp, k_cmp, k_slc, v_slc, unused, unused, gates}, o);
   CudaGeometry g = cuda_geometry(q, k_cmp, k_slc, r);
-  static const bool simt_select = [] {
-    const char* v = std::getenv("NT_NSA_SELECT");
-    return v && std::string(v) == "simt";
-  }();
-  if (simt_select || !cuda::nsa_select_tc_supported(g.dims)) return false;
+  if (select_on_simt() || !cuda::nsa_select_tc_supported(g.dims)) return false;
   g.dims.indices_given = true;
   return cuda::nsa_selected_tc_supported(g.dims) && selected_backward_on_tc(g.dims) &&
          cuda::nsa_selected_backward_fuses_dq(g.dims, g.max_len);

@@ -22,6 +22,12 @@ using namespace nt;
 using namespace nt::test;
 
 namespace {
+// Sets the branch-wise path's autograd layout, and puts the previous one back at the end of the scope.
+struct OneNodeScope {
+  NsaOneNode saved = nsa_branches_one_node();
+  explicit OneNodeScope(const NsaOneNode& s) { set_nsa_branches_one_node(s); }
+  ~OneNodeScope() { set_nsa_branches_one_node(saved); }
+};
 std::vector<int32_t> cu_or_one(const NsaOptions& opt, int64_t T) {
   return opt.cu_seqlens.empty() ? std::vector<int32_t>{0, (int32_t)T} : opt.cu_seqlens;
 }
@@ -361,11 +367,7 @@ GRADCHECK_TEST("nsa_mix_branches") {
 // its gradient written, in the regrouped layout) included. Every position has at most n selection blocks, so the
 // discrete choice cannot change under the finite differences. Packed, with a sequence too short for a block.
 GRADCHECK_TEST("nsa_mix_branches_regrouped") {
-  struct Restore {  // the per-branch nodes (the one node would hide the mix)
-    NsaOneNode saved = nsa_branches_one_node();
-    ~Restore() { set_nsa_branches_one_node(saved); }
-  } restore;
-  set_nsa_branches_one_node({false, false, false});
+  const OneNodeScope scope({false, false, false});  // the per-branch nodes (the one node would hide the mix)
   const NsaOptions opt = blocks(4, 2, 8, 3, 6, {0, 3, 20, 44});  // 44: the last regrouped row is past the end
   const int64_t T = 44, NC = total_cmp(opt, T);
   std::vector<Tensor> x;
@@ -381,11 +383,7 @@ GRADCHECK_TEST("nsa_mix_branches_regrouped") {
 // the case below compares it with the per-branch nodes). One sequence of 3 selection blocks (n = 3 takes them all,
 // so the choice cannot change under the differences), GQA 2, window 5.
 GRADCHECK_TEST("nsa_attention_branches") {
-  struct Restore {
-    NsaOneNode saved = nsa_branches_one_node();
-    ~Restore() { set_nsa_branches_one_node(saved); }
-  } restore;
-  set_nsa_branches_one_node({true, true, false});
+  const OneNodeScope scope({true, true, false});
   const NsaOptions opt = blocks(4, 2, 8, 3, 5);
   const int64_t T = 24, NC = total_cmp(opt, T);
   std::vector<Tensor> x;
@@ -399,10 +397,7 @@ GRADCHECK_TEST("nsa_attention_branches") {
 
 TEST_CASE("NSA branch-wise path on CUDA (bf16) as one autograd node equals the per-branch nodes, dq up to their "
           "bf16 roundings" * doctest::skip(!cuda::available())) {
-  struct Restore {
-    NsaOneNode saved = nsa_branches_one_node();
-    ~Restore() { set_nsa_branches_one_node(saved); }
-  } restore;
+  const OneNodeScope scope(nsa_branches_one_node());  // the cases below switch it
   for (const Case& c : {Case{300, 16, 1, 64, blocks(32, 16, 64, 16, 128)},
                         Case{211, 8, 2, 64, blocks(16, 8, 32, 4, 50, {0, 90, 90, 100, 211})},
                         Case{1000, 16, 2, 128, blocks(32, 16, 64, 6, 100, {0, 333, 1000})}}) {
