@@ -427,7 +427,7 @@ TEST_CASE("NSA branch-wise path on CUDA (bf16) as one autograd node equals the p
       INFO("gradient of " << names[i]);
       CHECK(one.grads[i].to_vector() == per.grads[i].to_vector());
     }
-    // (expect_close takes NaN for NaN: with poisoned allocations, an element neither path wrote would pass it)
+    // (vector == and expect_close fail on NaN too; this names the path that left an element unwritten)
     auto finite = [](const Full& f) {
       int64_t bad = 0;
       for (const Tensor& t : f.grads)
