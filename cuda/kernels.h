@@ -91,7 +91,7 @@ int attention_bwd_keys();
 void set_attention_bwd_tma_dq(bool on);
 bool attention_bwd_tma_dq();
 // Versions 6 and 7's forward with FlashAttention-3's ping-pong: its two consumer warpgroups take turns issuing
-// their products (on; also NT_ATTENTION_FWD_PINGPONG=1) or issue whenever ready (off, the default). Same function.
+// their products (on, the default) or issue whenever ready (off; also NT_ATTENTION_FWD_PINGPONG=0). Same function.
 void set_attention_fwd_pingpong(bool on);
 bool attention_fwd_pingpong();
 void attention_forward(DType t, const void* q, const void* k, const void* v, void* out, float* lse,

@@ -304,12 +304,9 @@ const char* one_node_env() {
   const char* e = std::getenv("NT_NSA_ONE_NODE");
   return e ? e : "";
 }
-// On CUDA the one node waits for its first run on a GPU (written in the twenty-third session, when no GPU came):
-// until then the per-branch nodes stay CUDA's default, and NT_NSA_ONE_NODE=1 (or the setter) turns the node on.
-constexpr bool kOneNodeOnCudaByDefault = false;
 NsaOneNode g_node = [] {
   const std::string e = one_node_env();
-  return NsaOneNode{e != "0", e.empty() ? kOneNodeOnCudaByDefault : e != "0", e == "2"};
+  return e.empty() ? NsaOneNode{} : NsaOneNode{e != "0", e != "0", e == "2"};
 }();
 
 // The branch-wise op as one autograd node (op nsa_attention_branches): the same forward, and a backward that sums

@@ -25,9 +25,10 @@ inline Tensor uniform(const Shape& shape, uint64_t seed, double lo, double hi, D
 }
 
 // CHECKs that a and b have one shape and |a - b| <= atol + rtol |b| everywhere; reports the worst element.
-// A NaN matches nothing, not even a NaN (two kernels that both left a poisoned output untouched must not pass);
-// infinities match themselves.
-inline void expect_close(const Tensor& a, const Tensor& b, double atol = 1e-6, double rtol = 1e-5) {
+// A NaN matches nothing, not even a NaN (two kernels that both left a poisoned output untouched must not pass),
+// unless nans_match (a test of NaN propagation); infinities match themselves.
+inline void expect_close(const Tensor& a, const Tensor& b, double atol = 1e-6, double rtol = 1e-5,
+                         bool nans_match = false) {
   REQUIRE_MESSAGE(a.shape() == b.shape(), "shapes differ: " << shape_str(a.shape()) << " vs " << shape_str(b.shape()));
   const auto va = a.to_vector(), vb = b.to_vector();
   int64_t worst = -1;
@@ -35,7 +36,8 @@ inline void expect_close(const Tensor& a, const Tensor& b, double atol = 1e-6, d
   bool ok = true;
   for (size_t i = 0; i < va.size(); ++i) {
     const double err = std::fabs(va[i] - vb[i]);
-    const bool bad = !(err <= atol + rtol * std::fabs(vb[i])) && !(va[i] == vb[i]);
+    const bool bad = !(err <= atol + rtol * std::fabs(vb[i])) && !(va[i] == vb[i]) &&
+                     !(nans_match && std::isnan(va[i]) && std::isnan(vb[i]));
     if (bad) ok = false;
     if (bad && (worst < 0 || err > werr || std::isnan(err))) worst = (int64_t)i, werr = err;
   }

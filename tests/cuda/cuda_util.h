@@ -10,6 +10,7 @@ inline const bool kNoGpu = !cuda::available();
 
 struct Tol {
   double atol, rtol;
+  bool nans_match = false;  // NaN where the reference has NaN passes (tests of NaN propagation)
 };
 inline Tol tol_for(DType t) {
   switch (t) {
@@ -23,7 +24,7 @@ inline Tol tol_for(DType t) {
 // through unchanged (moved to the GPU).
 inline void check_cuda(const char* what, const std::function<Tensor(const std::vector<Tensor>&)>& f,
                        const std::vector<Tensor>& inputs, DType dt, Tol tol = {-1, -1}, uint64_t seed = 99) {
-  if (tol.atol < 0) tol = tol_for(dt);
+  if (tol.atol < 0) tol = Tol{tol_for(dt).atol, tol_for(dt).rtol, tol.nans_match};
   INFO(std::string(what) << " dtype " << dtype_name(dt));
   std::vector<Tensor> ref_in, dev_in;
   for (const Tensor& t : inputs) {
@@ -40,7 +41,7 @@ inline void check_cuda(const char* what, const std::function<Tensor(const std::v
   const Tensor ref = f(ref_in), out = f(dev_in);
   REQUIRE(out.device().is_cuda());
   CHECK(out.dtype() == (is_floating(ref.dtype()) ? (ref.dtype() == DType::f64 ? dt : ref.dtype()) : ref.dtype()));
-  expect_close(out.to(kCPU).to(DType::f64), ref.to(DType::f64), tol.atol, tol.rtol);
+  expect_close(out.to(kCPU).to(DType::f64), ref.to(DType::f64), tol.atol, tol.rtol, tol.nans_match);
   if (!ref.requires_grad()) return;
   const Tensor g = rnd(ref.shape(), seed).to(dt).to(DType::f64);
   ref.backward(g);
@@ -50,7 +51,8 @@ inline void check_cuda(const char* what, const std::function<Tensor(const std::v
     INFO("gradient of input " << i);
     REQUIRE(dev_in[i].grad().defined());
     CHECK(dev_in[i].grad().device().is_cuda());
-    expect_close(dev_in[i].grad().to(kCPU).to(DType::f64), ref_in[i].grad(), tol.atol * 4, tol.rtol * 4);
+    expect_close(dev_in[i].grad().to(kCPU).to(DType::f64), ref_in[i].grad(), tol.atol * 4, tol.rtol * 4,
+                 tol.nans_match);
   }
 }
 inline const DType kFloatTypes[] = {DType::f32, DType::bf16, DType::f64};

@@ -398,10 +398,13 @@ GRADCHECK_TEST("nsa_attention_branches") {
 TEST_CASE("NSA branch-wise path on CUDA (bf16) as one autograd node equals the per-branch nodes, dq up to their "
           "bf16 roundings" * doctest::skip(!cuda::available())) {
   const OneNodeScope scope(nsa_branches_one_node());  // the cases below switch it
+  // The node needs the selected branch alone on the wgmma kernels with its walk computing dq (l' = 64): with l' = 32
+  // the op must fall back to the per-branch nodes.
   for (const Case& c : {Case{300, 16, 1, 64, blocks(32, 16, 64, 16, 128)},
                         Case{211, 8, 2, 64, blocks(16, 8, 32, 4, 50, {0, 90, 90, 100, 211})},
                         Case{1000, 16, 2, 128, blocks(32, 16, 64, 6, 100, {0, 333, 1000})}}) {
     INFO("T " << c.T << " HQ " << c.HQ << " H " << c.H << " D " << c.D << " packed " << !c.opt.cu_seqlens.empty());
+    const bool applies = c.opt.select_block == 64;
     NsaInputs g = nsa_cast(nsa_inputs(c.T, c.HQ, c.H, c.D, total_cmp(c.opt, c.T), 95), DType::bf16);
     for (Tensor* t : {&g.q, &g.k_cmp, &g.v_cmp, &g.k_slc, &g.v_slc, &g.k_win, &g.v_win, &g.gates})
       *t = t->to(cuda_device(0));
@@ -415,18 +418,11 @@ TEST_CASE("NSA branch-wise path on CUDA (bf16) as one autograd node equals the p
         return r;
       });
     };
+    const std::string one_name = applies ? "nsa_attention_branches" : "nsa_mix_branches_regrouped";
     const Full one = run(true);
-    CHECK(node == "nsa_attention_branches");
+    CHECK(node == one_name);
     const Full per = run(false);
     CHECK(node == "nsa_mix_branches_regrouped");
-    // Same kernels in the same order: the output, the choice and every gradient but q's agree exactly.
-    CHECK(one.idx.to_vector() == per.idx.to_vector());
-    CHECK(one.o.to_vector() == per.o.to_vector());
-    const char* names[8] = {"q", "k_cmp", "v_cmp", "k_slc", "v_slc", "k_win", "v_win", "gates"};
-    for (int i = 1; i < 8; ++i) {
-      INFO("gradient of " << names[i]);
-      CHECK(one.grads[i].to_vector() == per.grads[i].to_vector());
-    }
     // (vector == and expect_close fail on NaN too; this names the path that left an element unwritten)
     auto finite = [](const Full& f) {
       int64_t bad = 0;
@@ -436,25 +432,35 @@ TEST_CASE("NSA branch-wise path on CUDA (bf16) as one autograd node equals the p
       return bad;
     };
     CHECK(finite(one) == 0);
-    // dq: one f32 sum and one rounding against three roundings and two bf16 additions (each a few bf16 ulps of
-    // the largest term), so the tolerance is relative to the largest entry.
-    double m = 0;
-    for (double v : per.grads[0].to_vector()) m = std::max(m, std::fabs(v));
-    expect_close(one.grads[0], per.grads[0], 2e-2 * m, 2e-2);
-    // With the branches' deltas from the mix backward (the same sums in another order, so the gradients of q and
-    // the keys and values move by f32 roundings before their bf16 rounding): as the per-branch nodes, dq as above,
-    // the others within a bf16 ulp or so of their largest entry.
+    auto max_abs = [](const Tensor& t) {
+      double m = 0;
+      for (double v : t.to_vector()) m = std::max(m, std::fabs(v));
+      return m;
+    };
+    const char* names[8] = {"q", "k_cmp", "v_cmp", "k_slc", "v_slc", "k_win", "v_win", "gates"};
+    // Same kernels in the same order: the output, the choice and the gates' gradient agree exactly. The keys' and
+    // values' gradients are f32 sums added with atomics (the selected branch's walk; flash_attention's split
+    // heads), so their order, and with it a bf16 rounding here and there, differs from run to run: within two bf16
+    // ulps of the entry or a small share of the largest one. dq: one f32 sum and one rounding against three
+    // roundings and two bf16 additions (each a few bf16 ulps of the largest term), so relative to the largest entry.
+    auto compare = [&](const Full& x, const char* what) {
+      CHECK(x.idx.to_vector() == per.idx.to_vector());
+      CHECK(x.o.to_vector() == per.o.to_vector());
+      CHECK(x.grads[7].to_vector() == per.grads[7].to_vector());
+      for (int i = 0; i < 7; ++i) {
+        INFO("gradient of " << std::string(names[i]) << what);
+        const double m = max_abs(per.grads[i]);
+        if (i == 0) expect_close(x.grads[0], per.grads[0], 2e-2 * m, 2e-2);
+        else expect_close(x.grads[i], per.grads[i], 2e-3 * m, 8e-3);
+      }
+    };
+    compare(one, "");
+    // With the branches' deltas from the mix backward (the same sums in another order: the gradients of q and the
+    // keys and values move by f32 roundings before their bf16 rounding).
     const Full mixd = run(true, true);
-    CHECK(node == "nsa_attention_branches");
+    CHECK(node == one_name);
     CHECK(finite(mixd) == 0);
-    CHECK(mixd.o.to_vector() == per.o.to_vector());
-    CHECK(mixd.grads[7].to_vector() == per.grads[7].to_vector());
-    for (int i = 0; i < 7; ++i) {
-      INFO("gradient of " << names[i] << ", deltas from the mix");
-      double mi = 0;
-      for (double v : per.grads[i].to_vector()) mi = std::max(mi, std::fabs(v));
-      expect_close(mixd.grads[i], per.grads[i], 2e-2 * mi, 2e-2);
-    }
+    compare(mixd, ", deltas from the mix");
   }
 }
 
