@@ -129,6 +129,23 @@ bool selected_backward_on_tc(const cuda::NsaDims& a) {
   return !simt && cuda::nsa_selected_backward_tc_supported(a);
 }
 
+// Where run_nsa runs the selected branch on CUDA, from the dims alone (selected_parts_apply asks the same before
+// anything runs): its choice and forward on tensor cores (bf16 with the compressed log-sum-exps given, the choice on
+// tensor cores or given, NT_NSA_SELECT=simt keeps the CUDA-core scoring), and alone (selected_only, its backward on
+// tensor cores too): only that branch's output and log-sum-exp, no CUDA-core pass.
+struct SelectedPlan {
+  bool select_tc = false, forward_tc = false, alone = false;
+};
+SelectedPlan plan_selected(DType dt, cuda::NsaDims dims, bool external_cmp, bool indices_given, bool selected_only) {
+  SelectedPlan p;
+  p.select_tc = external_cmp && dt == DType::bf16 &&
+                (indices_given || (!select_on_simt() && cuda::nsa_select_tc_supported(dims)));
+  dims.indices_given = true;
+  p.forward_tc = p.select_tc && cuda::nsa_selected_tc_supported(dims);
+  p.alone = p.forward_tc && selected_only && selected_backward_on_tc(dims);
+  return p;
+}
+
 CudaGeometry cuda_geometry(const Tensor& q, const Tensor& k_cmp, const Tensor& k_slc, const NsaOptions& opt) {
   CudaGeometry g;
   cuda::NsaDims& a = g.dims;
@@ -234,7 +251,8 @@ NsaOutput run_nsa(const std::vector<Tensor>& inputs, const NsaOptions& options, 
     // (NT_NSA_SELECT=simt keeps the CUDA-core scoring, for comparison).
     const int max_len = g.max_len;
     if (indices_given) g.dims.indices_given = true;
-    if (external_cmp && q.dtype() == DType::bf16 && (indices_given || (!select_on_simt() && cuda::nsa_select_tc_supported(g.dims)))) {
+    const SelectedPlan plan = plan_selected(q.dtype(), g.dims, external_cmp, indices_given, selected_only);
+    if (plan.select_tc) {
       if (!indices_given)
         cuda::nsa_select_tc(in[0].data_ptr(), in[1].data_ptr(), static_cast<const float*>(lse_cmp.data_ptr()),
                             static_cast<int32_t*>(out.block_indices.data_ptr()), g.dims, max_len, stream_of(q));
@@ -243,8 +261,8 @@ NsaOutput run_nsa(const std::vector<Tensor>& inputs, const NsaOptions& options, 
       // cores as well, only that branch's output and log-sum-exp are kept, and o is its output: no CUDA-core pass.
       // The warp-specialized forward then writes o in bf16 itself (saved for the backward's delta), else o is the
       // f32 output cast.
-      if (cuda::nsa_selected_tc_supported(g.dims)) {
-        alone = selected_only && selected_backward_on_tc(g.dims);
+      if (plan.forward_tc) {
+        alone = plan.alone;
         const bool o_in_bf16 = alone && cuda::nsa_selected_forward_writes_bf16(g.dims);
         if (o_in_bf16)
           branch_o = out.o.detach(), lse = empty({1, T, HQ}, acc, q.device());
@@ -393,13 +411,12 @@ bool selected_parts_apply(const Tensor& q, const Tensor& k_cmp, const Tensor& k_
   o.window = 0;
   // (gates: a broadcast view of the right shape, for the checks only)
   const Tensor unused = k_slc.detach(), gates = empty({1, 1, 3}, q.dtype(), q.device()).expand({q.size(0), q.size(1), 3});
-  // The conditions under which run_nsa runs the selected branch alone, and its backward's walk computes dq.
+  // run_nsa's plan (the selected branch alone), and its backward's walk computes dq.
   const NsaOptions r = resolve({q, k_cmp, k_cmp, k_slc, v_slc, unused, unused, gates}, o);
   CudaGeometry g = cuda_geometry(q, k_cmp, k_slc, r);
-  if (select_on_simt() || !cuda::nsa_select_tc_supported(g.dims)) return false;
+  if (!plan_selected(q.dtype(), g.dims, true, false, true).alone) return false;
   g.dims.indices_given = true;
-  return cuda::nsa_selected_tc_supported(g.dims) && selected_backward_on_tc(g.dims) &&
-         cuda::nsa_selected_backward_fuses_dq(g.dims, g.max_len);
+  return cuda::nsa_selected_backward_fuses_dq(g.dims, g.max_len);
 #else
   (void)q, (void)k_cmp, (void)k_slc, (void)v_slc, (void)opt;
   return false;
