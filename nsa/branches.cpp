@@ -335,9 +335,10 @@ std::optional<NsaOutput> one_node(const Tensor& q, const Tensor& k_cmp, const Te
   AttentionOptions ac, aw;
   ac.scale = opt.scale, ac.cu_seqlens = m.cu_cmp;
   aw.scale = opt.scale, aw.window = opt.window, aw.cu_seqlens = cu_of(opt, T);
-  const Tensor qr = regroup_raw(qc, m, true);
+  Tensor qr = regroup_raw(qc, m, true);
   Tensor lse_r, lse_w;
   const Tensor orr = flash_attention(qr, kc, vc, ac, &lse_r);  // [NC, HQ d, D]; lse [HQ d, NC]
+  if (!want_grad) qr = Tensor();  // inference: gone before the other branches run (a [T, HQ, D] tensor)
   const Tensor lse_flat = lse_r.reshape({HQ, m.d, m.NC}).permute({2, 1, 0}).reshape({m.NC * m.d, HQ});
   const Tensor lse_cmp = index_select(
       cat({lse_flat, full({1, HQ}, -std::numeric_limits<double>::infinity(), DType::f32, q.device())}, 0), 0,
@@ -369,18 +370,24 @@ std::optional<NsaOutput> one_node(const Tensor& q, const Tensor& k_cmp, const Te
                        deltas[1] = empty({T, HQ}, DType::f32, qc.device());
                        deltas[2] = empty({HQ, T}, DType::f32, qc.device());
                      }
-                     const std::vector<Tensor> d = mix_backward_raw(orr, slc.out.o, ow, g, dy, m,
-                                                                    from_mix ? deltas : nullptr);
-                     // The compressed branch's dq in its regrouped layout, the other two's summed in q's.
+                     std::vector<Tensor> d = mix_backward_raw(orr, slc.out.o, ow, g, dy, m,
+                                                              from_mix ? deltas : nullptr);
+                     // The selected and window branches' dq summed in q's layout, then the compressed branch's in
+                     // its regrouped layout: each branch's dO goes once its backward is done, so the two f32 sums
+                     // meet only with one dO left (at 64k, 64 heads: each [T, HQ, D] f32 sum 2 GiB, each dO 1).
                      const DType at = qc.dtype() == DType::f64 ? DType::f64 : DType::f32;
-                     const Tensor acc_r = zeros(qr.shape(), at, qr.device()), acc = zeros({T, HQ, D}, at, qc.device());
+                     const Tensor acc = zeros({T, HQ, D}, at, qc.device());
                      std::vector<Tensor> grads{empty_like(qc), empty_like(kc), empty_like(vc), empty_like(slc.in[3]),
                                                empty_like(slc.in[4]), empty_like(kw), empty_like(vw), d[3]};
-                     flash_attention_backward_add_dq(qr, kc, vc, orr, d[0], lse_r, ac, acc_r, grads[1], grads[2],
-                                                     deltas[0]);
                      nsa_internal::selected_backward_parts(slc, d[1], acc, grads[3], grads[4], deltas[1]);
+                     d[1] = Tensor();
                      flash_attention_backward_add_dq(qc, kw, vw, ow, d[2], lse_w, aw, acc, grads[5], grads[6],
                                                      deltas[2]);
+                     d[2] = Tensor();
+                     const Tensor acc_r = zeros(qr.shape(), at, qr.device());
+                     flash_attention_backward_add_dq(qr, kc, vc, orr, d[0], lse_r, ac, acc_r, grads[1], grads[2],
+                                                     deltas[0]);
+                     d[0] = Tensor();
                      if (qc.device().is_cpu()) {
                        autograd::NoGradGuard ng;
                        grads[0] = add(acc, regroup_raw(acc_r, m, false)).to(qc.dtype());
