@@ -146,6 +146,11 @@ bool nsa_select_wgmma_applies(const NsaDims& d);
 // The wgmma kernel's selection scores live in global slots, per_sm per SM, taken and given back by its thread
 // blocks; 0 (default): as many as thread blocks fit on an SM. Tests set 1 to make blocks wait for each other's slot.
 void set_nsa_select_slots(int per_sm);
+// The wgmma kernel's periodic fold (each selection block's score from the compressed keys meeting it) reads its table
+// entries in a loop (off, the default) or all up front, unrolled (on; also NT_NSA_SELECT_FOLD=unrolled), where a
+// block meets at most 8 entries (the paper's configuration). The same sums in the same order either way.
+void set_nsa_select_fold_unrolled(bool on);
+bool nsa_select_fold_unrolled();
 bool nsa_select_wgmma(const void* q, const void* k_cmp, const float* lse_cmp, int32_t* block_indices, const NsaDims& d,
                       int max_len, cudaStream_t stream);
 // nsa_selected.cu: the selected branch's forward on tensor cores (bf16) into o_slc [N, HQ, D] and lse_slc [N, HQ]

@@ -43,6 +43,11 @@ using namespace sm90;
 
 constexpr int kRowsW = 128, kKeysW = 64, kThreadsW = 128;
 int g_select_slots = 0;  // score slots per SM; 0: as many as blocks fit (set_nsa_select_slots)
+constexpr int kFoldUnroll = 8;  // the paper's l = 32, d = 16, l' = 64: fold_e = 8 (5 keys meet a block)
+bool g_select_fold_unrolled = [] {  // NT_NSA_SELECT_FOLD=unrolled / loop (set_nsa_select_fold_unrolled)
+  const char* e = std::getenv("NT_NSA_SELECT_FOLD");
+  return e && std::string(e) == "unrolled";
+}();
 constexpr int kQHalf = kRowsW * 128, kKHalf = kKeysW * 128;  // bytes of one 64-column half of Q and of a K tile
 
 struct SelectWgSmem {
@@ -50,6 +55,7 @@ struct SelectWgSmem {
   int cs;        // floats per key row of a sums buffer (PB and a little padding against bank conflicts)
   int nblk = 0;  // > 0: the fold is the same for every tile (64 d a multiple of l'), nblk blocks per tile
   int fold_e;    // the fold table's entries per block (keys meeting it)
+  bool fold_unrolled;  // the periodic fold's table read up front, unrolled (fold_e <= kFoldUnroll; set_nsa_select_fold)
   // Whether a block's scores start at zero: the general fold adds to them tile after tile, and a periodic fold
   // writes each once but leaves blocks unwritten whose keys no position of the block sees (l > 2 l' + 1).
   bool zero;
@@ -73,6 +79,7 @@ SelectWgSmem select_wg_smem(const NsaDims& a) {
   s.cs = a.G == 16 ? 10 : a.G == 8 ? 18 : a.G == 4 ? 34 : PB + 4;  // conflict-free fold reads, at most 2-way stores
   s.nblk = periodic_blocks(a);
   s.fold_e = (a.lp + a.l) / a.d + 2;
+  s.fold_unrolled = g_select_fold_unrolled && s.fold_e <= kFoldUnroll;
   s.q = 0;
   s.k = s.q + 2 * kQHalf;
   s.zero = s.nblk == 0 || a.l > 2 * a.lp + 1;
@@ -272,11 +279,23 @@ __global__ void __launch_bounds__(kThreadsW, 3) nsa_select_wgmma(const __grid_co
         const int p = e % PB, jr = e / PB, j = i * off.nblk + jr;
         if (p >= npos || j >= a.ncand_max) continue;
         const int2* tab = fold_tab + jr * off.fold_e;
-        const int nneg = fold_neg[jr];
+        const int nneg = fold_neg[jr], n = fold_n[jr];
         float acc = 0.f;
-        if (prev)
-          for (int k = 0; k < nneg; ++k) acc += prev[tab[k].x + p] * __int_as_float(tab[k].y);
-        for (int k = nneg, n = fold_n[jr]; k < n; ++k) acc += cur[tab[k].x + p] * __int_as_float(tab[k].y);
+        if (off.fold_unrolled) {  // every table entry, then every sum, loaded before the first product: no chain
+          int2 e2[kFoldUnroll];   // of dependent shared-memory loads per key
+#pragma unroll
+          for (int k = 0; k < kFoldUnroll; ++k) e2[k] = k < n ? tab[k] : make_int2(0, 0);
+          float v[kFoldUnroll];
+#pragma unroll
+          for (int k = 0; k < kFoldUnroll; ++k)
+            v[k] = k < n && (k >= nneg || prev) ? (k < nneg ? prev : cur)[e2[k].x + p] : 0.f;
+#pragma unroll
+          for (int k = 0; k < kFoldUnroll; ++k) acc += v[k] * __int_as_float(e2[k].y);
+        } else {
+          if (prev)
+            for (int k = 0; k < nneg; ++k) acc += prev[tab[k].x + p] * __int_as_float(tab[k].y);
+          for (int k = nneg; k < n; ++k) acc += cur[tab[k].x + p] * __int_as_float(tab[k].y);
+        }
         score[p * a.ncand_max + j] = acc;
       }
     };
@@ -355,6 +374,9 @@ void launch_select_wgmma(const void* q, const void* k_cmp, const float* lse_cmp,
   NT_CUDA_CHECK(cudaGetLastError());
 }
 }  // namespace
+
+void set_nsa_select_fold_unrolled(bool on) { g_select_fold_unrolled = on; }
+bool nsa_select_fold_unrolled() { return g_select_fold_unrolled; }
 
 void set_nsa_select_slots(int per_sm) {
   if (per_sm < 0 || per_sm > 32)
