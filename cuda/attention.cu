@@ -689,6 +689,14 @@ bool g_fwd_pingpong = [] {
 }  // namespace
 void set_attention_fwd_pingpong(bool on) { g_fwd_pingpong = on; }
 bool attention_fwd_pingpong() { return g_fwd_pingpong; }
+namespace {
+bool g_longest_first = [] {
+  const char* e = std::getenv("NT_ATTENTION_BLOCK_ORDER");
+  return e && std::string(e) == "longest";
+}();
+}  // namespace
+void set_attention_block_order_longest_first(bool on) { g_longest_first = on; }
+bool attention_block_order_longest_first() { return g_longest_first; }
 
 void attention_forward(DType t, const void* q, const void* k, const void* v, void* out, float* lse, const AttentionDims& d,
                        cudaStream_t stream) {

@@ -48,7 +48,8 @@ __global__ void __launch_bounds__(384, 1)
   unsigned char *Qs = smem, *Ks = Qs + 2 * kQBytes, *Vs = Ks + kStages * kKVBytes;
   uint64_t* q_full = reinterpret_cast<uint64_t*>(Vs + kStages * kKVBytes);
   uint64_t *k_full = q_full + 1, *v_full = k_full + kStages, *k_empty = v_full + kStages, *v_empty = k_empty + kStages;
-  const int seq = blockIdx.y, h = blockIdx.z, m0 = (gridDim.x - 1 - blockIdx.x) * kRows;
+  const uint3 g = grid_coords(a.x_slowest);
+  const int seq = (int)g.y, h = (int)g.z, m0 = (int)(gridDim.x - 1 - g.x) * kRows;  // the longest walks first
   const int start = a.cu_seqlens[seq], len = a.cu_seqlens[seq + 1] - start;
   if (m0 >= len) return;  // the whole block, before any barrier
   const int hk = h / (a.H / a.Hkv);
@@ -432,9 +433,11 @@ bool attention_forward_ws(const void* q, const void* k, const void* v, void* out
   auto map = [&](const void* base, int64_t heads, uint32_t rows) { return rows_map(base, d, heads, rows); };
   const CUtensorMap mq = map(q, d.H, kRowsWG), mk = map(k, d.Hkv, kKeys), mv = map(v, d.Hkv, kKeys);
   const dim3 grid((unsigned)((d.max_len + kRows - 1) / kRows), (unsigned)d.nseq, (unsigned)d.H);
+  AttentionDims dd = d;
+  dd.x_slowest = attention_block_order_longest_first();
   auto launch = [&](auto kernel) {
     allow_smem(kernel, kSmem);
-    kernel<<<grid, 384, kSmem, stream>>>(mq, mk, mv, static_cast<uint16_t*>(out), lse, d);
+    kernel<<<grid, 384, kSmem, stream>>>(mq, mk, mv, static_cast<uint16_t*>(out), lse, dd);
   };
   if (attention_fwd_pingpong()) launch(attn_fwd_ws<true>);
   else launch(attn_fwd_ws<false>);
@@ -451,10 +454,12 @@ void attention_backward_ws(const void* q, const void* k, const void* v, const vo
   const CUtensorMap mq = rows_map(q, d, d.H, kBwdRows), mdo = rows_map(dout, d, d.H, kBwdRows);
   const CUtensorMap mk = rows_map(k, d, d.Hkv, kBwdKeys), mv = rows_map(v, d, d.Hkv, kBwdKeys);
   const dim3 grid((unsigned)((d.max_len + kBwdKeys - 1) / kBwdKeys), (unsigned)d.nseq, (unsigned)(d.Hkv * splits));
+  AttentionDims dd = d;
+  dd.x_slowest = attention_block_order_longest_first();
   auto launch = [&](auto kernel, size_t smem, const CUtensorMap& mdq) {
     allow_smem(kernel, smem);
     kernel<<<grid, 384, smem, stream>>>(mq, mk, mv, mdo, mdq, lse, delta, dq_acc, static_cast<uint16_t*>(dk),
-                                        static_cast<uint16_t*>(dv), dkv_acc, gs, d);
+                                        static_cast<uint16_t*>(dv), dkv_acc, gs, dd);
   };
   if (attention_bwd_tma_dq()) {
     // dq_acc [N, H, D] f32 as (D, H, N), boxes of 64 head dims x 1 head x 64 rows (columns past D are skipped).

@@ -71,6 +71,7 @@ struct AttentionDims {
   int H = 0, Hkv = 0, D = 0, nseq = 0, max_len = 0, window = 0;  // window 0: full causal
   float scale = 0;
   const int32_t* cu_seqlens = nullptr;  // device memory, nseq + 1 entries
+  bool x_slowest = false;  // the grid's x launched slowest: set by the launchers (set_attention_block_order_longest_first)
 };
 // Kernel version: 7 (default: Hopper, warp-specialized forward and backward: TMA loads and two consumer
 // warpgroups, cuda/attention_ws.cu, for head dims 72..128, else the fastest below for the width), 6 (7's forward,
@@ -94,6 +95,13 @@ bool attention_bwd_tma_dq();
 // their products (on, the default) or issue whenever ready (off; also NT_ATTENTION_FWD_PINGPONG=0). Same function.
 void set_attention_fwd_pingpong(bool on);
 bool attention_fwd_pingpong();
+// The order in which versions 6 and 7 (the warp-specialized kernels) launch their thread blocks: each (sequence,
+// head) group's blocks one after the other, its longest causal walk first (off, the default), or every group's
+// longest walk before any group's second (on, longest first across the grid; also NT_ATTENTION_BLOCK_ORDER=longest):
+// with one block per SM, a group's longest walk launched last leaves the other SMs idle while it runs (a greedy
+// schedule of the backward at B1 T8192 H32/8 estimates the tail at ~20%). Same function either way.
+void set_attention_block_order_longest_first(bool on);
+bool attention_block_order_longest_first();
 void attention_forward(DType t, const void* q, const void* k, const void* v, void* out, float* lse,
                        const AttentionDims& d, cudaStream_t stream);
 // dq == nullptr: dq is added onto dq_acc (f32 [N, H, D], zeroed by the caller, who also converts it), which only

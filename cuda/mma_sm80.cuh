@@ -137,6 +137,15 @@ __device__ __forceinline__ void attn_write_rows(const float (&acc)[NT][4], const
   }
 }
 
+// This block's grid coordinates in launch order: blockIdx, or with x_slowest the linear block index read with x
+// varying slowest (every (y, z) pair's x = 0 block launches before any x = 1 block).
+__device__ __forceinline__ uint3 grid_coords(bool x_slowest) {
+  if (!x_slowest) return blockIdx;
+  const unsigned yz = gridDim.y * gridDim.z, L = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+  const unsigned rest = L % yz;
+  return make_uint3(L / yz, rest % gridDim.y, rest / gridDim.y);
+}
+
 // The flash backward's thread block (either kernel): keys n0 .. n0 + keys - 1 of sequence blockIdx.y, kv head hk,
 // query heads [h_lo, h_hi) (the group's heads, or gs of them when it is split: blockIdx.z = hk x splits + split).
 struct AttnBwdBlock {
@@ -145,9 +154,10 @@ struct AttnBwdBlock {
 template <class Dims>
 __device__ __forceinline__ AttnBwdBlock attn_bwd_block(const Dims& a, int gs, int keys) {
   const int G = a.H / a.Hkv, splits = (G + gs - 1) / gs;
+  const uint3 g = grid_coords(a.x_slowest);  // (the key blocks nearest a sequence's start walk the most queries)
   AttnBwdBlock b;
-  b.seq = blockIdx.y, b.hk = blockIdx.z / splits, b.n0 = blockIdx.x * keys;
-  b.h_lo = b.hk * G + (int)(blockIdx.z % splits) * gs, b.h_hi = min(b.h_lo + gs, b.hk * G + G);
+  b.seq = (int)g.y, b.hk = (int)g.z / splits, b.n0 = (int)g.x * keys;
+  b.h_lo = b.hk * G + (int)(g.z % splits) * gs, b.h_hi = min(b.h_lo + gs, b.hk * G + G);
   b.start = a.cu_seqlens[b.seq], b.len = a.cu_seqlens[b.seq + 1] - b.start;
   return b;
 }

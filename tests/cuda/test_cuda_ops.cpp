@@ -640,26 +640,29 @@ CUDA_TEST("flash_attention: tensor-core (bf16) and CUDA-core kernels against the
 #if NT_CUDA
   const int default_version = cuda::attention_kernel(), default_keys = cuda::attention_bwd_keys();
   const bool default_tma_dq = cuda::attention_bwd_tma_dq(), default_pingpong = cuda::attention_fwd_pingpong();
+  const bool default_order = cuda::attention_block_order_longest_first();
   auto set_version = [](int v) {
     cuda::set_attention_kernel(std::min(v, 7)), cuda::set_attention_bwd_keys(v == 1 ? 64 : 128);
-    cuda::set_attention_bwd_tma_dq(v == 8), cuda::set_attention_fwd_pingpong(v == 9);
+    cuda::set_attention_bwd_tma_dq(v == 8 || v == 10), cuda::set_attention_fwd_pingpong(v >= 9);
+    cuda::set_attention_block_order_longest_first(v == 10);
   };
   struct Restore {  // also when a check throws
     int version, keys;
-    bool tma_dq, pingpong;
+    bool tma_dq, pingpong, order;
     ~Restore() {
       cuda::set_attention_kernel(version), cuda::set_attention_bwd_keys(keys), cuda::set_attention_bwd_tma_dq(tma_dq);
-      cuda::set_attention_fwd_pingpong(pingpong);
+      cuda::set_attention_fwd_pingpong(pingpong), cuda::set_attention_block_order_longest_first(order);
     }
-  } restore_at_exit{default_version, default_keys, default_tma_dq, default_pingpong};
+  } restore_at_exit{default_version, default_keys, default_tma_dq, default_pingpong, default_order};
   auto restore = [] {};
 #else
   auto set_version = [](int) {};
   auto restore = [] {};
 #endif
   // 8: version 7 with the TMA-reduce dQ (set_attention_bwd_tma_dq); 9: version 7 with the ping-pong forward
-  // (set_attention_fwd_pingpong)
-  for (int version : {1, 2, 3, 4, 5, 6, 7, 8, 9})
+  // (set_attention_fwd_pingpong); 10: 8 and 9 with the longest walks launched first across the grid
+  // (set_attention_block_order_longest_first)
+  for (int version : {1, 2, 3, 4, 5, 6, 7, 8, 9, 10})
   for (const C& c : cases)
     for (DType dt : kFloatTypes) {
       if (c.cu.size() > 100 && (dt != DType::bf16 || version < 4)) continue;  // the head walk of the wgmma backwards
