@@ -95,11 +95,12 @@ bool attention_bwd_tma_dq();
 // their products (on, the default) or issue whenever ready (off; also NT_ATTENTION_FWD_PINGPONG=0). Same function.
 void set_attention_fwd_pingpong(bool on);
 bool attention_fwd_pingpong();
-// The order in which versions 6 and 7 (the warp-specialized kernels) launch their thread blocks: each (sequence,
-// head) group's blocks one after the other, its longest causal walk first (off, the default), or every group's
-// longest walk before any group's second (on, longest first across the grid; also NT_ATTENTION_BLOCK_ORDER=longest):
-// with one block per SM, a group's longest walk launched last leaves the other SMs idle while it runs (a greedy
-// schedule of the backward at B1 T8192 H32/8 estimates the tail at ~20%). Same function either way.
+// The order in which the warp-specialized kernels (version 6's forward, version 7 both ways) launch their thread
+// blocks: each (sequence, head) group's blocks one after the other, its longest causal walk first (off, the
+// default), or every group's longest walk before any group's second (on; also NT_ATTENTION_BLOCK_ORDER=longest;
+// exact for sequences of equal length): with one block per SM, a group's longest walk launched last leaves the other
+// SMs idle while it runs (a greedy schedule of the backward at B1 T8192 H32/8 estimates that tail at ~20%). Same
+// function either way.
 void set_attention_block_order_longest_first(bool on);
 bool attention_block_order_longest_first();
 void attention_forward(DType t, const void* q, const void* k, const void* v, void* out, float* lse,

@@ -141,9 +141,10 @@ __device__ __forceinline__ void attn_write_rows(const float (&acc)[NT][4], const
 // varying slowest (every (y, z) pair's x = 0 block launches before any x = 1 block).
 __device__ __forceinline__ uint3 grid_coords(bool x_slowest) {
   if (!x_slowest) return blockIdx;
-  const unsigned yz = gridDim.y * gridDim.z, L = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
-  const unsigned rest = L % yz;
-  return make_uint3(L / yz, rest % gridDim.y, rest / gridDim.y);
+  const uint64_t yz = (uint64_t)gridDim.y * gridDim.z;  // (64 bits: x y z may pass 2^32 for many packed sequences)
+  const uint64_t L = blockIdx.x + (uint64_t)gridDim.x * (blockIdx.y + (uint64_t)gridDim.y * blockIdx.z);
+  const uint64_t rest = L % yz;
+  return make_uint3((unsigned)(L / yz), (unsigned)(rest % gridDim.y), (unsigned)(rest / gridDim.y));
 }
 
 // The flash backward's thread block (either kernel): keys n0 .. n0 + keys - 1 of sequence blockIdx.y, kv head hk,

@@ -28,6 +28,7 @@
 // Shared memory: Q 32 KB, K 2 x 16 KB, the sums 3 x 64 x cs floats: ~75 KB at G = 16 whatever T, three blocks
 // per SM (with the scores in shared memory, 110 KB at 64k and two blocks per SM: 9.7 ms at 64k, H100, 2026-12-07).
 #include <algorithm>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 
@@ -55,7 +56,8 @@ struct SelectWgSmem {
   int cs;        // floats per key row of a sums buffer (PB and a little padding against bank conflicts)
   int nblk = 0;  // > 0: the fold is the same for every tile (64 d a multiple of l'), nblk blocks per tile
   int fold_e;    // the fold table's entries per block (keys meeting it)
-  bool fold_unrolled;  // the periodic fold's table read up front, unrolled (fold_e <= kFoldUnroll; set_nsa_select_fold)
+  bool fold_unrolled;  // the periodic fold's table read up front, unrolled (fold_e <= kFoldUnroll; nsa_select_wgmma's
+                       // kUnrolled, set_nsa_select_fold_unrolled)
   // Whether a block's scores start at zero: the general fold adds to them tile after tile, and a periodic fold
   // writes each once but leaves blocks unwritten whose keys no position of the block sees (l > 2 l' + 1).
   bool zero;
@@ -162,7 +164,9 @@ __device__ __forceinline__ void store_position_sums(const float (&p)[64], float*
   }
 }
 
-template <int G>
+// kUnrolled: the periodic fold's table and sums loaded up front (a template parameter, so that the loop's
+// instantiation keeps its own register count).
+template <int G, bool kUnrolled>
 __global__ void __launch_bounds__(kThreadsW, 3) nsa_select_wgmma(const __grid_constant__ CUtensorMap mq,
                                                               const __grid_constant__ CUtensorMap mk,
                                                               const float* __restrict__ lse_cmp,
@@ -281,7 +285,7 @@ __global__ void __launch_bounds__(kThreadsW, 3) nsa_select_wgmma(const __grid_co
         const int2* tab = fold_tab + jr * off.fold_e;
         const int nneg = fold_neg[jr], n = fold_n[jr];
         float acc = 0.f;
-        if (off.fold_unrolled) {  // every table entry, then every sum, loaded before the first product: no chain
+        if constexpr (kUnrolled) {  // every table entry, then every sum, loaded before the first product: no chain
           int2 e2[kFoldUnroll];   // of dependent shared-memory loads per key
 #pragma unroll
           for (int k = 0; k < kFoldUnroll; ++k) e2[k] = k < n ? tab[k] : make_int2(0, 0);
@@ -359,18 +363,19 @@ void launch_select_wgmma(const void* q, const void* k_cmp, const float* lse_cmp,
   const uint64_t kd[3] = {(uint64_t)a.D, (uint64_t)a.H, (uint64_t)a.NC}, kst[2] = {(uint64_t)a.D * 2, (uint64_t)a.H * a.D * 2};
   const uint32_t qbox[3] = {64, (uint32_t)G, (uint32_t)PB}, kbox[3] = {64, 1, (uint32_t)kKeysW};
   const CUtensorMap mq = tensor_map_bf16(q, 3, qd, qst, qbox), mk = tensor_map_bf16(k_cmp, 3, kd, kst, kbox);
-  allow_smem(nsa_select_wgmma<G>, off.total);
+  const auto kernel = off.nblk > 0 && off.fold_unrolled ? nsa_select_wgmma<G, true> : nsa_select_wgmma<G, false>;
+  allow_smem(kernel, off.total);
   int device = 0, nsm = 0, per_sm = 0;
   NT_CUDA_CHECK(cudaGetDevice(&device));
   NT_CUDA_CHECK(cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, device));
-  NT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, nsa_select_wgmma<G>, kThreadsW, off.total));
+  NT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreadsW, off.total));
   per_sm = g_select_slots > 0 ? g_select_slots : std::clamp(per_sm, 1, 32);
   const size_t slot_floats = (size_t)PB * a.ncand_max;
   ScratchBuffer score((size_t)nsm * per_sm * slot_floats * sizeof(float)), mask((size_t)nsm * sizeof(unsigned));
   NT_CUDA_CHECK(cudaMemsetAsync(mask.p, 0, (size_t)nsm * sizeof(unsigned), stream));
   const SelectSlots slots{static_cast<float*>(score.p), static_cast<unsigned*>(mask.p), nsm, per_sm};
   const dim3 grid((unsigned)((max_len + PB - 1) / PB), (unsigned)a.nseq, (unsigned)a.H);
-  nsa_select_wgmma<G><<<grid, kThreadsW, off.total, stream>>>(mq, mk, lse_cmp, block_indices, a, off, slots);
+  kernel<<<grid, kThreadsW, off.total, stream>>>(mq, mk, lse_cmp, block_indices, a, off, slots);
   NT_CUDA_CHECK(cudaGetLastError());
 }
 }  // namespace

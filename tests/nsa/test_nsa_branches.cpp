@@ -5,6 +5,7 @@
 // the f64 CPU result.
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <string>
 
 #include "cuda/memory.h"
@@ -544,7 +545,9 @@ TEST_CASE("NSA selection on tensor cores (bf16): a valid top-n of the f64 scores
 #endif
   // version 2: the wgmma kernel with one score slot per SM, so its thread blocks wait for each other's slot (and
   // take slots other blocks wrote before them); 3 and 4: the wgmma kernel with its periodic fold unrolled and as a
-  // loop (set_nsa_select_fold_unrolled; where a block meets more than 8 keys, a loop either way)
+  // loop (set_nsa_select_fold_unrolled; where a block meets more than 8 keys, a loop either way): the same sums in
+  // the same order, so version 4 must choose exactly as version 3 did
+  std::map<std::string, std::vector<int32_t>> unrolled_choice;
   for (int version : {0, 1, 2, 3, 4})
   for (const Case& c : {Case{300, 16, 1, 64, blocks(32, 16, 64, 16, 128)},
                         Case{333, 32, 2, 128, blocks(16, 8, 32, 5, 0, {0, 100, 100, 107, 333})},
@@ -590,6 +593,11 @@ TEST_CASE("NSA selection on tensor cores (bf16): a valid top-n of the f64 scores
 #endif
     const auto idx = a.block_indices.to(kCPU).to_vector_as<int32_t>();
     CHECK(idx == b.block_indices.to(kCPU).to_vector_as<int32_t>());  // deterministic
+    const std::string key = std::to_string(c.T) + " " + std::to_string(c.HQ) + " " + std::to_string(c.H) + " " +
+                            std::to_string(c.D) + " " + std::to_string(c.opt.block) + " " +
+                            std::to_string(c.opt.stride) + " " + std::to_string(c.opt.select_block);
+    if (version == 3) unrolled_choice[key] = idx;
+    if (version == 4) CHECK(idx == unrolled_choice.at(key));
     // Scores in f64 from the same bf16 values and the f64 log-sum-exps.
     const auto Q = in.q.to_vector(), K = in.k_cmp.to_vector(), L = cmp_cpu.lse.to(DType::f64).to_vector();
     const double scale = 1.0 / std::sqrt((double)D);
