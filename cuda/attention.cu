@@ -671,30 +671,22 @@ void set_attention_bwd_keys(int keys) {
 int attention_bwd_keys() { return g_bwd_keys; }
 
 namespace {
-bool g_bwd_tma_dq = [] {  // the default since 2026-12-06 (docs/cuda.md); NT_ATTENTION_BWD_DQ=red: the reductions
-  const char* e = std::getenv("NT_ATTENTION_BWD_DQ");
-  return !(e && std::string(e) == "red");
-}();
-}  // namespace
-void set_attention_bwd_tma_dq(bool on) { g_bwd_tma_dq = on; }
-bool attention_bwd_tma_dq() { return g_bwd_tma_dq; }
-namespace {
+bool env_is(const char* name, const char* value) {  // the variable is set to exactly `value`
+  const char* e = std::getenv(name);
+  return e && std::string(e) == value;
+}
+// The TMA-reduce dQ: the default since 2026-12-06 (docs/cuda.md); NT_ATTENTION_BWD_DQ=red: the reductions.
+bool g_bwd_tma_dq = !env_is("NT_ATTENTION_BWD_DQ", "red");
 // On by default since 2026-12-07 (H100, bench_kernels: 0.296 against 0.310 ms at B2 T4096 H16 D128, 0.226 against
 // 0.240 with a 512-key window, 1.081 against 1.061 at B1 T8192 H32/8; NSA at 64k: compressed branch 10.1 against
 // 10.7 ms, window 3.37 against 3.54).
-bool g_fwd_pingpong = [] {
-  const char* e = std::getenv("NT_ATTENTION_FWD_PINGPONG");
-  return !(e && std::string(e) == "0");
-}();
+bool g_fwd_pingpong = !env_is("NT_ATTENTION_FWD_PINGPONG", "0");
+bool g_longest_first = env_is("NT_ATTENTION_BLOCK_ORDER", "longest");
 }  // namespace
+void set_attention_bwd_tma_dq(bool on) { g_bwd_tma_dq = on; }
+bool attention_bwd_tma_dq() { return g_bwd_tma_dq; }
 void set_attention_fwd_pingpong(bool on) { g_fwd_pingpong = on; }
 bool attention_fwd_pingpong() { return g_fwd_pingpong; }
-namespace {
-bool g_longest_first = [] {
-  const char* e = std::getenv("NT_ATTENTION_BLOCK_ORDER");
-  return e && std::string(e) == "longest";
-}();
-}  // namespace
 void set_attention_block_order_longest_first(bool on) { g_longest_first = on; }
 bool attention_block_order_longest_first() { return g_longest_first; }
 

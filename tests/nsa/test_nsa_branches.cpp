@@ -367,17 +367,22 @@ GRADCHECK_TEST("nsa_mix_branches") {
 // The branch-wise op end to end, its regrouped mix (nsa_mix_branches_regrouped: the compressed output is mixed, and
 // its gradient written, in the regrouped layout) included. Every position has at most n selection blocks, so the
 // discrete choice cannot change under the finite differences. Packed, with a sequence too short for a block.
-GRADCHECK_TEST("nsa_mix_branches_regrouped") {
-  const OneNodeScope scope({false, false, false});  // the per-branch nodes (the one node would hide the mix)
-  const NsaOptions opt = blocks(4, 2, 8, 3, 6, {0, 3, 20, 44});  // 44: the last regrouped row is past the end
-  const int64_t T = 44, NC = total_cmp(opt, T);
+// The branch-wise op's output checked against finite differences in all eight inputs (4 query heads, 2 kv heads,
+// head dim 3), under the autograd layout the caller's OneNodeScope sets.
+static void check_branches_grad(const char* name, const NsaOptions& opt, int64_t T, uint64_t seed) {
   std::vector<Tensor> x;
-  for (Tensor t : nsa_inputs(T, 4, 2, 3, NC, 30).all()) x.push_back(t.requires_grad_(true));
-  check_grad("nsa_mix_branches_regrouped",
+  for (Tensor t : nsa_inputs(T, 4, 2, 3, total_cmp(opt, T), seed).all()) x.push_back(t.requires_grad_(true));
+  check_grad(name,
              [opt](const std::vector<Tensor>& x) {
                return nsa_attention_branches(x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7], opt).o;
              },
              x);
+}
+
+GRADCHECK_TEST("nsa_mix_branches_regrouped") {
+  const OneNodeScope scope({false, false, false});  // the per-branch nodes (the one node would hide the mix)
+  // 44: the last regrouped row is past the end
+  check_branches_grad("nsa_mix_branches_regrouped", blocks(4, 2, 8, 3, 6, {0, 3, 20, 44}), 44, 30);
 }
 
 // The op nsa_attention_branches: the branch-wise path as one autograd node (on the CPU and, in bf16, on CUDA, where
@@ -385,15 +390,7 @@ GRADCHECK_TEST("nsa_mix_branches_regrouped") {
 // so the choice cannot change under the differences), GQA 2, window 5.
 GRADCHECK_TEST("nsa_attention_branches") {
   const OneNodeScope scope({true, true, false});
-  const NsaOptions opt = blocks(4, 2, 8, 3, 5);
-  const int64_t T = 24, NC = total_cmp(opt, T);
-  std::vector<Tensor> x;
-  for (Tensor t : nsa_inputs(T, 4, 2, 3, NC, 33).all()) x.push_back(t.requires_grad_(true));
-  check_grad("nsa_attention_branches",
-             [opt](const std::vector<Tensor>& x) {
-               return nsa_attention_branches(x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7], opt).o;
-             },
-             x);
+  check_branches_grad("nsa_attention_branches", blocks(4, 2, 8, 3, 5), 24, 33);
 }
 
 TEST_CASE("NSA branch-wise path on CUDA (bf16) as one autograd node equals the per-branch nodes, dq up to their "
