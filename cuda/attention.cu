@@ -25,6 +25,7 @@
 #include "cuda/attention_sm90.h"
 #include "cuda/common.cuh"
 #include "cuda/mma_sm80.cuh"
+#include "cuda/runtime.h"
 
 namespace nt::cuda {
 namespace {
@@ -681,14 +682,33 @@ bool g_bwd_tma_dq = !env_is("NT_ATTENTION_BWD_DQ", "red");
 // 0.240 with a 512-key window, 1.081 against 1.061 at B1 T8192 H32/8; NSA at 64k: compressed branch 10.1 against
 // 10.7 ms, window 3.37 against 3.54).
 bool g_fwd_pingpong = !env_is("NT_ATTENTION_FWD_PINGPONG", "0");
-bool g_longest_first = env_is("NT_ATTENTION_BLOCK_ORDER", "longest");
+AttentionBlockOrder g_block_order = env_is("NT_ATTENTION_BLOCK_ORDER", "longest")     ? AttentionBlockOrder::longest_first
+                                   : env_is("NT_ATTENTION_BLOCK_ORDER", "per_group") ? AttentionBlockOrder::per_group
+                                                                                     : AttentionBlockOrder::automatic;
 }  // namespace
 void set_attention_bwd_tma_dq(bool on) { g_bwd_tma_dq = on; }
 bool attention_bwd_tma_dq() { return g_bwd_tma_dq; }
 void set_attention_fwd_pingpong(bool on) { g_fwd_pingpong = on; }
 bool attention_fwd_pingpong() { return g_fwd_pingpong; }
-void set_attention_block_order_longest_first(bool on) { g_longest_first = on; }
-bool attention_block_order_longest_first() { return g_longest_first; }
+void set_attention_block_order(AttentionBlockOrder order) { g_block_order = order; }
+AttentionBlockOrder attention_block_order() { return g_block_order; }
+// automatic, from bench_kernels and bench_nsa (H100, 2026-12-07): longest first took the forward 4-6% faster on
+// dense shapes (0.94x at B2 T4096 H16 and B1 T8192 H32/8) and NSA's compressed and window branches 2% faster at 64k
+// (2% slower at 8k); the backward 16% faster at B1 T8192 H32/8 (512 blocks: 3.9 waves of one block per SM) and 9%
+// at B2 T4096 H16 (1024: 7.8 waves), but NSA's compressed branch 22% slower at 64k (2048 blocks, 15.5 waves: 40.2
+// -> 49.0 ms). With few waves the causal tail is a large share of the time; with many, the per-group order keeps
+// the blocks running together on a few heads, whose queries the key blocks walk from L2.
+bool attention_longest_first(bool backward, int64_t blocks) {
+  switch (g_block_order) {
+    case AttentionBlockOrder::per_group: return false;
+    case AttentionBlockOrder::longest_first: return true;
+    case AttentionBlockOrder::automatic: break;
+  }
+  if (!backward) return true;
+  int dev = 0;
+  NT_CUDA_CHECK(cudaGetDevice(&dev));
+  return blocks <= 8 * (int64_t)multiprocessor_count(dev);
+}
 
 void attention_forward(DType t, const void* q, const void* k, const void* v, void* out, float* lse, const AttentionDims& d,
                        cudaStream_t stream) {

@@ -434,7 +434,7 @@ bool attention_forward_ws(const void* q, const void* k, const void* v, void* out
   const CUtensorMap mq = map(q, d.H, kRowsWG), mk = map(k, d.Hkv, kKeys), mv = map(v, d.Hkv, kKeys);
   const dim3 grid((unsigned)((d.max_len + kRows - 1) / kRows), (unsigned)d.nseq, (unsigned)d.H);
   AttentionDims dd = d;
-  dd.x_slowest = attention_block_order_longest_first();
+  dd.x_slowest = attention_longest_first(false, (int64_t)grid.x * grid.y * grid.z);
   auto launch = [&](auto kernel) {
     allow_smem(kernel, kSmem);
     kernel<<<grid, 384, kSmem, stream>>>(mq, mk, mv, static_cast<uint16_t*>(out), lse, dd);
@@ -455,7 +455,7 @@ void attention_backward_ws(const void* q, const void* k, const void* v, const vo
   const CUtensorMap mk = rows_map(k, d, d.Hkv, kBwdKeys), mv = rows_map(v, d, d.Hkv, kBwdKeys);
   const dim3 grid((unsigned)((d.max_len + kBwdKeys - 1) / kBwdKeys), (unsigned)d.nseq, (unsigned)(d.Hkv * splits));
   AttentionDims dd = d;
-  dd.x_slowest = attention_block_order_longest_first();
+  dd.x_slowest = attention_longest_first(true, (int64_t)grid.x * grid.y * grid.z);
   auto launch = [&](auto kernel, size_t smem, const CUtensorMap& mdq) {
     allow_smem(kernel, smem);
     kernel<<<grid, 384, smem, stream>>>(mq, mk, mv, mdo, mdq, lse, delta, dq_acc, static_cast<uint16_t*>(dk),

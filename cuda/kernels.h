@@ -71,7 +71,7 @@ struct AttentionDims {
   int H = 0, Hkv = 0, D = 0, nseq = 0, max_len = 0, window = 0;  // window 0: full causal
   float scale = 0;
   const int32_t* cu_seqlens = nullptr;  // device memory, nseq + 1 entries
-  bool x_slowest = false;  // the grid's x launched slowest: set by the launchers (set_attention_block_order_longest_first)
+  bool x_slowest = false;  // the grid's x launched slowest: set by the launchers (attention_longest_first)
 };
 // Kernel version: 7 (default: Hopper, warp-specialized forward and backward: TMA loads and two consumer
 // warpgroups, cuda/attention_ws.cu, for head dims 72..128, else the fastest below for the width), 6 (7's forward,
@@ -96,13 +96,17 @@ bool attention_bwd_tma_dq();
 void set_attention_fwd_pingpong(bool on);
 bool attention_fwd_pingpong();
 // The order in which the warp-specialized kernels (version 6's forward, version 7 both ways) launch their thread
-// blocks: each (sequence, head) group's blocks one after the other, its longest causal walk first (off, the
-// default), or every group's longest walk before any group's second (on; also NT_ATTENTION_BLOCK_ORDER=longest;
-// exact for sequences of equal length): with one block per SM, a group's longest walk launched last leaves the other
-// SMs idle while it runs (a greedy schedule of the backward at B1 T8192 H32/8 estimates that tail at ~20%). Same
-// function either way.
-void set_attention_block_order_longest_first(bool on);
-bool attention_block_order_longest_first();
+// blocks: per_group, each (sequence, head) group's blocks one after the other, its longest causal walk first; or
+// longest_first, every group's longest walk before any group's second (exact for sequences of equal length): with
+// one block per SM, a group's longest walk launched last leaves the other SMs idle while it runs. automatic (the
+// default): the forward longest first, the backward longest first where its grid is at most 8 waves (with more,
+// the per-group order's L2 reuse counted for more than the tail, attention.cu). NT_ATTENTION_BLOCK_ORDER=longest
+// or per_group picks one for every launch. Same function every way.
+enum class AttentionBlockOrder { per_group, longest_first, automatic };
+void set_attention_block_order(AttentionBlockOrder order);
+AttentionBlockOrder attention_block_order();
+// Whether a launch of `blocks` thread blocks (forward or backward) goes longest walk first under the current order.
+bool attention_longest_first(bool backward, int64_t blocks);
 void attention_forward(DType t, const void* q, const void* k, const void* v, void* out, float* lse,
                        const AttentionDims& d, cudaStream_t stream);
 // dq == nullptr: dq is added onto dq_acc (f32 [N, H, D], zeroed by the caller, who also converts it), which only
@@ -156,8 +160,8 @@ bool nsa_select_wgmma_applies(const NsaDims& d);
 // blocks; 0 (default): as many as thread blocks fit on an SM. Tests set 1 to make blocks wait for each other's slot.
 void set_nsa_select_slots(int per_sm);
 // The wgmma kernel's periodic fold (each selection block's score from the compressed keys meeting it) reads its table
-// entries in a loop (off, the default) or all up front, unrolled (on; also NT_NSA_SELECT_FOLD=unrolled), where a
-// block meets at most 8 entries (the paper's configuration). The same sums in the same order either way.
+// entries in a loop (off; also NT_NSA_SELECT_FOLD=loop) or all up front, unrolled (on, the default: 8% faster at
+// 64k), where a block meets at most 8 entries (the paper's configuration). The same sums in the same order either way.
 void set_nsa_select_fold_unrolled(bool on);
 bool nsa_select_fold_unrolled();
 bool nsa_select_wgmma(const void* q, const void* k_cmp, const float* lse_cmp, int32_t* block_indices, const NsaDims& d,

@@ -199,13 +199,25 @@ int main(int argc, char** argv) {
     cuda::set_attention_fwd_pingpong(!default_pingpong);
     others.emplace_back(0, time_ms([&] { flash_attention(q, k, v, opt); }));
     cuda::set_attention_fwd_pingpong(default_pingpong);
-    // The other block order (cuda::set_attention_block_order_longest_first), forward and forward + backward.
-    const bool default_order = cuda::attention_block_order_longest_first();
-    cuda::set_attention_block_order_longest_first(!default_order);
-    const double fwd_order = time_ms([&] { flash_attention(q, k, v, opt); });
-    cuda::set_attention_block_order_longest_first(default_order);
+    // The other block orders (cuda::set_attention_block_order), forward and forward + backward.
+    using Order = cuda::AttentionBlockOrder;
+    const Order default_order = cuda::attention_block_order();
+    struct OtherOrder {
+      Order order;
+      const char* name;
+      double fwd = 0, fb = 0;
+    };
+    std::vector<OtherOrder> orders;
+    for (auto [o, name] : {std::pair{Order::per_group, "per group"}, std::pair{Order::longest_first, "longest first"},
+                           std::pair{Order::automatic, "automatic order"}})
+      if (o != default_order) orders.push_back({o, name});
+    for (OtherOrder& o : orders) {
+      cuda::set_attention_block_order(o.order);
+      o.fwd = time_ms([&] { flash_attention(q, k, v, opt); });
+    }
+    cuda::set_attention_block_order(default_order);
     const double fwd = time_ms([&] { flash_attention(q, k, v, opt); });
-    double fb = 0, fb_mma = 0, fb_order = 0;
+    double fb = 0, fb_mma = 0;
     {
       autograd::EnableGradGuard grad;
       Tensor qg = q.detach().requires_grad_(), kg = k.detach().requires_grad_(), vg = v.detach().requires_grad_();
@@ -218,9 +230,11 @@ int main(int argc, char** argv) {
       cuda::set_attention_kernel(3);
       fb_mma = time_ms(fwd_bwd);
       cuda::set_attention_kernel(default_version);
-      cuda::set_attention_block_order_longest_first(!default_order);
-      fb_order = time_ms(fwd_bwd);
-      cuda::set_attention_block_order_longest_first(default_order);
+      for (OtherOrder& o : orders) {
+        cuda::set_attention_block_order(o.order);
+        o.fb = time_ms(fwd_bwd);
+      }
+      cuda::set_attention_block_order(default_order);
       fb = time_ms(fwd_bwd);
     }
     const std::string shape = fmt::format("{}x{}x{}x{}x{}x{}", c.B, c.T, c.H, c.Hkv, c.D, c.window);
@@ -231,11 +245,12 @@ int main(int argc, char** argv) {
                   fwd_flop / ms / 1e9, "", "");
     std::printf("%-42s %10.3f %10.1f %14s %8s\n", fmt::format("  fwd+bwd, mma.sync v3 ({:.2f}x the default)", fb_mma / fb).c_str(),
                 fb_mma, 3.5 * fwd_flop / fb_mma / 1e9, "", "");
-    const char* order = default_order ? "per group" : "longest first";
-    std::printf("%-42s %10.3f %10.1f %14s %8s\n", fmt::format("  fwd, {} ({:.2f}x the default)", order, fwd_order / fwd).c_str(),
-                fwd_order, fwd_flop / fwd_order / 1e9, "", "");
-    std::printf("%-42s %10.3f %10.1f %14s %8s\n", fmt::format("  fwd+bwd, {} ({:.2f}x the default)", order, fb_order / fb).c_str(),
-                fb_order, 3.5 * fwd_flop / fb_order / 1e9, "", "");
+    for (const OtherOrder& o : orders) {
+      std::printf("%-42s %10.3f %10.1f %14s %8s\n", fmt::format("  fwd, {} ({:.2f}x the default)", o.name, o.fwd / fwd).c_str(),
+                  o.fwd, fwd_flop / o.fwd / 1e9, "", "");
+      std::printf("%-42s %10.3f %10.1f %14s %8s\n", fmt::format("  fwd+bwd, {} ({:.2f}x the default)", o.name, o.fb / fb).c_str(),
+                  o.fb, 3.5 * fwd_flop / o.fb / 1e9, "", "");
+    }
     for (int pass = 0; pass < 2; ++pass) {
       const double ms = pass ? fb : fwd, tf = (pass ? 3.5 : 1.0) * fwd_flop / ms / 1e9;
       const auto it = torch.find(fmt::format("attn_{}_{}_tflops", shape, pass ? "fwdbwd" : "fwd"));

@@ -611,6 +611,24 @@ CUDA_TEST("a transformer LM's loss and gradients on the GPU match the CPU") {
   }
 }
 
+CUDA_TEST("flash_attention's block order: automatic is longest first forward, and backward up to 8 waves") {
+#if NT_CUDA
+  using Order = cuda::AttentionBlockOrder;
+  const Order saved = cuda::attention_block_order();
+  const int64_t waves8 = 8 * (int64_t)cuda::multiprocessor_count(0);
+  cuda::set_attention_block_order(Order::automatic);
+  CHECK(cuda::attention_longest_first(false, 100 * waves8));
+  CHECK(cuda::attention_longest_first(true, waves8));
+  CHECK_FALSE(cuda::attention_longest_first(true, waves8 + 1));
+  cuda::set_attention_block_order(Order::per_group);
+  CHECK_FALSE(cuda::attention_longest_first(false, 1));
+  CHECK_FALSE(cuda::attention_longest_first(true, 1));
+  cuda::set_attention_block_order(Order::longest_first);
+  CHECK(cuda::attention_longest_first(true, 100 * waves8));
+  cuda::set_attention_block_order(saved);
+#endif
+}
+
 CUDA_TEST("flash_attention: tensor-core (bf16) and CUDA-core kernels against the CPU reference") {
   struct C {
     int64_t B, T, H, Hkv, D, window;
@@ -640,18 +658,21 @@ CUDA_TEST("flash_attention: tensor-core (bf16) and CUDA-core kernels against the
 #if NT_CUDA
   const int default_version = cuda::attention_kernel(), default_keys = cuda::attention_bwd_keys();
   const bool default_tma_dq = cuda::attention_bwd_tma_dq(), default_pingpong = cuda::attention_fwd_pingpong();
-  const bool default_order = cuda::attention_block_order_longest_first();
+  const cuda::AttentionBlockOrder default_order = cuda::attention_block_order();
   auto set_version = [](int v) {
     cuda::set_attention_kernel(std::min(v, 7)), cuda::set_attention_bwd_keys(v == 1 ? 64 : 128);
     cuda::set_attention_bwd_tma_dq(v == 8 || v == 10), cuda::set_attention_fwd_pingpong(v >= 9);
-    cuda::set_attention_block_order_longest_first(v == 10);
+    cuda::set_attention_block_order(v == 10  ? cuda::AttentionBlockOrder::longest_first
+                                    : v == 9 ? cuda::AttentionBlockOrder::automatic
+                                             : cuda::AttentionBlockOrder::per_group);
   };
   struct Restore {  // also when a check throws
     int version, keys;
-    bool tma_dq, pingpong, order;
+    bool tma_dq, pingpong;
+    cuda::AttentionBlockOrder order;
     ~Restore() {
       cuda::set_attention_kernel(version), cuda::set_attention_bwd_keys(keys), cuda::set_attention_bwd_tma_dq(tma_dq);
-      cuda::set_attention_fwd_pingpong(pingpong), cuda::set_attention_block_order_longest_first(order);
+      cuda::set_attention_fwd_pingpong(pingpong), cuda::set_attention_block_order(order);
     }
   } restore_at_exit{default_version, default_keys, default_tma_dq, default_pingpong, default_order};
   auto restore = [] {};
@@ -660,8 +681,8 @@ CUDA_TEST("flash_attention: tensor-core (bf16) and CUDA-core kernels against the
   auto restore = [] {};
 #endif
   // 8: version 7 with the TMA-reduce dQ (set_attention_bwd_tma_dq); 9: version 7 with the ping-pong forward
-  // (set_attention_fwd_pingpong); 10: 8 and 9 with the longest walks launched first across the grid
-  // (set_attention_block_order_longest_first)
+  // (set_attention_fwd_pingpong) and the automatic block order (the default); 10: 8 and 9 with the longest walks
+  // launched first across the grid both ways (set_attention_block_order); versions below 9: the per-group order
   for (int version : {1, 2, 3, 4, 5, 6, 7, 8, 9, 10})
   for (const C& c : cases)
     for (DType dt : kFloatTypes) {
