@@ -13,12 +13,15 @@ file=$1 expr=$2 name=$3 target=${4:-tests/nt_tests}
 [ -f build-dev/build.ninja ] || { echo "build_mutant.sh: no build-dev: run scripts/build_carry.sh first"; exit 2; }
 orig=$(mktemp)
 cp -p "$file" "$orig"
-restore() { cp "$orig" "$file" && touch "$file" && rm -f "$orig"; }
+# Debian 12's meson records no header dependencies for CUDA objects (scripts/build_carry.sh): an edited header
+# rebuilds nothing unless every CUDA source is touched too.
+touch_users() { touch "$file"; case "$file" in *.cuh | *.h) touch cuda/*.cu ;; esac; }
+restore() { cp "$orig" "$file" && touch_users && rm -f "$orig"; }
 trap restore EXIT
 sed -i "$expr" "$file"
 if cmp -s "$file" "$orig"; then echo "build_mutant.sh: '$expr' changes nothing in $file"; exit 2; fi
 diff "$orig" "$file" || true
-touch "$file"
+touch_users
 ninja -C build-dev "$target"
 mkdir -p build-bin
 strip -o "build-bin/$name" "build-dev/$target"
