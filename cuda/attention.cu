@@ -18,6 +18,7 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
@@ -676,15 +677,24 @@ bool env_is(const char* name, const char* value) {  // the variable is set to ex
   const char* e = std::getenv(name);
   return e && std::string(e) == value;
 }
+// NT_ATTENTION_BLOCK_ORDER: longest (or longest_first), per_group, automatic; anything else is reported and ignored.
+AttentionBlockOrder block_order_from_env() {
+  const char* e = std::getenv("NT_ATTENTION_BLOCK_ORDER");
+  const std::string v = e ? e : "automatic";
+  if (v == "longest" || v == "longest_first") return AttentionBlockOrder::longest_first;
+  if (v == "per_group") return AttentionBlockOrder::per_group;
+  if (v != "automatic" && v != "auto" && !v.empty())
+    std::fprintf(stderr, "NT_ATTENTION_BLOCK_ORDER: expected longest, per_group or automatic, got '%s'; using automatic\n",
+                 v.c_str());
+  return AttentionBlockOrder::automatic;
+}
 // The TMA-reduce dQ: the default since 2026-12-06 (docs/cuda.md); NT_ATTENTION_BWD_DQ=red: the reductions.
 bool g_bwd_tma_dq = !env_is("NT_ATTENTION_BWD_DQ", "red");
 // On by default since 2026-12-07 (H100, bench_kernels: 0.296 against 0.310 ms at B2 T4096 H16 D128, 0.226 against
 // 0.240 with a 512-key window, 1.081 against 1.061 at B1 T8192 H32/8; NSA at 64k: compressed branch 10.1 against
 // 10.7 ms, window 3.37 against 3.54).
 bool g_fwd_pingpong = !env_is("NT_ATTENTION_FWD_PINGPONG", "0");
-AttentionBlockOrder g_block_order = env_is("NT_ATTENTION_BLOCK_ORDER", "longest")     ? AttentionBlockOrder::longest_first
-                                   : env_is("NT_ATTENTION_BLOCK_ORDER", "per_group") ? AttentionBlockOrder::per_group
-                                                                                     : AttentionBlockOrder::automatic;
+AttentionBlockOrder g_block_order = block_order_from_env();
 }  // namespace
 void set_attention_bwd_tma_dq(bool on) { g_bwd_tma_dq = on; }
 bool attention_bwd_tma_dq() { return g_bwd_tma_dq; }
@@ -694,9 +704,9 @@ void set_attention_block_order(AttentionBlockOrder order) { g_block_order = orde
 AttentionBlockOrder attention_block_order() { return g_block_order; }
 // automatic, from bench_kernels and bench_nsa (H100, 2026-12-07): longest first took the forward 4-6% faster on
 // dense shapes (0.94x at B2 T4096 H16 and B1 T8192 H32/8) and NSA's compressed and window branches 2% faster at 64k
-// (2% slower at 8k); the backward 16% faster at B1 T8192 H32/8 (512 blocks: 3.9 waves of one block per SM) and 9%
-// at B2 T4096 H16 (1024: 7.8 waves), but NSA's compressed branch 22% slower at 64k (2048 blocks, 15.5 waves: 40.2
-// -> 49.0 ms). With few waves the causal tail is a large share of the time; with many, the per-group order keeps
+// (2% slower at 8k); forward + backward 9-16% faster at B1 T8192 H32/8 (512 backward blocks: 3.9 waves of one
+// block per SM) and 8-9% at B2 T4096 H16 (1024: 7.8 waves), but NSA's compressed backward 22% slower at 64k (2048
+// blocks, 15.5 waves: 40.2 -> 49.0 ms). With few waves the causal tail is a large share of the time; with many, the per-group order keeps
 // the blocks running together on a few heads, whose queries the key blocks walk from L2.
 bool attention_longest_first(bool backward, int64_t blocks) {
   switch (g_block_order) {

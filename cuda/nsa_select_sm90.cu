@@ -45,7 +45,7 @@ using namespace sm90;
 constexpr int kRowsW = 128, kKeysW = 64, kThreadsW = 128;
 int g_select_slots = 0;  // score slots per SM; 0: as many as blocks fit (set_nsa_select_slots)
 constexpr int kFoldUnroll = 8;  // the paper's l = 32, d = 16, l' = 64: fold_e = 8 (5 keys meet a block)
-// The unrolled periodic fold: the default since 2026-12-07 (H100, bench_nsa: the selection 8.29 -> 7.59 ms at 64k,
+// The unrolled periodic fold: the default since 2026-12-07 (H100, bench_nsa: the selection 8.28 -> 7.61 ms at 64k,
 // 0.336 -> 0.327 at 8k); NT_NSA_SELECT_FOLD=loop (set_nsa_select_fold_unrolled(false)) keeps the loop.
 bool g_select_fold_unrolled = [] {
   const char* e = std::getenv("NT_NSA_SELECT_FOLD");

@@ -662,9 +662,7 @@ CUDA_TEST("flash_attention: tensor-core (bf16) and CUDA-core kernels against the
   auto set_version = [](int v) {
     cuda::set_attention_kernel(std::min(v, 7)), cuda::set_attention_bwd_keys(v == 1 ? 64 : 128);
     cuda::set_attention_bwd_tma_dq(v == 8 || v == 10), cuda::set_attention_fwd_pingpong(v >= 9);
-    cuda::set_attention_block_order(v == 10  ? cuda::AttentionBlockOrder::longest_first
-                                    : v == 9 ? cuda::AttentionBlockOrder::automatic
-                                             : cuda::AttentionBlockOrder::per_group);
+    cuda::set_attention_block_order(v == 10 ? cuda::AttentionBlockOrder::longest_first : cuda::AttentionBlockOrder::per_group);
   };
   struct Restore {  // also when a check throws
     int version, keys;
@@ -681,8 +679,9 @@ CUDA_TEST("flash_attention: tensor-core (bf16) and CUDA-core kernels against the
   auto restore = [] {};
 #endif
   // 8: version 7 with the TMA-reduce dQ (set_attention_bwd_tma_dq); 9: version 7 with the ping-pong forward
-  // (set_attention_fwd_pingpong) and the automatic block order (the default); 10: 8 and 9 with the longest walks
-  // launched first across the grid both ways (set_attention_block_order); versions below 9: the per-group order
+  // (set_attention_fwd_pingpong); 10: 8 and 9 with the longest walks launched first across the grid both ways
+  // (set_attention_block_order; what the default, automatic, does on these small grids); versions 6-9: the
+  // per-group order
   for (int version : {1, 2, 3, 4, 5, 6, 7, 8, 9, 10})
   for (const C& c : cases)
     for (DType dt : kFloatTypes) {
