@@ -706,8 +706,8 @@ AttentionBlockOrder attention_block_order() { return g_block_order; }
 // dense shapes (0.94x at B2 T4096 H16 and B1 T8192 H32/8) and NSA's compressed and window branches 2% faster at 64k
 // (2% slower at 8k); forward + backward 9-16% faster at B1 T8192 H32/8 (512 backward blocks: 3.9 waves of one
 // block per SM) and 8-9% at B2 T4096 H16 (1024: 7.8 waves), but NSA's compressed backward 22% slower at 64k (2048
-// blocks, 15.5 waves: 40.2 -> 49.0 ms). With few waves the causal tail is a large share of the time; with many, the per-group order keeps
-// the blocks running together on a few heads, whose queries the key blocks walk from L2.
+// blocks, 15.5 waves: 40.2 -> 49.0 ms). With few waves the causal tail is a large share of the time; with many,
+// the per-group order keeps the blocks running together on a few heads, whose queries the key blocks walk from L2.
 bool attention_longest_first(bool backward, int64_t blocks) {
   switch (g_block_order) {
     case AttentionBlockOrder::per_group: return false;
