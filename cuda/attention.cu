@@ -698,6 +698,23 @@ AttentionBlockOrder g_block_order = block_order_from_env();
 }  // namespace
 void set_attention_bwd_tma_dq(bool on) { g_bwd_tma_dq = on; }
 bool attention_bwd_tma_dq() { return g_bwd_tma_dq; }
+namespace {
+AttentionBwdWalk g_bwd_walk = [] {
+  const char* e = std::getenv("NT_ATTENTION_BWD_WALK");
+  const std::string v = e ? e : "";
+  if (v == "rows") return AttentionBwdWalk::rows_first;
+  if (v == "heads") return AttentionBwdWalk::heads_first;
+  if (!v.empty() && v != "automatic")
+    std::fprintf(stderr, "NT_ATTENTION_BWD_WALK: expected rows, heads or automatic, got '%s'; using automatic\n",
+                 v.c_str());
+  return AttentionBwdWalk::automatic;
+}();
+}  // namespace
+void set_attention_bwd_walk(AttentionBwdWalk walk) { g_bwd_walk = walk; }
+AttentionBwdWalk attention_bwd_walk() { return g_bwd_walk; }
+bool attention_bwd_rows_first(int window) {
+  return g_bwd_walk == AttentionBwdWalk::rows_first || (g_bwd_walk == AttentionBwdWalk::automatic && window == 0);
+}
 void set_attention_fwd_pingpong(bool on) { g_fwd_pingpong = on; }
 bool attention_fwd_pingpong() { return g_fwd_pingpong; }
 void set_attention_block_order(AttentionBlockOrder order) { g_block_order = order; }

@@ -226,6 +226,20 @@ constexpr int kBwdKeys = 128, kBwdRows = 64;
 // 0 adds the buffer into dq_acc with one TMA reduce per half (FlashAttention-3's dQ path: the consumers issue no
 // global reductions). Shared memory grows by 2 x 32 KB to ~226 KB.
 constexpr int kBwdKV = kBwdKeys * 256, kBwdQ = kBwdRows * 256, kBwdDS = kBwdKeys * 128, kBwdDQ = kBwdRows * 64 * 4;
+// A block's walk: step `it` of count() = ntiles x nh as (query head, first query row). Heads first: every query tile
+// of head h_lo, ascending, then of h_lo + 1, ... Rows first (AttentionDims::bwd_rows_first): the last query tile of
+// every head, then the one before, down to the block's first, so the blocks of one head group (each starting at
+// its own diagonal) stay on the same query rows and heads while they all walk: those rows' q, dO and dQ sums are
+// read from and added in L2 by every block of the group instead of each block's sweep over all of them.
+struct BwdWalk {
+  int h_lo, nh, m_first, ntiles;
+  bool rows_first;
+  __device__ int count() const { return nh * ntiles; }
+  __device__ void at(int it, int& h, int& m0) const {
+    if (rows_first) h = h_lo + it % nh, m0 = m_first + (ntiles - 1 - it / nh) * kBwdRows;
+    else h = h_lo + it / ntiles, m0 = m_first + it % ntiles * kBwdRows;
+  }
+};
 template <bool kTmaDQ>
 constexpr size_t bwd_smem() {
   return 1024 + 2 * kBwdKV + 4 * kBwdQ + 2 * kBwdDS + (kTmaDQ ? 4 * kBwdDQ : 0) + 2 * 2 * kBwdRows * sizeof(float) + 8 * 8;
@@ -253,6 +267,7 @@ __global__ void __launch_bounds__(384, 1)
   if (n0 >= len) return;  // the whole block, before any barrier
   const int q_hi = a.window > 0 ? min(len, n0 + kBwdKeys - 1 + a.window) : len;
   const int m_first = n0 / kBwdRows * kBwdRows;
+  const BwdWalk walk{h_lo, h_hi - h_lo, m_first, (q_hi - m_first + kBwdRows - 1) / kBwdRows, a.bwd_rows_first};
   if (threadIdx.x == 0) {
     mbar_init(kv_full, 1);
     for (int s = 0; s < 2; ++s) mbar_init(&q_full[s], 32), mbar_init(&q_empty[s], 8), mbar_init(&dq_empty[s], 1);
@@ -263,21 +278,21 @@ __global__ void __launch_bounds__(384, 1)
   if (wg == 0) {  // producer: warp 0
     setmaxnreg_dec<24>();  // 24 + 2 x 240 per thread fill the register file (232 would serialize the wgmmas: C7512)
     if (kTmaDQ && warp == 1) {  // the dQ writer: per tile, each consumer's half once it is in the buffer
-      int it = 0;
-      for (int h = h_lo; h < h_hi; ++h)
-        for (int m0 = m_first; m0 < q_hi; m0 += kBwdRows, ++it) {
-          const int b = it & 1;
-          for (int half = 0; half < 2; ++half) {
-            named_barrier(2 + half, 160);  // consumer `half` stored its tile
-            if (lane == 0) tma_reduce_add_3d(&mdq, dQs + (2 * b + half) * kBwdDQ, half * 64, h, start + m0);
-          }
-          if (lane == 0) {
-            bulk_commit();
-            bulk_wait_read<0>();  // both halves read: the buffer is free
-            mbar_arrive(&dq_empty[b]);
-          }
-          __syncwarp();
+      for (int it = 0; it < walk.count(); ++it) {
+        const int b = it & 1;
+        int h, m0;
+        walk.at(it, h, m0);
+        for (int half = 0; half < 2; ++half) {
+          named_barrier(2 + half, 160);  // consumer `half` stored its tile
+          if (lane == 0) tma_reduce_add_3d(&mdq, dQs + (2 * b + half) * kBwdDQ, half * 64, h, start + m0);
         }
+        if (lane == 0) {
+          bulk_commit();
+          bulk_wait_read<0>();  // both halves read: the buffer is free
+          mbar_arrive(&dq_empty[b]);
+        }
+        __syncwarp();
+      }
       if (lane == 0) bulk_wait<0>();
       return;
     }
@@ -291,29 +306,29 @@ __global__ void __launch_bounds__(384, 1)
         tma_load_3d(Vs + half * kBwdKeys * 128, &mv, kv_full, half * 64, hk, start + n0);
       }
     }
-    int it = 0;
-    for (int h = h_lo; h < h_hi; ++h)
-      for (int m0 = m_first; m0 < q_hi; m0 += kBwdRows, ++it) {
-        const int s = it & 1;
-        mbar_wait(&q_empty[s], ((it >> 1) & 1) ^ 1);
+    for (int it = 0; it < walk.count(); ++it) {
+      const int s = it & 1;
+      int h, m0;
+      walk.at(it, h, m0);
+      mbar_wait(&q_empty[s], ((it >> 1) & 1) ^ 1);
 #pragma unroll
-        for (int i = 0; i < 2; ++i) {  // rows lane and lane + 32: lse log2 e and delta, 0 past the sequence's end
-          const int r = lane + 32 * i;
-          const bool ok = m0 + r < len;
-          const int64_t idx = (int64_t)h * a.N + start + m0 + r;
-          lse_s[s * kBwdRows + r] = ok ? lse[idx] * kLog2e : 0.f;
-          dlt_s[s * kBwdRows + r] = ok ? delta[idx] : 0.f;
-        }
-        if (lane == 0) {
-          mbar_expect_tx(&q_full[s], 2 * kBwdQ);
-          for (int half = 0; half < 2; ++half) {
-            tma_load_3d(Qs + s * kBwdQ + half * kBwdRows * 128, &mq, &q_full[s], half * 64, h, start + m0);
-            tma_load_3d(dOs + s * kBwdQ + half * kBwdRows * 128, &mdo, &q_full[s], half * 64, h, start + m0);
-          }
-        } else {
-          mbar_arrive(&q_full[s]);
-        }
+      for (int i = 0; i < 2; ++i) {  // rows lane and lane + 32: lse log2 e and delta, 0 past the sequence's end
+        const int r = lane + 32 * i;
+        const bool ok = m0 + r < len;
+        const int64_t idx = (int64_t)h * a.N + start + m0 + r;
+        lse_s[s * kBwdRows + r] = ok ? lse[idx] * kLog2e : 0.f;
+        dlt_s[s * kBwdRows + r] = ok ? delta[idx] : 0.f;
       }
+      if (lane == 0) {
+        mbar_expect_tx(&q_full[s], 2 * kBwdQ);
+        for (int half = 0; half < 2; ++half) {
+          tma_load_3d(Qs + s * kBwdQ + half * kBwdRows * 128, &mq, &q_full[s], half * 64, h, start + m0);
+          tma_load_3d(dOs + s * kBwdQ + half * kBwdRows * 128, &mdo, &q_full[s], half * 64, h, start + m0);
+        }
+      } else {
+        mbar_arrive(&q_full[s]);
+      }
+    }
     return;
   }
   setmaxnreg_inc<240>();
@@ -328,93 +343,93 @@ __global__ void __launch_bounds__(384, 1)
 #pragma unroll
   for (int i = 0; i < NO * 4; ++i) dka[i] = dva[i] = 0.f;
   mbar_wait(kv_full, 0);
-  int it = 0;
-  for (int h = h_lo; h < h_hi; ++h)
-    for (int m0 = m_first; m0 < q_hi; m0 += kBwdRows, ++it) {
-      const int s = it & 1;
-      const uint32_t q_addr = q_addr0 + s * kBwdQ, do_addr = do_addr0 + s * kBwdQ, ds_addr = ds_addr0 + s * kBwdDS;
-      float p[kBwdRows / 8][4], ds[kBwdRows / 8][4], dq[8][4];
-      float(&pf)[32] = reinterpret_cast<float(&)[32]>(p);
-      float(&dsf)[32] = reinterpret_cast<float(&)[32]>(ds);
-      float(&dqf)[32] = reinterpret_cast<float(&)[32]>(dq);  // none zeroed: each product's first k-step overwrites
-      mbar_wait(&q_full[s], (it >> 1) & 1);
-      // S^T (64 keys x 64 queries) and dP^T: K_c / V_c K-major (rows of the 128-key tiles), Q / dO K-major.
-      wgmma_fence();
+  for (int it = 0; it < walk.count(); ++it) {
+    const int s = it & 1;
+    int h, m0;
+    walk.at(it, h, m0);
+    const uint32_t q_addr = q_addr0 + s * kBwdQ, do_addr = do_addr0 + s * kBwdQ, ds_addr = ds_addr0 + s * kBwdDS;
+    float p[kBwdRows / 8][4], ds[kBwdRows / 8][4], dq[8][4];
+    float(&pf)[32] = reinterpret_cast<float(&)[32]>(p);
+    float(&dsf)[32] = reinterpret_cast<float(&)[32]>(ds);
+    float(&dqf)[32] = reinterpret_cast<float(&)[32]>(dq);  // none zeroed: each product's first k-step overwrites
+    mbar_wait(&q_full[s], (it >> 1) & 1);
+    // S^T (64 keys x 64 queries) and dP^T: K_c / V_c K-major (rows of the 128-key tiles), Q / dO K-major.
+    wgmma_fence();
 #pragma unroll
-      for (int kk = 0; kk < kAttnDim / 16; ++kk) {
-        const uint32_t ko = c * 64 * 128 + (kk / 4) * (kBwdKeys * 128) + (kk % 4) * 32;
-        const uint32_t qo = (kk / 4) * (kBwdRows * 128) + (kk % 4) * 32;
-        wgmma_m64n64<0, 0>(pf, smem_desc(k_addr + ko, 16, 1024), smem_desc(q_addr + qo, 16, 1024), kk > 0);
-        wgmma_m64n64<0, 0>(dsf, smem_desc(v_addr + ko, 16, 1024), smem_desc(do_addr + qo, 16, 1024), kk > 0);
-      }
-      wgmma_commit();
-      wgmma_wait<0>();
-      fence_regs(pf), fence_regs(dsf);
-      const bool edge = wk0 + 63 > m0 || m0 + kBwdRows > len || wk0 + 63 >= len ||
-                        (a.window > 0 && wk0 <= m0 + kBwdRows - 1 - a.window);
-      attn_bwd_probs(p, ds, edge, lse_s + s * kBwdRows, dlt_s + s * kBwdRows, sl2, m0, key0, len, a.window, lane);
-      uint32_t pa[kBwdRows / 16][4], da[kBwdRows / 16][4];  // P^T, dS^T as bf16 A fragments of 16 queries
+    for (int kk = 0; kk < kAttnDim / 16; ++kk) {
+      const uint32_t ko = c * 64 * 128 + (kk / 4) * (kBwdKeys * 128) + (kk % 4) * 32;
+      const uint32_t qo = (kk / 4) * (kBwdRows * 128) + (kk % 4) * 32;
+      wgmma_m64n64<0, 0>(pf, smem_desc(k_addr + ko, 16, 1024), smem_desc(q_addr + qo, 16, 1024), kk > 0);
+      wgmma_m64n64<0, 0>(dsf, smem_desc(v_addr + ko, 16, 1024), smem_desc(do_addr + qo, 16, 1024), kk > 0);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_regs(pf), fence_regs(dsf);
+    const bool edge = wk0 + 63 > m0 || m0 + kBwdRows > len || wk0 + 63 >= len ||
+                      (a.window > 0 && wk0 <= m0 + kBwdRows - 1 - a.window);
+    attn_bwd_probs(p, ds, edge, lse_s + s * kBwdRows, dlt_s + s * kBwdRows, sl2, m0, key0, len, a.window, lane);
+    uint32_t pa[kBwdRows / 16][4], da[kBwdRows / 16][4];  // P^T, dS^T as bf16 A fragments of 16 queries
 #pragma unroll
-      for (int kk = 0; kk < kBwdRows / 16; ++kk)
-        acc_to_a(pa[kk], p[2 * kk], p[2 * kk + 1]), acc_to_a(da[kk], ds[2 * kk], ds[2 * kk + 1]);
-      // dV_c += P^T dO, then dK_c += dS^T Q (dO, Q MN-major: 16 queries = 2048 bytes on; column halves 64 x 128
-      // apart). dS^T goes to shared memory between the two issues: da may not be touched while a wgmma reads it.
-      wgmma_fence();
+    for (int kk = 0; kk < kBwdRows / 16; ++kk)
+      acc_to_a(pa[kk], p[2 * kk], p[2 * kk + 1]), acc_to_a(da[kk], ds[2 * kk], ds[2 * kk + 1]);
+    // dV_c += P^T dO, then dK_c += dS^T Q (dO, Q MN-major: 16 queries = 2048 bytes on; column halves 64 x 128
+    // apart). dS^T goes to shared memory between the two issues: da may not be touched while a wgmma reads it.
+    wgmma_fence();
 #pragma unroll
-      for (int kk = 0; kk < kBwdRows / 16; ++kk)
-        wgmma_m64n128_rs<1>(dva, pa[kk], smem_desc(do_addr + kk * 2048, kBwdRows * 128, 1024));
-      // dS^T into this tile's buffer: row = key (of the block's 128), 64 queries = one 128-byte swizzled row; da's
-      // registers hold exactly the bf16 pairs (query pair 2 (lane % 4) of 8-query group j, rows key and key + 8).
+    for (int kk = 0; kk < kBwdRows / 16; ++kk)
+      wgmma_m64n128_rs<1>(dva, pa[kk], smem_desc(do_addr + kk * 2048, kBwdRows * 128, 1024));
+    // dS^T into this tile's buffer: row = key (of the block's 128), 64 queries = one 128-byte swizzled row; da's
+    // registers hold exactly the bf16 pairs (query pair 2 (lane % 4) of 8-query group j, rows key and key + 8).
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int r = c * 64 + warp * 16 + lane / 4 + 8 * i;
+#pragma unroll
+      for (int j = 0; j < kBwdRows / 8; ++j)
+        *reinterpret_cast<uint32_t*>(dSs + s * kBwdDS + r * 128 + ((j ^ (r % 8)) << 4) + (lane % 4) * 4) =
+            da[j / 2][(j % 2) * 2 + i];
+    }
+    wgmma_fence();  // orders the stores' reads of da before the wgmma that reads it (and pins them here)
+#pragma unroll
+    for (int kk = 0; kk < kBwdRows / 16; ++kk)
+      wgmma_m64n128_rs<1>(dka, da[kk], smem_desc(q_addr + kk * 2048, kBwdRows * 128, 1024));
+    wgmma_commit();
+    fence_async_smem();
+    named_barrier(1, 256);  // both consumers' dS^T of this tile are in the buffer
+    // dQ[:, 64 c ..] = dS K[:, 64 c ..]: A = dS (64 queries x 128 keys) MN-major from the buffer, B = K's column
+    // half c (128 keys x 64 dims) MN-major.
+#pragma unroll
+    for (int kk = 0; kk < kBwdKeys / 16; ++kk)
+      wgmma_m64n64<1, 1>(dqf, smem_desc(ds_addr + kk * 2048, kBwdKeys * 128, 1024),
+                         smem_desc(k_addr + c * (kBwdKeys * 128) + kk * 2048, kBwdKeys * 128, 1024), kk > 0);
+    wgmma_commit();
+    wgmma_wait<1>();  // dV, dK landed: the Q / dO stage is free
+    fence_regs(dka), fence_regs(dva), fence_regs(reinterpret_cast<uint32_t(&)[kBwdRows / 4]>(pa)),
+        fence_regs(reinterpret_cast<uint32_t(&)[kBwdRows / 4]>(da));
+    __syncwarp();
+    if (lane == 0) mbar_arrive(&q_empty[s]);
+    wgmma_wait<0>();
+    fence_regs(dqf);
+    if constexpr (kTmaDQ) {
+      // This consumer's half of the tile's dQ into buffer it % 2 (rows past the sequence's end hold exact zeros:
+      // their dS is masked), then the writer adds it. Rows of 256 bytes: the 8 rows of a store share banks.
+      const int b = it & 1;
+      mbar_wait(&dq_empty[b], ((it >> 1) & 1) ^ 1);
+      float* half = reinterpret_cast<float*>(dQs + (2 * b + c) * kBwdDQ);
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
-        const int r = c * 64 + warp * 16 + lane / 4 + 8 * i;
+        const int row = warp * 16 + lane / 4 + 8 * i;
 #pragma unroll
-        for (int j = 0; j < kBwdRows / 8; ++j)
-          *reinterpret_cast<uint32_t*>(dSs + s * kBwdDS + r * 128 + ((j ^ (r % 8)) << 4) + (lane % 4) * 4) =
-              da[j / 2][(j % 2) * 2 + i];
+        for (int j = 0; j < 8; ++j)
+          *reinterpret_cast<float2*>(half + row * 64 + j * 8 + (lane % 4) * 2) =
+              make_float2(dq[j][2 * i] * a.scale, dq[j][2 * i + 1] * a.scale);
       }
-      wgmma_fence();  // orders the stores' reads of da before the wgmma that reads it (and pins them here)
-#pragma unroll
-      for (int kk = 0; kk < kBwdRows / 16; ++kk)
-        wgmma_m64n128_rs<1>(dka, da[kk], smem_desc(q_addr + kk * 2048, kBwdRows * 128, 1024));
-      wgmma_commit();
       fence_async_smem();
-      named_barrier(1, 256);  // both consumers' dS^T of this tile are in the buffer
-      // dQ[:, 64 c ..] = dS K[:, 64 c ..]: A = dS (64 queries x 128 keys) MN-major from the buffer, B = K's column
-      // half c (128 keys x 64 dims) MN-major.
-#pragma unroll
-      for (int kk = 0; kk < kBwdKeys / 16; ++kk)
-        wgmma_m64n64<1, 1>(dqf, smem_desc(ds_addr + kk * 2048, kBwdKeys * 128, 1024),
-                           smem_desc(k_addr + c * (kBwdKeys * 128) + kk * 2048, kBwdKeys * 128, 1024), kk > 0);
-      wgmma_commit();
-      wgmma_wait<1>();  // dV, dK landed: the Q / dO stage is free
-      fence_regs(dka), fence_regs(dva), fence_regs(reinterpret_cast<uint32_t(&)[kBwdRows / 4]>(pa)),
-          fence_regs(reinterpret_cast<uint32_t(&)[kBwdRows / 4]>(da));
-      __syncwarp();
-      if (lane == 0) mbar_arrive(&q_empty[s]);
-      wgmma_wait<0>();
-      fence_regs(dqf);
-      if constexpr (kTmaDQ) {
-        // This consumer's half of the tile's dQ into buffer it % 2 (rows past the sequence's end hold exact zeros:
-        // their dS is masked), then the writer adds it. Rows of 256 bytes: the 8 rows of a store share banks.
-        const int b = it & 1;
-        mbar_wait(&dq_empty[b], ((it >> 1) & 1) ^ 1);
-        float* half = reinterpret_cast<float*>(dQs + (2 * b + c) * kBwdDQ);
-#pragma unroll
-        for (int i = 0; i < 2; ++i) {
-          const int row = warp * 16 + lane / 4 + 8 * i;
-#pragma unroll
-          for (int j = 0; j < 8; ++j)
-            *reinterpret_cast<float2*>(half + row * 64 + j * 8 + (lane % 4) * 2) =
-                make_float2(dq[j][2 * i] * a.scale, dq[j][2 * i + 1] * a.scale);
-        }
-        fence_async_smem();
-        named_barrier_arrive(2 + c, 160);  // the writer waits there; this consumer goes on
-      } else {
-        const int r = m0 + warp * 16 + lane / 4 + ((lane & 1) ? 8 : 0);  // this lane's row in red_add_m64n64
-        red_add_m64n64(dq, r < len ? dq_acc + ((int64_t)start + r) * qs + h * a.D : nullptr, c * 64, a.D, a.scale, lane);
-      }
+      named_barrier_arrive(2 + c, 160);  // the writer waits there; this consumer goes on
+    } else {
+      const int r = m0 + warp * 16 + lane / 4 + ((lane & 1) ? 8 : 0);  // this lane's row in red_add_m64n64
+      red_add_m64n64(dq, r < len ? dq_acc + ((int64_t)start + r) * qs + h * a.D : nullptr, c * 64, a.D, a.scale, lane);
     }
+  }
   attn_bwd_store_dkv(dka, dva, dk, dv, dkv_acc, a, start, len, hk, key0, lane);
 #endif
 }
@@ -456,6 +471,7 @@ void attention_backward_ws(const void* q, const void* k, const void* v, const vo
   const dim3 grid((unsigned)((d.max_len + kBwdKeys - 1) / kBwdKeys), (unsigned)d.nseq, (unsigned)(d.Hkv * splits));
   AttentionDims dd = d;
   dd.x_slowest = attention_longest_first(true, (int64_t)grid.x * grid.y * grid.z);
+  dd.bwd_rows_first = attention_bwd_rows_first(d.window);
   auto launch = [&](auto kernel, size_t smem, const CUtensorMap& mdq) {
     allow_smem(kernel, smem);
     kernel<<<grid, 384, smem, stream>>>(mq, mk, mv, mdo, mdq, lse, delta, dq_acc, static_cast<uint16_t*>(dk),

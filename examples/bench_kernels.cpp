@@ -84,6 +84,15 @@ int main(int argc, char** argv) {
     rows.push_back({"swiglu fwd bf16 16384x4096", "swiglu_gbps", ms, gbps(3 * n * 2, ms)});
     ms = time_ms([&] { rms_norm(x, w); });
     rows.push_back({"rms_norm fwd bf16 16384x4096", "rms_norm_gbps", ms, gbps(2 * n * 2, ms)});
+    {  // fills (zeroing gradient sums): 16-byte stores from a small grid, and a view starting mid-vector, which
+       // takes the kernel of one element per thread
+      Tensor f = empty({(1 << 26) + 1}, DType::f32, kGpu);
+      Tensor aligned = f.narrow(0, 0, 1 << 26), unaligned = f.narrow(0, 1, 1 << 26);
+      ms = time_ms([&] { aligned.fill_(0.0); });
+      rows.push_back({"fill f32 2^26 (256 MiB written)", "fill_f32_gbps", ms, gbps((double)(1 << 26) * 4, ms)});
+      ms = time_ms([&] { unaligned.fill_(0.0); });
+      rows.push_back({"  same, unaligned view (thread per element)", "", ms, gbps((double)(1 << 26) * 4, ms)});
+    }
     {  // the strided copy kernels: casts (contiguous), a permuted copy, a broadcast add over a permuted view
       const Tensor xf = x.to(DType::f32), x3 = x.reshape({4096, 128, 128}), w128 = w.narrow(0, 0, 128);
       ms = time_ms([&] { xf.to(DType::bf16); });

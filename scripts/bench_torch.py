@@ -33,6 +33,9 @@ if want("memory"):
         out("gelu_tanh_gbps", 2 * n * 2 / ms(lambda: F.gelu(x, approximate="tanh")) / 1e6)
         out("swiglu_gbps", 3 * n * 2 / ms(lambda: F.silu(x) * y) / 1e6)
         out("rms_norm_gbps", 2 * n * 2 / ms(lambda: F.rms_norm(x, (C,), w, 1e-6)) / 1e6)
+        f = torch.empty(1 << 26, device=dev)
+        out("fill_f32_gbps", f.numel() * 4 / ms(lambda: f.zero_()) / 1e6)
+        del f
         xf = x.float()
         out("cast_f32_bf16_gbps", n * 6 / ms(lambda: xf.to(torch.bfloat16)) / 1e6)
         out("cast_bf16_f32_gbps", n * 6 / ms(lambda: x.float()) / 1e6)

@@ -52,6 +52,20 @@ CUDA_TEST("tensors move between devices; copies convert, broadcast and follow st
     Tensor f = empty({7, 9}, DType::bf16, cuda_device(0));
     f.mT().fill_(2.5);
     expect_values(f.to(kCPU), std::vector<double>(63, 2.5));
+    // Contiguous fills: 16-byte stores where the view starts aligned (lengths that are not a multiple of 16 bytes
+    // and over a few waves of the grid), one element per thread where it starts mid-vector; the elements around
+    // the view keep their value.
+    for (DType t : {DType::f64, DType::f32, DType::bf16, DType::f8e4m3, DType::i32, DType::i64, DType::boolean})
+      for (int64_t n : {int64_t{1}, int64_t{13}, int64_t{4099}, int64_t{(1 << 22) + 3}})
+        for (int64_t off : {0, 1}) {
+          INFO(dtype_name(t) << " n " << n << " offset " << off);
+          const double bg = t == DType::boolean ? 0 : 3, v = t == DType::boolean ? 1 : -2;
+          Tensor buf = full({n + 2}, bg, t, cuda_device(0));
+          buf.narrow(0, off, n).fill_(v);
+          std::vector<double> want((size_t)(n + 2), bg);
+          std::fill(want.begin() + off, want.begin() + off + n, v);
+          expect_values(buf.to(kCPU).to(DType::f64), want, 0);
+        }
     z.narrow(2, 2, 3).copy_(x.narrow(1, 0, 3));  // host -> strided device view
     expect_close(z.to(kCPU).to(DType::f64).select(0, 2).narrow(1, 2, 3), x.narrow(1, 0, 3).to(DType::f32).to(DType::f64), 0);
     // Three dims with odd extents: permuted copies (and casts) and a broadcast add over a permuted view.
@@ -611,6 +625,22 @@ CUDA_TEST("a transformer LM's loss and gradients on the GPU match the CPU") {
   }
 }
 
+CUDA_TEST("flash_attention's backward walk: automatic is rows first for full causal attention, heads first with a window") {
+#if NT_CUDA
+  using Walk = cuda::AttentionBwdWalk;
+  const Walk saved = cuda::attention_bwd_walk();
+  cuda::set_attention_bwd_walk(Walk::automatic);
+  CHECK(cuda::attention_bwd_rows_first(0));
+  CHECK_FALSE(cuda::attention_bwd_rows_first(512));
+  CHECK_FALSE(cuda::attention_bwd_rows_first(1));
+  cuda::set_attention_bwd_walk(Walk::heads_first);
+  CHECK_FALSE(cuda::attention_bwd_rows_first(0));
+  cuda::set_attention_bwd_walk(Walk::rows_first);
+  CHECK(cuda::attention_bwd_rows_first(512));
+  cuda::set_attention_bwd_walk(saved);
+#endif
+}
+
 CUDA_TEST("flash_attention's block order: automatic is longest first forward, and backward up to 8 waves") {
 #if NT_CUDA
   using Order = cuda::AttentionBlockOrder;
@@ -659,20 +689,25 @@ CUDA_TEST("flash_attention: tensor-core (bf16) and CUDA-core kernels against the
   const int default_version = cuda::attention_kernel(), default_keys = cuda::attention_bwd_keys();
   const bool default_tma_dq = cuda::attention_bwd_tma_dq(), default_pingpong = cuda::attention_fwd_pingpong();
   const cuda::AttentionBlockOrder default_order = cuda::attention_block_order();
+  const cuda::AttentionBwdWalk default_walk = cuda::attention_bwd_walk();
   auto set_version = [](int v) {
     cuda::set_attention_kernel(std::min(v, 7)), cuda::set_attention_bwd_keys(v == 1 ? 64 : 128);
-    cuda::set_attention_bwd_tma_dq(v == 8 || v == 10), cuda::set_attention_fwd_pingpong(v >= 9);
+    cuda::set_attention_bwd_tma_dq(v == 8 || v == 10 || v == 11), cuda::set_attention_fwd_pingpong(v >= 9);
     cuda::set_attention_block_order(v == 10 ? cuda::AttentionBlockOrder::longest_first : cuda::AttentionBlockOrder::per_group);
+    cuda::set_attention_bwd_walk(v == 11 || v == 12 ? cuda::AttentionBwdWalk::rows_first
+                                                    : cuda::AttentionBwdWalk::heads_first);
   };
   struct Restore {  // also when a check throws
     int version, keys;
     bool tma_dq, pingpong;
     cuda::AttentionBlockOrder order;
+    cuda::AttentionBwdWalk walk;
     ~Restore() {
       cuda::set_attention_kernel(version), cuda::set_attention_bwd_keys(keys), cuda::set_attention_bwd_tma_dq(tma_dq);
       cuda::set_attention_fwd_pingpong(pingpong), cuda::set_attention_block_order(order);
+      cuda::set_attention_bwd_walk(walk);
     }
-  } restore_at_exit{default_version, default_keys, default_tma_dq, default_pingpong, default_order};
+  } restore_at_exit{default_version, default_keys, default_tma_dq, default_pingpong, default_order, default_walk};
   auto restore = [] {};
 #else
   auto set_version = [](int) {};
@@ -681,8 +716,10 @@ CUDA_TEST("flash_attention: tensor-core (bf16) and CUDA-core kernels against the
   // 8: version 7 with the TMA-reduce dQ (set_attention_bwd_tma_dq); 9: version 7 with the ping-pong forward
   // (set_attention_fwd_pingpong); 10: 8 and 9 with the longest walks launched first across the grid both ways
   // (set_attention_block_order; what the default, automatic, does on these small grids); versions 6-9: the
-  // per-group order
-  for (int version : {1, 2, 3, 4, 5, 6, 7, 8, 9, 10})
+  // per-group order, the backward walking heads first; 11 and 12: 8 and 9 (TMA-reduce dQ, then the consumers'
+  // reductions) with the backward walking rows first (set_attention_bwd_walk; with a window too, where the default
+  // walks heads first)
+  for (int version : {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12})
   for (const C& c : cases)
     for (DType dt : kFloatTypes) {
       if (c.cu.size() > 100 && (dt != DType::bf16 || version < 4)) continue;  // the head walk of the wgmma backwards
