@@ -96,9 +96,9 @@ bool attention_bwd_tma_dq();
 // query tile of one head, ascending, then the next head's) or rows_first (the last query tile of every head of the
 // block, then the one before, down to the diagonal, so that the blocks of one head group meet the same query rows
 // at about the same time and share them, and dQ's sums, in L2); automatic (the default): rows first for full
-// causal attention, heads first with a window. Measured (H100, 2026-12-07): rows first took NSA's compressed
-// backward at 64k from ~36.3 to ~34.7 ms and dense B2 T4096 H16 D128 forward + backward from 1.344 to 1.299 ms,
-// but a window of 512 from 1.022 to 1.175 ms (the heads-first walks of neighbouring key blocks share rows there).
+// causal attention, heads first with a window. Measured (H100, 2026-12-07): rows first took the forward + backward
+// of NSA's compressed branch at 64k from 47.07 to 45.16 ms and of dense B2 T4096 H16 D128 from 1.344 to 1.299 ms,
+// but of a window of 512 from 1.022 to 1.175 ms (the heads-first walks of neighbouring key blocks share rows there).
 // Also NT_ATTENTION_BWD_WALK=rows / heads / automatic. Same function (dK, dV summed in another order).
 enum class AttentionBwdWalk { heads_first, rows_first, automatic };
 void set_attention_bwd_walk(AttentionBwdWalk walk);

@@ -52,17 +52,17 @@ CUDA_TEST("tensors move between devices; copies convert, broadcast and follow st
     Tensor f = empty({7, 9}, DType::bf16, cuda_device(0));
     f.mT().fill_(2.5);
     expect_values(f.to(kCPU), std::vector<double>(63, 2.5));
-    // Contiguous fills: 16-byte stores where the view starts aligned (lengths that are not a multiple of 16 bytes
-    // and over a few waves of the grid), one element per thread where it starts mid-vector; the elements around
-    // the view keep their value.
+    // Contiguous fills: 16-byte stores where the view starts aligned (at the buffer's start and one vector in;
+    // lengths that are not a multiple of 16 bytes, and for types of 2 bytes and more several strides of the
+    // grid), one element per thread where it starts mid-vector; the elements around the view keep their value.
     for (DType t : {DType::f64, DType::f32, DType::bf16, DType::f8e4m3, DType::i32, DType::i64, DType::boolean})
       for (int64_t n : {int64_t{1}, int64_t{13}, int64_t{4099}, int64_t{(1 << 22) + 3}})
-        for (int64_t off : {0, 1}) {
+        for (int64_t off : {int64_t{0}, int64_t{1}, 16 / (int64_t)dtype_size(t)}) {
           INFO(dtype_name(t) << " n " << n << " offset " << off);
           const double bg = t == DType::boolean ? 0 : 3, v = t == DType::boolean ? 1 : -2;
-          Tensor buf = full({n + 2}, bg, t, cuda_device(0));
+          Tensor buf = full({n + 16}, bg, t, cuda_device(0));
           buf.narrow(0, off, n).fill_(v);
-          std::vector<double> want((size_t)(n + 2), bg);
+          std::vector<double> want((size_t)(n + 16), bg);
           std::fill(want.begin() + off, want.begin() + off + n, v);
           expect_values(buf.to(kCPU).to(DType::f64), want, 0);
         }
@@ -716,9 +716,10 @@ CUDA_TEST("flash_attention: tensor-core (bf16) and CUDA-core kernels against the
   // 8: version 7 with the TMA-reduce dQ (set_attention_bwd_tma_dq); 9: version 7 with the ping-pong forward
   // (set_attention_fwd_pingpong); 10: 8 and 9 with the longest walks launched first across the grid both ways
   // (set_attention_block_order; what the default, automatic, does on these small grids); versions 6-9: the
-  // per-group order, the backward walking heads first; 11 and 12: 8 and 9 (TMA-reduce dQ, then the consumers'
-  // reductions) with the backward walking rows first (set_attention_bwd_walk; with a window too, where the default
-  // walks heads first)
+  // per-group order; 1-10: the backward walking heads first; 11: 10 in the per-group order and 12: 9, both with the
+  // backward walking rows first (set_attention_bwd_walk; with a window too, where the default walks heads first).
+  // These small grids keep one head per block (bwd_heads_per_block) except the packed case of 140 sequences (two);
+  // the case below checks rows first on grids of 16 heads per block.
   for (int version : {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12})
   for (const C& c : cases)
     for (DType dt : kFloatTypes) {
@@ -735,6 +736,47 @@ CUDA_TEST("flash_attention: tensor-core (bf16) and CUDA-core kernels against the
                  {rnd_grad(qs, 90), rnd_grad(ks, 91), rnd_grad(ks, 92)}, dt, tol);
     }
   restore();
+}
+
+// Grids of at least 8 blocks per SM keep up to 16 query heads per backward block, where the rows-first walk
+// interleaves heads; the CPU reference is too slow at these sizes, so rows first is checked against heads first
+// (the flash_attention case checks heads first against the CPU): the same sums in another order.
+CUDA_TEST("flash_attention's backward walk: rows first gives heads first's gradients on grids of many heads per block") {
+#if NT_CUDA
+  if (!cuda::sm90a_available(0)) {
+    MESSAGE("no sm_90a: the warp-specialized backward does not run");
+    return;
+  }
+  const cuda::AttentionBwdWalk saved = cuda::attention_bwd_walk();
+  const int version = cuda::attention_kernel();
+  cuda::set_attention_kernel(7);
+  struct C {
+    int64_t T, H, Hkv, window;
+  };
+  // 64 heads over 4 kv heads, 16 per block once the grid has a block per SM (bwd_heads_per_block: 128-key blocks x
+  // 4 kv heads >= the SMs); T not a multiple of the tiles (4389 rows on 132 SMs); then a window of 300.
+  const int64_t blocks = (int64_t)cuda::multiprocessor_count(0) / 4 + 1;  // key blocks per kv head
+  for (const C& c : {C{blocks * 128 + 37, 64, 4, 0}, C{blocks * 128 + 37, 64, 4, 300}}) {
+    INFO("T " << c.T << " H " << c.H << "/" << c.Hkv << " window " << c.window);
+    const Device gpu = cuda_device(0);
+    const Tensor q0 = rnd({c.T, c.H, 128}, 93).to(DType::bf16).to(gpu), k0 = rnd({c.T, c.Hkv, 128}, 94).to(DType::bf16).to(gpu);
+    const Tensor v0 = rnd({c.T, c.Hkv, 128}, 95).to(DType::bf16).to(gpu), dy = rnd({c.T, c.H, 128}, 96).to(DType::bf16).to(gpu);
+    auto grads = [&](cuda::AttentionBwdWalk walk) {
+      cuda::set_attention_bwd_walk(walk);
+      Tensor q = q0.detach().requires_grad_(), k = k0.detach().requires_grad_(), v = v0.detach().requires_grad_();
+      flash_attention(q, k, v, AttentionOptions{c.window, 0, {}}).backward(dy);
+      return std::vector<Tensor>{q.grad().to(kCPU).to(DType::f64), k.grad().to(kCPU).to(DType::f64),
+                                 v.grad().to(kCPU).to(DType::f64)};
+    };
+    const auto heads = grads(cuda::AttentionBwdWalk::heads_first), rows = grads(cuda::AttentionBwdWalk::rows_first);
+    for (size_t i = 0; i < 3; ++i) {
+      INFO("gradient " << i << " (dq, dk, dv)");
+      expect_close(rows[i], heads[i], 2e-2, 2e-2);
+    }
+  }
+  cuda::set_attention_bwd_walk(saved);
+  cuda::set_attention_kernel(version);
+#endif
 }
 
 CUDA_TEST("nsa_attention: CUDA-core kernels against the CPU reference") {
