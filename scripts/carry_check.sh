@@ -5,9 +5,13 @@
 # throughput, L2 hit rate) for the first matching launch of bench_nsa at 64k. Every step runs under its own timeout,
 # so one call (600 s at most) still returns the steps before a hang; everything goes to $OUT/log.txt, each step
 # closed by its exit status and seconds (ncu's whole reports to $OUT/ncu.txt).
-#   bash scripts/carry_check.sh [--bench "ENV=V ..."]... [--suite-env "ENV=V ..."]... [--memcheck FILTER]
-#                               [--bench-args "T=8192,65536 dense=0 fused_max_t=0 profile=1"]
+#   bash scripts/carry_check.sh [--mutant "NAME FILTER"]... [--bench "ENV=V ..."]... [--suite-env "ENV=V ..."]...
+#                               [--memcheck FILTER] [--bench-args "T=8192,65536 dense=0 fused_max_t=0 profile=1"]
+#                               [--kernels "ENV=V ..."]... [--kernels-args "--only=attention --no-torch"]
 #                               [--ncu KERNEL_REGEX]... [--ncu-env "ENV=V ..."]...
+# --mutant: right after the CUDA suite, build-bin's NAME (scripts/build_mutant.sh) on the cases matching FILTER,
+# which must fail: the summary says "caught" or "NOT caught" per mutant. --kernels: bench_kernels (carried as
+# build-bin/bench_kernels) once per setting, last.
 # --bench "": the default settings; --suite-env: the CUDA suite's NSA cases once more under those settings;
 # each --ncu regex runs once per --ncu-env ("" = the default settings; none given: once, default).
 # Example (docs/cuda.md): run with carry ["build-bin"] and the command
@@ -16,16 +20,19 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp}
 L=$OUT/log.txt
-benches=() suite_envs=() memcheck="" bench_args="T=8192,65536 dense=0 fused_max_t=0 profile=1" ncus=() ncu_envs=()
+benches=() suite_envs=() mutants=() kernels=() kernels_args="--only=attention --no-torch" memcheck="" bench_args="T=8192,65536 dense=0 fused_max_t=0 profile=1" ncus=() ncu_envs=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --bench) benches+=("$2"); shift 2 ;;
+    --mutant) mutants+=("$2"); shift 2 ;;
+    --kernels) kernels+=("$2"); shift 2 ;;
+    --kernels-args) kernels_args=$2; shift 2 ;;
     --suite-env) suite_envs+=("$2"); shift 2 ;;
     --memcheck) memcheck=$2; shift 2 ;;
     --bench-args) bench_args=$2; shift 2 ;;
     --ncu) ncus+=("$2"); shift 2 ;;
     --ncu-env) ncu_envs+=("$2"); shift 2 ;;
-    *) echo "carry_check.sh: unknown argument '$1' (expected --bench, --suite-env, --memcheck, --bench-args, --ncu or --ncu-env)"; exit 2 ;;
+    *) echo "carry_check.sh: unknown argument '$1' (expected --mutant, --bench, --suite-env, --memcheck, --bench-args, --kernels, --kernels-args, --ncu or --ncu-env)"; exit 2 ;;
   esac
 done
 [ -x build-bin/nt_cuda_tests ] || [ -f build-bin/nt_cuda_tests.gz ] ||
@@ -38,12 +45,20 @@ step() {  # step SECONDS "ENV=V ..." command...: one step, timed, into the log
   shift 2
   echo "=== ${envs:+$envs }$* ===" >>"$L"
   env $envs timeout "$limit" "$@" >>"$L" 2>&1
-  echo "=== rc $? in $((SECONDS - s)) s ===" >>"$L"
+  local rc=$?
+  echo "=== rc $rc in $((SECONDS - s)) s ===" >>"$L"
+  return $rc
 }
 { nvidia-smi -L; nvidia-smi --query-gpu=driver_version,clocks.max.sm --format=csv,noheader; } >"$L" 2>&1
 step 150 "" ./nt_cuda_tests --no-colors
+for m in "${mutants[@]}"; do
+  name=${m%% *} filter=${m#* }
+  if [ ! -x "./$name" ]; then echo "=== mutant $name: missing (carry build-bin/$name.gz) ===" >>"$L"
+  elif step 60 "" "./$name" --no-colors -tc="$filter"; then echo "=== mutant $name: NOT caught by $filter ===" >>"$L"
+  else echo "=== mutant $name: caught by $filter ===" >>"$L"; fi
+done
 for e in "${suite_envs[@]}"; do step 60 "$e" ./nt_cuda_tests --no-colors -tc="*nsa*"; done
-step 90 "" ./nt_tests --no-colors -tc="*tensor cores*,*on CUDA*,*GPU*"
+step 90 "" ./nt_tests --no-colors -tc="*tensor cores*,*on CUDA*,*GPU*,*NSA selection*,*one autograd node*"
 for e in "${benches[@]}"; do step 60 "$e" ./bench_nsa $bench_args; done
 [ -n "$memcheck" ] && step 90 "" compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 ./nt_cuda_tests --no-colors -tc="$memcheck"
 [ ${#ncu_envs[@]} -eq 0 ] && ncu_envs=("")
@@ -54,5 +69,6 @@ for k in "${ncus[@]}"; do for e in "${ncu_envs[@]}"; do  # profile=0: ncu and th
   grep -E "^  [A-Za-z_].*\(|Duration|DRAM Throughput|L2 Hit Rate|Memory Throughput|Compute \(SM\)" "$OUT/ncu_last.txt" >>"$L"
   cat "$OUT/ncu_last.txt" >>"$OUT/ncu.txt" && rm -f "$OUT/ncu_last.txt"
 done; done
+for e in "${kernels[@]}"; do step 60 "$e" ./bench_kernels $kernels_args; done
 echo "=== done ===" >>"$L"
 grep -E "^===|test cases|ERROR SUMMARY" "$L"
