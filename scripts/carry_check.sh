@@ -20,7 +20,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp}
 L=$OUT/log.txt
-benches=() suite_envs=() mutants=() kernels=() kernels_args="--only=attention --no-torch" memcheck="" bench_args="T=8192,65536 dense=0 fused_max_t=0 profile=1" ncus=() ncu_envs=()
+benches=() suite_envs=() mutants=() kernels=() ncus=() ncu_envs=() memcheck=""
+bench_args="T=8192,65536 dense=0 fused_max_t=0 profile=1" kernels_args="--only=attention --no-torch"
 while [ $# -gt 0 ]; do
   case "$1" in
     --bench) benches+=("$2"); shift 2 ;;
@@ -32,7 +33,8 @@ while [ $# -gt 0 ]; do
     --bench-args) bench_args=$2; shift 2 ;;
     --ncu) ncus+=("$2"); shift 2 ;;
     --ncu-env) ncu_envs+=("$2"); shift 2 ;;
-    *) echo "carry_check.sh: unknown argument '$1' (expected --mutant, --bench, --suite-env, --memcheck, --bench-args, --kernels, --kernels-args, --ncu or --ncu-env)"; exit 2 ;;
+    *) echo "carry_check.sh: unknown argument '$1' (expected --mutant, --bench, --suite-env, --memcheck," \
+         "--bench-args, --kernels, --kernels-args, --ncu or --ncu-env)"; exit 2 ;;
   esac
 done
 [ -x build-bin/nt_cuda_tests ] || [ -f build-bin/nt_cuda_tests.gz ] ||
