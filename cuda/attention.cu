@@ -18,6 +18,7 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <stdexcept>
@@ -717,6 +718,27 @@ bool attention_bwd_rows_first(int window) {
 }
 void set_attention_fwd_pingpong(bool on) { g_fwd_pingpong = on; }
 bool attention_fwd_pingpong() { return g_fwd_pingpong; }
+namespace {
+int g_fwd_blocks = [] {
+  const char* e = std::getenv("NT_ATTENTION_FWD_BLOCKS");
+  if (!e || !*e) return -1;
+  char* end = nullptr;
+  const long v = std::strtol(e, &end, 10);
+  if (*end || v < -1 || v > INT32_MAX) {
+    std::fprintf(stderr, "NT_ATTENTION_FWD_BLOCKS: expected -1 (one block per SM), 0 (one per tile) or a count, "
+                         "got '%s'; using -1\n", e);
+    return -1;
+  }
+  return (int)v;
+}();
+}  // namespace
+void set_attention_fwd_blocks(int blocks) {
+  if (blocks < -1)
+    throw std::invalid_argument("set_attention_fwd_blocks: blocks must be -1 (one per SM), 0 (one per tile) or "
+                                "positive, got " + std::to_string(blocks));
+  g_fwd_blocks = blocks;
+}
+int attention_fwd_blocks() { return g_fwd_blocks; }
 void set_attention_block_order(AttentionBlockOrder order) { g_block_order = order; }
 AttentionBlockOrder attention_block_order() { return g_block_order; }
 // automatic, from bench_kernels and bench_nsa (H100, 2026-12-07): longest first took the forward 4-6% faster on

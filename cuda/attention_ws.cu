@@ -15,6 +15,8 @@
 // Measured (H100, 2026-12-06, docs/cuda.md): 516 TFLOP/s at 8k tokens, 0.86x cuDNN, 2.1x version 4.
 #include <cuda_bf16.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <stdexcept>
 
 #include "cuda/attention_sm90.h"
@@ -31,11 +33,34 @@ using namespace sm90;
 constexpr int kKeys = kAttnKeys, kRowsWG = 64, kRows = 2 * kRowsWG, kStages = 2;
 constexpr int kQBytes = kRowsWG * 2 * 128;  // one consumer's Q: two column halves of [64][64] bf16
 constexpr int kKVBytes = kKeys * 2 * 128;   // one K or V tile
-constexpr size_t kSmem = 1024 + 2 * kQBytes + 2 * kStages * kKVBytes + (1 + 4 * kStages) * 8;
+constexpr size_t kSmem = 1024 + 2 * kQBytes + 2 * kStages * kKVBytes + (2 + 4 * kStages) * 8;
 
 // kPingPong (set_attention_fwd_pingpong; FlashAttention-3's inter-warpgroup schedule): the two consumers take turns
 // issuing their wgmmas (named barriers 3 and 4, consumer 0 first), so one's softmax runs while the other's products
 // hold the tensor cores, instead of both issuing at once and then both computing exponentials.
+// Tiles (128 queries of one head) are numbered in launch order (grid_coords' order over a grid of ceil(max_len /
+// 128) x nseq x H); block b takes tiles b, b + gridDim.x, ... (set_attention_fwd_persistent: one block per SM, or
+// one per tile). Across a block's tiles the ring's stages and phases run on, and Q has its own empty barrier: the
+// producer loads the next tile's Q once both consumers' last S has landed, and its first K and V while the
+// consumers finish their last P V and write their rows, so a tile's start and end no longer leave the SM idle.
+struct FwdTile {
+  int seq, h, m0, start, len;
+};
+__device__ __forceinline__ bool fwd_tile(const AttentionDims& a, int64_t L, FwdTile& t) {
+  const uint64_t ntx = (uint64_t)((a.max_len + kRows - 1) / kRows), yz = (uint64_t)a.nseq * a.H;
+  uint64_t x, y, z;
+  if (a.x_slowest) x = L / yz, y = L % yz % a.nseq, z = L % yz / a.nseq;
+  else x = L % ntx, y = L / ntx % a.nseq, z = L / ntx / a.nseq;
+  t.seq = (int)y, t.h = (int)z, t.m0 = (int)(ntx - 1 - x) * kRows;  // the longest walks first
+  t.start = a.cu_seqlens[t.seq], t.len = a.cu_seqlens[t.seq + 1] - t.start;
+  return t.m0 < t.len;
+}
+// The first tile at or after L (in steps of gridDim.x) that has queries; L >= total when none is left.
+__device__ __forceinline__ int64_t fwd_next_tile(const AttentionDims& a, int64_t L, int64_t total, FwdTile& t) {
+  for (; L < total; L += gridDim.x)
+    if (fwd_tile(a, L, t)) return L;
+  return total;
+}
 template <bool kPingPong>
 __global__ void __launch_bounds__(384, 1)
     attn_fwd_ws(const __grid_constant__ CUtensorMap mq, const __grid_constant__ CUtensorMap mk,
@@ -47,16 +72,19 @@ __global__ void __launch_bounds__(384, 1)
   unsigned char* smem = smem_align(smem_raw);
   unsigned char *Qs = smem, *Ks = Qs + 2 * kQBytes, *Vs = Ks + kStages * kKVBytes;
   uint64_t* q_full = reinterpret_cast<uint64_t*>(Vs + kStages * kKVBytes);
-  uint64_t *k_full = q_full + 1, *v_full = k_full + kStages, *k_empty = v_full + kStages, *v_empty = k_empty + kStages;
-  const uint3 g = grid_coords(a.x_slowest);
-  const int seq = (int)g.y, h = (int)g.z, m0 = (int)(gridDim.x - 1 - g.x) * kRows;  // the longest walks first
-  const int start = a.cu_seqlens[seq], len = a.cu_seqlens[seq + 1] - start;
-  if (m0 >= len) return;  // the whole block, before any barrier
-  const int hk = h / (a.H / a.Hkv);
-  const int first = a.window > 0 ? max(0, m0 - a.window + 1) : 0;
-  const int n_lo = first / kKeys * kKeys, n_hi = min(len, m0 + kRows), n_tiles = (n_hi - n_lo + kKeys - 1) / kKeys;
+  uint64_t *q_empty = q_full + 1, *k_full = q_empty + 1, *v_full = k_full + kStages, *k_empty = v_full + kStages,
+           *v_empty = k_empty + kStages;
+  const int64_t total = (int64_t)((a.max_len + kRows - 1) / kRows) * a.nseq * a.H;
+  FwdTile t;
+  int64_t L = fwd_next_tile(a, blockIdx.x, total, t);
+  if (L >= total) return;  // the whole block, before any barrier
+  auto key_range = [&](const FwdTile& u, int& n_lo, int& n_tiles) {
+    const int first = a.window > 0 ? max(0, u.m0 - a.window + 1) : 0;
+    const int n_hi = min(u.len, u.m0 + kRows);
+    n_lo = first / kKeys * kKeys, n_tiles = (n_hi - n_lo + kKeys - 1) / kKeys;
+  };
   if (threadIdx.x == 0) {
-    mbar_init(q_full, 1);
+    mbar_init(q_full, 1), mbar_init(q_empty, 8);
     for (int s = 0; s < kStages; ++s)
       mbar_init(&k_full[s], 1), mbar_init(&v_full[s], 1), mbar_init(&k_empty[s], 8), mbar_init(&v_empty[s], 8);
     mbar_fence_init();
@@ -67,40 +95,42 @@ __global__ void __launch_bounds__(384, 1)
     setmaxnreg_dec<24>();
     if (threadIdx.x == 0) {
       tma_prefetch_map(&mq), tma_prefetch_map(&mk), tma_prefetch_map(&mv);
-      mbar_expect_tx(q_full, 2 * kQBytes);
-      for (int c = 0; c < 2; ++c)
-        for (int half = 0; half < 2; ++half)
-          tma_load_3d(Qs + c * kQBytes + half * kRowsWG * 128, &mq, q_full, half * 64, h, start + m0 + c * kRowsWG);
-      for (int it = 0; it < n_tiles; ++it) {
-        const int s = it % kStages, n0 = n_lo + it * kKeys;
-        const uint32_t phase = (it / kStages) & 1;
-        mbar_wait(&k_empty[s], phase ^ 1);
-        mbar_expect_tx(&k_full[s], kKVBytes);
-        for (int half = 0; half < 2; ++half)
-          tma_load_3d(Ks + s * kKVBytes + half * kKeys * 128, &mk, &k_full[s], half * 64, hk, start + n0);
-        mbar_wait(&v_empty[s], phase ^ 1);
-        mbar_expect_tx(&v_full[s], kKVBytes);
-        for (int half = 0; half < 2; ++half)
-          tma_load_3d(Vs + s * kKVBytes + half * kKeys * 128, &mv, &v_full[s], half * 64, hk, start + n0);
+      for (int jt = 0, kv = 0; L < total; L = fwd_next_tile(a, L + gridDim.x, total, t), ++jt) {
+        const int hk = t.h / (a.H / a.Hkv);
+        int n_lo, n_tiles;
+        key_range(t, n_lo, n_tiles);
+        mbar_wait(q_empty, (jt & 1) ^ 1);  // both consumers' last S of the previous tile has landed
+        mbar_expect_tx(q_full, 2 * kQBytes);
+        for (int c = 0; c < 2; ++c)
+          for (int half = 0; half < 2; ++half)
+            tma_load_3d(Qs + c * kQBytes + half * kRowsWG * 128, &mq, q_full, half * 64, t.h, t.start + t.m0 + c * kRowsWG);
+        for (int it = 0; it < n_tiles; ++it, ++kv) {
+          const int s = kv % kStages, n0 = n_lo + it * kKeys;
+          const uint32_t phase = (kv / kStages) & 1;
+          mbar_wait(&k_empty[s], phase ^ 1);
+          mbar_expect_tx(&k_full[s], kKVBytes);
+          for (int half = 0; half < 2; ++half)
+            tma_load_3d(Ks + s * kKVBytes + half * kKeys * 128, &mk, &k_full[s], half * 64, hk, t.start + n0);
+          mbar_wait(&v_empty[s], phase ^ 1);
+          mbar_expect_tx(&v_full[s], kKVBytes);
+          for (int half = 0; half < 2; ++half)
+            tma_load_3d(Vs + s * kKVBytes + half * kKeys * 128, &mv, &v_full[s], half * 64, hk, t.start + n0);
+        }
       }
     }
     return;
   }
   setmaxnreg_inc<240>();
   const int c = wg - 1, warp = threadIdx.x % 128 / 32, lane = threadIdx.x % 32;
-  const int wm0 = m0 + c * kRowsWG, wrow = wm0 + warp * 16, row0 = wrow + lane / 4;  // rows row0 and row0 + 8
   const uint32_t q_addr = smem_addr(Qs + c * kQBytes), k_addr0 = smem_addr(Ks), v_addr0 = smem_addr(Vs);
   const float sl2 = a.scale * kLog2e;
   auto release = [&](uint64_t* bar) {  // this warp is done reading the stage
     __syncwarp();
     if (lane == 0) mbar_arrive(bar);
   };
-  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
   float s[NJ][4], acc[NO * 4];   // s[j][e], acc[4 j + e]: mma.sync's C layout per 8-column n-tile j
   uint32_t pa[kKeys / 16][4];    // P(n - 1) as bf16 A fragments of 16 keys each
   float(&sf)[NJ * 4] = reinterpret_cast<float(&)[NJ * 4]>(s);
-#pragma unroll
-  for (int i = 0; i < NO * 4; ++i) acc[i] = 0.f;
   // S = Q K^T for the tile in stage st (issued and committed, not waited for).
   auto issue_qk = [&](int st) {
 #pragma unroll
@@ -122,14 +152,6 @@ __global__ void __launch_bounds__(384, 1)
       wgmma_m64n128_rs<1>(acc, pa[kk], smem_desc(v_addr + kk * 2048, kKeys * 128, 1024));
     wgmma_commit();
   };
-  // The online softmax of the tile at n0 in s (alpha: the factor for what O holds so far).
-  auto softmax = [&](int n0, float (&alpha)[2]) {
-    const bool edge = n0 + kKeys - 1 > wrow || n0 + kKeys > len || (a.window > 0 && n0 <= wrow + 15 - a.window);
-    online_softmax<NJ>(s, edge, [&](int j, int e) {
-      const int kp = n0 + j * 8 + (lane % 4) * 2 + (e & 1), qp = row0 + (e >> 1) * 8;
-      return kp > qp || kp >= len || (a.window > 0 && kp <= qp - a.window);
-    }, sl2, m_run, l_run, alpha);
-  };
   auto to_pa = [&] {
 #pragma unroll
     for (int kk = 0; kk < kKeys / 16; ++kk) acc_to_a(pa[kk], s[2 * kk], s[2 * kk + 1]);
@@ -137,8 +159,9 @@ __global__ void __launch_bounds__(384, 1)
   // Every tile of the block's range is multiplied by both consumers, also where a consumer's rows see none of its
   // keys (the masks zero them; with a window or past the sequence's end that wastes a few tiles): a wgmma under a
   // condition would make ptxas serialize them all (warning C7520), losing the overlap.
-  // The turns: wait for mine before issuing, pass it on after. Each consumer issues n_tiles + 1 times; consumer 1
-  // passes its last turn to no one (consumer 0 waits n_tiles + 1 times, once given by the arrival below).
+  // The turns: wait for mine before issuing, pass it on after. Each consumer issues n_tiles + 1 times per tile;
+  // consumer 1 passes its block's last turn to no one (consumer 0 waits once more than consumer 1 arrives, the
+  // first turn given by the arrival below).
   auto turn_wait = [&] {
     if constexpr (kPingPong) named_barrier(3 + c, 256);
   };
@@ -147,58 +170,83 @@ __global__ void __launch_bounds__(384, 1)
       if (!(last && c == 1)) named_barrier_arrive(3 + (c ^ 1), 256);
   };
   if (kPingPong && c == 1) named_barrier_arrive(3, 256);  // consumer 0 goes first
-  mbar_wait(q_full, 0);
-  mbar_wait(&k_full[0], 0);
-  turn_wait();
-  issue_qk(0);
-  turn_pass(false);
-  wgmma_wait<0>();
-  fence_regs(sf);
-  release(&k_empty[0]);
-  {
-    float alpha[2];
-    softmax(n_lo, alpha);  // O is still zero: alpha has nothing to scale
-    to_pa();
-  }
-  for (int it = 1; it < n_tiles; ++it) {
-    const int st = it % kStages, sp = (it - 1) % kStages, n0 = n_lo + it * kKeys;
-    mbar_wait(&k_full[st], (it / kStages) & 1);
-    if constexpr (kPingPong) {  // both products in one turn
-      mbar_wait(&v_full[sp], ((it - 1) / kStages) & 1);
+  for (int jt = 0, kv = 0; L < total; ++jt) {
+    FwdTile nt = t;
+    const int64_t L_next = fwd_next_tile(a, L + gridDim.x, total, nt);
+    const bool last_tile = L_next >= total;
+    int n_lo, n_tiles;
+    key_range(t, n_lo, n_tiles);
+    const int len = t.len;
+    const int wm0 = t.m0 + c * kRowsWG, wrow = wm0 + warp * 16, row0 = wrow + lane / 4;  // rows row0, row0 + 8
+    // The online softmax of the tile at n0 in s (alpha: the factor for what O holds so far).
+    auto softmax = [&](int n0, float (&alpha)[2], float (&m_run)[2], float (&l_run)[2]) {
+      const bool edge = n0 + kKeys - 1 > wrow || n0 + kKeys > len || (a.window > 0 && n0 <= wrow + 15 - a.window);
+      online_softmax<NJ>(s, edge, [&](int j, int e) {
+        const int kp = n0 + j * 8 + (lane % 4) * 2 + (e & 1), qp = row0 + (e >> 1) * 8;
+        return kp > qp || kp >= len || (a.window > 0 && kp <= qp - a.window);
+      }, sl2, m_run, l_run, alpha);
+    };
+    float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
+#pragma unroll
+    for (int i = 0; i < NO * 4; ++i) acc[i] = 0.f;
+    mbar_wait(q_full, jt & 1);
+    {
+      const int st = kv % kStages;
+      mbar_wait(&k_full[st], (kv / kStages) & 1);
       turn_wait();
       issue_qk(st);
-      issue_pv(sp);
       turn_pass(false);
-    } else {  // S(n) issued while V(n - 1) may still be arriving
-      issue_qk(st);
-      mbar_wait(&v_full[sp], ((it - 1) / kStages) & 1);
-      issue_pv(sp);
+      wgmma_wait<0>();
+      fence_regs(sf);
+      release(&k_empty[st]);
+      if (n_tiles == 1) release(q_empty);
+      float alpha[2];
+      softmax(n_lo, alpha, m_run, l_run);  // O is still zero: alpha has nothing to scale
+      to_pa();
     }
-    wgmma_wait<1>();  // S(n) is done, P V still in flight
-    fence_regs(sf);
-    release(&k_empty[st]);
-    float alpha[2];
-    softmax(n0, alpha);
+    for (int it = 1; it < n_tiles; ++it) {
+      const int st = (kv + it) % kStages, sp = (kv + it - 1) % kStages, n0 = n_lo + it * kKeys;
+      mbar_wait(&k_full[st], ((kv + it) / kStages) & 1);
+      if constexpr (kPingPong) {  // both products in one turn
+        mbar_wait(&v_full[sp], ((kv + it - 1) / kStages) & 1);
+        turn_wait();
+        issue_qk(st);
+        issue_pv(sp);
+        turn_pass(false);
+      } else {  // S(n) issued while V(n - 1) may still be arriving
+        issue_qk(st);
+        mbar_wait(&v_full[sp], ((kv + it - 1) / kStages) & 1);
+        issue_pv(sp);
+      }
+      wgmma_wait<1>();  // S(n) is done, P V still in flight
+      fence_regs(sf);
+      release(&k_empty[st]);
+      if (it == n_tiles - 1) release(q_empty);  // the producer may load the next tile's Q
+      float alpha[2];
+      softmax(n0, alpha, m_run, l_run);
+      wgmma_wait<0>();
+      fence_regs(acc);
+      fence_regs(reinterpret_cast<uint32_t(&)[kKeys / 4]>(pa));  // pa stays live (read by the P V in flight) until here
+      release(&v_empty[sp]);
+#pragma unroll
+      for (int j = 0; j < NO; ++j)
+        acc[4 * j] *= alpha[0], acc[4 * j + 1] *= alpha[0], acc[4 * j + 2] *= alpha[1], acc[4 * j + 3] *= alpha[1];
+      to_pa();
+    }
+    const int last = (kv + n_tiles - 1) % kStages;
+    mbar_wait(&v_full[last], ((kv + n_tiles - 1) / kStages) & 1);
+    turn_wait();
+    issue_pv(last);
+    turn_pass(last_tile);
     wgmma_wait<0>();
     fence_regs(acc);
-    fence_regs(reinterpret_cast<uint32_t(&)[kKeys / 4]>(pa));  // pa stays live (read by the P V in flight) until here
-    release(&v_empty[sp]);
-#pragma unroll
-    for (int j = 0; j < NO; ++j)
-      acc[4 * j] *= alpha[0], acc[4 * j + 1] *= alpha[0], acc[4 * j + 2] *= alpha[1], acc[4 * j + 3] *= alpha[1];
-    to_pa();
+    release(&v_empty[last]);
+    if (wm0 < len)
+      attn_write_rows<NO>(reinterpret_cast<const float(&)[NO][4]>(acc), l_run, m_run,
+                          o + (int64_t)t.start * a.H * a.D + t.h * a.D, (int64_t)a.H * a.D,
+                          lse + (int64_t)t.h * a.N + t.start, row0, len, a.D, lane);
+    kv += n_tiles, L = L_next, t = nt;
   }
-  const int last = (n_tiles - 1) % kStages;
-  mbar_wait(&v_full[last], ((n_tiles - 1) / kStages) & 1);
-  turn_wait();
-  issue_pv(last);
-  turn_pass(true);
-  wgmma_wait<0>();
-  fence_regs(acc);
-  release(&v_empty[last]);
-  if (wm0 < len)
-    attn_write_rows<NO>(reinterpret_cast<const float(&)[NO][4]>(acc), l_run, m_run, o + (int64_t)start * a.H * a.D + h * a.D,
-                        (int64_t)a.H * a.D, lse + (int64_t)h * a.N + start, row0, len, a.D, lane);
 #endif
 }
 
@@ -447,12 +495,20 @@ bool attention_forward_ws(const void* q, const void* k, const void* v, void* out
   if (!attention_wgmma_available(d)) return false;
   auto map = [&](const void* base, int64_t heads, uint32_t rows) { return rows_map(base, d, heads, rows); };
   const CUtensorMap mq = map(q, d.H, kRowsWG), mk = map(k, d.Hkv, kKeys), mv = map(v, d.Hkv, kKeys);
-  const dim3 grid((unsigned)((d.max_len + kRows - 1) / kRows), (unsigned)d.nseq, (unsigned)d.H);
+  const int64_t tiles = (int64_t)((d.max_len + kRows - 1) / kRows) * d.nseq * d.H;
+  int64_t blocks = attention_fwd_blocks();
+  if (blocks < 0) {
+    int dev = 0;
+    NT_CUDA_CHECK(cudaGetDevice(&dev));
+    blocks = multiprocessor_count(dev);  // one block per SM (kSmem)
+  }
+  blocks = blocks == 0 ? tiles : std::min(blocks, tiles);
+  if (blocks > INT32_MAX) throw std::length_error("attention_forward_ws: more than 2^31 - 1 tiles of 128 queries");
   AttentionDims dd = d;
-  dd.x_slowest = attention_longest_first(false, (int64_t)grid.x * grid.y * grid.z);
+  dd.x_slowest = attention_longest_first(false, tiles);
   auto launch = [&](auto kernel) {
     allow_smem(kernel, kSmem);
-    kernel<<<grid, 384, kSmem, stream>>>(mq, mk, mv, static_cast<uint16_t*>(out), lse, dd);
+    kernel<<<(unsigned)blocks, 384, kSmem, stream>>>(mq, mk, mv, static_cast<uint16_t*>(out), lse, dd);
   };
   if (attention_fwd_pingpong()) launch(attn_fwd_ws<true>);
   else launch(attn_fwd_ws<false>);

@@ -109,6 +109,12 @@ bool attention_bwd_rows_first(int window);
 // their products (on, the default) or issue whenever ready (off; also NT_ATTENTION_FWD_PINGPONG=0). Same function.
 void set_attention_fwd_pingpong(bool on);
 bool attention_fwd_pingpong();
+// How many thread blocks versions 6 and 7's forward runs on, each taking every blocks-th tile of 128 queries
+// (persistent: a block loads its next tile's Q and first keys while it finishes the last): -1 (the default) one
+// per SM, 0 one block per tile, n > 0 at most n (the tests take a few, so that every block walks many tiles).
+// Also NT_ATTENTION_FWD_BLOCKS=-1 / 0 / n. Same function every way.
+void set_attention_fwd_blocks(int blocks);
+int attention_fwd_blocks();
 // The order in which the warp-specialized kernels (version 6's forward, version 7 both ways) launch their thread
 // blocks: per_group, each (sequence, head) group's blocks one after the other, its longest causal walk first; or
 // longest_first, every group's longest walk before any group's second (exact for sequences of equal length): with
