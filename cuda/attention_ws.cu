@@ -39,7 +39,7 @@ constexpr size_t kSmem = 1024 + 2 * kQBytes + 2 * kStages * kKVBytes + (2 + 4 * 
 // issuing their wgmmas (named barriers 3 and 4, consumer 0 first), so one's softmax runs while the other's products
 // hold the tensor cores, instead of both issuing at once and then both computing exponentials.
 // Tiles (128 queries of one head) are numbered in launch order (grid_coords' order over a grid of ceil(max_len /
-// 128) x nseq x H); block b takes tiles b, b + gridDim.x, ... (set_attention_fwd_persistent: one block per SM, or
+// 128) x nseq x H); block b takes tiles b, b + gridDim.x, ... (set_attention_fwd_blocks: one block per SM, or
 // one per tile). Across a block's tiles the ring's stages and phases run on, and Q has its own empty barrier: the
 // producer loads the next tile's Q once both consumers' last S has landed, and its first K and V while the
 // consumers finish their last P V and write their rows, so a tile's start and end no longer leave the SM idle.
@@ -95,7 +95,8 @@ __global__ void __launch_bounds__(384, 1)
     setmaxnreg_dec<24>();
     if (threadIdx.x == 0) {
       tma_prefetch_map(&mq), tma_prefetch_map(&mk), tma_prefetch_map(&mv);
-      for (int jt = 0, kv = 0; L < total; L = fwd_next_tile(a, L + gridDim.x, total, t), ++jt) {
+      uint32_t kv = 0;  // key tiles so far, over all this block's tiles (unsigned: kStages divides 2^32 if it wraps)
+      for (int jt = 0; L < total; L = fwd_next_tile(a, L + gridDim.x, total, t), ++jt) {
         const int hk = t.h / (a.H / a.Hkv);
         int n_lo, n_tiles;
         key_range(t, n_lo, n_tiles);
@@ -170,7 +171,8 @@ __global__ void __launch_bounds__(384, 1)
       if (!(last && c == 1)) named_barrier_arrive(3 + (c ^ 1), 256);
   };
   if (kPingPong && c == 1) named_barrier_arrive(3, 256);  // consumer 0 goes first
-  for (int jt = 0, kv = 0; L < total; ++jt) {
+  uint32_t kv = 0;
+  for (int jt = 0; L < total; ++jt) {
     FwdTile nt = t;
     const int64_t L_next = fwd_next_tile(a, L + gridDim.x, total, nt);
     const bool last_tile = L_next >= total;

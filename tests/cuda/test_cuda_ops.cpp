@@ -722,8 +722,8 @@ CUDA_TEST("flash_attention: tensor-core (bf16) and CUDA-core kernels against the
   // (set_attention_block_order; what the default, automatic, does on these small grids); versions 6-9: the
   // per-group order; 1-10: the backward walking heads first; 11: 10 in the per-group order and 12: 9, both with the
   // backward walking rows first (set_attention_bwd_walk; with a window too, where the default walks heads first).
-  // Versions 1-12 run the warp-specialized forward on one block per 128-query tile; 13: 10 on 3 persistent blocks
-  // and 14: 6 (no ping-pong, the per-group order) on 5 (set_attention_fwd_blocks), so that every block walks many
+  // Versions 6-12 run the warp-specialized forward on one block per 128-query tile; 13: 10 on 3 persistent blocks
+  // and 14: 7 (no ping-pong, the per-group order) on 5 (set_attention_fwd_blocks), so that every block walks many
   // tiles, of several heads and sequences, skipping the tiles past short sequences' ends.
   // These small grids keep one head per block (bwd_heads_per_block) except the packed case of 140 sequences (two);
   // the case below checks rows first on grids of 16 heads per block.
