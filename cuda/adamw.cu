@@ -36,7 +36,7 @@ void launch(void* param, const void* grad, void* m, void* v, void* copy, int64_t
             double beta2, double eps, double weight_decay, double bc1, double bc2, double grad_scale,
             const double* grad_scale_dev, cudaStream_t stream) {
   using A = acc_t<T>;
-  adamw_kernel<T, G><<<grid_for(n, 256, 132 * 16), 256, 0, stream>>>(
+  adamw_kernel<T, G><<<grid_stride_blocks(n, 256), 256, 0, stream>>>(
       static_cast<T*>(param), static_cast<const G*>(grad), static_cast<A*>(m), static_cast<A*>(v), static_cast<bf16*>(copy),
       n, (A)lr, (A)beta1, (A)beta2, (A)eps, (A)weight_decay, (A)bc1, (A)bc2, (A)grad_scale, grad_scale_dev);
 }

@@ -613,12 +613,9 @@ int g_bwd_keys = [] {
 // Heads per backward block: at most 16 (a block walks every query tile of each of its heads, so big groups make
 // long blocks), fewer while the grid has under 8 warps per SM.
 int bwd_heads_per_block(const AttentionDims& d, int bn) {
-  static const int sms = [] {
-    int dev = 0, n = 0;
-    NT_CUDA_CHECK(cudaGetDevice(&dev));
-    NT_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
-    return n;
-  }();
+  int dev = 0;
+  NT_CUDA_CHECK(cudaGetDevice(&dev));
+  const int sms = multiprocessor_count(dev);
   const int G = d.H / d.Hkv;
   const int64_t tiles = (int64_t)(d.max_len + bn - 1) / bn * d.nseq * d.Hkv;
   int gs = std::min(G, 16);

@@ -6,6 +6,7 @@
 #include "cuda/allocator.h"
 #include "cuda/check.h"
 #include "cuda/kernels.h"
+#include "cuda/runtime.h"
 #include "tensor/convert.h"
 
 namespace nt::cuda {
@@ -61,6 +62,14 @@ struct ScratchBuffer {
 inline int grid_for(int64_t n, int threads, int max_blocks = 65535 * 8) {
   const int64_t b = (n + threads - 1) / threads;
   return (int)(b < 1 ? 1 : (b > max_blocks ? max_blocks : b));
+}
+
+// Blocks for a grid-stride loop over n items: one per `threads` items, at most 16 per SM of the current device (two
+// waves of 256-thread blocks; more only adds block starts).
+inline int grid_stride_blocks(int64_t n, int threads) {
+  int device = 0;
+  NT_CUDA_CHECK(cudaGetDevice(&device));
+  return grid_for(n, threads, 16 * multiprocessor_count(device));
 }
 
 // Block-wide reduction of one value per thread (blockDim.x a multiple of 32, at most 1024).

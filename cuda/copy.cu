@@ -105,7 +105,7 @@ void copy(DType dst_t, void* dst, const Strided& dst_l, DType src_t, const void*
   const bool f32_bf16 = (dst_t == DType::f32 && src_t == DType::bf16) || (dst_t == DType::bf16 && src_t == DType::f32);
   if (f32_bf16 && dc && sc && aligned16(dst) && aligned16(src)) {
     if (dst_t == DType::bf16) return cast_f32_to_bf16(static_cast<const float*>(src), dst, n, stream);
-    cast_vec8_kernel<float, bf16><<<grid_for(n / 8 + 1, 256, 132 * 16), 256, 0, stream>>>(
+    cast_vec8_kernel<float, bf16><<<grid_stride_blocks(n / 8 + 1, 256), 256, 0, stream>>>(
         static_cast<float*>(dst), static_cast<const bf16*>(src), n);
     NT_CUDA_CHECK_LAUNCH();
     return;
@@ -142,7 +142,7 @@ void copy(DType dst_t, void* dst, const Strided& dst_l, DType src_t, const void*
 void cast_f32_to_bf16(const float* x, void* y, int64_t n, cudaStream_t stream) {
   if (n == 0) return;
   if (aligned16(x) && aligned16(y))
-    cast_vec8_kernel<bf16, float><<<grid_for(n / 8 + 1, 256, 132 * 16), 256, 0, stream>>>(static_cast<bf16*>(y), x, n);
+    cast_vec8_kernel<bf16, float><<<grid_stride_blocks(n / 8 + 1, 256), 256, 0, stream>>>(static_cast<bf16*>(y), x, n);
   else
     copy_kernel<bf16, float><<<grid_for(n, 256), 256, 0, stream>>>(static_cast<bf16*>(y), Strided{}, x, Strided{}, n,
                                                                    true, true);

@@ -106,7 +106,7 @@ void unary_forward(UnaryOp op, DType t, const void* x, void* y, int64_t n, doubl
     using T = scalar_t;
     const bool vec = aligned16(x) && aligned16(y);
     dispatch_unary(op, [&](auto kind) {
-      unary_fwd_kernel<T, kind.value><<<grid_for(n / vec_n<T>() + 1, 256, 132 * 16), 256, 0, stream>>>(
+      unary_fwd_kernel<T, kind.value><<<grid_stride_blocks(n / vec_n<T>() + 1, 256), 256, 0, stream>>>(
           static_cast<const T*>(x), static_cast<T*>(y), n, (acc_t<T>)p0, (acc_t<T>)p1, vec);
     });
   });
@@ -120,7 +120,7 @@ void unary_backward(UnaryOp op, DType t, const void* x, const void* y, const voi
     using T = scalar_t;
     const bool vec = aligned16(x) && aligned16(y) && aligned16(dy) && aligned16(dx);
     dispatch_unary(op, [&](auto kind) {
-      unary_bwd_kernel<T, kind.value><<<grid_for(n / vec_n<T>() + 1, 256, 132 * 16), 256, 0, stream>>>(
+      unary_bwd_kernel<T, kind.value><<<grid_stride_blocks(n / vec_n<T>() + 1, 256), 256, 0, stream>>>(
           static_cast<const T*>(x), static_cast<const T*>(y), static_cast<const T*>(dy), static_cast<T*>(dx), n,
           (acc_t<T>)p0, (acc_t<T>)p1, vec);
     });
@@ -137,7 +137,7 @@ void binary_forward(BinaryOp op, DType t, const void* a, const Strided& a_l, con
     using T = scalar_t;
     dispatch_binary(op, [&](auto kind) {
       if (!is_comparison(op) && contig && aligned16(a) && aligned16(b) && aligned16(out))
-        binary_vec_kernel<T, kind.value><<<grid_for(n / vec_n<T>() + 1, 256, 132 * 16), 256, 0, stream>>>(
+        binary_vec_kernel<T, kind.value><<<grid_stride_blocks(n / vec_n<T>() + 1, 256), 256, 0, stream>>>(
             static_cast<const T*>(a), static_cast<const T*>(b), static_cast<T*>(out), n);
       else if (is_comparison(op))
         binary_kernel<T, bool, kind.value><<<grid_for(n, 256), 256, 0, stream>>>(

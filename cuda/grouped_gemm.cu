@@ -278,11 +278,6 @@ __global__ void __launch_bounds__(Tiles<BM, BN>::kThreads, 1)
 }
 
 
-int sm_count(int device) {
-  static int counts[64] = {};
-  if (!counts[device]) NT_CUDA_CHECK(cudaDeviceGetAttribute(&counts[device], cudaDevAttrMultiProcessorCount, device));
-  return counts[device];
-}
 
 template <int BM, int BN, bool kWgrad, bool kBKMajor>
 void launch(const CUtensorMap& a, const CUtensorMap& b, const Problem& p, int64_t max_tiles, int device,
@@ -293,7 +288,7 @@ void launch(const CUtensorMap& a, const CUtensorMap& b, const Problem& p, int64_
   std::call_once(once[device], [&] {
     NT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, T::kSmem));
   });
-  const int grid = (int)std::max<int64_t>(1, std::min<int64_t>(sm_count(device), max_tiles));
+  const int grid = (int)std::max<int64_t>(1, std::min<int64_t>(multiprocessor_count(device), max_tiles));
   kernel<<<grid, T::kThreads, T::kSmem, stream>>>(a, b, p);
   NT_CUDA_CHECK_LAUNCH();
 }

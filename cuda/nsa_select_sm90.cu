@@ -367,9 +367,9 @@ void launch_select_wgmma(const void* q, const void* k_cmp, const float* lse_cmp,
   const CUtensorMap mq = tensor_map_bf16(q, 3, qd, qst, qbox), mk = tensor_map_bf16(k_cmp, 3, kd, kst, kbox);
   const auto kernel = off.nblk > 0 && off.fold_unrolled ? nsa_select_wgmma<G, true> : nsa_select_wgmma<G, false>;
   allow_smem(kernel, off.total);
-  int device = 0, nsm = 0, per_sm = 0;
+  int device = 0, per_sm = 0;
   NT_CUDA_CHECK(cudaGetDevice(&device));
-  NT_CUDA_CHECK(cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, device));
+  const int nsm = multiprocessor_count(device);
   NT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreadsW, off.total));
   per_sm = g_select_slots > 0 ? g_select_slots : std::clamp(per_sm, 1, 32);
   const size_t slot_floats = (size_t)PB * a.ncand_max;

@@ -792,9 +792,9 @@ bool nsa_selected_walk_wgmma(int mode, const SlcWalkArgs& w, const NsaDims& a, i
   auto run = [&](auto kernel, size_t smem) {
     allow_smem(kernel, smem);
     if (blocks < 0) {  // as many as run at once
-      int device = 0, sms = 0, per_sm = 0;
+      int device = 0, per_sm = 0;
       NT_CUDA_CHECK(cudaGetDevice(&device));
-      NT_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+      const int sms = multiprocessor_count(device);
       NT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 128, smem));
       blocks = std::max(per_sm, 1) * sms;
     }

@@ -58,7 +58,7 @@ void swiglu_forward(DType t, const void* gate, const void* up, void* out, int64_
   NT_DISPATCH_FLOAT(t, "swiglu", [&] {
     using T = scalar_t;
     const bool vec = aligned16(gate) && aligned16(up) && aligned16(out);
-    swiglu_fwd_kernel<T><<<grid_for(n / Vec16<T>::N + 1, 256, 132 * 16), 256, 0, stream>>>(
+    swiglu_fwd_kernel<T><<<grid_stride_blocks(n / Vec16<T>::N + 1, 256), 256, 0, stream>>>(
         static_cast<const T*>(gate), static_cast<const T*>(up), static_cast<T*>(out), n, vec);
   });
   NT_CUDA_CHECK_LAUNCH();
@@ -70,7 +70,7 @@ void swiglu_backward(DType t, const void* gate, const void* up, const void* dy, 
   NT_DISPATCH_FLOAT(t, "swiglu_backward", [&] {
     using T = scalar_t;
     const bool vec = aligned16(gate) && aligned16(up) && aligned16(dy) && aligned16(dgate) && aligned16(dup);
-    swiglu_bwd_kernel<T><<<grid_for(n / Vec16<T>::N + 1, 256, 132 * 16), 256, 0, stream>>>(
+    swiglu_bwd_kernel<T><<<grid_stride_blocks(n / Vec16<T>::N + 1, 256), 256, 0, stream>>>(
         static_cast<const T*>(gate), static_cast<const T*>(up), static_cast<const T*>(dy), static_cast<T*>(dgate),
         static_cast<T*>(dup), n, vec);
   });
