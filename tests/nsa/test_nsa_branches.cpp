@@ -558,6 +558,8 @@ TEST_CASE("NSA selection on tensor cores (bf16): a valid top-n of the f64 scores
                         // G = 8, 2, 1 and 16 over 4 or 5 of the wgmma kernel's 64-key tiles (both stages reused),
                         // packed, the positions per block (128 / G) not dividing the lengths
                         Case{1400, 16, 2, 64, blocks(16, 4, 32, 6, 0, {0, 350, 1400})},
+                        // G = 8 with a periodic fold of at most 8 entries (l' + l = 6 d): version 5 sums on mma.sync
+                        Case{1200, 16, 2, 64, blocks(16, 8, 32, 6, 0, {0, 500, 1200})},
                         Case{500, 4, 2, 128, blocks(32, 16, 64, 4, 0)},
                         Case{1000, 2, 2, 64, blocks(8, 4, 16, 5, 0)},
                         Case{2501, 32, 2, 64, blocks(16, 8, 32, 16, 0, {0, 501, 2501})},
