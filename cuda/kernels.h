@@ -184,11 +184,6 @@ void set_nsa_select_slots(int per_sm);
 // 64k), where a block meets at most 8 entries (the paper's configuration). The same sums in the same order either way.
 void set_nsa_select_fold_unrolled(bool on);
 bool nsa_select_fold_unrolled();
-// The wgmma kernel's per-position sums over a group's heads on mma.sync (the probabilities rounded to f16 as A, a 0/1
-// matrix as B; on, also NT_NSA_SELECT_SUM=mma) or by adds and lane shuffles in f32 (off, the default); with the
-// unrolled periodic fold only. Deterministic either way; the choices may differ at near-ties.
-void set_nsa_select_sum_mma(bool on);
-bool nsa_select_sum_mma();
 bool nsa_select_wgmma(const void* q, const void* k_cmp, const float* lse_cmp, int32_t* block_indices, const NsaDims& d,
                       int max_len, cudaStream_t stream);
 // nsa_selected.cu: the selected branch's forward on tensor cores (bf16) into o_slc [N, HQ, D] and lse_slc [N, HQ]

@@ -27,8 +27,6 @@
 // Traffic: q once; each compressed key once per block of positions that sees it (from L2: k_cmp is small).
 // Shared memory: Q 32 KB, K 2 x 16 KB, the sums 3 x 64 x cs floats: ~75 KB at G = 16 whatever T, three blocks
 // per SM (with the scores in shared memory, 110 KB at 64k and two blocks per SM: 9.7 ms at 64k, H100, 2026-12-07).
-#include <cuda_fp16.h>
-
 #include <algorithm>
 #include <cstdlib>
 #include <stdexcept>
@@ -52,12 +50,6 @@ constexpr int kFoldUnroll = 8;  // the paper's l = 32, d = 16, l' = 64: fold_e =
 bool g_select_fold_unrolled = [] {
   const char* e = std::getenv("NT_NSA_SELECT_FOLD");
   return !(e && std::string(e) == "loop");
-}();
-// The head sums on mma.sync (store_position_sums_mma) instead of adds and lane transposes: off by default until
-// measured; NT_NSA_SELECT_SUM=mma (set_nsa_select_sum_mma(true)) turns it on.
-bool g_select_sum_mma = [] {
-  const char* e = std::getenv("NT_NSA_SELECT_SUM");
-  return e && std::string(e) == "mma";
 }();
 constexpr int kQHalf = kRowsW * 128, kKHalf = kKeysW * 128;  // bytes of one 64-column half of Q and of a K tile
 
@@ -174,51 +166,9 @@ __device__ __forceinline__ void store_position_sums(const float (&p)[64], float*
   }
 }
 
-// store_position_sums' result from the tensor cores: for each 16-column slice kk of S^T (n-tiles 2 kk, 2 kk + 1),
-// the thread's probabilities rounded to f16 are mma.sync m16n8k16's A fragment as they lie (rows: the warp's keys kr,
-// kr + 8; columns 2 q, 2 q + 1 and 8 more), and B is the 0/1 matrix of column -> position (a column c is position
-// c / G), so C accumulates each key's sum over its position's G heads in f32, 8 positions per accumulator tile.
-// Per tile: 32 conversions and 8 HMMA instead of ~100 adds, shuffles and selects; the rounding to f16 (relative
-// 2^-11 per probability, in [0, 1]) changes near-ties only. The sums keep a fixed order: still deterministic.
-__device__ __forceinline__ uint32_t pack_f16(float lo, float hi) {
-  __half2 v = __floats2half2_rn(lo, hi);
-  return *reinterpret_cast<uint32_t*>(&v);
-}
-__device__ __forceinline__ void mma16816_f16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-template <int G>
-__device__ __forceinline__ void store_position_sums_mma(const float (&p)[64], float* cs_buf, int cs, int kr, int lane) {
-  static_assert(G >= 2 && G <= 16, "one position per column needs no head sum");
-  constexpr int PB = kRowsW / G, NT = PB / 8;  // accumulator tiles of 8 positions
-  const int q = lane % 4, n = lane / 4;
-  float c[NT][4];
-#pragma unroll
-  for (int t = 0; t < NT; ++t) c[t][0] = c[t][1] = c[t][2] = c[t][3] = 0.f;
-#pragma unroll
-  for (int kk = 0; kk < 8; ++kk) {
-    const uint32_t a[4] = {pack_f16(p[8 * kk], p[8 * kk + 1]), pack_f16(p[8 * kk + 2], p[8 * kk + 3]),
-                           pack_f16(p[8 * kk + 4], p[8 * kk + 5]), pack_f16(p[8 * kk + 6], p[8 * kk + 7])};
-    constexpr uint32_t kOne = 0x3C00u;  // 1.0 in f16
-    const int tile = 16 * kk / G / 8;   // the slice's positions 16 kk / G .. (16 kk + 15) / G lie in one tile
-    auto e = [&](int k) { return (16 * kk + k) / G == 8 * tile + n ? kOne : 0u; };  // B[k][n], column 16 kk + k
-    mma16816_f16(c[tile], a, e(2 * q) | e(2 * q + 1) << 16, e(2 * q + 8) | e(2 * q + 9) << 16);
-  }
-#pragma unroll
-  for (int t = 0; t < NT; ++t)
-#pragma unroll
-    for (int i = 0; i < 2; ++i)
-#pragma unroll
-      for (int x = 0; x < 2; ++x) cs_buf[(kr + 8 * i) * cs + 8 * t + 2 * q + x] = c[t][2 * i + x];
-}
-
 // kUnrolled: the periodic fold's table and sums loaded up front (a template parameter, so that the loop's
 // instantiation keeps its own register count).
-// kSumMma: the head sums on mma.sync (store_position_sums_mma; only with kUnrolled, and G > 1).
-template <int G, bool kUnrolled, bool kSumMma>
+template <int G, bool kUnrolled>
 __global__ void __launch_bounds__(kThreadsW, 3) nsa_select_wgmma(const __grid_constant__ CUtensorMap mq,
                                                               const __grid_constant__ CUtensorMap mk,
                                                               const float* __restrict__ lse_cmp,
@@ -377,8 +327,7 @@ __global__ void __launch_bounds__(kThreadsW, 3) nsa_select_wgmma(const __grid_co
           for (int x = 0; x < 4; ++x) pr[4 * j + x] = ex2(fmaf(s[4 * j + x], sl2, -lr[2 * j + (x & 1)]));
       }
       float* cbuf = colsum + buf * kKeysW * off.cs;
-      if constexpr (kSumMma) store_position_sums_mma<G>(pr, cbuf, off.cs, kr, lane);
-      else store_position_sums<G>(pr, cbuf, off.cs, kr, lane);
+      store_position_sums<G>(pr, cbuf, off.cs, kr, lane);
       // The sums of tile i are complete; every warp's wgmma of tile i is done (stage i % 2 is free) and so is the
       // fold of tile i - 1 (which read buffer (i - 1) % 3 and, periodic, (i + 1) % 3: the one written next).
       __syncthreads();
@@ -416,10 +365,7 @@ void launch_select_wgmma(const void* q, const void* k_cmp, const float* lse_cmp,
   const uint64_t kd[3] = {(uint64_t)a.D, (uint64_t)a.H, (uint64_t)a.NC}, kst[2] = {(uint64_t)a.D * 2, (uint64_t)a.H * a.D * 2};
   const uint32_t qbox[3] = {64, (uint32_t)G, (uint32_t)PB}, kbox[3] = {64, 1, (uint32_t)kKeysW};
   const CUtensorMap mq = tensor_map_bf16(q, 3, qd, qst, qbox), mk = tensor_map_bf16(k_cmp, 3, kd, kst, kbox);
-  const bool periodic = off.nblk > 0 && off.fold_unrolled, sum_mma = G > 1 && g_select_sum_mma;
-  const auto kernel = periodic && sum_mma ? nsa_select_wgmma<G, true, (G > 1)>
-                      : periodic          ? nsa_select_wgmma<G, true, false>
-                                          : nsa_select_wgmma<G, false, false>;
+  const auto kernel = off.nblk > 0 && off.fold_unrolled ? nsa_select_wgmma<G, true> : nsa_select_wgmma<G, false>;
   allow_smem(kernel, off.total);
   int device = 0, per_sm = 0;
   NT_CUDA_CHECK(cudaGetDevice(&device));
@@ -436,8 +382,6 @@ void launch_select_wgmma(const void* q, const void* k_cmp, const float* lse_cmp,
 }
 }  // namespace
 
-void set_nsa_select_sum_mma(bool on) { g_select_sum_mma = on; }
-bool nsa_select_sum_mma() { return g_select_sum_mma; }
 void set_nsa_select_fold_unrolled(bool on) { g_select_fold_unrolled = on; }
 bool nsa_select_fold_unrolled() { return g_select_fold_unrolled; }
 

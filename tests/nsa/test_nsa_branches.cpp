@@ -533,10 +533,9 @@ TEST_CASE("NSA selection on tensor cores (bf16): a valid top-n of the f64 scores
 #if NT_CUDA
   struct Restore {
     int version = cuda::nsa_select_kernel();
-    bool unrolled = cuda::nsa_select_fold_unrolled(), sum_mma = cuda::nsa_select_sum_mma();
+    bool unrolled = cuda::nsa_select_fold_unrolled();
     ~Restore() {
       cuda::set_nsa_select_kernel(version), cuda::set_nsa_select_slots(0), cuda::set_nsa_select_fold_unrolled(unrolled);
-      cuda::set_nsa_select_sum_mma(sum_mma);
     }
   } restore;
   const bool sm90a = cuda::sm90a_available(0);
@@ -544,10 +543,9 @@ TEST_CASE("NSA selection on tensor cores (bf16): a valid top-n of the f64 scores
   // version 2: the wgmma kernel with one score slot per SM, so its thread blocks wait for each other's slot (and
   // take slots other blocks wrote before them); 3 and 4: the wgmma kernel with its periodic fold unrolled and as a
   // loop (set_nsa_select_fold_unrolled; where a block meets more than 8 keys, a loop either way): the same sums in
-  // the same order, so version 4 must choose exactly as version 3 did; 5: the head sums on mma.sync (f16
-  // probabilities; set_nsa_select_sum_mma), with the unrolled fold
+  // the same order, so version 4 must choose exactly as version 3 did
   std::map<std::string, std::vector<int32_t>> unrolled_choice;
-  for (int version : {0, 1, 2, 3, 4, 5})
+  for (int version : {0, 1, 2, 3, 4})
   for (const Case& c : {Case{300, 16, 1, 64, blocks(32, 16, 64, 16, 128)},
                         Case{333, 32, 2, 128, blocks(16, 8, 32, 5, 0, {0, 100, 100, 107, 333})},
                         Case{150, 4, 4, 64, blocks(8, 4, 16, 4, 0)},
@@ -558,7 +556,7 @@ TEST_CASE("NSA selection on tensor cores (bf16): a valid top-n of the f64 scores
                         // G = 8, 2, 1 and 16 over 4 or 5 of the wgmma kernel's 64-key tiles (both stages reused),
                         // packed, the positions per block (128 / G) not dividing the lengths
                         Case{1400, 16, 2, 64, blocks(16, 4, 32, 6, 0, {0, 350, 1400})},
-                        // G = 8 with a periodic fold of at most 8 entries (l' + l = 6 d): version 5 sums on mma.sync
+                        // G = 8 with a periodic fold of 8 table entries (l' + l = 6 d): unrolled in versions 0, 2 and 3
                         Case{1200, 16, 2, 64, blocks(16, 8, 32, 6, 0, {0, 500, 1200})},
                         Case{500, 4, 2, 128, blocks(32, 16, 64, 4, 0)},
                         Case{1000, 2, 2, 64, blocks(8, 4, 16, 5, 0)},
@@ -569,16 +567,14 @@ TEST_CASE("NSA selection on tensor cores (bf16): a valid top-n of the f64 scores
 #if NT_CUDA
     cuda::set_nsa_select_kernel(version == 1 ? 1 : 0);
     cuda::set_nsa_select_slots(version == 2 ? 1 : 0);
-    if (version >= 3) cuda::set_nsa_select_fold_unrolled(version != 4);
-    cuda::set_nsa_select_sum_mma(version == 5);
+    if (version >= 3) cuda::set_nsa_select_fold_unrolled(version == 3);
 #endif
     // (a std::string: doctest's INFO prints a bare const char* as a pointer)
     const std::string kernel = version == 0   ? "wgmma where it applies"
                                : version == 1 ? "mma.sync"
                                : version == 2 ? "wgmma, one slot per SM"
                                : version == 3 ? "wgmma, fold unrolled"
-                               : version == 4 ? "wgmma, fold as a loop"
-                                              : "wgmma, head sums on mma.sync";
+                                              : "wgmma, fold as a loop";
     INFO("kernel " << kernel << "; T " << c.T << " HQ " << c.HQ << " H " << c.H << " D " << c.D << " l "
                    << c.opt.block << " d " << c.opt.stride << " l' " << c.opt.select_block << " n " << c.opt.n_select);
     const int64_t T = c.T, HQ = c.HQ, H = c.H, G = HQ / H, D = c.D, n = c.opt.n_select;
