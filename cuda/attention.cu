@@ -718,21 +718,21 @@ bool attention_fwd_pingpong() { return g_fwd_pingpong; }
 namespace {
 int g_fwd_blocks = [] {
   const char* e = std::getenv("NT_ATTENTION_FWD_BLOCKS");
-  if (!e || !*e) return -1;
+  if (!e || !*e) return -2;
   char* end = nullptr;
   const long v = std::strtol(e, &end, 10);
-  if (*end || v < -1 || v > INT32_MAX) {
-    std::fprintf(stderr, "NT_ATTENTION_FWD_BLOCKS: expected -1 (one block per SM), 0 (one per tile) or a count, "
-                         "got '%s'; using -1\n", e);
-    return -1;
+  if (*end || v < -2 || v > INT32_MAX) {
+    std::fprintf(stderr, "NT_ATTENTION_FWD_BLOCKS: expected -2 (automatic), -1 (one block per SM), 0 (one per tile) "
+                         "or a count, got '%s'; using -2\n", e);
+    return -2;
   }
   return (int)v;
 }();
 }  // namespace
 void set_attention_fwd_blocks(int blocks) {
-  if (blocks < -1)
-    throw std::invalid_argument("set_attention_fwd_blocks: blocks must be -1 (one per SM), 0 (one per tile) or "
-                                "positive, got " + std::to_string(blocks));
+  if (blocks < -2)
+    throw std::invalid_argument("set_attention_fwd_blocks: blocks must be -2 (automatic), -1 (one per SM), 0 (one per "
+                                "tile) or positive, got " + std::to_string(blocks));
   g_fwd_blocks = blocks;
 }
 int attention_fwd_blocks() { return g_fwd_blocks; }
