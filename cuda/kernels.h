@@ -233,7 +233,7 @@ int nsa_selected_kernel();
 // need more than 2^22 (kv head, chunk, block) segments), kv head by kv head and chunk by chunk: the thread blocks
 // running at once then read and add to one chunk's q, dout and dq rows, which can stay in L2, instead of rows from
 // the whole sequence (each row is read n times, once per chosen block). Default 2048: the fused walk at 64k
-// 44.7 -> 33.0 ms on an H100, DRAM traffic ~98 -> ~50 GB (docs/nsa.md); also NT_NSA_SLC_CHUNK=R. The same
+// 44.7 -> 33.0 ms on an H100, DRAM traffic ~98 -> ~50 GB (docs/nsa-history.md); also NT_NSA_SLC_CHUNK=R. The same
 // function (f32 sums in another order).
 void set_nsa_selected_chunk(int rows);
 int nsa_selected_chunk();
