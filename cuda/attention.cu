@@ -736,6 +736,14 @@ void set_attention_fwd_blocks(int blocks) {
   g_fwd_blocks = blocks;
 }
 int attention_fwd_blocks() { return g_fwd_blocks; }
+namespace {
+bool g_fwd_alternate = [] {
+  const char* e = std::getenv("NT_ATTENTION_FWD_ALTERNATE");
+  return !(e && std::string(e) == "0");
+}();
+}  // namespace
+void set_attention_fwd_alternate(bool on) { g_fwd_alternate = on; }
+bool attention_fwd_alternate() { return g_fwd_alternate; }
 void set_attention_block_order(AttentionBlockOrder order) { g_block_order = order; }
 AttentionBlockOrder attention_block_order() { return g_block_order; }
 // automatic, from bench_kernels and bench_nsa (H100, 2026-12-07): longest first took the forward 4-6% faster on

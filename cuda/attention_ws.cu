@@ -39,8 +39,8 @@ constexpr size_t kSmem = 1024 + 2 * kQBytes + 2 * kStages * kKVBytes + (2 + 4 * 
 // issuing their wgmmas (named barriers 3 and 4, consumer 0 first), so one's softmax runs while the other's products
 // hold the tensor cores, instead of both issuing at once and then both computing exponentials.
 // Tiles (128 queries of one head) are numbered in launch order (grid_coords' order over a grid of ceil(max_len /
-// 128) x nseq x H); block b takes tiles b, b + gridDim.x, ... (set_attention_fwd_blocks: one block per SM, or
-// one per tile). Across a block's tiles the ring's stages and phases run on, and Q has its own empty barrier: the
+// 128) x nseq x H); block b takes one tile per round of gridDim.x tiles (fwd_round_tile; set_attention_fwd_blocks:
+// one block per SM, or one per tile). Across a block's tiles the ring's stages and phases run on, and Q has its own empty barrier: the
 // producer loads the next tile's Q once both consumers' last S has landed, and its first K and V while the
 // consumers finish their last P V and write their rows, so a tile's start and end no longer leave the SM idle.
 struct FwdTile {
@@ -55,11 +55,18 @@ __device__ __forceinline__ bool fwd_tile(const AttentionDims& a, int64_t L, FwdT
   t.start = a.cu_seqlens[t.seq], t.len = a.cu_seqlens[t.seq + 1] - t.start;
   return t.m0 < t.len;
 }
-// The first tile at or after L (in steps of gridDim.x) that has queries; L >= total when none is left.
-__device__ __forceinline__ int64_t fwd_next_tile(const AttentionDims& a, int64_t L, int64_t total, FwdTile& t) {
-  for (; L < total; L += gridDim.x)
-    if (fwd_tile(a, L, t)) return L;
-  return total;
+// This block's tile in round k (rounds of gridDim.x tiles in launch order): position blockIdx.x of the round, or
+// with a.fwd_alternate from the back in odd rounds, so that block 0 does not take the longest tile of every round
+// of a longest-first grid. Increases with k: once past total, every later round is too.
+__device__ __forceinline__ int64_t fwd_round_tile(const AttentionDims& a, int64_t k) {
+  const int64_t g = gridDim.x, b = blockIdx.x;
+  return k * g + (a.fwd_alternate && (k & 1) ? g - 1 - b : b);
+}
+// The first round at or after k whose tile has queries (that tile in t); a round past the last tile when none is left.
+__device__ __forceinline__ int64_t fwd_next_tile(const AttentionDims& a, int64_t k, int64_t total, FwdTile& t) {
+  for (; fwd_round_tile(a, k) < total; ++k)
+    if (fwd_tile(a, fwd_round_tile(a, k), t)) return k;
+  return k;
 }
 template <bool kPingPong>
 __global__ void __launch_bounds__(384, 1)
@@ -76,8 +83,8 @@ __global__ void __launch_bounds__(384, 1)
            *v_empty = k_empty + kStages;
   const int64_t total = (int64_t)((a.max_len + kRows - 1) / kRows) * a.nseq * a.H;
   FwdTile t;
-  int64_t L = fwd_next_tile(a, blockIdx.x, total, t);
-  if (L >= total) return;  // the whole block, before any barrier
+  int64_t k = fwd_next_tile(a, 0, total, t);  // this block's round
+  if (fwd_round_tile(a, k) >= total) return;   // the whole block, before any barrier
   auto key_range = [&](const FwdTile& u, int& n_lo, int& n_tiles) {
     const int first = a.window > 0 ? max(0, u.m0 - a.window + 1) : 0;
     const int n_hi = min(u.len, u.m0 + kRows);
@@ -96,7 +103,7 @@ __global__ void __launch_bounds__(384, 1)
     if (threadIdx.x == 0) {
       tma_prefetch_map(&mq), tma_prefetch_map(&mk), tma_prefetch_map(&mv);
       uint32_t kv = 0;  // key tiles so far, over all this block's tiles (unsigned: kStages divides 2^32 if it wraps)
-      for (int jt = 0; L < total; L = fwd_next_tile(a, L + gridDim.x, total, t), ++jt) {
+      for (int jt = 0; fwd_round_tile(a, k) < total; k = fwd_next_tile(a, k + 1, total, t), ++jt) {
         const int hk = t.h / (a.H / a.Hkv);
         int n_lo, n_tiles;
         key_range(t, n_lo, n_tiles);
@@ -172,10 +179,10 @@ __global__ void __launch_bounds__(384, 1)
   };
   if (kPingPong && c == 1) named_barrier_arrive(3, 256);  // consumer 0 goes first
   uint32_t kv = 0;
-  for (int jt = 0; L < total; ++jt) {
+  for (int jt = 0; fwd_round_tile(a, k) < total; ++jt) {
     FwdTile nt = t;
-    const int64_t L_next = fwd_next_tile(a, L + gridDim.x, total, nt);
-    const bool last_tile = L_next >= total;
+    const int64_t k_next = fwd_next_tile(a, k + 1, total, nt);
+    const bool last_tile = fwd_round_tile(a, k_next) >= total;
     int n_lo, n_tiles;
     key_range(t, n_lo, n_tiles);
     const int len = t.len;
@@ -247,7 +254,7 @@ __global__ void __launch_bounds__(384, 1)
       attn_write_rows<NO>(reinterpret_cast<const float(&)[NO][4]>(acc), l_run, m_run,
                           o + (int64_t)t.start * a.H * a.D + t.h * a.D, (int64_t)a.H * a.D,
                           lse + (int64_t)t.h * a.N + t.start, row0, len, a.D, lane);
-    kv += n_tiles, L = L_next, t = nt;
+    kv += n_tiles, k = k_next, t = nt;
   }
 #endif
 }
@@ -514,6 +521,7 @@ bool attention_forward_ws(const void* q, const void* k, const void* v, void* out
   if (blocks > INT32_MAX) throw std::length_error("attention_forward_ws: more than 2^31 - 1 tiles of 128 queries");
   AttentionDims dd = d;
   dd.x_slowest = attention_longest_first(false, tiles);
+  dd.fwd_alternate = attention_fwd_alternate();
   auto launch = [&](auto kernel) {
     allow_smem(kernel, kSmem);
     kernel<<<(unsigned)blocks, 384, kSmem, stream>>>(mq, mk, mv, static_cast<uint16_t*>(out), lse, dd);

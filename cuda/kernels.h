@@ -73,6 +73,7 @@ struct AttentionDims {
   const int32_t* cu_seqlens = nullptr;  // device memory, nseq + 1 entries
   bool x_slowest = false;  // the grid's x launched slowest: set by the launchers (attention_longest_first)
   bool bwd_rows_first = false;  // attn_bwd_ws's walk order: set by its launcher (attention_bwd_rows_first)
+  bool fwd_alternate = false;   // attn_fwd_ws's rounds taken back to front every other one (attention_fwd_alternate)
 };
 // Kernel version: 7 (default: Hopper, warp-specialized forward and backward: TMA loads and two consumer
 // warpgroups, cuda/attention_ws.cu, for head dims 72..128, else the fastest below for the width), 6 (7's forward,
@@ -116,6 +117,11 @@ bool attention_fwd_pingpong();
 // Same function every way.
 void set_attention_fwd_blocks(int blocks);
 int attention_fwd_blocks();
+// Whether the blocks of a persistent forward (fewer blocks than tiles) take every other round of gridDim tiles back
+// to front (on, the default; NT_ATTENTION_FWD_ALTERNATE=0 turns it off): in a longest-first grid block 0 would
+// otherwise take the longest tile of every round. Same function either way.
+void set_attention_fwd_alternate(bool on);
+bool attention_fwd_alternate();
 // The order in which the warp-specialized kernels (version 6's forward, version 7 both ways) launch their thread
 // blocks: per_group, each (sequence, head) group's blocks one after the other, its longest causal walk first; or
 // longest_first, every group's longest walk before any group's second (exact for sequences of equal length): with

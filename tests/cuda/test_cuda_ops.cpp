@@ -689,12 +689,14 @@ CUDA_TEST("flash_attention: tensor-core (bf16) and CUDA-core kernels against the
   const int default_version = cuda::attention_kernel(), default_keys = cuda::attention_bwd_keys();
   const bool default_tma_dq = cuda::attention_bwd_tma_dq(), default_pingpong = cuda::attention_fwd_pingpong();
   const int default_fwd_blocks = cuda::attention_fwd_blocks();
+  const bool default_fwd_alternate = cuda::attention_fwd_alternate();
   const cuda::AttentionBlockOrder default_order = cuda::attention_block_order();
   const cuda::AttentionBwdWalk default_walk = cuda::attention_bwd_walk();
   auto set_version = [](int v) {
     cuda::set_attention_kernel(std::min(v, 7)), cuda::set_attention_bwd_keys(v == 1 ? 64 : 128);
     cuda::set_attention_bwd_tma_dq(v == 8 || v == 10 || v == 11 || v == 13);
     cuda::set_attention_fwd_pingpong(v >= 9 && v != 14), cuda::set_attention_fwd_blocks(v == 13 ? 3 : v == 14 ? 5 : 0);
+    cuda::set_attention_fwd_alternate(v != 14);
     cuda::set_attention_block_order(v == 10 || v == 13 ? cuda::AttentionBlockOrder::longest_first
                                                        : cuda::AttentionBlockOrder::per_group);
     cuda::set_attention_bwd_walk(v == 11 || v == 12 ? cuda::AttentionBwdWalk::rows_first
@@ -702,16 +704,17 @@ CUDA_TEST("flash_attention: tensor-core (bf16) and CUDA-core kernels against the
   };
   struct Restore {  // also when a check throws
     int version, keys, fwd_blocks;
-    bool tma_dq, pingpong;
+    bool tma_dq, pingpong, fwd_alternate;
     cuda::AttentionBlockOrder order;
     cuda::AttentionBwdWalk walk;
     ~Restore() {
       cuda::set_attention_kernel(version), cuda::set_attention_bwd_keys(keys), cuda::set_attention_bwd_tma_dq(tma_dq);
       cuda::set_attention_fwd_pingpong(pingpong), cuda::set_attention_block_order(order);
       cuda::set_attention_bwd_walk(walk), cuda::set_attention_fwd_blocks(fwd_blocks);
+      cuda::set_attention_fwd_alternate(fwd_alternate);
     }
-  } restore_at_exit{default_version, default_keys, default_fwd_blocks, default_tma_dq, default_pingpong, default_order,
-                    default_walk};
+  } restore_at_exit{default_version, default_keys, default_fwd_blocks, default_tma_dq, default_pingpong,
+                    default_fwd_alternate, default_order, default_walk};
   auto restore = [] {};
 #else
   auto set_version = [](int) {};
@@ -724,7 +727,8 @@ CUDA_TEST("flash_attention: tensor-core (bf16) and CUDA-core kernels against the
   // backward walking rows first (set_attention_bwd_walk; with a window too, where the default walks heads first).
   // Versions 6-12 run the warp-specialized forward on one block per 128-query tile; 13: 10 on 3 persistent blocks
   // and 14: 7 (no ping-pong, the per-group order) on 5 (set_attention_fwd_blocks), so that every block walks many
-  // tiles, of several heads and sequences, skipping the tiles past short sequences' ends.
+  // tiles, of several heads and sequences, skipping the tiles past short sequences' ends; 13 takes every other
+  // round of tiles back to front (the default), 14 every round front to back (set_attention_fwd_alternate).
   // These small grids keep one head per block (bwd_heads_per_block) except the packed case of 140 sequences (two);
   // the case below checks rows first on grids of 16 heads per block.
   for (int version : {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14})
