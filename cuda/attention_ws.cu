@@ -47,11 +47,9 @@ struct FwdTile {
   int seq, h, m0, start, len;
 };
 __device__ __forceinline__ bool fwd_tile(const AttentionDims& a, int64_t L, FwdTile& t) {
-  const uint64_t ntx = (uint64_t)((a.max_len + kRows - 1) / kRows), yz = (uint64_t)a.nseq * a.H;
-  uint64_t x, y, z;
-  if (a.x_slowest) x = L / yz, y = L % yz % a.nseq, z = L % yz / a.nseq;
-  else x = L % ntx, y = L / ntx % a.nseq, z = L / ntx / a.nseq;
-  t.seq = (int)y, t.h = (int)z, t.m0 = (int)(ntx - 1 - x) * kRows;  // the longest walks first
+  const unsigned ntx = (unsigned)((a.max_len + kRows - 1) / kRows);
+  const uint3 g = launch_coords((uint64_t)L, make_uint3(ntx, (unsigned)a.nseq, (unsigned)a.H), a.x_slowest);
+  t.seq = (int)g.y, t.h = (int)g.z, t.m0 = (int)(ntx - 1 - g.x) * kRows;  // the longest walks first
   t.start = a.cu_seqlens[t.seq], t.len = a.cu_seqlens[t.seq + 1] - t.start;
   return t.m0 < t.len;
 }

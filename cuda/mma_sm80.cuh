@@ -137,14 +137,23 @@ __device__ __forceinline__ void attn_write_rows(const float (&acc)[NT][4], const
   }
 }
 
+// The coordinates of the L-th block in launch order over a grid of n blocks: x varying fastest, or with x_slowest
+// slowest (every (y, z) pair's x = 0 block launches before any x = 1 block). (64 bits: x y z may pass 2^32 for many
+// packed sequences.)
+__device__ __forceinline__ uint3 launch_coords(uint64_t L, uint3 n, bool x_slowest) {
+  if (x_slowest) {
+    const uint64_t rest = L % ((uint64_t)n.y * n.z);
+    return make_uint3((unsigned)(L / ((uint64_t)n.y * n.z)), (unsigned)(rest % n.y), (unsigned)(rest / n.y));
+  }
+  const uint64_t yz = L / n.x;
+  return make_uint3((unsigned)(L % n.x), (unsigned)(yz % n.y), (unsigned)(yz / n.y));
+}
 // This block's grid coordinates in launch order: blockIdx, or with x_slowest the linear block index read with x
-// varying slowest (every (y, z) pair's x = 0 block launches before any x = 1 block).
+// varying slowest.
 __device__ __forceinline__ uint3 grid_coords(bool x_slowest) {
   if (!x_slowest) return blockIdx;
-  const uint64_t yz = (uint64_t)gridDim.y * gridDim.z;  // (64 bits: x y z may pass 2^32 for many packed sequences)
   const uint64_t L = blockIdx.x + (uint64_t)gridDim.x * (blockIdx.y + (uint64_t)gridDim.y * blockIdx.z);
-  const uint64_t rest = L % yz;
-  return make_uint3((unsigned)(L / yz), (unsigned)(rest % gridDim.y), (unsigned)(rest / gridDim.y));
+  return launch_coords(L, make_uint3(gridDim.x, gridDim.y, gridDim.z), true);
 }
 
 // The flash backward's thread block (either kernel): keys n0 .. n0 + keys - 1 of sequence blockIdx.y, kv head hk,
