@@ -110,8 +110,9 @@ bool attention_bwd_rows_first(int window);
 // their products (on, the default) or issue whenever ready (off; also NT_ATTENTION_FWD_PINGPONG=0). Same function.
 void set_attention_fwd_pingpong(bool on);
 bool attention_fwd_pingpong();
-// How many thread blocks versions 6 and 7's forward runs on, each taking every blocks-th tile of 128 queries
-// (persistent: a block loads its next tile's Q and first keys while it finishes the last): -2 (the default)
+// How many thread blocks versions 6 and 7's forward runs on, each taking one tile of 128 queries per round of blocks
+// tiles (set_attention_fwd_alternate; persistent: a block loads its next tile's Q and first keys while it finishes
+// the last): -2 (the default)
 // automatic (-1 with a window or at least 24 tiles per SM, else 0), -1 one per SM, 0 one block per tile, n > 0 at
 // most n (the tests take a few, so that every block walks many tiles). Also NT_ATTENTION_FWD_BLOCKS=-2 / -1 / 0 / n.
 // Same function every way.
