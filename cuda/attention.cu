@@ -737,10 +737,7 @@ void set_attention_fwd_blocks(int blocks) {
 }
 int attention_fwd_blocks() { return g_fwd_blocks; }
 namespace {
-bool g_fwd_alternate = [] {
-  const char* e = std::getenv("NT_ATTENTION_FWD_ALTERNATE");
-  return !(e && std::string(e) == "0");
-}();
+bool g_fwd_alternate = !env_is("NT_ATTENTION_FWD_ALTERNATE", "0");
 }  // namespace
 void set_attention_fwd_alternate(bool on) { g_fwd_alternate = on; }
 bool attention_fwd_alternate() { return g_fwd_alternate; }
