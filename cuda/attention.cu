@@ -718,7 +718,7 @@ bool attention_fwd_pingpong() { return g_fwd_pingpong; }
 namespace {
 int g_fwd_blocks = [] {
   const char* e = std::getenv("NT_ATTENTION_FWD_BLOCKS");
-  if (!e || !*e) return -2;
+  if (!e || !*e) return -1;
   char* end = nullptr;
   const long v = std::strtol(e, &end, 10);
   if (*end || v < -2 || v > INT32_MAX) {
