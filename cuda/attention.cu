@@ -723,8 +723,8 @@ int g_fwd_blocks = [] {
   const long v = std::strtol(e, &end, 10);
   if (*end || v < -2 || v > INT32_MAX) {
     std::fprintf(stderr, "NT_ATTENTION_FWD_BLOCKS: expected -2 (automatic), -1 (one block per SM), 0 (one per tile) "
-                         "or a count, got '%s'; using -2\n", e);
-    return -2;
+                         "or a count, got '%s'; using -1\n", e);
+    return -1;
   }
   return (int)v;
 }();

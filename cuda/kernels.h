@@ -112,10 +112,9 @@ void set_attention_fwd_pingpong(bool on);
 bool attention_fwd_pingpong();
 // How many thread blocks versions 6 and 7's forward runs on, each taking one tile of 128 queries per round of blocks
 // tiles (set_attention_fwd_alternate; persistent: a block loads its next tile's Q and first keys while it finishes
-// the last): -2 (the default)
-// automatic (-1 with a window or at least 24 tiles per SM, else 0), -1 one per SM, 0 one block per tile, n > 0 at
-// most n (the tests take a few, so that every block walks many tiles). Also NT_ATTENTION_FWD_BLOCKS=-2 / -1 / 0 / n.
-// Same function every way.
+// the last): -1 (the default) one per SM, -2 automatic (-1 with a window or at least 24 tiles per SM, else 0), 0 one
+// block per tile, n > 0 at most n (the tests take a few, so that every block walks many tiles). Also
+// NT_ATTENTION_FWD_BLOCKS=-1 / -2 / 0 / n. Same function every way.
 void set_attention_fwd_blocks(int blocks);
 int attention_fwd_blocks();
 // Whether the blocks of a persistent forward (fewer blocks than tiles) take every other round of gridDim tiles back
