@@ -507,14 +507,12 @@ bool attention_forward_ws(const void* q, const void* k, const void* v, void* out
   NT_CUDA_CHECK(cudaGetDevice(&dev));
   const int sms = multiprocessor_count(dev);
   int64_t blocks = attention_fwd_blocks();
-  // Automatic: persistent where a window makes the tiles alike or there are many tiles per SM; else one block per
-  // tile, which the hardware hands out as SMs free up. A block taking one tile per round of gridDim tiles of a causal
-  // grid with few tiles per SM gets a share of long tiles that depends on its index: H100, 2026-12-07, one per SM
-  // against one per tile: dense causal B2 T4096 H16 (7.8 tiles per SM) 0.338 against 0.317 ms, B1 T8192 H32 (15.5)
-  // 1.212 against 1.179; window 512 at T16384 H16 0.223 against 0.249; NSA's compressed and window branches (31
-  // tiles per SM and more) 0.650 against 0.768 ms at 8k, 11.85 against 12.59 at 64k. Those per-SM times predate the
-  // alternating rounds (fwd_round_tile), which took the two dense rows to 0.294 and 1.148 ms, ahead of one per
-  // tile: the rule may go (docs/cuda.md, "Alternating rounds"; branch wip/fwd-default).
+  // One block per SM by default (-1); -2 keeps the older automatic rule: persistent where a window makes the tiles
+  // alike or there are many tiles per SM, else one block per tile. Per SM used to lose on causal grids of few tiles
+  // per SM, where a block taking one tile per round of a longest-first grid got long or short tiles by its index;
+  // alternating rounds (fwd_round_tile) fixed that. H100, 2026-12-07, three interleaved runs each, -1 against -2
+  // (one per tile there): dense causal B2 T4096 H16 D128 0.297-0.300 against 0.317-0.328 ms, B1 T8192 H32/8
+  // 1.190-1.222 against 1.218-1.252 (docs/cuda.md, "One block per SM, the default").
   if (blocks == -2) blocks = d.window > 0 || tiles >= 24 * (int64_t)sms ? -1 : 0;
   if (blocks < 0) blocks = sms;  // one block per SM (kSmem)
   blocks = blocks == 0 ? tiles : std::min(blocks, tiles);

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <string>
 #include <utility>
@@ -194,72 +195,66 @@ int main(int argc, char** argv) {
     for (int64_t t = 0; t < c.T; ++t) pairs += (double)(c.window > 0 ? std::min(t + 1, c.window) : t + 1);
     const double fwd_flop = 4.0 * c.B * c.H * c.D * pairs;
     const AttentionOptions opt{c.window};
-    // The other forward kernel versions (cuda::set_attention_kernel) timed next to the default.
+    // The default and its variants (the other forward kernel versions, cuda::set_attention_kernel; the other
+    // ping-pong setting; the other block orders, forward and forward + backward; both directions on mma.sync,
+    // version 3's forward and 128-key backward), timed in rounds, each variant once per round, and reported as the
+    // median over the rounds. Timed one after another, the H100's clock fell as it heated: on the T8192 row the
+    // first variant ran 14% faster than the same kernel timed last (2026-12-07, docs/cuda.md).
     const int default_version = cuda::attention_kernel();
-    std::vector<std::pair<int, double>> others;
-    for (int ver = 1; ver <= 7; ++ver) {
-      if (ver == default_version) continue;
-      cuda::set_attention_kernel(ver);
-      others.emplace_back(ver, time_ms([&] { flash_attention(q, k, v, opt); }));
-    }
-    cuda::set_attention_kernel(default_version);
-    // The ping-pong forward (cuda::set_attention_fwd_pingpong) against the other setting, as version "0".
     const bool default_pingpong = cuda::attention_fwd_pingpong();
-    cuda::set_attention_fwd_pingpong(!default_pingpong);
-    others.emplace_back(0, time_ms([&] { flash_attention(q, k, v, opt); }));
-    cuda::set_attention_fwd_pingpong(default_pingpong);
-    // The other block orders (cuda::set_attention_block_order), forward and forward + backward.
     using Order = cuda::AttentionBlockOrder;
     const Order default_order = cuda::attention_block_order();
-    struct OtherOrder {
-      Order order;
-      const char* name;
-      double fwd = 0, fb = 0;
+    autograd::EnableGradGuard grad;
+    Tensor qg = q.detach().requires_grad_(), kg = k.detach().requires_grad_(), vg = v.detach().requires_grad_();
+    const std::function<void()> fwd_only = [&] { flash_attention(q, k, v, opt); };
+    const std::function<void()> fwd_bwd = [&] {
+      qg.set_grad(Tensor()), kg.set_grad(Tensor()), vg.set_grad(Tensor());
+      flash_attention(qg, kg, vg, opt).backward(dout);
     };
-    std::vector<OtherOrder> orders;
+    struct Variant {
+      std::string name;  // empty: the default
+      bool fb;           // forward + backward
+      std::function<void()> set;
+      std::vector<double> ms = {};
+    };
+    std::vector<Variant> vars;
+    auto defaults = [&] {
+      cuda::set_attention_kernel(default_version), cuda::set_attention_fwd_pingpong(default_pingpong);
+      cuda::set_attention_block_order(default_order);
+    };
+    for (int ver = 1; ver <= 7; ++ver)
+      if (ver != default_version)
+        vars.push_back({fmt::format("fwd, kernel v{}", ver), false, [ver] { cuda::set_attention_kernel(ver); }});
+    vars.push_back({fmt::format("fwd, ping-pong {}", default_pingpong ? "off" : "on"), false,
+                    [&] { cuda::set_attention_fwd_pingpong(!default_pingpong); }});
+    vars.push_back({"fwd+bwd, mma.sync v3", true, [] { cuda::set_attention_kernel(3); }});
     for (auto [o, name] : {std::pair{Order::per_group, "per group"}, std::pair{Order::longest_first, "longest first"},
                            std::pair{Order::automatic, "automatic order"}})
-      if (o != default_order) orders.push_back({o, name});
-    for (OtherOrder& o : orders) {
-      cuda::set_attention_block_order(o.order);
-      o.fwd = time_ms([&] { flash_attention(q, k, v, opt); });
-    }
-    cuda::set_attention_block_order(default_order);
-    const double fwd = time_ms([&] { flash_attention(q, k, v, opt); });
-    double fb = 0, fb_mma = 0;
-    {
-      autograd::EnableGradGuard grad;
-      Tensor qg = q.detach().requires_grad_(), kg = k.detach().requires_grad_(), vg = v.detach().requires_grad_();
-      auto fwd_bwd = [&] {
-        qg.set_grad(Tensor()), kg.set_grad(Tensor()), vg.set_grad(Tensor());
-        flash_attention(qg, kg, vg, opt).backward(dout);
-      };
-      // Both directions on mma.sync (version 3: its forward and the 128-key backward) timed next to the default
-      // (versions 4-7 run a wgmma backward where they run a wgmma forward).
-      cuda::set_attention_kernel(3);
-      fb_mma = time_ms(fwd_bwd);
-      cuda::set_attention_kernel(default_version);
-      for (OtherOrder& o : orders) {
-        cuda::set_attention_block_order(o.order);
-        o.fb = time_ms(fwd_bwd);
+      if (o != default_order)
+        for (bool fb : {false, true})
+          vars.push_back({fmt::format("{}, {}", fb ? "fwd+bwd" : "fwd", name), fb,
+                          [o = o] { cuda::set_attention_block_order(o); }});
+    vars.push_back({"", false, [] {}});
+    vars.push_back({"", true, [] {}});
+    constexpr int kRounds = 3;
+    for (int r = 0; r < kRounds; ++r)
+      for (Variant& var : vars) {
+        var.set();
+        var.ms.push_back(time_ms(var.fb ? fwd_bwd : fwd_only));
+        defaults();
       }
-      cuda::set_attention_block_order(default_order);
-      fb = time_ms(fwd_bwd);
+    auto median = [](std::vector<double> t) {
+      std::sort(t.begin(), t.end());
+      return t[t.size() / 2];
+    };
+    const double fwd = median(vars[vars.size() - 2].ms), fb = median(vars.back().ms);
+    for (const Variant& var : vars) {
+      if (var.name.empty()) continue;
+      const double ms = median(var.ms), base = var.fb ? fb : fwd;
+      std::printf("%-42s %10.3f %10.1f %14s %8s\n", fmt::format("  {} ({:.2f}x the default)", var.name, ms / base).c_str(),
+                  ms, (var.fb ? 3.5 : 1.0) * fwd_flop / ms / 1e9, "", "");
     }
     const std::string shape = fmt::format("{}x{}x{}x{}x{}x{}", c.B, c.T, c.H, c.Hkv, c.D, c.window);
-    for (const auto& [ver, ms] : others)
-      std::printf("%-42s %10.3f %10.1f %14s %8s\n",
-                  (ver == 0 ? fmt::format("  fwd, ping-pong {} (default {:.2f}x faster)", default_pingpong ? "off" : "on", ms / fwd)
-                            : fmt::format("  fwd, kernel v{} (v{} is {:.2f}x faster)", ver, default_version, ms / fwd)).c_str(), ms,
-                  fwd_flop / ms / 1e9, "", "");
-    std::printf("%-42s %10.3f %10.1f %14s %8s\n", fmt::format("  fwd+bwd, mma.sync v3 ({:.2f}x the default)", fb_mma / fb).c_str(),
-                fb_mma, 3.5 * fwd_flop / fb_mma / 1e9, "", "");
-    for (const OtherOrder& o : orders) {
-      std::printf("%-42s %10.3f %10.1f %14s %8s\n", fmt::format("  fwd, {} ({:.2f}x the default)", o.name, o.fwd / fwd).c_str(),
-                  o.fwd, fwd_flop / o.fwd / 1e9, "", "");
-      std::printf("%-42s %10.3f %10.1f %14s %8s\n", fmt::format("  fwd+bwd, {} ({:.2f}x the default)", o.name, o.fb / fb).c_str(),
-                  o.fb, 3.5 * fwd_flop / o.fb / 1e9, "", "");
-    }
     for (int pass = 0; pass < 2; ++pass) {
       const double ms = pass ? fb : fwd, tf = (pass ? 3.5 : 1.0) * fwd_flop / ms / 1e9;
       const auto it = torch.find(fmt::format("attn_{}_{}_tflops", shape, pass ? "fwdbwd" : "fwd"));
@@ -269,6 +264,9 @@ int main(int argc, char** argv) {
                   it == torch.end() ? "-" : fmt::format("{:.1f}", it->second).c_str(),
                   it == torch.end() ? "-" : fmt::format("{:.3f}", tf / it->second).c_str());
     }
+    const auto [f0, f1] = std::minmax_element(vars[vars.size() - 2].ms.begin(), vars[vars.size() - 2].ms.end());
+    const auto [b0, b1] = std::minmax_element(vars.back().ms.begin(), vars.back().ms.end());
+    std::printf("  (the default over %d rounds: fwd %.3f-%.3f ms, fwd+bwd %.3f-%.3f)\n", kRounds, *f0, *f1, *b0, *b1);
   }
   }
   const auto st = cuda::allocator_stats(0);

@@ -6,7 +6,7 @@
 # so one call (600 s at most) still returns the steps before a hang; everything goes to $OUT/log.txt, each step
 # closed by its exit status and seconds (ncu's whole reports to $OUT/ncu.txt).
 #   bash scripts/carry_check.sh [--mutant "NAME FILTER"]... [--bench "ENV=V ..."]... [--suite-env "ENV=V ..."]...
-#                               [--memcheck FILTER] [--bench-args "T=8192,65536 dense=0 fused_max_t=0 profile=1"]
+#                               [--memcheck FILTER] [--memcheck-env "ENV=V ..."] [--bench-args "T=8192,65536 dense=0 fused_max_t=0 profile=1"]
 #                               [--kernels "ENV=V ..."]... [--kernels-args "--only=attention --no-torch"]
 #                               [--ncu KERNEL_REGEX]... [--ncu-env "ENV=V ..."]...
 # --mutant: right after the CUDA suite, build-bin's NAME (scripts/build_mutant.sh) on the cases matching FILTER,
@@ -20,7 +20,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp}
 L=$OUT/log.txt
-benches=() suite_envs=() mutants=() kernels=() ncus=() ncu_envs=() memcheck=""
+benches=() suite_envs=() mutants=() kernels=() ncus=() ncu_envs=() memcheck="" memcheck_env=""
 bench_args="T=8192,65536 dense=0 fused_max_t=0 profile=1" kernels_args="--only=attention --no-torch"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -30,11 +30,12 @@ while [ $# -gt 0 ]; do
     --kernels-args) kernels_args=$2; shift 2 ;;
     --suite-env) suite_envs+=("$2"); shift 2 ;;
     --memcheck) memcheck=$2; shift 2 ;;
+    --memcheck-env) memcheck_env=$2; shift 2 ;;
     --bench-args) bench_args=$2; shift 2 ;;
     --ncu) ncus+=("$2"); shift 2 ;;
     --ncu-env) ncu_envs+=("$2"); shift 2 ;;
     *) echo "carry_check.sh: unknown argument '$1' (expected --mutant, --bench, --suite-env, --memcheck," \
-         "--bench-args, --kernels, --kernels-args, --ncu or --ncu-env)"; exit 2 ;;
+         "--memcheck-env, --bench-args, --kernels, --kernels-args, --ncu or --ncu-env)"; exit 2 ;;
   esac
 done
 [ -x build-bin/nt_cuda_tests ] || [ -f build-bin/nt_cuda_tests.gz ] ||
@@ -42,16 +43,39 @@ done
 # Binaries may come gzipped (NAME.gz, e.g. mutants from scripts/build_mutant.sh: the carry is 64 MiB in all).
 mkdir -p build-gpu && cp build-bin/* build-gpu/ && cd build-gpu
 for f in *.gz; do [ -e "$f" ] && gunzip -f "$f" && chmod +x "${f%.gz}"; done
+# The SM clock, power draw, temperature and the reasons the clock is held down, every 50 ms of the whole call, into
+# $OUT/clocks.csv; each step's log ends with a summary of its rows. Benchmarks timed one after another ran slower
+# as the H100 heated (2026-12-07: the same kernel 14% slower when timed last of a T8192 row), so a timing is read
+# with its clock. Reasons (a bit mask): 0x1 idle, 0x4 software power cap, 0x8 hardware slowdown, 0x20 software
+# thermal, 0x40 hardware thermal, 0x80 power brake.
+CLK=$OUT/clocks.csv
+clock_query=timestamp,clocks.sm,power.draw,temperature.gpu,clocks_event_reasons.active
+nvidia-smi --query-gpu=$clock_query --format=csv,noheader >/dev/null 2>&1 ||
+  clock_query=timestamp,clocks.sm,power.draw,temperature.gpu,clocks_throttle_reasons.active
+nvidia-smi --query-gpu=$clock_query --format=csv,noheader,nounits -lms 50 >"$CLK" 2>&1 &
+sampler=$!
+trap 'kill $sampler 2>/dev/null' EXIT
+clock_summary() {  # clock_summary FIRST_ROW: the clock rows sampled since FIRST_ROW, summed up
+  tail -n +"$1" "$CLK" | awk -F', *' 'NF >= 5 && $2 ~ /^[0-9]+$/ {
+      n++; c[n] = $2; if ($3 + 0 > p) p = $3 + 0; if ($4 + 0 > t) t = $4 + 0; r[$5]++ }
+    END { if (!n) { print "=== clocks: no samples ==="; exit }
+      for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (c[j] < c[i]) { x = c[i]; c[i] = c[j]; c[j] = x }
+      s = ""; for (k in r) s = s " " k " x" r[k]
+      printf "=== clocks: %d samples, SM MHz min %d median %d max %d, power max %.0f W, temperature max %d C, reasons%s ===\n",
+        n, c[1], c[int((n + 1) / 2)], c[n], p, t, s }'
+}
 step() {  # step SECONDS "ENV=V ..." command...: one step, timed, into the log
-  local limit=$1 envs=$2 s=$SECONDS
+  local limit=$1 envs=$2 s=$SECONDS first
+  first=$(($(wc -l <"$CLK") + 1))
   shift 2
   echo "=== ${envs:+$envs }$* ===" >>"$L"
   env $envs timeout "$limit" "$@" >>"$L" 2>&1
   local rc=$?
+  clock_summary "$first" >>"$L"
   echo "=== rc $rc in $((SECONDS - s)) s ===" >>"$L"
   return $rc
 }
-{ nvidia-smi -L; nvidia-smi --query-gpu=driver_version,clocks.max.sm --format=csv,noheader; } >"$L" 2>&1
+{ nvidia-smi -L; nvidia-smi --query-gpu=driver_version,clocks.max.sm,power.limit --format=csv,noheader; } >"$L" 2>&1
 step 150 "" ./nt_cuda_tests --no-colors
 for m in "${mutants[@]}"; do
   name=${m%% *} filter=${m#* }
@@ -62,7 +86,7 @@ done
 for e in "${suite_envs[@]}"; do step 60 "$e" ./nt_cuda_tests --no-colors -tc="*nsa*"; done
 step 90 "" ./nt_tests --no-colors -tc="*tensor cores*,*on CUDA*,*GPU*,*NSA selection*,*one autograd node*"
 for e in "${benches[@]}"; do step 60 "$e" ./bench_nsa $bench_args; done
-[ -n "$memcheck" ] && step 90 "" compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 ./nt_cuda_tests --no-colors -tc="$memcheck"
+[ -n "$memcheck" ] && step 150 "$memcheck_env" compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 ./nt_cuda_tests --no-colors -tc="$memcheck"
 [ ${#ncu_envs[@]} -eq 0 ] && ncu_envs=("")
 for k in "${ncus[@]}"; do for e in "${ncu_envs[@]}"; do  # profile=0: ncu and the bench's CUPTI profiler exclude each other
   step 150 "$e" ncu --kill on --clock-control none --target-processes application-only \
@@ -74,3 +98,4 @@ done; done
 for e in "${kernels[@]}"; do step 60 "$e" ./bench_kernels $kernels_args; done
 echo "=== done ===" >>"$L"
 grep -E "^===|test cases|ERROR SUMMARY" "$L"
+kill $sampler 2>/dev/null
