@@ -714,7 +714,7 @@ void nsa_selected_forward_tc(const void* q, const void* k_slc, const void* v_slc
 }
 
 void set_nsa_selected_kernel(int version) {
-  if (version < 0 || version > 6 || version == 5)  // 5 was the block-major forward, removed (docs/nsa.md)
+  if (version < 0 || version > 6 || version == 5)  // 5 was the block-major forward, removed (docs/nsa-history.md)
     throw std::invalid_argument("set_nsa_selected_kernel: version must be 0..4 or 6, got " + std::to_string(version));
   g_slc_kernel = version;
 }
