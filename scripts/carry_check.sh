@@ -85,7 +85,7 @@ for m in "${mutants[@]}"; do
 done
 for e in "${suite_envs[@]}"; do step 60 "$e" ./nt_cuda_tests --no-colors -tc="*nsa*"; done
 step 90 "" ./nt_tests --no-colors -tc="*tensor cores*,*on CUDA*,*GPU*,*NSA selection*,*one autograd node*"
-for e in "${benches[@]}"; do step 60 "$e" ./bench_nsa $bench_args; done
+for e in "${benches[@]}"; do step 120 "$e" ./bench_nsa $bench_args; done
 [ -n "$memcheck" ] && step 150 "$memcheck_env" compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 ./nt_cuda_tests --no-colors -tc="$memcheck"
 [ ${#ncu_envs[@]} -eq 0 ] && ncu_envs=("")
 for k in "${ncus[@]}"; do for e in "${ncu_envs[@]}"; do  # profile=0: ncu and the bench's CUPTI profiler exclude each other
