@@ -196,12 +196,15 @@ int main(int argc, char** argv) {
     const double fwd_flop = 4.0 * c.B * c.H * c.D * pairs;
     const AttentionOptions opt{c.window};
     // The default and its variants (the other forward kernel versions, cuda::set_attention_kernel; the other
-    // ping-pong setting; the other block orders, forward and forward + backward; both directions on mma.sync,
-    // version 3's forward and 128-key backward), timed in rounds, each variant once per round, and reported as the
-    // median over the rounds. Timed one after another, the H100's clock fell as it heated: on the T8192 row the
-    // first variant ran 14% faster than the same kernel timed last (2026-12-07, docs/cuda.md).
+    // ping-pong setting; the persistent forward's other block counts, cuda::set_attention_fwd_blocks; the other block
+    // orders, forward and forward + backward; both directions on mma.sync, version 3's forward and 128-key backward)
+    // are timed in rounds, each variant once per round, every other round in reverse order, and reported as the
+    // median over the rounds. Timed one after another, most likely as the H100's clock fell, the same forward took
+    // 1.03-1.08 ms when timed first on the warp-specialized kernel and 1.19-1.25 ms when timed last of the T8192 row
+    // (2026-12-07, docs/nsa-history.md, thirty-first session).
     const int default_version = cuda::attention_kernel();
     const bool default_pingpong = cuda::attention_fwd_pingpong();
+    const int default_fwd_blocks = cuda::attention_fwd_blocks();
     using Order = cuda::AttentionBlockOrder;
     const Order default_order = cuda::attention_block_order();
     autograd::EnableGradGuard grad;
@@ -220,13 +223,17 @@ int main(int argc, char** argv) {
     std::vector<Variant> vars;
     auto defaults = [&] {
       cuda::set_attention_kernel(default_version), cuda::set_attention_fwd_pingpong(default_pingpong);
-      cuda::set_attention_block_order(default_order);
+      cuda::set_attention_block_order(default_order), cuda::set_attention_fwd_blocks(default_fwd_blocks);
     };
     for (int ver = 1; ver <= 7; ++ver)
       if (ver != default_version)
         vars.push_back({fmt::format("fwd, kernel v{}", ver), false, [ver] { cuda::set_attention_kernel(ver); }});
     vars.push_back({fmt::format("fwd, ping-pong {}", default_pingpong ? "off" : "on"), false,
                     [&] { cuda::set_attention_fwd_pingpong(!default_pingpong); }});
+    for (auto [blocks, name] : {std::pair{-1, "one block per SM (-1)"}, std::pair{-2, "automatic blocks (-2)"},
+                                std::pair{0, "one block per tile (0)"}})
+      if (blocks != default_fwd_blocks)
+        vars.push_back({fmt::format("fwd, {}", name), false, [b = blocks] { cuda::set_attention_fwd_blocks(b); }});
     vars.push_back({"fwd+bwd, mma.sync v3", true, [] { cuda::set_attention_kernel(3); }});
     for (auto [o, name] : {std::pair{Order::per_group, "per group"}, std::pair{Order::longest_first, "longest first"},
                            std::pair{Order::automatic, "automatic order"}})
@@ -238,7 +245,8 @@ int main(int argc, char** argv) {
     vars.push_back({"", true, [] {}});
     constexpr int kRounds = 3;
     for (int r = 0; r < kRounds; ++r)
-      for (Variant& var : vars) {
+      for (size_t i = 0; i < vars.size(); ++i) {
+        Variant& var = vars[r % 2 ? vars.size() - 1 - i : i];
         var.set();
         var.ms.push_back(time_ms(var.fb ? fwd_bwd : fwd_only));
         defaults();

@@ -3,8 +3,9 @@
 # the CPU suite, bench_nsa once per setting given, and the CUDA suite's cases matching a filter under
 # compute-sanitizer memcheck, and per --ncu kernel regex ncu's speed-of-light and memory sections (DRAM
 # throughput, L2 hit rate) for the first matching launch of bench_nsa at 64k. Every step runs under its own timeout,
-# so one call (600 s at most) still returns the steps before a hang; everything goes to $OUT/log.txt, each step
-# closed by its exit status and seconds (ncu's whole reports to $OUT/ncu.txt).
+# so one call (600 s at most) still returns the steps before a hang (each step's limit is cut so that all end by
+# 580 s); everything goes to $OUT/log.txt, each step closed by its exit status and seconds, then each step's SM clock
+# (ncu's whole reports to $OUT/ncu.txt; the clock samples to $OUT/clocks.csv).
 #   bash scripts/carry_check.sh [--mutant "NAME FILTER"]... [--bench "ENV=V ..."]... [--suite-env "ENV=V ..."]...
 #                               [--memcheck FILTER] [--memcheck-env "ENV=V ..."] [--bench-args "T=8192,65536 dense=0 fused_max_t=0 profile=1"]
 #                               [--kernels "ENV=V ..."]... [--kernels-args "--only=attention --no-torch"]
@@ -12,6 +13,7 @@
 # --mutant: right after the CUDA suite, build-bin's NAME (scripts/build_mutant.sh) on the cases matching FILTER,
 # which must fail: the summary says "caught" or "NOT caught" per mutant. --kernels: bench_kernels (carried as
 # build-bin/bench_kernels) once per setting, last.
+# --memcheck-env: the settings of the memcheck step (e.g. NT_TEST_ATTENTION_VERSIONS=13,14, docs/env.md).
 # --bench "": the default settings; --suite-env: the CUDA suite's NSA cases once more under those settings;
 # each --ncu regex runs once per --ncu-env ("" = the default settings; none given: once, default).
 # Example (docs/cuda.md): run with carry ["build-bin"] and the command
@@ -44,34 +46,42 @@ done
 mkdir -p build-gpu && cp build-bin/* build-gpu/ && cd build-gpu
 for f in *.gz; do [ -e "$f" ] && gunzip -f "$f" && chmod +x "${f%.gz}"; done
 # The SM clock, power draw, temperature and the reasons the clock is held down, every 50 ms of the whole call, into
-# $OUT/clocks.csv; each step's log ends with a summary of its rows. Benchmarks timed one after another ran slower
-# as the H100 heated (2026-12-07: the same kernel 14% slower when timed last of a T8192 row), so a timing is read
-# with its clock. Reasons (a bit mask): 0x1 idle, 0x4 software power cap, 0x8 hardware slowdown, 0x20 software
-# thermal, 0x40 hardware thermal, 0x80 power brake.
+# $OUT/clocks.csv, summed up per step at the end of the log (each step's start and end time are kept, and the rows
+# between them counted, after the sampler has stopped and flushed). Why: on the H100 a forward timed last of the
+# T8192 row of bench_kernels took 1.19-1.25 ms, timed first 1.03-1.08 (2026-12-07), most likely a falling clock.
+# Reasons (a bit mask): 0x1 idle, 0x2 application clocks setting, 0x4 software power cap, 0x8 hardware slowdown,
+# 0x10 sync boost, 0x20 software thermal, 0x40 hardware thermal, 0x80 power brake.
 CLK=$OUT/clocks.csv
 clock_query=timestamp,clocks.sm,power.draw,temperature.gpu,clocks_event_reasons.active
 nvidia-smi --query-gpu=$clock_query --format=csv,noheader >/dev/null 2>&1 ||
   clock_query=timestamp,clocks.sm,power.draw,temperature.gpu,clocks_throttle_reasons.active
-nvidia-smi --query-gpu=$clock_query --format=csv,noheader,nounits -lms 50 >"$CLK" 2>&1 &
+timeout 620 nvidia-smi --query-gpu=$clock_query --format=csv,noheader,nounits -lms 50 >"$CLK" 2>&1 &
 sampler=$!
 trap 'kill $sampler 2>/dev/null' EXIT
-clock_summary() {  # clock_summary FIRST_ROW: the clock rows sampled since FIRST_ROW, summed up
-  tail -n +"$1" "$CLK" | awk -F', *' 'NF >= 5 && $2 ~ /^[0-9]+$/ {
-      n++; c[n] = $2; if ($3 + 0 > p) p = $3 + 0; if ($4 + 0 > t) t = $4 + 0; r[$5]++ }
-    END { if (!n) { print "=== clocks: no samples ==="; exit }
-      for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (c[j] < c[i]) { x = c[i]; c[i] = c[j]; c[j] = x }
-      s = ""; for (k in r) s = s " " k " x" r[k]
-      printf "=== clocks: %d samples, SM MHz min %d median %d max %d, power max %.0f W, temperature max %d C, reasons%s ===\n",
-        n, c[1], c[int((n + 1) / 2)], c[n], p, t, s }'
+now() { date +'%Y/%m/%d %H:%M:%S.%3N'; }  # nvidia-smi's timestamp layout: the rows compare as strings
+step_names=() step_starts=() step_ends=()
+clock_summary() {  # clock_summary START END: the clock rows sampled between the two times, summed up
+  awk -F', *' -v a="$1" -v b="$2" 'NF == 5 && $2 ~ /^[0-9]+$/ && length($5) == 18 && $1 >= a && $1 <= b' "$CLK" >"$OUT/clk_step"
+  local n
+  n=$(wc -l <"$OUT/clk_step")
+  if [ "$n" -eq 0 ]; then echo "no samples"; return; fi
+  local mhz
+  mhz=$(cut -d, -f2 "$OUT/clk_step" | sort -n | awk '{ c[NR] = $1 } END { printf "min %d median %d max %d", c[1], c[int((NR + 1) / 2)], c[NR] }')
+  awk -F', *' -v n="$n" -v mhz="$mhz" '{ if ($3 + 0 > p) p = $3 + 0; if ($4 + 0 > t) t = $4 + 0; r[$5]++ }
+    END { s = ""; for (k in r) s = s " " k " x" r[k]
+      printf "%d samples, SM MHz %s, power max %.0f W, temperature max %d C, reasons%s", n, mhz, p, t, s }' "$OUT/clk_step"
+  rm -f "$OUT/clk_step"
 }
-step() {  # step SECONDS "ENV=V ..." command...: one step, timed, into the log
-  local limit=$1 envs=$2 s=$SECONDS first
-  first=$(($(wc -l <"$CLK") + 1))
+step() {  # step SECONDS "ENV=V ..." command...: one step, timed, into the log; capped so the call ends by 580 s
+  local limit=$1 envs=$2 s=$SECONDS
   shift 2
+  [ "$limit" -gt $((580 - SECONDS)) ] && limit=$((580 - SECONDS))
+  if [ "$limit" -le 0 ]; then echo "=== ${envs:+$envs }$*: skipped, no time left ===" >>"$L"; return 124; fi
   echo "=== ${envs:+$envs }$* ===" >>"$L"
+  step_names+=("${envs:+$envs }$*") step_starts+=("$(now)")
   env $envs timeout "$limit" "$@" >>"$L" 2>&1
   local rc=$?
-  clock_summary "$first" >>"$L"
+  step_ends+=("$(now)")
   echo "=== rc $rc in $((SECONDS - s)) s ===" >>"$L"
   return $rc
 }
@@ -96,6 +106,11 @@ for k in "${ncus[@]}"; do for e in "${ncu_envs[@]}"; do  # profile=0: ncu and th
   cat "$OUT/ncu_last.txt" >>"$OUT/ncu.txt" && rm -f "$OUT/ncu_last.txt"
 done; done
 for e in "${kernels[@]}"; do step 60 "$e" ./bench_kernels $kernels_args; done
+kill $sampler 2>/dev/null
+wait $sampler 2>/dev/null
+echo "=== clocks.csv: $(wc -l <"$CLK") rows, $(head -1 "$CLK" | cut -d, -f1) to $(tail -1 "$CLK" | cut -d, -f1) ===" >>"$L"
+for i in "${!step_names[@]}"; do
+  echo "=== clocks of ${step_names[$i]}: $(clock_summary "${step_starts[$i]}" "${step_ends[$i]}") ===" >>"$L"
+done
 echo "=== done ===" >>"$L"
 grep -E "^===|test cases|ERROR SUMMARY" "$L"
-kill $sampler 2>/dev/null

@@ -745,6 +745,7 @@ CUDA_TEST("flash_attention: tensor-core (bf16) and CUDA-core kernels against the
       REQUIRE((!item.empty() && *end == 0 && v >= 1 && v <= 14));
       versions.push_back((int)v);
     }
+    MESSAGE("NT_TEST_ATTENTION_VERSIONS: only versions " << e << " of 1-14");
   }
   for (int version : versions)
   for (const C& c : cases)
