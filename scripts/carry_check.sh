@@ -47,20 +47,22 @@ done
 # Binaries may come gzipped (NAME.gz, e.g. mutants from scripts/build_mutant.sh: the carry is 64 MiB in all).
 mkdir -p build-gpu && cp build-bin/* build-gpu/ && cd build-gpu
 for f in *.gz; do [ -e "$f" ] && gunzip -f "$f" && chmod +x "${f%.gz}"; done
-# The SM clock, power draw, temperature and the reasons the clock is held down, every 50 ms of the whole call, into
-# $OUT/clocks.csv, summed up per step at the end of the log (each step's start and end time are kept, and the rows
-# between them counted, after the sampler has stopped and flushed). Why: on the H100 a forward timed last of the
+# The SM clock, power draw, temperature and the reasons the clock is held down, about every 0.1 s of the call, into
+# $OUT/clocks.csv (GPU 0), summed up per step at the end of the log (each step's start and end time are kept, and
+# the rows between them counted, after the sampler has stopped). Why: on the H100 a forward timed last of the
 # T8192 row of bench_kernels took 1.19-1.25 ms, timed first 1.03-1.08 (2026-12-07), most likely a falling clock.
 # Reasons (a bit mask): 0x1 idle, 0x2 application clocks setting, 0x4 software power cap, 0x8 hardware slowdown,
 # 0x10 sync boost, 0x20 software thermal, 0x40 hardware thermal, 0x80 power brake.
 CLK=$OUT/clocks.csv
-clock_query=timestamp,clocks.sm,power.draw,temperature.gpu,clocks_event_reasons.active
+now() { date +'%Y/%m/%d %H:%M:%S.%3N'; }  # fixed width: the rows compare as strings
+clock_query=clocks.sm,power.draw,temperature.gpu,clocks_event_reasons.active
 nvidia-smi --query-gpu=$clock_query --format=csv,noheader >/dev/null 2>&1 ||
-  clock_query=timestamp,clocks.sm,power.draw,temperature.gpu,clocks_throttle_reasons.active
-timeout 620 nvidia-smi --query-gpu=$clock_query --format=csv,noheader,nounits -lms 50 >"$CLK" 2>&1 &
+  clock_query=clocks.sm,power.draw,temperature.gpu,clocks_throttle_reasons.active
+# One nvidia-smi per sample, stamped here: no trust in its own timestamp's layout or in its output buffering.
+timeout 620 bash -c "while :; do echo \"\$(date +'%Y/%m/%d %H:%M:%S.%3N'), \$(nvidia-smi -i 0 --query-gpu=$clock_query \
+  --format=csv,noheader,nounits)\"; sleep 0.05; done" >"$CLK" 2>/dev/null &
 sampler=$!
 trap 'kill $sampler 2>/dev/null' EXIT
-now() { date +'%Y/%m/%d %H:%M:%S.%3N'; }  # nvidia-smi's timestamp layout: the rows compare as strings
 step_names=() step_starts=() step_ends=()
 clock_summary() {  # clock_summary START END: the clock rows sampled between the two times, summed up
   awk -F', *' -v a="$1" -v b="$2" 'NF == 5 && $2 ~ /^[0-9]+$/ && length($5) == 18 && $1 >= a && $1 <= b' "$CLK" >"$OUT/clk_step"
