@@ -59,8 +59,9 @@ clock_query=clocks.sm,power.draw,temperature.gpu,clocks_event_reasons.active
 nvidia-smi --query-gpu=$clock_query --format=csv,noheader >/dev/null 2>&1 ||
   clock_query=clocks.sm,power.draw,temperature.gpu,clocks_throttle_reasons.active
 # One nvidia-smi per sample, stamped here: no trust in its own timestamp's layout or in its output buffering.
-timeout 620 bash -c "while :; do echo \"\$(date +'%Y/%m/%d %H:%M:%S.%3N'), \$(nvidia-smi -i 0 --query-gpu=$clock_query \
-  --format=csv,noheader,nounits)\"; sleep 0.05; done" >"$CLK" 2>/dev/null &
+export -f now && export clock_query
+timeout 620 bash -c 'while :; do echo "$(now), $(nvidia-smi -i 0 --query-gpu=$clock_query --format=csv,noheader,nounits)"
+  sleep 0.05; done' >"$CLK" 2>/dev/null &
 sampler=$!
 trap 'kill $sampler 2>/dev/null' EXIT
 step_names=() step_starts=() step_ends=()
