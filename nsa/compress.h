@@ -1,4 +1,4 @@
-// The compression function phi of NSA (arXiv 2502.11089, Sec. 3.3.1; /work/shared/NSA-CONVENTIONS.md): compressed
+// The compression function phi of NSA (arXiv 2502.11089, Sec. 3.3.1; conventions in docs/nsa.md): compressed
 // block c of a sequence covers keys [c*d, c*d + l) and becomes one key
 //   phi(x) = W2 gelu(W1 flatten(x + pe) + b1) + b2,   x = the block [l, D], pe a learned [l, D] position embedding.
 // One phi per use (keys, values), shared by all heads. Written with differentiable ops (matmul, gelu, and the

@@ -1,6 +1,6 @@
 // Native Sparse Attention (DeepSeek, arXiv 2502.11089) as one fused op: the compressed, selected and sliding-window
 // branches of one layer, gated per query head. Index conventions (block visibility, selection scores, forced blocks,
-// tie breaking) are exactly those of /work/shared/NSA-CONVENTIONS.md; docs/nsa.md summarizes them.
+// tie breaking) are exactly the team's NSA conventions, summarized in docs/nsa.md.
 //
 // The CPU path is the reference (double accumulation). On CUDA the op runs branch-wise by default (nsa/branches.h:
 // the compressed and window branches on flash_attention, selection and the selected branch on tensor cores in

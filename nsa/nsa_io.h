@@ -1,4 +1,4 @@
-// The safetensors I/O behind examples/nsa_io (the comparison contract of /work/shared/NSA-CONVENTIONS.md): read
+// The safetensors I/O behind examples/nsa_io (the comparison contract: docs/nsa.md, "Comparing with other implementations"): read
 // nsa_attention's inputs from a file, run the op, write o, block_indices and, when the file has `do`, the gradients.
 // Tests call these functions directly.
 //

@@ -1,4 +1,4 @@
-// A direct, independent implementation of the NSA equations (/work/shared/NSA-CONVENTIONS.md) for one sequence, the
+// A direct, independent implementation of the NSA equations (conventions in docs/nsa.md) for one sequence, the
 // oracle nsa_attention is tested against: every score, mask and probability is materialized over all T keys, the
 // block overlaps are counted key by key, and the selection sorts the candidates.
 #pragma once
