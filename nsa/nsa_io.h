@@ -1,5 +1,6 @@
-// The safetensors I/O behind examples/nsa_io (the comparison contract: docs/nsa.md, "Comparing with other implementations"): read
-// nsa_attention's inputs from a file, run the op, write o, block_indices and, when the file has `do`, the gradients.
+// The safetensors I/O behind examples/nsa_io (the comparison contract: docs/nsa.md, "Comparing with other
+// implementations"): read nsa_attention's inputs from a file, run the op, write o, block_indices and, when the
+// file has `do`, the gradients.
 // Tests call these functions directly.
 //
 // Input tensors: q [T, HQ, D]; k_cmp, v_cmp [NC, H, D]; k_slc, v_slc, k_win, v_win [T, H, D]; gates [T, HQ, 3];
