@@ -186,11 +186,15 @@ bool nsa_select_wgmma_applies(const NsaDims& d);
 // The wgmma kernel's selection scores live in global slots, per_sm per SM, taken and given back by its thread
 // blocks; 0 (default): as many as thread blocks fit on an SM. Tests set 1 to make blocks wait for each other's slot.
 void set_nsa_select_slots(int per_sm);
-// The wgmma kernel's periodic fold (each selection block's score from the compressed keys meeting it) reads its table
-// entries in a loop (off; also NT_NSA_SELECT_FOLD=loop) or all up front, unrolled (on, the default: 8% faster at
-// 64k), where a block meets at most 8 entries (the paper's configuration). The same sums in the same order either way.
-void set_nsa_select_fold_unrolled(bool on);
-bool nsa_select_fold_unrolled();
+// The wgmma kernel's periodic fold (each selection block's score from the compressed keys meeting it, where every
+// 64-key tile starts a selection block): kLoop reads each block's table of keys in a loop; kTable reads all its
+// entries up front, unrolled, where a block meets at most 8 keys (8% faster than the loop at 64k); kFixed (the
+// default) takes the keys and weights as constants where l = 2 d and l' = 4 d (the paper's 32, 16, 64: keys 4 j - 1
+// to 4 j + 3 of block j, weights 1, 2, 2, 2, 1), else as kTable. The same sums in the same order in all three.
+// NT_NSA_SELECT_FOLD=loop or table chooses the others.
+enum class SelectFold { kLoop, kTable, kFixed };
+void set_nsa_select_fold(SelectFold fold);
+SelectFold nsa_select_fold();
 bool nsa_select_wgmma(const void* q, const void* k_cmp, const float* lse_cmp, int32_t* block_indices, const NsaDims& d,
                       int max_len, cudaStream_t stream);
 // nsa_selected.cu: the selected branch's forward on tensor cores (bf16) into o_slc [N, HQ, D] and lse_slc [N, HQ]

@@ -45,11 +45,12 @@ using namespace sm90;
 constexpr int kRowsW = 128, kKeysW = 64, kThreadsW = 128;
 int g_select_slots = 0;  // score slots per SM; 0: as many as blocks fit (set_nsa_select_slots)
 constexpr int kFoldUnroll = 8;  // the paper's l = 32, d = 16, l' = 64: fold_e = 8 (5 keys meet a block)
-// The unrolled periodic fold: the default since 2026-12-07 (H100, bench_nsa: the selection 8.28 -> 7.61 ms at 64k,
-// 0.336 -> 0.327 at 8k); NT_NSA_SELECT_FOLD=loop (set_nsa_select_fold_unrolled(false)) keeps the loop.
-bool g_select_fold_unrolled = [] {
+// The unrolled periodic fold (kTable): 8% faster than the loop (H100, bench_nsa: the selection 8.28 -> 7.61 ms at
+// 64k, 0.336 -> 0.327 at 8k; 2026-12-07). kFixed, the default, drops its table where l = 2 d and l' = 4 d.
+SelectFold g_select_fold = [] {
   const char* e = std::getenv("NT_NSA_SELECT_FOLD");
-  return !(e && std::string(e) == "loop");
+  const std::string v = e ? e : "";
+  return v == "loop" ? SelectFold::kLoop : v == "table" ? SelectFold::kTable : SelectFold::kFixed;
 }();
 constexpr int kQHalf = kRowsW * 128, kKHalf = kKeysW * 128;  // bytes of one 64-column half of Q and of a K tile
 
@@ -59,7 +60,8 @@ struct SelectWgSmem {
   int nblk = 0;  // > 0: the fold is the same for every tile (64 d a multiple of l'), nblk blocks per tile
   int fold_e;    // the fold table's entries per block (keys meeting it)
   bool fold_unrolled;  // the periodic fold's table read up front, unrolled (fold_e <= kFoldUnroll; nsa_select_wgmma's
-                       // kUnrolled, set_nsa_select_fold_unrolled)
+                       // kUnrolled; SelectFold::kTable and kFixed)
+  bool fold_fixed;     // l = 2 d, l' = 4 d: the unrolled fold with its keys and weights as constants (SelectFold::kFixed)
   // Whether a block's scores start at zero: the general fold adds to them tile after tile, and a periodic fold
   // writes each once but leaves blocks unwritten whose keys no position of the block sees (l > 2 l' + 1).
   bool zero;
@@ -83,7 +85,8 @@ SelectWgSmem select_wg_smem(const NsaDims& a) {
   s.cs = a.G == 16 ? 10 : a.G == 8 ? 18 : a.G == 4 ? 34 : PB + 4;  // conflict-free fold reads, at most 2-way stores
   s.nblk = periodic_blocks(a);
   s.fold_e = (a.lp + a.l) / a.d + 2;
-  s.fold_unrolled = g_select_fold_unrolled && s.fold_e <= kFoldUnroll;
+  s.fold_unrolled = g_select_fold != SelectFold::kLoop && s.fold_e <= kFoldUnroll;
+  s.fold_fixed = s.fold_unrolled && g_select_fold == SelectFold::kFixed && a.l == 2 * a.d && a.lp == 4 * a.d;
   s.q = 0;
   s.k = s.q + 2 * kQHalf;
   s.zero = s.nblk == 0 || a.l > 2 * a.lp + 1;
@@ -284,23 +287,37 @@ __global__ void __launch_bounds__(kThreadsW, 3) nsa_select_wgmma(const __grid_co
       for (int e = threadIdx.x; e < PB * off.nblk; e += kThreadsW) {
         const int p = e % PB, jr = e / PB, j = i * off.nblk + jr;
         if (p >= npos || j >= a.ncand_max) continue;
-        const int2* tab = fold_tab + jr * off.fold_e;
-        const int nneg = fold_neg[jr], n = fold_n[jr];
         float acc = 0.f;
-        if constexpr (kUnrolled) {  // every table entry, then every sum, loaded before the first product: no chain
-          int2 e2[kFoldUnroll];   // of dependent shared-memory loads per key
-#pragma unroll
-          for (int k = 0; k < kFoldUnroll; ++k) e2[k] = k < n ? tab[k] : make_int2(0, 0);
-          float v[kFoldUnroll];
-#pragma unroll
-          for (int k = 0; k < kFoldUnroll; ++k)
-            v[k] = k < n && (k >= nneg || prev) ? (k < nneg ? prev : cur)[e2[k].x + p] : 0.f;
-#pragma unroll
-          for (int k = 0; k < kFoldUnroll; ++k) acc += v[k] * __int_as_float(e2[k].y);
+        if (kUnrolled && off.fold_fixed) {
+          // l = 2 d, l' = 4 d: block jr meets keys 4 jr - 1 .. 4 jr + 3 of the tile (key -1: the previous tile's
+          // last) with weights 1, 2, 2, 2, 1, the table's entries in its order: kTable's sums, bit for bit.
+          const float* row = cur + 4 * jr * off.cs + p;
+          const float* first = jr > 0 ? row - off.cs : prev ? prev + (kKeysW - 1) * off.cs + p : nullptr;
+          const float v0 = first ? *first : 0.f, v1 = row[0], v2 = row[off.cs], v3 = row[2 * off.cs];
+          const float v4 = row[3 * off.cs];
+          acc = v0;
+          acc = fmaf(v1, 2.f, acc);
+          acc = fmaf(v2, 2.f, acc);
+          acc = fmaf(v3, 2.f, acc);
+          acc += v4;
         } else {
-          if (prev)
-            for (int k = 0; k < nneg; ++k) acc += prev[tab[k].x + p] * __int_as_float(tab[k].y);
-          for (int k = nneg; k < n; ++k) acc += cur[tab[k].x + p] * __int_as_float(tab[k].y);
+          const int2* tab = fold_tab + jr * off.fold_e;
+          const int nneg = fold_neg[jr], n = fold_n[jr];
+          if constexpr (kUnrolled) {  // every table entry, then every sum, loaded before the first product: no chain
+            int2 e2[kFoldUnroll];     // of dependent shared-memory loads per key
+#pragma unroll
+            for (int k = 0; k < kFoldUnroll; ++k) e2[k] = k < n ? tab[k] : make_int2(0, 0);
+            float v[kFoldUnroll];
+#pragma unroll
+            for (int k = 0; k < kFoldUnroll; ++k)
+              v[k] = k < n && (k >= nneg || prev) ? (k < nneg ? prev : cur)[e2[k].x + p] : 0.f;
+#pragma unroll
+            for (int k = 0; k < kFoldUnroll; ++k) acc += v[k] * __int_as_float(e2[k].y);
+          } else {
+            if (prev)
+              for (int k = 0; k < nneg; ++k) acc += prev[tab[k].x + p] * __int_as_float(tab[k].y);
+            for (int k = nneg; k < n; ++k) acc += cur[tab[k].x + p] * __int_as_float(tab[k].y);
+          }
         }
         score[p * a.ncand_max + j] = acc;
       }
@@ -382,8 +399,8 @@ void launch_select_wgmma(const void* q, const void* k_cmp, const float* lse_cmp,
 }
 }  // namespace
 
-void set_nsa_select_fold_unrolled(bool on) { g_select_fold_unrolled = on; }
-bool nsa_select_fold_unrolled() { return g_select_fold_unrolled; }
+void set_nsa_select_fold(SelectFold fold) { g_select_fold = fold; }
+SelectFold nsa_select_fold() { return g_select_fold; }
 
 void set_nsa_select_slots(int per_sm) {
   if (per_sm < 0 || per_sm > 32)

@@ -533,19 +533,18 @@ TEST_CASE("NSA selection on tensor cores (bf16): a valid top-n of the f64 scores
 #if NT_CUDA
   struct Restore {
     int version = cuda::nsa_select_kernel();
-    bool unrolled = cuda::nsa_select_fold_unrolled();
-    ~Restore() {
-      cuda::set_nsa_select_kernel(version), cuda::set_nsa_select_slots(0), cuda::set_nsa_select_fold_unrolled(unrolled);
-    }
+    cuda::SelectFold fold = cuda::nsa_select_fold();
+    ~Restore() { cuda::set_nsa_select_kernel(version), cuda::set_nsa_select_slots(0), cuda::set_nsa_select_fold(fold); }
   } restore;
   const bool sm90a = cuda::sm90a_available(0);
 #endif
   // version 2: the wgmma kernel with one score slot per SM, so its thread blocks wait for each other's slot (and
-  // take slots other blocks wrote before them); 3 and 4: the wgmma kernel with its periodic fold unrolled and as a
-  // loop (set_nsa_select_fold_unrolled; where a block meets more than 8 keys, a loop either way): the same sums in
-  // the same order, so version 4 must choose exactly as version 3 did
-  std::map<std::string, std::vector<int32_t>> unrolled_choice;
-  for (int version : {0, 1, 2, 3, 4})
+  // take slots other blocks wrote before them); 3, 4 and 5: the wgmma kernel with its periodic fold from a table
+  // read up front (kTable), as a loop (kLoop; also where a block meets more than 8 keys) and with constant keys and
+  // weights where l = 2 d and l' = 4 d (kFixed, the default; elsewhere as kTable): the same sums in the same order,
+  // so versions 4 and 5 must choose exactly as version 3 did
+  std::map<std::string, std::vector<int32_t>> table_choice;
+  for (int version : {0, 1, 2, 3, 4, 5})
   for (const Case& c : {Case{300, 16, 1, 64, blocks(32, 16, 64, 16, 128)},
                         Case{333, 32, 2, 128, blocks(16, 8, 32, 5, 0, {0, 100, 100, 107, 333})},
                         Case{150, 4, 4, 64, blocks(8, 4, 16, 4, 0)},
@@ -556,7 +555,8 @@ TEST_CASE("NSA selection on tensor cores (bf16): a valid top-n of the f64 scores
                         // G = 8, 2, 1 and 16 over 4 or 5 of the wgmma kernel's 64-key tiles (both stages reused),
                         // packed, the positions per block (128 / G) not dividing the lengths
                         Case{1400, 16, 2, 64, blocks(16, 4, 32, 6, 0, {0, 350, 1400})},
-                        // G = 8 with a periodic fold of 8 table entries (l' + l = 6 d): unrolled in versions 0, 2 and 3
+                        // G = 8, l = 2 d, l' = 4 d: 8 table entries per block (l' + l = 6 d), constant in versions 0,
+                        // 2 and 5, read up front in version 3
                         Case{1200, 16, 2, 64, blocks(16, 8, 32, 6, 0, {0, 500, 1200})},
                         Case{500, 4, 2, 128, blocks(32, 16, 64, 4, 0)},
                         Case{1000, 2, 2, 64, blocks(8, 4, 16, 5, 0)},
@@ -567,14 +567,18 @@ TEST_CASE("NSA selection on tensor cores (bf16): a valid top-n of the f64 scores
 #if NT_CUDA
     cuda::set_nsa_select_kernel(version == 1 ? 1 : 0);
     cuda::set_nsa_select_slots(version == 2 ? 1 : 0);
-    if (version >= 3) cuda::set_nsa_select_fold_unrolled(version == 3);
+    if (version >= 3)
+      cuda::set_nsa_select_fold(version == 3   ? cuda::SelectFold::kTable
+                                : version == 4 ? cuda::SelectFold::kLoop
+                                               : cuda::SelectFold::kFixed);
 #endif
     // (a std::string: doctest's INFO prints a bare const char* as a pointer)
     const std::string kernel = version == 0   ? "wgmma where it applies"
                                : version == 1 ? "mma.sync"
                                : version == 2 ? "wgmma, one slot per SM"
-                               : version == 3 ? "wgmma, fold unrolled"
-                                              : "wgmma, fold as a loop";
+                               : version == 3 ? "wgmma, fold from a table read up front"
+                               : version == 4 ? "wgmma, fold as a loop"
+                                              : "wgmma, fold with constant keys where l = 2 d, l' = 4 d";
     INFO("kernel " << kernel << "; T " << c.T << " HQ " << c.HQ << " H " << c.H << " D " << c.D << " l "
                    << c.opt.block << " d " << c.opt.stride << " l' " << c.opt.select_block << " n " << c.opt.n_select);
     const int64_t T = c.T, HQ = c.HQ, H = c.H, G = HQ / H, D = c.D, n = c.opt.n_select;
@@ -595,8 +599,8 @@ TEST_CASE("NSA selection on tensor cores (bf16): a valid top-n of the f64 scores
     const std::string key = std::to_string(c.T) + " " + std::to_string(c.HQ) + " " + std::to_string(c.H) + " " +
                             std::to_string(c.D) + " " + std::to_string(c.opt.block) + " " +
                             std::to_string(c.opt.stride) + " " + std::to_string(c.opt.select_block);
-    if (version == 3) unrolled_choice[key] = idx;
-    if (version == 4) CHECK(idx == unrolled_choice.at(key));
+    if (version == 3) table_choice[key] = idx;
+    if (version >= 4) CHECK(idx == table_choice.at(key));
     // Scores in f64 from the same bf16 values and the f64 log-sum-exps.
     const auto Q = in.q.to_vector(), K = in.k_cmp.to_vector(), L = cmp_cpu.lse.to(DType::f64).to_vector();
     const double scale = 1.0 / std::sqrt((double)D);
