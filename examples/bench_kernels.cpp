@@ -32,7 +32,7 @@ using bench::time_ms;
 
 std::map<std::string, double> torch_results(bool enabled, const std::string& only) {
   if (!enabled) return {};
-  return bench::python_results("python3 scripts/bench_torch.py --only=" + only);
+  return bench::python_results("python3 " + bench::script_path("bench_torch.py") + " --only=" + only);
 }
 
 struct Row {
@@ -58,7 +58,8 @@ int main(int argc, char** argv) {
   NT_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
   std::printf("GPU: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
   const auto torch = torch_results(use_torch, only);
-  if (use_torch) std::printf("torch reference: %s\n", torch.empty() ? "not available" : "python3 scripts/bench_torch.py");
+  if (use_torch)
+    std::printf("torch reference: %s\n", torch.empty() ? "not available" : bench::script_path("bench_torch.py").c_str());
   autograd::NoGradGuard no_grad;
   Generator gen(1);
   std::vector<Row> rows;

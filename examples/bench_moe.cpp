@@ -300,8 +300,9 @@ int main(int argc, char** argv) {
     std::printf("%-44s %9.3f %11.1f\n", "dense SwiGLU MLP, same active FLOPs", dense_ms, active / dense_ms / 1e9);
     std::printf("MoE / dense time: %.2fx\n", moe_ms / dense_ms);
     // PyTorch in the same run: the usual loop over experts, its dense MLP, and torch._grouped_mm.
-    const auto torch = bench::python_results(fmt::format("python3 scripts/bench_moe_torch.py {} {} {} {} {} {}", T, D,
-                                                         E, K, H, S));
+    const std::string torch_script = bench::script_path("bench_moe_torch.py");
+    const auto torch =
+        bench::python_results(fmt::format("python3 {} {} {} {} {} {} {}", torch_script, T, D, E, K, H, S));
     if (torch.count("moe_loop_ms")) {
       const double loop = torch.at("moe_loop_ms"), tdense = torch.at("dense_ms");
       std::printf("%-44s %9.3f %11.1f   (ours is %.2fx faster)\n", "PyTorch: loop over experts (HF pattern)", loop,
@@ -311,7 +312,7 @@ int main(int argc, char** argv) {
         std::printf("PyTorch torch._grouped_mm, x @ w1 (balanced, max/mean %.2f): %.3f ms, %.1f TFLOP/s\n",
                     torch.at("grouped_mm_max_over_mean"), torch.at("grouped_mm_ms"), torch.at("grouped_mm_tflops"));
     } else {
-      std::printf("(PyTorch comparison skipped: python3 scripts/bench_moe_torch.py did not run)\n");
+      std::printf("(PyTorch comparison skipped: python3 %s did not run)\n", torch_script.c_str());
     }
     cuda::Profiler prof;
     prof.start();

@@ -132,8 +132,9 @@ int main(int argc, char** argv) {
     std::string t_list;
     for (int64_t T : Ts) t_list += (t_list.empty() ? "" : ",") + std::to_string(T);
     // dense=0 (A/B runs of NSA's kernels): no dense attention, ours or torch's.
-    const auto torch = a["dense"] ? bench::python_results(fmt::format("python3 scripts/bench_nsa_torch.py {} {} {} {}",
-                                                                      t_list, HQ, H, D))
+    const std::string torch_script = bench::script_path("bench_nsa_torch.py");
+    const auto torch = a["dense"] ? bench::python_results(fmt::format("python3 {} {} {} {} {}", torch_script, t_list,
+                                                                      HQ, H, D))
                                   : std::map<std::string, double>{};
     std::printf("\n%-7s %-30s %10s %10s %12s %10s   %s\n", "T", "attention", "fwd ms", "fwd GiB", "fwd+bwd ms",
                 "f+b GiB", "useful TFLOP/s fwd, f+b (attention products only)");
@@ -273,7 +274,7 @@ int main(int argc, char** argv) {
         row("", name, tf, tb, rate(4 * hd * pairs.dense, 14 * hd * pairs.dense, tf, tb) + speedup);
       }
     }
-    if (torch.empty() && a["dense"]) std::printf("(PyTorch comparison skipped: python3 scripts/bench_nsa_torch.py did not run)\n");
+    if (torch.empty() && a["dense"]) std::printf("(PyTorch comparison skipped: python3 %s did not run)\n", torch_script.c_str());
   } catch (const Error& e) {
     std::fprintf(stderr, "%s\n", e.what());
     return 1;

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <filesystem>
 #include <map>
 #include <string>
 #include <vector>
@@ -31,6 +32,21 @@ template <class F> double time_ms(F fn, int iters = 20) {
   cudaEventDestroy(a), cudaEventDestroy(b);
   std::sort(t.begin(), t.end());
   return t[iters / 2];
+}
+
+// scripts/NAME as found from the working directory (the repository root, where README's commands run) or from a
+// directory above the executable (build/examples/bench_nsa, or build-gpu/bench_nsa as scripts/carry_check.sh runs
+// it), so that a benchmark started elsewhere still finds its PyTorch script; "scripts/NAME" when none has it.
+inline std::string script_path(const std::string& name) {
+  namespace fs = std::filesystem;
+  std::vector<fs::path> roots = {fs::current_path()};
+  std::error_code ec;
+  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  if (!ec)
+    for (fs::path d = exe.parent_path(); d.has_relative_path(); d = d.parent_path()) roots.push_back(d);
+  for (const fs::path& r : roots)
+    if (fs::exists(r / "scripts" / name, ec)) return (r / "scripts" / name).string();
+  return "scripts/" + name;
 }
 
 // Runs `command` (a python3 script with torch) and collects its 'name value' lines; empty when python3 or torch is

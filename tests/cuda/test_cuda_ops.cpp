@@ -736,16 +736,17 @@ CUDA_TEST("flash_attention: tensor-core (bf16) and CUDA-core kernels against the
   // NT_TEST_ATTENTION_VERSIONS=13,14 runs only those: compute-sanitizer takes minutes for all of them.
   std::vector<int> versions = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14};
   if (const char* e = std::getenv("NT_TEST_ATTENTION_VERSIONS"); e && *e) {
+    const std::string list = e;  // (a std::string: doctest's INFO and MESSAGE print a bare const char* as a pointer)
     versions.clear();
-    std::istringstream in(e);
+    std::istringstream in(list);
     for (std::string item; std::getline(in, item, ',');) {
       char* end = nullptr;
       const long v = std::strtol(item.c_str(), &end, 10);
-      INFO("NT_TEST_ATTENTION_VERSIONS: expected a comma-separated list of versions 1-14, got '" << e << "'");
+      INFO("NT_TEST_ATTENTION_VERSIONS: expected a comma-separated list of versions 1-14, got '" << list << "'");
       REQUIRE((!item.empty() && *end == 0 && v >= 1 && v <= 14));
       versions.push_back((int)v);
     }
-    MESSAGE("NT_TEST_ATTENTION_VERSIONS: only versions " << e << " of 1-14");
+    MESSAGE("NT_TEST_ATTENTION_VERSIONS: only versions " << list << " of 1-14");
   }
   for (int version : versions)
   for (const C& c : cases)
