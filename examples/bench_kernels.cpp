@@ -199,10 +199,14 @@ int main(int argc, char** argv) {
     // The default and its variants (the other forward kernel versions, cuda::set_attention_kernel; the other
     // ping-pong setting; the persistent forward's other block counts, cuda::set_attention_fwd_blocks; the other block
     // orders, forward and forward + backward; both directions on mma.sync, version 3's forward and 128-key backward)
-    // are timed in rounds, each variant once per round, every other round in reverse order, and reported as the
-    // median over the rounds. Timed one after another, most likely as the H100's clock fell, the same forward took
-    // 1.03-1.08 ms when timed first on the warp-specialized kernel and 1.19-1.25 ms when timed last of the T8192 row
-    // (2026-12-07, docs/nsa-history.md, thirty-first session).
+    // are timed in rounds, each variant once per round, and reported as the median over the rounds. Round r starts a
+    // third of the list further on, so every variant runs once early, once in the middle and once late in a row's
+    // rounds, and its median is a middle place. Why: the H100 runs these at its power cap (clocks_event_reasons
+    // 0x4, 700 W, SM clock down to ~1.5 GHz from 1.98; 2026-12-07) and the place in the order moves a time by ~5%.
+    // The same forward took 1.03-1.08 ms timed first on the warp-specialized kernel and 1.19-1.25 ms timed last of
+    // the T8192 row (docs/nsa-history.md, thirty-first session); with every other round reversed instead, a variant
+    // near the list's start still ran early in two rounds of three and came out ~5% ahead of the same kernel near
+    // its end (thirty-second session).
     const int default_version = cuda::attention_kernel();
     const bool default_pingpong = cuda::attention_fwd_pingpong();
     const int default_fwd_blocks = cuda::attention_fwd_blocks();
@@ -247,7 +251,7 @@ int main(int argc, char** argv) {
     constexpr int kRounds = 3;
     for (int r = 0; r < kRounds; ++r)
       for (size_t i = 0; i < vars.size(); ++i) {
-        Variant& var = vars[r % 2 ? vars.size() - 1 - i : i];
+        Variant& var = vars[(i + r * vars.size() / kRounds) % vars.size()];
         var.set();
         var.ms.push_back(time_ms(var.fb ? fwd_bwd : fwd_only));
         defaults();
