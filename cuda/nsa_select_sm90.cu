@@ -12,7 +12,8 @@
 // memory (three buffers), and after one barrier per tile the fold runs while the next tile's wgmma is in flight:
 // where every 64-key tile starts a selection block (64 d a multiple of l', the paper's l = 32, d = 16, l' = 64)
 // one thread per (position, block) adds the block's keys from a table built once (this tile's and the previous
-// one's: each block's score is written once), else select_fold's general rule. The scores go to a slot in global
+// one's: each block's score is written once; where l = 2 d and l' = 4 d, keys and weights are constants instead,
+// SelectFold::kFixed), else select_fold's general rule. The scores go to a slot in global
 // memory (SelectSlots: one of a few per SM, in L2), then one warp per position chooses (select_top_n). Every sum
 // runs in a fixed order: the choice is deterministic.
 // Why: the mma.sync kernel (64 rows per block of 4 warps, S = Q K^T, shuffles over the rows of a warp) took 17.5 ms
