@@ -29,6 +29,7 @@
 // Shared memory: Q 32 KB, K 2 x 16 KB, the sums 3 x 64 x cs floats: ~75 KB at G = 16 whatever T, three blocks
 // per SM (with the scores in shared memory, 110 KB at 64k and two blocks per SM: 9.7 ms at 64k, H100, 2026-12-07).
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
@@ -48,10 +49,15 @@ int g_select_slots = 0;  // score slots per SM; 0: as many as blocks fit (set_ns
 constexpr int kFoldUnroll = 8;  // the paper's l = 32, d = 16, l' = 64: fold_e = 8 (5 keys meet a block)
 // The unrolled periodic fold (kTable): 8% faster than the loop (H100, bench_nsa: the selection 8.28 -> 7.61 ms at
 // 64k, 0.336 -> 0.327 at 8k; 2026-12-07). kFixed, the default, drops its table where l = 2 d and l' = 4 d.
+// NT_NSA_SELECT_FOLD: fixed (the default), table or loop; anything else is reported and ignored.
 SelectFold g_select_fold = [] {
   const char* e = std::getenv("NT_NSA_SELECT_FOLD");
   const std::string v = e ? e : "";
-  return v == "loop" ? SelectFold::kLoop : v == "table" ? SelectFold::kTable : SelectFold::kFixed;
+  if (v == "loop") return SelectFold::kLoop;
+  if (v == "table") return SelectFold::kTable;
+  if (!v.empty() && v != "fixed")
+    std::fprintf(stderr, "NT_NSA_SELECT_FOLD: expected fixed, table or loop, got '%s'; using fixed\n", v.c_str());
+  return SelectFold::kFixed;
 }();
 constexpr int kQHalf = kRowsW * 128, kKHalf = kKeysW * 128;  // bytes of one 64-column half of Q and of a K tile
 

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <functional>
 #include <map>
+#include <numeric>
 #include <string>
 #include <utility>
 #include <vector>
@@ -199,14 +200,15 @@ int main(int argc, char** argv) {
     // The default and its variants (the other forward kernel versions, cuda::set_attention_kernel; the other
     // ping-pong setting; the persistent forward's other block counts, cuda::set_attention_fwd_blocks; the other block
     // orders, forward and forward + backward; both directions on mma.sync, version 3's forward and 128-key backward)
-    // are timed in rounds, each variant once per round, and reported as the median over the rounds. Round r starts a
-    // third of the list further on, so every variant runs once early, once in the middle and once late in a row's
-    // rounds, and its median is a middle place. Why: the H100 runs these at its power cap (clocks_event_reasons
-    // 0x4, 700 W, SM clock down to ~1.5 GHz from 1.98; 2026-12-07) and the place in the order moves a time by ~5%.
-    // The same forward took 1.03-1.08 ms timed first on the warp-specialized kernel and 1.19-1.25 ms timed last of
-    // the T8192 row (docs/nsa-history.md, thirty-first session); with every other round reversed instead, a variant
-    // near the list's start still ran early in two rounds of three and came out ~5% ahead of the same kernel near
-    // its end (thirty-second session).
+    // are timed in rounds, each variant once per round, every other round in reverse order, and reported as the mean
+    // over an even number of rounds: every variant's places in the order then average to the middle of the list,
+    // so a clock that drifts steadily over the rounds shifts every variant alike. Why: the H100 runs these at its
+    // power cap (clocks_event_reasons 0x4, ~700 W; SM clock down to ~1.56 GHz here, ~1.46 in bench_nsa, from 1.98;
+    // 2026-12-07), and a kernel's place in the order moved its time by ~5%: the same forward took 1.03-1.08 ms
+    // timed first on the warp-specialized kernel and 1.19-1.25 ms timed last of the T8192 row (docs/nsa-history.md,
+    // thirty-first session). The median of three rounds, reversed every other one or each started a third of the
+    // list further on, still left a variant near the list's start ahead of the same kernel near its end (0.95x and
+    // 0.96x; thirty-second session).
     const int default_version = cuda::attention_kernel();
     const bool default_pingpong = cuda::attention_fwd_pingpong();
     const int default_fwd_blocks = cuda::attention_fwd_blocks();
@@ -248,22 +250,19 @@ int main(int argc, char** argv) {
                           [o = o] { cuda::set_attention_block_order(o); }});
     vars.push_back({"", false, [] {}});
     vars.push_back({"", true, [] {}});
-    constexpr int kRounds = 3;
+    constexpr int kRounds = 4;  // even: each variant's places average to the middle
     for (int r = 0; r < kRounds; ++r)
       for (size_t i = 0; i < vars.size(); ++i) {
-        Variant& var = vars[(i + r * vars.size() / kRounds) % vars.size()];
+        Variant& var = vars[r % 2 ? vars.size() - 1 - i : i];
         var.set();
         var.ms.push_back(time_ms(var.fb ? fwd_bwd : fwd_only));
         defaults();
       }
-    auto median = [](std::vector<double> t) {
-      std::sort(t.begin(), t.end());
-      return t[t.size() / 2];
-    };
-    const double fwd = median(vars[vars.size() - 2].ms), fb = median(vars.back().ms);
+    auto mean = [](const std::vector<double>& t) { return std::accumulate(t.begin(), t.end(), 0.0) / (double)t.size(); };
+    const double fwd = mean(vars[vars.size() - 2].ms), fb = mean(vars.back().ms);
     for (const Variant& var : vars) {
       if (var.name.empty()) continue;
-      const double ms = median(var.ms), base = var.fb ? fb : fwd;
+      const double ms = mean(var.ms), base = var.fb ? fb : fwd;
       std::printf("%-42s %10.3f %10.1f %14s %8s\n", fmt::format("  {} ({:.2f}x the default)", var.name, ms / base).c_str(),
                   ms, (var.fb ? 3.5 : 1.0) * fwd_flop / ms / 1e9, "", "");
     }

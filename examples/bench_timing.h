@@ -34,19 +34,27 @@ template <class F> double time_ms(F fn, int iters = 20) {
   return t[iters / 2];
 }
 
-// scripts/NAME as found from the working directory (the repository root, where README's commands run) or from a
-// directory above the executable (build/examples/bench_nsa, or build-gpu/bench_nsa as scripts/carry_check.sh runs
-// it), so that a benchmark started elsewhere still finds its PyTorch script; "scripts/NAME" when none has it.
+// scripts/NAME as found above the executable (build/examples/bench_nsa, or build-gpu/bench_nsa as
+// scripts/carry_check.sh runs it: the script of the checkout the binary was built in) or else from the working
+// directory (the repository root, where README's commands run), so that a benchmark started anywhere finds its
+// PyTorch script; "scripts/NAME" when none has it. Quoted for the shell (the path may hold spaces).
 inline std::string script_path(const std::string& name) {
   namespace fs = std::filesystem;
-  std::vector<fs::path> roots = {fs::current_path()};
+  std::vector<fs::path> roots;
   std::error_code ec;
   const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
   if (!ec)
     for (fs::path d = exe.parent_path(); d.has_relative_path(); d = d.parent_path()) roots.push_back(d);
+  if (const fs::path cwd = fs::current_path(ec); !ec) roots.push_back(cwd);
+  std::string found = "scripts/" + name;
   for (const fs::path& r : roots)
-    if (fs::exists(r / "scripts" / name, ec)) return (r / "scripts" / name).string();
-  return "scripts/" + name;
+    if (fs::exists(r / "scripts" / name, ec)) {
+      found = (r / "scripts" / name).string();
+      break;
+    }
+  std::string quoted = "'";
+  for (char c : found) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return quoted + "'";
 }
 
 // Runs `command` (a python3 script with torch) and collects its 'name value' lines; empty when python3 or torch is

@@ -540,9 +540,9 @@ TEST_CASE("NSA selection on tensor cores (bf16): a valid top-n of the f64 scores
 #endif
   // version 2: the wgmma kernel with one score slot per SM, so its thread blocks wait for each other's slot (and
   // take slots other blocks wrote before them); 3, 4 and 5: the wgmma kernel with its periodic fold from a table
-  // read up front (kTable), as a loop (kLoop; also where a block meets more than 8 keys) and with constant keys and
-  // weights where l = 2 d and l' = 4 d (kFixed, the default; elsewhere as kTable): the same sums in the same order,
-  // so versions 4 and 5 must choose exactly as version 3 did
+  // read up front (kTable), as a loop (kLoop; also where a table has more than 8 entries per block) and with
+  // constant keys and weights where l = 2 d and l' = 4 d (kFixed, the default; elsewhere as kTable): the same sums
+  // in the same order, so versions 4 and 5 must choose exactly as version 3 did
   std::map<std::string, std::vector<int32_t>> table_choice;
   for (int version : {0, 1, 2, 3, 4, 5})
   for (const Case& c : {Case{300, 16, 1, 64, blocks(32, 16, 64, 16, 128)},
@@ -555,8 +555,8 @@ TEST_CASE("NSA selection on tensor cores (bf16): a valid top-n of the f64 scores
                         // G = 8, 2, 1 and 16 over 4 or 5 of the wgmma kernel's 64-key tiles (both stages reused),
                         // packed, the positions per block (128 / G) not dividing the lengths
                         Case{1400, 16, 2, 64, blocks(16, 4, 32, 6, 0, {0, 350, 1400})},
-                        // G = 8, l = 2 d, l' = 4 d: 8 table entries per block (l' + l = 6 d), constant in versions 0,
-                        // 2 and 5, read up front in version 3
+                        // G = 8 with 8 table entries per block (l' + l = 6 d), the most kTable unrolls; l = 2 d and
+                        // l' = 4 d, like 6 other cases here, so versions 0, 2 (by default) and 5 take it as constants
                         Case{1200, 16, 2, 64, blocks(16, 8, 32, 6, 0, {0, 500, 1200})},
                         Case{500, 4, 2, 128, blocks(32, 16, 64, 4, 0)},
                         Case{1000, 2, 2, 64, blocks(8, 4, 16, 5, 0)},
