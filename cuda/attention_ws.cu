@@ -510,10 +510,9 @@ bool attention_forward_ws(const void* q, const void* k, const void* v, void* out
   // One block per SM by default (-1); -2 keeps the older automatic rule: persistent where a window makes the tiles
   // alike or there are many tiles per SM, else one block per tile. Per SM used to lose on causal grids of few tiles
   // per SM, where a block taking one tile per round of a longest-first grid got long or short tiles by its index;
-  // alternating rounds (fwd_round_tile) fixed that. H100, 2026-12-07, three interleaved runs each, -1 against -2
-  // (one per tile there): dense causal B2 T4096 H16 D128 0.297-0.300 against 0.317-0.328 ms, B1 T8192 H32/8
-  // 1.190-1.222 against 1.218-1.252. -1 ran first in each pair, and rows no setting touches were 1.5-4% faster in
-  // its runs too: only T4096 stands clear of that (docs/cuda.md, "One block per SM, the default").
+  // alternating rounds (fwd_round_tile) fixed that. H100, 2026-12-07, bench_kernels timing all settings in rounds
+  // within one process (two calls): -2 (one per tile there) took 1.05-1.06x the time of -1 at dense causal B2 T4096
+  // H16 D128 and 1.08-1.09x at B1 T8192 H32/8 (docs/cuda.md, "One block per SM, the default").
   if (blocks == -2) blocks = d.window > 0 || tiles >= 24 * (int64_t)sms ? -1 : 0;
   if (blocks < 0) blocks = sms;  // one block per SM (kSmem)
   blocks = blocks == 0 ? tiles : std::min(blocks, tiles);

@@ -50,7 +50,8 @@ for f in *.gz; do [ -e "$f" ] && gunzip -f "$f" && chmod +x "${f%.gz}"; done
 # The SM clock, power draw, temperature and the reasons the clock is held down, about every 0.1 s of the call, into
 # $OUT/clocks.csv (GPU 0), summed up per step at the end of the log (each step's start and end time are kept, and
 # the rows between them counted, after the sampler has stopped). Why: on the H100 a forward timed last of the
-# T8192 row of bench_kernels took 1.19-1.25 ms, timed first 1.03-1.08 (2026-12-07), most likely a falling clock.
+# T8192 row of bench_kernels took 1.19-1.25 ms, timed first 1.03-1.08 (2026-12-07); the samples showed the
+# benchmarks running at the 700 W power cap (reason 0x4), the SM clock down from 1980 MHz to ~1450-1700.
 # Reasons (a bit mask): 0x1 idle, 0x2 application clocks setting, 0x4 software power cap, 0x8 hardware slowdown,
 # 0x10 sync boost, 0x20 software thermal, 0x40 hardware thermal, 0x80 power brake.
 CLK=$OUT/clocks.csv
