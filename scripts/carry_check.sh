@@ -7,14 +7,15 @@
 # 580 s); everything goes to $OUT/log.txt, each step closed by its exit status and seconds, then each step's SM clock
 # (ncu's whole reports to $OUT/ncu.txt; the clock samples to $OUT/clocks.csv).
 #   bash scripts/carry_check.sh [--mutant "NAME FILTER"]... [--bench "ENV=V ..."]... [--suite-env "ENV=V ..."]...
-#                               [--memcheck FILTER] [--memcheck-env "ENV=V ..."] [--bench-args "T=8192,65536 dense=0 fused_max_t=0 profile=1"]
+#                               [--memcheck FILTER] [--memcheck-env "ENV=V ..."] [--memcheck-bin nt_tests] [--bench-args "T=8192,65536 dense=0 fused_max_t=0 profile=1"]
 #                               [--kernels "ENV=V ..."]... [--kernels-args "--only=attention --no-torch"]
 #                               [--ncu KERNEL_REGEX]... [--ncu-env "ENV=V ..."]... [--no-gpu-cases]
 # --mutant: right after the CUDA suite, build-bin's NAME (scripts/build_mutant.sh) on the cases matching FILTER,
 # which must fail: the summary says "caught" or "NOT caught" per mutant. --kernels: bench_kernels (carried as
 # build-bin/bench_kernels) once per setting, last.
 # --no-gpu-cases: leaves out nt_tests' GPU cases (to save device time when only CUDA-suite code changed).
-# --memcheck-env: the settings of the memcheck step (e.g. NT_TEST_ATTENTION_VERSIONS=13,14, docs/env.md).
+# --memcheck-env: the settings of the memcheck step (e.g. NT_TEST_ATTENTION_VERSIONS=13,14, docs/env.md);
+# --memcheck-bin: the binary it checks (default nt_cuda_tests; nt_tests for the GPU cases of the CPU suite).
 # --bench "": the default settings; --suite-env: the CUDA suite's NSA cases once more under those settings;
 # each --ncu regex runs once per --ncu-env ("" = the default settings; none given: once, default).
 # Example (docs/cuda.md): run with carry ["build-bin"] and the command
@@ -23,7 +24,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp}
 L=$OUT/log.txt
-benches=() suite_envs=() mutants=() kernels=() ncus=() ncu_envs=() memcheck="" memcheck_env="" gpu_cases=1
+benches=() suite_envs=() mutants=() kernels=() ncus=() ncu_envs=() memcheck="" memcheck_env="" memcheck_bin=nt_cuda_tests gpu_cases=1
 bench_args="T=8192,65536 dense=0 fused_max_t=0 profile=1" kernels_args="--only=attention --no-torch"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -34,12 +35,13 @@ while [ $# -gt 0 ]; do
     --suite-env) suite_envs+=("$2"); shift 2 ;;
     --memcheck) memcheck=$2; shift 2 ;;
     --memcheck-env) memcheck_env=$2; shift 2 ;;
+    --memcheck-bin) memcheck_bin=$2; shift 2 ;;
     --no-gpu-cases) gpu_cases=0; shift ;;
     --bench-args) bench_args=$2; shift 2 ;;
     --ncu) ncus+=("$2"); shift 2 ;;
     --ncu-env) ncu_envs+=("$2"); shift 2 ;;
     *) echo "carry_check.sh: unknown argument '$1' (expected --mutant, --bench, --suite-env, --memcheck," \
-         "--memcheck-env, --no-gpu-cases, --bench-args, --kernels, --kernels-args, --ncu or --ncu-env)"; exit 2 ;;
+         "--memcheck-env, --memcheck-bin, --no-gpu-cases, --bench-args, --kernels, --kernels-args, --ncu or --ncu-env)"; exit 2 ;;
   esac
 done
 [ -x build-bin/nt_cuda_tests ] || [ -f build-bin/nt_cuda_tests.gz ] ||
@@ -102,7 +104,7 @@ done
 for e in "${suite_envs[@]}"; do step 60 "$e" ./nt_cuda_tests --no-colors -tc="*nsa*"; done
 [ "$gpu_cases" = 1 ] && step 90 "" ./nt_tests --no-colors -tc="*tensor cores*,*on CUDA*,*GPU*,*NSA selection*,*one autograd node*"
 for e in "${benches[@]}"; do step 120 "$e" ./bench_nsa $bench_args; done
-[ -n "$memcheck" ] && step 150 "$memcheck_env" compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 ./nt_cuda_tests --no-colors -tc="$memcheck"
+[ -n "$memcheck" ] && step 150 "$memcheck_env" compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 "./$memcheck_bin" --no-colors -tc="$memcheck"
 [ ${#ncu_envs[@]} -eq 0 ] && ncu_envs=("")
 for k in "${ncus[@]}"; do for e in "${ncu_envs[@]}"; do  # profile=0: ncu and the bench's CUPTI profiler exclude each other
   step 150 "$e" ncu --kill on --clock-control none --target-processes application-only \
