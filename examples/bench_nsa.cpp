@@ -18,6 +18,9 @@
 // timed here); NSA's gate projection and the dense model's projections are not timed either.
 // Long calls are timed fewer times: after one warm-up, up to 5 runs or until 3 s have passed (at least one).
 // The last column: TFLOP/s of the attention products each row needs (branch_pairs), not of what its kernels do.
+// After each T's branch rows, one line on the selected forward's tiles with this run's choice: the blocks each tile
+// loads (the union of its positions' choices) and what that makes in bytes from L2 and products; divided by the
+// kernel's time (profile=1: nsa_slc_fwd_ws) they give its achieved TB/s and TFLOP/s (docs/nsa.md).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -38,6 +41,7 @@
 #include "cuda/runtime.h"
 #include "nsa/branches.h"
 #include "nsa/nsa_attention.h"
+#include "nsa/selection.h"
 #include "ops/ops.h"
 
 using namespace nt;
@@ -242,6 +246,24 @@ int main(int argc, char** argv) {
       for (int i = 0; i < 3; ++i) {
         const auto pf = measure(part(i, false)), pb = measure(part(i, true));
         row("", parts[i], pf, pb, rate(fw[i], fb[i], pf, pb));
+      }
+      {  // What the selected forward loads and multiplies with this run's choice (nsa_count_block_unions: its wgmma
+         // kernel walks, per tile of 64 / G positions (G rounded up to a power of two), the union of their blocks,
+         // every row of the tile on every block): its L2 traffic and products, against the kernel's time (profile=1).
+        Tensor chosen;
+        {
+          autograd::NoGradGuard ng;
+          chosen = nsa_selected_branch(q, kc, ks, vs, lse_cmp, opt).block_indices;
+        }
+        int64_t gp = 1;
+        while (gp < HQ / H) gp *= 2;
+        const int64_t P = std::max<int64_t>(1, 64 / gp);
+        const NsaUnionCount u = nsa_count_block_unions(chosen, P, opt);
+        const double per_pos = (double)u.blocks / (double)(T * H), lp = (double)opt.select_block;
+        std::printf("        selected forward, tiles of %lld positions: %.1f blocks each, %.2f per position (%.2f chosen):"
+                    " %.1f GB of keys and values, %.2f TFLOP of products\n",
+                    (long long)P, (double)u.blocks / (double)u.groups, per_pos, (double)u.chosen / (double)(T * H),
+                    (double)u.blocks * lp * (double)D * 4 / 1e9, (double)u.blocks * lp * 64 * (double)D * 4 / 1e12);
       }
       if (a["profile"]) {
         cuda::Profiler prof;

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "tensor/error.h"
+
 namespace nt {
 
 int64_t nsa_block_overlap(int64_t c, int64_t j, const NsaOptions& opt) {
@@ -35,6 +37,36 @@ void nsa_select_blocks(const std::vector<double>& score, int64_t t, const NsaOpt
     std::sort(chosen.begin(), chosen.end());
   }
   for (int64_t i = 0; i < n; ++i) out[i] = i < (int64_t)chosen.size() ? chosen[i] : -1;
+}
+
+NsaUnionCount nsa_count_block_unions(const Tensor& block_indices, int64_t positions, const NsaOptions& opt) {
+  const char* what = "nsa_count_block_unions";
+  NT_CHECK(block_indices.dim() == 3 && block_indices.dtype() == DType::i32,
+           "{}: block_indices must be i32 [T, H, n], got {} {}", what, dtype_name(block_indices.dtype()),
+           shape_str(block_indices.shape()));
+  NT_CHECK(positions > 0, "{}: positions must be positive, got {}", what, positions);
+  const int64_t T = block_indices.size(0), H = block_indices.size(1), n = block_indices.size(2);
+  const std::vector<int32_t> cu = opt.cu_seqlens.empty() ? std::vector<int32_t>{0, (int32_t)T} : opt.cu_seqlens;
+  NT_CHECK(cu.size() >= 2 && cu.front() == 0 && cu.back() == T, "{}: cu_seqlens must run from 0 to T = {}", what, T);
+  const Tensor bi = block_indices.to(kCPU).contiguous();
+  const int32_t* x = bi.data<int32_t>();
+  NsaUnionCount c;
+  std::vector<int32_t> u;
+  for (size_t s = 0; s + 1 < cu.size(); ++s) {
+    NT_CHECK(cu[s + 1] >= cu[s], "{}: cu_seqlens must not decrease, got {} after {}", what, cu[s + 1], cu[s]);
+    for (int64_t t0 = cu[s]; t0 < cu[s + 1]; t0 += positions)
+      for (int64_t h = 0; h < H; ++h) {
+        u.clear();
+        for (int64_t t = t0; t < std::min<int64_t>(t0 + positions, cu[s + 1]); ++t)
+          for (int64_t i = 0; i < n; ++i)
+            if (const int32_t b = x[(t * H + h) * n + i]; b >= 0) u.push_back(b);
+        c.chosen += (int64_t)u.size();
+        std::sort(u.begin(), u.end());
+        c.blocks += std::unique(u.begin(), u.end()) - u.begin();
+        ++c.groups;
+      }
+  }
+  return c;
 }
 
 }  // namespace nt

@@ -2,6 +2,7 @@
 // non-default block parameters; block indices worked out by hand; gradients in f64 with the selection fixed; packed
 // sequences against each sequence alone; determinism; argument errors.
 #include "nsa/nsa_attention.h"
+#include "nsa/selection.h"
 #include "nsa_naive.h"
 #include "test_util.h"
 
@@ -230,4 +231,39 @@ TEST_CASE("nsa_attention argument errors name the argument, the expected and the
   expect_error([&] { run(with(3, rnd({T, 2, 3}, 1, DType::f32)), ok); }, {"k_slc has dtype f32", "q has dtype f64"});
   expect_error([&] { run(with(6, rnd({T, 2, 3, 1}, 1)), ok); }, {"v_win must have 3 dims"});
   expect_error([&] { run(with(1, arange(30, DType::i64).reshape({5, 2, 3})), ok); }, {"k_cmp has dtype i64"});
+}
+
+TEST_CASE("nsa_count_block_unions: the blocks groups of positions chose together, per sequence and head") {
+  // [T = 7, H = 2, n = 3], ascending lists with -1 last (as nsa_attention returns them), worked out by hand.
+  const Tensor bi = i32_tensor({0, -1, -1, /* h1 */ 0, -1, -1,   // t = 0
+                                0, 1, -1, /*    */ 0, 1, -1,     // t = 1
+                                0, 1, 2, /*     */ 0, 2, -1,     // t = 2
+                                0, 2, 3, /*     */ 0, 1, 3,      // t = 3
+                                1, 3, 4, /*     */ 0, 1, 3,      // t = 4
+                                0, -1, -1, /*   */ 0, -1, -1,    // t = 5
+                                0, 1, -1, /*    */ 0, -1, -1},   // t = 6
+                               {7, 2, 3});
+  auto count = [&](int64_t positions, std::vector<int32_t> cu) {
+    NsaOptions o;
+    o.cu_seqlens = std::move(cu);
+    return nsa_count_block_unions(bi, positions, o);
+  };
+  // Packed as 5 + 2, groups of 3: {0, 1, 2} / {0, 1, 2}, then t = 3, 4: {0, 1, 2, 3, 4} / {0, 1, 3}, then the
+  // second sequence's t = 5, 6: {0, 1} / {0}.
+  NsaUnionCount c = count(3, {0, 5, 7});
+  CHECK(c.groups == 6);
+  CHECK(c.blocks == 3 + 3 + 5 + 3 + 2 + 1);
+  CHECK(c.chosen == 15 + 13);
+  // One sequence, groups of 2: {0, 1} {0, 1, 2, 3} {0, 1, 3, 4} {0, 1} / {0, 1} {0, 1, 2, 3} {0, 1, 3} {0}.
+  c = count(2, {});
+  CHECK(c.groups == 8);
+  CHECK(c.blocks == 12 + 10);
+  CHECK(c.chosen == 28);
+  // Groups of one position: every entry is its own union.
+  c = count(1, {});
+  CHECK(c.groups == 14);
+  CHECK(c.blocks == 28);
+  expect_error([&] { count(0, {}); }, {"positions must be positive", "got 0"});
+  expect_error([&] { count(2, {0, 3, 6}); }, {"cu_seqlens", "T = 7"});
+  expect_error([&] { nsa_count_block_unions(bi.to(DType::i64), 2, {}); }, {"block_indices must be i32 [T, H, n]", "i64"});
 }
