@@ -18,9 +18,10 @@
 // timed here); NSA's gate projection and the dense model's projections are not timed either.
 // Long calls are timed fewer times: after one warm-up, up to 5 runs or until 3 s have passed (at least one).
 // The last column: TFLOP/s of the attention products each row needs (branch_pairs), not of what its kernels do.
-// After each T's branch rows, one line on the selected forward's tiles with this run's choice: the blocks each tile
-// loads (the union of its positions' choices) and what that makes in bytes from L2 and products; divided by the
-// kernel's time (profile=1: nsa_slc_fwd_ws) they give its achieved TB/s and TFLOP/s (docs/nsa.md).
+// After each T's branch rows (G >= 2), one line on the selected forward's tiles with this run's choice: the blocks
+// each tile loads (the union of its positions' choices) and what that makes in bytes from L2 and products; divided
+// by the kernel's time (profile=1: nsa_slc_fwd_ws) they give its achieved TB/s and TFLOP/s (docs/nsa.md); then the
+// bytes if twice as many positions shared their loads.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -247,9 +248,10 @@ int main(int argc, char** argv) {
         const auto pf = measure(part(i, false)), pb = measure(part(i, true));
         row("", parts[i], pf, pb, rate(fw[i], fb[i], pf, pb));
       }
-      {  // What the selected forward loads and multiplies with this run's choice (nsa_count_block_unions: its wgmma
-         // kernel walks, per tile of 64 / G positions (G rounded up to a power of two), the union of their blocks,
-         // every row of the tile on every block): its L2 traffic and products, against the kernel's time (profile=1).
+      if (HQ / H >= 2) {  // What the selected forward loads and multiplies with this run's choice (nsa_count_block_unions:
+        // its wgmma kernel, G >= 2 on sm_90a, walks per tile of 64 / G positions (G rounded up to a power of two) the
+        // union of their blocks, every row of the tile on every block): its L2 traffic and products, against the
+        // kernel's time (profile=1); and the traffic if two tiles shared their loads.
         Tensor chosen;
         {
           autograd::NoGradGuard ng;
@@ -257,13 +259,15 @@ int main(int argc, char** argv) {
         }
         int64_t gp = 1;
         while (gp < HQ / H) gp *= 2;
-        const int64_t P = std::max<int64_t>(1, 64 / gp);
-        const NsaUnionCount u = nsa_count_block_unions(chosen, P, opt);
-        const double per_pos = (double)u.blocks / (double)(T * H), lp = (double)opt.select_block;
-        std::printf("        selected forward, tiles of %lld positions: %.1f blocks each, %.2f per position (%.2f chosen):"
-                    " %.1f GB of keys and values, %.2f TFLOP of products\n",
-                    (long long)P, (double)u.blocks / (double)u.groups, per_pos, (double)u.chosen / (double)(T * H),
-                    (double)u.blocks * lp * (double)D * 4 / 1e9, (double)u.blocks * lp * 64 * (double)D * 4 / 1e12);
+        const int64_t P = 64 / gp;
+        const NsaUnionCount u = nsa_count_block_unions(chosen, P, opt), u2 = nsa_count_block_unions(chosen, 2 * P, opt);
+        const double lp = (double)opt.select_block, th = (double)(T * H), kv = lp * (double)D * 4;  // bytes per block
+        std::printf("        selected forward, tiles of %lld positions: %.1f blocks each, %.2f per position (%.2f "
+                    "chosen): %.1f GB of keys and values, %.2f TFLOP of products; %lld positions sharing: %.2f per "
+                    "position, %.1f GB\n",
+                    (long long)P, (double)u.blocks / (double)u.groups, (double)u.blocks / th, (double)u.chosen / th,
+                    (double)u.blocks * kv / 1e9, (double)u.blocks * lp * 64 * (double)D * 4 / 1e12, (long long)(2 * P),
+                    (double)u2.blocks / th, (double)u2.blocks * kv / 1e9);
       }
       if (a["profile"]) {
         cuda::Profiler prof;
