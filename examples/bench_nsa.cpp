@@ -21,7 +21,8 @@
 // After each T's branch rows (G >= 2), one line on the selected forward's tiles with this run's choice: the blocks
 // each tile loads (the union of its positions' choices) and what that makes in bytes from L2 and products; divided
 // by the kernel's time (profile=1: nsa_slc_fwd_ws) they give its achieved TB/s and TFLOP/s (docs/nsa.md); then the
-// bytes if twice as many positions shared their loads.
+// bytes if twice as many positions shared their loads. With PyTorch, its script runs again at the end (it ran
+// first): its times and NSA's speedups over both runs show how much the order moved them.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -144,6 +145,7 @@ int main(int argc, char** argv) {
     std::printf("\n%-7s %-30s %10s %10s %12s %10s   %s\n", "T", "attention", "fwd ms", "fwd GiB", "fwd+bwd ms",
                 "f+b GiB", "useful TFLOP/s fwd, f+b (attention products only)");
     Generator gen(1);
+    std::map<int64_t, std::pair<double, double>> nsa_ms;  // the branch-wise row's fwd and fwd+bwd ms per T
     for (int64_t T : Ts) {
       auto rnd = [&](const Shape& s) { return randn(s, DType::f32, kGpu, &gen).to(DType::bf16); };
       const int64_t NC = nsa_num_cmp_blocks(T, opt.block, opt.stride);
@@ -228,6 +230,7 @@ int main(int argc, char** argv) {
         return fmt::format("   {:.0f}, {:.0f}", flop_f / f.first / 1e9, flop_b / b.first / 1e9);
       };
       const auto bf = measure(br_fwd), bb = measure(br_fb);
+      nsa_ms[T] = {bf.first, bb.first};
       row(std::to_string(T), "NSA branch-wise (branches.h)", bf, bb,
           rate(fw[0] + fw[1] + fw[2], fb[0] + fb[1] + fb[2], bf, bb));
       {  // the branch-wise path's other autograd layouts (NsaOneNode) in the same run: same forward kernels
@@ -301,6 +304,23 @@ int main(int argc, char** argv) {
       }
     }
     if (torch.empty() && a["dense"]) std::printf("(PyTorch comparison skipped: python3 %s did not run)\n", torch_script.c_str());
+    if (!torch.empty()) {
+      // PyTorch ran before everything above, on a cooler GPU: at the H100's power cap the clock falls as a run goes on
+      // (docs/cuda.md), which favours whatever runs first. Its script again, last, bounds that order's effect on the
+      // speedups: the speedup over each run, first and last.
+      const auto again = bench::python_results(fmt::format("python3 {} {} {} {} {}", torch_script, t_list, HQ, H, D));
+      std::printf("\nPyTorch again, after NSA (ms; NSA's branch-wise speedup over its first run, then this one):\n");
+      for (int64_t T : Ts)
+        for (const auto& [key, name] : {std::pair{"sdpa", "dense causal (torch SDPA)"},
+                                        std::pair{"fa2", "dense causal (torch flash, FA2)"}}) {
+          const std::string f = std::string(key) + "_fwd_ms_" + std::to_string(T),
+                            b = std::string(key) + "_fwdbwd_ms_" + std::to_string(T);
+          if (!again.count(f) || !again.count(b) || !torch.count(f) || !torch.count(b) || !nsa_ms.count(T)) continue;
+          const auto [nf, nb] = nsa_ms.at(T);
+          std::printf("%-7lld %-30s %10.2f %23.2f   fwd %.2fx, %.2fx; fwd+bwd %.2fx, %.2fx\n", (long long)T, name,
+                      again.at(f), again.at(b), torch.at(f) / nf, again.at(f) / nf, torch.at(b) / nb, again.at(b) / nb);
+        }
+    }
   } catch (const Error& e) {
     std::fprintf(stderr, "%s\n", e.what());
     return 1;
