@@ -309,7 +309,8 @@ int main(int argc, char** argv) {
       // (docs/cuda.md), which favours whatever runs first. Its script again, last, bounds that order's effect on the
       // speedups: the speedup over each run, first and last.
       const auto again = bench::python_results(fmt::format("python3 {} {} {} {} {}", torch_script, t_list, HQ, H, D));
-      std::printf("\nPyTorch again, after NSA (ms; NSA's branch-wise speedup over its first run, then this one):\n");
+      if (again.empty()) std::printf("\n(PyTorch's second run did not run: python3 %s)\n", torch_script.c_str());
+      else std::printf("\nPyTorch again, after NSA (ms; NSA's branch-wise speedup over its first run, then this one):\n");
       for (int64_t T : Ts)
         for (const auto& [key, name] : {std::pair{"sdpa", "dense causal (torch SDPA)"},
                                         std::pair{"fa2", "dense causal (torch flash, FA2)"}}) {
